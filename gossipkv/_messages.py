@@ -1,0 +1,235 @@
+"""Typed wire messages: every frame on a gossipkv connection is one of these.
+
+Pure data (sans-IO): the codec (``_codec.py``) turns them into CBOR and validates what comes back,
+using the field annotations below as the schema. A message travels inside an envelope
+``[kind, request_id, type_tag, fields]`` so many requests can be in flight on one connection
+(Request Pipeline): requests carry an id, responses echo it, one-way messages use id 0.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import ClassVar
+
+PROTOCOL_VERSION = 1
+
+
+class Kind(enum.IntEnum):
+    """What an envelope is: a request, its response, an error response, or a one-way message."""
+
+    REQUEST = 0
+    RESPONSE = 1
+    ERROR = 2
+    ONEWAY = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every wire message; ``TAG`` names it on the wire."""
+
+    TAG: ClassVar[str] = ""
+
+
+# --- handshake -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First frame on every connection, both directions."""
+
+    TAG: ClassVar[str] = "hello"
+    proto: int
+    cluster: str
+    node_id: str  # "client" for a client connection
+    generation: int
+    address: str  # the sender's advertised listen address ("" for clients)
+    auth: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused(Message):
+    """Sent instead of a ``Hello`` reply when the handshake is refused; the connection then closes."""
+
+    TAG: ClassVar[str] = "refused"
+    reason: str  # "cluster" | "protocol" | "identity" | "shutting_down"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Message):
+    """The body of an ERROR envelope."""
+
+    TAG: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+# --- gossip (scuttlebutt) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DigestEntry:
+    """What the sender knows of one member: incarnation, heartbeat, newest version."""
+
+    node_id: str
+    generation: int
+    heartbeat: int
+    max_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionedEntry:
+    """One key of a member's namespace with the owner's version counter at its last write."""
+
+    key: str
+    value: object
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDelta:
+    """Newer entries of one member's namespace: all its keys with ``version > floor``.
+
+    ``max_version`` is the highest version covered by this delta (it may be below the owner's
+    newest when the byte budget cut the delta short).
+    """
+
+    node_id: str
+    generation: int
+    heartbeat: int
+    floor: int
+    max_version: int
+    entries: tuple[VersionedEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Syn(Message):
+    """Start of a gossip round: the sender's digest of everyone it knows."""
+
+    TAG: ClassVar[str] = "syn"
+    sender: str
+    generation: int
+    digest: tuple[DigestEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SynAck(Message):
+    """Reply to a Syn: what the replier wants (its digest) and what the sender lacks (delta)."""
+
+    TAG: ClassVar[str] = "syn_ack"
+    digest: tuple[DigestEntry, ...]
+    delta: tuple[NodeDelta, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    """End of a gossip round: what the replier asked for."""
+
+    TAG: ClassVar[str] = "ack"
+    delta: tuple[NodeDelta, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    """Best-effort notice that a member is leaving now (one-way)."""
+
+    TAG: ClassVar[str] = "shutdown"
+    node_id: str
+    generation: int
+
+
+# --- operator / client requests --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MembersRequest(Message):
+    TAG: ClassVar[str] = "members"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRequest(Message):
+    TAG: ClassVar[str] = "leave"
+
+
+@dataclass(frozen=True, slots=True)
+class SetMetadataRequest(Message):
+    TAG: ClassVar[str] = "set_metadata"
+    key: str
+    value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Message):
+    """A generic successful reply carrying a CBOR map (a snapshot rendered for the client)."""
+
+    TAG: ClassVar[str] = "reply"
+    body: dict[str, object] = field(default_factory=dict)
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TAG: cls
+    for cls in (
+        Hello,
+        Refused,
+        ErrorReply,
+        Syn,
+        SynAck,
+        Ack,
+        Shutdown,
+        MembersRequest,
+        LeaveRequest,
+        SetMetadataRequest,
+        Reply,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One frame: a message plus how it relates to others on the connection."""
+
+    kind: Kind
+    request_id: int
+    message: Message
+
+
+def encoded_size(value: object) -> int:
+    """Upper bound of the CBOR size of ``value`` as the codec would encode it.
+
+    The sans-IO core uses it to keep deltas inside a byte budget without importing cbor2.
+    Dataclasses are encoded as lists of their fields.
+    """
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, int):
+        return _head_size(value if value >= 0 else -1 - value)
+    if isinstance(value, float):
+        return 9
+    if isinstance(value, str):
+        n = len(value.encode("utf-8", "surrogatepass"))
+        return _head_size(n) + n
+    if isinstance(value, bytes):
+        return _head_size(len(value)) + len(value)
+    if isinstance(value, (list, tuple)):
+        return _head_size(len(value)) + sum(encoded_size(item) for item in value)
+    if isinstance(value, dict):
+        return _head_size(len(value)) + sum(
+            encoded_size(k) + encoded_size(v) for k, v in value.items()
+        )
+    if is_dataclass(value) and not isinstance(value, type):
+        parts = [getattr(value, f.name) for f in fields(value)]
+        return _head_size(len(parts)) + sum(encoded_size(p) for p in parts)
+    raise TypeError(f"cannot size {type(value).__name__}")
+
+
+def _head_size(n: int) -> int:
+    if n < 24:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    if n < 0x100000000:
+        return 5
+    return 9
