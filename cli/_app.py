@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=True, help="gossipkv: a gossip key-value store")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=True, help="gossipkv: a gossip key-value store"
+)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers, never pass/fail).")
 app.add_typer(bench_app, name="bench")
 

@@ -70,9 +70,7 @@ def _scalar(expected: type, name: str) -> _Decoder:
         if type(raw) is not expected:
             if expected is float and type(raw) is int:
                 return float(raw)
-            raise DecodeError(
-                "bad_field", f"{where}: expected {name}, got {type(raw).__name__}"
-            )
+            raise DecodeError("bad_field", f"{where}: expected {name}, got {type(raw).__name__}")
         return raw
 
     return decode
@@ -89,10 +87,10 @@ def _build(hint: Any) -> tuple[_Decoder, _Encoder]:
     if hint is object:
         return _any_value, _identity
     if origin in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) != 1:
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) != 1:
             raise TypeError(f"unsupported union {hint}")
-        inner_dec, inner_enc = _build(args[0])
+        inner_dec, inner_enc = _build(members[0])
 
         def dec_opt(raw: Any, where: str) -> Any:
             return None if raw is None else inner_dec(raw, where)
@@ -143,7 +141,7 @@ def _dataclass_codec(cls: type) -> tuple[_Decoder, _Encoder]:
     if cls in _CODECS:
         return _CODECS[cls]
     hints = typing.get_type_hints(cls)
-    flds = [f for f in dataclasses.fields(cls)]
+    flds = list(dataclasses.fields(cls))
     parts = [(f.name, *_build(hints[f.name])) for f in flds]
     required = sum(
         1
@@ -157,7 +155,8 @@ def _dataclass_codec(cls: type) -> tuple[_Decoder, _Encoder]:
             raise DecodeError("bad_shape", f"{where}: {name} must be an array")
         if not required <= len(raw) <= len(parts):
             raise DecodeError(
-                "bad_shape", f"{where}: {name} takes {required}..{len(parts)} fields, got {len(raw)}"
+                "bad_shape",
+                f"{where}: {name} takes {required}..{len(parts)} fields, got {len(raw)}",
             )
         kwargs = {
             fname: fdec(item, f"{where}.{fname}")

@@ -1,0 +1,1 @@
+"""Membership: gossip dissemination, failure detection and the emergent leader (sans-IO)."""

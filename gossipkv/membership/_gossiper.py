@@ -1,0 +1,747 @@
+"""The sans-IO membership protocol: scuttlebutt gossip, liveness, statuses and leader duties.
+
+:class:`Gossiper` owns one peer's whole membership view. The runtime feeds it messages and the
+current time (``now`` from ``trio.current_time()``; ``wall_ms`` from the one wall-clock reader) and
+sends what it returns; it never touches a socket, a clock or the global RNG, which is what lets
+whole clusters run deterministically in one process.
+
+Statuses: each member reports its own lifecycle (``joining -> up -> leaving -> left``) in its
+namespace; reachability (``alive``/``suspect``/``down``) is this peer's local phi-accrual opinion;
+``removed`` is the leader's decision, quarantined so stale gossip cannot resurrect an incarnation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from .._messages import Ack, DigestEntry, NodeDelta, Shutdown, Syn, SynAck, encoded_size
+from ._detector import ArrivalWindow, DetectorConfig
+from ._leader import Age, Decisions, Grant, has_majority, view_hash
+from ._state import Namespace, build_delta, wanted_digest
+
+Liveness = Literal["alive", "suspect", "down"]
+SelfStatus = Literal["joining", "up", "leaving", "left"]
+_SELF_STATUSES = ("joining", "up", "leaving", "left")
+META_PREFIX = "meta:"
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    """Membership tuning. Durations are seconds of ``trio.current_time()``.
+
+    With the defaults (0.2 s rounds, phi down at 8 in log10 units) a silent member is declared
+    down after about 18 mean heartbeat intervals, i.e. roughly 3.7 s.
+    """
+
+    cluster: str = "gossipkv"
+    gossip_interval: float = 0.2
+    fanout: int = 3
+    max_delta_bytes: int = 60 * 1024
+    suspect_phi: float = 5.0
+    down_phi: float = 8.0
+    detector_window: int = 1000
+    max_interval: float = 10.0
+    local_pause_threshold: float = 1.0
+    pause_guard: float = 2.0
+    remove_after: float = 60.0
+    leave_timeout: float = 5.0
+    tombstone_ttl_ms: int = 24 * 3600 * 1000
+    max_metadata_keys: int = 64
+    max_metadata_bytes: int = 512
+
+    def detector(self) -> DetectorConfig:
+        return DetectorConfig(
+            window=self.detector_window,
+            max_interval=self.max_interval,
+            prior_mean=2 * self.gossip_interval,
+            suspect_phi=self.suspect_phi,
+            down_phi=self.down_phi,
+        )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        positive = ("gossip_interval", "remove_after", "leave_timeout", "max_interval")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.fanout < 1:
+            raise ValueError(f"fanout must be >= 1, got {self.fanout}")
+        if not 0 < self.suspect_phi <= self.down_phi:
+            raise ValueError("need 0 < suspect_phi <= down_phi")
+        if self.max_delta_bytes < 1024:
+            raise ValueError("max_delta_bytes must be at least 1024")
+        if not self.cluster or len(self.cluster) > 128:
+            raise ValueError("cluster name must be 1..128 characters")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """One row of a peer's membership table, as the CLI and the API show it."""
+
+    name: str
+    address: str | None
+    status: str  # joining | up | leaving | left | down | removed
+    reachable: bool
+    up_number: int | None
+    age_rank: int | None
+    generation: int
+    heartbeat: int
+    phi: float | None
+    metadata: dict[str, str]
+    is_leader: bool
+    is_self: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipEvent:
+    """Something that happened to a member, as this peer saw it."""
+
+    at: float
+    kind: str  # joined|up|suspect|down|alive|leaving|left|removed|restarted|leader
+    node_id: str
+    generation: int
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _Peer:
+    """What this peer alone knows about a remote member (never gossiped)."""
+
+    window: ArrivalWindow
+    liveness: Liveness = "alive"
+    down_since: float | None = None
+    left_since: float | None = None
+    shutdown_noticed: bool = False
+
+
+@dataclass(slots=True)
+class GossipCounters:
+    rounds: int = 0
+    syns_received: int = 0
+    deltas_applied: int = 0
+    stale_ignored: int = 0
+    quarantined: int = 0
+    identity_conflicts: int = 0
+    bad_values: int = 0
+    budget_truncations: int = 0
+    pause_guards: int = 0
+
+
+@dataclass(slots=True)
+class _LeaderState:
+    converged_view: frozenset[str] = field(default_factory=frozenset)
+    was_leader: bool = False
+
+
+class Gossiper:
+    """One peer's membership state machine.
+
+    Args:
+      config: tuning.
+      node_id: this peer's stable name.
+      address: the ``host:port`` others reach it at.
+      generation: this incarnation's generation (Generation Clock).
+      seeds: addresses to contact when joining and to keep gossiping with so partitions heal.
+      now: current ``trio.current_time()``.
+      decisions: the leader decisions persisted by an earlier incarnation, if any.
+      bootstrap: start a new cluster (grant ourselves the first ``up_number``) instead of joining.
+    """
+
+    def __init__(
+        self,
+        config: GossipConfig,
+        *,
+        node_id: str,
+        address: str,
+        generation: int,
+        seeds: list[str],
+        now: float,
+        decisions: Decisions | None = None,
+        bootstrap: bool = False,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self._detector = config.detector()
+        self.node_id = node_id
+        self.address = address
+        self.seeds = [s for s in dict.fromkeys(seeds) if s != address]
+        self.decisions = decisions if decisions is not None else Decisions()
+        self.counters = GossipCounters()
+        self.events: deque[MembershipEvent] = deque(maxlen=1024)
+        self.decisions_dirty = False
+        self.needs_reincarnation = False
+        self._peers: dict[str, _Peer] = {}
+        self._namespaces: dict[str, Namespace] = {}
+        self._leader = _LeaderState()
+        self._last_eval = now
+        self._guard_until = now
+        self._leave_deadline: float | None = None
+        self._left_at: float | None = None
+        self._started = now
+        self._last_leader: str | None = None
+        self.generation = generation
+        self._self = self._new_self(generation)
+        if bootstrap:
+            self._bootstrap()
+
+    # --- identity -------------------------------------------------------------------------------
+
+    def _new_self(self, generation: int) -> Namespace:
+        ns = Namespace(self.node_id, generation)
+        ns.set("addr", self.address)
+        ns.set("status", "joining")
+        ns.set("up", 0)
+        self._namespaces[self.node_id] = ns
+        return ns
+
+    def _bootstrap(self) -> None:
+        self.decisions.begin_term()
+        up = self.decisions.max_up_number() + 1
+        term, seq = self.decisions.next_epoch()
+        self.decisions.grants[self.node_id] = Grant(self.generation, up, term, seq)
+        self.decisions_dirty = True
+        self._leader.was_leader = True
+        self._self.set("decisions", self.decisions.to_plain())
+        self._promote_self(up)
+
+    def reincarnate(self, generation: int, now: float) -> None:
+        """Continue as a new incarnation (after this one was removed): rejoin as ``joining``."""
+        metadata = {k: v for k, (v, _) in self._self.entries.items() if k.startswith(META_PREFIX)}
+        self.generation = generation
+        self._self = self._new_self(generation)
+        for key, value in metadata.items():
+            self._self.set(key, value)
+        self.needs_reincarnation = False
+        self._event(now, "restarted", self.node_id, generation, "rejoining after removal")
+
+    @property
+    def status(self) -> SelfStatus:
+        return _status_of(self._self)
+
+    @property
+    def up_number(self) -> int:
+        return _up_of(self._self)
+
+    @property
+    def has_left(self) -> bool:
+        """True once this peer's leave is complete and it may shut down."""
+        return self.status == "left"
+
+    # --- gossip rounds ---------------------------------------------------------------------------
+
+    def digest(self) -> tuple[DigestEntry, ...]:
+        return tuple(ns.digest() for _, ns in sorted(self._namespaces.items()))
+
+    def tick(self, now: float, rng: random.Random) -> list[tuple[str, Syn]]:
+        """Start a gossip round: bump the heartbeat and pick targets.
+
+        Returns:
+          ``(address, Syn)`` pairs to send: ``fanout`` live peers, maybe one down peer, and a seed
+          when none was picked (so partitions heal).
+        """
+        self.counters.rounds += 1
+        self._self.heartbeat += 1
+        live: list[str] = []
+        down: list[str] = []
+        for node_id, ns in self._namespaces.items():
+            if node_id == self.node_id:
+                continue
+            addr = _addr_of(ns)
+            peer = self._peers.get(node_id)
+            if addr is None or peer is None or _status_of(ns) == "left" or peer.shutdown_noticed:
+                continue
+            (down if peer.liveness == "down" else live).append(addr)
+        live.sort()
+        down.sort()
+        targets = rng.sample(live, min(self.config.fanout, len(live)))
+        if down and rng.random() < len(down) / (len(live) + 1):
+            targets.append(rng.choice(down))
+        seeds = [s for s in self.seeds if s not in targets]
+        if seeds and len(seeds) == len(self.seeds):
+            if len(live) < len(self.seeds) or rng.random() < len(self.seeds) / (
+                len(live) + len(down) + 1
+            ):
+                targets.append(rng.choice(seeds))
+        syn = Syn(self.node_id, self.generation, self.digest())
+        return [(addr, syn) for addr in dict.fromkeys(targets)]
+
+    def on_syn(self, syn: Syn, now: float) -> SynAck:
+        """Answer a round: ask for what the sender knows better, send what it lacks."""
+        self.counters.syns_received += 1
+        theirs = self._filter_digest(syn.digest, now)
+        wanted = wanted_digest(self._namespaces, theirs.values())
+        budget = self.config.max_delta_bytes - encoded_size(wanted) - 16
+        delta = build_delta(self._namespaces, theirs, budget)
+        self._note_truncation(delta, theirs)
+        return SynAck(wanted, delta)
+
+    def on_syn_ack(self, msg: SynAck, now: float) -> Ack:
+        """Apply the reply's delta and send back what it asked for."""
+        self.apply_delta(msg.delta, now)
+        theirs = {e.node_id: e for e in msg.digest}
+        delta = build_delta(
+            {k: v for k, v in self._namespaces.items() if k in theirs},
+            theirs,
+            self.config.max_delta_bytes - 16,
+        )
+        self._note_truncation(delta, theirs)
+        return Ack(delta)
+
+    def on_ack(self, msg: Ack, now: float) -> None:
+        self.apply_delta(msg.delta, now)
+
+    def on_shutdown(self, msg: Shutdown, now: float) -> None:
+        """A member announced it is stopping now: stop waiting for the detector."""
+        ns = self._namespaces.get(msg.node_id)
+        peer = self._peers.get(msg.node_id)
+        if ns is None or peer is None or ns.generation != msg.generation:
+            return
+        if not peer.shutdown_noticed:
+            peer.shutdown_noticed = True
+            peer.liveness = "down"
+            peer.down_since = now
+            if peer.left_since is None:
+                peer.left_since = now
+            self._event(now, "left", msg.node_id, msg.generation, "shutdown notice")
+
+    def _note_truncation(
+        self, delta: tuple[NodeDelta, ...], theirs: dict[str, DigestEntry]
+    ) -> None:
+        # Count rounds where the budget kept something back (the next round continues).
+        wanted_nodes = sum(
+            1
+            for node_id, ns in self._namespaces.items()
+            if (e := theirs.get(node_id)) is None
+            or e.generation < ns.generation
+            or e.max_version < ns.max_version
+        )
+        complete = sum(
+            1 for nd in delta if nd.max_version >= self._namespaces[nd.node_id].max_version
+        )
+        if complete < wanted_nodes:
+            self.counters.budget_truncations += 1
+
+    def _filter_digest(self, digest: tuple[DigestEntry, ...], now: float) -> dict[str, DigestEntry]:
+        """Index a received digest, feeding newer heartbeats to the detector."""
+        out: dict[str, DigestEntry] = {}
+        for entry in digest:
+            if self.decisions.is_removed(entry.node_id, entry.generation):
+                continue
+            out[entry.node_id] = entry
+            ns = self._namespaces.get(entry.node_id)
+            if (
+                ns is not None
+                and entry.node_id != self.node_id
+                and ns.generation == entry.generation
+                and entry.heartbeat > ns.heartbeat
+            ):
+                ns.heartbeat = entry.heartbeat
+                self._heard(entry.node_id, now)
+        return out
+
+    # --- applying deltas -------------------------------------------------------------------------
+
+    def apply_delta(self, delta: tuple[NodeDelta, ...], now: float) -> None:
+        for nd in delta:
+            self._apply_node_delta(nd, now)
+
+    def _apply_node_delta(self, nd: NodeDelta, now: float) -> None:
+        if nd.node_id == self.node_id:
+            if nd.generation > self.generation:
+                # Someone else runs under our name with a newer generation.
+                self.counters.identity_conflicts += 1
+            return
+        if self.decisions.is_removed(nd.node_id, nd.generation):
+            self.counters.quarantined += 1
+            return
+        ns = self._namespaces.get(nd.node_id)
+        if ns is None or nd.generation > ns.generation:
+            if nd.floor != 0:
+                self.counters.stale_ignored += 1
+                return
+            restarted = ns is not None
+            ns = Namespace(nd.node_id, nd.generation)
+            self._namespaces[nd.node_id] = ns
+            # A new incarnation replaces the old one completely, detector history included.
+            self._peers[nd.node_id] = _Peer(ArrivalWindow(self._detector, now))
+            self._event(
+                now,
+                "restarted" if restarted else "joined",
+                nd.node_id,
+                nd.generation,
+            )
+        elif nd.generation < ns.generation:
+            self.counters.stale_ignored += 1
+            return
+        before_status, before_up = _status_of(ns), _up_of(ns)
+        if nd.floor <= ns.max_version:
+            for entry in nd.entries:
+                item = ns.entries.get(entry.key)
+                if item is None or entry.version > item[1]:
+                    ns.entries[entry.key] = (entry.value, entry.version)
+                    if entry.key == "decisions":
+                        self._merge_decisions(entry.value)
+            ns.max_version = max(ns.max_version, nd.max_version)
+            self.counters.deltas_applied += 1
+        else:
+            self.counters.stale_ignored += 1
+        if nd.heartbeat > ns.heartbeat:
+            ns.heartbeat = nd.heartbeat
+            self._heard(nd.node_id, now)
+        after_status = _status_of(ns)
+        if after_status != before_status:
+            peer = self._peers[nd.node_id]
+            if after_status == "left" and peer.left_since is None:
+                peer.left_since = now
+            self._event(now, after_status, nd.node_id, ns.generation)
+        elif _up_of(ns) != before_up and after_status == "up":
+            self._event(now, "up", nd.node_id, ns.generation)
+
+    def _merge_decisions(self, raw: object) -> None:
+        other = Decisions.from_plain(raw)
+        if other is None:
+            self.counters.bad_values += 1
+            return
+        if self.decisions.merge(other):
+            self.decisions_dirty = True
+
+    def _heard(self, node_id: str, now: float) -> None:
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            peer.window.heartbeat(now)
+
+    # --- local operations ------------------------------------------------------------------------
+
+    def set_metadata(self, key: str, value: str | None) -> None:
+        """Set (or with ``None`` delete) a user metadata key, visible at every peer.
+
+        Raises:
+          ValueError: key or value too long, or too many keys.
+        """
+        if not isinstance(key, str) or not 0 < len(key) <= 128:
+            raise ValueError("metadata key must be a non-empty string of at most 128 characters")
+        if value is not None:
+            if not isinstance(value, str):
+                raise ValueError("metadata value must be a string or None")
+            if len(value.encode()) > self.config.max_metadata_bytes:
+                raise ValueError(f"metadata value exceeds {self.config.max_metadata_bytes} bytes")
+            present = sum(
+                1
+                for k, (v, _) in self._self.entries.items()
+                if k.startswith(META_PREFIX) and v is not None
+            )
+            if (
+                self._self.get(META_PREFIX + key) is None
+                and present >= self.config.max_metadata_keys
+            ):
+                raise ValueError(f"at most {self.config.max_metadata_keys} metadata keys")
+        self._self.set(META_PREFIX + key, value)
+
+    def start_leave(self, now: float) -> None:
+        """Begin a graceful leave: announce ``leaving`` and wait for the leader's acknowledgement."""
+        if self.status in ("leaving", "left"):
+            return
+        if self.status == "joining":
+            self._set_left(now)
+            return
+        self._self.set("status", "leaving")
+        self._leave_deadline = now + self.config.leave_timeout
+        self._event(now, "leaving", self.node_id, self.generation)
+
+    def _set_left(self, now: float) -> None:
+        self._self.set("status", "left")
+        self._left_at = now
+        self._event(now, "left", self.node_id, self.generation)
+
+    def note_loop_lag(self, lag: float, now: float) -> None:
+        """Report an event-loop stall measured by the runtime's watchdog."""
+        if lag > self.config.local_pause_threshold:
+            self._pause_guard(now)
+
+    def _pause_guard(self, now: float) -> None:
+        # A stalled observer sees everyone as silent: suppress verdicts for a while and start every
+        # silence count afresh instead of learning the stall as a heartbeat interval.
+        self.counters.pause_guards += 1
+        self._guard_until = now + self.config.pause_guard
+        for peer in self._peers.values():
+            peer.window.rebase(now)
+
+    # --- periodic evaluation ---------------------------------------------------------------------
+
+    def evaluate(self, now: float, wall_ms: int) -> None:
+        """Update liveness, own status and, when leader, make decisions."""
+        if now - self._last_eval > self.config.local_pause_threshold:
+            self._pause_guard(now)
+        self._last_eval = now
+        self._evaluate_liveness(now)
+        self._apply_decisions(now)
+        self._evaluate_self(now)
+        self._publish_view()
+        self._leader_duties(now, wall_ms)
+
+    def _evaluate_liveness(self, now: float) -> None:
+        guarded = now < self._guard_until
+        for node_id, peer in self._peers.items():
+            ns = self._namespaces[node_id]
+            if _status_of(ns) == "left" or peer.shutdown_noticed:
+                continue
+            phi = peer.window.phi(now)
+            if phi >= self.config.down_phi:
+                if peer.liveness != "down" and not guarded:
+                    peer.liveness = "down"
+                    peer.down_since = now
+                    self._event(now, "down", node_id, ns.generation, f"phi {phi:.1f}")
+            elif phi >= self.config.suspect_phi:
+                if peer.liveness == "alive":
+                    peer.liveness = "suspect"
+                    self._event(now, "suspect", node_id, ns.generation, f"phi {phi:.1f}")
+            elif peer.liveness != "alive":
+                peer.liveness = "alive"
+                peer.down_since = None
+                self._event(now, "alive", node_id, ns.generation)
+
+    def _apply_decisions(self, now: float) -> None:
+        for node_id, ns in list(self._namespaces.items()):
+            if node_id != self.node_id and self.decisions.is_removed(node_id, ns.generation):
+                del self._namespaces[node_id]
+                del self._peers[node_id]
+                self._event(now, "removed", node_id, ns.generation)
+
+    def _evaluate_self(self, now: float) -> None:
+        status = self.status
+        if self.decisions.is_removed(self.node_id, self.generation) and status != "left":
+            self.needs_reincarnation = True
+            return
+        if status == "joining":
+            grant = self.decisions.grants.get(self.node_id)
+            if grant is not None and grant.generation == self.generation:
+                self._promote_self(grant.up_number)
+                self._event(
+                    now, "up", self.node_id, self.generation, f"up_number {grant.up_number}"
+                )
+        elif status == "leaving":
+            done = self.decisions.exited.get(self.node_id) == self.generation
+            if done or (self._leave_deadline is not None and now >= self._leave_deadline):
+                self._set_left(now)
+
+    def _promote_self(self, up_number: int) -> None:
+        self._self.set("up", up_number)
+        self._self.set("status", "up")
+
+    def _visible(self) -> list[tuple[str, Namespace]]:
+        """Members this peer considers present: itself and every remote member not down or gone."""
+        out = []
+        for node_id, ns in self._namespaces.items():
+            if node_id != self.node_id:
+                peer = self._peers[node_id]
+                if peer.liveness == "down" or peer.shutdown_noticed or _status_of(ns) == "left":
+                    continue
+            out.append((node_id, ns))
+        return out
+
+    def _publish_view(self) -> None:
+        entries = [(n, ns.generation, _status_of(ns), _up_of(ns)) for n, ns in self._visible()]
+        self._self.set("view", view_hash(entries))
+
+    # --- leader ----------------------------------------------------------------------------------
+
+    def leader(self) -> str | None:
+        """The oldest member that is up (or leaving) and reachable from here."""
+        best: Age | None = None
+        for node_id, ns in self._visible():
+            up = _up_of(ns)
+            if _status_of(ns) in ("up", "leaving") and up > 0:
+                age = Age(up, ns.generation, node_id)
+                if best is None or age < best:
+                    best = age
+        return None if best is None else best.node_id
+
+    def converged(self) -> bool:
+        """Every reachable up/leaving member publishes our view and none is suspect."""
+        mine = self._self.get("view")
+        for node_id, ns in self._visible():
+            if _status_of(ns) not in ("up", "leaving"):
+                continue
+            if node_id != self.node_id and (
+                self._peers[node_id].liveness == "suspect" or ns.get("view") != mine
+            ):
+                return False
+        return True
+
+    def _leader_duties(self, now: float, wall_ms: int) -> None:
+        leader = self.leader()
+        if leader != self._last_leader:
+            self._last_leader = leader
+            self._event(now, "leader", leader or "", 0, "no leader" if leader is None else "")
+        if leader != self.node_id:
+            self._leader.was_leader = False
+            return
+        d = self.decisions
+        changed = False
+        if not self._leader.was_leader:
+            self._leader.was_leader = True
+            d.begin_term()
+            changed = True
+        # Finish graceful leaves (no gate: the member is going anyway).
+        for node_id, ns in self._namespaces.items():
+            if _status_of(ns) == "leaving" and d.exited.get(node_id, -1) < ns.generation:
+                d.next_epoch()
+                d.exited[node_id] = ns.generation
+                changed = True
+        if self.converged():
+            self._leader.converged_view = frozenset(
+                n
+                for n, ns in self._namespaces.items()
+                if _status_of(ns) in ("up", "leaving") and not _gone(self._peers.get(n), ns)
+            )
+            for node_id, ns in sorted(self._namespaces.items()):
+                peer = self._peers.get(node_id)
+                if _status_of(ns) != "joining" or peer is None or peer.liveness != "alive":
+                    continue
+                grant = d.grants.get(node_id)
+                if grant is not None and grant.generation >= ns.generation:
+                    continue
+                up = max(d.max_up_number(), self._max_published_up()) + 1
+                term, seq = d.next_epoch()
+                d.grants[node_id] = Grant(ns.generation, up, term, seq)
+                changed = True
+            changed |= self._remove_gone(now, wall_ms)
+        if changed:
+            self.decisions_dirty = True
+            self._self.set("decisions", d.to_plain())
+
+    def _remove_gone(self, now: float, wall_ms: int) -> bool:
+        view = self._leader.converged_view
+        reachable = sum(
+            1
+            for n in view
+            if n == self.node_id or (n in self._peers and self._peers[n].liveness != "down")
+        )
+        if not has_majority(reachable, len(view)):
+            return False
+        changed = False
+        for node_id, peer in list(self._peers.items()):
+            ns = self._namespaces[node_id]
+            since = peer.left_since if _gone(peer, ns) else peer.down_since
+            if since is None or now - since < self.config.remove_after:
+                continue
+            self.decisions.next_epoch()
+            self.decisions.removed[node_id] = (ns.generation, wall_ms)
+            changed = True
+        if changed:
+            self.decisions.prune(wall_ms, self.config.tombstone_ttl_ms)
+        return changed
+
+    def _max_published_up(self) -> int:
+        return max((_up_of(ns) for ns in self._namespaces.values()), default=0)
+
+    # --- views for the API -----------------------------------------------------------------------
+
+    def members(self, now: float) -> list[MemberView]:
+        """This peer's membership table (sorted by name), including removed incarnations."""
+        leader = self.leader()
+        ranked = sorted(
+            Age(_up_of(ns), ns.generation, n)
+            for n, ns in self._visible()
+            if _status_of(ns) in ("up", "leaving") and _up_of(ns) > 0
+        )
+        rank = {age.node_id: i + 1 for i, age in enumerate(ranked)}
+        rows: list[MemberView] = []
+        for node_id, ns in sorted(self._namespaces.items()):
+            status: str = _status_of(ns)
+            is_self = node_id == self.node_id
+            peer = self._peers.get(node_id)
+            phi: float | None = None
+            reachable = True
+            if peer is not None:
+                phi = round(peer.window.phi(now), 3)
+                reachable = peer.liveness != "down"
+                if _gone(peer, ns):
+                    status = "left"
+                elif peer.liveness == "down":
+                    status = "down"
+            up = _up_of(ns)
+            rows.append(
+                MemberView(
+                    name=node_id,
+                    address=_addr_of(ns),
+                    status=status,
+                    reachable=reachable,
+                    up_number=up or None,
+                    age_rank=rank.get(node_id),
+                    generation=ns.generation,
+                    heartbeat=ns.heartbeat,
+                    phi=phi,
+                    metadata=_metadata_of(ns),
+                    is_leader=node_id == leader,
+                    is_self=is_self,
+                )
+            )
+        for node_id, (gen, _) in sorted(self.decisions.removed.items()):
+            if node_id not in self._namespaces:
+                rows.append(
+                    MemberView(
+                        node_id, None, "removed", False, None, None, gen, 0, None, {}, False, False
+                    )
+                )
+        rows.sort(key=lambda r: r.name)
+        return rows
+
+    def member_generations(self) -> dict[str, int]:
+        return {n: ns.generation for n, ns in self._namespaces.items()}
+
+    def address_of(self, node_id: str) -> str | None:
+        ns = self._namespaces.get(node_id)
+        return None if ns is None else _addr_of(ns)
+
+    def live_addresses(self) -> list[str]:
+        """Addresses of the remote members this peer considers reachable (for shutdown notices)."""
+        return sorted(
+            a for n, ns in self._visible() if n != self.node_id and (a := _addr_of(ns)) is not None
+        )
+
+    def _event(
+        self, now: float, kind: str, node_id: str, generation: int, detail: str = ""
+    ) -> None:
+        self.events.append(MembershipEvent(now, kind, node_id, generation, detail))
+
+
+def _gone(peer: _Peer | None, ns: Namespace) -> bool:
+    return _status_of(ns) == "left" or (peer is not None and peer.shutdown_noticed)
+
+
+def _status_of(ns: Namespace) -> SelfStatus:
+    value = ns.get("status")
+    if isinstance(value, str) and value in _SELF_STATUSES:
+        return value  # type: ignore[return-value]
+    return "joining"
+
+
+def _up_of(ns: Namespace) -> int:
+    value = ns.get("up")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _addr_of(ns: Namespace) -> str | None:
+    value = ns.get("addr")
+    return value if isinstance(value, str) and 0 < len(value) <= 300 else None
+
+
+def _metadata_of(ns: Namespace) -> dict[str, str]:
+    return {
+        key[len(META_PREFIX) :]: value
+        for key, (value, _) in sorted(ns.entries.items())
+        if key.startswith(META_PREFIX) and isinstance(value, str)
+    }
+
+
+__all__ = [
+    "GossipConfig",
+    "Gossiper",
+    "MemberView",
+    "MembershipEvent",
+    "replace",
+]

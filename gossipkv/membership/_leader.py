@@ -1,0 +1,162 @@
+"""Emergent Leader by age, and the leader's decisions (Generation Clock epochs).
+
+Age is ``(up_number, generation, node_id)``; the smallest is the oldest. The leader is the oldest
+member that is up (or leaving) and that this peer considers reachable: every peer computes it from
+its own view, so there are no election messages. The few decisions a leader makes (who is up with
+which ``up_number``, whose leave is finished, which incarnations are removed) are kept in
+:class:`Decisions`, a record every peer merges from whatever it hears and persists. Conflicting
+decisions about the same member are settled by epoch ``(term, seq)``: a peer that becomes leader
+starts a term above every term it has seen, so a deposed leader's decisions never win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Age(NamedTuple):
+    up_number: int
+    generation: int
+    node_id: str
+
+
+class Grant(NamedTuple):
+    generation: int
+    up_number: int
+    term: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Decisions:
+    """The merged record of leader decisions (a join-semilattice: ``merge`` is idempotent)."""
+
+    term: int = 0
+    seq: int = 0
+    grants: dict[str, Grant] = field(default_factory=dict)
+    removed: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (generation, at_ms)
+    exited: dict[str, int] = field(default_factory=dict)  # node -> generation whose leave is done
+
+    def epoch(self) -> tuple[int, int]:
+        return (self.term, self.seq)
+
+    def next_epoch(self) -> tuple[int, int]:
+        self.seq += 1
+        return (self.term, self.seq)
+
+    def begin_term(self) -> None:
+        """Called by a peer that becomes leader: its decisions outrank every earlier term."""
+        self.term += 1
+        self.seq = 0
+
+    def max_up_number(self) -> int:
+        return max((g.up_number for g in self.grants.values()), default=0)
+
+    def merge(self, other: Decisions) -> bool:
+        """Fold ``other`` into this record; returns True if anything changed."""
+        changed = False
+        if other.epoch() > self.epoch():
+            self.term, self.seq = other.term, other.seq
+            changed = True
+        for node, grant in other.grants.items():
+            mine = self.grants.get(node)
+            if (
+                mine is None
+                or grant.generation > mine.generation
+                or (grant.generation == mine.generation and grant[2:] > mine[2:])
+            ):
+                if mine != grant:
+                    self.grants[node] = grant
+                    changed = True
+        for node, (gen, at_ms) in other.removed.items():
+            cur = self.removed.get(node)
+            if cur is None or gen > cur[0]:
+                self.removed[node] = (gen, at_ms)
+                changed = True
+        for node, gen in other.exited.items():
+            if gen > self.exited.get(node, -1):
+                self.exited[node] = gen
+                changed = True
+        return changed
+
+    def is_removed(self, node_id: str, generation: int) -> bool:
+        cur = self.removed.get(node_id)
+        return cur is not None and generation <= cur[0]
+
+    def prune(self, now_ms: int, ttl_ms: int) -> None:
+        """Forget removals older than ``ttl_ms`` (the quarantine has long expired by then)."""
+        for node, (_, at_ms) in list(self.removed.items()):
+            if now_ms - at_ms > ttl_ms:
+                del self.removed[node]
+
+    def to_plain(self) -> dict[str, object]:
+        return {
+            "term": self.term,
+            "seq": self.seq,
+            "grants": {n: list(g) for n, g in sorted(self.grants.items())},
+            "removed": {n: list(r) for n, r in sorted(self.removed.items())},
+            "exited": dict(sorted(self.exited.items())),
+        }
+
+    @classmethod
+    def from_plain(cls, raw: object) -> Decisions | None:
+        """Validate a record received from a peer or read from disk; ``None`` if malformed."""
+        if not isinstance(raw, dict):
+            return None
+        term, seq = raw.get("term"), raw.get("seq")
+        grants_raw, removed_raw, exited_raw = (
+            raw.get("grants"),
+            raw.get("removed"),
+            raw.get("exited"),
+        )
+        if not (isinstance(term, int) and isinstance(seq, int)):
+            return None
+        if not (
+            isinstance(grants_raw, dict)
+            and isinstance(removed_raw, dict)
+            and isinstance(exited_raw, dict)
+        ):
+            return None
+        out = cls(term=term, seq=seq)
+        for node, g in grants_raw.items():
+            if not (isinstance(node, str) and _int_list(g, 4)):
+                return None
+            out.grants[node] = Grant(*g)
+        for node, r in removed_raw.items():
+            if not (isinstance(node, str) and _int_list(r, 2)):
+                return None
+            out.removed[node] = (r[0], r[1])
+        for node, gen in exited_raw.items():
+            if not (isinstance(node, str) and _is_int(gen)):
+                return None
+            out.exited[node] = gen
+        return out
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_list(value: object, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(_is_int(v) for v in value)
+
+
+def oldest(ages: Iterable[Age]) -> Age | None:
+    """The oldest of ``ages`` (``None`` for none)."""
+    return min(ages, default=None)
+
+
+def view_hash(entries: Iterable[tuple[str, int, str, int]]) -> str:
+    """Hash of what a peer sees: sorted ``(node_id, generation, status, up_number)`` tuples."""
+    h = hashlib.blake2b(digest_size=8)
+    for node_id, generation, status, up_number in sorted(entries):
+        h.update(f"{node_id}\x00{generation}\x00{status}\x00{up_number}\x01".encode())
+    return h.hexdigest()
+
+
+def has_majority(reachable: int, of_view: int) -> bool:
+    """Keep-majority: strictly more than half of the last converged view is reachable."""
+    return of_view > 0 and reachable * 2 > of_view
