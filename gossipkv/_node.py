@@ -1,0 +1,663 @@
+"""The node runtime: owns the nursery, the connections and the loops around the sans-IO core.
+
+A :class:`Node` binds its listen address, derives its generation (Generation Clock) from the data
+dir and the wall clock, then runs: the gossip loop (one scuttlebutt round every
+``gossip_interval``), the evaluation loop (failure detection, leader duties, persistence), a watchdog
+that measures event-loop lag (the local-pause guard), and one task per connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from . import _wallclock
+from ._errors import (
+    ConfigError,
+    ConnectionClosed,
+    DecodeError,
+    HandshakeError,
+    NodeClosedError,
+    RemoteError,
+    TransportError,
+)
+from ._messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Hello,
+    LeaveRequest,
+    MembersRequest,
+    Message,
+    Reply,
+    SetMetadataRequest,
+    Shutdown,
+    Syn,
+    SynAck,
+)
+from ._peer import Channel, TransportCounters, handshake
+from ._persist import FileNodeStore, NodeStore, PeerRecord
+from ._types import Address
+from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
+from .membership._leader import Decisions
+from .transport._base import Connection, Transport
+
+log = logging.getLogger("gossipkv.node")
+
+WallClock = Callable[[], int]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """A frozen snapshot of one node's state and counters (see :meth:`Node.statistics`)."""
+
+    name: str
+    address: str
+    cluster: str
+    generation: int
+    status: str
+    leader: str | None
+    converged: bool
+    members_by_status: dict[str, int]
+    gossip_rounds: int
+    syns_received: int
+    deltas_applied: int
+    budget_truncations: int
+    pause_guards: int
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    dropped_frames: dict[str, int]
+    refused_handshakes: dict[str, int]
+    connections: int
+    max_loop_lag: float
+    last_loop_lag: float
+
+
+@dataclass(slots=True)
+class _Runtime:
+    gossiper: Gossiper
+    nursery: trio.Nursery
+    address: str
+
+
+@dataclass(slots=True)
+class _LoopLag:
+    last: float = 0.0
+    max: float = 0.0
+    samples: list[float] = field(default_factory=list)
+
+
+class Node:
+    """One gossipkv peer. Create it with :func:`open_node`, or run it in your own nursery::
+
+        node = Node(name="a", listen="127.0.0.1:7400")
+        await nursery.start(node.run)
+
+    Args:
+      name: stable node id; defaults to the bound ``host:port``. Persisted in ``data_dir``.
+      listen: ``host:port`` to bind (port 0 picks a free port).
+      seeds: addresses to join through. With none, the node starts a new cluster.
+      data_dir: where the identity, generation and accepted decisions are kept (``None``: memory).
+      cluster: cluster name; peers and clients of another cluster are refused.
+      config: membership tuning (:class:`GossipConfig`); its ``cluster`` is overridden by ``cluster``.
+      transport: defaults to TCP; tests pass a ``gossipkv.testing.SimNetwork`` transport.
+      advertise: the address others should use, when it differs from ``listen``.
+      rng: randomness for target choice (seeded in simulation).
+      wall_clock: milliseconds since the epoch (faked in simulation).
+      store: where to persist the peer record (overrides ``data_dir``).
+      bootstrap: start a new cluster even with seeds (default: only when there are none).
+
+    Raises:
+      ConfigError: at construction, for a bad address, seed list or setting.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        listen: str = "127.0.0.1:7400",
+        seeds: list[str] | tuple[str, ...] = (),
+        data_dir: str | os.PathLike[str] | None = None,
+        cluster: str = "gossipkv",
+        config: GossipConfig | None = None,
+        transport: Transport | None = None,
+        advertise: str | None = None,
+        rng: random.Random | None = None,
+        wall_clock: WallClock | None = None,
+        store: NodeStore | None = None,
+        bootstrap: bool | None = None,
+        request_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+    ) -> None:
+        if isinstance(seeds, str):
+            raise ConfigError("seeds must be a list of 'host:port' strings, not one string")
+        try:
+            Address.parse(listen)
+            for seed in seeds:
+                Address.parse(seed)
+            if advertise is not None:
+                Address.parse(advertise)
+            cfg = GossipConfig(cluster=cluster) if config is None else config
+            if config is not None and cluster != cfg.cluster:
+                from dataclasses import replace
+
+                cfg = replace(cfg, cluster=cluster)
+            cfg.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if name is not None and (not name or len(name) > 128):
+            raise ConfigError("name must be 1..128 characters")
+        if not (request_timeout > 0 and connect_timeout > 0):
+            raise ConfigError("timeouts must be > 0")
+        self.config = cfg
+        self._name = name
+        self._listen = listen
+        self._advertise = advertise
+        self._seeds = list(seeds)
+        self._bootstrap = bootstrap
+        if transport is None:
+            from .transport._tcp import TcpTransport
+
+            transport = TcpTransport()
+        self._transport = transport
+        self._rng = rng if rng is not None else random.Random()
+        self._wall = wall_clock if wall_clock is not None else _wallclock.wall_ms
+        self._store: NodeStore = (
+            store if store is not None else FileNodeStore(data_dir) if data_dir else NodeStore()
+        )
+        self._request_timeout = request_timeout
+        self._connect_timeout = connect_timeout
+        self._rt: _Runtime | None = None
+        self._counters = TransportCounters()
+        self._channels: dict[str, Channel] = {}
+        self._connect_locks: dict[str, trio.Lock] = {}
+        self._inflight: set[str] = set()
+        self._changed = trio.Event()
+        self._ready = trio.Event()
+        self._done = trio.Event()
+        self._closing = False
+        self._lag = _LoopLag()
+        self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
+        self._record: PeerRecord | None = None
+        self._last_waiting_log = -math.inf
+
+    # --- public surface ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._runtime().gossiper.node_id
+
+    @property
+    def address(self) -> str:
+        """The address this node advertises (the bound one when ``listen`` used port 0)."""
+        return self._runtime().address
+
+    @property
+    def generation(self) -> int:
+        return self._runtime().gossiper.generation
+
+    @property
+    def status(self) -> str:
+        return self._runtime().gossiper.status
+
+    def members(self) -> list[MemberView]:
+        """This node's membership table."""
+        return self._runtime().gossiper.members(trio.current_time())
+
+    def leader(self) -> str | None:
+        """The emergent leader as this node sees it."""
+        return self._runtime().gossiper.leader()
+
+    def converged(self) -> bool:
+        return self._runtime().gossiper.converged()
+
+    def set_metadata(self, key: str, value: str | None) -> None:
+        """Publish (``None``: delete) a metadata key that every peer will see for this member.
+
+        Raises:
+          ValueError: key or value over the limits.
+        """
+        self._runtime().gossiper.set_metadata(key, value)
+
+    def statistics(self) -> NodeStatistics:
+        g = self._runtime().gossiper
+        rows = g.members(trio.current_time())
+        c = g.counters
+        return NodeStatistics(
+            name=g.node_id,
+            address=self.address,
+            cluster=self.config.cluster,
+            generation=g.generation,
+            status=g.status,
+            leader=g.leader(),
+            converged=g.converged(),
+            members_by_status=dict(Counter(r.status for r in rows)),
+            gossip_rounds=c.rounds,
+            syns_received=c.syns_received,
+            deltas_applied=c.deltas_applied,
+            budget_truncations=c.budget_truncations,
+            pause_guards=c.pause_guards,
+            frames_in=self._counters.frames_in,
+            frames_out=self._counters.frames_out,
+            bytes_in=self._counters.bytes_in,
+            bytes_out=self._counters.bytes_out,
+            dropped_frames=dict(self._counters.dropped),
+            refused_handshakes=dict(self._counters.refused),
+            connections=len(self._channels),
+            max_loop_lag=self._lag.max,
+            last_loop_lag=self._lag.last,
+        )
+
+    async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
+        """Wait until ``predicate(node)`` holds; it is re-checked after every evaluation tick."""
+        while not predicate(self):
+            await self._changed.wait()
+
+    @asynccontextmanager
+    async def events(
+        self, max_buffer: int = 256
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[MembershipEvent]]:
+        """Subscribe to membership events (joins, ups, downs, leaves, removals, leader changes).
+
+        A subscriber that falls ``max_buffer`` events behind loses the newest ones (counted as
+        dropped frames ``events_overflow``): membership must never wait on a slow reader.
+        """
+        send, receive = trio.open_memory_channel[MembershipEvent](max_buffer)
+        self._subscribers.append(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._subscribers.remove(send)
+            send.close()
+
+    async def leave(self) -> None:
+        """Leave the cluster gracefully and stop: announce ``leaving``, wait for the leader's
+        acknowledgement (or ``leave_timeout``), announce ``left``, gossip it for two more rounds,
+        tell the live peers, then end :meth:`run`.
+        """
+        rt = self._runtime()
+        if self._closing:
+            await self._done.wait()
+            return
+        self._closing = True
+        rt.gossiper.start_leave(trio.current_time())
+        await self.wait_until(lambda n: rt.gossiper.has_left)
+        # Let the 'left' status spread before going silent (Serf LeavePropagateDelay).
+        await trio.sleep(2 * self.config.gossip_interval + 0.3)
+        notice = Shutdown(rt.gossiper.node_id, rt.gossiper.generation)
+        with trio.move_on_after(0.5):
+            async with trio.open_nursery() as nursery:
+                for addr in rt.gossiper.live_addresses():
+                    nursery.start_soon(self._notify_quietly, addr, notice)
+        self._done.set()
+        rt.nursery.cancel_scope.cancel()
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until it leaves or is cancelled; ``task_status.started(node)`` once serving.
+
+        Raises:
+          DataDirError: the data dir is unusable or locked.
+          TransportError: the listen address cannot be bound.
+        """
+        if self._rt is not None:
+            raise RuntimeError("a Node can only run once; create a new one to restart")
+        record = await self._store.open()
+        try:
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(
+                    self._transport.serve, self._listen, self._handle_connection
+                )
+                address = self._advertise or _advertised(bound)
+                name = self._name or (record.node_id if record else None) or address
+                stored_gen = record.generation if record and record.node_id == name else 0
+                generation = max(stored_gen + 1, self._wall())
+                decisions = Decisions.from_plain(record.decisions) if record else None
+                known = record.known_peers if record else []
+                seeds = [s for s in dict.fromkeys([*self._seeds, *known]) if s != address]
+                bootstrap = self._bootstrap if self._bootstrap is not None else not self._seeds
+                self._record = PeerRecord(
+                    name, generation, decisions.to_plain() if decisions else None, known
+                )
+                # Generation Clock: the new generation is durable before the first gossip.
+                await self._store.save(self._record)
+                gossiper = Gossiper(
+                    self.config,
+                    node_id=name,
+                    address=address,
+                    generation=generation,
+                    seeds=seeds,
+                    now=trio.current_time(),
+                    decisions=decisions,
+                    bootstrap=bootstrap,
+                )
+                self._rt = _Runtime(gossiper, nursery, address)
+                self._ready.set()
+                if gossiper.decisions_dirty:
+                    await self._persist()
+                nursery.start_soon(self._gossip_loop)
+                nursery.start_soon(self._evaluate_loop)
+                nursery.start_soon(self._watchdog)
+                log.info(
+                    "%s listening on %s (generation %d, %s)",
+                    name,
+                    address,
+                    generation,
+                    "new cluster" if bootstrap else f"joining via {', '.join(seeds) or 'nobody'}",
+                )
+                task_status.started(self)
+        finally:
+            self._closing = True
+            self._done.set()
+            for send in self._subscribers:
+                send.close()
+            with trio.move_on_after(2.0, shield=True):
+                await self._store.close()
+
+    def _runtime(self) -> _Runtime:
+        if self._rt is None:
+            raise NodeClosedError("node is not running (use open_node or nursery.start(node.run))")
+        return self._rt
+
+    async def _gossip_loop(self) -> None:
+        rt = self._runtime()
+        interval = self.config.gossip_interval
+        next_at = trio.current_time() + self._rng.random() * interval
+        while True:
+            await trio.sleep_until(next_at)
+            await self._transport.wait_runnable()
+            now = trio.current_time()
+            for addr, syn in rt.gossiper.tick(now, self._rng):
+                if addr not in self._inflight:
+                    self._inflight.add(addr)
+                    rt.nursery.start_soon(self._exchange, addr, syn)
+            self._log_join_wait(now)
+            next_at = max(next_at + interval, now)
+
+    def _log_join_wait(self, now: float) -> None:
+        g = self._runtime().gossiper
+        if g.status != "joining" or now - self._last_waiting_log < 5.0:
+            return
+        if now - g._started < 2.0:
+            return
+        self._last_waiting_log = now
+        others = [m.name for m in g.members(now) if not m.is_self]
+        if not others:
+            log.warning(
+                "%s: still trying to reach seeds %s", g.node_id, ", ".join(g.seeds) or "(none)"
+            )
+        else:
+            log.warning(
+                "%s: waiting for the leader to admit it (knows %d members)", g.node_id, len(others)
+            )
+
+    async def _exchange(self, addr: str, syn: Syn) -> None:
+        rt = self._runtime()
+        try:
+            with trio.move_on_after(self._request_timeout):
+                channel = await self._channel_to(addr)
+                reply = await channel.request(syn)
+                if isinstance(reply, SynAck):
+                    ack = rt.gossiper.on_syn_ack(reply, trio.current_time())
+                    await channel.notify(ack)
+        except (TransportError, HandshakeError, RemoteError, DecodeError) as exc:
+            log.debug("gossip with %s failed: %s", addr, exc)
+        finally:
+            self._inflight.discard(addr)
+
+    async def _notify_quietly(self, addr: str, message: Message) -> None:
+        try:
+            channel = await self._channel_to(addr)
+            await channel.notify(message)
+        except (TransportError, HandshakeError, DecodeError):
+            pass
+
+    async def _evaluate_loop(self) -> None:
+        rt = self._runtime()
+        interval = min(0.1, self.config.gossip_interval / 2)
+        next_at = trio.current_time()
+        while True:
+            next_at = max(next_at + interval, trio.current_time())
+            await trio.sleep_until(next_at)
+            await self._transport.wait_runnable()
+            g = rt.gossiper
+            g.evaluate(trio.current_time(), self._wall())
+            self._publish_events()
+            if g.needs_reincarnation:
+                generation = max(g.generation + 1, self._wall())
+                log.warning(
+                    "%s was removed by the leader; rejoining as generation %d",
+                    g.node_id,
+                    generation,
+                )
+                g.reincarnate(generation, trio.current_time())
+                await self._persist()
+            if g.decisions_dirty:
+                await self._persist()
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def _publish_events(self) -> None:
+        events = self._runtime().gossiper.events
+        while events:
+            event = events.popleft()
+            log.info(
+                "event %s %s gen=%s %s", event.kind, event.node_id, event.generation, event.detail
+            )
+            for send in self._subscribers:
+                try:
+                    send.send_nowait(event)
+                except (trio.WouldBlock, trio.BrokenResourceError):
+                    self._counters.dropped["events_overflow"] += 1
+
+    async def _persist(self) -> None:
+        g = self._runtime().gossiper
+        g.decisions_dirty = False
+        peers = sorted(
+            {m.address for m in g.members(trio.current_time()) if m.address and not m.is_self}
+        )
+        record = PeerRecord(g.node_id, g.generation, g.decisions.to_plain(), peers[:64])
+        try:
+            await self._store.save(record)
+        except Exception as exc:
+            g.decisions_dirty = True
+            log.error("cannot persist membership state: %s", exc)
+
+    async def _watchdog(self) -> None:
+        rt = self._runtime()
+        period = 0.05
+        next_at = trio.current_time() + period
+        while True:
+            await trio.sleep_until(next_at)
+            now = trio.current_time()
+            lag = now - next_at
+            self._lag.last = lag
+            self._lag.max = max(self._lag.max, lag)
+            rt.gossiper.note_loop_lag(lag, now)
+            next_at = now + period
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def _hello(self) -> Hello:
+        g = self._runtime().gossiper
+        return Hello(PROTOCOL_VERSION, self.config.cluster, g.node_id, g.generation, self.address)
+
+    async def _channel_to(self, addr: str) -> Channel:
+        existing = self._channels.get(addr)
+        if existing is not None and not existing.closed:
+            return existing
+        lock = self._connect_locks.setdefault(addr, trio.Lock())
+        async with lock:
+            existing = self._channels.get(addr)
+            if existing is not None and not existing.closed:
+                return existing
+            with trio.move_on_after(self._connect_timeout) as scope:
+                conn = await self._transport.connect(addr)
+            if scope.cancelled_caught:
+                raise TransportError(f"connect to {addr} timed out")
+            try:
+                with trio.fail_after(self._request_timeout):
+                    remote = await handshake(
+                        conn,
+                        self._hello(),
+                        initiator=True,
+                        max_frame=self._transport.max_frame,
+                        counters=self._counters,
+                        own_node_id=self.name,
+                    )
+            except BaseException:
+                with trio.move_on_after(0.5, shield=True):
+                    await conn.aclose()
+                raise
+            channel = self._make_channel(conn, remote)
+            self._channels[addr] = channel
+            await self._runtime().nursery.start(self._run_channel, channel, addr)
+            return channel
+
+    async def _run_channel(
+        self,
+        channel: Channel,
+        addr: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await channel.run(task_status=task_status)
+        finally:
+            if self._channels.get(addr) is channel:
+                del self._channels[addr]
+
+    def _make_channel(self, conn: Connection, remote: Hello) -> Channel:
+        return Channel(
+            conn,
+            remote,
+            on_request=self._on_request,
+            on_oneway=self._on_oneway,
+            max_frame=self._transport.max_frame,
+            counters=self._counters,
+        )
+
+    async def _handle_connection(self, conn: Connection) -> None:
+        await self._ready.wait()
+        try:
+            with trio.fail_after(self._request_timeout):
+                remote = await handshake(
+                    conn,
+                    self._hello(),
+                    initiator=False,
+                    max_frame=self._transport.max_frame,
+                    counters=self._counters,
+                    own_node_id=self.name,
+                )
+        except HandshakeError as exc:
+            log.warning("refused connection from %s: %s", conn.remote_address, exc)
+            return
+        except DecodeError as exc:
+            self._counters.dropped[exc.reason] += 1
+            return
+        except (ConnectionClosed, TransportError, trio.TooSlowError):
+            self._counters.dropped["handshake_failed"] += 1
+            return
+        channel = self._make_channel(conn, remote)
+        addr = remote.address if remote.node_id != "client" else ""
+        if addr and addr not in self._channels:
+            # Reuse the inbound connection for our own requests to this peer (Single Socket Channel).
+            self._channels[addr] = channel
+        try:
+            await channel.run()
+        finally:
+            if addr and self._channels.get(addr) is channel:
+                del self._channels[addr]
+
+    async def _on_request(self, channel: Channel, message: Message) -> Message:
+        await self._transport.wait_runnable()
+        g = self._runtime().gossiper
+        now = trio.current_time()
+        if isinstance(message, Syn):
+            if channel.remote.node_id == "client":
+                raise RemoteError("bad_request", "clients do not gossip")
+            return g.on_syn(message, now)
+        if isinstance(message, MembersRequest):
+            return Reply(members_body(g.node_id, g.leader(), g.members(now)))
+        if isinstance(message, SetMetadataRequest):
+            g.set_metadata(message.key, message.value)
+            return Reply({"ok": True})
+        if isinstance(message, LeaveRequest):
+            if g.status in ("leaving", "left") or self._closing:
+                return Reply({"ok": True, "status": g.status})
+            self._runtime().nursery.start_soon(self.leave)
+            return Reply({"ok": True, "status": "leaving"})
+        raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
+
+    async def _on_oneway(self, channel: Channel, message: Message) -> None:
+        await self._transport.wait_runnable()
+        g = self._runtime().gossiper
+        if isinstance(message, Ack):
+            g.on_ack(message, trio.current_time())
+        elif isinstance(message, Shutdown):
+            g.on_shutdown(message, trio.current_time())
+        else:
+            self._counters.dropped["unexpected_oneway"] += 1
+
+
+def members_body(self_name: str, leader: str | None, rows: list[MemberView]) -> dict[str, object]:
+    """The ``members --json`` shape (stable; documented in the README)."""
+    return {
+        "self": self_name,
+        "leader": leader,
+        "members": [
+            {
+                "name": r.name,
+                "address": r.address,
+                "status": r.status,
+                "reachable": r.reachable,
+                "up_number": r.up_number,
+                "age_rank": r.age_rank,
+                "generation": r.generation,
+                "heartbeat": r.heartbeat,
+                "phi": r.phi,
+                "metadata": r.metadata,
+            }
+            for r in rows
+        ],
+    }
+
+
+def _advertised(bound: str) -> str:
+    addr = Address.parse(bound)
+    if addr.host in ("0.0.0.0", "::", ""):
+        return str(Address("127.0.0.1", addr.port))
+    return str(addr)
+
+
+@asynccontextmanager
+async def open_node(**kwargs: object) -> AsyncIterator[Node]:
+    """Start a :class:`Node` (same arguments) and leave the cluster gracefully on exit.
+
+    ``async with open_node(name="a", listen="127.0.0.1:7400", seeds=[...]) as node: ...``
+
+    On exit the node leaves gracefully (bounded by ``leave_timeout`` plus propagation); if the
+    body raised or was cancelled it simply stops.
+    """
+    node = Node(**kwargs)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        try:
+            yield node
+        except BaseException:
+            nursery.cancel_scope.cancel()
+            raise
+        with trio.move_on_after(node.config.leave_timeout + 3.0):
+            await node.leave()
+        nursery.cancel_scope.cancel()
