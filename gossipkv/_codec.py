@@ -100,10 +100,10 @@ def _build(hint: Any) -> tuple[_Decoder, _Encoder]:
 
         return dec_opt, enc_opt
     if origin is tuple:
-        args = typing.get_args(hint)
-        if len(args) != 2 or args[1] is not Ellipsis:
+        targs = typing.get_args(hint)
+        if len(targs) != 2 or targs[1] is not Ellipsis:
             raise TypeError(f"unsupported tuple {hint}")
-        item_dec, item_enc = _build(args[0])
+        item_dec, item_enc = _build(targs[0])
 
         def dec_tuple(raw: Any, where: str) -> Any:
             if type(raw) is not list:

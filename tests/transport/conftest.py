@@ -1,0 +1,111 @@
+"""One harness per transport, so tests/transport/test_conformance.py runs over both."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import pytest
+import trio
+import trio.testing
+
+from gossipkv.testing import SimNetwork
+from gossipkv.transport import Connection, Handler, TcpTransport, Transport
+
+MAX_FRAME = 64 * 1024  # small, so limit tests stay fast
+
+
+class Harness(Protocol):
+    kind: str
+    max_frame: int
+
+    async def serve(self, handler: Handler) -> str:
+        """Start a server in the test's nursery; return its address."""
+
+    async def connect(self, address: str) -> Connection: ...
+
+    def transport_at(self, address: str) -> Transport:
+        """A transport that may try to listen on ``address``."""
+
+    def dead_address(self) -> str:
+        """An address nothing listens on."""
+
+
+class TcpHarness:
+    kind = "tcp"
+    max_frame = MAX_FRAME
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.transport = TcpTransport(max_frame=MAX_FRAME)
+
+    async def serve(self, handler: Handler) -> str:
+        address: str = await self._nursery.start(self.transport.serve, "127.0.0.1:0", handler)
+        return address
+
+    async def connect(self, address: str) -> Connection:
+        return await self.transport.connect(address)
+
+    def transport_at(self, address: str) -> Transport:
+        return TcpTransport(max_frame=MAX_FRAME)
+
+    def dead_address(self) -> str:
+        # A port that was free a moment ago; nothing we start listens there.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+
+class SimHarness:
+    kind = "sim"
+    max_frame = MAX_FRAME
+
+    def __init__(self, nursery: trio.Nursery, net: SimNetwork) -> None:
+        self._nursery = nursery
+        self.net = net
+        self._servers = 0
+        self.client = net.transport("10.0.1.1:5000")
+
+    async def serve(self, handler: Handler) -> str:
+        self._servers += 1
+        address = f"10.0.0.{self._servers}:7400"
+        transport = self.net.transport(address)
+        bound: str = await self._nursery.start(transport.serve, address, handler)
+        return bound
+
+    async def connect(self, address: str) -> Connection:
+        return await self.client.connect(address)
+
+    def transport_at(self, address: str) -> Transport:
+        return self.net.transport(address)
+
+    def dead_address(self) -> str:
+        return "10.0.2.1:7400"
+
+
+@pytest.fixture(params=["tcp", "sim"])
+def transport_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def clock(transport_kind: str) -> trio.testing.MockClock | None:
+    """Request this in every conformance test: pytest-trio runs the sim under it (TCP: real)."""
+    if transport_kind == "sim":
+        return trio.testing.MockClock(autojump_threshold=0)
+    return None
+
+
+@pytest.fixture
+async def harness(transport_kind: str, nursery: trio.Nursery) -> AsyncIterator[Harness]:
+    if transport_kind == "tcp":
+        yield TcpHarness(nursery)
+    else:
+        # The test must also request ``clock``, or the simulation would run on real time.
+        assert isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+        net = SimNetwork(seed=0, max_frame=MAX_FRAME)
+        await nursery.start(net.run)
+        yield SimHarness(nursery, net)

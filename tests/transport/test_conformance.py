@@ -1,0 +1,309 @@
+"""The Transport contract (gossipkv/transport/_base.py), run over TcpTransport and SimNetwork.
+
+Every test takes ``clock`` so the simulated run uses an autojump MockClock (TCP: the real clock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import trio
+
+from gossipkv import ConnectionClosed, DecodeError, TransportError
+from gossipkv._codec import frame_header
+from gossipkv.transport import Connection
+
+from .conftest import Harness
+
+# A guard against hangs only; no assertion depends on how long anything takes.
+HANG_GUARD = 10
+
+
+async def echo(conn: Connection) -> None:
+    try:
+        while True:
+            await conn.send(await conn.receive())
+    except ConnectionClosed:
+        pass
+
+
+class Recorder:
+    """A server handler that records what each connection received and how it ended."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.errors: list[Exception] = []
+        self.done = trio.Event()
+
+    async def __call__(self, conn: Connection) -> None:
+        try:
+            while True:
+                self.payloads.append(await conn.receive())
+        except (ConnectionClosed, DecodeError) as exc:
+            self.errors.append(exc)
+        finally:
+            self.done.set()
+
+
+async def test_round_trip(harness: Harness, clock: object) -> None:
+    address = await harness.serve(echo)
+    conn = await harness.connect(address)
+    for payload in (b"hello", b"", bytes(range(256))):
+        await conn.send(payload)
+        assert await conn.receive() == payload
+    await conn.aclose()
+
+
+async def test_thousand_frames_arrive_in_order(harness: Harness, clock: object) -> None:
+    recorder = Recorder()
+    address = await harness.serve(recorder)
+    conn = await harness.connect(address)
+    sent = [i.to_bytes(4, "big") * (i % 7 + 1) for i in range(1000)]
+    for payload in sent:
+        await conn.send(payload)
+    await conn.aclose()
+    with trio.fail_after(HANG_GUARD):
+        await recorder.done.wait()
+    assert recorder.payloads == sent
+    assert [type(e) for e in recorder.errors] == [ConnectionClosed]
+
+
+async def test_many_concurrent_connections(harness: Harness, clock: object) -> None:
+    address = await harness.serve(echo)
+    results: dict[int, list[bytes]] = {}
+
+    async def client(i: int) -> None:
+        conn = await harness.connect(address)
+        got = []
+        for j in range(20):
+            await conn.send(f"{i}/{j}".encode())
+            got.append(await conn.receive())
+        results[i] = got
+        await conn.aclose()
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(client, i)
+    assert results == {i: [f"{i}/{j}".encode() for j in range(20)] for i in range(50)}
+
+
+async def test_both_directions_at_once(harness: Harness, clock: object) -> None:
+    from_client = [b"c%d" % i for i in range(200)]
+    from_server = [b"s%d" % i for i in range(200)]
+    server_got: list[bytes] = []
+
+    async def handler(conn: Connection) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_send_all, conn, from_server)
+            server_got.extend([await conn.receive() for _ in from_client])
+        with contextlib.suppress(ConnectionClosed):
+            await conn.receive()  # wait for the client's close so our frames are not cut short
+
+    address = await harness.serve(handler)
+    conn = await harness.connect(address)
+    client_got: list[bytes] = []
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_send_all, conn, from_client)
+            client_got.extend([await conn.receive() for _ in from_server])
+    await conn.aclose()
+    assert client_got == from_server
+    assert server_got == from_client
+
+
+async def _send_all(conn: Connection, payloads: list[bytes]) -> None:
+    for payload in payloads:
+        await conn.send(payload)
+
+
+async def test_frames_up_to_max_frame_pass(harness: Harness, clock: object) -> None:
+    address = await harness.serve(echo)
+    conn = await harness.connect(address)
+    for size in (harness.max_frame - 1, harness.max_frame):
+        payload = bytes([size % 251]) * size
+        await conn.send(payload)
+        assert await conn.receive() == payload
+    await conn.aclose()
+
+
+async def test_frame_over_max_frame_is_too_large_at_receiver(
+    harness: Harness, clock: object
+) -> None:
+    recorder = Recorder()
+    address = await harness.serve(recorder)
+    conn = await harness.connect(address)
+    await conn.send(b"ok")
+    await conn.send(b"x" * (harness.max_frame + 1))
+    with trio.fail_after(HANG_GUARD):
+        await recorder.done.wait()
+    assert recorder.payloads == [b"ok"]
+    [error] = recorder.errors
+    assert isinstance(error, DecodeError)
+    assert error.reason == "too_large"
+    await conn.aclose()
+
+
+async def test_close_ends_the_other_side_after_pending_frames(
+    harness: Harness, clock: object
+) -> None:
+    recorder = Recorder()
+    address = await harness.serve(recorder)
+    conn = await harness.connect(address)
+    for payload in (b"a", b"b", b"c"):
+        await conn.send(payload)
+    await conn.aclose()
+    with trio.fail_after(HANG_GUARD):
+        await recorder.done.wait()
+    assert recorder.payloads == [b"a", b"b", b"c"]
+    assert [type(e) for e in recorder.errors] == [ConnectionClosed]
+
+
+async def test_server_close_reaches_client(harness: Harness, clock: object) -> None:
+    async def greet_and_leave(conn: Connection) -> None:
+        await conn.send(b"bye")  # the handler returns: the transport closes the connection
+
+    address = await harness.serve(greet_and_leave)
+    conn = await harness.connect(address)
+    with trio.fail_after(HANG_GUARD):
+        assert await conn.receive() == b"bye"
+        with pytest.raises(ConnectionClosed):
+            await conn.receive()
+    await conn.aclose()
+
+
+async def test_local_close_is_idempotent_and_final(harness: Harness, clock: object) -> None:
+    address = await harness.serve(echo)
+    conn = await harness.connect(address)
+    await conn.aclose()
+    await conn.aclose()
+    with pytest.raises(ConnectionClosed):
+        await conn.send(b"late")
+    with pytest.raises(ConnectionClosed):
+        await conn.receive()
+
+
+async def test_close_wakes_a_blocked_receive(harness: Harness, clock: object) -> None:
+    address = await harness.serve(echo)
+    conn = await harness.connect(address)
+    outcome: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await conn.receive()
+        except ConnectionClosed as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await conn.aclose()
+    assert len(outcome) == 1
+
+
+async def test_connect_to_nothing_is_a_transport_error(harness: Harness, clock: object) -> None:
+    with trio.fail_after(HANG_GUARD), pytest.raises(TransportError, match="cannot connect"):
+        await harness.connect(harness.dead_address())
+
+
+async def test_serve_on_an_address_in_use_is_a_transport_error(
+    harness: Harness, clock: object
+) -> None:
+    address = await harness.serve(echo)
+    other = harness.transport_at(address)
+    with pytest.raises(TransportError, match="in use"):
+        await other.serve(address, echo)
+
+
+async def test_a_failing_handler_does_not_stop_the_server(
+    harness: Harness, clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def flaky(conn: Connection) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("handler bug")
+        await echo(conn)
+
+    address = await harness.serve(flaky)
+    first = await harness.connect(address)
+    with trio.fail_after(HANG_GUARD), pytest.raises(ConnectionClosed):
+        await first.receive()
+    second = await harness.connect(address)
+    await second.send(b"still here")
+    assert await second.receive() == b"still here"
+    await first.aclose()
+    await second.aclose()
+    assert "handler bug" in caplog.text
+
+
+async def test_remote_address_is_host_port(harness: Harness, clock: object) -> None:
+    seen: list[str] = []
+
+    async def handler(conn: Connection) -> None:
+        seen.append(conn.remote_address)
+        await echo(conn)
+
+    address = await harness.serve(handler)
+    conn = await harness.connect(address)
+    await conn.send(b"x")
+    await conn.receive()
+    assert conn.remote_address == address
+    host, _, port = seen[0].rpartition(":")
+    assert host and port.isdigit()
+    await conn.aclose()
+
+
+# --- TCP only: bytes no well-behaved sender produces --------------------------------------------
+
+
+@pytest.fixture
+def raw_tcp(transport_kind: str) -> None:
+    if transport_kind != "tcp":
+        pytest.skip("raw byte streams exist only over TCP")
+
+
+async def test_tcp_length_over_limit_fails_before_the_body(
+    harness: Harness, clock: object, raw_tcp: None
+) -> None:
+    recorder = Recorder()
+    address = await harness.serve(recorder)
+    host, _, port = address.rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    # Only the header: a receiver that tried to read the body would wait forever.
+    await stream.send_all((harness.max_frame + 1).to_bytes(4, "big"))
+    with trio.fail_after(HANG_GUARD):
+        await recorder.done.wait()
+    [error] = recorder.errors
+    assert isinstance(error, DecodeError)
+    assert error.reason == "too_large"
+    await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        frame_header(b"x" * 100) + b"x" * 10,  # EOF inside the body
+        b"\x00\x00",  # EOF inside the header
+    ],
+    ids=["body", "header"],
+)
+async def test_tcp_eof_inside_a_frame_is_truncated(
+    harness: Harness, clock: object, raw_tcp: None, raw: bytes
+) -> None:
+    recorder = Recorder()
+    address = await harness.serve(recorder)
+    host, _, port = address.rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(frame_header(b"ok") + b"ok" + raw)
+    await stream.aclose()
+    with trio.fail_after(HANG_GUARD):
+        await recorder.done.wait()
+    assert recorder.payloads == [b"ok"]
+    [error] = recorder.errors
+    assert isinstance(error, DecodeError)
+    assert error.reason == "truncated"
