@@ -147,7 +147,7 @@ class Channel:
         self._on_oneway = on_oneway
         self._max_frame = max_frame
         self._counters = counters
-        self._limiter = trio.CapacityLimiter(max_inflight)
+        self._limiter = trio.Semaphore(max_inflight)
         self._send_lock = trio.Lock()
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
