@@ -1,5 +1,12 @@
-"""gossipkv: a gossip-based, leaderless, eventually consistent key-value store on Trio."""
+"""gossipkv: a gossip-based, leaderless, eventually consistent key-value store on Trio.
 
+Start a peer with :func:`open_node` (or ``await nursery.start(Node(...).run)``), talk to a running
+cluster with :func:`open_client`, and test your own app on a simulated network with
+:mod:`gossipkv.testing`.
+"""
+
+from ._client import Client as Client
+from ._client import open_client as open_client
 from ._errors import (
     ConfigError as ConfigError,
 )
@@ -27,4 +34,49 @@ from ._errors import (
 from ._errors import (
     TransportError as TransportError,
 )
+from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._node import (
+    Node as Node,
+)
+from ._node import (
+    NodeStatistics as NodeStatistics,
+)
+from ._node import (
+    members_body as members_body,
+)
+from ._node import (
+    open_node as open_node,
+)
 from ._version import __version__ as __version__
+from .membership._gossiper import (
+    GossipConfig as GossipConfig,
+)
+from .membership._gossiper import (
+    MembershipEvent as MembershipEvent,
+)
+from .membership._gossiper import (
+    MemberView as MemberView,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Client",
+    "ConfigError",
+    "ConnectionClosed",
+    "DataDirError",
+    "DecodeError",
+    "GossipConfig",
+    "GossipKVError",
+    "HandshakeError",
+    "MemberView",
+    "MembershipEvent",
+    "Node",
+    "NodeClosedError",
+    "NodeStatistics",
+    "RemoteError",
+    "TransportError",
+    "__version__",
+    "members_body",
+    "open_client",
+    "open_node",
+]

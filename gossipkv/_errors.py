@@ -54,3 +54,24 @@ class NodeClosedError(GossipKVError):
 
 class DataDirError(GossipKVError):
     """The data directory cannot be used (not a directory, unreadable, locked by another process)."""
+
+
+def single_error(group: BaseExceptionGroup[BaseException]) -> GossipKVError | None:
+    """The one gossipkv error inside ``group`` (ignoring cancellations), if that is all it holds.
+
+    Nurseries wrap errors in exception groups; at the public edge one library error is re-raised
+    ``from group`` so callers can ``except GossipKVError`` (trio's own advice for hidden nurseries).
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif type(exc).__name__ != "Cancelled":
+            leaves.append(exc)
+
+    walk(group)
+    if len(leaves) == 1 and isinstance(leaves[0], GossipKVError):
+        return leaves[0]
+    return None

@@ -148,6 +148,11 @@ class MembersRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class StatsRequest(Message):
+    TAG: ClassVar[str] = "stats"
+
+
+@dataclass(frozen=True, slots=True)
 class LeaveRequest(Message):
     TAG: ClassVar[str] = "leave"
 
@@ -178,6 +183,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Ack,
         Shutdown,
         MembersRequest,
+        StatsRequest,
         LeaveRequest,
         SetMetadataRequest,
         Reply,

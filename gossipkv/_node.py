@@ -28,6 +28,7 @@ from ._errors import (
     NodeClosedError,
     RemoteError,
     TransportError,
+    single_error,
 )
 from ._messages import (
     PROTOCOL_VERSION,
@@ -39,6 +40,7 @@ from ._messages import (
     Reply,
     SetMetadataRequest,
     Shutdown,
+    StatsRequest,
     Syn,
     SynAck,
 )
@@ -315,48 +317,12 @@ class Node:
             raise RuntimeError("a Node can only run once; create a new one to restart")
         record = await self._store.open()
         try:
-            async with trio.open_nursery() as nursery:
-                bound = await nursery.start(
-                    self._transport.serve, self._listen, self._handle_connection
-                )
-                address = self._advertise or _advertised(bound)
-                name = self._name or (record.node_id if record else None) or address
-                stored_gen = record.generation if record and record.node_id == name else 0
-                generation = max(stored_gen + 1, self._wall())
-                decisions = Decisions.from_plain(record.decisions) if record else None
-                known = record.known_peers if record else []
-                seeds = [s for s in dict.fromkeys([*self._seeds, *known]) if s != address]
-                bootstrap = self._bootstrap if self._bootstrap is not None else not self._seeds
-                self._record = PeerRecord(
-                    name, generation, decisions.to_plain() if decisions else None, known
-                )
-                # Generation Clock: the new generation is durable before the first gossip.
-                await self._store.save(self._record)
-                gossiper = Gossiper(
-                    self.config,
-                    node_id=name,
-                    address=address,
-                    generation=generation,
-                    seeds=seeds,
-                    now=trio.current_time(),
-                    decisions=decisions,
-                    bootstrap=bootstrap,
-                )
-                self._rt = _Runtime(gossiper, nursery, address)
-                self._ready.set()
-                if gossiper.decisions_dirty:
-                    await self._persist()
-                nursery.start_soon(self._gossip_loop)
-                nursery.start_soon(self._evaluate_loop)
-                nursery.start_soon(self._watchdog)
-                log.info(
-                    "%s listening on %s (generation %d, %s)",
-                    name,
-                    address,
-                    generation,
-                    "new cluster" if bootstrap else f"joining via {', '.join(seeds) or 'nobody'}",
-                )
-                task_status.started(self)
+            await self._run(record, task_status)
+        except BaseExceptionGroup as group:
+            error = single_error(group)
+            if error is None:
+                raise
+            raise error from group
         finally:
             self._closing = True
             self._done.set()
@@ -364,6 +330,50 @@ class Node:
                 send.close()
             with trio.move_on_after(2.0, shield=True):
                 await self._store.close()
+
+    async def _run(self, record: PeerRecord | None, task_status: trio.TaskStatus[Node]) -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(
+                self._transport.serve, self._listen, self._handle_connection
+            )
+            address = self._advertise or _advertised(bound)
+            name = self._name or (record.node_id if record else None) or address
+            stored_gen = record.generation if record and record.node_id == name else 0
+            generation = max(stored_gen + 1, self._wall())
+            decisions = Decisions.from_plain(record.decisions) if record else None
+            known = record.known_peers if record else []
+            seeds = [s for s in dict.fromkeys([*self._seeds, *known]) if s != address]
+            bootstrap = self._bootstrap if self._bootstrap is not None else not self._seeds
+            self._record = PeerRecord(
+                name, generation, decisions.to_plain() if decisions else None, known
+            )
+            # Generation Clock: the new generation is durable before the first gossip.
+            await self._store.save(self._record)
+            gossiper = Gossiper(
+                self.config,
+                node_id=name,
+                address=address,
+                generation=generation,
+                seeds=seeds,
+                now=trio.current_time(),
+                decisions=decisions,
+                bootstrap=bootstrap,
+            )
+            self._rt = _Runtime(gossiper, nursery, address)
+            self._ready.set()
+            if gossiper.decisions_dirty:
+                await self._persist()
+            nursery.start_soon(self._gossip_loop)
+            nursery.start_soon(self._evaluate_loop)
+            nursery.start_soon(self._watchdog)
+            log.info(
+                "%s listening on %s (generation %d, %s)",
+                name,
+                address,
+                generation,
+                "new cluster" if bootstrap else f"joining via {', '.join(seeds) or 'nobody'}",
+            )
+            task_status.started(self)
 
     def _runtime(self) -> _Runtime:
         if self._rt is None:
@@ -590,6 +600,8 @@ class Node:
             return g.on_syn(message, now)
         if isinstance(message, MembersRequest):
             return Reply(members_body(g.node_id, g.leader(), g.members(now)))
+        if isinstance(message, StatsRequest):
+            return Reply(statistics_body(self.statistics()))
         if isinstance(message, SetMetadataRequest):
             g.set_metadata(message.key, message.value)
             return Reply({"ok": True})
@@ -634,6 +646,13 @@ def members_body(self_name: str, leader: str | None, rows: list[MemberView]) -> 
     }
 
 
+def statistics_body(stats: NodeStatistics) -> dict[str, object]:
+    """A statistics snapshot as a plain map (the ``stats --json`` shape)."""
+    from dataclasses import asdict
+
+    return asdict(stats)
+
+
 def _advertised(bound: str) -> str:
     addr = Address.parse(bound)
     if addr.host in ("0.0.0.0", "::", ""):
@@ -651,13 +670,19 @@ async def open_node(**kwargs: object) -> AsyncIterator[Node]:
     body raised or was cancelled it simply stops.
     """
     node = Node(**kwargs)  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        try:
-            yield node
-        except BaseException:
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            try:
+                yield node
+            except BaseException:
+                nursery.cancel_scope.cancel()
+                raise
+            with trio.move_on_after(node.config.leave_timeout + 3.0):
+                await node.leave()
             nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        error = single_error(group)
+        if error is None:
             raise
-        with trio.move_on_after(node.config.leave_timeout + 3.0):
-            await node.leave()
-        nursery.cancel_scope.cancel()
+        raise error from group

@@ -1,0 +1,211 @@
+"""A client of a gossipkv cluster: connects to any listed peer and fails over to the next.
+
+Operator requests (``members``, ``leave``, ``set_metadata``) go to one peer, the one the caller
+names first when it is reachable. Only requests that are safe to repeat are retried elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from ._errors import (
+    ConfigError,
+    ConnectionClosed,
+    DecodeError,
+    GossipKVError,
+    HandshakeError,
+    NodeClosedError,
+    TransportError,
+    single_error,
+)
+from ._messages import (
+    PROTOCOL_VERSION,
+    Hello,
+    LeaveRequest,
+    MembersRequest,
+    Message,
+    Reply,
+    SetMetadataRequest,
+    StatsRequest,
+)
+from ._peer import Channel, TransportCounters, handshake
+from ._types import Address
+from .transport._base import Transport
+
+
+class Client:
+    """Talks to a cluster through one peer at a time. Create it with :func:`open_client`."""
+
+    def __init__(
+        self,
+        peers: Sequence[str],
+        *,
+        cluster: str,
+        transport: Transport,
+        connect_timeout: float,
+        request_timeout: float,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._peers = list(peers)
+        self._cluster = cluster
+        self._transport = transport
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._nursery = nursery
+        self._channel: Channel | None = None
+        self._counters = TransportCounters()
+        self._lock = trio.Lock()
+        self._closed = False
+        self.connected_to: str | None = None
+
+    async def _connect(self) -> Channel:
+        if self._closed:
+            raise NodeClosedError("client is closed")
+        if self._channel is not None and not self._channel.closed:
+            return self._channel
+        errors: list[str] = []
+        for addr in self._peers:
+            try:
+                with trio.move_on_after(self._connect_timeout) as scope:
+                    conn = await self._transport.connect(addr)
+                if scope.cancelled_caught:
+                    errors.append(f"{addr}: connect timed out")
+                    continue
+                try:
+                    with trio.fail_after(self._request_timeout):
+                        remote = await handshake(
+                            conn,
+                            Hello(PROTOCOL_VERSION, self._cluster, "client", 0, ""),
+                            initiator=True,
+                            max_frame=self._transport.max_frame,
+                            counters=self._counters,
+                            own_node_id=None,
+                        )
+                except BaseException:
+                    with trio.move_on_after(0.5, shield=True):
+                        await conn.aclose()
+                    raise
+            except HandshakeError:
+                raise
+            except (TransportError, DecodeError, trio.TooSlowError) as exc:
+                errors.append(f"{addr}: {exc or 'no answer'}")
+                continue
+            channel = Channel(
+                conn,
+                remote,
+                on_request=_refuse_requests,
+                on_oneway=_ignore,
+                max_frame=self._transport.max_frame,
+                counters=self._counters,
+            )
+            await self._nursery.start(channel.run)
+            self._channel = channel
+            self.connected_to = addr
+            return channel
+        raise TransportError("no peer reachable: " + "; ".join(errors))
+
+    async def _request(self, message: Message, *, retry: bool) -> dict[str, object]:
+        async with self._lock:
+            attempts = len(self._peers) if retry else 1
+            last: GossipKVError | None = None
+            for _ in range(attempts):
+                channel = await self._connect()
+                try:
+                    with trio.fail_after(self._request_timeout):
+                        reply = await channel.request(message)
+                except (ConnectionClosed, trio.TooSlowError) as exc:
+                    last = TransportError(f"{self.connected_to}: {exc or 'request timed out'}")
+                    await channel.aclose()
+                    self._channel = None
+                    # Try the next peer first next time.
+                    if self.connected_to in self._peers:
+                        self._peers.remove(self.connected_to)
+                        self._peers.append(self.connected_to)
+                    continue
+                if not isinstance(reply, Reply):
+                    raise DecodeError("bad_shape", f"unexpected reply {reply.TAG}")
+                return reply.body
+            assert last is not None
+            raise last
+
+    async def members(self) -> dict[str, object]:
+        """The ``members --json`` document of the peer we are connected to."""
+        return await self._request(MembersRequest(), retry=True)
+
+    async def statistics(self) -> dict[str, object]:
+        """The statistics snapshot of the connected peer (the ``stats --json`` shape)."""
+        return await self._request(StatsRequest(), retry=True)
+
+    async def leave(self) -> dict[str, object]:
+        """Ask the connected peer to leave the cluster gracefully (not retried elsewhere)."""
+        return await self._request(LeaveRequest(), retry=False)
+
+    async def set_metadata(self, key: str, value: str | None) -> None:
+        """Set a metadata key on the connected peer (not retried elsewhere)."""
+        await self._request(SetMetadataRequest(key, value), retry=False)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._channel is not None:
+            await self._channel.aclose()
+
+
+async def _refuse_requests(channel: Channel, message: Message) -> Message:
+    raise GossipKVError("clients do not serve requests")
+
+
+async def _ignore(channel: Channel, message: Message) -> None:
+    return
+
+
+@asynccontextmanager
+async def open_client(
+    peers: Sequence[str],
+    *,
+    cluster: str = "gossipkv",
+    transport: Transport | None = None,
+    connect_timeout: float = 2.0,
+    request_timeout: float = 5.0,
+) -> AsyncIterator[Client]:
+    """Connect to a cluster through the first reachable address of ``peers``.
+
+    Raises:
+      ConfigError: at call time, for an empty or malformed peer list.
+      HandshakeError: the peer is in another cluster or speaks another protocol version.
+      TransportError: when a request finds no reachable peer.
+    """
+    if isinstance(peers, str) or not peers:
+        raise ConfigError("peers must be a non-empty list of 'host:port' strings")
+    try:
+        for p in peers:
+            Address.parse(p)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if transport is None:
+        from .transport._tcp import TcpTransport
+
+        transport = TcpTransport()
+    try:
+        async with trio.open_nursery() as nursery:
+            client = Client(
+                peers,
+                cluster=cluster,
+                transport=transport,
+                connect_timeout=connect_timeout,
+                request_timeout=request_timeout,
+                nursery=nursery,
+            )
+            try:
+                yield client
+            finally:
+                with trio.move_on_after(1.0, shield=True):
+                    await client.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        error = single_error(group)
+        if error is None:
+            raise
+        raise error from group

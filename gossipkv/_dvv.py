@@ -1,0 +1,1 @@
+"""DVVSet (being built on the storage branch)."""

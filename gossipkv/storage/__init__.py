@@ -1,0 +1,1 @@
+"""Storage engines (being built on the storage branch)."""
