@@ -2,13 +2,285 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
+import gossipkv
+
+from ._common import DEFAULT_PEER, ClusterOption, JsonOption, PeerOption, fail, print_json, run
+
 app = typer.Typer(
-    no_args_is_help=True, add_completion=True, help="gossipkv: a gossip key-value store"
+    no_args_is_help=True,
+    add_completion=True,
+    help="gossipkv: a gossip-based, leaderless, eventually consistent key-value store.",
 )
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers, never pass/fail).")
+cluster_app = typer.Typer(no_args_is_help=True, help="Local clusters of peer processes.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(cluster_app, name="cluster")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gossipkv {gossipkv.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """gossipkv: a gossip-based, leaderless, eventually consistent key-value store."""
+
+
+# --- peer ------------------------------------------------------------------------------------
+
+
+@app.command()
+def peer(
+    listen: Annotated[str, typer.Option(help="Address to listen on, HOST:PORT.")] = DEFAULT_PEER,
+    name: Annotated[
+        str | None, typer.Option(help="Stable node name (default: the listen address).")
+    ] = None,
+    seed: Annotated[
+        list[str] | None,
+        typer.Option(help="Seed peer to join through (repeatable). None: start a new cluster."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Keep identity and state here (default: memory only).")
+    ] = None,
+    cluster: ClusterOption = "gossipkv",
+    gossip_interval: Annotated[float, typer.Option(help="Seconds between gossip rounds.")] = 0.2,
+    remove_after: Annotated[
+        float,
+        typer.Option(help="Seconds a member stays down or left before the leader removes it."),
+    ] = 60.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run a peer in the foreground. SIGTERM or Ctrl-C leaves the cluster gracefully."""
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        fail(f"unknown log level {log_level!r}")
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = gossipkv.GossipConfig(
+            cluster=cluster, gossip_interval=gossip_interval, remove_after=remove_after
+        )
+        node = gossipkv.Node(
+            name=name,
+            listen=listen,
+            seeds=list(seed or []),
+            data_dir=data_dir,
+            cluster=cluster,
+            config=config,
+        )
+    except (gossipkv.GossipKVError, ValueError) as exc:
+        fail(str(exc))
+
+    async def main() -> None:
+        import trio
+
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def run_node(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    await node.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()
+
+                await nursery.start(run_node)
+                print(
+                    f"peer {node.name} serving on {node.address} "
+                    f"(cluster {cluster}, generation {node.generation})",
+                    flush=True,
+                )
+                received = 0
+                async for _ in signals:
+                    received += 1
+                    if received == 1:
+                        print(f"peer {node.name} leaving (signal again to stop now)", flush=True)
+                        nursery.start_soon(node.leave)
+                    else:
+                        nursery.cancel_scope.cancel()
+        print("peer stopped", flush=True)
+
+    run(main)
+
+
+# --- operator commands ----------------------------------------------------------------------
+
+
+async def _members_doc(peer_addr: str, cluster: str) -> dict[str, Any]:
+    async with gossipkv.open_client([peer_addr], cluster=cluster) as client:
+        doc: dict[str, Any] = await client.members()
+        return doc
+
+
+@app.command()
+def members(
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    json: JsonOption = False,
+) -> None:
+    """List the members a peer sees: status, reachability, age, generation, heartbeat, phi."""
+    doc = run(lambda: _members_doc(peer, cluster))
+    if json:
+        print_json(doc)
+        return
+    from rich.console import Console
+
+    from ._render import members_table
+
+    Console().print(members_table(doc))
+
+
+@app.command()
+def status(
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    json: JsonOption = False,
+) -> None:
+    """One-screen summary: leader, members by status, convergence, gossip counters."""
+
+    async def fetch() -> dict[str, Any]:
+        async with gossipkv.open_client([peer], cluster=cluster) as client:
+            return {"members": await client.members(), "stats": await client.statistics()}
+
+    doc = run(fetch)
+    stats: dict[str, Any] = doc["stats"]
+    mdoc: dict[str, Any] = doc["members"]
+    if json:
+        print_json(
+            {
+                "self": stats["name"],
+                "cluster": stats["cluster"],
+                "leader": stats["leader"],
+                "converged": stats["converged"],
+                "members_by_status": stats["members_by_status"],
+                "generation": stats["generation"],
+                "status": stats["status"],
+            }
+        )
+        return
+    from rich.console import Console
+
+    from ._render import members_table
+
+    console = Console()
+    console.print(
+        f"[bold]{stats['cluster']}[/] via {stats['name']} ({stats['address']})  "
+        f"leader: [bold]{stats['leader'] or '(none)'}[/]  "
+        f"converged: {'yes' if stats['converged'] else 'no'}"
+    )
+    console.print(
+        "members: " + "  ".join(f"{k}:{v}" for k, v in sorted(stats["members_by_status"].items()))
+    )
+    console.print(members_table(mdoc))
+    console.print(
+        f"gossip rounds {stats['gossip_rounds']}  frames in/out {stats['frames_in']}/"
+        f"{stats['frames_out']}  dropped {stats['dropped_frames'] or 0}  "
+        f"max loop lag {stats['max_loop_lag'] * 1000:.1f} ms"
+    )
+
+
+@app.command()
+def leave(peer: PeerOption = DEFAULT_PEER, cluster: ClusterOption = "gossipkv") -> None:
+    """Ask a peer to leave the cluster gracefully (it then exits)."""
+
+    async def ask() -> dict[str, Any]:
+        async with gossipkv.open_client([peer], cluster=cluster) as client:
+            return await client.leave()
+
+    reply = run(ask)
+    typer.echo(f"{peer}: {reply.get('status', 'leaving')}")
+
+
+# --- local clusters --------------------------------------------------------------------------
+
+
+@cluster_app.command("up")
+def cluster_up(
+    n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 5,
+    base_port: Annotated[int, typer.Option(help="Port of the first peer; the rest follow.")] = 7400,
+    data_root: Annotated[
+        Path | None, typer.Option(help="One data dir per peer under this folder (default: memory).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    cluster: ClusterOption = "gossipkv",
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+) -> None:
+    """Start a local cluster, one process per peer, until Ctrl-C (which stops them all)."""
+    from ._launcher import LocalCluster, run_until_signal
+
+    local = LocalCluster(n, host=host, base_port=base_port, data_root=data_root, cluster=cluster)
+
+    async def on_ready(doc: dict[str, Any] | None) -> None:
+        _print_ready(local, doc)
+
+    run(lambda: run_until_signal(local, on_ready, duration=duration))
+
+
+def _print_ready(local: Any, doc: dict[str, Any] | None) -> None:
+    from rich.console import Console
+
+    from ._render import members_table
+
+    console = Console()
+    if doc is None:
+        console.print(f"[red]not every peer came up within 30 s; logs in {local.log_dir}[/]")
+        return
+    console.print(members_table(doc))
+    console.print(
+        f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}\n"
+        f"try: gossipkv members --peer {local.addresses()[0]}    Ctrl-C stops every peer",
+        highlight=False,
+    )
+
+
+@app.command()
+def demo(
+    n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 5,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+) -> None:
+    """A local in-memory cluster of 5 peers, its membership refreshed until Ctrl-C."""
+    from ._launcher import LocalCluster, free_base_port, members_of, run_until_signal
+
+    base = free_base_port("127.0.0.1", n, 7400)
+    local = LocalCluster(n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo")
+
+    async def on_ready(doc: dict[str, Any] | None) -> None:
+        import trio
+        from rich.console import Console
+        from rich.live import Live
+
+        from ._render import members_table
+
+        _print_ready(local, doc)
+        if doc is None:
+            return
+        console = Console()
+        with Live(members_table(doc), console=console, auto_refresh=False) as live:
+            while True:
+                await trio.sleep(1.0)
+                fresh = await members_of(local.addresses(), local.cluster)
+                if fresh is not None:
+                    live.update(members_table(fresh), refresh=True)
+
+    run(lambda: run_until_signal(local, on_ready, duration=duration))
 
 
 def main() -> None:

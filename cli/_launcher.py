@@ -1,0 +1,236 @@
+"""Local clusters of real peer processes (``cluster up`` and ``demo``).
+
+Each peer is its own ``python -m gossipkv_cli peer`` process. The launcher forwards Ctrl-C/SIGTERM
+as a graceful leave to every peer, waits for them, kills what is left after a deadline, and on
+Linux asks the kernel to SIGTERM the peers if the launcher itself dies, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import gossipkv
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class PeerProcess:
+    name: str
+    address: str
+    process: trio.Process
+    log_path: Path
+    expected_exit: bool = False
+
+
+def free_base_port(host: str, n: int, start: int) -> int:
+    """The first base port from ``start`` such that ``n`` consecutive ports are free on ``host``."""
+    base = start
+    while base + n < 65536:
+        if all(_port_free(host, base + i) for i in range(n)):
+            return base
+        base += n
+    raise gossipkv.ConfigError(f"no {n} consecutive free ports on {host} from {start}")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(host: str, base_port: int, n: int) -> None:
+    busy = [base_port + i for i in range(n) if not _port_free(host, base_port + i)]
+    if busy:
+        raise gossipkv.ConfigError(
+            f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} on {host} already in use "
+            f"(pick another --base-port)"
+        )
+
+
+class LocalCluster:
+    """Starts and stops ``n`` peer processes on consecutive ports."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        host: str,
+        base_port: int,
+        data_root: Path | None,
+        cluster: str,
+        extra_args: list[str] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        if n < 1:
+            raise gossipkv.ConfigError("-n must be at least 1")
+        self.n = n
+        self.host = host
+        self.base_port = base_port
+        self.data_root = data_root
+        self.cluster = cluster
+        self.extra_args = extra_args or []
+        self.say = say
+        self.peers: list[PeerProcess] = []
+        self.log_dir = (
+            data_root
+            if data_root is not None
+            else Path(tempfile.mkdtemp(prefix="gossipkv-cluster-"))
+        )
+
+    def addresses(self) -> list[str]:
+        return [f"{self.host}:{self.base_port + i}" for i in range(self.n)]
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        check_ports(self.host, self.base_port, self.n)
+        if self.data_root is not None:
+            self.data_root.mkdir(parents=True, exist_ok=True)
+        addrs = self.addresses()
+        for i, addr in enumerate(addrs):
+            name = f"n{i + 1}"
+            args = [
+                sys.executable,
+                "-m",
+                "gossipkv_cli",
+                "peer",
+                "--name",
+                name,
+                "--listen",
+                addr,
+                "--cluster",
+                self.cluster,
+                *self.extra_args,
+            ]
+            if i > 0:
+                args += ["--seed", addrs[0]]
+            if self.data_root is not None:
+                args += ["--data-dir", str(self.data_root / name)]
+            log_path = self.log_dir / f"{name}.log"
+            log_fd = await trio.to_thread.run_sync(_open_log, log_path)
+            try:
+                proc = await trio.lowlevel.open_process(
+                    args,
+                    stdin=subprocess_devnull(),
+                    stdout=log_fd,
+                    stderr=log_fd,
+                    preexec_fn=_die_with_parent,
+                )
+            finally:
+                os.close(log_fd)
+            peer = PeerProcess(name, addr, proc, log_path)
+            self.peers.append(peer)
+            nursery.start_soon(self._watch, peer)
+
+    async def _watch(self, peer: PeerProcess) -> None:
+        code = await peer.process.wait()
+        if not peer.expected_exit:
+            tail = _last_line(peer.log_path)
+            self.say(f"peer {peer.name} exited with code {code}" + (f": {tail}" if tail else ""))
+
+    async def wait_all_up(self, within: float) -> dict[str, Any] | None:
+        """Wait until the first peer lists every peer as up; returns its members document."""
+        with trio.move_on_after(within):
+            while True:
+                doc = await members_of(self.addresses(), self.cluster)
+                if doc is not None:
+                    ups = [m for m in doc["members"] if m["status"] == "up"]
+                    if len(ups) >= self.n:
+                        return doc
+                await trio.sleep(0.2)
+        return None
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every peer (graceful leave), then SIGKILL whatever is still running."""
+        for peer in self.peers:
+            peer.expected_exit = True
+            if peer.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    peer.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(grace):
+            for peer in self.peers:
+                await peer.process.wait()
+        for peer in self.peers:
+            if peer.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    peer.process.kill()
+                await peer.process.wait()
+
+
+def _open_log(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+def subprocess_devnull() -> int:
+    return os.open(os.devnull, os.O_RDONLY)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+async def members_of(addresses: list[str], cluster: str) -> dict[str, Any] | None:
+    """The members document of the first answering address, or ``None``."""
+    try:
+        async with gossipkv.open_client(addresses, cluster=cluster, connect_timeout=0.5) as client:
+            doc: dict[str, Any] = await client.members()
+            return doc
+    except gossipkv.GossipKVError:
+        return None
+
+
+async def run_until_signal(
+    cluster: LocalCluster,
+    on_ready: Callable[[dict[str, Any] | None], Awaitable[None]],
+    *,
+    duration: float | None = None,
+) -> None:
+    """Start ``cluster``, call ``on_ready`` once all are up, run until Ctrl-C/SIGTERM or ``duration``."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                await cluster.start(nursery)
+
+                async def ready_then_wait() -> None:
+                    doc = await cluster.wait_all_up(within=30.0)
+                    await on_ready(doc)
+                    if duration is not None:
+                        await trio.sleep(duration)
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(ready_then_wait)
+                async for _ in signals:
+                    cluster.say("stopping peers (graceful leave)...")
+                    break
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.move_on_after(30.0, shield=True):
+                await cluster.stop()
+            cluster.say("all peers stopped")
