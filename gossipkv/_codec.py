@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
@@ -31,9 +31,35 @@ def _reject_tag(decoder: object, tag: object) -> object:
     raise DecodeError("bad_cbor", "CBOR tags are not allowed on the wire")
 
 
+def _reject_shared(value: object) -> None:
+    """Reject values built with CBOR shared references (tags 28/29).
+
+    cbor2 resolves those itself (``tag_hook`` never sees them); they can build cycles, or DAGs
+    exponentially larger than the frame, that break or stall whatever walks the value later
+    (``encoded_size``, re-encoding). Plain CBOR never yields one non-empty container twice.
+    """
+    seen: set[int] = set()
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        children: list[object]
+        if isinstance(item, Mapping):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = list(item)
+        else:
+            continue
+        if not children:
+            continue  # () is a singleton; an empty container cannot share anything
+        if id(item) in seen:
+            raise DecodeError("bad_cbor", "shared references (CBOR tags 28/29) are not allowed")
+        seen.add(id(item))
+        stack.extend(children)
+
+
 def _loads(data: bytes) -> object:
     try:
-        return cast_object(
+        value = cast_object(
             cbor2.loads(
                 data,
                 max_depth=MAX_DEPTH,
@@ -42,6 +68,8 @@ def _loads(data: bytes) -> object:
                 allow_indefinite=False,
             )
         )
+        _reject_shared(value)
+        return value
     except DecodeError:
         raise
     except RecursionError as exc:

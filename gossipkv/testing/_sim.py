@@ -170,6 +170,7 @@ class _SimConnection(Connection):
         self.remote_closed = False  # the other end's close notice has arrived
         self.broken = False  # a DecodeError was raised; the connection is unusable
         self.last_deliver_at = -math.inf  # keeps in-order frames in order despite jitter
+        self.last_any_deliver_at = -math.inf  # reordered and duplicate frames included
 
     @property
     def remote_address(self) -> str:
@@ -640,14 +641,18 @@ class SimNetwork:
             counters.frames_duplicated += 1
             dup_at, dup_seq = deliver_at + dup_delay, self._next_seq(src, dst)
             self._push(_Frame(dup_at, src, dst, dup_seq, payload, src_end, dst_end))
+            deliver_at = dup_at
+        src_end.last_any_deliver_at = max(src_end.last_any_deliver_at, deliver_at)
 
     def _send_close(self, src_end: _SimConnection, dst_end: _SimConnection) -> None:
-        # The end-of-stream notice follows every in-order frame already sent on this connection.
+        # The end-of-stream notice follows every frame already sent on this connection, reordered
+        # and duplicated ones included (as TCP's FIN follows the data): a close never turns
+        # reordering into loss.
         # It is not subject to loss or partitions (closes are reliable here, so the other end
         # always learns of a close or crash), but it is held while either process is paused.
         src, dst = src_end.local, dst_end.local
         now = trio.current_time()
-        deliver_at = max(now + self._link(src, dst).latency, src_end.last_deliver_at)
+        deliver_at = max(now + self._link(src, dst).latency, src_end.last_any_deliver_at)
         self._push(_Frame(deliver_at, src, dst, self._next_seq(src, dst), None, src_end, dst_end))
 
     def _push(self, frame: _Frame) -> None:

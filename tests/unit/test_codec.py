@@ -1,0 +1,299 @@
+"""The wire codec: every message round-trips, and untrusted bytes only ever raise DecodeError."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gossipkv import DecodeError
+from gossipkv._codec import (
+    DEFAULT_MAX_FRAME,
+    MAX_DEPTH,
+    decode,
+    encode,
+    frame_header,
+    frame_length,
+)
+from gossipkv._messages import MESSAGE_TYPES, Envelope, Hello, Kind, Message
+
+# --- strategies built from the messages' own annotations (the codec's schema) ------------------
+
+_INTS = st.integers(min_value=-(2**64), max_value=2**64 - 1)  # CBOR's native integer range
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    _INTS,
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+_VALUES: st.SearchStrategy[object] = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+def _strategy(hint: Any) -> st.SearchStrategy[Any]:
+    origin = typing.get_origin(hint)
+    if hint is int:
+        return _INTS
+    if hint is str:
+        return st.text(max_size=30)
+    if hint is bytes:
+        return st.binary(max_size=30)
+    if hint is bool:
+        return st.booleans()
+    if hint is float:
+        return st.floats(allow_nan=False)
+    if hint is object:
+        return _VALUES
+    if origin in (types.UnionType, typing.Union):
+        [inner] = [a for a in typing.get_args(hint) if a is not type(None)]
+        return st.none() | _strategy(inner)
+    if origin is tuple:
+        return st.lists(_strategy(typing.get_args(hint)[0]), max_size=3).map(tuple)
+    if origin is dict:
+        return st.dictionaries(st.text(max_size=8), _VALUES, max_size=4)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        fields = {f.name: _strategy(hints[f.name]) for f in dataclasses.fields(hint)}
+        return st.builds(hint, **fields)
+    raise TypeError(f"no strategy for {hint!r}")
+
+
+_ENVELOPES = st.builds(
+    Envelope,
+    st.sampled_from(Kind),
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.one_of([_strategy(cls) for cls in MESSAGE_TYPES.values()]),
+)
+
+
+def _decode_or_decode_error(payload: bytes) -> None:
+    """Decoding untrusted bytes either succeeds or raises DecodeError, nothing else."""
+    try:
+        envelope = decode(payload)
+    except DecodeError as exc:
+        assert exc.reason in {
+            "too_large",
+            "truncated",
+            "bad_cbor",
+            "too_deep",
+            "bad_shape",
+            "unknown_type",
+            "bad_field",
+        }, exc.reason
+    else:
+        assert isinstance(envelope.message, Message)
+
+
+# --- round trips ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tag", sorted(MESSAGE_TYPES))
+@settings(max_examples=60)
+@given(data=st.data())
+def test_every_message_type_round_trips(tag: str, data: st.DataObject) -> None:
+    message = data.draw(_strategy(MESSAGE_TYPES[tag]))
+    kind = data.draw(st.sampled_from(Kind))
+    request_id = data.draw(st.integers(min_value=0, max_value=2**63 - 1))
+    assert decode(encode(kind, request_id, message)) == Envelope(kind, request_id, message)
+
+
+def test_optional_trailing_fields_may_be_omitted() -> None:
+    hello = [1, "c", "n1", 7, "127.0.0.1:7400"]  # no auth
+    assert decode(cbor2.dumps([0, 1, "hello", hello])).message == Hello(
+        1, "c", "n1", 7, "127.0.0.1:7400", None
+    )
+
+
+# --- fuzzing: only DecodeError ever escapes ------------------------------------------------------
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_raise_only_decode_error(payload: bytes) -> None:
+    _decode_or_decode_error(payload)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    envelope=_ENVELOPES,
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["flip", "insert", "delete", "cut"]),
+            st.integers(0, 10**6),
+            st.integers(0, 255),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_mutated_frames_raise_only_decode_error(
+    envelope: Envelope, edits: list[tuple[str, int, int]]
+) -> None:
+    payload = bytearray(encode(envelope.kind, envelope.request_id, envelope.message))
+    for op, where, byte in edits:
+        i = where % (len(payload) + 1)
+        if op == "flip" and i < len(payload):
+            payload[i] ^= byte or 1
+        elif op == "insert":
+            payload.insert(i, byte)
+        elif op == "delete" and i < len(payload):
+            del payload[i]
+        elif op == "cut":
+            del payload[i:]
+    _decode_or_decode_error(bytes(payload))
+
+
+@settings(max_examples=200)
+@given(st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=5), max_leaves=20))
+def test_well_formed_cbor_of_the_wrong_shape_raises_only_decode_error(value: object) -> None:
+    _decode_or_decode_error(cbor2.dumps([0, 1, "syn", value]))
+    _decode_or_decode_error(cbor2.dumps(value))
+
+
+# --- specific rejections -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x81" * 10_000 + b"\x00",  # 10,000 nested one-element arrays
+        b"\xa1\x00" * 10_000 + b"\x00",  # 10,000 nested one-entry maps
+        b"\x81" * (MAX_DEPTH + 1) + b"\x00",  # just over the limit
+    ],
+    ids=["arrays", "maps", "just-over"],
+)
+def test_deep_nesting_is_rejected(payload: bytes) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(payload)
+    assert info.value.reason in ("too_deep", "bad_cbor")
+
+
+def test_unknown_message_type() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps([0, 1, "no_such_message", []]))
+    assert info.value.reason == "unknown_type"
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        (["1", "c", "n1", 7, ""], "bad_field"),  # proto must be an int
+        ([1, "c", "n1", True, ""], "bad_field"),  # a bool is not an int
+        ([1, "c", "n1", 7, "", "not bytes"], "bad_field"),
+        ([1, "c", "n1"], "bad_shape"),  # too few fields
+        ([1, "c", "n1", 7, "", None, "extra"], "bad_shape"),  # too many
+        ({"proto": 1}, "bad_shape"),  # a map instead of an array
+    ],
+)
+def test_wrong_fields(fields: object, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps([0, 1, "hello", fields]))
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ["syn", [["n1", 1, 2]]],  # a DigestEntry with a field missing
+        ["syn", "not a list"],
+        ["reply", [{1: "int key"}]],
+    ],
+)
+def test_wrong_nested_fields(body: list[object]) -> None:
+    tag, fields = body
+    if tag == "syn":
+        fields = ["n0", 1, fields]
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps([0, 1, tag, fields]))
+    assert info.value.reason in ("bad_field", "bad_shape")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        [9, 1, "members", []],  # unknown envelope kind
+        [0, -1, "members", []],  # negative request id
+        [0, 2**63, "members", []],  # request id out of range
+        [True, 1, "members", []],  # a bool is not a kind
+        [0, 1, "members"],  # missing the fields
+        {"kind": 0},
+        "members",
+    ],
+)
+def test_bad_envelopes(frame: object) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps(frame))
+    assert info.value.reason == "bad_shape"
+
+
+def test_tags_and_truncation_are_rejected() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps([0, 1, "members", [cbor2.CBORTag(4000, 1)]]))
+    assert info.value.reason == "bad_cbor"
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps([0, 1, "members", []])[:-1])
+    assert info.value.reason == "truncated"
+
+
+def test_oversize_payload_is_too_large() -> None:
+    payload = encode(Kind.REQUEST, 1, Hello(1, "c", "n" * 100, 1, ""))
+    decode(payload, max_frame=len(payload))
+    with pytest.raises(DecodeError) as info:
+        decode(payload, max_frame=len(payload) - 1)
+    assert info.value.reason == "too_large"
+
+
+def test_frame_length_checks_the_limit_before_the_body() -> None:
+    assert frame_length(frame_header(b"x" * 10), max_frame=10) == 10
+    assert frame_length((DEFAULT_MAX_FRAME).to_bytes(4, "big")) == DEFAULT_MAX_FRAME
+    with pytest.raises(DecodeError) as info:
+        frame_length((11).to_bytes(4, "big"), max_frame=10)
+    assert info.value.reason == "too_large"
+    with pytest.raises(DecodeError) as info:
+        frame_length(b"\xff\xff\xff\xff")
+    assert info.value.reason == "too_large"
+    with pytest.raises(DecodeError) as info:
+        frame_length(b"\x00\x00")
+    assert info.value.reason == "truncated"
+
+
+def _reply_with_value(value_cbor: bytes) -> bytes:
+    """A ``reply`` frame whose body is ``{"a": <value_cbor>}`` (raw CBOR spliced in)."""
+    return b"\x84\x00\x01" + cbor2.dumps("reply") + b"\x81\xa1" + cbor2.dumps("a") + value_cbor
+
+
+@pytest.mark.parametrize(
+    "value_cbor",
+    [
+        b"\xd8\x1c\x81\xd8\x1d\x00",  # 28([29(0)]): a list that contains itself
+        b"\xd8\x1c\xa1\x00\xd8\x1d\x00",  # 28({0: 29(0)}): a map that contains itself
+        # [28([1, 2]), 29(0)]: one list reachable twice (nested, this grows exponentially)
+        b"\x82\xd8\x1c\x82\x01\x02\xd8\x1d\x00",
+    ],
+    ids=["cyclic-list", "cyclic-map", "shared"],
+)
+def test_shared_references_are_rejected(value_cbor: bytes) -> None:
+    # Regression: cbor2 resolves tags 28/29 without calling tag_hook, so these used to decode
+    # into cyclic values that later crashed encoded_size() and re-encoding in a handler.
+    with pytest.raises(DecodeError) as info:
+        decode(_reply_with_value(value_cbor))
+    assert info.value.reason == "bad_cbor"
+
+
+def test_repeated_empty_containers_are_not_shared_references() -> None:
+    body = {"a": [[], [], {}, {}], "b": {(): 1, (1,): [[]]}}  # tuples: how cbor2 decodes array keys
+    assert decode(cbor2.dumps([1, 1, "reply", [body]])).message.body == body
