@@ -104,7 +104,26 @@ def _scalar(expected: type, name: str) -> _Decoder:
     return decode
 
 
+_PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
+
+
 def _any_value(raw: Any, where: str) -> Any:
+    """Accept only plain CBOR data (no datetimes, sets, tags...): what every peer can re-encode."""
+    stack = [raw]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _PLAIN_SCALARS:
+            continue
+        if kind is list:
+            stack.extend(item)
+        elif kind is dict:
+            for key, value in item.items():
+                if type(key) not in (str, int):
+                    raise DecodeError("bad_field", f"{where}: map keys must be text or integers")
+                stack.append(value)
+        else:
+            raise DecodeError("bad_field", f"{where}: {kind.__name__} is not a plain CBOR value")
     return raw
 
 
@@ -150,7 +169,7 @@ def _build(hint: Any) -> tuple[_Decoder, _Encoder]:
         def dec_map(raw: Any, where: str) -> Any:
             if type(raw) is not dict or not all(type(k) is str for k in raw):
                 raise DecodeError("bad_field", f"{where}: expected map with text keys")
-            return dict(raw)
+            return dict(_any_value(raw, where))
 
         return dec_map, _identity
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
