@@ -7,6 +7,7 @@ Every test runs whole clusters of real Node objects on SimNetwork under an autoj
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from gossipkv import GossipConfig
@@ -143,7 +144,7 @@ async def test_local_stall_convicts_nobody(
         downs: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_collect_downs, c.nodes["n3"], "n3", downs)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             c.pause("n3")
             await trio.sleep(6)
             c.resume("n3")
@@ -211,7 +212,7 @@ async def test_graceful_leave_shows_left_not_down(
         async with trio.open_nursery() as nursery:
             for name in ("n1", "n2", "n3", "n4"):
                 nursery.start_soon(_collect_downs, c.nodes[name], name, downs)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             with trio.fail_after(10):
                 await c.nodes["n5"].leave()
             await trio.sleep(20)
