@@ -12,6 +12,7 @@ import typer
 
 import gossipkv
 
+from ._bench_gossip import gossip as _bench_gossip
 from ._common import DEFAULT_PEER, ClusterOption, JsonOption, PeerOption, fail, print_json, run
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers, never p
 cluster_app = typer.Typer(no_args_is_help=True, help="Local clusters of peer processes.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cluster_app, name="cluster")
+bench_app.command("gossip")(_bench_gossip)
 
 
 def _version(value: bool) -> None:
