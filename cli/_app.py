@@ -65,6 +65,9 @@ def peer(
         typer.Option(help="Seconds a member stays down or left before the leader removes it."),
     ] = 60.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    parent_pid: Annotated[
+        int | None, typer.Option(hidden=True, help="Leave when this process is gone.")
+    ] = None,
 ) -> None:
     """Run a peer in the foreground. SIGTERM or Ctrl-C leaves the cluster gracefully."""
     level = getattr(logging, log_level.upper(), None)
@@ -101,6 +104,8 @@ def peer(
                     nursery.cancel_scope.cancel()
 
                 await nursery.start(run_node)
+                if parent_pid is not None:
+                    nursery.start_soon(_leave_when_orphaned, node, parent_pid)
                 print(
                     f"peer {node.name} serving on {node.address} "
                     f"(cluster {cluster}, generation {node.generation})",
@@ -117,6 +122,18 @@ def peer(
         print("peer stopped", flush=True)
 
     run(main)
+
+
+async def _leave_when_orphaned(node: gossipkv.Node, parent_pid: int) -> None:
+    """Leave when the launching process is gone (we were re-parented)."""
+    import os
+
+    import trio
+
+    while os.getppid() == parent_pid:  # noqa: ASYNC110 - no event exists for "parent died"
+        await trio.sleep(1.0)
+    print(f"peer {node.name}: launcher {parent_pid} is gone, leaving", flush=True)
+    await node.leave()
 
 
 # --- operator commands ----------------------------------------------------------------------

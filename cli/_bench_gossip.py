@@ -96,7 +96,10 @@ async def _bench(n: int, busy_seconds: float, seed: int, *, quiet: bool) -> dict
             await trio.sleep(3.0)
             ev = {name: read_events(logs / f"{name}.log") for name in names}
             last_up = max(
-                first(ev[p], "up", q, started) or dt.datetime.max for p in names for q in names
+                first(ev[p], "up", q, started) or dt.datetime.max
+                for p in names
+                for q in names
+                if p != q
             )
             result["all_up_after_start_s"] = seconds(started, last_up)
             say(f"all {n} peers up")

@@ -2,13 +2,12 @@
 
 Each peer is its own ``python -m gossipkv_cli peer`` process. The launcher forwards Ctrl-C/SIGTERM
 as a graceful leave to every peer, waits for them, kills what is left after a deadline, and on
-Linux asks the kernel to SIGTERM the peers if the launcher itself dies, so nothing is left behind.
+each peer watches its parent and leaves if the launcher itself dies, so nothing is left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -22,16 +21,6 @@ from typing import Any
 import trio
 
 import gossipkv
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
@@ -123,6 +112,9 @@ class LocalCluster:
                 addr,
                 "--cluster",
                 self.cluster,
+                # Leave gracefully if this launcher dies without stopping us (no orphans).
+                "--parent-pid",
+                str(os.getpid()),
                 *self.extra_args,
             ]
             if i > 0:
@@ -137,7 +129,6 @@ class LocalCluster:
                     stdin=subprocess_devnull(),
                     stdout=log_fd,
                     stderr=log_fd,
-                    preexec_fn=_die_with_parent,
                 )
             finally:
                 os.close(log_fd)

@@ -295,5 +295,12 @@ def test_shared_references_are_rejected(value_cbor: bytes) -> None:
 
 
 def test_repeated_empty_containers_are_not_shared_references() -> None:
-    body = {"a": [[], [], {}, {}], "b": {(): 1, (1,): [[]]}}  # tuples: how cbor2 decodes array keys
+    body = {"a": [[], [], {}, {}], "b": {1: [[]], "c": {}}}
     assert decode(cbor2.dumps([1, 1, "reply", [body]])).message.body == body
+
+
+def test_array_map_keys_are_not_plain_values() -> None:
+    # cbor2 decodes array keys as tuples, which other peers could not re-encode the same way.
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps([1, 1, "reply", [{"b": {(1,): 1}}]]))
+    assert info.value.reason == "bad_field"
