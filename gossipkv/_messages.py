@@ -45,6 +45,7 @@ class Hello(Message):
     generation: int
     address: str  # the sender's advertised listen address ("" for clients)
     auth: bytes | None = None
+    hlc: int = 0  # sender's hybrid logical clock (ms << 16 | counter), 0 if none
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ class Syn(Message):
     sender: str
     generation: int
     digest: tuple[DigestEntry, ...]
+    hlc: int = 0
 
 
 @dataclass(frozen=True, slots=True)

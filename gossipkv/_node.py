@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -30,6 +30,7 @@ from ._errors import (
     TransportError,
     single_error,
 )
+from ._hlc import HybridClock
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -173,6 +174,7 @@ class Node:
         self._transport = transport
         self._rng = rng if rng is not None else random.Random()
         self._wall = wall_clock if wall_clock is not None else _wallclock.wall_ms
+        self._hlc = HybridClock(self._wall)
         self._store: NodeStore = (
             store if store is not None else FileNodeStore(data_dir) if data_dir else NodeStore()
         )
@@ -229,6 +231,10 @@ class Node:
           ValueError: key or value over the limits.
         """
         self._runtime().gossiper.set_metadata(key, value)
+
+    def hlc(self) -> int:
+        """A fresh hybrid logical clock timestamp (``ms << 16 | counter``), merged from peers."""
+        return self._hlc.now()
 
     def statistics(self) -> NodeStatistics:
         g = self._runtime().gossiper
@@ -391,7 +397,8 @@ class Node:
             for addr, syn in rt.gossiper.tick(now, self._rng):
                 if addr not in self._inflight:
                     self._inflight.add(addr)
-                    rt.nursery.start_soon(self._exchange, addr, syn)
+                    stamped = replace(syn, hlc=self._hlc.now())
+                    rt.nursery.start_soon(self._exchange, addr, stamped)
             self._log_join_wait(now)
             next_at = max(next_at + interval, now)
 
@@ -501,7 +508,14 @@ class Node:
 
     def _hello(self) -> Hello:
         g = self._runtime().gossiper
-        return Hello(PROTOCOL_VERSION, self.config.cluster, g.node_id, g.generation, self.address)
+        return Hello(
+            PROTOCOL_VERSION,
+            self.config.cluster,
+            g.node_id,
+            g.generation,
+            self.address,
+            hlc=self._hlc.now(),
+        )
 
     async def _channel_to(self, addr: str) -> Channel:
         existing = self._channels.get(addr)
@@ -549,6 +563,8 @@ class Node:
                 del self._channels[addr]
 
     def _make_channel(self, conn: Connection, remote: Hello) -> Channel:
+        if remote.hlc:
+            self._hlc.update(remote.hlc)
         return Channel(
             conn,
             remote,
@@ -597,6 +613,8 @@ class Node:
         if isinstance(message, Syn):
             if channel.remote.node_id == "client":
                 raise RemoteError("bad_request", "clients do not gossip")
+            if message.hlc:
+                self._hlc.update(message.hlc)
             return g.on_syn(message, now)
         if isinstance(message, MembersRequest):
             return Reply(members_body(g.node_id, g.leader(), g.members(now)))

@@ -621,7 +621,14 @@ class Gossiper:
             if n == self.node_id or (n in self._peers and self._peers[n].liveness != "down")
         )
         if not has_majority(reachable, len(view)):
-            return False
+            # An exact half may act only if it holds the oldest member of that view (keep-oldest).
+            ages = [
+                Age(_up_of(ns), ns.generation, n)
+                for n in view
+                if (ns := self._namespaces.get(n)) is not None
+            ]
+            if reachable * 2 != len(view) or min(ages, default=None) != self._age():
+                return False
         changed = False
         for node_id, peer in list(self._peers.items()):
             ns = self._namespaces[node_id]
@@ -634,6 +641,9 @@ class Gossiper:
         if changed:
             self.decisions.prune(wall_ms, self.config.tombstone_ttl_ms)
         return changed
+
+    def _age(self) -> Age:
+        return Age(self.up_number, self.generation, self.node_id)
 
     def _max_published_up(self) -> int:
         return max((_up_of(ns) for ns in self._namespaces.values()), default=0)
