@@ -195,7 +195,7 @@ def test_unknown_message_type() -> None:
         ([1, "c", "n1", True, ""], "bad_field"),  # a bool is not an int
         ([1, "c", "n1", 7, "", "not bytes"], "bad_field"),
         ([1, "c", "n1"], "bad_shape"),  # too few fields
-        ([1, "c", "n1", 7, "", None, "extra"], "bad_shape"),  # too many
+        ([1, "c", "n1", 7, "", None, 0, "extra"], "bad_shape"),  # too many
         ({"proto": 1}, "bad_shape"),  # a map instead of an array
     ],
 )
