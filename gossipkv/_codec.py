@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import cbor2
@@ -31,30 +31,14 @@ def _reject_tag(decoder: object, tag: object) -> object:
     raise DecodeError("bad_cbor", "CBOR tags are not allowed on the wire")
 
 
-def _reject_shared(value: object) -> None:
-    """Reject values built with CBOR shared references (tags 28/29).
+def _reject_semantic(decoder: Any, immutable: bool = False) -> Any:
+    raise DecodeError("bad_cbor", "CBOR tags are not allowed on the wire")
 
-    cbor2 resolves those itself (``tag_hook`` never sees them); they can build cycles, or DAGs
-    exponentially larger than the frame, that break or stall whatever walks the value later
-    (``encoded_size``, re-encoding). Plain CBOR never yields one non-empty container twice.
-    """
-    seen: set[int] = set()
-    stack: list[object] = [value]
-    while stack:
-        item = stack.pop()
-        children: list[object]
-        if isinstance(item, Mapping):
-            children = [*item.keys(), *item.values()]
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            children = list(item)
-        else:
-            continue
-        if not children:
-            continue  # () is a singleton; an empty container cannot share anything
-        if id(item) in seen:
-            raise DecodeError("bad_cbor", "shared references (CBOR tags 28/29) are not allowed")
-        seen.add(id(item))
-        stack.extend(children)
+
+# cbor2 decodes its built-in semantic tags (dates, bignums, sets, shared references 28/29...)
+# without calling tag_hook; overriding them all keeps the wire to plain CBOR values, so no frame
+# can decode into a cycle, a DAG far larger than itself, or a type another peer cannot re-encode.
+_SEMANTIC_REJECTS = dict.fromkeys((*range(1024), 1004, 55799), _reject_semantic)
 
 
 def _loads(data: bytes) -> object:
@@ -65,10 +49,10 @@ def _loads(data: bytes) -> object:
                 max_depth=MAX_DEPTH,
                 allow_duplicate_keys=False,
                 tag_hook=_reject_tag,
+                semantic_decoders=_SEMANTIC_REJECTS,
                 allow_indefinite=False,
             )
         )
-        _reject_shared(value)
         return value
     except DecodeError:
         raise
