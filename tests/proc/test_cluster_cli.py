@@ -225,3 +225,22 @@ async def _members_in(addr: str, cluster: str) -> Any:
             return await c.members()
     except gossipkv.GossipKVError:
         return None
+
+
+async def test_joiner_keeps_trying_its_seed_and_says_so(peers: Peers) -> None:
+    port_a, port_b = free_ports(2)
+    peers.start("b", port_b, seeds=[f"127.0.0.1:{port_a}"])
+
+    async def says_so() -> Any:
+        return "still trying to reach seeds" in peers.log("b")
+
+    await eventually(says_so, within=20, what="b logs that it keeps trying", peers=peers)
+    doc = await members(peers.addr["b"])
+    assert doc is not None and view(doc) == {"b": ("joining", None)}, doc
+    peers.start("a", port_a)
+
+    async def joined() -> Any:
+        d = await members(peers.addr["b"])
+        return d is not None and d["leader"] == "a" and view(d)["b"][0] == "up"
+
+    await eventually(joined, within=20, what="b joins once its seed is up", peers=peers)
