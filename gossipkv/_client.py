@@ -18,6 +18,7 @@ from ._errors import (
     GossipKVError,
     HandshakeError,
     NodeClosedError,
+    RemoteError,
     TransportError,
     single_error,
 )
@@ -154,7 +155,7 @@ class Client:
 
 
 async def _refuse_requests(channel: Channel, message: Message) -> Message:
-    raise GossipKVError("clients do not serve requests")
+    raise RemoteError("unsupported", "clients do not serve requests")
 
 
 async def _ignore(channel: Channel, message: Message) -> None:

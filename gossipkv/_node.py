@@ -299,7 +299,8 @@ class Node:
             return
         self._closing = True
         rt.gossiper.start_leave(trio.current_time())
-        await self.wait_until(lambda n: rt.gossiper.has_left)
+        with trio.move_on_after(self.config.leave_timeout + 2.0):
+            await self.wait_until(lambda n: rt.gossiper.has_left)
         # Let the 'left' status spread before going silent (Serf LeavePropagateDelay).
         await trio.sleep(2 * self.config.gossip_interval + 0.3)
         notice = Shutdown(rt.gossiper.node_id, rt.gossiper.generation)
@@ -430,6 +431,10 @@ class Node:
                     await channel.notify(ack)
         except (TransportError, HandshakeError, RemoteError, DecodeError) as exc:
             log.debug("gossip with %s failed: %s", addr, exc)
+        except Exception as exc:
+            # Whatever a peer sent us (an address that does not parse, say) must not stop the node.
+            self._counters.dropped["exchange_error"] += 1
+            log.warning("gossip with %s failed unexpectedly: %r", addr, exc)
         finally:
             self._inflight.discard(addr)
 
@@ -437,8 +442,8 @@ class Node:
         try:
             channel = await self._channel_to(addr)
             await channel.notify(message)
-        except (TransportError, HandshakeError, DecodeError):
-            pass
+        except Exception as exc:  # best effort by design
+            log.debug("notice to %s failed: %r", addr, exc)
 
     async def _evaluate_loop(self) -> None:
         rt = self._runtime()
@@ -522,6 +527,13 @@ class Node:
         if existing is not None and not existing.closed:
             return existing
         lock = self._connect_locks.setdefault(addr, trio.Lock())
+        try:
+            return await self._connect_locked(addr, lock)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._connect_locks.pop(addr, None)
+
+    async def _connect_locked(self, addr: str, lock: trio.Lock) -> Channel:
         async with lock:
             existing = self._channels.get(addr)
             if existing is not None and not existing.closed:
@@ -633,10 +645,13 @@ class Node:
     async def _on_oneway(self, channel: Channel, message: Message) -> None:
         await self._transport.wait_runnable()
         g = self._runtime().gossiper
-        if isinstance(message, Ack):
+        if channel.remote.node_id == "client":
+            # Clients may not gossip or announce shutdowns on a member's behalf.
+            self._counters.dropped["unexpected_oneway"] += 1
+        elif isinstance(message, Ack):
             g.on_ack(message, trio.current_time())
         elif isinstance(message, Shutdown):
-            g.on_shutdown(message, trio.current_time())
+            g.on_shutdown(message, trio.current_time(), sender=channel.remote.node_id)
         else:
             self._counters.dropped["unexpected_oneway"] += 1
 

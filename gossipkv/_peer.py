@@ -211,6 +211,10 @@ class Channel:
                 reply, kind = ErrorReply(exc.code, str(exc)), Kind.ERROR
             except (ValueError, TypeError) as exc:
                 reply, kind = ErrorReply("bad_request", str(exc)), Kind.ERROR
+            except Exception as exc:
+                # A handler bug answers one request with an error; it never takes the peer down.
+                log.exception("request %s from %s failed", message.TAG, self.conn.remote_address)
+                reply, kind = ErrorReply("internal", f"internal error: {exc!r}"), Kind.ERROR
             await self._send(kind, request_id, reply)
         except ConnectionClosed:
             pass

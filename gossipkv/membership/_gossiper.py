@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .._messages import Ack, DigestEntry, NodeDelta, Shutdown, Syn, SynAck, encoded_size
+from .._types import Address
 from ._detector import ArrivalWindow, DetectorConfig
-from ._leader import Age, Decisions, Grant, has_majority, view_hash
+from ._leader import MAX_COUNTER, Age, Decisions, Grant, has_majority, view_hash
 from ._state import Namespace, build_delta, wanted_digest
 
 Liveness = Literal["alive", "suspect", "down"]
@@ -293,8 +294,14 @@ class Gossiper:
     def on_ack(self, msg: Ack, now: float) -> None:
         self.apply_delta(msg.delta, now)
 
-    def on_shutdown(self, msg: Shutdown, now: float) -> None:
-        """A member announced it is stopping now: stop waiting for the detector."""
+    def on_shutdown(self, msg: Shutdown, now: float, *, sender: str) -> None:
+        """A member announced it is stopping now: stop waiting for the detector.
+
+        Only the member itself may say so (``sender`` is the name from the connection's hello).
+        """
+        if sender != msg.node_id:
+            self.counters.bad_values += 1
+            return
         ns = self._namespaces.get(msg.node_id)
         peer = self._peers.get(msg.node_id)
         if ns is None or peer is None or ns.generation != msg.generation:
@@ -356,6 +363,10 @@ class Gossiper:
             return
         if self.decisions.is_removed(nd.node_id, nd.generation):
             self.counters.quarantined += 1
+            # Its decisions are still facts: merging them lets a mutual removal resolve itself.
+            for entry in nd.entries:
+                if entry.key == "decisions":
+                    self._merge_decisions(entry.value)
             return
         ns = self._namespaces.get(nd.node_id)
         if ns is None or nd.generation > ns.generation:
@@ -480,6 +491,7 @@ class Gossiper:
         self._apply_decisions(now)
         self._evaluate_self(now)
         self._publish_view()
+        self._track_view()
         self._leader_duties(now, wall_ms)
 
     def _evaluate_liveness(self, now: float) -> None:
@@ -513,7 +525,10 @@ class Gossiper:
     def _evaluate_self(self, now: float) -> None:
         status = self.status
         if self.decisions.is_removed(self.node_id, self.generation) and status != "left":
-            self.needs_reincarnation = True
+            if status == "leaving":
+                self._set_left(now)  # going anyway: no point rejoining
+            else:
+                self.needs_reincarnation = True
             return
         if status == "joining":
             grant = self.decisions.grants.get(self.node_id)
@@ -591,12 +606,9 @@ class Gossiper:
                 d.next_epoch()
                 d.exited[node_id] = ns.generation
                 changed = True
-        if self.converged():
-            self._leader.converged_view = frozenset(
-                n
-                for n, ns in self._namespaces.items()
-                if _status_of(ns) in ("up", "leaving") and not _gone(self._peers.get(n), ns)
-            )
+        # Topology changes (admissions, removals) need convergence and a majority of the last
+        # view that was seen whole; a minority side freezes (keep-majority).
+        if self.converged() and self._has_majority():
             for node_id, ns in sorted(self._namespaces.items()):
                 peer = self._peers.get(node_id)
                 if _status_of(ns) != "joining" or peer is None or peer.liveness != "alive":
@@ -605,6 +617,8 @@ class Gossiper:
                 if grant is not None and grant.generation >= ns.generation:
                     continue
                 up = max(d.max_up_number(), self._max_published_up()) + 1
+                if up >= MAX_COUNTER:
+                    continue
                 term, seq = d.next_epoch()
                 d.grants[node_id] = Grant(ns.generation, up, term, seq)
                 changed = True
@@ -613,22 +627,36 @@ class Gossiper:
             self.decisions_dirty = True
             self._self.set("decisions", d.to_plain())
 
-    def _remove_gone(self, now: float, wall_ms: int) -> bool:
+    def _track_view(self) -> None:
+        """Remember the up/leaving members as the majority denominator, but only while every one
+        of them is reachable: a view taken during a partition would let a minority count
+        itself (and its new joiners) as a majority."""
+        members = frozenset(
+            n
+            for n, ns in self._namespaces.items()
+            if _status_of(ns) in ("up", "leaving") and not _gone(self._peers.get(n), ns)
+        )
+        if all(n == self.node_id or self._peers[n].liveness == "alive" for n in members):
+            self._leader.converged_view = members
+
+    def _has_majority(self) -> bool:
         view = self._leader.converged_view
         reachable = sum(
             1
             for n in view
             if n == self.node_id or (n in self._peers and self._peers[n].liveness != "down")
         )
-        if not has_majority(reachable, len(view)):
-            # An exact half may act only if it holds the oldest member of that view (keep-oldest).
-            ages = [
-                Age(_up_of(ns), ns.generation, n)
-                for n in view
-                if (ns := self._namespaces.get(n)) is not None
-            ]
-            if reachable * 2 != len(view) or min(ages, default=None) != self._age():
-                return False
+        if has_majority(reachable, len(view)):
+            return True
+        # An exact half may act only if it holds the oldest member of that view (keep-oldest).
+        ages = [
+            Age(_up_of(ns), ns.generation, n)
+            for n in view
+            if (ns := self._namespaces.get(n)) is not None
+        ]
+        return reachable * 2 == len(view) and min(ages, default=None) == self._age()
+
+    def _remove_gone(self, now: float, wall_ms: int) -> bool:
         changed = False
         for node_id, peer in list(self._peers.items()):
             ns = self._namespaces[node_id]
@@ -732,12 +760,20 @@ def _status_of(ns: Namespace) -> SelfStatus:
 
 def _up_of(ns: Namespace) -> int:
     value = ns.get("up")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_COUNTER:
+        return value
+    return 0
 
 
 def _addr_of(ns: Namespace) -> str | None:
     value = ns.get("addr")
-    return value if isinstance(value, str) and 0 < len(value) <= 300 else None
+    if not isinstance(value, str) or not 0 < len(value) <= 300:
+        return None
+    try:
+        Address.parse(value)
+    except ValueError:
+        return None
+    return value
 
 
 def _metadata_of(ns: Namespace) -> dict[str, str]:

@@ -16,6 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+# Counters taken from the wire stay far below 2**64 so that adding one never needs a bignum
+# (which the codec refuses on the wire): larger values are treated as malformed.
+MAX_COUNTER = 2**62
+
 
 class Age(NamedTuple):
     up_number: int
@@ -63,14 +67,19 @@ class Decisions:
             changed = True
         for node, grant in other.grants.items():
             mine = self.grants.get(node)
+            # Same generation: the newer epoch wins; on an equal epoch (two leaders that began the
+            # same term) the larger up_number, so every peer settles on the same grant.
             if (
                 mine is None
                 or grant.generation > mine.generation
-                or (grant.generation == mine.generation and grant[2:] > mine[2:])
+                or (
+                    grant.generation == mine.generation
+                    and (grant.term, grant.seq, grant.up_number)
+                    > (mine.term, mine.seq, mine.up_number)
+                )
             ):
-                if mine != grant:
-                    self.grants[node] = grant
-                    changed = True
+                self.grants[node] = grant
+                changed = True
         for node, (gen, at_ms) in other.removed.items():
             cur = self.removed.get(node)
             if cur is None or gen > cur[0]:
@@ -112,7 +121,7 @@ class Decisions:
             raw.get("removed"),
             raw.get("exited"),
         )
-        if not (isinstance(term, int) and isinstance(seq, int)):
+        if not (isinstance(term, int) and isinstance(seq, int) and _is_int(term) and _is_int(seq)):
             return None
         if not (
             isinstance(grants_raw, dict)
@@ -137,7 +146,7 @@ class Decisions:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNTER
 
 
 def _int_list(value: object, n: int) -> bool:

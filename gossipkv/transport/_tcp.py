@@ -223,6 +223,8 @@ class TcpTransport(Transport):
             stream = await trio.open_tcp_stream(where.host, where.port)
         except OSError as exc:
             raise TransportError(f"cannot connect to {where}: {_describe(exc)}") from exc
+        except (ValueError, UnicodeError) as exc:  # e.g. an over-long DNS label (idna)
+            raise TransportError(f"cannot connect to {where}: {exc}") from exc
         try:
             return TcpConnection(stream, max_frame=self.max_frame)
         except OSError as exc:
