@@ -543,15 +543,7 @@ class Node:
             if scope.cancelled_caught:
                 raise TransportError(f"connect to {addr} timed out")
             try:
-                with trio.fail_after(self._request_timeout):
-                    remote = await handshake(
-                        conn,
-                        self._hello(),
-                        initiator=True,
-                        max_frame=self._transport.max_frame,
-                        counters=self._counters,
-                        own_node_id=self.name,
-                    )
+                remote = await self._handshake(conn, initiator=True)
             except BaseException:
                 with trio.move_on_after(0.5, shield=True):
                     await conn.aclose()
@@ -560,6 +552,17 @@ class Node:
             self._channels[addr] = channel
             await self._runtime().nursery.start(self._run_channel, channel, addr)
             return channel
+
+    async def _handshake(self, conn: Connection, *, initiator: bool) -> Hello:
+        with trio.fail_after(self._request_timeout):
+            return await handshake(
+                conn,
+                self._hello(),
+                initiator=initiator,
+                max_frame=self._transport.max_frame,
+                counters=self._counters,
+                own_node_id=self.name,
+            )
 
     async def _run_channel(
         self,
@@ -589,15 +592,7 @@ class Node:
     async def _handle_connection(self, conn: Connection) -> None:
         await self._ready.wait()
         try:
-            with trio.fail_after(self._request_timeout):
-                remote = await handshake(
-                    conn,
-                    self._hello(),
-                    initiator=False,
-                    max_frame=self._transport.max_frame,
-                    counters=self._counters,
-                    own_node_id=self.name,
-                )
+            remote = await self._handshake(conn, initiator=False)
         except HandshakeError as exc:
             log.warning("refused connection from %s: %s", conn.remote_address, exc)
             return

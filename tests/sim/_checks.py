@@ -39,3 +39,11 @@ def describe(cluster: SimCluster) -> str:
         )
         lines.append(f"  {name} leader={node.leader()} [{view}]")
     return "\n".join(lines)
+
+
+async def settle(cluster: SimCluster, names: list[str], *, within: float = 10.0) -> None:
+    """Wait (simulated time) until every running node lists exactly ``names`` as up."""
+    import trio
+
+    with trio.fail_after(within):
+        await cluster.wait_until(lambda: all_up(cluster, names))

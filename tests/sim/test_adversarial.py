@@ -9,7 +9,7 @@ from gossipkv import GossipConfig, open_client
 from gossipkv._messages import Ack, NodeDelta, Shutdown, VersionedEntry
 from gossipkv.testing import open_sim_cluster
 
-from ._checks import all_up, describe, leaders, statuses
+from ._checks import all_up, describe, leaders, settle, statuses
 
 FAST_REMOVE = GossipConfig(remove_after=8.0)
 FIVE = ["n1", "n2", "n3", "n4", "n5"]
@@ -19,8 +19,7 @@ async def test_minority_with_new_joiners_cannot_outvote_the_majority(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(5, seed=seed, config=FAST_REMOVE) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, FIVE))
+        await settle(c, FIVE)
         await trio.sleep(5)
         majority, minority = ["n1", "n2", "n3"], ["n4", "n5", "x1", "x2"]
         c.partition(majority, minority)
@@ -45,8 +44,7 @@ async def test_a_gossiped_address_that_does_not_parse_is_ignored(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(3, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, FIVE[:3]))
+        await settle(c, FIVE[:3])
         ghost = NodeDelta(
             "ghost",
             1,
@@ -73,8 +71,7 @@ async def test_shutdown_notice_about_someone_else_is_ignored(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(5, seed=seed, config=FAST_REMOVE) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, FIVE))
+        await settle(c, FIVE)
         gen3 = c.nodes["n3"].generation
         async with open_client(["n1:7400"], transport=c.net.transport("evil:7400")) as client:
             channel = await client._connect()
@@ -91,8 +88,7 @@ async def test_removed_while_leaving_still_finishes_the_leave(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(5, seed=seed, config=FAST_REMOVE) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, FIVE))
+        await settle(c, FIVE)
         await trio.sleep(5)
         n5 = c.nodes["n5"]
         c.pause("n5")

@@ -13,7 +13,7 @@ import trio.testing
 from gossipkv import GossipConfig
 from gossipkv.testing import open_sim_cluster
 
-from ._checks import all_see, all_up, describe, leaders, statuses
+from ._checks import all_see, all_up, describe, leaders, settle, statuses
 
 FAST_REMOVE = GossipConfig(remove_after=8.0)
 
@@ -26,8 +26,7 @@ async def test_ten_peers_converge_through_one_seed(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(10, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(10)))
+        await settle(c, names(10))
         assert leaders(c) == {"n1"}, f"seed={seed}\n{describe(c)}"
         ranks = {m.name: m.age_rank for m in c.nodes["n5"].members()}
         assert ranks["n1"] == 1, f"seed={seed}: the bootstrap peer is the oldest\n{describe(c)}"
@@ -46,8 +45,7 @@ async def test_metadata_reaches_every_peer(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(8, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(8)))
+        await settle(c, names(8))
         c.nodes["n6"].set_metadata("role", "cache")
 
         def everyone_sees() -> bool:
@@ -72,8 +70,7 @@ async def test_delta_budget_is_respected_and_state_still_converges(
 ) -> None:
     config = GossipConfig(max_delta_bytes=2048)
     async with open_sim_cluster(6, seed=seed, config=config) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(6)))
+        await settle(c, names(6))
         for name in names(6):
             for i in range(30):
                 c.nodes[name].set_metadata(f"k{i:02d}", "x" * 100)
@@ -95,8 +92,7 @@ async def test_dead_peer_is_detected_by_everyone(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(10, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(10)))
+        await settle(c, names(10))
         await trio.sleep(10)  # let the detectors learn the heartbeat rate
         killed_at = trio.current_time()
         c.kill("n7")
@@ -110,8 +106,7 @@ async def test_no_false_down_under_30_percent_loss(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(10, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(10)))
+        await settle(c, names(10))
         downs: list[str] = []
         async with trio.open_nursery() as nursery:
             for name, node in c.nodes.items():
@@ -138,8 +133,7 @@ async def test_local_stall_convicts_nobody(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(6, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(6)))
+        await settle(c, names(6))
         await trio.sleep(5)
         downs: list[str] = []
         async with trio.open_nursery() as nursery:
@@ -159,8 +153,7 @@ async def test_restart_with_new_generation_leaves_one_entry(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(6, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(6)))
+        await settle(c, names(6))
         old_gen = c.nodes["n4"].generation
         await trio.sleep(2)
         await c.restart("n4", seeds=["n1"])
@@ -186,8 +179,7 @@ async def test_restart_with_new_generation_leaves_one_entry(
 
 async def test_restart_of_the_leader(seed: int, autojump_clock: trio.testing.MockClock) -> None:
     async with open_sim_cluster(5, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(5)))
+        await settle(c, names(5))
         await trio.sleep(5)
         c.kill("n1")
         with trio.fail_after(15):
@@ -206,8 +198,7 @@ async def test_graceful_leave_shows_left_not_down(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(5, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(5)))
+        await settle(c, names(5))
         downs: list[str] = []
         async with trio.open_nursery() as nursery:
             for name in ("n1", "n2", "n3", "n4"):
@@ -224,8 +215,7 @@ async def test_graceful_leave_shows_left_not_down(
 
 async def test_leader_leaving_hands_over(seed: int, autojump_clock: trio.testing.MockClock) -> None:
     async with open_sim_cluster(4, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(4)))
+        await settle(c, names(4))
         with trio.fail_after(10):
             await c.nodes["n1"].leave()
         with trio.fail_after(5):
@@ -236,8 +226,7 @@ async def test_removal_without_resurrection(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(5, seed=seed, config=FAST_REMOVE) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(5)))
+        await settle(c, names(5))
         await trio.sleep(5)
         c.kill("n5")
         with trio.fail_after(30):
@@ -256,8 +245,7 @@ async def test_foreign_cluster_is_refused(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(3, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(3)))
+        await settle(c, names(3))
         stranger = await c.start("x1", seeds=["n1"], cluster="other")
         await trio.sleep(10)
         assert stranger.status == "joining", f"seed={seed}"
@@ -271,8 +259,7 @@ async def test_same_leader_after_concurrent_joins(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(2, seed=seed) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(2)))
+        await settle(c, names(2))
         async with trio.open_nursery() as nursery:
             for i in range(3, 11):
                 nursery.start_soon(lambda i=i: c.start(f"n{i}", seeds=["n1" if i % 2 else "n2"]))
@@ -287,8 +274,7 @@ async def test_same_leader_after_concurrent_joins(
 
 async def test_leader_death_and_takeover(seed: int, autojump_clock: trio.testing.MockClock) -> None:
     async with open_sim_cluster(5, seed=seed, config=FAST_REMOVE) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(5)))
+        await settle(c, names(5))
         await trio.sleep(5)
         c.kill("n1")
         with trio.fail_after(15):
@@ -307,8 +293,7 @@ async def test_majority_side_alone_changes_topology(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(5, seed=seed, config=FAST_REMOVE) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(5)))
+        await settle(c, names(5))
         await trio.sleep(5)
         majority, minority = ["n1", "n2", "n3"], ["n4", "n5"]
         c.partition(majority, minority)
@@ -333,8 +318,7 @@ async def test_partition_longer_than_removal_grace_still_heals(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_sim_cluster(4, seed=seed, config=FAST_REMOVE) as c:
-        with trio.fail_after(10):
-            await c.wait_until(lambda: all_up(c, names(4)))
+        await settle(c, names(4))
         c.partition(["n1", "n2", "n3"], ["n4"])
         await trio.sleep(60)
         c.heal()
