@@ -1,4 +1,4 @@
-"""Both storage engines: the interface contract, limits, bad input, and the log engine's disk rules."""
+"""Both storage engines: the interface contract, limits, bad input, the log engine's disk rules."""
 
 from __future__ import annotations
 
@@ -30,13 +30,29 @@ from gossipkv.storage import (
     LogEngine,
     StorageEngine,
     StorageLimits,
+    _log,
     open_log_engine,
     open_storage,
     partition_of,
 )
-from gossipkv.storage import _log
 
 ENGINES = ["memory", "log"]
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def _seg_files(path: Path) -> set[str]:
+    return {p.name for p in path.glob("*.seg")}
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 @asynccontextmanager
@@ -201,7 +217,7 @@ async def test_compaction_under_load_never_loses_or_blocks(tmp_path: Path) -> No
         assert st.records == st.keys  # only live records remain after a full compaction
         for key, clock in latest.items():
             assert await eng.get(key) == clock
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = _files(tmp_path)
     assert not [f for f in files if f.endswith(".tmp")]
     async with open_log_engine(tmp_path) as eng:
         for key, clock in latest.items():
@@ -213,7 +229,7 @@ async def test_low_water_mark_keeps_segments_pinned_by_reads(tmp_path: Path) -> 
         for i in range(60):
             await eng.put(f"k{i % 5}", clock_of(i))
         await eng.compact()  # seal everything into compacted segments
-        seg_files_before = {p.name for p in tmp_path.glob("*.seg")}
+        seg_files_before = _seg_files(tmp_path)
         # Pin a segment with a read that has not run yet, then compact it away underneath.
         assert isinstance(eng, LogEngine)
         loc = eng._keydir["k1"]
@@ -298,12 +314,7 @@ async def test_read_error_is_an_error_not_not_found(tmp_path: Path) -> None:
         assert isinstance(eng, LogEngine)
         loc = eng._keydir["a"]
         seg, off = _log._seg_of(loc), _log._off_of(loc)
-        path = tmp_path / _log._seg_name(seg)
-        with open(path, "r+b") as f:
-            f.seek(off + _log.HEADER_SIZE + 2)
-            byte = f.read(1)
-            f.seek(off + _log.HEADER_SIZE + 2)
-            f.write(bytes([byte[0] ^ 0xFF]))
+        _flip(tmp_path / _log._seg_name(seg), off + _log.HEADER_SIZE + 2)
         with pytest.raises(StorageCorrupt, match="checksum"):
             await eng.get("a")
 
