@@ -274,7 +274,7 @@ async def test_unusable_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             raise OSError(errno.EROFS, "Read-only file system")
         return real_open(path, flags, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_log.os, "open", read_only)
+    monkeypatch.setattr("gossipkv.storage._log.os.open", read_only)
     with pytest.raises(DataDirError, match="Read-only"):
         async with open_log_engine(tmp_path / "ro"):
             pass
