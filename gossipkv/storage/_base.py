@@ -79,6 +79,7 @@ class StorageStatistics:
     mean_commit_batch: float
     pending_writes: int
     compactions: int
+    compaction_errors: int
     bytes_reclaimed: int
     corrupt_records_skipped: int
     torn_tail_truncations: int
@@ -236,7 +237,8 @@ def empty_statistics(
     fields: dict[str, int | float] = {
         "keys": 0, "records": 0, "segments": 0, "disk_bytes": 0, "live_bytes": 0, "puts": 0,
         "gets": 0, "fsyncs": 0, "commit_batches": 0, "max_commit_batch": 0,
-        "mean_commit_batch": 0.0, "pending_writes": 0, "compactions": 0, "bytes_reclaimed": 0,
+        "mean_commit_batch": 0.0, "pending_writes": 0, "compactions": 0, "compaction_errors": 0,
+        "bytes_reclaimed": 0,
         "corrupt_records_skipped": 0, "torn_tail_truncations": 0, "hint_files_loaded": 0,
         "recovery_seconds": 0.0,
     }  # fmt: skip

@@ -29,6 +29,9 @@ def _start(data_dir: Path, fsync: str, seed: int) -> subprocess.Popen[bytes]:
         [sys.executable, str(WRITER), str(data_dir), fsync, str(seed)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Unbuffered: readline() of READY must not swallow later lines into a buffer that
+        # communicate() (which reads the raw pipe) would then never see.
+        bufsize=0,
     )
 
 
