@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ._base import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, StorageLimits
-from ._log import DEFAULT_SEGMENT_BYTES, open_log_engine
+from ._log import DEFAULT_COMPACT_BELOW, DEFAULT_SEGMENT_BYTES, open_log_engine
 from ._memory import MemoryEngine
 
 
@@ -18,6 +18,7 @@ async def open_storage(
     fsync: FsyncPolicy | str = FsyncPolicy.BATCH,
     limits: StorageLimits = DEFAULT_LIMITS,
     segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    compact_below: float = DEFAULT_COMPACT_BELOW,
 ) -> AsyncIterator[StorageEngine]:
     """Open the storage engine for a replica and close it on exit.
 
@@ -26,6 +27,8 @@ async def open_storage(
       fsync: the log engine's fsync policy (``always``, ``batch``, ``none``).
       limits: key, value and sibling limits.
       segment_bytes: the log engine's segment size.
+      compact_below: the log engine compacts a sealed segment in the background once its live
+        share drops below this (``0`` turns background compaction off; ``compact()`` still works).
 
     Raises:
       DataDirError: if the data dir cannot be used (a file, read-only, locked by another process).
@@ -39,6 +42,10 @@ async def open_storage(
             await engine.aclose()
         return
     async with open_log_engine(
-        data_dir, fsync=fsync, limits=limits, segment_bytes=segment_bytes
+        data_dir,
+        fsync=fsync,
+        limits=limits,
+        segment_bytes=segment_bytes,
+        compact_below=compact_below,
     ) as log:
         yield log
