@@ -173,6 +173,54 @@ class Entries:
         )
 
 
+_SHARDS = 256
+_SHARD_MASK = _SHARDS - 1
+
+
+class KeyDir:
+    """The key directory: key -> packed location of its newest record.
+
+    Split over many small dicts: growing one dict of a million keys re-hashes it in a single C
+    call that holds the GIL for tens of milliseconds (an event-loop stall); shards keep every
+    resize hundreds of times smaller.
+    """
+
+    __slots__ = ("shards",)
+
+    def __init__(self) -> None:
+        self.shards: list[dict[str, int]] = [{} for _ in range(_SHARDS)]
+
+    def get(self, key: str) -> int | None:
+        return self.shards[hash(key) & _SHARD_MASK].get(key)
+
+    def __getitem__(self, key: str) -> int:
+        return self.shards[hash(key) & _SHARD_MASK][key]
+
+    def __setitem__(self, key: str, loc: int) -> None:
+        self.shards[hash(key) & _SHARD_MASK][key] = loc
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.shards)
+
+    def snapshot_keys(self) -> list[str]:
+        """A snapshot of the keys."""
+        out: list[str] = []
+        for d in self.shards:
+            out.extend(d)
+        return out
+
+    def items(self) -> list[tuple[str, int]]:
+        """A snapshot of ``(key, location)`` pairs."""
+        out: list[tuple[str, int]] = []
+        for d in self.shards:
+            out.extend(d.items())
+        return out
+
+    def locations(self) -> Iterator[int]:
+        for d in self.shards:
+            yield from d.values()
+
+
 @dataclass
 class _ScanResult:
     entries: Entries
@@ -223,11 +271,6 @@ def scan_segment(data: bytes) -> _ScanResult:
         pos = nxt
     valid_end = entries.offs[-1] + entries.lens[-1] if entries else 0
     return _ScanResult(entries, valid_end, corrupt)
-
-
-def _encode_hint(seg_size: int, seg_crc: int, entries_body: bytes) -> bytes:
-    body = _HINT_HEAD.pack(_HINT_MAGIC, seg_size, seg_crc) + entries_body
-    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def _decode_hint(
@@ -302,7 +345,7 @@ class _Reads:
 
 @dataclass
 class _Recovered:
-    keydir: dict[str, int]
+    keydir: KeyDir
     seg_bytes: dict[int, int]
     seg_records: dict[int, int]
     max_seq: int
@@ -336,7 +379,7 @@ class LogEngine(StorageEngine):
         self._compact_below = compact_below
         self.incarnation = int.from_bytes(os.urandom(8), "big")
         self._lock_fd: int | None = None
-        self._keydir: dict[str, int] = {}
+        self._keydir = KeyDir()
         self._seg_bytes: dict[int, int] = {}
         self._seg_live: dict[int, int] = {}
         self._seg_records: dict[int, int] = {}
@@ -416,7 +459,7 @@ class LogEngine(StorageEngine):
             self._torn = rec.torn
             self._hints_loaded = rec.hints_loaded
             live: dict[int, int] = dict.fromkeys(rec.seg_bytes, 0)
-            for loc in self._keydir.values():
+            for loc in self._keydir.locations():
                 seg = _seg_of(loc)
                 live[seg] += _len_of(loc)
             self._seg_live = live
@@ -435,7 +478,8 @@ class LogEngine(StorageEngine):
         for leftover in path.glob(f"*{_TMP_SUFFIX}"):
             leftover.unlink()  # an unfinished compaction output; its inputs are still there
         segs = sorted(int(p.name[: -len(_SEG_SUFFIX)]) for p in path.glob(f"*{_SEG_SUFFIX}"))
-        keydir: dict[str, int] = {}
+        keydir = KeyDir()
+        shards = keydir.shards
         seg_bytes: dict[int, int] = {}
         seg_records: dict[int, int] = {}
         corrupt = torn = hints = 0
@@ -471,14 +515,14 @@ class LogEngine(StorageEngine):
             seg_bytes[seg] = len(data)
             seg_records[seg] = len(entries)
             seg_shift = seg << _SEG_SHIFT
-            get = keydir.get
             for kb, seq, off, length in zip(
                 entries.keys, entries.seqs, entries.offs, entries.lens, strict=True
             ):
                 loc = (seq << _SEQ_SHIFT) | seg_shift | (off << _OFF_BITS) | length
                 key = kb.decode("utf-8", "surrogateescape")
-                if loc > get(key, 0):
-                    keydir[key] = loc
+                shard = shards[hash(key) & _SHARD_MASK]
+                if loc > shard.get(key, 0):
+                    shard[key] = loc
                 if seq > max_seq:
                     max_seq = seq
         return _Recovered(
@@ -490,8 +534,14 @@ class LogEngine(StorageEngine):
     ) -> None:
         final = self._path / _hint_name(seg)
         tmp = final.with_name(final.name + _TMP_SUFFIX)
+        head = _HINT_HEAD.pack(_HINT_MAGIC, size, crc)
+        # Written in pieces: concatenating a hint of a million entries would copy it twice while
+        # holding the GIL.
+        trailer = struct.pack("<I", zlib.crc32(entries_body, zlib.crc32(head)))
         with open(tmp, "wb") as f:
-            f.write(_encode_hint(size, crc, bytes(entries_body)))
+            f.write(head)
+            f.write(entries_body)
+            f.write(trailer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -664,13 +714,14 @@ class LogEngine(StorageEngine):
         batch.done.set()
 
     def _install(self, keys: list[str], locs: list[int]) -> None:
-        keydir, live = self._keydir, self._seg_live
+        shards, live = self._keydir.shards, self._seg_live
         seg_bytes, seg_records = self._seg_bytes, self._seg_records
         for key, loc in zip(keys, locs, strict=True):
-            old = keydir.get(key)
+            shard = shards[hash(key) & _SHARD_MASK]
+            old = shard.get(key)
             if old is not None:
                 live[_seg_of(old)] -= _len_of(old)
-            keydir[key] = loc
+            shard[key] = loc
             seg = _seg_of(loc)
             length = _len_of(loc)
             live[seg] = live.get(seg, 0) + length
@@ -758,7 +809,9 @@ class LogEngine(StorageEngine):
 
     async def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
         self._check_usable()
-        keys = [k for k in list(self._keydir) if _dvv.partition_of(k, partitions) == partition]
+        keys = [
+            k for k in self._keydir.snapshot_keys() if _dvv.partition_of(k, partitions) == partition
+        ]
         for i in range(0, len(keys), 256):
             chunk = [(k, self._keydir.get(k)) for k in keys[i : i + 256]]
             present = [(k, loc) for k, loc in chunk if loc is not None]
@@ -768,7 +821,7 @@ class LogEngine(StorageEngine):
 
     async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
         self._check_usable()
-        items = list(self._keydir.items())
+        items = self._keydir.items()
         pairs: list[tuple[str, bytes]] = []
         for i in range(0, len(items), 1024):
             chunk = items[i : i + 1024]
