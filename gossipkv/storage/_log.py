@@ -809,9 +809,13 @@ class LogEngine(StorageEngine):
 
     async def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
         self._check_usable()
-        keys = [
-            k for k in self._keydir.snapshot_keys() if _dvv.partition_of(k, partitions) == partition
-        ]
+        keys: list[str] = []
+        snapshot = self._keydir.snapshot_keys()
+        for i in range(0, len(snapshot), _CHECKPOINT_EVERY):
+            # Hashing a million keys is a CPU loop: give other tasks a turn between chunks.
+            await trio.lowlevel.checkpoint()
+            chunk_keys = snapshot[i : i + _CHECKPOINT_EVERY]
+            keys.extend(k for k in chunk_keys if _dvv.partition_of(k, partitions) == partition)
         for i in range(0, len(keys), 256):
             chunk = [(k, self._keydir.get(k)) for k in keys[i : i + 256]]
             present = [(k, loc) for k, loc in chunk if loc is not None]
@@ -827,7 +831,7 @@ class LogEngine(StorageEngine):
             chunk = items[i : i + 1024]
             raws = await self._read_many([loc for _, loc in chunk])
             pairs.extend((k, raw) for (k, _), raw in zip(chunk, raws, strict=True))
-        return partition_digests(pairs, partitions)
+        return await trio.to_thread.run_sync(partition_digests, pairs, partitions)
 
     # --- compaction ------------------------------------------------------------------------------
 

@@ -61,7 +61,12 @@ class MemoryEngine(StorageEngine):
 
     async def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
         self._check_open()
-        keys = [k for k in self._data if _dvv.partition_of(k, partitions) == partition]
+        snapshot = list(self._data)
+        keys: list[str] = []
+        for i in range(0, len(snapshot), 2048):
+            await trio.lowlevel.checkpoint()  # a CPU loop: let other tasks run between chunks
+            chunk = snapshot[i : i + 2048]
+            keys.extend(k for k in chunk if _dvv.partition_of(k, partitions) == partition)
         for i, key in enumerate(keys):
             if i % 512 == 0:
                 await trio.lowlevel.checkpoint()
@@ -70,9 +75,9 @@ class MemoryEngine(StorageEngine):
                 yield key, found[0]
 
     async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
-        await trio.lowlevel.checkpoint()
         self._check_open()
-        return partition_digests(((k, v[1]) for k, v in self._data.items()), partitions)
+        pairs = [(k, v[1]) for k, v in self._data.items()]
+        return await trio.to_thread.run_sync(partition_digests, pairs, partitions)
 
     async def compact(self) -> None:
         await trio.lowlevel.checkpoint()
