@@ -1,1 +1,406 @@
-"""DVVSet (being built on the storage branch)."""
+"""Causal versioning of stored values: the DVVSet (Version Vector done right).
+
+This module owns the per-key clock every replica stores: a dotted version vector set
+(DVVSet, Gonçalves/Almeida et al., ``dvvset.erl``), its operations ``new``, ``sync``, ``join``,
+``update``, ``event``, ``values`` and ``less``, the server-side actor naming that guarantees a dot
+is never minted twice, the stable key -> partition hash, and the conversion to and from a
+plain-data form (lists, ints, strs, values) that :func:`gossipkv._codec.dumps_canonical` encodes
+canonically.
+
+It implements the *Version Vector* pattern with one dot per value, so concurrent writes become
+siblings instead of silent losses, and a write replaces exactly the values whose dots its context
+saw.
+
+Sans-IO core: stdlib only; never trio, cbor2, time or the global random.
+
+Clock shape: ``entries`` is a tuple of :class:`Entry` sorted by actor; each entry
+``(actor, n, vals)`` holds the values newest first, the value at index ``k`` carrying the dot
+``(actor, n - k)``; events ``1 .. n - len(vals)`` of that actor are known but superseded.
+``anonymous`` holds values without a dot: only :func:`new` puts one there (consumed at once by
+:func:`update`); gossipkv never stores anonymous values (no server-side reconcile, pitfall P9),
+and :func:`clock_from_plain` rejects them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from ._errors import InvalidClock, TooManySiblings
+
+V = TypeVar("V")
+
+#: A causal context as handed to clients: ``{actor: counter}`` (opaque to them).
+Context = Mapping[str, int]
+
+# Actor ids are "node_id/incarnation/epoch"; the separator never appears in the numeric parts.
+_ACTOR_SEP = "/"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(Generic[V]):
+    """One actor's part of a DVVSet: its event counter and its live values, newest first."""
+
+    actor: str
+    counter: int
+    values: tuple[V, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DVVSet(Generic[V]):
+    """A dotted version vector set: the causal history of one key plus its live values (siblings).
+
+    Immutable; every operation returns a new clock. Build one with :func:`new` and :func:`update`.
+    """
+
+    entries: tuple[Entry[V], ...] = ()
+    anonymous: tuple[V, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Sibling:
+    """One stored value of a key: client data or a tombstone, plus metadata.
+
+    ``meta`` carries display and idempotency facts (an HLC stamp, a client request id); it never
+    decides causality. A tombstone is an ordinary sibling whose ``data`` is ``None``: reads hide it
+    but keep its context, so a later put can supersede the delete instead of siblinging with it.
+    """
+
+    data: object = None
+    tombstone: bool = False
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def deleted(cls, meta: Mapping[str, object] | None = None) -> Sibling:
+        """A tombstone sibling."""
+        return cls(None, True, dict(meta or {}))
+
+
+# --- the DVVSet operations (port of dvvset.erl) ----------------------------------------------
+
+
+def new(context: Context | None, value: V) -> DVVSet[V]:
+    """A client write: ``value`` with the ``context`` the client read (``None``: blind write).
+
+    The result is only an argument for :func:`update`; it has no dot yet (clients never mint dots).
+    """
+    if not context:
+        return DVVSet((), (value,))
+    return DVVSet(tuple(Entry(a, n, ()) for a, n in sorted(context.items())), (value,))
+
+
+def join(clock: DVVSet[V]) -> dict[str, int]:
+    """The causal context of ``clock``: ``{actor: counter}`` (handed back on the next put)."""
+    return {e.actor: e.counter for e in clock.entries}
+
+
+def values(clock: DVVSet[V]) -> list[V]:
+    """Every value of ``clock`` (siblings): anonymous ones, then each actor's, newest first."""
+    out = list(clock.anonymous)
+    for e in clock.entries:
+        out.extend(e.values)
+    return out
+
+
+def less(x: DVVSet[V], y: DVVSet[V]) -> bool:
+    """True if ``y``'s causal history strictly dominates ``x``'s (``join(y)`` > ``join(x)``)."""
+    return _greater(y.entries, x.entries)
+
+
+def _greater(a: tuple[Entry[V], ...], b: tuple[Entry[V], ...]) -> bool:
+    # Walk both sorted entry lists (dvvset.erl greater/3): a must know all b knows, and more.
+    i = j = 0
+    strict = False
+    while True:
+        if j == len(b):
+            return strict or i < len(a)
+        if i == len(a):
+            return False
+        ea, eb = a[i], b[j]
+        if ea.actor == eb.actor:
+            if ea.counter < eb.counter:
+                return False
+            if ea.counter > eb.counter:
+                strict = True
+            i += 1
+            j += 1
+        elif ea.actor < eb.actor:
+            strict = True
+            i += 1
+        else:
+            return False
+
+
+def sync(x: DVVSet[V], y: DVVSet[V]) -> DVVSet[V]:
+    """Merge two clocks of the same key (the join of the semilattice).
+
+    Commutative, associative and idempotent. A value survives unless the other side knows its dot
+    without holding it (a write that saw it replaced it).
+    """
+    if less(x, y):
+        anon = y.anonymous
+    elif less(y, x):
+        anon = x.anonymous
+    else:
+        merged: list[V] = []
+        for v in (*x.anonymous, *y.anonymous):
+            if v not in merged:
+                merged.append(v)
+        anon = tuple(merged)
+    return DVVSet(_sync_entries(x.entries, y.entries), anon)
+
+
+def sync_all(clocks: Iterable[DVVSet[V]]) -> DVVSet[V]:
+    """Fold :func:`sync` over many clocks (an empty iterable gives the empty clock)."""
+    out: DVVSet[V] = DVVSet()
+    for c in clocks:
+        out = sync(out, c)
+    return out
+
+
+def _sync_entries(a: tuple[Entry[V], ...], b: tuple[Entry[V], ...]) -> tuple[Entry[V], ...]:
+    out: list[Entry[V]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        ea, eb = a[i], b[j]
+        if ea.actor < eb.actor:
+            out.append(ea)
+            i += 1
+        elif ea.actor > eb.actor:
+            out.append(eb)
+            j += 1
+        else:
+            out.append(_merge_entry(ea, eb))
+            i += 1
+            j += 1
+    out.extend(a[i:])
+    out.extend(b[j:])
+    return tuple(out)
+
+
+def _merge_entry(e1: Entry[V], e2: Entry[V]) -> Entry[V]:
+    # The side with the higher counter wins the counter; its values survive only as far as the other
+    # side did not see them superseded (dvvset.erl merge/5).
+    if e1.counter < e2.counter:
+        e1, e2 = e2, e1
+    n1, l1, n2, l2 = e1.counter, e1.values, e2.counter, e2.values
+    if n1 - len(l1) >= n2 - len(l2):
+        return e1
+    return Entry(e1.actor, n1, l1[: n1 - n2 + len(l2)])
+
+
+def event(entries: tuple[Entry[V], ...], actor: str, value: V) -> tuple[Entry[V], ...]:
+    """Mint the next dot of ``actor`` for ``value`` (only a coordinating replica calls this)."""
+    out: list[Entry[V]] = []
+    for i, e in enumerate(entries):
+        if e.actor == actor:
+            out.append(Entry(actor, e.counter + 1, (value, *e.values)))
+            out.extend(entries[i + 1 :])
+            return tuple(out)
+        if e.actor > actor:
+            out.append(Entry(actor, 1, (value,)))
+            out.extend(entries[i:])
+            return tuple(out)
+        out.append(e)
+    out.append(Entry(actor, 1, (value,)))
+    return tuple(out)
+
+
+def update(client: DVVSet[V], local: DVVSet[V] | None, actor: str) -> DVVSet[V]:
+    """Apply a client write ``client = new(ctx, v)`` at a replica whose stored clock is ``local``.
+
+    Values whose dots ``ctx`` covers are discarded; every other local value survives as a sibling of
+    ``v``, which gets the next dot of the server-side ``actor``.
+
+    Raises:
+      InvalidClock: if ``client`` is not the output of :func:`new` (exactly one anonymous value).
+    """
+    if len(client.anonymous) != 1:
+        raise InvalidClock("update() takes a clock made by new(context, value)")
+    value = client.anonymous[0]
+    if local is None:
+        return DVVSet(event(client.entries, actor, value), ())
+    merged = sync(DVVSet(client.entries, ()), local)
+    return DVVSet(event(merged.entries, actor, value), merged.anonymous)
+
+
+def equal(x: DVVSet[V], y: DVVSet[V]) -> bool:
+    """True if both clocks have the same causal history (same actors, counters and value counts)."""
+    if len(x.entries) != len(y.entries):
+        return False
+    return all(
+        a.actor == b.actor and a.counter == b.counter and len(a.values) == len(b.values)
+        for a, b in zip(x.entries, y.entries, strict=True)
+    )
+
+
+def size(clock: DVVSet[V]) -> int:
+    """Number of values (siblings) in ``clock``."""
+    return len(clock.anonymous) + sum(len(e.values) for e in clock.entries)
+
+
+# --- server-side actors ----------------------------------------------------------------------
+
+
+def make_actor(node_id: str, incarnation: int, epoch: int) -> str:
+    """The actor id ``node_id/incarnation/epoch``.
+
+    ``incarnation`` must be fresh for every start of a replica (a random 64-bit number drawn
+    when the storage is opened, so even a replica that lost its disk never reuses it); ``epoch``
+    is a per-key actor epoch from :class:`ActorMint`.
+    """
+    if incarnation < 0 or epoch < 0:
+        raise ValueError("incarnation and epoch must be non-negative")
+    return f"{node_id}{_ACTOR_SEP}{incarnation:x}{_ACTOR_SEP}{epoch:x}"
+
+
+class ActorMint:
+    """Hands out the server-side actor a coordinating replica uses for one key.
+
+    Per-key actor epochs (Riak's ``maybe_new_key_epoch``): when the key is locally not-found, start
+    a new epoch, so a replica that lost a key (or its disk) can never mint a dot another replica
+    already holds; when the local clock already carries one of this incarnation's actors, reuse it
+    so clocks stay small.
+    A local read *error* must never reach here as "not found" (pitfall P5).
+    """
+
+    def __init__(self, node_id: str, incarnation: int) -> None:
+        if not node_id or _ACTOR_SEP in node_id:
+            raise ValueError(f"node id must be non-empty and must not contain {_ACTOR_SEP!r}")
+        self._prefix = f"{node_id}{_ACTOR_SEP}{incarnation:x}{_ACTOR_SEP}"
+        self._node_id = node_id
+        self._incarnation = incarnation
+        self._next_epoch = 0
+
+    def actor_for(self, local: DVVSet[V] | None) -> str:
+        """The actor to pass to :func:`update` for a key whose stored clock is ``local``."""
+        if local is not None:
+            mine = [e.actor for e in local.entries if e.actor.startswith(self._prefix)]
+            if mine:
+                return max(mine, key=lambda a: int(a.rsplit(_ACTOR_SEP, 1)[1], 16))
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        return make_actor(self._node_id, self._incarnation, epoch)
+
+
+# --- partitions --------------------------------------------------------------------------------
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The Fixed Partition of ``key``: blake2b of its UTF-8 bytes modulo ``partitions`` (stable)."""
+    if partitions <= 0:
+        raise ValueError("partitions must be positive")
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
+# --- plain-data form ---------------------------------------------------------------------------
+
+
+def sibling_to_plain(sibling: Sibling) -> list[object]:
+    """``[data, tombstone, meta]``."""
+    return [sibling.data, sibling.tombstone, dict(sibling.meta)]
+
+
+def sibling_from_plain(raw: object) -> Sibling:
+    """Inverse of :func:`sibling_to_plain`.
+
+    Raises:
+      InvalidClock: if ``raw`` does not have the sibling shape.
+    """
+    match raw:
+        case [data, bool(tomb), dict(meta)] if all(type(k) is str for k in meta):
+            if tomb and data is not None:
+                raise InvalidClock("a tombstone sibling carries no data")
+            return Sibling(data, tomb, meta)
+    raise InvalidClock("a sibling must be [data, tombstone: bool, meta: map]")
+
+
+def clock_to_plain(clock: DVVSet[Sibling]) -> list[object]:
+    """``[[[actor, counter, [sibling...]]...], [anonymous...]]``, ready for canonical CBOR."""
+    return [
+        [[e.actor, e.counter, [sibling_to_plain(s) for s in e.values]] for e in clock.entries],
+        [sibling_to_plain(s) for s in clock.anonymous],
+    ]
+
+
+def clock_from_plain(raw: object, *, max_siblings: int | None = None) -> DVVSet[Sibling]:
+    """Decode and validate a stored or received clock.
+
+    Raises:
+      InvalidClock: on any shape or invariant violation (unsorted or duplicate actors, counters
+        below one, more values than events, anonymous values).
+      TooManySiblings: if the clock holds more than ``max_siblings`` values.
+    """
+    match raw:
+        case [list(raw_entries), list(raw_anon)]:
+            pass
+        case _:
+            raise InvalidClock("a clock must be [entries, anonymous]")
+    if raw_anon:
+        raise InvalidClock("stored clocks carry no anonymous values")
+    entries: list[Entry[Sibling]] = []
+    for item in raw_entries:
+        match item:
+            case [str(actor), int(n), list(vals)] if not isinstance(n, bool):
+                pass
+            case _:
+                raise InvalidClock("a clock entry must be [actor, counter, values]")
+        entries.append(Entry(actor, n, tuple(sibling_from_plain(v) for v in vals)))
+    clock: DVVSet[Sibling] = DVVSet(tuple(entries), ())
+    validate(clock, max_siblings=max_siblings)
+    return clock
+
+
+def validate(clock: DVVSet[V], *, max_siblings: int | None = None) -> None:
+    """Check the DVVSet invariants.
+
+    Raises:
+      InvalidClock: if actors are empty, unsorted or repeated, a counter is below one or smaller
+        than its number of values, or anonymous values are present.
+      TooManySiblings: if there are more than ``max_siblings`` values.
+    """
+    if clock.anonymous:
+        raise InvalidClock("stored clocks carry no anonymous values")
+    prev: str | None = None
+    for e in clock.entries:
+        if not isinstance(e.actor, str) or not e.actor:
+            raise InvalidClock("actor ids must be non-empty strings")
+        if prev is not None and e.actor <= prev:
+            raise InvalidClock("clock entries must be sorted by actor without repeats")
+        if not isinstance(e.counter, int) or isinstance(e.counter, bool) or e.counter < 1:
+            raise InvalidClock(f"counter of {e.actor!r} must be an integer >= 1")
+        if len(e.values) > e.counter:
+            raise InvalidClock(f"actor {e.actor!r} holds more values than events")
+        prev = e.actor
+    if max_siblings is not None:
+        count = size(clock)
+        if count > max_siblings:
+            raise TooManySiblings(count, max_siblings)
+
+
+def context_to_plain(context: Context) -> list[list[object]]:
+    """A context as sorted ``[[actor, counter], ...]`` (equal contexts give equal bytes)."""
+    return [[a, n] for a, n in sorted(context.items())]
+
+
+def context_from_plain(raw: object) -> dict[str, int]:
+    """Inverse of :func:`context_to_plain`.
+
+    Raises:
+      InvalidClock: if ``raw`` is not a list of ``[actor, counter >= 1]`` with distinct actors.
+    """
+    out: dict[str, int] = {}
+    if not isinstance(raw, list):
+        raise InvalidClock("a context must be a list of [actor, counter]")
+    for item in raw:
+        match item:
+            case [str(actor), int(n)] if actor and not isinstance(n, bool) and n >= 1:
+                if actor in out:
+                    raise InvalidClock(f"actor {actor!r} repeated in context")
+                out[actor] = n
+            case _:
+                raise InvalidClock("a context entry must be [actor, counter >= 1]")
+    return out

@@ -56,6 +56,54 @@ class DataDirError(GossipKVError):
     """The data directory cannot be used (not a directory, unreadable, locked by another process)."""
 
 
+# --- storage and versioning (issue 3) ----------------------------------------------------------
+
+
+class InvalidClock(GossipKVError, ValueError):
+    """A DVVSet clock or context fails validation (bad shape, unsorted actors, broken invariant)."""
+
+
+class TooManySiblings(InvalidClock):
+    """A put would store more siblings for one key than the configured limit (Riak: 100)."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"too many siblings ({count} > {limit}); resolve them with a context put")
+        self.count = count
+        self.limit = limit
+
+
+class InvalidKey(GossipKVError, ValueError):
+    """A key is not a non-empty string that encodes to UTF-8."""
+
+
+class KeyTooLarge(InvalidKey):
+    """A key is longer than the configured limit in UTF-8 bytes."""
+
+
+class ValueTooLarge(GossipKVError, ValueError):
+    """A value is larger than the configured limit once encoded."""
+
+
+class ValueNotEncodable(GossipKVError, ValueError):
+    """A value cannot be encoded as CBOR."""
+
+
+class StorageError(GossipKVError):
+    """Local storage failed (an I/O error); never reported as "not found"."""
+
+
+class StorageCorrupt(StorageError):
+    """A stored record failed its checksum or could not be decoded; it is never served."""
+
+
+class StorageFull(StorageError):
+    """The data dir's file system is full; the write was not stored and nothing stored was lost."""
+
+
+class StorageClosed(StorageError):
+    """The storage engine has been closed."""
+
+
 def single_error(group: BaseExceptionGroup[BaseException]) -> GossipKVError | None:
     """The one gossipkv error inside ``group`` (ignoring cancellations), if that is all it holds.
 

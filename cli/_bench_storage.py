@@ -1,0 +1,210 @@
+"""``gossipkv bench storage``: load the durable log engine and report throughput, recovery and size.
+
+Writes K keys from 64 concurrent writers, overwrites every key three more times, reads them all,
+measures the data dir, compacts, measures again, closes and reopens (recovery). A Trio task ticking
+every millisecond records the worst event-loop stall. Numbers, never pass/fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated
+
+import trio
+import typer
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from gossipkv import GossipKVError
+from gossipkv.storage import DVVSet, Entry, FsyncPolicy, Sibling, StorageEngine, open_storage
+
+WRITERS = 64
+OVERWRITES = 3
+
+
+@dataclass(frozen=True)
+class StorageBenchResult:
+    """The ``--json`` output (stable field names)."""
+
+    keys: int
+    value_size: int
+    fsync: str
+    put_per_s: float
+    get_per_s: float
+    recovery_s: float
+    rss_mb: float
+    disk_mb: float
+    disk_mb_after_compaction: float
+    max_loop_lag_ms: float
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM is the peak resident set size; read /proc rather than depending on psutil.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(e.stat().st_size for e in os.scandir(path) if e.is_file()) / 1e6
+
+
+class _LoopLag:
+    """Ticks every millisecond and keeps the worst lateness seen (an event-loop stall)."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        next_at = trio.current_time()
+        while True:
+            next_at += 0.001
+            await trio.sleep_until(next_at)
+            now = trio.current_time()
+            self.worst = max(self.worst, now - next_at)
+            next_at = max(next_at, now)
+
+
+async def _fan_out(count: int, job: Callable[[int], Awaitable[None]], done: list[int]) -> float:
+    """Run ``job(i)`` for ``i`` in ``range(count)`` from WRITERS tasks; returns the elapsed time."""
+    started = trio.current_time()
+
+    async def worker(w: int) -> None:
+        for i in range(w, count, WRITERS):
+            await job(i)
+            done[0] += 1
+
+    async with trio.open_nursery() as nursery:
+        for w in range(WRITERS):
+            nursery.start_soon(worker, w)
+    return trio.current_time() - started
+
+
+async def run_storage_bench(
+    keys: int, value_size: int, data_dir: Path, fsync: str, progress: Progress | None
+) -> StorageBenchResult:
+    """Run the benchmark in the current Trio run (see the module docstring)."""
+    lag = _LoopLag()
+    payload = os.urandom(value_size)
+    total_ops = keys * (1 + OVERWRITES) + keys
+    done = [0]
+    task = progress.add_task("storage", total=total_ops) if progress is not None else None
+
+    def key_of(i: int) -> str:
+        return f"key:{i:09d}"
+
+    def clock_of(i: int, round_no: int, actor: str) -> DVVSet[Sibling]:
+        # The clock a coordinator would store after this key's round_no-th blind overwrite.
+        data = payload[: value_size - 8] + i.to_bytes(8, "big") if value_size >= 8 else payload
+        return DVVSet((Entry(actor, round_no, (Sibling(data),)),))
+
+    async def show() -> None:
+        while progress is not None and task is not None:
+            progress.update(task, completed=done[0])
+            progress.refresh()
+            await trio.sleep(0.1)
+
+    async with trio.open_nursery() as outer:
+        outer.start_soon(lag.run)
+        outer.start_soon(show)
+        # Background compaction off while loading, so disk_mb is what three overwrites cost and
+        # disk_mb_after_compaction what one compaction reclaims (it runs the same code path).
+        async with open_storage(data_dir, fsync=fsync, compact_below=0.0) as eng:
+            actor = f"bench/{eng.incarnation:x}/0"
+            put_time = 0.0
+            for round_no in range(1, OVERWRITES + 2):
+
+                async def put(i: int, r: int = round_no, e: StorageEngine = eng) -> None:
+                    await e.put(key_of(i), clock_of(i, r, actor))
+
+                put_time += await _fan_out(keys, put, done)
+
+            async def get(i: int, e: StorageEngine = eng) -> None:
+                if await e.get(key_of(i)) is None:
+                    raise GossipKVError(f"bench: key {key_of(i)} missing after write")
+
+            get_time = await _fan_out(keys, get, done)
+            disk_mb = await trio.to_thread.run_sync(_dir_mb, data_dir)
+            await eng.compact()
+            disk_after = await trio.to_thread.run_sync(_dir_mb, data_dir)
+        started = trio.current_time()
+        async with open_storage(data_dir, fsync=fsync) as eng:
+            recovery_s = trio.current_time() - started
+            recovered = eng.statistics().keys
+        if recovered != keys:
+            raise GossipKVError(f"bench: recovered {recovered} keys, expected {keys}")
+        if progress is not None and task is not None:
+            progress.update(task, completed=total_ops)
+            progress.refresh()
+        outer.cancel_scope.cancel()
+    return StorageBenchResult(
+        keys=keys,
+        value_size=value_size,
+        fsync=fsync,
+        put_per_s=round(keys * (1 + OVERWRITES) / put_time, 1),
+        get_per_s=round(keys / get_time, 1),
+        recovery_s=round(recovery_s, 3),
+        rss_mb=round(_peak_rss_mb(), 1),
+        disk_mb=round(disk_mb, 2),
+        disk_mb_after_compaction=round(disk_after, 2),
+        max_loop_lag_ms=round(lag.worst * 1000, 2),
+    )
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def storage(
+    keys: Annotated[int, typer.Option("--keys", min=1, help="Number of distinct keys.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Data dir for the log engine.")],
+    value_size: Annotated[int, typer.Option("--value-size", min=1, help="Bytes per value.")] = 100,
+    fsync: Annotated[str, typer.Option("--fsync", help="always, batch or none.")] = "batch",
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Benchmark the durable log storage engine (throughput, recovery, size, loop lag)."""
+    policies = [p.value for p in FsyncPolicy]
+    if fsync not in policies:
+        typer.echo(f"error: --fsync must be one of {', '.join(policies)}, got {fsync!r}", err=True)
+        raise typer.Exit(2)
+    progress: Progress | None = None
+    if not json_output:
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            auto_refresh=False,
+            transient=True,
+        )
+    try:
+        if progress is not None:
+            with progress:
+                result = trio.run(run_storage_bench, keys, value_size, data_dir, fsync, progress)
+        else:
+            result = trio.run(run_storage_bench, keys, value_size, data_dir, fsync, None)
+    except GossipKVError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except BaseExceptionGroup as group:
+        leaf = _first_leaf(group)
+        if not isinstance(leaf, GossipKVError):
+            raise
+        typer.echo(f"error: {leaf}", err=True)
+        raise typer.Exit(1) from None
+    if json_output:
+        sys.stdout.write(json.dumps(asdict(result)) + "\n")
+        return
+    for name, value in asdict(result).items():
+        typer.echo(f"{name:>26}: {value}")

@@ -1,0 +1,246 @@
+"""The storage engine interface, its limits, its statistics, and record encoding shared by engines.
+
+Owns the one place where the storage limits live (:class:`StorageLimits`: key bytes, encoded value
+bytes, siblings per key), the validation every engine applies before accepting a put, the canonical
+record encoding of a DVVSet clock, and the per-partition hash anti-entropy will compare.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+
+from gossipkv import _dvv
+from gossipkv._codec import dumps_canonical, loads_value
+from gossipkv._dvv import DVVSet, Sibling
+from gossipkv._errors import (
+    DecodeError,
+    InvalidClock,
+    InvalidKey,
+    KeyTooLarge,
+    StorageCorrupt,
+    ValueNotEncodable,
+    ValueTooLarge,
+)
+
+#: The clock a replica stores for one key.
+Clock = DVVSet[Sibling]
+
+
+class FsyncPolicy(enum.Enum):
+    """When a put is acknowledged relative to the disk.
+
+    ``ALWAYS``: every record is written and fsynced on its own before its put returns.
+    ``BATCH`` (default): group commit; concurrent puts share one write and one fsync and are all
+    acknowledged after it. ``NONE``: acknowledged once the OS has the bytes (survives ``kill -9``,
+    not a power cut); files are still fsynced when a segment is sealed and on close.
+    """
+
+    ALWAYS = "always"
+    BATCH = "batch"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLimits:
+    """Size limits on what a put may store (DESIGN §3). One place; engines take an instance."""
+
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1024 * 1024
+    max_siblings: int = 100
+
+
+DEFAULT_LIMITS = StorageLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStatistics:
+    """A frozen snapshot of an engine's counters and gauges.
+
+    ``commit_batches`` counts group commits; ``max_commit_batch`` and ``mean_commit_batch`` describe
+    how many puts shared one write (and, unless ``fsync`` is ``none``, one fsync).
+    """
+
+    engine: str
+    fsync: str
+    keys: int
+    records: int
+    segments: int
+    disk_bytes: int
+    live_bytes: int
+    puts: int
+    gets: int
+    fsyncs: int
+    commit_batches: int
+    max_commit_batch: int
+    mean_commit_batch: float
+    pending_writes: int
+    compactions: int
+    compaction_errors: int
+    bytes_reclaimed: int
+    corrupt_records_skipped: int
+    torn_tail_truncations: int
+    hint_files_loaded: int
+    recovery_seconds: float
+
+
+class StorageEngine(abc.ABC):
+    """Durable versioned records: one DVVSet clock per key (DESIGN §9).
+
+    Engines merge nothing: the caller computes the clock (``update`` at a coordinator, ``sync`` at a
+    replica) and stores it whole. A local read *error* raises :class:`~gossipkv.StorageError`; it is
+    never reported as "not found" (pitfall P5).
+    """
+
+    #: Fresh random 64-bit number drawn at every open; feed it to ``ActorMint`` so a restarted
+    #: replica (or one that lost its disk) never reuses a dot.
+    incarnation: int
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> Clock | None:
+        """The stored clock of ``key``, or ``None`` if the key was never stored here.
+
+        Raises:
+          InvalidKey: if the key is not a valid key (see :class:`StorageLimits`).
+          StorageError: on a local read error (``StorageCorrupt`` if a checksum failed).
+          StorageClosed: if the engine is closed.
+        """
+
+    @abc.abstractmethod
+    async def put(self, key: str, clock: Clock) -> None:
+        """Store ``clock`` as the new version of ``key``; durable under the fsync policy on return.
+
+        If cancelled while waiting for the disk, the write may or may not be stored.
+
+        Raises:
+          InvalidKey, KeyTooLarge: for a bad key.
+          InvalidClock, TooManySiblings: for a clock that fails validation.
+          ValueTooLarge, ValueNotEncodable: for a bad value.
+          StorageFull, StorageError: if the disk refused the write (nothing stored is damaged).
+          StorageClosed: if the engine is closed.
+        """
+
+    @abc.abstractmethod
+    def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
+        """Iterate ``(key, clock)`` over the keys of one Fixed Partition (a snapshot of keys).
+
+        Keys are those with ``partition_of(key, partitions) == partition``; keys written during
+        the scan may or may not appear.
+        """
+
+    @abc.abstractmethod
+    async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
+        """A digest per non-empty partition over its sorted keys and canonical clock bytes.
+
+        Equal contents give equal digests on every replica (anti-entropy compares them).
+        """
+
+    @abc.abstractmethod
+    async def compact(self) -> None:
+        """Reclaim the space of superseded records now (the log engine also does it in the
+        background). Never blocks reads or writes."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Flush and close; later calls raise :class:`~gossipkv.StorageClosed`. Idempotent."""
+
+    @abc.abstractmethod
+    def statistics(self) -> StorageStatistics:
+        """A frozen snapshot of counters and gauges."""
+
+
+# --- validation and record encoding shared by engines -----------------------------------------
+
+
+def encode_key(key: object, limits: StorageLimits) -> bytes:
+    """The UTF-8 bytes of a valid key.
+
+    Raises:
+      InvalidKey: if ``key`` is not a non-empty string encodable as UTF-8.
+      KeyTooLarge: if it is longer than ``limits.max_key_bytes`` bytes.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"a key must be a non-empty string, got {type(key).__name__}")
+    try:
+        raw = key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidKey(f"key is not valid UTF-8: {exc}") from exc
+    if len(raw) > limits.max_key_bytes:
+        raise KeyTooLarge(f"key of {len(raw)} bytes exceeds the {limits.max_key_bytes}-byte limit")
+    return raw
+
+
+def encode_clock(clock: object, limits: StorageLimits) -> bytes:
+    """Validate ``clock`` and return its canonical CBOR (equal clocks give equal bytes).
+
+    Raises:
+      InvalidClock, TooManySiblings, ValueTooLarge, ValueNotEncodable: as for ``put``.
+    """
+    if not isinstance(clock, DVVSet):
+        raise InvalidClock(f"expected a DVVSet clock, got {type(clock).__name__}")
+    _dvv.validate(clock, max_siblings=limits.max_siblings)
+    for value in _dvv.values(clock):
+        if not isinstance(value, Sibling):
+            raise InvalidClock(f"clock values must be Sibling, got {type(value).__name__}")
+    try:
+        data = dumps_canonical(_dvv.clock_to_plain(clock))
+    except ValueError as exc:
+        raise ValueNotEncodable(str(exc)) from exc
+    if len(data) > limits.max_value_bytes:
+        # Only then is any single value possibly over the limit: check them one by one.
+        for value in _dvv.values(clock):
+            size = len(dumps_canonical(_dvv.sibling_to_plain(value)))
+            if size > limits.max_value_bytes:
+                raise ValueTooLarge(
+                    f"a value of {size} encoded bytes exceeds the "
+                    f"{limits.max_value_bytes}-byte limit"
+                )
+    return data
+
+
+def decode_clock(data: bytes, where: str) -> Clock:
+    """Decode stored clock bytes.
+
+    Raises:
+      StorageCorrupt: if the bytes are not a valid clock (never served as data or as not-found).
+    """
+    try:
+        return _dvv.clock_from_plain(loads_value(data))
+    except (DecodeError, InvalidClock) as exc:
+        raise StorageCorrupt(f"{where}: stored clock is unreadable: {exc}") from exc
+
+
+def partition_digests(
+    items: Iterable[tuple[str, bytes]], partitions: int
+) -> dict[int, bytes]:
+    """blake2b per partition over ``(key, canonical clock bytes)`` pairs sorted by key."""
+    groups: dict[int, list[tuple[str, bytes]]] = {}
+    for key, data in items:
+        groups.setdefault(_dvv.partition_of(key, partitions), []).append((key, data))
+    out: dict[int, bytes] = {}
+    for part, pairs in groups.items():
+        h = hashlib.blake2b(digest_size=16)
+        for key, data in sorted(pairs):
+            kb = key.encode("utf-8")
+            h.update(len(kb).to_bytes(4, "big") + kb + len(data).to_bytes(4, "big") + data)
+        out[part] = h.digest()
+    return out
+
+
+def empty_statistics(
+    engine: str, fsync: str, extra: Mapping[str, int | float]
+) -> StorageStatistics:
+    """A statistics snapshot with zeros except ``extra`` (for simple engines)."""
+    fields: dict[str, int | float] = {
+        "keys": 0, "records": 0, "segments": 0, "disk_bytes": 0, "live_bytes": 0, "puts": 0,
+        "gets": 0, "fsyncs": 0, "commit_batches": 0, "max_commit_batch": 0,
+        "mean_commit_batch": 0.0, "pending_writes": 0, "compactions": 0, "compaction_errors": 0,
+        "bytes_reclaimed": 0,
+        "corrupt_records_skipped": 0, "torn_tail_truncations": 0, "hint_files_loaded": 0,
+        "recovery_seconds": 0.0,
+    }  # fmt: skip
+    fields.update(extra)
+    return StorageStatistics(engine=engine, fsync=fsync, **fields)  # type: ignore[arg-type]

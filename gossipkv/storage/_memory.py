@@ -1,0 +1,102 @@
+"""The in-memory storage engine: the embedded default when no data dir is given.
+
+Owns a dict of key -> (clock, canonical bytes). Nothing is durable: a restart loses everything,
+which is why every open draws a new incarnation (a replica that restarts empty never reuses a dot).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import trio
+
+from gossipkv import _dvv
+from gossipkv._errors import StorageClosed
+
+from ._base import (
+    DEFAULT_LIMITS,
+    Clock,
+    FsyncPolicy,
+    StorageEngine,
+    StorageLimits,
+    StorageStatistics,
+    empty_statistics,
+    encode_clock,
+    encode_key,
+    partition_digests,
+)
+
+
+class MemoryEngine(StorageEngine):
+    """A :class:`StorageEngine` that keeps every clock in memory (validated like the log engine)."""
+
+    def __init__(self, *, limits: StorageLimits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._data: dict[str, tuple[Clock, bytes]] = {}
+        self._closed = False
+        self._puts = 0
+        self._gets = 0
+        self.incarnation = int.from_bytes(os.urandom(8), "big")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageClosed("the storage engine is closed")
+
+    async def get(self, key: str) -> Clock | None:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        encode_key(key, self._limits)
+        self._gets += 1
+        found = self._data.get(key)
+        return None if found is None else found[0]
+
+    async def put(self, key: str, clock: Clock) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        encode_key(key, self._limits)
+        data = encode_clock(clock, self._limits)
+        self._data[key] = (clock, data)
+        self._puts += 1
+
+    async def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
+        self._check_open()
+        snapshot = list(self._data)
+        keys: list[str] = []
+        for i in range(0, len(snapshot), 2048):
+            await trio.lowlevel.checkpoint()  # a CPU loop: let other tasks run between chunks
+            chunk = snapshot[i : i + 2048]
+            keys.extend(k for k in chunk if _dvv.partition_of(k, partitions) == partition)
+        for i, key in enumerate(keys):
+            if i % 512 == 0:
+                await trio.lowlevel.checkpoint()
+            found = self._data.get(key)
+            if found is not None:
+                yield key, found[0]
+
+    async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
+        self._check_open()
+        pairs = [(k, v[1]) for k, v in self._data.items()]
+        return await trio.to_thread.run_sync(partition_digests, pairs, partitions)
+
+    async def compact(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> StorageStatistics:
+        live = sum(len(v[1]) for v in self._data.values())
+        return empty_statistics(
+            "memory",
+            FsyncPolicy.NONE.value,
+            {
+                "keys": len(self._data),
+                "records": len(self._data),
+                "live_bytes": live,
+                "puts": self._puts,
+                "gets": self._gets,
+            },
+        )

@@ -1,0 +1,331 @@
+"""Both storage engines: the interface contract, limits, bad input, the log engine's disk rules."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from _helpers import clock_of, digest, next_clock
+
+from gossipkv import DataDirError
+from gossipkv._dvv import DVVSet, Entry, Sibling
+from gossipkv._errors import (
+    InvalidClock,
+    InvalidKey,
+    KeyTooLarge,
+    StorageClosed,
+    StorageCorrupt,
+    StorageFull,
+    TooManySiblings,
+    ValueNotEncodable,
+    ValueTooLarge,
+)
+from gossipkv.storage import (
+    FsyncPolicy,
+    LogEngine,
+    StorageEngine,
+    StorageLimits,
+    _log,
+    open_log_engine,
+    open_storage,
+    partition_of,
+)
+
+ENGINES = ["memory", "log"]
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def _seg_files(path: Path) -> set[str]:
+    return {p.name for p in path.glob("*.seg")}
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@asynccontextmanager
+async def engine_for(kind: str, tmp_path: Path, **kw: object) -> AsyncIterator[StorageEngine]:
+    data_dir = None if kind == "memory" else tmp_path / "data"
+    async with open_storage(data_dir, **kw) as eng:  # type: ignore[arg-type]
+        yield eng
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_put_get_roundtrip(kind: str, tmp_path: Path) -> None:
+    async with engine_for(kind, tmp_path) as eng:
+        assert await eng.get("missing") is None
+        c = clock_of({"a": [1, 2]}, "x", None)
+        await eng.put("k", c)
+        assert await eng.get("k") == c
+        c2 = next_clock(c, "y", "n/1/0")
+        await eng.put("k", c2)
+        assert await eng.get("k") == c2
+        tomb = next_clock(c2, None, "m/2/0")
+        tomb = DVVSet(
+            tuple(
+                Entry(e.actor, e.counter, tuple(Sibling.deleted() for _ in e.values))
+                for e in tomb.entries
+            )
+        )
+        await eng.put("dead", tomb)
+        got = await eng.get("dead")
+        assert got is not None and all(s.tombstone for e in got.entries for s in e.values)
+        stats = eng.statistics()
+        assert stats.keys == 2 and stats.puts == 3
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_scan_and_partition_hashes(kind: str, tmp_path: Path) -> None:
+    async with engine_for(kind, tmp_path) as eng:
+        clocks = {f"key{i}": clock_of(i) for i in range(300)}
+        async with trio.open_nursery() as nursery:
+            for k, c in clocks.items():
+                nursery.start_soon(eng.put, k, c)
+        seen: dict[str, DVVSet[Sibling]] = {}
+        for p in range(8):
+            async for key, clock in eng.scan(p, 8):
+                assert partition_of(key, 8) == p
+                seen[key] = clock
+        assert seen == clocks
+        hashes = await eng.partition_hashes(8)
+        assert set(hashes) == set(range(8))
+    # the same contents give the same hashes on the other engine
+    other = "log" if kind == "memory" else "memory"
+    async with engine_for(other, tmp_path / "other") as eng2:
+        for k, c in reversed(list(clocks.items())):
+            await eng2.put(k, c)
+        assert await eng2.partition_hashes(8) == hashes
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_bad_input_is_typed_and_harmless(kind: str, tmp_path: Path) -> None:
+    limits = StorageLimits(max_key_bytes=16, max_value_bytes=200, max_siblings=3)
+    async with engine_for(kind, tmp_path, limits=limits) as eng:
+        good = clock_of("v")
+        await eng.put("k", good)
+        with pytest.raises(KeyTooLarge, match="exceeds the 16-byte limit"):
+            await eng.put("k" * 17, good)
+        with pytest.raises(InvalidKey):
+            await eng.put("", good)
+        with pytest.raises(InvalidKey):
+            await eng.put(b"k", good)  # type: ignore[arg-type]
+        with pytest.raises(InvalidKey):
+            await eng.put("\ud800", good)
+        with pytest.raises(ValueTooLarge, match="200-byte limit"):
+            await eng.put("k", clock_of("x" * 300))
+        with pytest.raises(ValueNotEncodable):
+            await eng.put("k", clock_of(object()))
+        with pytest.raises(TooManySiblings, match=r"too many siblings \(4 > 3\)"):
+            await eng.put("k", clock_of(1, 2, 3, 4))
+        with pytest.raises(InvalidClock):
+            await eng.put("k", DVVSet((Entry("b", 1, ()), Entry("a", 1, ()))))
+        with pytest.raises(InvalidClock):
+            await eng.put("k", DVVSet((Entry("a", 1, ("raw",)),)))  # type: ignore[arg-type]
+        with pytest.raises(InvalidClock):
+            await eng.put("k", {"not": "a clock"})  # type: ignore[arg-type]
+        with pytest.raises(KeyTooLarge):
+            await eng.get("k" * 17)
+        assert await eng.get("k") == good
+        await eng.aclose()
+        with pytest.raises(StorageClosed):
+            await eng.get("k")
+        with pytest.raises(StorageClosed):
+            await eng.put("k", good)
+
+
+async def test_log_reopen_keeps_everything(tmp_path: Path) -> None:
+    expected: dict[str, DVVSet[Sibling]] = {}
+    async with open_log_engine(tmp_path, segment_bytes=2048, compact_below=0.0) as eng:
+        for i in range(200):
+            key = f"k{i % 37}"
+            expected[key] = next_clock(expected.get(key), i, "n/1/0")
+            await eng.put(key, expected[key])
+        assert eng.statistics().segments > 3
+    async with open_log_engine(tmp_path, segment_bytes=2048) as eng:
+        for key, clock in expected.items():
+            assert await eng.get(key) == clock
+        st = eng.statistics()
+        assert st.hint_files_loaded >= 3
+        assert st.corrupt_records_skipped == 0 and st.torn_tail_truncations == 0
+
+
+@pytest.mark.parametrize("policy", ["always", "batch", "none"])
+async def test_group_commit_shares_fsyncs(policy: str, tmp_path: Path) -> None:
+    async with open_log_engine(tmp_path, fsync=policy) as eng:
+        async with trio.open_nursery() as nursery:
+            for i in range(256):
+                nursery.start_soon(eng.put, f"k{i}", clock_of(i))
+        st = eng.statistics()
+        assert st.puts == 256
+        if policy == "batch":
+            assert st.max_commit_batch > 1
+            assert st.fsyncs < 256
+        elif policy == "always":
+            assert st.fsyncs == 256
+        else:
+            assert st.fsyncs == 0
+    async with open_log_engine(tmp_path) as eng:
+        for i in range(256):
+            assert await eng.get(f"k{i}") == clock_of(i)
+
+
+async def test_compaction_under_load_never_loses_or_blocks(tmp_path: Path) -> None:
+    latest: dict[str, DVVSet[Sibling]] = {}
+    acked: set[str] = set()
+    written: dict[str, set[str]] = {}
+    async with open_log_engine(tmp_path, segment_bytes=4096, compact_below=0.9) as eng:
+
+        async def writer(w: int) -> None:
+            for i in range(150):
+                key = f"w{w}-{i % 10}"
+                latest[key] = next_clock(latest.get(key), i, f"n/{w}/0")
+                written.setdefault(key, set()).add(digest(latest[key]))
+                await eng.put(key, latest[key])
+                acked.add(key)
+
+        async def reader() -> None:
+            for _ in range(300):
+                for key in sorted(acked)[:20]:
+                    got = await eng.get(key)
+                    assert got is not None
+                    assert digest(got) in written[key]
+
+        async def compactor() -> None:
+            for _ in range(5):
+                await eng.compact()
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            for w in range(8):
+                nursery.start_soon(writer, w)
+            nursery.start_soon(reader)
+            nursery.start_soon(compactor)
+        await eng.compact()
+        st = eng.statistics()
+        assert st.compactions >= 1
+        assert st.bytes_reclaimed > 0
+        assert st.records == st.keys  # only live records remain after a full compaction
+        for key, clock in latest.items():
+            assert await eng.get(key) == clock
+    files = _files(tmp_path)
+    assert not [f for f in files if f.endswith(".tmp")]
+    async with open_log_engine(tmp_path) as eng:
+        for key, clock in latest.items():
+            assert await eng.get(key) == clock
+
+
+async def test_low_water_mark_keeps_segments_pinned_by_reads(tmp_path: Path) -> None:
+    async with open_log_engine(tmp_path, segment_bytes=1024) as eng:
+        for i in range(60):
+            await eng.put(f"k{i % 5}", clock_of(i))
+        await eng.compact()  # seal everything into compacted segments
+        seg_files_before = _seg_files(tmp_path)
+        # Pin a segment with a read that has not run yet, then compact it away underneath.
+        assert isinstance(eng, LogEngine)
+        loc = eng._keydir["k1"]
+        pinned_seg = _log._seg_of(loc)
+        async with trio.open_nursery() as nursery:
+            result: list[bytes] = []
+
+            async def slow_read() -> None:
+                result.extend(await eng._read_many([loc]))
+
+            for i in range(60, 70):
+                await eng.put(f"k{i % 5}", clock_of(i))
+            nursery.start_soon(slow_read)
+            nursery.start_soon(eng.compact)
+        assert result and result[0]
+        assert seg_files_before  # sanity
+        assert pinned_seg not in eng._seg_bytes or eng._seg_live.get(pinned_seg, 0) >= 0
+
+
+async def test_second_open_is_refused(tmp_path: Path) -> None:
+    async with open_log_engine(tmp_path):
+        with pytest.raises(DataDirError, match="in use by another process"):
+            async with open_log_engine(tmp_path):
+                pass
+    async with open_log_engine(tmp_path):
+        pass  # the lock is released on close
+
+
+async def test_data_dir_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(DataDirError, match="is a file"):
+        async with open_log_engine(f):
+            pass
+
+
+async def test_unusable_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def read_only(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("gossipkv.storage._log.os.open", read_only)
+    with pytest.raises(DataDirError, match="Read-only"):
+        async with open_log_engine(tmp_path / "ro"):
+            pass
+
+
+async def test_disk_full_is_typed_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_log_engine(tmp_path) as eng:
+        await eng.put("a", clock_of(1))
+        real = _log._write_all
+        calls = {"n": 0}
+
+        def full(fd: int, data: bytes | memoryview, offset: int) -> None:
+            calls["n"] += 1
+            # write part of the batch, then fail like a full disk would
+            real(fd, bytes(data)[:7], offset)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(_log, "_write_all", full)
+        with pytest.raises(StorageFull, match="full"):
+            await eng.put("b", clock_of(2))
+        monkeypatch.setattr(_log, "_write_all", real)
+        assert await eng.get("a") == clock_of(1)
+        assert await eng.get("b") is None
+        await eng.put("c", clock_of(3))
+    async with open_log_engine(tmp_path) as eng:
+        assert await eng.get("a") == clock_of(1)
+        assert await eng.get("b") is None
+        assert await eng.get("c") == clock_of(3)
+        assert eng.statistics().corrupt_records_skipped == 0
+
+
+async def test_read_error_is_an_error_not_not_found(tmp_path: Path) -> None:
+    async with open_log_engine(tmp_path) as eng:
+        await eng.put("a", clock_of("precious"))
+        assert isinstance(eng, LogEngine)
+        loc = eng._keydir["a"]
+        seg, off = _log._seg_of(loc), _log._off_of(loc)
+        _flip(tmp_path / _log._seg_name(seg), off + _log.HEADER_SIZE + 2)
+        with pytest.raises(StorageCorrupt, match="checksum"):
+            await eng.get("a")
+
+
+async def test_bad_config(tmp_path: Path) -> None:
+    from gossipkv import ConfigError
+
+    with pytest.raises(ConfigError, match="fsync"):
+        async with open_log_engine(tmp_path, fsync="sometimes"):
+            pass
+    assert FsyncPolicy("batch") is FsyncPolicy.BATCH
+    assert digest(clock_of(1)) == digest(clock_of(1))
