@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .._messages import Ack, DigestEntry, NodeDelta, Shutdown, Syn, SynAck, encoded_size
+from .._partitions import DEFAULT_PARTITIONS, DEFAULT_REPLICAS, PartitionTable, plan
 from .._types import Address
 from ._detector import ArrivalWindow, DetectorConfig
 from ._leader import MAX_COUNTER, Age, Decisions, Grant, has_majority, view_hash
@@ -52,6 +53,8 @@ class GossipConfig:
     tombstone_ttl_ms: int = 24 * 3600 * 1000
     max_metadata_keys: int = 64
     max_metadata_bytes: int = 512
+    partitions: int = DEFAULT_PARTITIONS  # fixed when the cluster is created (first table)
+    replicas: int = DEFAULT_REPLICAS  # N: owners per partition
 
     def detector(self) -> DetectorConfig:
         return DetectorConfig(
@@ -76,6 +79,10 @@ class GossipConfig:
             raise ValueError("max_delta_bytes must be at least 1024")
         if not self.cluster or len(self.cluster) > 128:
             raise ValueError("cluster name must be 1..128 characters")
+        if not 1 <= self.partitions <= 4096:
+            raise ValueError(f"partitions must be 1..4096, got {self.partitions}")
+        if not 1 <= self.replicas <= 16:
+            raise ValueError(f"replicas (N) must be 1..16, got {self.replicas}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,9 +607,14 @@ class Gossiper:
             self._leader.was_leader = True
             d.begin_term()
             changed = True
-        # Finish graceful leaves (no gate: the member is going anyway).
+        # Finish graceful leaves once the partition table no longer lists the leaver (no gate:
+        # the member is going anyway; without a majority it leaves after leave_timeout).
         for node_id, ns in self._namespaces.items():
-            if _status_of(ns) == "leaving" and d.exited.get(node_id, -1) < ns.generation:
+            if (
+                _status_of(ns) == "leaving"
+                and d.exited.get(node_id, -1) < ns.generation
+                and (d.table is None or not d.table.owned_by(node_id))
+            ):
                 d.next_epoch()
                 d.exited[node_id] = ns.generation
                 changed = True
@@ -623,9 +635,35 @@ class Gossiper:
                 d.grants[node_id] = Grant(ns.generation, up, term, seq)
                 changed = True
             changed |= self._remove_gone(now, wall_ms)
+            changed |= self._plan_partitions()
         if changed:
             self.decisions_dirty = True
             self._self.set("decisions", d.to_plain())
+
+    def _plan_partitions(self) -> bool:
+        """Publish a new partition table when the up members changed (leaving ones excluded)."""
+        d = self.decisions
+        members = [
+            n
+            for n, ns in self._namespaces.items()
+            if _status_of(ns) == "up" and not _gone(self._peers.get(n), ns)
+        ]
+        owners = plan(
+            members,
+            partitions=d.table.q if d.table else self.config.partitions,
+            replicas=d.table.n if d.table else self.config.replicas,
+            previous=d.table,
+        )
+        if d.table is not None and owners == d.table.owners:
+            return False
+        term, seq = d.next_epoch()
+        n = d.table.n if d.table else self.config.replicas
+        d.table = PartitionTable(term, seq, n, owners)
+        return True
+
+    def table(self) -> PartitionTable | None:
+        """The newest partition table this peer accepted."""
+        return self.decisions.table
 
     def _track_view(self) -> None:
         """Remember the up/leaving members as the majority denominator, but only while every one

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .._partitions import PartitionTable
+
 # Counters taken from the wire stay far below 2**64 so that adding one never needs a bignum
 # (which the codec refuses on the wire): larger values are treated as malformed.
 MAX_COUNTER = 2**62
@@ -43,6 +45,7 @@ class Decisions:
     grants: dict[str, Grant] = field(default_factory=dict)
     removed: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (generation, at_ms)
     exited: dict[str, int] = field(default_factory=dict)  # node -> generation whose leave is done
+    table: PartitionTable | None = None  # the newest partition table (highest epoch wins)
 
     def epoch(self) -> tuple[int, int]:
         return (self.term, self.seq)
@@ -85,6 +88,9 @@ class Decisions:
             if cur is None or gen > cur[0]:
                 self.removed[node] = (gen, at_ms)
                 changed = True
+        if other.table is not None and (self.table is None or other.table.epoch > self.table.epoch):
+            self.table = other.table
+            changed = True
         for node, gen in other.exited.items():
             if gen > self.exited.get(node, -1):
                 self.exited[node] = gen
@@ -108,6 +114,7 @@ class Decisions:
             "grants": {n: list(g) for n, g in sorted(self.grants.items())},
             "removed": {n: list(r) for n, r in sorted(self.removed.items())},
             "exited": dict(sorted(self.exited.items())),
+            "table": None if self.table is None else self.table.to_plain(),
         }
 
     @classmethod
@@ -142,6 +149,11 @@ class Decisions:
             if not (isinstance(node, str) and _is_int(gen)):
                 return None
             out.exited[node] = gen
+        table_raw = raw.get("table")
+        if table_raw is not None:
+            out.table = PartitionTable.from_plain(table_raw)
+            if out.table is None:
+                return None
         return out
 
 
