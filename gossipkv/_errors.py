@@ -104,6 +104,96 @@ class StorageClosed(StorageError):
     """The storage engine has been closed."""
 
 
+# --- the replicated data path (issue 4) ----------------------------------------------------------
+
+
+class ClusterNotReady(GossipKVError):
+    """No partition table exists yet (the cluster has not formed); safe to retry."""
+
+
+class Unavailable(GossipKVError):
+    """No replica of the key can be reached right now."""
+
+
+class Overloaded(GossipKVError):
+    """The peer is shedding load; retry later."""
+
+
+class InvalidContext(GossipKVError, ValueError):
+    """A causal context was malformed or came from something other than a gossipkv read."""
+
+
+class QuorumNotReached(GossipKVError):
+    """Fewer replicas than required answered in time.
+
+    For a put, the value may still be stored on the replicas that answered (as in Riak).
+    """
+
+    def __init__(self, got: int, needed: int, what: str = "replicas") -> None:
+        super().__init__(f"quorum not reached: {got} of {needed} {what} answered")
+        self.got = got
+        self.needed = needed
+
+
+_WIRE_CODES: dict[str, type[GossipKVError]] = {}
+
+
+def _register_codes() -> None:
+    _WIRE_CODES.update(
+        {
+            "quorum": QuorumNotReached,
+            "not_ready": ClusterNotReady,
+            "unavailable": Unavailable,
+            "overloaded": Overloaded,
+            "invalid_context": InvalidContext,
+            "too_many_siblings": TooManySiblings,
+            "value_too_large": ValueTooLarge,
+            "value_not_encodable": ValueNotEncodable,
+            "key_too_large": KeyTooLarge,
+            "invalid_key": InvalidKey,
+            "invalid_clock": InvalidClock,
+            "storage": StorageError,
+        }
+    )
+
+
+def error_code(exc: GossipKVError) -> str:
+    """The wire code for a data-path error (``error`` if it has none)."""
+    if not _WIRE_CODES:
+        _register_codes()
+    if isinstance(exc, RemoteError):
+        return exc.code
+    for code, cls in _WIRE_CODES.items():
+        if type(exc) is cls:
+            return code
+    for code, cls in _WIRE_CODES.items():
+        if isinstance(exc, cls):
+            return code
+    return "error"
+
+
+def error_from_code(code: str, message: str) -> GossipKVError:
+    """Rebuild the typed error a peer reported (unknown codes become :class:`RemoteError`)."""
+    if not _WIRE_CODES:
+        _register_codes()
+    cls = _WIRE_CODES.get(code)
+    if cls is QuorumNotReached:
+        import re
+
+        m = re.search(r"(\d+) of (\d+)", message)
+        got, needed = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+        return QuorumNotReached(got, needed)
+    if cls is TooManySiblings:
+        import re
+
+        m = re.search(r"\((\d+) > (\d+)\)", message)
+        count, limit = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+        return TooManySiblings(count, limit)
+    if cls is None:
+        return RemoteError(code, message)
+    return cls(message)
+
+
 def single_error(group: BaseExceptionGroup[BaseException]) -> GossipKVError | None:
     """The one gossipkv error inside ``group`` (ignoring cancellations), if that is all it holds.
 

@@ -166,6 +166,70 @@ class SetMetadataRequest(Message):
     value: str | None
 
 
+# --- key-value path ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KvGet(Message):
+    """A client's (or a forwarding peer's) read."""
+
+    TAG: ClassVar[str] = "kv_get"
+    key: str
+    r: int = 0  # 0: the node's default
+    local: bool = False  # read only this peer's own replica (no quorum, no repair)
+
+
+@dataclass(frozen=True, slots=True)
+class KvPut(Message):
+    """A client's write (or delete: a tombstone), possibly forwarded to a replica."""
+
+    TAG: ClassVar[str] = "kv_put"
+    key: str
+    value: object
+    context: bytes | None = None
+    w: int = 0
+    client_id: str = ""
+    seq: int = 0
+    delete: bool = False
+    forwarded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KvResult(Message):
+    """The answer to KvGet/KvPut: live siblings and the causal context covering exactly them."""
+
+    TAG: ClassVar[str] = "kv_result"
+    key: str
+    found: bool
+    values: tuple[object, ...]
+    context: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaGet(Message):
+    TAG: ClassVar[str] = "replica_get"
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPut(Message):
+    """Store ``clock`` by ``sync`` with the local one; ``hint_for`` names the owner a fallback
+    stands in for (hinted handoff)."""
+
+    TAG: ClassVar[str] = "replica_put"
+    key: str
+    clock: object
+    hint_for: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaState(Message):
+    """A replica's clock for a key (``None``: not found)."""
+
+    TAG: ClassVar[str] = "replica_state"
+    clock: object = None
+
+
 @dataclass(frozen=True, slots=True)
 class Reply(Message):
     """A generic successful reply carrying a CBOR map (a snapshot rendered for the client)."""
@@ -189,6 +253,12 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         LeaveRequest,
         SetMetadataRequest,
         Reply,
+        KvGet,
+        KvPut,
+        KvResult,
+        ReplicaGet,
+        ReplicaPut,
+        ReplicaState,
     )
 }
 

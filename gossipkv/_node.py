@@ -8,6 +8,7 @@ that measures event-loop lag (the local-pause guard), and one task per connectio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import trio
 
@@ -24,20 +26,29 @@ from ._errors import (
     ConfigError,
     ConnectionClosed,
     DecodeError,
+    GossipKVError,
     HandshakeError,
     NodeClosedError,
     RemoteError,
     TransportError,
+    Unavailable,
+    error_code,
+    error_from_code,
     single_error,
 )
 from ._hlc import HybridClock
+from ._kv import GetResult, KeyValueService, KVConfig, PutResult
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
     Hello,
+    KvGet,
+    KvPut,
     LeaveRequest,
     MembersRequest,
     Message,
+    ReplicaGet,
+    ReplicaPut,
     Reply,
     SetMetadataRequest,
     Shutdown,
@@ -50,6 +61,7 @@ from ._persist import FileNodeStore, NodeStore, PeerRecord
 from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
 from .membership._leader import Decisions
+from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, open_storage
 from .transport._base import Connection, Transport
 
 log = logging.getLogger("gossipkv.node")
@@ -140,6 +152,10 @@ class Node:
         bootstrap: bool | None = None,
         request_timeout: float = 2.0,
         connect_timeout: float = 1.0,
+        kv: KVConfig | None = None,
+        fsync: str = "batch",
+        storage: StorageEngine | None = None,
+        hints: StorageEngine | None = None,
     ) -> None:
         if isinstance(seeds, str):
             raise ConfigError("seeds must be a list of 'host:port' strings, not one string")
@@ -161,6 +177,21 @@ class Node:
             raise ConfigError("name must be 1..128 characters")
         if not (request_timeout > 0 and connect_timeout > 0):
             raise ConfigError("timeouts must be > 0")
+        self.kv_config = kv if kv is not None else KVConfig()
+        try:
+            self.kv_config.validate()
+            FsyncPolicy(fsync)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.kv_config.r > cfg.replicas or self.kv_config.w > cfg.replicas:
+            raise ConfigError(
+                f"r={self.kv_config.r} and w={self.kv_config.w} must not exceed N={cfg.replicas}"
+            )
+        self._fsync = fsync
+        self._data_dir = data_dir
+        self._storage_given = storage
+        self._hints_given = hints
+        self._kv: KeyValueService | None = None
         self.config = cfg
         self._name = name
         self._listen = listen
@@ -231,6 +262,52 @@ class Node:
           ValueError: key or value over the limits.
         """
         self._runtime().gossiper.set_metadata(key, value)
+
+    async def get(self, key: str, *, r: int = 0, local: bool = False) -> GetResult:
+        """Read ``key``: the live siblings and the causal context covering them.
+
+        Args:
+          r: replies to wait for (default ``KVConfig.r``); 1..N.
+          local: read only this node's own replica (no quorum, no repair).
+
+        Raises:
+          ClusterNotReady: no partition table yet (retry). QuorumNotReached: fewer than R replicas
+          answered. KeyTooLarge, InvalidKey, StorageError.
+        """
+        return await self._service().get(key, r=r, local=local)
+
+    async def put(
+        self, key: str, value: object, *, context: bytes | None = None, w: int = 0
+    ) -> PutResult:
+        """Write ``value``; with the ``context`` of a read it replaces exactly what that read saw.
+
+        Returns the siblings now stored at the coordinating replica and their context. Without a
+        context nothing is overwritten: concurrent writes become siblings.
+
+        Raises:
+          QuorumNotReached: fewer than W replicas stored it (it may still be stored on some).
+          TooManySiblings, ValueTooLarge, ValueNotEncodable, InvalidContext, ClusterNotReady.
+        """
+        return await self._service().put(key, value, context=context, w=w)
+
+    async def delete(self, key: str, *, context: bytes | None = None, w: int = 0) -> PutResult:
+        """Delete ``key`` by writing a tombstone (a sibling like any other, hidden by reads)."""
+        return await self._service().put(key, None, context=context, w=w, delete=True)
+
+    def _service(self) -> KeyValueService:
+        self._runtime()
+        assert self._kv is not None
+        return self._kv
+
+    async def _send_to_member(self, member: str, message: Message) -> Message:
+        addr = self._runtime().gossiper.address_of(member)
+        if addr is None:
+            raise Unavailable(f"no address known for {member}")
+        channel = await self._channel_to(addr)
+        try:
+            return await channel.request(message)
+        except RemoteError as exc:
+            raise error_from_code(exc.code, str(exc)) from exc
 
     def hlc(self) -> int:
         """A fresh hybrid logical clock timestamp (``ms << 16 | counter``), merged from peers."""
@@ -324,7 +401,18 @@ class Node:
             raise RuntimeError("a Node can only run once; create a new one to restart")
         record = await self._store.open()
         try:
-            await self._run(record, task_status)
+            async with contextlib.AsyncExitStack() as stack:
+                storage = self._storage_given
+                if storage is None:
+                    storage = await stack.enter_async_context(
+                        open_storage(self._sub_dir("data"), fsync=self._fsync)
+                    )
+                hints = self._hints_given
+                if hints is None:
+                    hints = await stack.enter_async_context(
+                        open_storage(self._sub_dir("hints"), fsync=self._fsync)
+                    )
+                await self._run(record, storage, hints, task_status)
         except BaseExceptionGroup as group:
             error = single_error(group)
             if error is None:
@@ -338,7 +426,16 @@ class Node:
             with trio.move_on_after(2.0, shield=True):
                 await self._store.close()
 
-    async def _run(self, record: PeerRecord | None, task_status: trio.TaskStatus[Node]) -> None:
+    def _sub_dir(self, name: str) -> Path | None:
+        return None if self._data_dir is None else Path(self._data_dir) / name
+
+    async def _run(
+        self,
+        record: PeerRecord | None,
+        storage: StorageEngine,
+        hints: StorageEngine,
+        task_status: trio.TaskStatus[Node],
+    ) -> None:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(
                 self._transport.serve, self._listen, self._handle_connection
@@ -367,6 +464,18 @@ class Node:
                 bootstrap=bootstrap,
             )
             self._rt = _Runtime(gossiper, nursery, address)
+            self._kv = KeyValueService(
+                node_id=name,
+                storage=storage,
+                hints=hints,
+                table=gossiper.table,
+                reachable=gossiper.reachable_members,
+                send=self._send_to_member,
+                rng=self._rng,
+                config=self.kv_config,
+                limits=DEFAULT_LIMITS,
+            )
+            await nursery.start(self._kv.run)
             self._ready.set()
             if gossiper.decisions_dirty:
                 await self._persist()
@@ -625,6 +734,13 @@ class Node:
             return g.on_syn(message, now)
         if isinstance(message, MembersRequest):
             return Reply(members_body(g.node_id, g.leader(), g.members(now)))
+        if isinstance(message, (KvGet, KvPut, ReplicaGet, ReplicaPut)):
+            try:
+                return await self._service().handle(message)
+            except RemoteError:
+                raise
+            except GossipKVError as exc:
+                raise RemoteError(error_code(exc), str(exc)) from exc
         if isinstance(message, StatsRequest):
             return Reply(statistics_body(self.statistics()))
         if isinstance(message, SetMetadataRequest):

@@ -773,6 +773,10 @@ class Gossiper:
         ns = self._namespaces.get(node_id)
         return None if ns is None else _addr_of(ns)
 
+    def reachable_members(self) -> set[str]:
+        """Names of the up/leaving members this peer can reach, itself included when up."""
+        return {n for n, ns in self._visible() if _status_of(ns) in ("up", "leaving")}
+
     def live_addresses(self) -> list[str]:
         """Addresses of the remote members this peer considers reachable (for shutdown notices)."""
         return sorted(

@@ -273,9 +273,7 @@ def scan_segment(data: bytes) -> _ScanResult:
     return _ScanResult(entries, valid_end, corrupt)
 
 
-def _decode_hint(
-    raw: bytes, seg_size: int, seg_crc: int
-) -> Entries | None:
+def _decode_hint(raw: bytes, seg_size: int, seg_crc: int) -> Entries | None:
     """The hint's entries if it is intact and matches the segment's size and checksum."""
     if len(raw) < _HINT_HEAD.size + 4:
         return None
@@ -691,9 +689,7 @@ class LogEngine(StorageEngine):
 
     async def _commit(self, batch: _Batch) -> None:
         try:
-            locs, sealed, fsyncs, started = await trio.to_thread.run_sync(
-                self._commit_sync, batch
-            )
+            locs, sealed, fsyncs, started = await trio.to_thread.run_sync(self._commit_sync, batch)
         except _FatalWrite as exc:
             self._failed = StorageError(f"cannot repair a failed write: {exc}")
             batch.error = self._failed

@@ -19,6 +19,7 @@ from .._errors import GossipKVError
 from .._node import Node
 from .._persist import NodeStore
 from ..membership._gossiper import GossipConfig
+from ..storage import MemoryEngine
 from ._sim import SimNetwork
 
 PORT = 7400
@@ -47,6 +48,9 @@ class SimCluster:
         self._nursery = nursery
         self._scopes: dict[str, trio.CancelScope] = {}
         self._stores: dict[str, NodeStore] = {}
+        # The simulated "disks": a peer's data outlives a kill and is there on restart.
+        self.storage: dict[str, MemoryEngine] = {}
+        self.hints: dict[str, MemoryEngine] = {}
         self._incarnations: dict[str, int] = {}
 
     @staticmethod
@@ -74,6 +78,8 @@ class SimCluster:
             rng=random.Random(f"{self.seed}/node/{name}/{incarnation}"),
             wall_clock=self.wall_ms,
             store=self._stores.setdefault(name, NodeStore()),
+            storage=self.storage.setdefault(name, MemoryEngine()),
+            hints=self.hints.setdefault(name, MemoryEngine()),
             bootstrap=bootstrap,
             **kwargs,
         )

@@ -1,0 +1,577 @@
+"""The replicated key-value path: quorum reads and writes, read repair, hinted handoff.
+
+Patterns: Quorum (R/W of N over the partition's preference list, sloppy: an unreachable owner is
+stood in for by the next reachable member, which keeps a durable hint), Versioned Value / Version
+Vector (every key is a DVVSet; a put is ``update(new(context, value), local, actor)`` at a replica
+of the key, every other replica ``sync``s), Request Waiting List (replies collected per request),
+Idempotent Receiver (a retried client request returns the first result).
+
+The service never waits on the leader: it routes by the newest partition table this peer accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from . import _codec, _dvv
+from ._dvv import DVVSet, Sibling
+from ._errors import (
+    ClusterNotReady,
+    DecodeError,
+    GossipKVError,
+    InvalidClock,
+    InvalidContext,
+    QuorumNotReached,
+    RemoteError,
+    StorageError,
+    TransportError,
+    Unavailable,
+    ValueNotEncodable,
+    ValueTooLarge,
+)
+from ._messages import KvGet, KvPut, KvResult, Message, ReplicaGet, ReplicaPut, ReplicaState
+from ._partitions import PartitionTable
+from .storage import StorageEngine, StorageLimits
+
+log = logging.getLogger("gossipkv.kv")
+
+Clock = DVVSet[Sibling]
+SendRequest = Callable[[str, Message], Awaitable[Message]]
+
+_HINT_SEP = "\x1f"
+_EMPTY: Clock = DVVSet((), ())
+
+
+@dataclass(frozen=True, slots=True)
+class KVConfig:
+    """Defaults of the data path. ``r`` and ``w`` may be overridden per request (1..N)."""
+
+    r: int = 2
+    w: int = 2
+    sloppy_quorum: bool = True
+    blocking_read_repair: bool = False
+    replica_timeout: float = 1.0
+    max_pending_repairs: int = 256
+    idempotency_cache: int = 10_000
+    handoff_interval: float = 1.0
+
+    def validate(self) -> None:
+        if self.r < 1 or self.w < 1:
+            raise ValueError("r and w must be at least 1")
+        if self.replica_timeout <= 0 or self.handoff_interval <= 0:
+            raise ValueError("timeouts must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    """A read: the live siblings (tombstones hidden) and the context covering what was read.
+
+    ``found`` is False when no live value exists; ``context`` is still meaningful then (a put with
+    it supersedes the tombstone instead of siblinging with it).
+    """
+
+    key: str
+    found: bool
+    values: list[object]
+    context: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """A write's outcome: the siblings now stored at the coordinating replica and their context."""
+
+    key: str
+    values: list[object]
+    context: bytes
+
+
+@dataclass(slots=True)
+class KVCounters:
+    gets: int = 0
+    puts: int = 0
+    deletes: int = 0
+    forwarded: int = 0
+    read_repairs: int = 0
+    read_repairs_skipped: int = 0
+    hints_stored: int = 0
+    hints_delivered: int = 0
+    idempotent_hits: int = 0
+    siblings_seen: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def encode_context(clock: Clock) -> bytes:
+    """The opaque context handed to clients: canonical CBOR of ``join(clock)``."""
+    return _codec.dumps_canonical(_dvv.context_to_plain(_dvv.join(clock)))
+
+
+def decode_context(raw: bytes | None) -> dict[str, int] | None:
+    if raw is None or raw == b"":
+        return None
+    try:
+        return _dvv.context_from_plain(_codec.loads_value(raw))
+    except (DecodeError, InvalidClock) as exc:
+        raise InvalidContext(f"malformed context: {exc}") from exc
+
+
+def live_values(clock: Clock) -> list[object]:
+    """The client-visible siblings: tombstones hidden, retried writes (same request id) once."""
+    out: list[object] = []
+    seen_rids: set[str] = set()
+    for sib in _dvv.values(clock):
+        if sib.tombstone:
+            continue
+        rid = sib.meta.get("rid")
+        if isinstance(rid, str) and rid:
+            if rid in seen_rids:
+                continue
+            seen_rids.add(rid)
+        out.append(sib.data)
+    return out
+
+
+class KeyValueService:
+    """One peer's part of the data path (coordinator and replica).
+
+    Args:
+      node_id: this peer's name (actors are minted from it).
+      storage: the replica's engine.
+      hints: a second engine holding hinted writes for unreachable owners.
+      table: returns the newest partition table (``None`` before the cluster formed).
+      reachable: returns the members this peer can currently send to (itself included).
+      send: sends a request to a member by name, bounded by the caller.
+      rng: randomness (the actor incarnation).
+      config, limits: tuning and size limits.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        storage: StorageEngine,
+        hints: StorageEngine,
+        table: Callable[[], PartitionTable | None],
+        reachable: Callable[[], set[str]],
+        send: SendRequest,
+        rng: random.Random,
+        config: KVConfig,
+        limits: StorageLimits,
+    ) -> None:
+        self.node_id = node_id
+        self.storage = storage
+        self.hints = hints
+        self._table = table
+        self._reachable = reachable
+        self._send = send
+        self.config = config
+        self.limits = limits
+        self.counters = KVCounters()
+        self._mint = _dvv.ActorMint(node_id, rng.getrandbits(63))
+        self._locks: dict[str, trio.Lock] = {}
+        self._results: OrderedDict[str, PutResult] = OrderedDict()
+        self._repairs = trio.Semaphore(config.max_pending_repairs)
+        self._pending_hints: dict[tuple[str, str], None] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background work (read repairs, handoff) until cancelled."""
+        async for key, clock in self.hints.scan(0, 1):
+            if _dvv.size(clock) or clock.entries:
+                owner, _, real = key.partition(_HINT_SEP)
+                self._pending_hints[(owner, real)] = None
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._handoff_loop)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # --- routing -------------------------------------------------------------------------------
+
+    def targets(self, key: str) -> tuple[list[tuple[str, str]], int]:
+        """The sloppy preference list: ``(member, hint_for)`` pairs and N.
+
+        Reachable owners come first in table order; each unreachable owner is stood in for by the
+        next reachable non-owner (``hint_for`` names the owner), when sloppy quorums are on.
+
+        Raises:
+          ClusterNotReady: no partition table yet.
+        """
+        table = self._table()
+        if table is None or not table.owners:
+            raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
+        p = _dvv.partition_of(key, table.q)
+        owners = table.owners[p]
+        reachable = self._reachable()
+        out = [(o, "") for o in owners if o in reachable]
+        missing = [o for o in owners if o not in reachable]
+        if missing and self.config.sloppy_quorum:
+            members = sorted({m for row in table.owners for m in row} | reachable)
+            start = p % len(members)
+            ring = members[start:] + members[:start]
+            fallbacks = [m for m in ring if m not in owners and m in reachable]
+            out.extend(zip(fallbacks, missing, strict=False))
+        return out, len(owners)
+
+    def _quorum(self, asked: int, n: int, what: str) -> int:
+        if asked == 0:
+            return getattr(self.config, what)  # type: ignore[no-any-return]
+        if not 1 <= asked <= n:
+            raise ValueError(f"{what} must be between 1 and N={n}, got {asked}")
+        return asked
+
+    # --- client operations ---------------------------------------------------------------------
+
+    async def get(self, key: str, *, r: int = 0, local: bool = False) -> GetResult:
+        """Read ``key`` from R replicas (or only this peer's own replica with ``local``).
+
+        Raises:
+          ClusterNotReady, QuorumNotReached, StorageError, KeyTooLarge, InvalidKey.
+        """
+        self._check_key(key)
+        self.counters.gets += 1
+        if local:
+            clock = await self.storage.get(key)
+            return self._result(key, clock)
+        targets, n = self.targets(key)
+        need = min(self._quorum(r, n, "r"), n)
+        if len(targets) < need:
+            raise QuorumNotReached(len(targets), need)
+        replies: dict[str, Clock | None] = {}
+        enough = trio.Event()
+        done = trio.Event()
+        remaining = [len(targets)]
+
+        async def ask(member: str) -> None:
+            try:
+                clock = await self._replica_get(member, key)
+            except GossipKVError as exc:
+                self._count_error(exc)
+            else:
+                replies[member] = clock
+                if len(replies) >= need:
+                    enough.set()
+            finally:
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    enough.set()
+                    done.set()
+
+        nursery = self._nursery_or_fail()
+        for member, _ in targets:
+            nursery.start_soon(ask, member)
+        await enough.wait()
+        if len(replies) < need:
+            raise QuorumNotReached(len(replies), need)
+        merged = (
+            _dvv.sync_all([c for c in replies.values() if c is not None])
+            if any(c is not None for c in replies.values())
+            else None
+        )
+        repair = self._read_repair(key, [m for m, _ in targets], replies, done, merged)
+        if self.config.blocking_read_repair:
+            await repair
+        elif self._repairs.value > 0:
+            await self._repairs.acquire()
+            nursery.start_soon(self._release_after, repair)
+        else:
+            repair.close()
+            self.counters.read_repairs_skipped += 1
+        return self._result(key, merged)
+
+    async def _release_after(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        finally:
+            self._repairs.release()
+
+    async def _read_repair(
+        self,
+        key: str,
+        members: list[str],
+        replies: dict[str, Clock | None],
+        done: trio.Event,
+        merged: Clock | None,
+    ) -> None:
+        with trio.move_on_after(self.config.replica_timeout):
+            await done.wait()
+        if not replies:
+            return
+        final = (
+            _dvv.sync_all([c for c in replies.values() if c is not None])
+            if any(c is not None for c in replies.values())
+            else None
+        )
+        if final is None:
+            return
+        stale = [
+            m
+            for m in members
+            if m in replies and (replies[m] is None or not _dvv.equal(replies[m], final))  # type: ignore[arg-type]
+        ]
+        async with trio.open_nursery() as nursery:
+            for member in stale:
+                nursery.start_soon(self._repair_one, member, key, final)
+
+    async def _repair_one(self, member: str, key: str, clock: Clock) -> None:
+        try:
+            await self._replica_put(member, key, clock, "")
+            self.counters.read_repairs += 1
+        except GossipKVError as exc:
+            self._count_error(exc)
+
+    async def put(
+        self,
+        key: str,
+        value: object,
+        *,
+        context: bytes | None = None,
+        w: int = 0,
+        client_id: str = "",
+        seq: int = 0,
+        delete: bool = False,
+        forwarded: bool = False,
+    ) -> PutResult:
+        """Write ``value`` (or a tombstone) with the causal ``context`` of an earlier read.
+
+        Executed by a replica of the key: a non-replica forwards to the first reachable one.
+
+        Raises:
+          ClusterNotReady, QuorumNotReached, Unavailable, TooManySiblings, ValueTooLarge,
+          InvalidContext, StorageError.
+        """
+        self._check_key(key)
+        ctx = decode_context(context)
+        if not delete:
+            self._check_value(value)
+        rid = f"{client_id}:{seq}" if client_id else ""
+        if rid and rid in self._results:
+            self.counters.idempotent_hits += 1
+            self._results.move_to_end(rid)
+            return self._results[rid]
+        targets, n = self.targets(key)
+        need = min(self._quorum(w, n, "w"), n)
+        members = [m for m, _ in targets]
+        if not targets:
+            raise Unavailable(f"no replica of {key!r} is reachable")
+        if self.node_id not in members and not forwarded:
+            self.counters.forwarded += 1
+            reply = await self._send(
+                targets[0][0],
+                KvPut(key, value, context, w, client_id, seq, delete, forwarded=True),
+            )
+            if not isinstance(reply, KvResult):
+                raise Unavailable(f"unexpected reply {reply.TAG} from {targets[0][0]}")
+            return PutResult(reply.key, list(reply.values), reply.context)
+        if delete:
+            self.counters.deletes += 1
+        else:
+            self.counters.puts += 1
+        meta: dict[str, object] = {"rid": rid} if rid else {}
+        sibling = Sibling.deleted(meta) if delete else Sibling(value, False, meta)
+        async with self._lock(key):
+            local = await self.storage.get(key)
+            actor = self._mint.actor_for(local)
+            clock = _dvv.update(_dvv.new(ctx, sibling), local, actor)
+            _dvv.validate(clock, max_siblings=self.limits.max_siblings)
+            await self.storage.put(key, clock)
+        result = PutResult(key, live_values(clock), encode_context(clock))
+        self.counters.siblings_seen += max(0, _dvv.size(clock) - 1)
+        others = [(m, hint) for m, hint in targets if m != self.node_id]
+        acks = 1 + await self._replicate(key, clock, others, need - 1)
+        if acks < need:
+            raise QuorumNotReached(acks, need)
+        if rid:
+            self._results[rid] = result
+            while len(self._results) > self.config.idempotency_cache:
+                self._results.popitem(last=False)
+        return result
+
+    async def _replicate(
+        self, key: str, clock: Clock, others: list[tuple[str, str]], need: int
+    ) -> int:
+        """Send ``clock`` to ``others``; return once ``need`` acked (or every one has answered)."""
+        acks = [0]
+        enough = trio.Event()
+        remaining = [len(others)]
+        if need <= 0:
+            enough.set()
+        if not others:
+            return 0
+
+        async def one(member: str, hint_for: str) -> None:
+            try:
+                await self._replica_put(member, key, clock, hint_for)
+            except GossipKVError as exc:
+                self._count_error(exc)
+            else:
+                acks[0] += 1
+                if acks[0] >= need:
+                    enough.set()
+            finally:
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    enough.set()
+
+        nursery = self._nursery_or_fail()
+        for member, hint in others:
+            nursery.start_soon(one, member, hint)
+        await enough.wait()
+        return acks[0]
+
+    # --- replica side --------------------------------------------------------------------------
+
+    async def handle(self, message: Message) -> Message:
+        """Answer a data-path request from a client or a peer."""
+        if isinstance(message, ReplicaGet):
+            self._check_key(message.key)
+            clock = await self.storage.get(message.key)
+            return ReplicaState(None if clock is None else _dvv.clock_to_plain(clock))
+        if isinstance(message, ReplicaPut):
+            self._check_key(message.key)
+            clock = self._clock_from_wire(message.clock)
+            await self.apply(message.key, clock, hint_for=message.hint_for)
+            return ReplicaState(None)
+        if isinstance(message, KvGet):
+            got = await self.get(message.key, r=message.r, local=message.local)
+            return KvResult(got.key, got.found, tuple(got.values), got.context)
+        if isinstance(message, KvPut):
+            put = await self.put(
+                message.key,
+                message.value,
+                context=message.context,
+                w=message.w,
+                client_id=message.client_id,
+                seq=message.seq,
+                delete=message.delete,
+                forwarded=message.forwarded,
+            )
+            return KvResult(put.key, bool(put.values), tuple(put.values), put.context)
+        raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
+
+    async def apply(self, key: str, clock: Clock, *, hint_for: str = "") -> None:
+        """Store ``clock`` by ``sync`` with the local clock (never an overwrite, never a new dot)."""
+        async with self._lock(key):
+            local = await self.storage.get(key)
+            merged = clock if local is None else _dvv.sync(clock, local)
+            _dvv.validate(merged, max_siblings=self.limits.max_siblings)
+            if local is None or not _dvv.equal(merged, local):
+                await self.storage.put(key, merged)
+        if hint_for and hint_for != self.node_id:
+            hint_key = f"{hint_for}{_HINT_SEP}{key}"
+            try:
+                await self.hints.put(hint_key, merged)
+            except GossipKVError as exc:  # a key too long to hint still counts as a stored copy
+                self._count_error(exc)
+                return
+            self._pending_hints[(hint_for, key)] = None
+            self.counters.hints_stored += 1
+
+    async def _handoff_loop(self) -> None:
+        next_at = trio.current_time()
+        while True:
+            next_at += self.config.handoff_interval
+            await trio.sleep_until(next_at)
+            if not self._pending_hints:
+                continue
+            reachable = self._reachable()
+            for owner, key in list(self._pending_hints):
+                if owner not in reachable:
+                    continue
+                hint_key = f"{owner}{_HINT_SEP}{key}"
+                try:
+                    clock = await self.hints.get(hint_key)
+                    if clock is not None and clock.entries:
+                        # Deliver what this replica holds now (it may have moved on since).
+                        current = await self.storage.get(key)
+                        payload = clock if current is None else _dvv.sync(clock, current)
+                        await self._replica_put(owner, key, payload, "")
+                    await self.hints.put(hint_key, _EMPTY)
+                except GossipKVError as exc:
+                    self._count_error(exc)
+                    continue
+                self._pending_hints.pop((owner, key), None)
+                self.counters.hints_delivered += 1
+
+    @property
+    def hints_pending(self) -> int:
+        return len(self._pending_hints)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    async def _replica_get(self, member: str, key: str) -> Clock | None:
+        if member == self.node_id:
+            return await self.storage.get(key)
+        with trio.move_on_after(self.config.replica_timeout):
+            reply = await self._send(member, ReplicaGet(key))
+            if not isinstance(reply, ReplicaState):
+                raise Unavailable(f"unexpected reply {reply.TAG} from {member}")
+            return None if reply.clock is None else self._clock_from_wire(reply.clock)
+        raise TransportError(f"{member} did not answer in time")
+
+    async def _replica_put(self, member: str, key: str, clock: Clock, hint_for: str) -> None:
+        if member == self.node_id:
+            await self.apply(key, clock, hint_for=hint_for)
+            return
+        with trio.move_on_after(self.config.replica_timeout):
+            await self._send(member, ReplicaPut(key, _dvv.clock_to_plain(clock), hint_for))
+            return
+        raise TransportError(f"{member} did not acknowledge in time")
+
+    def _clock_from_wire(self, raw: object) -> Clock:
+        try:
+            return _dvv.clock_from_plain(raw, max_siblings=self.limits.max_siblings)
+        except InvalidClock as exc:
+            raise RemoteError("invalid_clock", str(exc)) from exc
+
+    def _result(self, key: str, clock: Clock | None) -> GetResult:
+        if clock is None:
+            return GetResult(key, False, [], b"")
+        values = live_values(clock)
+        return GetResult(key, bool(values), values, encode_context(clock))
+
+    def _check_key(self, key: object) -> None:
+        from .storage._base import encode_key
+
+        encode_key(key, self.limits)
+
+    def _check_value(self, value: object) -> None:
+        try:
+            size = len(_codec.dumps_canonical(value))
+        except ValueError as exc:
+            raise ValueNotEncodable(str(exc)) from exc
+        if size > self.limits.max_value_bytes:
+            raise ValueTooLarge(
+                f"value is {size} bytes encoded; the limit is {self.limits.max_value_bytes}"
+            )
+
+    def _count_error(self, exc: BaseException) -> None:
+        kind = type(exc).__name__
+        self.counters.errors[kind] = self.counters.errors.get(kind, 0) + 1
+        if isinstance(exc, StorageError):
+            log.error("storage error: %s", exc)
+
+    def _nursery_or_fail(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise ClusterNotReady("the data path is not running yet")
+        return self._nursery
+
+    @asynccontextmanager
+    async def _lock(self, key: str) -> AsyncIterator[None]:
+        # One read-modify-write per key at a time on this replica, or two puts could mint on the
+        # same base and one would silently lose the other's dot.
+        lock = self._locks.setdefault(key, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(key, None)
