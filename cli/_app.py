@@ -226,6 +226,108 @@ def leave(peer: PeerOption = DEFAULT_PEER, cluster: ClusterOption = "gossipkv") 
     typer.echo(f"{peer}: {reply.get('status', 'leaving')}")
 
 
+# --- data commands ---------------------------------------------------------------------------
+
+
+def _context_arg(text: str | None) -> bytes | None:
+    """Contexts are printed and accepted as hex (opaque to the user)."""
+    if text is None or text == "":
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        fail("--context must be the hex string printed by get or put")
+
+
+def _print_values(
+    key: str, found: bool | None, values: list[Any], context: bytes, json: bool
+) -> None:
+    if json:
+        doc: dict[str, Any] = {"key": key}
+        if found is not None:
+            doc["found"] = found
+        doc["values"] = values
+        doc["context"] = context.hex()
+        print_json(doc)
+        return
+    if found is False:
+        typer.echo(f"{key}: not found")
+    elif found is None and not values:
+        typer.echo(f"{key}: deleted (no live values)")
+    elif len(values) > 1:
+        typer.echo(f"{key}: {len(values)} siblings")
+    for value in values:
+        typer.echo(f"  {value!r}" if len(values) > 1 else f"{key} = {value!r}")
+    typer.echo(f"context: {context.hex() or '-'}")
+
+
+@app.command()
+def put(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    value: Annotated[str, typer.Argument(help="The value (stored as a string).")],
+    context: Annotated[
+        str | None, typer.Option(help="Context from an earlier get/put: replaces what it saw.")
+    ] = None,
+    w: Annotated[int, typer.Option("--w", help="Replicas that must store it (default 2).")] = 0,
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    json: JsonOption = False,
+) -> None:
+    """Store VALUE under KEY; prints the siblings now stored and their context."""
+    ctx = _context_arg(context)
+
+    async def call() -> Any:
+        async with gossipkv.open_client([peer], cluster=cluster) as client:
+            return await client.put(key, value, context=ctx, w=w)
+
+    res = run(call)
+    _print_values(res.key, None, res.values, res.context, json)
+
+
+@app.command()
+def get(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    r: Annotated[int, typer.Option("--r", help="Replicas to hear from (default 2).")] = 0,
+    local: Annotated[
+        bool, typer.Option("--local", help="Read only this peer's own replica (no quorum).")
+    ] = False,
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    json: JsonOption = False,
+) -> None:
+    """Print the values (siblings) of KEY and the context to write back with."""
+
+    async def call() -> Any:
+        async with gossipkv.open_client([peer], cluster=cluster) as client:
+            return await client.get(key, r=r, local=local)
+
+    res = run(call)
+    _print_values(res.key, res.found, res.values, res.context, json)
+
+
+@app.command()
+def delete(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    context: Annotated[str | None, typer.Option(help="Context from an earlier get.")] = None,
+    w: Annotated[int, typer.Option("--w", help="Replicas that must store it (default 2).")] = 0,
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    json: JsonOption = False,
+) -> None:
+    """Delete KEY (a tombstone). Without --context, reads the key first to get it."""
+    ctx = _context_arg(context)
+
+    async def call() -> Any:
+        async with gossipkv.open_client([peer], cluster=cluster) as client:
+            use = ctx
+            if use is None:
+                use = (await client.get(key)).context or None
+            return await client.delete(key, context=use, w=w)
+
+    res = run(call)
+    _print_values(res.key, None, res.values, res.context, json)
+
+
 # --- local clusters --------------------------------------------------------------------------
 
 

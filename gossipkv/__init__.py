@@ -8,6 +8,9 @@ cluster with :func:`open_client`, and test your own app on a simulated network w
 from ._client import Client as Client
 from ._client import open_client as open_client
 from ._errors import (
+    ClusterNotReady as ClusterNotReady,
+)
+from ._errors import (
     ConfigError as ConfigError,
 )
 from ._errors import (
@@ -26,14 +29,47 @@ from ._errors import (
     HandshakeError as HandshakeError,
 )
 from ._errors import (
+    InvalidContext as InvalidContext,
+)
+from ._errors import (
+    InvalidKey as InvalidKey,
+)
+from ._errors import (
+    KeyTooLarge as KeyTooLarge,
+)
+from ._errors import (
     NodeClosedError as NodeClosedError,
+)
+from ._errors import (
+    Overloaded as Overloaded,
+)
+from ._errors import (
+    QuorumNotReached as QuorumNotReached,
 )
 from ._errors import (
     RemoteError as RemoteError,
 )
 from ._errors import (
+    StorageError as StorageError,
+)
+from ._errors import (
+    TooManySiblings as TooManySiblings,
+)
+from ._errors import (
     TransportError as TransportError,
 )
+from ._errors import (
+    Unavailable as Unavailable,
+)
+from ._errors import (
+    ValueNotEncodable as ValueNotEncodable,
+)
+from ._errors import (
+    ValueTooLarge as ValueTooLarge,
+)
+from ._kv import GetResult as GetResult
+from ._kv import KVConfig as KVConfig
+from ._kv import PutResult as PutResult
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._node import (
     Node as Node,
@@ -61,6 +97,20 @@ from .membership._gossiper import (
 __all__ = [
     "PROTOCOL_VERSION",
     "Client",
+    "ClusterNotReady",
+    "GetResult",
+    "InvalidContext",
+    "InvalidKey",
+    "KVConfig",
+    "KeyTooLarge",
+    "Overloaded",
+    "PutResult",
+    "QuorumNotReached",
+    "StorageError",
+    "TooManySiblings",
+    "Unavailable",
+    "ValueNotEncodable",
+    "ValueTooLarge",
     "ConfigError",
     "ConnectionClosed",
     "DataDirError",

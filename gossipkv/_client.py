@@ -6,6 +6,7 @@ names first when it is reachable. Only requests that are safe to repeat are retr
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -20,11 +21,16 @@ from ._errors import (
     NodeClosedError,
     RemoteError,
     TransportError,
+    error_from_code,
     single_error,
 )
+from ._kv import GetResult, PutResult
 from ._messages import (
     PROTOCOL_VERSION,
     Hello,
+    KvGet,
+    KvPut,
+    KvResult,
     LeaveRequest,
     MembersRequest,
     Message,
@@ -61,6 +67,8 @@ class Client:
         self._lock = trio.Lock()
         self._closed = False
         self.connected_to: str | None = None
+        self._client_id = secrets.token_hex(8)
+        self._seq = 0
 
     async def _connect(self) -> Channel:
         if self._closed:
@@ -109,32 +117,67 @@ class Client:
         raise TransportError("no peer reachable: " + "; ".join(errors))
 
     async def _request(self, message: Message, *, retry: bool) -> dict[str, object]:
-        async with self._lock:
-            attempts = len(self._peers) if retry else 1
-            last: GossipKVError | None = None
-            for _ in range(attempts):
+        reply = await self._call(message, retry=retry)
+        if not isinstance(reply, Reply):
+            raise DecodeError("bad_shape", f"unexpected reply {reply.TAG}")
+        return reply.body
+
+    async def _call(self, message: Message, *, retry: bool) -> Message:
+        # Many requests may be in flight on the one connection; only connecting is serialized.
+        attempts = len(self._peers) if retry else 1
+        last: GossipKVError | None = None
+        for _ in range(attempts):
+            async with self._lock:
                 channel = await self._connect()
-                try:
-                    with trio.fail_after(self._request_timeout):
-                        reply = await channel.request(message)
-                except (ConnectionClosed, trio.TooSlowError) as exc:
-                    last = TransportError(f"{self.connected_to}: {exc or 'request timed out'}")
-                    await channel.aclose()
-                    self._channel = None
-                    # Try the next peer first next time.
-                    if self.connected_to in self._peers:
-                        self._peers.remove(self.connected_to)
-                        self._peers.append(self.connected_to)
-                    continue
-                if not isinstance(reply, Reply):
-                    raise DecodeError("bad_shape", f"unexpected reply {reply.TAG}")
-                return reply.body
-            assert last is not None
-            raise last
+                peer = self.connected_to
+            try:
+                with trio.fail_after(self._request_timeout):
+                    reply = await channel.request(message)
+            except (ConnectionClosed, trio.TooSlowError) as exc:
+                last = TransportError(f"{peer}: {exc or 'request timed out'}")
+                async with self._lock:
+                    if self._channel is channel:
+                        await channel.aclose()
+                        self._channel = None
+                        # Try the next peer first next time.
+                        if peer in self._peers:
+                            self._peers.remove(peer)
+                            self._peers.append(peer)
+                continue
+            except RemoteError as exc:
+                raise error_from_code(exc.code, str(exc)) from exc
+            return reply
+        assert last is not None
+        raise last
 
     async def members(self) -> dict[str, object]:
         """The ``members --json`` document of the peer we are connected to."""
         return await self._request(MembersRequest(), retry=True)
+
+    async def get(self, key: str, *, r: int = 0, local: bool = False) -> GetResult:
+        """Read ``key`` through the connected peer (retried on another peer if it fails)."""
+        reply = await self._call(KvGet(key, r, local), retry=not local)
+        return GetResult(*_kv_fields(reply))
+
+    async def put(
+        self, key: str, value: object, *, context: bytes | None = None, w: int = 0
+    ) -> PutResult:
+        """Write ``value`` (see :meth:`gossipkv.Node.put`).
+
+        Each put carries this client's id and a sequence number, so a retry after a lost
+        connection returns the first result instead of writing a second sibling.
+        """
+        self._seq += 1
+        msg = KvPut(key, value, context, w, self._client_id, self._seq)
+        key_, _, values, ctx = _kv_fields(await self._call(msg, retry=True))
+        return PutResult(key_, values, ctx)
+
+    async def delete(self, key: str, *, context: bytes | None = None, w: int = 0) -> PutResult:
+        """Delete ``key`` with a tombstone."""
+        self._seq += 1
+        msg = KvPut(key, None, context, w, self._client_id, self._seq, delete=True)
+        key_, _, values, ctx = _kv_fields(await self._call(msg, retry=True))
+        return PutResult(key_, values, ctx)
 
     async def statistics(self) -> dict[str, object]:
         """The statistics snapshot of the connected peer (the ``stats --json`` shape)."""
@@ -152,6 +195,12 @@ class Client:
         self._closed = True
         if self._channel is not None:
             await self._channel.aclose()
+
+
+def _kv_fields(reply: Message) -> tuple[str, bool, list[object], bytes]:
+    if not isinstance(reply, KvResult):
+        raise DecodeError("bad_shape", f"unexpected reply {reply.TAG}")
+    return reply.key, reply.found, list(reply.values), reply.context
 
 
 async def _refuse_requests(channel: Channel, message: Message) -> Message:
