@@ -190,6 +190,10 @@ def status(
                 "members_by_status": stats["members_by_status"],
                 "generation": stats["generation"],
                 "status": stats["status"],
+                "table_epoch": stats["table_epoch"],
+                "partitions": stats["partitions"],
+                "replicas": stats["replicas"],
+                "partitions_owned": stats["partitions_owned"],
             }
         )
         return
@@ -207,6 +211,15 @@ def status(
         "members: " + "  ".join(f"{k}:{v}" for k, v in sorted(stats["members_by_status"].items()))
     )
     console.print(members_table(mdoc))
+    if stats["table_epoch"] is None:
+        console.print("partition table: none yet (the cluster has not formed)")
+    else:
+        term, seq = stats["table_epoch"]
+        owned = "  ".join(f"{k}:{v}" for k, v in stats["partitions_owned"].items())
+        console.print(
+            f"partition table epoch {term}.{seq}: {stats['partitions']} partitions x "
+            f"N={stats['replicas']}   replicas owned  {owned}"
+        )
     console.print(
         f"gossip rounds {stats['gossip_rounds']}  frames in/out {stats['frames_in']}/"
         f"{stats['frames_out']}  dropped {stats['dropped_frames'] or 0}  "

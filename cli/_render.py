@@ -34,10 +34,13 @@ def members_table(doc: dict[str, Any]) -> Table:
     table = Table(
         title=f"members seen by {doc.get('self')}", title_justify="left", box=box.SIMPLE_HEAD
     )
+    members = doc.get("members", [])
+    with_meta = any(m.get("metadata") for m in members)
     for col in ("name", "address", "status", "reach", "age", "generation", "hb", "phi"):
         table.add_column(col, no_wrap=True)
-    table.add_column("metadata", overflow="fold")
-    for m in doc.get("members", []):
+    if with_meta:
+        table.add_column("metadata", no_wrap=True, overflow="ellipsis", max_width=40)
+    for m in members:
         status = str(m.get("status"))
         phi = m.get("phi")
         meta = ", ".join(f"{k}={v}" for k, v in (m.get("metadata") or {}).items())
@@ -50,7 +53,7 @@ def members_table(doc: dict[str, Any]) -> Table:
             str(m.get("generation")),
             str(m.get("heartbeat")),
             "-" if phi is None else f"{phi:.2f}",
-            meta,
+            *([meta] if with_meta else []),
         )
     table.caption = summary_line(doc)
     table.caption_justify = "left"

@@ -95,6 +95,21 @@ class NodeStatistics:
     connections: int
     max_loop_lag: float
     last_loop_lag: float
+    table_epoch: list[int] | None
+    partitions: int
+    replicas: int
+    partitions_owned: dict[str, int]
+    kv_gets: int
+    kv_puts: int
+    kv_deletes: int
+    kv_forwarded: int
+    read_repairs: int
+    hints_pending: int
+    hints_stored: int
+    hints_delivered: int
+    siblings_seen: int
+    kv_errors: dict[str, int]
+    storage_keys: int
 
 
 @dataclass(slots=True)
@@ -317,6 +332,9 @@ class Node:
         g = self._runtime().gossiper
         rows = g.members(trio.current_time())
         c = g.counters
+        table = g.table()
+        kv = self._service()
+        kvc = kv.counters
         return NodeStatistics(
             name=g.node_id,
             address=self.address,
@@ -340,6 +358,21 @@ class Node:
             connections=len(self._channels),
             max_loop_lag=self._lag.max,
             last_loop_lag=self._lag.last,
+            table_epoch=None if table is None else list(table.epoch),
+            partitions=0 if table is None else table.q,
+            replicas=self.config.replicas if table is None else table.n,
+            partitions_owned={} if table is None else dict(sorted(table.primaries().items())),
+            kv_gets=kvc.gets,
+            kv_puts=kvc.puts,
+            kv_deletes=kvc.deletes,
+            kv_forwarded=kvc.forwarded,
+            read_repairs=kvc.read_repairs,
+            hints_pending=kv.hints_pending,
+            hints_stored=kvc.hints_stored,
+            hints_delivered=kvc.hints_delivered,
+            siblings_seen=kvc.siblings_seen,
+            kv_errors=dict(kvc.errors),
+            storage_keys=kv.storage.statistics().keys,
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
