@@ -638,8 +638,29 @@ class LogEngine(StorageEngine):
         sealed = self._seal_active_sync()
         return sealed, self._start_segment_sync()
 
-    def _write_sync(self, fd: int, seg: int, start: int, batch: _Batch) -> tuple[list[int], int]:
-        """Write one batch at its reserved offset (worker thread); returns locations, fsyncs."""
+    def _write_sync(
+        self,
+        fd: int,
+        seg: int,
+        start: int,
+        batch: _Batch,
+        prev_written: threading.Event,
+        written: threading.Event,
+    ) -> tuple[list[int], int]:
+        """Write one batch at its reserved offset (worker thread); returns locations, fsyncs.
+
+        The bytes go to the file strictly in offset order (``prev_written``), so a crash leaves
+        a prefix of the log, never a hole followed by later records; only the fsyncs overlap.
+        """
+        prev_written.wait()
+        try:
+            return self._write_ordered(fd, seg, start, batch, written)
+        finally:
+            written.set()
+
+    def _write_ordered(
+        self, fd: int, seg: int, start: int, batch: _Batch, written: threading.Event
+    ) -> tuple[list[int], int]:
         locs: list[int] = []
         fsyncs = 0
         off = start
@@ -655,6 +676,7 @@ class LogEngine(StorageEngine):
             locs.append(_pack(seq, seg, off, len(rec)))
             off += len(rec)
         _write_all(fd, b"".join(batch.records), start)
+        written.set()  # the next batch may write now, while this one waits for its fsync
         if self._fsync is FsyncPolicy.BATCH:
             os.fdatasync(fd)
             fsyncs += 1
@@ -670,6 +692,8 @@ class LogEngine(StorageEngine):
         try:
             prev_done = trio.Event()
             prev_done.set()
+            prev_written = threading.Event()
+            prev_written.set()
             async with trio.open_nursery() as writes:
                 while True:
                     await self._has_work.wait()
@@ -694,9 +718,12 @@ class LogEngine(StorageEngine):
                         start = self._active_size
                         self._active_size += sum(len(r) for r in batch.records)
                         done = trio.Event()
+                        written = threading.Event()
                         self._commits_in_flight += 1
-                        writes.start_soon(self._commit, batch, start, prev_done, done)
-                        prev_done = done
+                        writes.start_soon(
+                            self._commit, batch, start, prev_done, done, prev_written, written
+                        )
+                        prev_done, prev_written = done, written
                     else:
                         if self._failed is not None and batch.records:
                             batch.error = self._failed
@@ -727,7 +754,13 @@ class LogEngine(StorageEngine):
         self._active_size = cut
 
     async def _commit(
-        self, batch: _Batch, start: int, prev_done: trio.Event, done: trio.Event
+        self,
+        batch: _Batch,
+        start: int,
+        prev_done: trio.Event,
+        done: trio.Event,
+        prev_written: threading.Event,
+        written: threading.Event,
     ) -> None:
         try:
             error: OSError | None = None
@@ -735,7 +768,13 @@ class LogEngine(StorageEngine):
             fsyncs = 0
             try:
                 locs, fsyncs = await trio.to_thread.run_sync(
-                    self._write_sync, self._active_fd, self._active, start, batch
+                    self._write_sync,
+                    self._active_fd,
+                    self._active,
+                    start,
+                    batch,
+                    prev_written,
+                    written,
                 )
             except OSError as exc:
                 error = exc
