@@ -213,7 +213,9 @@ def decode_clock(data: bytes, where: str) -> Clock:
         raise StorageCorrupt(f"{where}: stored clock is unreadable: {exc}") from exc
 
 
-def partition_digests(items: Iterable[tuple[str, bytes]], partitions: int) -> dict[int, bytes]:
+def partition_digests(
+    items: Iterable[tuple[str, bytes]], partitions: int
+) -> dict[int, bytes]:
     """blake2b per partition over ``(key, canonical clock bytes)`` pairs sorted by key."""
     groups: dict[int, list[tuple[str, bytes]]] = {}
     for key, data in items:

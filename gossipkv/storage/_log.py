@@ -78,6 +78,7 @@ DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_PENDING_WRITES = 4096
 # A sealed segment whose live bytes fall below this share is compacted in the background.
 DEFAULT_COMPACT_BELOW = 0.5
+_MAX_COMMITS_IN_FLIGHT = 2
 _CHECKPOINT_EVERY = 2048
 
 # A key-directory location packed in one int (one small object per key keeps 1M keys cheap):
@@ -273,7 +274,9 @@ def scan_segment(data: bytes) -> _ScanResult:
     return _ScanResult(entries, valid_end, corrupt)
 
 
-def _decode_hint(raw: bytes, seg_size: int, seg_crc: int) -> Entries | None:
+def _decode_hint(
+    raw: bytes, seg_size: int, seg_crc: int
+) -> Entries | None:
     """The hint's entries if it is intact and matches the segment's size and checksum."""
     if len(raw) < _HINT_HEAD.size + 4:
         return None
@@ -405,6 +408,10 @@ class LogEngine(StorageEngine):
         self._closed = False
         self._failed: StorageError | None = None
         self._committer_done = trio.Event()
+        self._commits_in_flight = 0
+        self._commit_lot = trio.lowlevel.ParkingLot()
+        self._broken_at: int | None = None
+        self._broken_error: StorageError | None = None
         # counters
         self._puts = 0
         self._gets = 0
@@ -626,88 +633,180 @@ class LogEngine(StorageEngine):
             raise batch.error
         self._puts += 1
 
-    def _commit_sync(self, batch: _Batch) -> tuple[list[int], int | None, int, int | None]:
-        """Write one batch (worker thread).
+    def _roll_sync(self) -> tuple[int, int]:
+        """Seal the active segment and start the next one (worker thread, no write in flight)."""
+        sealed = self._seal_active_sync()
+        return sealed, self._start_segment_sync()
 
-        Returns the records' locations, the sealed segment (if the batch rolled), the number of
-        fsyncs and the new active segment (if the batch rolled).
+    def _write_sync(
+        self,
+        fd: int,
+        seg: int,
+        start: int,
+        batch: _Batch,
+        prev_written: threading.Event,
+        written: threading.Event,
+    ) -> tuple[list[int], int]:
+        """Write one batch at its reserved offset (worker thread); returns locations, fsyncs.
+
+        The bytes go to the file strictly in offset order (``prev_written``), so a crash leaves
+        a prefix of the log, never a hole followed by later records; only the fsyncs overlap.
         """
-        sealed = started = None
-        if self._active_size >= self._segment_bytes or (batch.roll and self._active_size > 0):
-            sealed = self._seal_active_sync()
-            started = self._start_segment_sync()
-        fd, start, seg = self._active_fd, self._active_size, self._active
+        prev_written.wait()
+        try:
+            return self._write_ordered(fd, seg, start, batch, written)
+        finally:
+            written.set()
+
+    def _write_ordered(
+        self, fd: int, seg: int, start: int, batch: _Batch, written: threading.Event
+    ) -> tuple[list[int], int]:
         locs: list[int] = []
         fsyncs = 0
         off = start
-        try:
-            if self._fsync is FsyncPolicy.ALWAYS:
-                for seq, rec in zip(batch.seqs, batch.records, strict=True):
-                    _write_all(fd, rec, off)
-                    os.fdatasync(fd)
-                    fsyncs += 1
-                    locs.append(_pack(seq, seg, off, len(rec)))
-                    off += len(rec)
-            else:
-                for seq, rec in zip(batch.seqs, batch.records, strict=True):
-                    locs.append(_pack(seq, seg, off, len(rec)))
-                    off += len(rec)
-                if batch.records:
-                    _write_all(fd, b"".join(batch.records), start)
-                    if self._fsync is FsyncPolicy.BATCH:
-                        os.fdatasync(fd)
-                        fsyncs += 1
-        except OSError:
-            # Cut the failed batch off so the segment ends at the last acknowledged record.
-            try:
-                os.ftruncate(fd, start)
-            except OSError as exc2:
-                raise _FatalWrite(str(exc2)) from exc2
-            raise
-        self._active_size = off
-        hint, pack = self._active_hint, _HINT_ENTRY.pack
-        for rec, kb, seq, loc in zip(batch.records, batch.kbs, batch.seqs, locs, strict=True):
-            self._active_crc = zlib.crc32(rec, self._active_crc)
-            hint += pack(seq, _off_of(loc), len(rec), len(kb))
-            hint += kb
-        return locs, sealed, fsyncs, started
+        if self._fsync is FsyncPolicy.ALWAYS:
+            for seq, rec in zip(batch.seqs, batch.records, strict=True):
+                _write_all(fd, rec, off)
+                os.fdatasync(fd)
+                fsyncs += 1
+                locs.append(_pack(seq, seg, off, len(rec)))
+                off += len(rec)
+            return locs, fsyncs
+        for seq, rec in zip(batch.seqs, batch.records, strict=True):
+            locs.append(_pack(seq, seg, off, len(rec)))
+            off += len(rec)
+        _write_all(fd, b"".join(batch.records), start)
+        written.set()  # the next batch may write now, while this one waits for its fsync
+        if self._fsync is FsyncPolicy.BATCH:
+            os.fdatasync(fd)
+            fsyncs += 1
+        return locs, fsyncs
 
     async def _committer(self) -> None:
+        """Group commit: take what is pending, reserve its place in the segment, write it.
+
+        Up to two batches are on their way to the disk at once (Request Pipeline), so the
+        writers acknowledged by one batch prepare the next while the other is in fsync.
+        Batches complete, install and acknowledge strictly in offset order.
+        """
         try:
-            while True:
-                await self._has_work.wait()
-                self._has_work = trio.Event()
-                batch, self._pending = self._pending, _Batch()
-                if batch.records or batch.roll:
-                    await self._commit(batch)
-                else:
-                    batch.done.set()
-                if self._closing and not self._pending.records:
-                    return
+            prev_done = trio.Event()
+            prev_done.set()
+            prev_written = threading.Event()
+            prev_written.set()
+            async with trio.open_nursery() as writes:
+                while True:
+                    await self._has_work.wait()
+                    self._has_work = trio.Event()
+                    await self._repair_after_failure()
+                    batch, self._pending = self._pending, _Batch()
+                    if self._active_size >= self._segment_bytes or (
+                        batch.roll and self._active_size > 0
+                    ):
+                        await self._wait_commits(0)
+                        await self._repair_after_failure()
+                        try:
+                            _, started = await trio.to_thread.run_sync(self._roll_sync)
+                        except OSError as exc:
+                            batch.error = _storage_error(exc, f"roll of a segment in {self._path}")
+                            batch.done.set()
+                            continue
+                        self._register_segment(started)
+                        self._compact_wanted.set()
+                    if batch.records and self._failed is None:
+                        await self._wait_commits(_MAX_COMMITS_IN_FLIGHT - 1)
+                        start = self._active_size
+                        self._active_size += sum(len(r) for r in batch.records)
+                        done = trio.Event()
+                        written = threading.Event()
+                        self._commits_in_flight += 1
+                        writes.start_soon(
+                            self._commit, batch, start, prev_done, done, prev_written, written
+                        )
+                        prev_done, prev_written = done, written
+                    else:
+                        if self._failed is not None and batch.records:
+                            batch.error = self._failed
+                        batch.done.set()
+                    if self._closing and not self._pending.records:
+                        await self._wait_commits(0)
+                        await self._repair_after_failure()
+                        return
         finally:
             self._committer_done.set()
 
-    async def _commit(self, batch: _Batch) -> None:
+    async def _wait_commits(self, at_most: int) -> None:
+        while self._commits_in_flight > at_most:
+            await self._commit_lot.park()
+
+    async def _repair_after_failure(self) -> None:
+        """After a failed write, cut the segment back to where it failed (nothing after it was
+        acknowledged); called by the committer before it reserves any new offset."""
+        if self._broken_at is None:
+            return
+        await self._wait_commits(0)
+        cut, self._broken_at = self._broken_at, None
         try:
-            locs, sealed, fsyncs, started = await trio.to_thread.run_sync(self._commit_sync, batch)
-        except _FatalWrite as exc:
-            self._failed = StorageError(f"cannot repair a failed write: {exc}")
-            batch.error = self._failed
+            await trio.to_thread.run_sync(os.ftruncate, self._active_fd, cut)
         except OSError as exc:
-            batch.error = _storage_error(exc, f"write to {self._path}")
-        else:
-            self._fsyncs += fsyncs
-            if started is not None:
-                self._register_segment(started)
-            n = len(locs)
-            if n:
+            self._failed = StorageError(f"cannot repair a failed write: {exc.strerror or exc}")
+            return
+        self._active_size = cut
+
+    async def _commit(
+        self,
+        batch: _Batch,
+        start: int,
+        prev_done: trio.Event,
+        done: trio.Event,
+        prev_written: threading.Event,
+        written: threading.Event,
+    ) -> None:
+        try:
+            error: OSError | None = None
+            locs: list[int] = []
+            fsyncs = 0
+            try:
+                locs, fsyncs = await trio.to_thread.run_sync(
+                    self._write_sync,
+                    self._active_fd,
+                    self._active,
+                    start,
+                    batch,
+                    prev_written,
+                    written,
+                )
+            except OSError as exc:
+                error = exc
+            await prev_done.wait()  # acknowledge in offset order
+            if self._broken_at is not None:
+                # An earlier batch failed: this one lies beyond the cut and is not stored.
+                batch.error = self._broken_error
+            elif error is not None:
+                self._broken_at = start
+                self._broken_error = _storage_error(error, f"write to {self._path}")
+                batch.error = self._broken_error
+                self._has_work.set()  # wake the committer to cut the failed bytes off now
+            else:
+                self._fsyncs += fsyncs
+                n = len(locs)
                 self._batches += 1
                 self._batched += n
                 self._max_batch = max(self._max_batch, n)
-            self._install(batch.keys, locs)
-            if sealed is not None:
-                self._compact_wanted.set()
-        batch.done.set()
+                self._install(batch.keys, locs)
+                crc, hint, pack = self._active_crc, self._active_hint, _HINT_ENTRY.pack
+                for rec, kb, seq, loc in zip(
+                    batch.records, batch.kbs, batch.seqs, locs, strict=True
+                ):
+                    crc = zlib.crc32(rec, crc)
+                    hint += pack(seq, _off_of(loc), len(rec), len(kb))
+                    hint += kb
+                self._active_crc = crc
+        finally:
+            self._commits_in_flight -= 1
+            self._commit_lot.unpark_all()
+            batch.done.set()
+            done.set()
 
     def _install(self, keys: list[str], locs: list[int]) -> None:
         shards, live = self._keydir.shards, self._seg_live
@@ -989,10 +1088,6 @@ class LogEngine(StorageEngine):
             hint_files_loaded=self._hints_loaded,
             recovery_seconds=self._recovery_seconds,
         )
-
-
-class _FatalWrite(Exception):
-    """A failed write could not be cut off the segment: the engine stops accepting writes."""
 
 
 class _CompactionWriter:

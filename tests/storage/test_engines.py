@@ -74,10 +74,8 @@ async def test_put_get_roundtrip(kind: str, tmp_path: Path) -> None:
         assert await eng.get("k") == c2
         tomb = next_clock(c2, None, "m/2/0")
         tomb = DVVSet(
-            tuple(
-                Entry(e.actor, e.counter, tuple(Sibling.deleted() for _ in e.values))
-                for e in tomb.entries
-            )
+            tuple(Entry(e.actor, e.counter, tuple(Sibling.deleted() for _ in e.values))
+                  for e in tomb.entries)
         )
         await eng.put("dead", tomb)
         got = await eng.get("dead")
