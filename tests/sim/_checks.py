@@ -47,3 +47,11 @@ async def settle(cluster: SimCluster, names: list[str], *, within: float = 10.0)
 
     with trio.fail_after(within):
         await cluster.wait_until(lambda: all_up(cluster, names))
+
+
+def by_age(cluster: SimCluster, at: str, among: list[str] | None = None) -> list[str]:
+    """Names ordered oldest first (by up_number) as peer ``at`` sees them."""
+    rows = [m for m in cluster.nodes[at].members() if m.up_number is not None]
+    if among is not None:
+        rows = [m for m in rows if m.name in among]
+    return [m.name for m in sorted(rows, key=lambda m: (m.up_number, m.generation, m.name))]
