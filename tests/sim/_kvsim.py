@@ -134,7 +134,7 @@ async def wait_replicas_equal(
     c: SimCluster, key: str, among: list[str], *, within: float, seed: int
 ) -> Clock:
     with trio.move_on_after(within):
-        while not await replicas_equal(c, key, among):
+        while not await replicas_equal(c, key, among):  # noqa: ASYNC110 - simulated time
             await trio.sleep(0.05)
     clocks = {m: await stored(c, m, key) for m in among}
     assert await replicas_equal(c, key, among), (

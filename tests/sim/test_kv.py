@@ -13,6 +13,7 @@ import trio.testing
 
 from gossipkv import KVConfig
 from gossipkv._messages import KvPut, KvResult, ReplicaPut
+from gossipkv.testing import SimCluster
 
 from ._kvsim import (
     covers,
@@ -23,6 +24,7 @@ from ._kvsim import (
     live,
     names,
     owners,
+    reachable,
     service,
     stored,
     tombstones,
@@ -152,3 +154,154 @@ async def test_two_clients_hundred_iterations_keep_two_siblings(
         with trio.fail_after(10):
             clock = await wait_replicas_equal(c, key, own, within=5, seed=seed)
         assert values_of(clock) == 2, f"seed={seed}: {clock}"
+
+
+# --- read repair (§d.4) ----------------------------------------------------------------------
+
+
+async def all_reachable(c: SimCluster) -> None:
+    """Wait until every running peer can reach every other one again (after a heal)."""
+    with trio.fail_after(15):
+        await c.wait_until(lambda: all(reachable(c, n) == set(c.nodes) for n in c.nodes))
+
+
+async def _local_views(
+    c: SimCluster, key: str, among: list[str]
+) -> list[tuple[list[object], dict[str, int]]]:
+    out = []
+    for m in among:
+        got = await c.nodes[m].get(key, local=True)
+        out.append((got.values, ctx(got.context)))
+    return out
+
+
+async def test_read_repair_a_stale_replica_after_partition(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = "rr-a"
+        o1, o2, o3 = owners(c, key)
+        with trio.fail_after(30):
+            first = await c.nodes[o1].put(key, "v1", w=3)
+            c.partition([o3], [n for n in names(5) if n != o3])
+            second = await c.nodes[o1].put(key, "v2", context=first.context)
+            assert second.values == ["v2"], f"seed={seed}: {second}"
+            c.heal()
+            assert live(await stored(c, o3, key)) == ["v1"], f"seed={seed}: {o3} is not stale"
+            got = await c.nodes[o2].get(key, r=2)
+            assert got.values == ["v2"], f"seed={seed}: {got}"
+            await wait_replicas_equal(c, key, [o1, o2, o3], within=5, seed=seed)
+            views = await _local_views(c, key, [o1, o2, o3])
+        assert all(v == (["v2"], ctx(second.context)) for v in views), f"seed={seed}: {views}"
+        assert sum(service(n).counters.read_repairs for n in c.nodes.values()) >= 1, f"seed={seed}"
+
+
+async def test_read_repair_b_notfound_replica(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = "rr-b"
+        o1, o2, o3 = owners(c, key)
+        reader = next(n for n in names(5) if n not in (o1, o2, o3))
+        with trio.fail_after(30):
+            c.partition([o3], [n for n in names(5) if n != o3])
+            put = await c.nodes[o1].put(key, "v1", w=2)
+            c.heal()
+            assert await stored(c, o3, key) is None, f"seed={seed}: {o3} already has {key}"
+            got = await c.nodes[reader].get(key, r=2)
+            assert got.values == ["v1"], f"seed={seed}: {got}"
+            await wait_replicas_equal(c, key, [o1, o2, o3], within=5, seed=seed)
+            views = await _local_views(c, key, [o1, o2, o3])
+        assert all(v == (["v1"], ctx(put.context)) for v in views), f"seed={seed}: {views}"
+        assert service(c.nodes[reader]).counters.read_repairs == 1, f"seed={seed}"
+
+
+async def test_read_repair_c_three_concurrent_writes_merge_everywhere(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    # Sloppy quorums off: an isolated owner must not find a fallback that carries its write.
+    async with kv_cluster(seed, kv=KVConfig(sloppy_quorum=False)) as c:
+        key = "rr-c"
+        own = owners(c, key)
+        reader = next(n for n in names(5) if n not in own)
+        with trio.fail_after(30):
+            c.partition(*([o] for o in own))
+            async with trio.open_nursery() as nursery:
+                for i, o in enumerate(own):
+                    nursery.start_soon(lambda o=o, i=i: c.nodes[o].put(key, f"w{i}", w=1))
+            await trio.sleep(2)  # the replications give up (frames across the cut are dropped)
+            c.heal()
+            for i, o in enumerate(own):
+                assert live(await stored(c, o, key)) == [f"w{i}"], f"seed={seed}: {o}"
+            got = await c.nodes[reader].get(key, r=2)
+            # At least R=2 replies are merged (a third one may already be in).
+            assert len(got.values) >= 2 and set(got.values) <= {"w0", "w1", "w2"}, (
+                f"seed={seed}: {got}"
+            )
+            clock = await wait_replicas_equal(c, key, own, within=5, seed=seed)
+        assert sorted(live(clock)) == ["w0", "w1", "w2"], f"seed={seed}: {clock}"
+        assert service(c.nodes[reader]).counters.read_repairs == 3, (
+            f"seed={seed}: every replica missed two writes, so all three needed repair"
+        )
+
+
+async def test_read_repair_d_put_with_dominating_context_survives_a_racing_repair(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = "rr-d"
+        o1, o2, o3 = owners(c, key)
+        with trio.fail_after(30):
+            first = await c.nodes[o1].put(key, "v1", w=3)
+            c.partition([o3], [n for n in names(5) if n != o3])
+            await c.nodes[o1].put(key, "v2", context=first.context)
+            c.heal()
+            # Frames to the stale replica are slow: its read reply comes late, so the repair (sent
+            # after it) is still in flight when the next put lands.
+            c.net.set_link(dst=c.address(o3), latency=0.3)
+            got = await c.nodes[o1].get(key, r=2)
+            assert got.values == ["v2"], f"seed={seed}: {got}"
+            assert service(c.nodes[o1]).counters.read_repairs == 0, f"seed={seed}: repair too early"
+            put = await c.nodes[o1].put(key, "v3", context=got.context, w=3)
+            assert put.values == ["v3"], f"seed={seed}: {put}"
+            with trio.fail_after(5):
+                await c.wait_until(lambda: service(c.nodes[o1]).counters.read_repairs >= 1)
+            clock = await wait_replicas_equal(c, key, [o1, o2, o3], within=5, seed=seed)
+            final = await c.nodes[o2].get(key, r=3)
+        assert live(clock) == ["v3"], f"seed={seed}: the repair undid the put: {clock}"
+        assert final.values == ["v3"], f"seed={seed}: {final}"
+
+
+async def test_read_repair_e_blocking_reads_never_go_backwards(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed, kv=KVConfig(blocking_read_repair=True)) as c:
+        key = "rr-e"
+        o1, o2, o3 = owners(c, key)
+        outsider = next(n for n in names(5) if n not in (o1, o2, o3))
+        rest = [n for n in names(5) if n != o1]
+        with trio.fail_after(60):
+            prev = await c.nodes[o1].put(key, 0, w=3)
+            for i in range(1, 6):
+                # Only o1 gets write i; o2 and o3 stay one behind.
+                c.partition([o1], rest)
+                prev = await c.nodes[o1].put(key, i, context=prev.context, w=1)
+                await trio.sleep(1.5)
+                c.heal()
+                await all_reachable(c)
+                assert live(await stored(c, o2, key)) == [i - 1], f"seed={seed}: step {i}"
+                # Read 1 includes o1's reply (it coordinates), so it sees write i.
+                read1 = await c.nodes[o1].get(key, r=2)
+                assert read1.values == [i], f"seed={seed}: step {i}: {read1}"
+                # Read 2 can only hear from o2 and o3: it must not go back to i - 1.
+                c.partition([o1], rest)
+                read2 = await c.nodes[outsider].get(key, r=2)
+                c.heal()
+                await all_reachable(c)
+                assert read2.values == [i], f"seed={seed}: step {i}: read went back: {read2}"
+                assert covers(ctx(read2.context), ctx(read1.context)), f"seed={seed}: step {i}"
