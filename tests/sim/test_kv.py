@@ -11,9 +11,18 @@ import pytest
 import trio
 import trio.testing
 
-from gossipkv import KVConfig
+from gossipkv import KVConfig, _codec
+from gossipkv._dvv import clock_to_plain
+from gossipkv._errors import (
+    ClusterNotReady,
+    InvalidContext,
+    KeyTooLarge,
+    QuorumNotReached,
+    ValueTooLarge,
+)
 from gossipkv._messages import KvPut, KvResult, ReplicaPut
-from gossipkv.testing import SimCluster
+from gossipkv.storage import DEFAULT_LIMITS
+from gossipkv.testing import SimCluster, open_sim_cluster
 
 from ._kvsim import (
     covers,
@@ -30,6 +39,7 @@ from ._kvsim import (
     tombstones,
     values_of,
     wait_replicas_equal,
+    wait_unreachable,
 )
 
 KV_SEEDS = [101, 202, 303, 404, 505]
@@ -142,7 +152,9 @@ async def test_two_clients_hundred_iterations_keep_two_siblings(
                 union.add(i)
                 written.add(i)
                 res = await c.nodes[via[who]].put(key, sorted(union), context=context)
-                assert len(res.values) <= 2, f"seed={seed}: iteration {i}: {len(res.values)} siblings"
+                assert len(res.values) <= 2, (
+                    f"seed={seed}: iteration {i}: {len(res.values)} siblings"
+                )
                 state[who] = (res.values, res.context)
             got = await c.nodes["n3"].get(key)
         assert len(got.values) == 2, f"seed={seed}: {len(got.values)} siblings: {got.values}"
@@ -305,3 +317,239 @@ async def test_read_repair_e_blocking_reads_never_go_backwards(
                 await all_reachable(c)
                 assert read2.values == [i], f"seed={seed}: step {i}: read went back: {read2}"
                 assert covers(ctx(read2.context), ctx(read1.context)), f"seed={seed}: step {i}"
+
+
+# --- hinted handoff (§d.5) -------------------------------------------------------------------
+
+
+async def test_hinted_handoff_to_a_partitioned_and_a_crashed_owner(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        # The leader n1 stays up: it coordinates (or watches) and the restarted owner seeds from it.
+        key = find_key(c, lambda o: "n1" not in o[1:], prefix="hh")
+        o1, o2, o3 = owners(c, key)
+        rest = [n for n in names(5) if n not in (o2, o3)]
+        fallbacks = [n for n in names(5) if n not in (o1, o2, o3)]
+        with trio.fail_after(60):
+            c.kill(o3)
+            c.partition([o2], rest)
+            await wait_unreachable(c, rest, [o2, o3])
+            # Only one owner is reachable: W=2 can only be met with a fallback's hinted copy.
+            put = await c.nodes[o1].put(key, "handed-off", w=2)
+            assert put.values == ["handed-off"], f"seed={seed}: {put}"
+            pending = {f: service(c.nodes[f]).hints_pending for f in fallbacks}
+            assert sum(pending.values()) >= 1, f"seed={seed}: no hint stored: {pending}"
+            assert await stored(c, o2, key) is None, f"seed={seed}: {o2} got it across the cut"
+            assert await stored(c, o3, key) is None, f"seed={seed}: {o3} got it while down"
+            c.heal()
+            await c.restart(o3, seeds=["n1"])
+            # No reads from here on: only handoff can bring the owners up to date.
+            clock = await wait_replicas_equal(c, key, [o1, o2, o3], within=30, seed=seed)
+            assert live(clock) == ["handed-off"], f"seed={seed}: {clock}"
+            await c.wait_until(lambda: all(service(n).hints_pending == 0 for n in c.nodes.values()))
+        delivered = sum(service(c.nodes[f]).counters.hints_delivered for f in fallbacks)
+        assert delivered >= 1, f"seed={seed}"
+        for f in fallbacks:
+            hint_keys = [k async for k, v in c.hints[f].scan(0, 1) if v.entries]
+            assert hint_keys == [], f"seed={seed}: {f} still holds hints {hint_keys}"
+
+
+# --- idempotency (§d.7) ----------------------------------------------------------------------
+
+
+async def test_replaying_a_replica_put_leaves_identical_state(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = "replay"
+        o1, o2, _ = owners(c, key)
+        with trio.fail_after(60):
+            first = await c.nodes[o1].put(key, "v1", w=3)
+            c.partition([o2], [n for n in names(5) if n != o2])
+            await c.nodes[o1].put(key, "v2", context=first.context)
+            await c.nodes[o2].put(key, "x", w=1)  # concurrent, on the other side
+            await trio.sleep(1.5)
+            c.heal()
+            await all_reachable(c)
+            clock = await stored(c, o1, key)
+            assert clock is not None and live(clock) == ["v2"], f"seed={seed}: {clock}"
+            message = ReplicaPut(key, clock_to_plain(clock), "")
+            states = []
+            for _ in range(5):
+                await c.nodes[o1]._send_to_member(o2, message)
+                states.append(await stored(c, o2, key))
+        assert all(s == states[0] for s in states), f"seed={seed}: {states}"
+        assert sorted(map(str, live(states[0]))) == ["v2", "x"], f"seed={seed}: {states[0]}"
+
+
+async def test_client_retry_with_same_id_and_seq_returns_first_result(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = "retry"
+        o1, o2, o3 = owners(c, key)
+        f1, f2 = [n for n in names(5) if n not in (o1, o2, o3)]
+        with trio.fail_after(30):
+            first = await service(c.nodes[f1]).put(key, "once", client_id="cl-7", seq=1)
+            # The retry arrives through another peer (the client failed over): same coordinator.
+            again = await service(c.nodes[f2]).put(key, "once", client_id="cl-7", seq=1)
+            direct = await service(c.nodes[o1]).put(key, "once", client_id="cl-7", seq=1)
+            assert again == first and direct == first, f"seed={seed}: {first} {again} {direct}"
+            assert service(c.nodes[o1]).counters.idempotent_hits == 2, f"seed={seed}"
+            clock = await wait_replicas_equal(c, key, [o1, o2, o3], within=5, seed=seed)
+            assert dots(clock) == 1 and live(clock) == ["once"], f"seed={seed}: {clock}"
+            # A new sequence number is a new write (a sibling: no context).
+            nxt = await service(c.nodes[f1]).put(key, "twice", client_id="cl-7", seq=2)
+            assert sorted(map(str, nxt.values)) == ["once", "twice"], f"seed={seed}: {nxt}"
+
+            # A retry that reaches a different coordinator mints a second dot, but reads show
+            # the value once (siblings with the same request id collapse).
+            key2 = "retry-2"
+            p1, p2, p3 = owners(c, key2)
+            await service(c.nodes[p1]).put(key2, "dup", client_id="cl-8", seq=1)
+            await service(c.nodes[p2]).put(key2, "dup", client_id="cl-8", seq=1)
+            clock2 = await wait_replicas_equal(c, key2, [p1, p2, p3], within=5, seed=seed)
+            got = await c.nodes[f2].get(key2)
+        assert dots(clock2) == 2, f"seed={seed}: {clock2}"
+        assert got.values == ["dup"], f"seed={seed}: {got}"
+
+
+async def test_client_retry_over_the_wire_is_idempotent(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = "retry-wire"
+        own = owners(c, key)
+        with trio.fail_after(30):
+            msg = KvPut(key, {"cart": [1]}, None, 0, "wire-client", 41)
+            replies = [await c.nodes["n1"]._send_to_member(m, msg) for m in (own[0], own[0])]
+            assert all(isinstance(r, KvResult) for r in replies), f"seed={seed}: {replies}"
+            assert replies[0] == replies[1], f"seed={seed}: {replies}"
+            clock = await wait_replicas_equal(c, key, own, within=5, seed=seed)
+        assert dots(clock) == 1, f"seed={seed}: {clock}"
+
+
+# --- deletes (§d.3) --------------------------------------------------------------------------
+
+
+async def test_concurrent_delete_and_put_keep_both(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = "del-put"
+        o1, o2, o3 = owners(c, key)
+        with trio.fail_after(30):
+            await c.nodes[o1].put(key, "v1", w=3)
+            seen = await c.nodes[o3].get(key)
+            results = {}
+
+            async def delete() -> None:
+                results["delete"] = await c.nodes[o1].delete(key, context=seen.context)
+
+            async def put() -> None:
+                results["put"] = await c.nodes[o2].put(key, "v2", context=seen.context)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(delete)
+                nursery.start_soon(put)
+            clock = await wait_replicas_equal(c, key, [o1, o2, o3], within=5, seed=seed)
+            assert live(clock) == ["v2"] and tombstones(clock) == 1, f"seed={seed}: {clock}"
+            got = await c.nodes[o3].get(key, r=3)
+            assert got.found and got.values == ["v2"], f"seed={seed}: {got}"
+            assert covers(ctx(got.context), ctx(results["delete"].context)), (
+                f"seed={seed}: the read's context misses the tombstone's dot"
+            )
+            # Writing back with that context resolves both: one value, no tombstone.
+            resolved = await c.nodes[o3].put(key, "v3", context=got.context)
+            assert resolved.values == ["v3"], f"seed={seed}: {resolved}"
+            clock = await wait_replicas_equal(c, key, [o1, o2, o3], within=5, seed=seed)
+        assert live(clock) == ["v3"] and tombstones(clock) == 0, f"seed={seed}: {clock}"
+
+
+async def test_put_with_notfound_context_supersedes_the_tombstone(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = "del-then-put"
+        own = owners(c, key)
+        with trio.fail_after(30):
+            first = await c.nodes["n2"].put(key, "v1")
+            deleted = await c.nodes["n4"].delete(key, context=first.context)
+            assert deleted.values == [], f"seed={seed}: {deleted}"
+            gone = await c.nodes["n5"].get(key)
+            assert not gone.found and gone.values == [] and gone.context != b"", (
+                f"seed={seed}: {gone}"
+            )
+            clock = await wait_replicas_equal(c, key, own, within=5, seed=seed)
+            assert tombstones(clock) == 1 and live(clock) == [], f"seed={seed}: {clock}"
+            again = await c.nodes["n1"].put(key, "v2", context=gone.context)
+            assert again.values == ["v2"], f"seed={seed}: {again}"
+            clock = await wait_replicas_equal(c, key, own, within=5, seed=seed)
+            got = await c.nodes["n3"].get(key)
+        assert values_of(clock) == 1 and tombstones(clock) == 0, f"seed={seed}: {clock}"
+        assert got.values == ["v2"], f"seed={seed}: {got}"
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+async def test_typed_errors(kvseed: int, autojump_clock: trio.testing.MockClock) -> None:
+    seed = kvseed
+    async with kv_cluster(seed, kv=KVConfig(sloppy_quorum=False)) as c:
+        with trio.fail_after(60):
+            big_key = "k" * (DEFAULT_LIMITS.max_key_bytes + 1)
+            with pytest.raises(KeyTooLarge):
+                await c.nodes["n1"].put(big_key, "v")
+            with pytest.raises(KeyTooLarge):
+                await c.nodes["n1"].get(big_key)
+            with pytest.raises(ValueTooLarge):
+                await c.nodes["n2"].put("big", "x" * (DEFAULT_LIMITS.max_value_bytes + 1))
+            for bad in (b"\xff\x00garbage", b"\x01", _codec.dumps_canonical({"a": "b"})):
+                with pytest.raises(InvalidContext):
+                    await c.nodes["n3"].put("ctx", "v", context=bad)
+            assert await c.nodes["n3"].get("ctx") is not None
+            assert not (await c.nodes["n3"].get("ctx")).found, f"seed={seed}: a bad put stored"
+
+            key = find_key(c, lambda o: "n1" not in o[1:], prefix="q")
+            o1, o2, o3 = owners(c, key)
+            outsider = next(n for n in names(5) if n not in (o1, o2, o3))
+            c.partition([o3], [n for n in names(5) if n != o3])
+            await wait_unreachable(c, [n for n in names(5) if n != o3], [o3])
+            with pytest.raises(QuorumNotReached) as put_err:
+                await c.nodes[o1].put(key, "v", w=3)
+            assert (put_err.value.got, put_err.value.needed) == (2, 3), f"seed={seed}"
+            # The same error, forwarded from the coordinating replica over the wire.
+            with pytest.raises(QuorumNotReached) as fwd_err:
+                await c.nodes[outsider].put(key, "v", w=3)
+            assert (fwd_err.value.got, fwd_err.value.needed) == (2, 3), f"seed={seed}"
+            with pytest.raises(QuorumNotReached) as get_err:
+                await c.nodes[outsider].get(key, r=3)
+            assert (get_err.value.got, get_err.value.needed) == (2, 3), f"seed={seed}"
+            # W=2 is still reachable.
+            ok = await c.nodes[outsider].put(key, "w2", w=2)
+            assert "w2" in ok.values, f"seed={seed}: {ok}"
+
+
+async def test_cluster_not_ready_before_a_table_exists(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with open_sim_cluster(0, seed=seed) as c:
+        # A peer still trying to join (its seed never answers) has no partition table.
+        node = await c.start("lonely", seeds=["nobody"])
+        with trio.fail_after(10):
+            await trio.sleep(2)
+            with pytest.raises(ClusterNotReady):
+                await node.put("k", "v")
+            with pytest.raises(ClusterNotReady):
+                await node.get("k")
+            with pytest.raises(ClusterNotReady):
+                await node.delete("k")
+            assert (await node.get("k", local=True)).found is False, f"seed={seed}"
