@@ -553,3 +553,30 @@ async def test_cluster_not_ready_before_a_table_exists(
             with pytest.raises(ClusterNotReady):
                 await node.delete("k")
             assert (await node.get("k", local=True)).found is False, f"seed={seed}"
+
+
+# --- last write wins (opt-in, lossy) ---------------------------------------------------------
+
+
+async def test_last_write_wins_keeps_one_newest_value_everywhere(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed, kv=KVConfig(last_write_wins=True, sloppy_quorum=False)) as c:
+        key = "lww"
+        o1, o2, o3 = owners(c, key)
+        with trio.fail_after(30):
+            first = await c.nodes[o1].put(key, "v1", w=3)
+            # A context-less put still replaces what is stored (that is the loss LWW accepts).
+            blind = await c.nodes[o2].put(key, "v2")
+            assert blind.values == ["v2"], f"seed={seed}: {blind}"
+            c.partition([o1], [o2], [o3])
+            await c.nodes[o1].put(key, "early", context=first.context, w=1)
+            await trio.sleep(0.5)
+            await c.nodes[o2].put(key, "late", w=1)
+            await trio.sleep(1.5)
+            c.heal()
+            got = await c.nodes[o3].get(key, r=3)
+            assert got.values == ["late"], f"seed={seed}: {got}"
+            clock = await wait_replicas_equal(c, key, [o1, o2, o3], within=5, seed=seed)
+        assert live(clock) == ["late"] and values_of(clock) == 1, f"seed={seed}: {clock}"
