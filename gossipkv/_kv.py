@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import trio
 
 from . import _codec, _dvv
-from ._dvv import DVVSet, Sibling
+from ._dvv import DVVSet, Entry, Sibling
 from ._errors import (
     ClusterNotReady,
     DecodeError,
@@ -61,6 +61,10 @@ class KVConfig:
     max_pending_repairs: int = 256
     idempotency_cache: int = 10_000
     handoff_interval: float = 1.0
+    #: Lossy, opt-in, for comparison only: a put ignores its context and replaces every stored
+    #: sibling, and replicas keep just the value with the newest (HLC stamp, actor). Concurrent
+    #: writes are silently lost; a Jepsen-style test uses it as the control that must show losses.
+    last_write_wins: bool = False
 
     def validate(self) -> None:
         if self.r < 1 or self.w < 1:
@@ -149,6 +153,7 @@ class KeyValueService:
       send: sends a request to a member by name, bounded by the caller.
       rng: randomness (the actor incarnation).
       config, limits: tuning and size limits.
+      stamp: a hybrid logical clock (only ``last_write_wins`` uses it to order writes).
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class KeyValueService:
         rng: random.Random,
         config: KVConfig,
         limits: StorageLimits,
+        stamp: Callable[[], int] | None = None,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -173,6 +179,7 @@ class KeyValueService:
         self.config = config
         self.limits = limits
         self.counters = KVCounters()
+        self._stamp = stamp if stamp is not None else (lambda: int(trio.current_time() * 1000))
         self._mint = _dvv.ActorMint(node_id, rng.getrandbits(63))
         self._locks: dict[str, trio.Lock] = {}
         self._results: OrderedDict[str, PutResult] = OrderedDict()
@@ -272,7 +279,7 @@ class KeyValueService:
         if len(replies) < need:
             raise QuorumNotReached(len(replies), need)
         merged = (
-            _dvv.sync_all([c for c in replies.values() if c is not None])
+            self._resolve(_dvv.sync_all([c for c in replies.values() if c is not None]))
             if any(c is not None for c in replies.values())
             else None
         )
@@ -306,7 +313,7 @@ class KeyValueService:
         if not replies:
             return
         final = (
-            _dvv.sync_all([c for c in replies.values() if c is not None])
+            self._resolve(_dvv.sync_all([c for c in replies.values() if c is not None]))
             if any(c is not None for c in replies.values())
             else None
         )
@@ -376,10 +383,14 @@ class KeyValueService:
         else:
             self.counters.puts += 1
         meta: dict[str, object] = {"rid": rid} if rid else {}
+        if self.config.last_write_wins:
+            meta["ts"] = self._stamp()
         sibling = Sibling.deleted(meta) if delete else Sibling(value, False, meta)
         async with self._lock(key):
             local = await self.storage.get(key)
             actor = self._mint.actor_for(local)
+            if self.config.last_write_wins and local is not None:
+                ctx = _dvv.join(local)  # replace whatever is stored, seen or not (lossy)
             clock = _dvv.update(_dvv.new(ctx, sibling), local, actor)
             _dvv.validate(clock, max_siblings=self.limits.max_siblings)
             await self.storage.put(key, clock)
@@ -461,7 +472,7 @@ class KeyValueService:
         """Store ``clock`` by ``sync`` with the local clock (never an overwrite, never a new dot)."""
         async with self._lock(key):
             local = await self.storage.get(key)
-            merged = clock if local is None else _dvv.sync(clock, local)
+            merged = self._resolve(clock if local is None else _dvv.sync(clock, local))
             _dvv.validate(merged, max_siblings=self.limits.max_siblings)
             if local is None or not _dvv.equal(merged, local):
                 await self.storage.put(key, merged)
@@ -525,6 +536,28 @@ class KeyValueService:
             await self._send(member, ReplicaPut(key, _dvv.clock_to_plain(clock), hint_for))
             return
         raise TransportError(f"{member} did not acknowledge in time")
+
+    def _resolve(self, clock: Clock) -> Clock:
+        """Under ``last_write_wins``, drop every sibling but the newest (by HLC stamp, actor)."""
+        if not self.config.last_write_wins or _dvv.size(clock) <= 1:
+            return clock
+        best: tuple[tuple[int, str], str, Sibling] | None = None
+        for e in clock.entries:
+            for sib in e.values:
+                ts = sib.meta.get("ts")
+                rank = (ts if isinstance(ts, int) else 0, e.actor)
+                if best is None or rank > best[0]:
+                    best = (rank, e.actor, sib)
+        if best is None:
+            return clock
+        _, actor, winner = best
+        return DVVSet(
+            tuple(
+                Entry(e.actor, e.counter, (winner,) if e.actor == actor else ())
+                for e in clock.entries
+            ),
+            (),
+        )
 
     def _clock_from_wire(self, raw: object) -> Clock:
         try:

@@ -507,6 +507,7 @@ class Node:
                 rng=self._rng,
                 config=self.kv_config,
                 limits=DEFAULT_LIMITS,
+                stamp=self._hlc.now,
             )
             await nursery.start(self._kv.run)
             self._ready.set()

@@ -1,0 +1,148 @@
+"""The data path through real peer processes and the CLI: JSON shapes, SIGSTOP + read repair,
+SIGKILL of every peer and restart on the same data dirs without losing acknowledged writes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._peers import Peers, cli, eventually, free_ports, loads, members
+
+pytestmark = pytest.mark.proc
+
+NAMES = ["n1", "n2", "n3"]
+PUT_KEYS = {"key", "values", "context"}
+GET_KEYS = {"key", "found", "values", "context"}
+
+
+def start_all(peers: Peers, tmp_path: Path, ports: list[int]) -> None:
+    """n1 first (without --seed on a fresh start and on a restart), then n2, n3 seeding it."""
+    peers.start("n1", ports[0], data_dir=str(tmp_path / "n1"))
+    for name, port in zip(NAMES[1:], ports[1:], strict=True):
+        peers.start(name, port, seeds=["n1"], data_dir=str(tmp_path / name))
+
+
+async def wait_ready(peers: Peers) -> None:
+    """Every peer lists all three as up, and a quorum read answers (a partition table exists)."""
+
+    async def all_up() -> Any:
+        docs = [await members(peers.addr[n]) for n in NAMES]
+        return all(
+            d is not None
+            and sorted(m["name"] for m in d["members"] if m["status"] == "up") == NAMES
+            for d in docs
+        )
+
+    await eventually(all_up, within=30, what="3 peers up", peers=peers)
+
+    async def reads() -> Any:
+        return all(
+            kv("get", "probe", "--r", "3", "--peer", peers.addr[n]).returncode == 0 for n in NAMES
+        )
+
+    await eventually(reads, within=30, what="quorum reads answer on every peer", peers=peers)
+
+
+def kv(*args: str) -> subprocess.CompletedProcess[str]:
+    return cli(*args, "--json", timeout=30)
+
+
+def doc_of(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert out.returncode == 0, f"rc={out.returncode}\nstdout={out.stdout}\nstderr={out.stderr}"
+    return loads(out.stdout)
+
+
+async def test_put_get_round_trip_json(peers: Peers, tmp_path: Path) -> None:
+    ports = free_ports(3)
+    start_all(peers, tmp_path, ports)
+    await wait_ready(peers)
+
+    put = doc_of(kv("put", "greeting", "hello", "--peer", peers.addr["n1"]))
+    assert set(put) == PUT_KEYS, put
+    assert put["key"] == "greeting" and put["values"] == ["hello"], put
+    bytes.fromhex(put["context"])  # hex, opaque
+
+    for name in NAMES:
+        got = doc_of(kv("get", "greeting", "--peer", peers.addr[name]))
+        assert set(got) == GET_KEYS, got
+        assert got == {**put, "found": True}, (name, got, put)
+
+    # Two blind writes are siblings; writing back with the read's context resolves them.
+    doc_of(kv("put", "greeting", "bonjour", "--peer", peers.addr["n2"]))
+    both = doc_of(kv("get", "greeting", "--peer", peers.addr["n3"]))
+    assert sorted(both["values"]) == ["bonjour", "hello"], both
+    one = doc_of(
+        kv("put", "greeting", "hi", "--context", both["context"], "--peer", peers.addr["n3"])
+    )
+    assert one["values"] == ["hi"], one
+    got = doc_of(kv("get", "greeting", "--peer", peers.addr["n1"]))
+    assert got["values"] == ["hi"] and got["context"] == one["context"], got
+
+    missing = doc_of(kv("get", "nothing-here", "--peer", peers.addr["n2"]))
+    assert missing == {"key": "nothing-here", "found": False, "values": [], "context": ""}
+
+    bad = cli("put", "greeting", "x", "--context", "zz", "--peer", peers.addr["n1"])
+    assert bad.returncode != 0 and "hex" in (bad.stdout + bad.stderr), bad
+
+
+async def test_sigstop_read_repair_then_kill_all_and_restart(peers: Peers, tmp_path: Path) -> None:
+    ports = free_ports(3)
+    start_all(peers, tmp_path, ports)
+    await wait_ready(peers)
+
+    acked: dict[str, str] = {}
+    for i in range(5):
+        doc = doc_of(kv("put", f"before-{i}", f"b{i}", "--w", "3", "--peer", peers.addr["n1"]))
+        acked[f"before-{i}"] = f"b{i}"
+        assert doc["values"] == [f"b{i}"], doc
+
+    # n3 frozen: W=2 writes still succeed on n1 and n2.
+    peers.signal("n3", signal.SIGSTOP)
+    try:
+        for i in range(5):
+            doc = doc_of(kv("put", f"during-{i}", f"d{i}", "--w", "2", "--peer", peers.addr["n1"]))
+            assert doc["values"] == [f"d{i}"], doc
+            acked[f"during-{i}"] = f"d{i}"
+    finally:
+        peers.signal("n3", signal.SIGCONT)
+
+    # A quorum read through n1 repairs n3, which then shows the value in its own replica.
+    async def repaired() -> Any:
+        ok = True
+        for key, value in acked.items():
+            if not key.startswith("during-"):
+                continue
+            doc_of(kv("get", key, "--r", "3", "--peer", peers.addr["n1"]))
+            local = doc_of(kv("get", key, "--local", "--peer", peers.addr["n3"]))
+            ok = ok and local["values"] == [value]
+        return ok
+
+    await eventually(repaired, within=30, what="n3 repaired by quorum reads", peers=peers)
+
+    # SIGKILL every peer, restart all on the same data dirs: no acknowledged write is lost.
+    for name in NAMES:
+        peers.signal(name, signal.SIGKILL)
+    for name in NAMES:
+        peers.procs[name].wait(timeout=10)
+    start_all(peers, tmp_path, ports)
+    await wait_ready(peers)
+
+    async def all_there() -> Any:
+        missing = {}
+        for key, value in acked.items():
+            got = doc_of(kv("get", key, "--peer", peers.addr["n2"]))
+            if got["values"] != [value]:
+                missing[key] = got
+        return not missing or None
+
+    await eventually(
+        all_there, within=30, what="every acknowledged write after restart", peers=peers
+    )
+    for name in NAMES:
+        for key, value in acked.items():
+            local = doc_of(kv("get", key, "--local", "--peer", peers.addr[name]))
+            assert local["values"] == [value], (name, key, local)
