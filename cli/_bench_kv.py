@@ -182,6 +182,55 @@ async def run_kv_bench(
 ) -> dict[str, Any]:
     """Run the benchmark in the current Trio run (see the module docstring)."""
     await _probe(peers, cluster)
+    if progress is None:
+        return await _run_kv_bench(
+            peers,
+            cluster,
+            duration,
+            concurrency,
+            ratio,
+            keys,
+            value_size,
+            r,
+            w,
+            seed,
+            baseline_echo,
+            None,
+        )
+    progress.start()  # only now, so a failed probe prints just its error line
+    try:
+        return await _run_kv_bench(
+            peers,
+            cluster,
+            duration,
+            concurrency,
+            ratio,
+            keys,
+            value_size,
+            r,
+            w,
+            seed,
+            baseline_echo,
+            progress,
+        )
+    finally:
+        progress.stop()
+
+
+async def _run_kv_bench(
+    peers: Sequence[str],
+    cluster: str,
+    duration: float,
+    concurrency: int,
+    ratio: tuple[int, int],
+    keys: int,
+    value_size: int,
+    r: int,
+    w: int,
+    seed: int,
+    baseline_echo: bool,
+    progress: Progress | None,
+) -> dict[str, Any]:
     rng = random.Random(seed)
     values = _values(rng, value_size)
     key_names = [f"bench:{i:08d}" for i in range(keys)]
@@ -229,8 +278,8 @@ async def run_kv_bench(
             "ratio": f"{gets}:{puts}",
             "keys": keys,
             "value_size": value_size,
-            "r": r or "default",
-            "w": w or "default",
+            "r": r or None,  # None: the peer's default
+            "w": w or None,
             "clients": len(peers),
         },
     }
@@ -345,11 +394,7 @@ def kv(
             progress=progress,
         )
 
-    if progress is not None:
-        with progress:
-            result = run(body)
-    else:
-        result = run(body)
+    result = run(body)
     if json:
         print_json(result)
     else:
