@@ -11,6 +11,7 @@ Numbers, never pass/fail.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import string
@@ -182,43 +183,27 @@ async def run_kv_bench(
 ) -> dict[str, Any]:
     """Run the benchmark in the current Trio run (see the module docstring)."""
     await _probe(peers, cluster)
-    if progress is None:
+    # The bar starts only now, so a failed probe prints just its error line.
+    with progress if progress is not None else contextlib.nullcontext():
         return await _run_kv_bench(
             peers,
-            cluster,
-            duration,
-            concurrency,
-            ratio,
-            keys,
-            value_size,
-            r,
-            w,
-            seed,
-            baseline_echo,
-            None,
+            cluster=cluster,
+            duration=duration,
+            concurrency=concurrency,
+            ratio=ratio,
+            keys=keys,
+            value_size=value_size,
+            r=r,
+            w=w,
+            seed=seed,
+            baseline_echo=baseline_echo,
+            progress=progress,
         )
-    progress.start()  # only now, so a failed probe prints just its error line
-    try:
-        return await _run_kv_bench(
-            peers,
-            cluster,
-            duration,
-            concurrency,
-            ratio,
-            keys,
-            value_size,
-            r,
-            w,
-            seed,
-            baseline_echo,
-            progress,
-        )
-    finally:
-        progress.stop()
 
 
 async def _run_kv_bench(
     peers: Sequence[str],
+    *,
     cluster: str,
     duration: float,
     concurrency: int,
