@@ -13,6 +13,7 @@ import typer
 import gossipkv
 
 from ._bench_gossip import gossip as _bench_gossip
+from ._bench_kv import kv as _bench_kv
 from ._bench_storage import storage as _bench_storage
 from ._common import DEFAULT_PEER, ClusterOption, JsonOption, PeerOption, fail, print_json, run
 
@@ -26,6 +27,7 @@ cluster_app = typer.Typer(no_args_is_help=True, help="Local clusters of peer pro
 app.add_typer(bench_app, name="bench")
 app.add_typer(cluster_app, name="cluster")
 bench_app.command("gossip")(_bench_gossip)
+bench_app.command("kv")(_bench_kv)
 bench_app.command("storage")(_bench_storage)
 
 
