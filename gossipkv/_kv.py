@@ -476,15 +476,16 @@ class KeyValueService:
             _dvv.validate(merged, max_siblings=self.limits.max_siblings)
             if local is None or not _dvv.equal(merged, local):
                 await self.storage.put(key, merged)
-        if hint_for and hint_for != self.node_id:
-            hint_key = f"{hint_for}{_HINT_SEP}{key}"
-            try:
-                await self.hints.put(hint_key, merged)
-            except GossipKVError as exc:  # a key too long to hint still counts as a stored copy
-                self._count_error(exc)
-                return
-            self._pending_hints[(hint_for, key)] = None
-            self.counters.hints_stored += 1
+            # The hint is written under the key lock too, so handoff never clears a newer one.
+            if hint_for and hint_for != self.node_id:
+                hint_key = f"{hint_for}{_HINT_SEP}{key}"
+                try:
+                    await self.hints.put(hint_key, merged)
+                except GossipKVError as exc:  # a key too long to hint is still a stored copy
+                    self._count_error(exc)
+                    return
+                self._pending_hints[(hint_for, key)] = None
+                self.counters.hints_stored += 1
 
     async def _handoff_loop(self) -> None:
         next_at = trio.current_time()
@@ -505,7 +506,15 @@ class KeyValueService:
                         current = await self.storage.get(key)
                         payload = clock if current is None else _dvv.sync(clock, current)
                         await self._replica_put(owner, key, payload, "")
-                    await self.hints.put(hint_key, _EMPTY)
+                    async with self._lock(key):
+                        latest = await self.hints.get(hint_key)
+                        if (
+                            latest is not None
+                            and clock is not None
+                            and not _dvv.equal(latest, clock)
+                        ):
+                            continue  # a newer hinted write arrived meanwhile: deliver it next round
+                        await self.hints.put(hint_key, _EMPTY)
                 except GossipKVError as exc:
                     self._count_error(exc)
                     continue
