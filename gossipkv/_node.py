@@ -585,6 +585,7 @@ class Node:
         try:
             channel = await self._channel_to(addr)
             await channel.notify(message)
+            await channel.flush()
         except Exception as exc:  # best effort by design
             log.debug("notice to %s failed: %r", addr, exc)
 

@@ -148,7 +148,11 @@ class Channel:
         self._max_frame = max_frame
         self._counters = counters
         self._limiter = trio.Semaphore(max_inflight)
-        self._send_lock = trio.Lock()
+        # One writer per connection fed by a bounded queue: frames queued while a write is in
+        # progress go out together in the next one (Request Batch); a full queue pushes back.
+        self._outbox, self._outbox_reader = trio.open_memory_channel[bytes](max_inflight * 4)
+        self._unsent = 0
+        self._flushed = trio.Event()
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
         self.closed = False
@@ -158,6 +162,7 @@ class Channel:
         """Read frames until the connection ends; dispatch requests and responses."""
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop, nursery.cancel_scope)
                 task_status.started()
                 await self._read_loop(nursery)
                 nursery.cancel_scope.cancel()
@@ -221,12 +226,41 @@ class Channel:
         finally:
             self._limiter.release()
 
+    async def _write_loop(self, scope: trio.CancelScope) -> None:
+        batch: list[bytes] = []
+        try:
+            async for payload in self._outbox_reader:
+                batch.append(payload)
+                while len(batch) < 128:
+                    try:
+                        batch.append(self._outbox_reader.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self.conn.send_many(batch)
+                self._unsent -= len(batch)
+                batch.clear()
+                if self._unsent == 0:
+                    self._flushed.set()
+                    self._flushed = trio.Event()
+        except ConnectionClosed:
+            pass
+        # The connection cannot carry anything more: end the channel.
+        self._mark_closed()
+        scope.cancel()
+
     async def _send(self, kind: Kind, request_id: int, message: Message) -> None:
         if self.closed:
             raise ConnectionClosed("connection is closed")
         payload = _codec.encode(kind, request_id, message)
-        async with self._send_lock:
-            await self.conn.send(payload)
+        self._unsent += 1
+        try:
+            await self._outbox.send(payload)
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            self._unsent -= 1
+            raise ConnectionClosed("connection is closed") from exc
+        except BaseException:
+            self._unsent -= 1
+            raise
         self._counters.frames_out += 1
         self._counters.bytes_out += len(payload)
 
@@ -258,10 +292,17 @@ class Channel:
         """Send a one-way message."""
         await self._send(Kind.ONEWAY, 0, message)
 
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been written (or the channel closed)."""
+        while self._unsent > 0 and not self.closed:
+            await self._flushed.wait()
+
     def _mark_closed(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self._outbox.close()
+        self._flushed.set()
         for waiter in self._waiters.values():
             waiter.event.set()  # message stays None: the request sees ConnectionClosed
         self._waiters.clear()
@@ -271,5 +312,9 @@ class Channel:
         await self._closed_event.wait()
 
     async def aclose(self) -> None:
+        """Close after writing what was already queued (bounded: a stuck peer gets 1 s)."""
+        if not self.closed:
+            with trio.move_on_after(1.0):
+                await self.flush()
         self._mark_closed()
         await self.conn.aclose()

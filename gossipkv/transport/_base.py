@@ -37,6 +37,11 @@ class Connection(abc.ABC):
     async def send(self, payload: bytes) -> None:
         """Send one payload."""
 
+    async def send_many(self, payloads: list[bytes]) -> None:
+        """Send several payloads in order; a transport may write them in one system call."""
+        for payload in payloads:
+            await self.send(payload)
+
     @abc.abstractmethod
     async def receive(self) -> bytes:
         """Receive the next payload."""

@@ -89,11 +89,21 @@ class TcpConnection(Connection):
           ConnectionClosed: the connection was closed at either end or broke.
           ValueError: the payload does not fit a 4-byte length prefix.
         """
-        if len(payload) > _MAX_WIRE_LENGTH:
-            raise ValueError(f"payload of {len(payload)} bytes does not fit a frame")
+        await self.send_many([payload])
+
+    async def send_many(self, payloads: list[bytes]) -> None:
+        """Send several payloads, in order, as consecutive frames in one write (Request Batch).
+
+        Raises:
+          ConnectionClosed: the connection was closed at either end or broke.
+          ValueError: a payload does not fit a 4-byte length prefix.
+        """
+        for payload in payloads:
+            if len(payload) > _MAX_WIRE_LENGTH:
+                raise ValueError(f"payload of {len(payload)} bytes does not fit a frame")
         if self._closed:
             raise ConnectionClosed(f"connection to {self._remote} is closed")
-        frame = frame_header(payload) + payload
+        frame = b"".join(part for p in payloads for part in (frame_header(p), p))
         async with self._send_lock:
             try:
                 await self._stream.send_all(frame)
