@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -16,6 +17,8 @@ from ._bench_gossip import gossip as _bench_gossip
 from ._bench_kv import kv as _bench_kv
 from ._bench_storage import storage as _bench_storage
 from ._common import DEFAULT_PEER, ClusterOption, JsonOption, PeerOption, fail, print_json, run
+
+T = TypeVar("T")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -232,13 +235,18 @@ def status(
 @app.command()
 def leave(peer: PeerOption = DEFAULT_PEER, cluster: ClusterOption = "gossipkv") -> None:
     """Ask a peer to leave the cluster gracefully (it then exits)."""
-
-    async def ask() -> dict[str, Any]:
-        async with gossipkv.open_client([peer], cluster=cluster) as client:
-            return await client.leave()
-
-    reply = run(ask)
+    reply = _with_client(peer, cluster, lambda c: c.leave())
     typer.echo(f"{peer}: {reply.get('status', 'leaving')}")
+
+
+def _with_client(peer: str, cluster: str, fn: Callable[[gossipkv.Client], Awaitable[T]]) -> T:
+    """Run ``fn(client)`` against one peer and return its result (errors: one line, exit 1)."""
+
+    async def main() -> T:
+        async with gossipkv.open_client([peer], cluster=cluster) as client:
+            return await fn(client)
+
+    return run(main)
 
 
 # --- data commands ---------------------------------------------------------------------------
@@ -290,12 +298,7 @@ def put(
 ) -> None:
     """Store VALUE under KEY; prints the siblings now stored and their context."""
     ctx = _context_arg(context)
-
-    async def call() -> Any:
-        async with gossipkv.open_client([peer], cluster=cluster) as client:
-            return await client.put(key, value, context=ctx, w=w)
-
-    res = run(call)
+    res = _with_client(peer, cluster, lambda c: c.put(key, value, context=ctx, w=w))
     _print_values(res.key, None, res.values, res.context, json)
 
 
@@ -311,12 +314,7 @@ def get(
     json: JsonOption = False,
 ) -> None:
     """Print the values (siblings) of KEY and the context to write back with."""
-
-    async def call() -> Any:
-        async with gossipkv.open_client([peer], cluster=cluster) as client:
-            return await client.get(key, r=r, local=local)
-
-    res = run(call)
+    res = _with_client(peer, cluster, lambda c: c.get(key, r=r, local=local))
     _print_values(res.key, res.found, res.values, res.context, json)
 
 
@@ -332,14 +330,11 @@ def delete(
     """Delete KEY (a tombstone). Without --context, reads the key first to get it."""
     ctx = _context_arg(context)
 
-    async def call() -> Any:
-        async with gossipkv.open_client([peer], cluster=cluster) as client:
-            use = ctx
-            if use is None:
-                use = (await client.get(key)).context or None
-            return await client.delete(key, context=use, w=w)
+    async def call(client: gossipkv.Client) -> gossipkv.PutResult:
+        use = ctx if ctx is not None else (await client.get(key)).context or None
+        return await client.delete(key, context=use, w=w)
 
-    res = run(call)
+    res = _with_client(peer, cluster, call)
     _print_values(res.key, None, res.values, res.context, json)
 
 
