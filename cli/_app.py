@@ -233,6 +233,33 @@ def status(
 
 
 @app.command()
+def stats(
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    json: JsonOption = False,
+    prometheus: Annotated[
+        bool, typer.Option("--prometheus", help="Print the Prometheus text exposition format.")
+    ] = False,
+) -> None:
+    """Counters and gauges of one peer: a table, --json, or --prometheus text."""
+    if json and prometheus:
+        fail("--json and --prometheus are exclusive")
+    doc = _with_client(peer, cluster, lambda c: c.statistics())
+    if json:
+        print_json(doc)
+        return
+    from ._stats import prometheus_text, stats_table
+
+    if prometheus:
+        sys.stdout.write(prometheus_text(doc))
+        sys.stdout.flush()
+        return
+    from rich.console import Console
+
+    Console().print(stats_table(doc))
+
+
+@app.command()
 def leave(peer: PeerOption = DEFAULT_PEER, cluster: ClusterOption = "gossipkv") -> None:
     """Ask a peer to leave the cluster gracefully (it then exits)."""
     reply = _with_client(peer, cluster, lambda c: c.leave())

@@ -1,0 +1,165 @@
+"""Pure rendering of a statistics snapshot (``Client.statistics()``): a rich table and the
+Prometheus text exposition format. No I/O: the ``stats`` command fetches, these functions render."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from rich import box
+from rich.table import Table
+
+# Monotonic counters of the snapshot: field -> help text. Exposed as ``gossipkv_<field>_total``.
+COUNTERS: dict[str, str] = {
+    "gossip_rounds": "Gossip rounds started by this node.",
+    "syns_received": "Gossip syns received.",
+    "deltas_applied": "Gossip deltas applied.",
+    "budget_truncations": "Gossip deltas cut short by the byte budget.",
+    "pause_guards": "Failure-detector pause guards triggered.",
+    "frames_in": "Frames received.",
+    "frames_out": "Frames sent.",
+    "bytes_in": "Bytes received.",
+    "bytes_out": "Bytes sent.",
+    "kv_gets": "Key-value reads.",
+    "kv_puts": "Key-value writes coordinated here.",
+    "kv_deletes": "Key-value deletes coordinated here.",
+    "kv_forwarded": "Writes forwarded to a replica.",
+    "read_repairs": "Read repairs sent.",
+    "hints_stored": "Hinted writes stored for unreachable owners.",
+    "hints_delivered": "Hinted writes delivered to their owner.",
+    "siblings_seen": "Concurrent siblings seen by writes.",
+}
+# Per-reason counters: field -> (label name, help text).
+LABELLED_COUNTERS: dict[str, tuple[str, str]] = {
+    "dropped_frames": ("reason", "Frames or events dropped, by reason."),
+    "refused_handshakes": ("reason", "Handshakes refused, by reason."),
+    "kv_errors": ("kind", "Data-path errors, by kind."),
+}
+# Point-in-time gauges: field -> (metric suffix, help text).
+GAUGES: dict[str, tuple[str, str]] = {
+    "generation": ("generation", "This node's generation (incarnation)."),
+    "connections": ("connections", "Open connections."),
+    "max_loop_lag": ("max_loop_lag_seconds", "Largest event-loop lag seen."),
+    "last_loop_lag": ("last_loop_lag_seconds", "Most recent event-loop lag."),
+    "partitions": ("partitions", "Partitions in the table (0: no table yet)."),
+    "replicas": ("replicas", "Replicas per partition (N)."),
+    "hints_pending": ("hints_pending", "Hinted writes waiting for delivery."),
+    "storage_keys": ("storage_keys", "Keys in this replica's storage."),
+}
+
+
+class SnapshotCollector(Collector):
+    """Exposes one statistics snapshot (a plain dict) as ``gossipkv_*`` metric families."""
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats
+        info = GaugeMetricFamily(
+            "gossipkv_node_info",
+            "Identity of the node (value is always 1).",
+            labels=["name", "address", "cluster", "status", "leader"],
+        )
+        info.add_metric(
+            [
+                str(s.get("name", "")),
+                str(s.get("address", "")),
+                str(s.get("cluster", "")),
+                str(s.get("status", "")),
+                str(s.get("leader") or ""),
+            ],
+            1,
+        )
+        yield info
+        converged = GaugeMetricFamily(
+            "gossipkv_converged", "1 when every member's view agrees, else 0."
+        )
+        converged.add_metric([], 1 if s.get("converged") else 0)
+        yield converged
+        for field, (suffix, text) in GAUGES.items():
+            if field in s:
+                yield GaugeMetricFamily(f"gossipkv_{suffix}", text, value=float(s[field] or 0))
+        members = GaugeMetricFamily(
+            "gossipkv_members", "Members this node sees, by status.", labels=["status"]
+        )
+        for status, count in sorted((s.get("members_by_status") or {}).items()):
+            members.add_metric([str(status)], count)
+        yield members
+        owned = GaugeMetricFamily(
+            "gossipkv_partitions_owned",
+            "Partitions each member is primary for, in this node's table.",
+            labels=["member"],
+        )
+        for member, count in sorted((s.get("partitions_owned") or {}).items()):
+            owned.add_metric([str(member)], count)
+        yield owned
+        for field, text in COUNTERS.items():
+            if field in s:
+                yield CounterMetricFamily(f"gossipkv_{field}", text, value=float(s[field] or 0))
+        for field, (label, text) in LABELLED_COUNTERS.items():
+            family = CounterMetricFamily(f"gossipkv_{field}", text, labels=[label])
+            for key, count in sorted((s.get(field) or {}).items()):
+                family.add_metric([str(key)], count)
+            yield family
+
+
+def prometheus_text(stats: dict[str, Any]) -> str:
+    """The snapshot in the Prometheus text exposition format (``gossipkv_*`` metrics)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(stats))
+    return generate_latest(registry).decode("utf-8")
+
+
+def _fmt_map(value: Any) -> str:
+    if not value:
+        return "-"
+    return "  ".join(f"{k}:{v}" for k, v in sorted(value.items()))
+
+
+def stats_table(stats: dict[str, Any]) -> Table:
+    """A readable two-column table of the snapshot, grouped like the dashboard."""
+    table = Table(
+        title=f"statistics of {stats.get('name')} ({stats.get('address')})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_header=False,
+    )
+    table.add_column("metric", style="bold", no_wrap=True)
+    table.add_column("value")
+    epoch = stats.get("table_epoch")
+    rows: list[tuple[str, str]] = [
+        ("cluster", str(stats.get("cluster"))),
+        ("status", f"{stats.get('status')} (generation {stats.get('generation')})"),
+        ("leader", str(stats.get("leader") or "(none)")),
+        ("converged", "yes" if stats.get("converged") else "no"),
+        ("members", _fmt_map(stats.get("members_by_status"))),
+        (
+            "partition table",
+            "none yet"
+            if epoch is None
+            else f"epoch {epoch[0]}.{epoch[1]}: {stats.get('partitions')} partitions x "
+            f"N={stats.get('replicas')}",
+        ),
+        ("partitions owned", _fmt_map(stats.get("partitions_owned"))),
+        ("connections", str(stats.get("connections"))),
+        (
+            "loop lag",
+            f"last {float(stats.get('last_loop_lag') or 0) * 1000:.1f} ms  "
+            f"max {float(stats.get('max_loop_lag') or 0) * 1000:.1f} ms",
+        ),
+    ]
+    rows += [
+        (field.replace("_", " "), str(stats.get(field))) for field in COUNTERS if field in stats
+    ]
+    rows += [
+        ("hints pending", str(stats.get("hints_pending"))),
+        ("storage keys", str(stats.get("storage_keys"))),
+    ]
+    rows += [(field.replace("_", " "), _fmt_map(stats.get(field))) for field in LABELLED_COUNTERS]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
