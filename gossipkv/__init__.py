@@ -67,6 +67,7 @@ from ._errors import (
 from ._errors import (
     ValueTooLarge as ValueTooLarge,
 )
+from ._kv import Change as Change
 from ._kv import GetResult as GetResult
 from ._kv import KVConfig as KVConfig
 from ._kv import PutResult as PutResult
@@ -96,6 +97,7 @@ from .membership._gossiper import (
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Change",
     "Client",
     "ClusterNotReady",
     "GetResult",

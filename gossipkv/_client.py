@@ -7,6 +7,7 @@ names first when it is reachable. Only requests that are safe to repeat are retr
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -24,7 +25,7 @@ from ._errors import (
     error_from_code,
     single_error,
 )
-from ._kv import GetResult, PutResult
+from ._kv import Change, GetResult, PutResult
 from ._messages import (
     PROTOCOL_VERSION,
     Hello,
@@ -37,8 +38,10 @@ from ._messages import (
     Reply,
     SetMetadataRequest,
     StatsRequest,
+    WatchEvent,
+    WatchRequest,
 )
-from ._peer import Channel, TransportCounters, handshake
+from ._peer import Channel, OnewayHandler, TransportCounters, handshake
 from ._types import Address
 from .transport._base import Transport
 
@@ -69,6 +72,8 @@ class Client:
         self.connected_to: str | None = None
         self._client_id = secrets.token_hex(8)
         self._seq = 0
+        #: Changes a slow :meth:`watch` reader lost (its buffer was full: the newest are dropped).
+        self.watch_dropped = 0
 
     async def _connect(self) -> Channel:
         if self._closed:
@@ -191,10 +196,146 @@ class Client:
         """Set a metadata key on the connected peer (not retried elsewhere)."""
         await self._request(SetMetadataRequest(key, value), retry=False)
 
+    @asynccontextmanager
+    async def watch(
+        self, prefix: str = "", max_buffer: int = 256
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Change]]:
+        """Subscribe to changes of keys starting with ``prefix`` anywhere in the cluster.
+
+        Opens one connection per member listed by :meth:`members` (a watch at every replica),
+        merges their streams and drops duplicates: a change stored by several replicas (the same
+        key and context) is delivered once. Members that are unreachable when the watch starts,
+        or that join later, are not watched. The channel ends when every watched member's
+        connection has closed.
+
+        A reader that falls ``max_buffer`` changes behind loses the newest ones (counted in
+        :attr:`watch_dropped`); each peer also bounds its per-connection buffer the same way.
+
+        Raises:
+          TransportError: no member could be watched.
+        """
+        if self._closed:
+            raise NodeClosedError("client is closed")
+        doc = await self.members()
+        rows = doc.get("members")
+        addrs: list[str] = []
+        if isinstance(rows, list):
+            for row in rows:
+                if not isinstance(row, dict) or row.get("status") in ("left", "removed"):
+                    continue
+                addr = row.get("address")
+                if isinstance(addr, str) and addr and addr not in addrs:
+                    addrs.append(addr)
+        if not addrs and self.connected_to is not None:
+            addrs.append(self.connected_to)
+        send, receive = trio.open_memory_channel[Change](max_buffer)
+        # Contexts only grow, so (key, context) names one stored state; remember the recent ones.
+        seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+
+        async def on_event(channel: Channel, message: Message) -> None:
+            if not isinstance(message, WatchEvent):
+                return
+            ident = (message.key, message.context)
+            if ident in seen:
+                seen.move_to_end(ident)
+                return
+            seen[ident] = None
+            if len(seen) > _WATCH_SEEN:
+                seen.popitem(last=False)
+            try:
+                send.send_nowait(Change(message.key, list(message.values), message.context))
+            except trio.WouldBlock:
+                self.watch_dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        channels: list[Channel] = []
+        errors: list[str] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                for addr in addrs:
+                    try:
+                        channel = await self._dial(addr, on_event, nursery)
+                    except (TransportError, DecodeError, HandshakeError, trio.TooSlowError) as exc:
+                        errors.append(f"{addr}: {exc or 'no answer'}")
+                        continue
+                    try:
+                        with trio.fail_after(self._request_timeout):
+                            await channel.request(WatchRequest(prefix))
+                    except (ConnectionClosed, RemoteError, trio.TooSlowError) as exc:
+                        errors.append(f"{addr}: {exc or 'watch request timed out'}")
+                        await channel.aclose()
+                        continue
+                    channels.append(channel)
+                if not channels:
+                    nursery.cancel_scope.cancel()
+                else:
+
+                    async def end_when_all_closed() -> None:
+                        for channel in channels:
+                            await channel.wait_closed()
+                        send.close()
+
+                    nursery.start_soon(end_when_all_closed)
+                    try:
+                        async with receive:
+                            yield receive
+                    finally:
+                        send.close()
+                        with trio.move_on_after(1.0, shield=True):
+                            for channel in channels:
+                                await channel.aclose()
+                        nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            error = single_error(group)
+            if error is None:
+                raise
+            raise error from group
+        if not channels:
+            raise TransportError("no member could be watched: " + "; ".join(errors))
+
+    async def _dial(self, addr: str, on_oneway: OnewayHandler, nursery: trio.Nursery) -> Channel:
+        """A new connection to ``addr`` (handshake done, running in ``nursery``).
+
+        Raises:
+          TransportError, HandshakeError, DecodeError, trio.TooSlowError.
+        """
+        with trio.move_on_after(self._connect_timeout) as scope:
+            conn = await self._transport.connect(addr)
+        if scope.cancelled_caught:
+            raise TransportError("connect timed out")
+        try:
+            with trio.fail_after(self._request_timeout):
+                remote = await handshake(
+                    conn,
+                    Hello(PROTOCOL_VERSION, self._cluster, "client", 0, ""),
+                    initiator=True,
+                    max_frame=self._transport.max_frame,
+                    counters=self._counters,
+                    own_node_id=None,
+                )
+        except BaseException:
+            with trio.move_on_after(0.5, shield=True):
+                await conn.aclose()
+            raise
+        channel = Channel(
+            conn,
+            remote,
+            on_request=_refuse_requests,
+            on_oneway=on_oneway,
+            max_frame=self._transport.max_frame,
+            counters=self._counters,
+        )
+        await nursery.start(channel.run)
+        return channel
+
     async def aclose(self) -> None:
         self._closed = True
         if self._channel is not None:
             await self._channel.aclose()
+
+
+_WATCH_SEEN = 10_000
 
 
 def _kv_fields(reply: Message) -> tuple[str, bool, list[object], bytes]:

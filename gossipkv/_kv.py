@@ -96,6 +96,21 @@ class PutResult:
     context: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change this peer's replica stored for ``key`` (State Watch): the live siblings now stored
+    (tombstones hidden, so a delete shows as no values) and the context covering them (as in
+    :class:`GetResult`). Two replicas storing the same state report the same ``context``."""
+
+    key: str
+    values: list[object]
+    context: bytes
+
+
+def change_of(key: str, clock: Clock) -> Change:
+    return Change(key, live_values(clock), encode_context(clock))
+
+
 @dataclass(slots=True)
 class KVCounters:
     gets: int = 0
@@ -186,6 +201,9 @@ class KeyValueService:
         self._repairs = trio.Semaphore(config.max_pending_repairs)
         self._pending_hints: dict[tuple[str, str], None] = {}
         self._nursery: trio.Nursery | None = None
+        #: Called (synchronously, under the key lock) with every clock this replica stores that
+        #: differs from what it held: the State Watch hook. It must not block.
+        self.on_change: Callable[[str, Clock], None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -394,6 +412,7 @@ class KeyValueService:
             clock = _dvv.update(_dvv.new(ctx, sibling), local, actor)
             _dvv.validate(clock, max_siblings=self.limits.max_siblings)
             await self.storage.put(key, clock)
+            self._changed(key, clock)
         result = PutResult(key, live_values(clock), encode_context(clock))
         self.counters.siblings_seen += max(0, _dvv.size(clock) - 1)
         others = [(m, hint) for m, hint in targets if m != self.node_id]
@@ -476,6 +495,7 @@ class KeyValueService:
             _dvv.validate(merged, max_siblings=self.limits.max_siblings)
             if local is None or not _dvv.equal(merged, local):
                 await self.storage.put(key, merged)
+                self._changed(key, merged)
             # The hint is written under the key lock too, so handoff never clears a newer one.
             if hint_for and hint_for != self.node_id:
                 hint_key = f"{hint_for}{_HINT_SEP}{key}"
@@ -594,6 +614,10 @@ class KeyValueService:
             raise ValueTooLarge(
                 f"value is {size} bytes encoded; the limit is {self.limits.max_value_bytes}"
             )
+
+    def _changed(self, key: str, clock: Clock) -> None:
+        if self.on_change is not None:
+            self.on_change(key, clock)
 
     def _count_error(self, exc: BaseException) -> None:
         kind = type(exc).__name__

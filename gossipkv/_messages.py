@@ -230,6 +230,29 @@ class ReplicaState(Message):
     clock: object = None
 
 
+# --- state watch ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRequest(Message):
+    """Start a subscription on this connection: the peer replies, then sends a ``WatchEvent``
+    one-way message for every change its replica stores under ``prefix``, until the connection
+    closes."""
+
+    TAG: ClassVar[str] = "watch"
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent(Message):
+    """One change stored at the sending replica: the live siblings and their context."""
+
+    TAG: ClassVar[str] = "watch_event"
+    key: str
+    values: tuple[object, ...]
+    context: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Reply(Message):
     """A generic successful reply carrying a CBOR map (a snapshot rendered for the client)."""
@@ -259,6 +282,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ReplicaGet,
         ReplicaPut,
         ReplicaState,
+        WatchRequest,
+        WatchEvent,
     )
 }
 

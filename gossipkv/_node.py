@@ -37,7 +37,7 @@ from ._errors import (
     single_error,
 )
 from ._hlc import HybridClock
-from ._kv import GetResult, KeyValueService, KVConfig, PutResult
+from ._kv import Change, Clock, GetResult, KeyValueService, KVConfig, PutResult, change_of
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -55,6 +55,8 @@ from ._messages import (
     StatsRequest,
     Syn,
     SynAck,
+    WatchEvent,
+    WatchRequest,
 )
 from ._peer import Channel, TransportCounters, handshake
 from ._persist import FileNodeStore, NodeStore, PeerRecord
@@ -237,6 +239,7 @@ class Node:
         self._closing = False
         self._lag = _LoopLag()
         self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
+        self._watchers: list[tuple[str, trio.MemorySendChannel[Change]]] = []
         self._record: PeerRecord | None = None
         self._last_waiting_log = -math.inf
 
@@ -398,6 +401,66 @@ class Node:
             self._subscribers.remove(send)
             send.close()
 
+    @asynccontextmanager
+    async def watch(
+        self, prefix: str = "", max_buffer: int = 256
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Change]]:
+        """Subscribe to changes this node's replica stores for keys starting with ``prefix``
+        (State Watch): a :class:`Change` each time the stored state of such a key changes, from a
+        local put, a replica write, read repair or hinted handoff.
+
+        Only keys this node is a replica (or stand-in) for are seen; :meth:`Client.watch` merges
+        every member's stream for the whole cluster. A subscriber that falls ``max_buffer``
+        changes behind loses the newest ones (counted as dropped frames ``watch_overflow``):
+        writes never wait on a slow reader. The channel ends when the node stops.
+        """
+        send, receive = trio.open_memory_channel[Change](max_buffer)
+        entry = (prefix, send)
+        self._watchers.append(entry)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._watchers.remove(entry)
+            send.close()
+
+    def _on_kv_change(self, key: str, clock: Clock) -> None:
+        matching = [send for prefix, send in self._watchers if key.startswith(prefix)]
+        if not matching:
+            return
+        change = change_of(key, clock)
+        for send in matching:
+            try:
+                send.send_nowait(change)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._counters.dropped["watch_overflow"] += 1
+
+    async def _serve_watch(
+        self,
+        channel: Channel,
+        prefix: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """One remote subscription: forward changes as one-way ``WatchEvent`` messages until the
+        connection closes (its bounded buffer drops the newest, like :meth:`watch`)."""
+        async with self.watch(prefix) as changes, trio.open_nursery() as nursery:
+
+            async def stop_on_close() -> None:
+                await channel.wait_closed()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_close)
+            task_status.started()
+            async for change in changes:
+                try:
+                    await channel.notify(
+                        WatchEvent(change.key, tuple(change.values), change.context)
+                    )
+                except (ConnectionClosed, TransportError):
+                    break
+            nursery.cancel_scope.cancel()
+
     async def leave(self) -> None:
         """Leave the cluster gracefully and stop: announce ``leaving``, wait for the leader's
         acknowledgement (or ``leave_timeout``), announce ``left``, gossip it for two more rounds,
@@ -456,6 +519,8 @@ class Node:
             self._done.set()
             for send in self._subscribers:
                 send.close()
+            for _, watcher in self._watchers:
+                watcher.close()
             with trio.move_on_after(2.0, shield=True):
                 await self._store.close()
 
@@ -509,6 +574,7 @@ class Node:
                 limits=DEFAULT_LIMITS,
                 stamp=self._hlc.now,
             )
+            self._kv.on_change = self._on_kv_change
             await nursery.start(self._kv.run)
             self._ready.set()
             if gossiper.decisions_dirty:
@@ -778,6 +844,9 @@ class Node:
                 raise RemoteError(error_code(exc), str(exc)) from exc
         if isinstance(message, StatsRequest):
             return Reply(statistics_body(self.statistics()))
+        if isinstance(message, WatchRequest):
+            await self._runtime().nursery.start(self._serve_watch, channel, message.prefix)
+            return Reply({"ok": True})
         if isinstance(message, SetMetadataRequest):
             g.set_metadata(message.key, message.value)
             return Reply({"ok": True})
