@@ -365,6 +365,53 @@ def delete(
     _print_values(res.key, None, res.values, res.context, json)
 
 
+@app.command()
+def watch(
+    prefix: Annotated[str, typer.Argument(help="Watch keys starting with this prefix.")] = "",
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    json: JsonOption = False,
+) -> None:
+    """Print one line per change of a key under PREFIX, anywhere in the cluster, until Ctrl-C."""
+    import json as jsonlib
+
+    async def main() -> None:
+        import trio
+
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                async with (
+                    gossipkv.open_client([peer], cluster=cluster) as client,
+                    client.watch(prefix) as changes,
+                ):
+                    # On stderr, so --json output stays one JSON document per line.
+                    print(f"watching {prefix!r} (Ctrl-C stops)", file=sys.stderr, flush=True)
+                    async for change in changes:
+                        if json:
+                            line = jsonlib.dumps(
+                                {
+                                    "key": change.key,
+                                    "values": change.values,
+                                    "context": change.context.hex(),
+                                }
+                            )
+                        elif not change.values:
+                            line = f"{change.key}: deleted  context {change.context.hex()}"
+                        else:
+                            shown = ", ".join(repr(v) for v in change.values)
+                            line = f"{change.key} = {shown}  context {change.context.hex()}"
+                        print(line, flush=True)
+                nursery.cancel_scope.cancel()
+
+    run(main)
+
+
 # --- local clusters --------------------------------------------------------------------------
 
 
