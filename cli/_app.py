@@ -383,6 +383,40 @@ def _print_ready(local: Any, doc: dict[str, Any] | None) -> None:
 
 
 @app.command()
+def dashboard(
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    refresh: Annotated[float, typer.Option(help="Seconds between frames.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+) -> None:
+    """Live view of a cluster: members, traffic, data health, gossip and membership events."""
+    if refresh <= 0:
+        fail("--refresh must be > 0")
+
+    async def main() -> None:
+        import trio
+
+        from ._dashboard_poll import run_dashboard
+
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+
+                    async def show() -> None:
+                        await run_dashboard(peer, cluster, refresh=refresh, once=once)
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(show)
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+        except* trio.TooSlowError:
+            fail(f"{peer}: no answer within the timeout")
+
+    run(main)
+
+
+@app.command()
 def demo(
     n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 5,
     duration: Annotated[

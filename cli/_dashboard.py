@@ -60,21 +60,24 @@ class Snapshot:
     w: int = 2
 
 
-def render(snapshot: Snapshot) -> Dashboard:
-    """The dashboard for ``snapshot`` (lays itself out when printed)."""
-    return Dashboard(snapshot)
+def render(snapshot: Snapshot, *, height: int | None = None) -> Dashboard:
+    """The dashboard for ``snapshot``, laid out for the console's width when printed.
+
+    ``height`` bounds the rows (the terminal's height under ``Live``); ``None``: no bound, every
+    member is listed (``--once``).
+    """
+    return Dashboard(snapshot, height)
 
 
 class Dashboard:
-    """A renderable that picks its layout from the console's width and height."""
+    """A renderable that picks its layout from the console's width (and a height bound)."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, height: int | None = None) -> None:
         self.snapshot = snapshot
+        self.height = height
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        width = options.max_width
-        height = options.height or options.size.height or 40
-        yield frame(self.snapshot, width=width, height=height)
+        yield frame(self.snapshot, width=options.max_width, height=self.height or 1_000_000)
 
 
 def frame(snap: Snapshot, *, width: int, height: int) -> Group:

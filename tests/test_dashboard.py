@@ -67,7 +67,7 @@ def snapshot(n: int, *, down: tuple[int, ...] = (), **over: Any) -> Snapshot:
 
 def text_of(snap: Snapshot, width: int, height: int = 40) -> str:
     console = Console(record=True, width=width, height=height, color_system=None)
-    console.print(render(snap))
+    console.print(render(snap, height=height))
     return console.export_text()
 
 
@@ -116,6 +116,13 @@ def test_empty_cluster_and_nothing_polled_yet(width: int) -> None:
     assert "(no membership changes seen yet)" in out
     out = text_of(snapshot(0), width)
     assert "(no members yet)" in out
+
+
+def test_without_a_height_bound_every_member_is_listed() -> None:
+    console = Console(record=True, width=120, height=25, color_system=None)
+    console.print(render(snapshot(50)))
+    out = console.export_text()
+    assert "n50" in out and "more" not in out
 
 
 def test_error_line_is_shown() -> None:
