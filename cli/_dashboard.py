@@ -128,7 +128,7 @@ def header_panel(snap: Snapshot) -> Panel:
         line.append("yes" if converged else "no", style="green" if converged else "yellow")
     body: list[Text] = [line]
     if snap.error:
-        body.append(Text(snap.error, style="bold red"))
+        body.append(Text(snap.error, style="bold red", no_wrap=True, overflow="ellipsis"))
     return Panel(Group(*body), title="gossipkv dashboard", title_align="left", box=box.ROUNDED)
 
 
@@ -315,7 +315,11 @@ def _bottom(snap: Snapshot, wide: bool) -> Table | Group:
 
 def events_panel(snap: Snapshot, *, rows: int) -> Panel:
     recent = list(snap.events)[-rows:]
-    body = Text("\n".join(recent) if recent else "(no membership changes seen yet)")
+    body = Text(
+        "\n".join(recent) if recent else "(no membership changes seen yet)",
+        no_wrap=True,
+        overflow="ellipsis",
+    )
     return Panel(body, title="events", title_align="left", box=box.ROUNDED)
 
 

@@ -128,6 +128,10 @@ def test_without_a_height_bound_every_member_is_listed() -> None:
 def test_error_line_is_shown() -> None:
     out = text_of(snapshot(3, error="n1 (127.0.0.1:7401) unreachable; now watching n2"), 120)
     assert "unreachable; now watching n2" in out
+    long = "n1 (127.0.0.1:7401) unreachable: " + "connection refused " * 20
+    out = text_of(snapshot(3, error=long, events=[long]), 80)
+    assert out.count("unreachable") == 2 and out.count("refused conn…") == 2  # both cut
+    assert all(len(line) <= 80 for line in out.splitlines())
 
 
 def test_sparkline_scales_to_the_maximum() -> None:
