@@ -154,8 +154,12 @@ def members_panel(snap: Snapshot, *, wide: bool, max_rows: int) -> Panel:
     if len(shown) < len(rows):
         hidden = rows[len(shown) :]
         down = sum(1 for m in hidden if m.get("status") == "down")
-        more = f"+{len(hidden)} more" + (f" ({down} down)" if down else "")
-        table.add_row(Text(more, style="italic"), *[""] * (len(columns) - 1))
+        table.add_row(
+            Text(f"+{len(hidden)} more", style="italic"),
+            *(["..."] if wide else []),
+            Text(f"{down} down", style="red") if down else "",
+            *[""] * (len(columns) - (3 if wide else 2)),
+        )
     if not rows:
         table.add_row(Text("(no members yet)", style="italic"), *[""] * (len(columns) - 1))
     return Panel(
