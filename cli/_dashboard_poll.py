@@ -245,7 +245,7 @@ async def run_dashboard(
             return
         await trio.sleep(min(refresh, 0.5))
         with Live(
-            render(state.tick(trio.current_time()), height=console.size.height),
+            render(state.tick(trio.current_time()), height=console.size.height - 1),
             console=console,
             auto_refresh=False,
             screen=False,
@@ -256,4 +256,4 @@ async def run_dashboard(
                 next_at = max(next_at + refresh, trio.current_time())
                 await trio.sleep_until(next_at)
                 snap = state.tick(trio.current_time())
-                live.update(render(snap, height=console.size.height), refresh=True)
+                live.update(render(snap, height=console.size.height - 1), refresh=True)
