@@ -457,35 +457,75 @@ def _print_ready(local: Any, doc: dict[str, Any] | None) -> None:
 
 
 @app.command()
+def dashboard(
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    refresh: Annotated[float, typer.Option(help="Seconds between frames.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+) -> None:
+    """Live view of a cluster: members, traffic, data health, gossip and membership events."""
+    if refresh <= 0:
+        fail("--refresh must be > 0")
+
+    async def main() -> None:
+        import trio
+
+        from ._dashboard_poll import run_dashboard
+
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+
+                    async def show() -> None:
+                        await run_dashboard(peer, cluster, refresh=refresh, once=once)
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(show)
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+        except* trio.TooSlowError:
+            fail(f"{peer}: no answer within the timeout")
+
+    run(main)
+
+
+@app.command()
 def demo(
     n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 5,
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
+    refresh: Annotated[float, typer.Option(help="Seconds between dashboard frames.")] = 1.0,
 ) -> None:
-    """A local in-memory cluster of 5 peers, its membership refreshed until Ctrl-C."""
-    from ._launcher import LocalCluster, free_base_port, members_of, run_until_signal
+    """A local in-memory cluster of 5 peers, light sample traffic and the live dashboard."""
+    from ._launcher import LocalCluster, free_base_port, run_until_signal
 
+    if refresh <= 0:
+        fail("--refresh must be > 0")
     base = free_base_port("127.0.0.1", n, 7400)
     local = LocalCluster(n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo")
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
+        import random
+
         import trio
-        from rich.console import Console
-        from rich.live import Live
 
-        from ._render import members_table
+        from ._dashboard_poll import run_dashboard
+        from ._demo_traffic import write_sample_traffic
 
-        _print_ready(local, doc)
         if doc is None:
+            _print_ready(local, doc)
             return
-        console = Console()
-        with Live(members_table(doc), console=console, auto_refresh=False) as live:
-            while True:
-                await trio.sleep(1.0)
-                fresh = await members_of(local.addresses(), local.cluster)
-                if fresh is not None:
-                    live.update(members_table(fresh), refresh=True)
+        local.say(
+            f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}  "
+            "Ctrl-C stops every peer"
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                write_sample_traffic, local.addresses(), local.cluster, random.Random(7)
+            )
+            await run_dashboard(local.addresses()[0], local.cluster, refresh=refresh)
 
     run(lambda: run_until_signal(local, on_ready, duration=duration))
 

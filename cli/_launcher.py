@@ -211,10 +211,12 @@ async def run_until_signal(
 
                 async def ready_then_wait() -> None:
                     doc = await cluster.wait_all_up(within=30.0)
-                    await on_ready(doc)
-                    if duration is not None:
-                        await trio.sleep(duration)
-                        nursery.cancel_scope.cancel()
+                    # on_ready may run until cancelled (the demo's dashboard): time runs alongside.
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(on_ready, doc)
+                        if duration is not None:
+                            await trio.sleep(duration)
+                            nursery.cancel_scope.cancel()
 
                 nursery.start_soon(ready_then_wait)
                 async for _ in signals:
