@@ -83,39 +83,12 @@ class Client:
         errors: list[str] = []
         for addr in self._peers:
             try:
-                with trio.move_on_after(self._connect_timeout) as scope:
-                    conn = await self._transport.connect(addr)
-                if scope.cancelled_caught:
-                    errors.append(f"{addr}: connect timed out")
-                    continue
-                try:
-                    with trio.fail_after(self._request_timeout):
-                        remote = await handshake(
-                            conn,
-                            Hello(PROTOCOL_VERSION, self._cluster, "client", 0, ""),
-                            initiator=True,
-                            max_frame=self._transport.max_frame,
-                            counters=self._counters,
-                            own_node_id=None,
-                        )
-                except BaseException:
-                    with trio.move_on_after(0.5, shield=True):
-                        await conn.aclose()
-                    raise
+                channel = await self._dial(addr, _ignore, self._nursery)
             except HandshakeError:
                 raise
             except (TransportError, DecodeError, trio.TooSlowError) as exc:
                 errors.append(f"{addr}: {exc or 'no answer'}")
                 continue
-            channel = Channel(
-                conn,
-                remote,
-                on_request=_refuse_requests,
-                on_oneway=_ignore,
-                max_frame=self._transport.max_frame,
-                counters=self._counters,
-            )
-            await self._nursery.start(channel.run)
             self._channel = channel
             self.connected_to = addr
             return channel
