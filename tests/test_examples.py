@@ -13,6 +13,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # example file -> a line its output must contain
 EXPECTED = {
     "partition_test.py": "INVARIANT HOLDS",
+    "embedded_node.py": "EMBEDDED NODE DONE",
     "shopping_cart.py": "MERGED CART: ['book', 'lamp', 'mug', 'pen', 'socks']",
 }
 
