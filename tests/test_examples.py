@@ -15,6 +15,7 @@ EXPECTED = {
     "partition_test.py": "INVARIANT HOLDS",
     "embedded_node.py": "EMBEDDED NODE DONE",
     "shopping_cart.py": "MERGED CART: ['book', 'lamp', 'mug', 'pen', 'socks']",
+    "watch_keys.py": "WATCH SAW 4 CHANGES",
 }
 
 
