@@ -14,6 +14,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXPECTED = {
     "partition_test.py": "INVARIANT HOLDS",
     "embedded_node.py": "EMBEDDED NODE DONE",
+    "service_registry.py": "REGISTRY SAW: +db1 +web1 +web2 -web1 -db1",
     "shopping_cart.py": "MERGED CART: ['book', 'lamp', 'mug', 'pen', 'socks']",
     "watch_keys.py": "WATCH SAW 4 CHANGES",
 }
