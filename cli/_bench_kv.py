@@ -167,38 +167,16 @@ async def _probe(peers: Sequence[str], cluster: str) -> None:
 
 
 async def run_kv_bench(
-    peers: Sequence[str],
-    *,
-    cluster: str,
-    duration: float,
-    concurrency: int,
-    ratio: tuple[int, int],
-    keys: int,
-    value_size: int,
-    r: int,
-    w: int,
-    seed: int,
-    baseline_echo: bool,
-    progress: Progress | None,
+    peers: Sequence[str], *, progress: Progress | None, **options: Any
 ) -> dict[str, Any]:
-    """Run the benchmark in the current Trio run (see the module docstring)."""
-    await _probe(peers, cluster)
+    """Run the benchmark in the current Trio run (see the module docstring).
+
+    ``options`` are :func:`_run_kv_bench`'s keyword arguments.
+    """
+    await _probe(peers, options["cluster"])
     # The bar starts only now, so a failed probe prints just its error line.
     with progress if progress is not None else contextlib.nullcontext():
-        return await _run_kv_bench(
-            peers,
-            cluster=cluster,
-            duration=duration,
-            concurrency=concurrency,
-            ratio=ratio,
-            keys=keys,
-            value_size=value_size,
-            r=r,
-            w=w,
-            seed=seed,
-            baseline_echo=baseline_echo,
-            progress=progress,
-        )
+        return await _run_kv_bench(peers, progress=progress, **options)
 
 
 async def _run_kv_bench(
