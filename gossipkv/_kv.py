@@ -296,12 +296,8 @@ class KeyValueService:
         await enough.wait()
         if len(replies) < need:
             raise QuorumNotReached(len(replies), need)
-        merged = (
-            self._resolve(_dvv.sync_all([c for c in replies.values() if c is not None]))
-            if any(c is not None for c in replies.values())
-            else None
-        )
-        repair = self._read_repair(key, [m for m, _ in targets], replies, done, merged)
+        merged = self._merge(replies)
+        repair = self._read_repair(key, [m for m, _ in targets], replies, done)
         if self.config.blocking_read_repair:
             await repair
         elif self._repairs.value > 0:
@@ -311,6 +307,11 @@ class KeyValueService:
             repair.close()
             self.counters.read_repairs_skipped += 1
         return self._result(key, merged)
+
+    def _merge(self, replies: dict[str, Clock | None]) -> Clock | None:
+        """The ``sync`` of every clock received (``None`` when every replica said not-found)."""
+        clocks = [c for c in replies.values() if c is not None]
+        return self._resolve(_dvv.sync_all(clocks)) if clocks else None
 
     async def _release_after(self, work: Awaitable[None]) -> None:
         try:
@@ -324,17 +325,12 @@ class KeyValueService:
         members: list[str],
         replies: dict[str, Clock | None],
         done: trio.Event,
-        merged: Clock | None,
     ) -> None:
         with trio.move_on_after(self.config.replica_timeout):
             await done.wait()
         if not replies:
             return
-        final = (
-            self._resolve(_dvv.sync_all([c for c in replies.values() if c is not None]))
-            if any(c is not None for c in replies.values())
-            else None
-        )
+        final = self._merge(replies)
         if final is None:
             return
         stale = [

@@ -115,3 +115,18 @@ def view(doc: dict[str, Any]) -> dict[str, tuple[str, Any]]:
 def loads(out: str) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(out)
     return value
+
+
+def children_of(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid``."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def is_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

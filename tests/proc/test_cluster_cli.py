@@ -12,7 +12,18 @@ from typing import Any
 import pytest
 import trio
 
-from ._peers import ENV, Peers, cli, eventually, free_ports, loads, members, view
+from ._peers import (
+    ENV,
+    Peers,
+    children_of,
+    cli,
+    eventually,
+    free_ports,
+    is_running,
+    loads,
+    members,
+    view,
+)
 
 pytestmark = pytest.mark.proc
 
@@ -108,7 +119,7 @@ async def test_five_peers_leader_failover_restart_and_leave(peers: Peers, tmp_pa
         assert f"event down {leaver} " not in peers.log(name), peers.log(name)
 
 
-async def test_cluster_up_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
+async def test_cluster_up_and_ctrl_c_leaves_nothingis_running(tmp_path: Path) -> None:
     port = free_ports(1)[0]
     proc = subprocess.Popen(
         [
@@ -136,29 +147,16 @@ async def test_cluster_up_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> N
             return doc is not None and sum(m["status"] == "up" for m in doc["members"]) == 3
 
         await eventually(ready, within=30, what="3 peers up")
-        children = _children(proc.pid)
+        children = children_of(proc.pid)
         assert len(children) == 3, children
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
         assert b"all peers stopped" in out
-        assert [pid for pid in children if _running(pid)] == []
+        assert [pid for pid in children if is_running(pid)] == []
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_port_in_use_is_one_line_and_nonzero() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from ._peers import ENV, Peers, cli, eventually, free_ports, members
+from ._peers import ENV, Peers, children_of, cli, eventually, free_ports, is_running, members
 
 pytestmark = pytest.mark.proc
 
@@ -94,7 +94,7 @@ async def test_demo_ctrl_c_exits_0_and_leaves_no_process() -> None:
     try:
 
         async def five_children() -> Any:
-            kids = _children(proc.pid)
+            kids = children_of(proc.pid)
             return kids if len(kids) == 5 else None
 
         children = await eventually(five_children, within=20, what="5 demo peers started")
@@ -105,25 +105,12 @@ async def test_demo_ctrl_c_exits_0_and_leaves_no_process() -> None:
         assert proc.returncode == 0, out.decode(errors="replace")
         assert b"all peers stopped" in out
         assert b"Traceback" not in out
-        assert _children(proc.pid) == []
-        assert [pid for pid in children if _running(pid)] == []
+        assert children_of(proc.pid) == []
+        assert [pid for pid in children if is_running(pid)] == []
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
