@@ -310,8 +310,11 @@ def sibling_from_plain(raw: object) -> Sibling:
     Raises:
       InvalidClock: if ``raw`` does not have the sibling shape.
     """
-    match raw:
-        case [data, bool(tomb), dict(meta)] if all(type(k) is str for k in meta):
+    # Plain type checks, not ``match``: a sequence pattern costs microseconds (the Sequence ABC)
+    # and this runs for every sibling of every clock received.
+    if type(raw) is list and len(raw) == 3:
+        data, tomb, meta = raw
+        if type(tomb) is bool and type(meta) is dict and all(type(k) is str for k in meta):
             if tomb and data is not None:
                 raise InvalidClock("a tombstone sibling carries no data")
             return Sibling(data, tomb, meta)
@@ -334,21 +337,21 @@ def clock_from_plain(raw: object, *, max_siblings: int | None = None) -> DVVSet[
         below one, more values than events, anonymous values).
       TooManySiblings: if the clock holds more than ``max_siblings`` values.
     """
-    match raw:
-        case [list(raw_entries), list(raw_anon)]:
-            pass
-        case _:
-            raise InvalidClock("a clock must be [entries, anonymous]")
+    if type(raw) is not list or len(raw) != 2:
+        raise InvalidClock("a clock must be [entries, anonymous]")
+    raw_entries, raw_anon = raw
+    if type(raw_entries) is not list or type(raw_anon) is not list:
+        raise InvalidClock("a clock must be [entries, anonymous]")
     if raw_anon:
         raise InvalidClock("stored clocks carry no anonymous values")
     entries: list[Entry[Sibling]] = []
     for item in raw_entries:
-        match item:
-            case [str(actor), int(n), list(vals)] if not isinstance(n, bool):
-                pass
-            case _:
-                raise InvalidClock("a clock entry must be [actor, counter, values]")
-        entries.append(Entry(actor, n, tuple(sibling_from_plain(v) for v in vals)))
+        if type(item) is not list or len(item) != 3:
+            raise InvalidClock("a clock entry must be [actor, counter, values]")
+        actor, n, vals = item
+        if type(actor) is not str or type(n) is not int or type(vals) is not list:
+            raise InvalidClock("a clock entry must be [actor, counter, values]")
+        entries.append(Entry(actor, n, tuple([sibling_from_plain(v) for v in vals])))
     clock: DVVSet[Sibling] = DVVSet(tuple(entries), ())
     validate(clock, max_siblings=max_siblings)
     return clock
@@ -396,11 +399,12 @@ def context_from_plain(raw: object) -> dict[str, int]:
     if not isinstance(raw, list):
         raise InvalidClock("a context must be a list of [actor, counter]")
     for item in raw:
-        match item:
-            case [str(actor), int(n)] if actor and not isinstance(n, bool) and n >= 1:
+        if type(item) is list and len(item) == 2:
+            actor, n = item
+            if type(actor) is str and actor and type(n) is int and n >= 1:
                 if actor in out:
                     raise InvalidClock(f"actor {actor!r} repeated in context")
                 out[actor] = n
-            case _:
-                raise InvalidClock("a context entry must be [actor, counter >= 1]")
+                continue
+        raise InvalidClock("a context entry must be [actor, counter >= 1]")
     return out

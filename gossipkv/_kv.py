@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -39,11 +40,17 @@ from ._errors import (
 from ._messages import KvGet, KvPut, KvResult, Message, ReplicaGet, ReplicaPut, ReplicaState
 from ._partitions import PartitionTable
 from .storage import StorageEngine, StorageLimits
+from .storage._base import encode_key
 
 log = logging.getLogger("gossipkv.kv")
 
 Clock = DVVSet[Sibling]
 SendRequest = Callable[[str, Message], Awaitable[Message]]
+ReplyCallback = Callable[[Message | BaseException], None]
+#: Starts a request to a member over an already open connection without waiting: returns a
+#: function that forgets it, or ``None`` when there is no open connection (the caller then
+#: falls back to ``SendRequest`` in a task). The callback gets the reply or the exception.
+StartRequest = Callable[[str, Message, ReplyCallback], Callable[[], None] | None]
 
 _HINT_SEP = "\x1f"
 _EMPTY: Clock = DVVSet((), ())
@@ -140,6 +147,59 @@ def decode_context(raw: bytes | None) -> dict[str, int] | None:
         raise InvalidContext(f"malformed context: {exc}") from exc
 
 
+class _Fanout:
+    """One request's answers from several replicas, collected as they arrive (no task each).
+
+    ``enough`` is set once ``need`` replicas answered or every one answered or failed (so the
+    error can say how many did); ``done`` once every replica answered or failed (or the request
+    expired), and then ``on_done`` runs.
+    """
+
+    __slots__ = ("cancels", "deadline", "done", "enough", "need", "on_done", "pending", "replies")
+
+    def __init__(
+        self, members: list[str], need: int, on_done: Callable[[_Fanout], None] | None = None
+    ) -> None:
+        self.pending = set(members)
+        self.replies: dict[str, Clock | None] = {}
+        self.need = need
+        self.enough = trio.Event()
+        self.done = trio.Event()
+        self.cancels: dict[str, Callable[[], None]] = {}
+        self.on_done = on_done
+        self.deadline = 0.0
+        self._check()
+
+    def answered(self, member: str, clock: Clock | None) -> None:
+        if member in self.pending:
+            self.pending.discard(member)
+            self.cancels.pop(member, None)
+            self.replies[member] = clock
+            self._check()
+
+    def failed(self, member: str) -> None:
+        if member in self.pending:
+            self.pending.discard(member)
+            self.cancels.pop(member, None)
+            self._check()
+
+    def expire(self) -> None:
+        """Give up on every replica that has not answered yet."""
+        for cancel in list(self.cancels.values()):
+            cancel()
+        for member in list(self.pending):
+            self.failed(member)
+
+    def _check(self) -> None:
+        if len(self.replies) >= self.need:
+            self.enough.set()
+        if not self.pending and not self.done.is_set():
+            self.enough.set()
+            self.done.set()
+            if self.on_done is not None:
+                self.on_done(self)
+
+
 def live_values(clock: Clock) -> list[object]:
     """The client-visible siblings: tombstones hidden, retried writes (same request id) once."""
     out: list[object] = []
@@ -166,6 +226,8 @@ class KeyValueService:
       table: returns the newest partition table (``None`` before the cluster formed).
       reachable: returns the members this peer can currently send to (itself included).
       send: sends a request to a member by name, bounded by the caller.
+      start: starts a request over an open connection without waiting (see
+        :data:`StartRequest`); without it every replica call runs in a task of its own.
       rng: randomness (the actor incarnation).
       config, limits: tuning and size limits.
       stamp: a hybrid logical clock (only ``last_write_wins`` uses it to order writes).
@@ -180,6 +242,7 @@ class KeyValueService:
         table: Callable[[], PartitionTable | None],
         reachable: Callable[[], set[str]],
         send: SendRequest,
+        start: StartRequest | None = None,
         rng: random.Random,
         config: KVConfig,
         limits: StorageLimits,
@@ -191,6 +254,7 @@ class KeyValueService:
         self._table = table
         self._reachable = reachable
         self._send = send
+        self._start = start if start is not None else (lambda member, message, callback: None)
         self.config = config
         self.limits = limits
         self.counters = KVCounters()
@@ -200,6 +264,7 @@ class KeyValueService:
         self._results: OrderedDict[str, PutResult] = OrderedDict()
         self._repairs = trio.Semaphore(config.max_pending_repairs)
         self._pending_hints: dict[tuple[str, str], None] = {}
+        self._expiring: deque[_Fanout] = deque()
         self._nursery: trio.Nursery | None = None
         #: Called (synchronously, under the key lock) with every clock this replica stores that
         #: differs from what it held: the State Watch hook. It must not block.
@@ -216,6 +281,7 @@ class KeyValueService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._handoff_loop)
+            nursery.start_soon(self._expire_loop)
             task_status.started()
             await trio.sleep_forever()
 
@@ -270,48 +336,126 @@ class KeyValueService:
         need = min(self._quorum(r, n, "r"), n)
         if len(targets) < need:
             raise QuorumNotReached(len(targets), need)
-        replies: dict[str, Clock | None] = {}
-        enough = trio.Event()
-        done = trio.Event()
-        remaining = [len(targets)]
-
-        async def ask(member: str) -> None:
-            try:
-                clock = await self._replica_get(member, key)
-            except GossipKVError as exc:
-                self._count_error(exc)
-            else:
-                replies[member] = clock
-                if len(replies) >= need:
-                    enough.set()
-            finally:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    enough.set()
-                    done.set()
-
-        nursery = self._nursery_or_fail()
+        blocking = self.config.blocking_read_repair
+        fan = _Fanout(
+            [m for m, _ in targets], need, None if blocking else partial(self._repair_if_stale, key)
+        )
         for member, _ in targets:
-            nursery.start_soon(ask, member)
-        await enough.wait()
-        if len(replies) < need:
-            raise QuorumNotReached(len(replies), need)
-        merged = self._merge(replies)
-        repair = self._read_repair(key, [m for m, _ in targets], replies, done)
-        if self.config.blocking_read_repair:
-            await repair
-        elif self._repairs.value > 0:
-            await self._repairs.acquire()
-            nursery.start_soon(self._release_after, repair)
-        else:
-            repair.close()
-            self.counters.read_repairs_skipped += 1
+            if member == self.node_id and self.storage.nowait:
+                try:
+                    fan.answered(member, self.storage.get_nowait(key))
+                except GossipKVError as exc:
+                    self._count_error(exc)
+                    fan.failed(member)
+            elif member == self.node_id or not self._start_replica(
+                fan, member, ReplicaGet(key), self._on_get_reply
+            ):
+                self._nursery_or_fail().start_soon(self._ask, fan, member, key)
+        await self._wait(fan, fan.enough)
+        if len(fan.replies) < need:
+            raise QuorumNotReached(len(fan.replies), need)
+        merged = self._merge(fan.replies)
+        if blocking:
+            await self._wait(fan, fan.done)
+            await self._repair(key, fan.replies)
         return self._result(key, merged)
+
+    async def _wait(self, fan: _Fanout, event: trio.Event) -> None:
+        """Wait for ``event`` of ``fan`` up to the replica timeout; later answers are still
+        collected until the timeout has passed (then the fan-out expires)."""
+        if not event.is_set():
+            fan.deadline = trio.current_time() + self.config.replica_timeout
+            with trio.move_on_after(self.config.replica_timeout):
+                await event.wait()
+            if not event.is_set():
+                fan.expire()
+        if not fan.done.is_set():
+            if not fan.deadline:
+                fan.deadline = trio.current_time() + self.config.replica_timeout
+            self._expiring.append(fan)
+
+    async def _expire_loop(self) -> None:
+        """Expire fan-outs whose replicas did not all answer within the replica timeout."""
+        while True:
+            await trio.sleep(self.config.replica_timeout / 4)
+            now = trio.current_time()
+            while self._expiring and (
+                self._expiring[0].deadline <= now or self._expiring[0].done.is_set()
+            ):
+                self._expiring.popleft().expire()
+
+    def _start_replica(
+        self,
+        fan: _Fanout,
+        member: str,
+        message: Message,
+        on_reply: Callable[[_Fanout, str, Message | BaseException], None],
+    ) -> bool:
+        cancel = self._start(member, message, partial(on_reply, fan, member))
+        if cancel is None:
+            return False
+        fan.cancels[member] = cancel
+        return True
+
+    def _on_get_reply(self, fan: _Fanout, member: str, reply: Message | BaseException) -> None:
+        try:
+            fan.answered(member, self._clock_of_reply(member, reply))
+        except GossipKVError as exc:
+            self._count_error(exc)
+            fan.failed(member)
+
+    def _on_put_reply(self, fan: _Fanout, member: str, reply: Message | BaseException) -> None:
+        try:
+            self._clock_of_reply(member, reply)
+        except GossipKVError as exc:
+            self._count_error(exc)
+            fan.failed(member)
+        else:
+            fan.answered(member, None)
+
+    def _clock_of_reply(self, member: str, reply: Message | BaseException) -> Clock | None:
+        if isinstance(reply, BaseException):
+            raise reply
+        if not isinstance(reply, ReplicaState):
+            raise Unavailable(f"unexpected reply {reply.TAG} from {member}")
+        return None if reply.clock is None else self._clock_from_wire(reply.clock)
+
+    async def _ask(self, fan: _Fanout, member: str, key: str) -> None:
+        try:
+            clock = await self._replica_get(member, key)
+        except GossipKVError as exc:
+            self._count_error(exc)
+            fan.failed(member)
+        else:
+            fan.answered(member, clock)
 
     def _merge(self, replies: dict[str, Clock | None]) -> Clock | None:
         """The ``sync`` of every clock received (``None`` when every replica said not-found)."""
         clocks = [c for c in replies.values() if c is not None]
-        return self._resolve(_dvv.sync_all(clocks)) if clocks else None
+        if not clocks:
+            return None
+        first = clocks[0]
+        if not first.anonymous and all(_dvv.equal(c, first) for c in clocks[1:]):
+            return self._resolve(first)  # the usual case: every replica holds the same version
+        return self._resolve(_dvv.sync_all(clocks))
+
+    def _stale(self, replies: dict[str, Clock | None]) -> tuple[Clock | None, list[str]]:
+        final = self._merge(replies)
+        if final is None:
+            return None, []
+        return final, [m for m, c in replies.items() if c is None or not _dvv.equal(c, final)]
+
+    def _repair_if_stale(self, key: str, fan: _Fanout) -> None:
+        """Called once every replica of a read answered (or timed out): repair the stale ones."""
+        final, stale = self._stale(fan.replies)
+        if final is None or not stale or self._nursery is None:
+            return
+        try:
+            self._repairs.acquire_nowait()
+        except trio.WouldBlock:
+            self.counters.read_repairs_skipped += 1
+            return
+        self._nursery.start_soon(self._release_after, self._repair_members(key, final, stale))
 
     async def _release_after(self, work: Awaitable[None]) -> None:
         try:
@@ -319,25 +463,12 @@ class KeyValueService:
         finally:
             self._repairs.release()
 
-    async def _read_repair(
-        self,
-        key: str,
-        members: list[str],
-        replies: dict[str, Clock | None],
-        done: trio.Event,
-    ) -> None:
-        with trio.move_on_after(self.config.replica_timeout):
-            await done.wait()
-        if not replies:
-            return
-        final = self._merge(replies)
-        if final is None:
-            return
-        stale = [
-            m
-            for m in members
-            if m in replies and (replies[m] is None or not _dvv.equal(replies[m], final))  # type: ignore[arg-type]
-        ]
+    async def _repair(self, key: str, replies: dict[str, Clock | None]) -> None:
+        final, stale = self._stale(replies)
+        if final is not None and stale:
+            await self._repair_members(key, final, stale)
+
+    async def _repair_members(self, key: str, final: Clock, stale: list[str]) -> None:
         async with trio.open_nursery() as nursery:
             for member in stale:
                 nursery.start_soon(self._repair_one, member, key, final)
@@ -400,15 +531,20 @@ class KeyValueService:
         if self.config.last_write_wins:
             meta["ts"] = self._stamp()
         sibling = Sibling.deleted(meta) if delete else Sibling(value, False, meta)
-        async with self._lock(key):
-            local = await self.storage.get(key)
-            actor = self._mint.actor_for(local)
-            if self.config.last_write_wins and local is not None:
-                ctx = _dvv.join(local)  # replace whatever is stored, seen or not (lossy)
-            clock = _dvv.update(_dvv.new(ctx, sibling), local, actor)
-            _dvv.validate(clock, max_siblings=self.limits.max_siblings)
-            await self.storage.put(key, clock)
+        # Standing in for an unreachable owner: keep a hint for it, like any other stand-in.
+        hint_for = next((h for m, h in targets if m == self.node_id), "")
+        if self.storage.nowait and key not in self._locks and not hint_for:
+            # Nothing to wait for and no await between read and write: atomic without the lock.
+            clock = self._update(key, ctx, sibling, self.storage.get_nowait(key))
+            self.storage.put_nowait(key, clock)
             self._changed(key, clock)
+        else:
+            async with self._lock(key):
+                clock = self._update(key, ctx, sibling, await self.storage.get(key))
+                await self.storage.put(key, clock)
+                self._changed(key, clock)
+                if hint_for:
+                    await self._store_hint(hint_for, key, clock)
         result = PutResult(key, live_values(clock), encode_context(clock))
         self.counters.siblings_seen += max(0, _dvv.size(clock) - 1)
         others = [(m, hint) for m, hint in targets if m != self.node_id]
@@ -421,37 +557,42 @@ class KeyValueService:
                 self._results.popitem(last=False)
         return result
 
+    def _update(
+        self, key: str, ctx: dict[str, int] | None, sibling: Sibling, local: Clock | None
+    ) -> Clock:
+        actor = self._mint.actor_for(local)
+        if self.config.last_write_wins and local is not None:
+            ctx = _dvv.join(local)  # replace whatever is stored, seen or not (lossy)
+        clock = _dvv.update(_dvv.new(ctx, sibling), local, actor)
+        _dvv.validate(clock, max_siblings=self.limits.max_siblings)
+        return clock
+
     async def _replicate(
         self, key: str, clock: Clock, others: list[tuple[str, str]], need: int
     ) -> int:
         """Send ``clock`` to ``others``; return once ``need`` acked (or every one has answered)."""
-        acks = [0]
-        enough = trio.Event()
-        remaining = [len(others)]
-        if need <= 0:
-            enough.set()
         if not others:
             return 0
-
-        async def one(member: str, hint_for: str) -> None:
-            try:
-                await self._replica_put(member, key, clock, hint_for)
-            except GossipKVError as exc:
-                self._count_error(exc)
-            else:
-                acks[0] += 1
-                if acks[0] >= need:
-                    enough.set()
-            finally:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    enough.set()
-
-        nursery = self._nursery_or_fail()
+        fan = _Fanout([m for m, _ in others], max(need, 0))
+        plain = _dvv.clock_to_plain(clock)
         for member, hint in others:
-            nursery.start_soon(one, member, hint)
-        await enough.wait()
-        return acks[0]
+            if not self._start_replica(
+                fan, member, ReplicaPut(key, plain, hint), self._on_put_reply
+            ):
+                self._nursery_or_fail().start_soon(self._put_to, fan, member, key, clock, hint)
+        await self._wait(fan, fan.enough)
+        return len(fan.replies)
+
+    async def _put_to(
+        self, fan: _Fanout, member: str, key: str, clock: Clock, hint_for: str
+    ) -> None:
+        try:
+            await self._replica_put(member, key, clock, hint_for)
+        except GossipKVError as exc:
+            self._count_error(exc)
+            fan.failed(member)
+        else:
+            fan.answered(member, None)
 
     # --- replica side --------------------------------------------------------------------------
 
@@ -483,25 +624,60 @@ class KeyValueService:
             return KvResult(put.key, bool(put.values), tuple(put.values), put.context)
         raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
 
+    def handle_nowait(self, message: Message) -> Message | None:
+        """Answer a replica request at once when that needs no waiting (an engine with
+        ``nowait``, no write in progress on the key, no hint to store); else ``None``."""
+        if not self.storage.nowait:
+            return None
+        if isinstance(message, ReplicaGet):
+            self._check_key(message.key)
+            clock = self.storage.get_nowait(message.key)
+            return ReplicaState(None if clock is None else _dvv.clock_to_plain(clock))
+        if isinstance(message, ReplicaPut):
+            hinted = message.hint_for and message.hint_for != self.node_id
+            if hinted or message.key in self._locks:
+                return None
+            self._check_key(message.key)
+            clock = self._clock_from_wire(message.clock)
+            local = self.storage.get_nowait(message.key)
+            merged = self._synced(clock, local)
+            if merged is not None:
+                self.storage.put_nowait(message.key, merged)
+                self._changed(message.key, merged)
+            return ReplicaState(None)
+        return None
+
+    def _synced(self, clock: Clock, local: Clock | None) -> Clock | None:
+        """``sync`` of an incoming clock with the stored one, or ``None`` if nothing changes."""
+        merged = self._resolve(clock if local is None else _dvv.sync(clock, local))
+        _dvv.validate(merged, max_siblings=self.limits.max_siblings)
+        if local is not None and _dvv.equal(merged, local):
+            return None
+        return merged
+
     async def apply(self, key: str, clock: Clock, *, hint_for: str = "") -> None:
         """Store ``clock`` by ``sync`` with the local clock (never an overwrite, never a new dot)."""
         async with self._lock(key):
             local = await self.storage.get(key)
-            merged = self._resolve(clock if local is None else _dvv.sync(clock, local))
-            _dvv.validate(merged, max_siblings=self.limits.max_siblings)
-            if local is None or not _dvv.equal(merged, local):
+            merged = self._synced(clock, local)
+            if merged is not None:
                 await self.storage.put(key, merged)
                 self._changed(key, merged)
             # The hint is written under the key lock too, so handoff never clears a newer one.
             if hint_for and hint_for != self.node_id:
-                hint_key = f"{hint_for}{_HINT_SEP}{key}"
-                try:
-                    await self.hints.put(hint_key, merged)
-                except GossipKVError as exc:  # a key too long to hint is still a stored copy
-                    self._count_error(exc)
-                    return
-                self._pending_hints[(hint_for, key)] = None
-                self.counters.hints_stored += 1
+                await self._store_hint(hint_for, key, merged if merged is not None else local)
+
+    async def _store_hint(self, owner: str, key: str, clock: Clock | None) -> None:
+        """Keep ``clock`` for ``owner`` until the handoff loop delivers it (under the key lock)."""
+        if clock is None:
+            return
+        try:
+            await self.hints.put(f"{owner}{_HINT_SEP}{key}", clock)
+        except GossipKVError as exc:  # a key too long to hint is still a stored copy
+            self._count_error(exc)
+            return
+        self._pending_hints[(owner, key)] = None
+        self.counters.hints_stored += 1
 
     async def _handoff_loop(self) -> None:
         next_at = trio.current_time()
@@ -597,8 +773,6 @@ class KeyValueService:
         return GetResult(key, bool(values), values, encode_context(clock))
 
     def _check_key(self, key: object) -> None:
-        from .storage._base import encode_key
-
         encode_key(key, self.limits)
 
     def _check_value(self, value: object) -> None:

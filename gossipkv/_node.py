@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -327,6 +328,26 @@ class Node:
         except RemoteError as exc:
             raise error_from_code(exc.code, str(exc)) from exc
 
+    def _start_to_member(
+        self, member: str, message: Message, callback: Callable[[Message | BaseException], None]
+    ) -> Callable[[], None] | None:
+        """Start a request over an open channel to ``member`` without waiting (data path)."""
+        addr = self._runtime().gossiper.address_of(member)
+        channel = None if addr is None else self._channels.get(addr)
+        if channel is None or channel.closed:
+            return None
+
+        def on_reply(reply: Message | BaseException) -> None:
+            if isinstance(reply, RemoteError):
+                reply = error_from_code(reply.code, str(reply))
+            callback(reply)
+
+        try:
+            request_id = channel.request_nowait(message, on_reply)
+        except ConnectionClosed:
+            return None
+        return partial(channel.cancel, request_id)
+
     def hlc(self) -> int:
         """A fresh hybrid logical clock timestamp (``ms << 16 | counter``), merged from peers."""
         return self._hlc.now()
@@ -569,6 +590,7 @@ class Node:
                 table=gossiper.table,
                 reachable=gossiper.reachable_members,
                 send=self._send_to_member,
+                start=self._start_to_member,
                 rng=self._rng,
                 config=self.kv_config,
                 limits=DEFAULT_LIMITS,
@@ -795,6 +817,7 @@ class Node:
             remote,
             on_request=self._on_request,
             on_oneway=self._on_oneway,
+            on_request_nowait=self._on_request_nowait,
             max_frame=self._transport.max_frame,
             counters=self._counters,
         )
@@ -856,6 +879,17 @@ class Node:
             self._runtime().nursery.start_soon(self.leave)
             return Reply({"ok": True, "status": "leaving"})
         raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
+
+    def _on_request_nowait(self, channel: Channel, message: Message) -> Message | None:
+        """Replica reads and writes an in-memory replica can answer in the reader, no task."""
+        if not isinstance(message, (ReplicaGet, ReplicaPut)) or not self._transport.runnable():
+            return None
+        try:
+            return self._service().handle_nowait(message)
+        except RemoteError:
+            raise
+        except GossipKVError as exc:
+            raise RemoteError(error_code(exc), str(exc)) from exc
 
     async def _on_oneway(self, channel: Channel, message: Message) -> None:
         await self._transport.wait_runnable()

@@ -39,11 +39,40 @@ class TransportCounters:
         self.refused: Counter[str] = Counter()
 
 
+ReplyCallback = Callable[[Message | BaseException], None]
+NowaitHandler = Callable[["Channel", Message], Message | None]
+
+
 @dataclass(slots=True)
 class _Waiter:
-    event: trio.Event
+    """One request in the Request Waiting List: woken by ``event`` or told through ``callback``."""
+
+    event: trio.Event | None = None
+    callback: ReplyCallback | None = None
     kind: Kind | None = None
     message: Message | None = None
+
+
+def reply_for_exception(message: Message, exc: Exception, remote: str) -> ErrorReply:
+    """The error reply a request handler's exception turns into (never a crash of the peer)."""
+    if isinstance(exc, RemoteError):
+        return ErrorReply(exc.code, str(exc))
+    if isinstance(exc, (ValueError, TypeError)):
+        return ErrorReply("bad_request", str(exc))
+    # A handler bug answers one request with an error; it never takes the peer down.
+    log.error("request %s from %s failed", message.TAG, remote, exc_info=exc)
+    return ErrorReply("internal", f"internal error: {exc!r}")
+
+
+def _outcome(waiter: _Waiter, remote: str) -> Message | BaseException:
+    if waiter.message is None:
+        return ConnectionClosed(f"connection to {remote} closed")
+    if waiter.kind is Kind.ERROR:
+        err = waiter.message
+        if isinstance(err, ErrorReply):
+            return RemoteError(err.code, err.message)
+        return RemoteError("error", f"error reply {err.TAG}")
+    return waiter.message
 
 
 async def _receive_message(
@@ -124,6 +153,9 @@ class Channel:
       remote: the other side's ``hello``.
       on_request: answers an incoming request (its exceptions become error replies).
       on_oneway: handles an incoming one-way message.
+      on_request_nowait: optional fast path, called in the reader for every request: returns the
+        reply when it can answer without waiting (no I/O, no lock held), or ``None`` to hand the
+        request to ``on_request`` in a task of its own. Its exceptions become error replies.
       max_frame: decode limit.
       counters: shared counters.
       max_inflight: incoming requests handled at once; beyond that the reader stops reading,
@@ -137,6 +169,7 @@ class Channel:
         *,
         on_request: RequestHandler,
         on_oneway: OnewayHandler,
+        on_request_nowait: NowaitHandler | None = None,
         max_frame: int,
         counters: TransportCounters,
         max_inflight: int = 64,
@@ -145,12 +178,17 @@ class Channel:
         self.remote = remote
         self._on_request = on_request
         self._on_oneway = on_oneway
+        self._on_request_nowait = on_request_nowait
         self._max_frame = max_frame
         self._counters = counters
         self._limiter = trio.Semaphore(max_inflight)
-        # One writer per connection fed by a bounded queue: frames queued while a write is in
-        # progress go out together in the next one (Request Batch); a full queue pushes back.
-        self._outbox, self._outbox_reader = trio.open_memory_channel[bytes](max_inflight * 4)
+        # One writer per connection: frames queued while a write is in progress go out together
+        # in the next one (Request Batch). Senders that may wait (replies, ``request``) wait for
+        # room once ``_max_queued`` frames are queued.
+        self._queue: list[bytes] = []
+        self._max_queued = max_inflight * 4
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._room_lot = trio.lowlevel.ParkingLot()
         self._unsent = 0
         self._flushed = trio.Event()
         self._ids = itertools.count(1)
@@ -172,6 +210,7 @@ class Channel:
                 await self.conn.aclose()
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
+        remote = self.conn.remote_address
         while True:
             try:
                 payload = await self.conn.receive()
@@ -182,63 +221,88 @@ class Channel:
                 return
             except DecodeError as exc:
                 self._counters.dropped[exc.reason] += 1
-                log.warning("closing connection to %s: %s", self.conn.remote_address, exc)
+                log.warning("closing connection to %s: %s", remote, exc)
                 return
-            if env.kind is Kind.REQUEST:
+            kind, message = env.kind, env.message
+            if kind is Kind.REQUEST:
+                if self._on_request_nowait is not None:
+                    reply_kind = Kind.RESPONSE
+                    try:
+                        reply = self._on_request_nowait(self, message)
+                    except Exception as exc:
+                        reply, reply_kind = reply_for_exception(message, exc, remote), Kind.ERROR
+                    if reply is not None:
+                        try:
+                            await self._wait_room()
+                            self._enqueue_reply(reply_kind, env.request_id, reply)
+                        except ConnectionClosed:
+                            return
+                        continue
                 await self._limiter.acquire()
-                nursery.start_soon(self._answer, env.request_id, env.message)
-            elif env.kind in (Kind.RESPONSE, Kind.ERROR):
+                nursery.start_soon(self._answer, env.request_id, message)
+            elif kind is Kind.RESPONSE or kind is Kind.ERROR:
                 waiter = self._waiters.pop(env.request_id, None)
                 if waiter is None:
                     self._counters.dropped["unexpected_response"] += 1
                     continue
-                waiter.kind, waiter.message = env.kind, env.message
-                waiter.event.set()
+                waiter.kind, waiter.message = kind, message
+                self._wake(waiter)
             else:
                 try:
-                    await self._on_oneway(self, env.message)
+                    await self._on_oneway(self, message)
                 except Exception as exc:
                     # A peer must never crash because of what it received.
                     self._counters.dropped["handler_error"] += 1
-                    log.warning(
-                        "one-way %s from %s failed: %r",
-                        env.message.TAG,
-                        self.conn.remote_address,
-                        exc,
-                    )
+                    log.warning("one-way %s from %s failed: %r", message.TAG, remote, exc)
+
+    def _wake(self, waiter: _Waiter) -> None:
+        if waiter.event is not None:
+            waiter.event.set()
+        elif waiter.callback is not None:
+            try:
+                waiter.callback(_outcome(waiter, self.conn.remote_address))
+            except Exception:
+                # The callback belongs to this peer; its bug must not end the connection.
+                self._counters.dropped["callback_error"] += 1
+                log.exception("reply callback for %s failed", self.conn.remote_address)
 
     async def _answer(self, request_id: int, message: Message) -> None:
         try:
             try:
                 reply: Message = await self._on_request(self, message)
                 kind = Kind.RESPONSE
-            except RemoteError as exc:
-                reply, kind = ErrorReply(exc.code, str(exc)), Kind.ERROR
-            except (ValueError, TypeError) as exc:
-                reply, kind = ErrorReply("bad_request", str(exc)), Kind.ERROR
             except Exception as exc:
-                # A handler bug answers one request with an error; it never takes the peer down.
-                log.exception("request %s from %s failed", message.TAG, self.conn.remote_address)
-                reply, kind = ErrorReply("internal", f"internal error: {exc!r}"), Kind.ERROR
-            await self._send(kind, request_id, reply)
+                reply = reply_for_exception(message, exc, self.conn.remote_address)
+                kind = Kind.ERROR
+            await self._wait_room()
+            self._enqueue_reply(kind, request_id, reply)
         except ConnectionClosed:
             pass
         finally:
             self._limiter.release()
 
-    async def _write_loop(self, scope: trio.CancelScope) -> None:
-        batch: list[bytes] = []
+    def _enqueue_reply(self, kind: Kind, request_id: int, reply: Message) -> None:
         try:
-            async for payload in self._outbox_reader:
-                batch.append(payload)
-                while len(batch) < 128:
-                    try:
-                        batch.append(self._outbox_reader.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+            payload = _codec.encode(kind, request_id, reply)
+        except DecodeError as exc:
+            # Never leave the requester waiting because its answer could not be encoded.
+            log.error("cannot encode reply %s: %s", reply.TAG, exc)
+            payload = _codec.encode(Kind.ERROR, request_id, ErrorReply("internal", str(exc)))
+        self._enqueue(payload)
+
+    async def _write_loop(self, scope: trio.CancelScope) -> None:
+        try:
+            while not self.closed:
+                if not self._queue:
+                    await self._writer_lot.park()
+                    # Let the tasks already runnable queue their frames too: one write for all
+                    # of them (a loopback send costs far more than a trip through the scheduler).
+                    await trio.lowlevel.checkpoint()
+                    continue
+                batch, self._queue = self._queue, []
+                self._room_lot.unpark_all()
                 await self.conn.send_many(batch)
                 self._unsent -= len(batch)
-                batch.clear()
                 if self._unsent == 0:
                     self._flushed.set()
                     self._flushed = trio.Event()
@@ -248,21 +312,24 @@ class Channel:
         self._mark_closed()
         scope.cancel()
 
-    async def _send(self, kind: Kind, request_id: int, message: Message) -> None:
+    def _enqueue(self, payload: bytes) -> None:
         if self.closed:
             raise ConnectionClosed("connection is closed")
-        payload = _codec.encode(kind, request_id, message)
+        self._queue.append(payload)
         self._unsent += 1
-        try:
-            await self._outbox.send(payload)
-        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
-            self._unsent -= 1
-            raise ConnectionClosed("connection is closed") from exc
-        except BaseException:
-            self._unsent -= 1
-            raise
         self._counters.frames_out += 1
         self._counters.bytes_out += len(payload)
+        self._writer_lot.unpark()
+
+    async def _wait_room(self) -> None:
+        while len(self._queue) >= self._max_queued:
+            if self.closed:
+                raise ConnectionClosed("connection is closed")
+            await self._room_lot.park()
+
+    async def _send(self, kind: Kind, request_id: int, message: Message) -> None:
+        await self._wait_room()
+        self._enqueue(_codec.encode(kind, request_id, message))
 
     async def request(self, message: Message) -> Message:
         """Send a request and wait for its response.
@@ -271,22 +338,44 @@ class Channel:
           RemoteError: the other side answered with an error.
           ConnectionClosed: the channel closed before the response came.
         """
-        request_id = next(self._ids)
-        waiter = _Waiter(trio.Event())
-        self._waiters[request_id] = waiter
+        await self._wait_room()
+        event = trio.Event()
+        waiter = _Waiter(event)
+        request_id = self._register(message, waiter)
         try:
-            await self._send(Kind.REQUEST, request_id, message)
-            await waiter.event.wait()
+            await event.wait()
         finally:
             self._waiters.pop(request_id, None)
-        if waiter.message is None:
-            raise ConnectionClosed(f"connection to {self.conn.remote_address} closed")
-        if waiter.kind is Kind.ERROR:
-            err = waiter.message
-            if isinstance(err, ErrorReply):
-                raise RemoteError(err.code, err.message)
-            raise RemoteError("error", f"error reply {err.TAG}")
-        return waiter.message
+        result = _outcome(waiter, self.conn.remote_address)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def request_nowait(self, message: Message, callback: ReplyCallback) -> int:
+        """Send a request without waiting; ``callback`` gets the reply or the exception.
+
+        The callback runs in the channel's reader (it must not block) with the response, a
+        :class:`RemoteError` for an error reply, or :class:`ConnectionClosed`. It is called at most
+        once, and never after :meth:`cancel`. Returns the request id. The queue bound does not
+        apply: callers bound how many requests they start.
+
+        Raises:
+          ConnectionClosed: the channel is already closed (the callback is not called).
+        """
+        return self._register(message, _Waiter(callback=callback))
+
+    def cancel(self, request_id: int) -> None:
+        """Forget a request started with :meth:`request_nowait` (a late reply is dropped)."""
+        self._waiters.pop(request_id, None)
+
+    def _register(self, message: Message, waiter: _Waiter) -> int:
+        if self.closed:
+            raise ConnectionClosed(f"connection to {self.conn.remote_address} is closed")
+        request_id = next(self._ids)
+        payload = _codec.encode(Kind.REQUEST, request_id, message)
+        self._waiters[request_id] = waiter
+        self._enqueue(payload)
+        return request_id
 
     async def notify(self, message: Message) -> None:
         """Send a one-way message."""
@@ -301,11 +390,13 @@ class Channel:
         if self.closed:
             return
         self.closed = True
-        self._outbox.close()
+        self._writer_lot.unpark_all()
+        self._room_lot.unpark_all()
         self._flushed.set()
-        for waiter in self._waiters.values():
-            waiter.event.set()  # message stays None: the request sees ConnectionClosed
+        waiters = list(self._waiters.values())
         self._waiters.clear()
+        for waiter in waiters:
+            self._wake(waiter)  # message stays None: the requester sees ConnectionClosed
         self._closed_event.set()
 
     async def wait_closed(self) -> None:

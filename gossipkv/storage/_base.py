@@ -99,6 +99,26 @@ class StorageEngine(abc.ABC):
     #: replica (or one that lost its disk) never reuses a dot.
     incarnation: int
 
+    #: True when :meth:`get_nowait` and :meth:`put_nowait` work: an engine that never waits for a
+    #: disk (the memory engine). The data path then answers replica requests without a task.
+    nowait: bool = False
+
+    def get_nowait(self, key: str) -> Clock | None:
+        """:meth:`get` without waiting, for engines with ``nowait`` (same result and errors).
+
+        Raises:
+          NotImplementedError: the engine has to wait for its disk (``nowait`` is False).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot read without waiting")
+
+    def put_nowait(self, key: str, clock: Clock) -> None:
+        """:meth:`put` without waiting, for engines with ``nowait`` (same checks and errors).
+
+        Raises:
+          NotImplementedError: the engine has to wait for its disk (``nowait`` is False).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot write without waiting")
+
     @abc.abstractmethod
     async def get(self, key: str) -> Clock | None:
         """The stored clock of ``key``, or ``None`` if the key was never stored here.

@@ -43,21 +43,29 @@ class MemoryEngine(StorageEngine):
         if self._closed:
             raise StorageClosed("the storage engine is closed")
 
-    async def get(self, key: str) -> Clock | None:
-        await trio.lowlevel.checkpoint()
+    nowait = True
+
+    def get_nowait(self, key: str) -> Clock | None:
         self._check_open()
         encode_key(key, self._limits)
         self._gets += 1
         found = self._data.get(key)
         return None if found is None else found[0]
 
-    async def put(self, key: str, clock: Clock) -> None:
-        await trio.lowlevel.checkpoint()
+    def put_nowait(self, key: str, clock: Clock) -> None:
         self._check_open()
         encode_key(key, self._limits)
         data = encode_clock(clock, self._limits)
         self._data[key] = (clock, data)
         self._puts += 1
+
+    async def get(self, key: str) -> Clock | None:
+        await trio.lowlevel.checkpoint()
+        return self.get_nowait(key)
+
+    async def put(self, key: str, clock: Clock) -> None:
+        await trio.lowlevel.checkpoint()
+        self.put_nowait(key, clock)
 
     async def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
         self._check_open()

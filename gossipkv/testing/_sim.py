@@ -323,6 +323,9 @@ class _SimTransport(Transport):
         listener.nursery.start_soon(_run_handler, listener.handler, server)
         return client
 
+    def runnable(self) -> bool:
+        return not (self._process.paused or self._process.crashed)
+
     async def wait_runnable(self) -> None:
         """Block while this process is paused.
 

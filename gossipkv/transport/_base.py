@@ -85,3 +85,7 @@ class Transport(abc.ABC):
     async def wait_runnable(self) -> None:
         """Block while this transport's process is paused (simulation only; real: returns)."""
         return
+
+    def runnable(self) -> bool:
+        """False while this transport's process is paused or crashed (simulation only)."""
+        return True
