@@ -356,6 +356,30 @@ async def test_hinted_handoff_to_a_partitioned_and_a_crashed_owner(
             assert hint_keys == [], f"seed={seed}: {f} still holds hints {hint_keys}"
 
 
+async def test_a_coordinator_standing_in_for_an_owner_keeps_a_hint(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A put executed by a fallback (it is in the sloppy preference list for a dead owner) stores
+    a hint for that owner like any other stand-in, so handoff alone brings the owner up to date."""
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = find_key(c, lambda o: "n1" not in o[1:], prefix="ch")
+        o1, o2, o3 = owners(c, key)
+        with trio.fail_after(60):
+            c.kill(o3)
+            up = [n for n in names(5) if n != o3]
+            await wait_unreachable(c, up, [o3])
+            targets, _ = service(c.nodes[o1]).targets(key)
+            stand_in = next(m for m, hint in targets if hint == o3)
+            put = await c.nodes[stand_in].put(key, "via-stand-in", w=3)
+            assert put.values == ["via-stand-in"], f"seed={seed}: {put}"
+            assert service(c.nodes[stand_in]).hints_pending == 1, f"seed={seed}: no hint kept"
+            await c.restart(o3, seeds=["n1"])
+            # No reads from here on: only handoff can bring the restarted owner up to date.
+            clock = await wait_replicas_equal(c, key, [o1, o2, o3], within=30, seed=seed)
+            assert live(clock) == ["via-stand-in"], f"seed={seed}: {clock}"
+
+
 # --- idempotency (§d.7) ----------------------------------------------------------------------
 
 
