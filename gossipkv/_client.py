@@ -105,9 +105,11 @@ class Client:
         attempts = len(self._peers) if retry else 1
         last: GossipKVError | None = None
         for _ in range(attempts):
-            async with self._lock:
-                channel = await self._connect()
-                peer = self.connected_to
+            channel = self._channel
+            if channel is None or channel.closed or self._closed:
+                async with self._lock:
+                    channel = await self._connect()
+            peer = self.connected_to
             try:
                 with trio.fail_after(self._request_timeout):
                     reply = await channel.request(message)

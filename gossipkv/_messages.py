@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 PROTOCOL_VERSION = 1
 
@@ -288,9 +288,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One frame: a message plus how it relates to others on the connection."""
+class Envelope(NamedTuple):
+    """One frame: a message plus how it relates to others on the connection (a named tuple:
+    one is built for every frame received, and a tuple is the cheapest immutable record)."""
 
     kind: Kind
     request_id: int
