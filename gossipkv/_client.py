@@ -222,8 +222,8 @@ class Client:
 
         Raises:
           QuorumNotReached, ClusterNotReady, Unavailable, InvalidContext, InvalidKey,
-          StorageError, RemoteError, TransportError, HandshakeError, NodeClosedError: as
-          :meth:`put`.
+          StorageError, RemoteError, TransportError, HandshakeError, NodeClosedError: see
+            :meth:`put`.
         """
         self._seq += 1
         msg = KvPut(key, None, context, w, self._client_id, self._seq, delete=True)
