@@ -431,7 +431,7 @@ class Node:
           ValueNotEncodable: ``value`` cannot be encoded as CBOR.
           InvalidContext: ``context`` did not come from a gossipkv read or write.
           InvalidKey: ``key`` is not a non-empty string (:exc:`KeyTooLarge`: too long).
-          StorageError: a replica's storage failed.
+          StorageError: the coordinating replica's own storage failed.
           TransportError: the replica this node forwarded the write to could not be reached.
           ValueError: ``w`` is not between 1 and N.
           NodeClosedError: the node is not running.
