@@ -1,4 +1,9 @@
-"""The typer application: one sync function per command, each calling ``trio.run``."""
+"""The typer application: one sync function per command, each calling ``trio.run``.
+
+Commands import trio, rich and gossipkv inside their bodies, never at module level, so
+``gossipkv --help``, ``--version`` and shell completion start without them
+(``tests/test_cli_startup.py`` checks).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,15 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-import gossipkv
-
-from ._bench_gossip import gossip as _bench_gossip
-from ._bench_kv import kv as _bench_kv
-from ._bench_storage import storage as _bench_storage
+from ._bench import bench_app
 from ._common import DEFAULT_PEER, ClusterOption, JsonOption, PeerOption, fail, print_json, run
+
+if TYPE_CHECKING:
+    import gossipkv
 
 T = TypeVar("T")
 
@@ -25,18 +29,26 @@ app = typer.Typer(
     add_completion=True,
     help="gossipkv: a gossip-based, leaderless, eventually consistent key-value store.",
 )
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers, never pass/fail).")
 cluster_app = typer.Typer(no_args_is_help=True, help="Local clusters of peer processes.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cluster_app, name="cluster")
-bench_app.command("gossip")(_bench_gossip)
-bench_app.command("kv")(_bench_kv)
-bench_app.command("storage")(_bench_storage)
+
+
+def _installed_version() -> str:
+    """The installed distribution's version, read without importing gossipkv (and trio)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("gossipkv")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        import gossipkv
+
+        return gossipkv.__version__
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"gossipkv {gossipkv.__version__}")
+        typer.echo(f"gossipkv {_installed_version()}")
         raise typer.Exit()
 
 
@@ -77,6 +89,8 @@ def peer(
     ] = None,
 ) -> None:
     """Run a peer in the foreground. SIGTERM or Ctrl-C leaves the cluster gracefully."""
+    import gossipkv
+
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"unknown log level {log_level!r}")
@@ -147,6 +161,8 @@ async def _leave_when_orphaned(node: gossipkv.Node, parent_pid: int) -> None:
 
 
 async def _members_doc(peer_addr: str, cluster: str) -> dict[str, Any]:
+    import gossipkv
+
     async with gossipkv.open_client([peer_addr], cluster=cluster) as client:
         doc: dict[str, Any] = await client.members()
         return doc
@@ -179,6 +195,8 @@ def status(
     """One-screen summary: leader, members by status, convergence, gossip counters."""
 
     async def fetch() -> dict[str, Any]:
+        import gossipkv
+
         async with gossipkv.open_client([peer], cluster=cluster) as client:
             return {"members": await client.members(), "stats": await client.statistics()}
 
@@ -270,6 +288,8 @@ def _with_client(peer: str, cluster: str, fn: Callable[[gossipkv.Client], Awaita
     """Run ``fn(client)`` against one peer and return its result (errors: one line, exit 1)."""
 
     async def main() -> T:
+        import gossipkv
+
         async with gossipkv.open_client([peer], cluster=cluster) as client:
             return await fn(client)
 
@@ -377,6 +397,8 @@ def watch(
 
     async def main() -> None:
         import trio
+
+        import gossipkv
 
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:

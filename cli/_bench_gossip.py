@@ -16,12 +16,11 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import trio
 import typer
 
-from ._common import print_json, run
 from ._launcher import LocalCluster, free_base_port
 
 _EVENT = re.compile(r"^(\S+ \S+) INFO gossipkv\.node: event (\w+) (\S+) ")
@@ -55,24 +54,7 @@ def seconds(a: dt.datetime, b: dt.datetime | None) -> float | None:
     return None if b is None else round((b - a).total_seconds(), 3)
 
 
-def gossip(
-    n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 10,
-    busy_seconds: Annotated[
-        float, typer.Option(help="Length of the loaded-machine window.")
-    ] = 60.0,
-    json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for the choice of victim.")] = 1,
-) -> None:
-    """Join, failure-detection and false-down timings of N real peers on loopback."""
-    result = run(lambda: _bench(n, busy_seconds, seed, quiet=json))
-    if json:
-        print_json(result)
-    else:
-        for key, value in result.items():
-            typer.echo(f"{key:>34}: {value}")
-
-
-async def _bench(n: int, busy_seconds: float, seed: int, *, quiet: bool) -> dict[str, Any]:
+async def bench_gossip(n: int, busy_seconds: float, seed: int, *, quiet: bool) -> dict[str, Any]:
     def say(message: str) -> None:
         if not quiet:
             print(message, file=sys.stderr, flush=True)

@@ -15,22 +15,20 @@ import contextlib
 import math
 import random
 import string
-import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
 import trio
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 import gossipkv
 from gossipkv.testing import open_echo_client, open_echo_server_process
 
-from ._common import ClusterOption, fail, print_json, run
+from ._common import fail
 
 _ERROR_PAUSE = 0.01  # after a failed op, so a dead peer does not turn a task into a busy loop
 _PROBE_KEY = "gossipkv-bench-probe"
@@ -288,7 +286,7 @@ async def _echo_bench(
     }
 
 
-def _print_human(result: dict[str, Any]) -> None:
+def print_human(result: dict[str, Any]) -> None:
     typer.echo(
         f"kv: {result['ops']} ops in {result['elapsed_s']} s = {result['ops_per_s']} ops/s, "
         f"{result['errors']} errors {result['errors_by_type'] or ''}".rstrip()
@@ -303,63 +301,3 @@ def _print_human(result: dict[str, Any]) -> None:
         )
     if "ratio_to_echo" in result:
         typer.echo(f"kv / echo throughput: {result['ratio_to_echo']}")
-
-
-def kv(
-    peer: Annotated[
-        list[str],
-        typer.Option("--peer", help="Peer to load, HOST:PORT (repeatable; one client per peer)."),
-    ],
-    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load.")] = 10.0,
-    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent request loops.")] = 16,
-    ratio: Annotated[str, typer.Option(help="GET:PUT mix, e.g. 90:10.")] = "50:50",
-    keys: Annotated[int, typer.Option(min=1, help="Number of distinct keys.")] = 1000,
-    value_size: Annotated[int, typer.Option(min=0, help="Bytes per value (a string).")] = 100,
-    r: Annotated[int, typer.Option("--r", min=0, help="Read quorum (0: the peer's default).")] = 0,
-    w: Annotated[int, typer.Option("--w", min=0, help="Write quorum (0: the peer's default).")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed for keys, values and the op mix.")] = 1,
-    cluster: ClusterOption = "gossipkv",
-    json: Annotated[bool, typer.Option("--json", help="Print one JSON object only.")] = False,
-    baseline_echo: Annotated[
-        bool,
-        typer.Option(
-            "--baseline-echo", help="Also drive a bare Trio+CBOR echo server and report the ratio."
-        ),
-    ] = False,
-) -> None:
-    """Closed-loop get/put load against running peers: ops/s, latency percentiles, errors."""
-    peers = [check_peer(p) for p in peer]
-    gets_puts = parse_ratio(ratio)
-    progress: Progress | None = None
-    if not json:
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            auto_refresh=False,
-            transient=True,
-        )
-
-    async def body() -> dict[str, Any]:
-        return await run_kv_bench(
-            peers,
-            cluster=cluster,
-            duration=duration,
-            concurrency=concurrency,
-            ratio=gets_puts,
-            keys=keys,
-            value_size=value_size,
-            r=r,
-            w=w,
-            seed=seed,
-            baseline_echo=baseline_echo,
-            progress=progress,
-        )
-
-    result = run(body)
-    if json:
-        print_json(result)
-    else:
-        _print_human(result)
-    sys.stdout.flush()

@@ -7,20 +7,16 @@ every millisecond records the worst event-loop stall. Numbers, never pass/fail.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import trio
-import typer
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from gossipkv import GossipKVError
-from gossipkv.storage import DVVSet, Entry, FsyncPolicy, Sibling, StorageEngine, open_storage
+from gossipkv.storage import DVVSet, Entry, Sibling, StorageEngine, open_storage
 
 WRITERS = 64
 OVERWRITES = 3
@@ -160,51 +156,7 @@ async def run_storage_bench(
     )
 
 
-def _first_leaf(exc: BaseException) -> BaseException:
+def first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
-
-
-def storage(
-    keys: Annotated[int, typer.Option("--keys", min=1, help="Number of distinct keys.")],
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="Data dir for the log engine.")],
-    value_size: Annotated[int, typer.Option("--value-size", min=1, help="Bytes per value.")] = 100,
-    fsync: Annotated[str, typer.Option("--fsync", help="always, batch or none.")] = "batch",
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Benchmark the durable log storage engine (throughput, recovery, size, loop lag)."""
-    policies = [p.value for p in FsyncPolicy]
-    if fsync not in policies:
-        typer.echo(f"error: --fsync must be one of {', '.join(policies)}, got {fsync!r}", err=True)
-        raise typer.Exit(2)
-    progress: Progress | None = None
-    if not json_output:
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            auto_refresh=False,
-            transient=True,
-        )
-    try:
-        if progress is not None:
-            with progress:
-                result = trio.run(run_storage_bench, keys, value_size, data_dir, fsync, progress)
-        else:
-            result = trio.run(run_storage_bench, keys, value_size, data_dir, fsync, None)
-    except GossipKVError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except BaseExceptionGroup as group:
-        leaf = _first_leaf(group)
-        if not isinstance(leaf, GossipKVError):
-            raise
-        typer.echo(f"error: {leaf}", err=True)
-        raise typer.Exit(1) from None
-    if json_output:
-        sys.stdout.write(json.dumps(asdict(result)) + "\n")
-        return
-    for name, value in asdict(result).items():
-        typer.echo(f"{name:>26}: {value}")

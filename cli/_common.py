@@ -1,4 +1,8 @@
-"""What every command shares: the peer option, error reporting, JSON output."""
+"""What every command shares: the peer option, error reporting, JSON output.
+
+Imports nothing heavy at module level (no trio, rich or gossipkv): every command module imports
+this one, and ``gossipkv --help`` should stay quick.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
-
-import gossipkv
 
 T = TypeVar("T")
 
@@ -41,6 +43,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def run(fn: Callable[[], Awaitable[T]]) -> T:
     """``trio.run`` a command body, turning gossipkv errors into one line and exit 1."""
     import trio
+
+    import gossipkv
 
     try:
         return trio.run(fn)

@@ -47,7 +47,17 @@ from .transport._base import Transport
 
 
 class Client:
-    """Talks to a cluster through one peer at a time. Create it with :func:`open_client`."""
+    """Talks to a cluster through one peer at a time. Create it with :func:`open_client`.
+
+    Many requests may be in flight at once on the one connection. When a request finds the
+    connected peer gone (or silent for ``request_timeout``), the client moves to the next listed
+    peer; requests that are safe to repeat (reads, members, statistics, and puts, which carry an
+    idempotency id) are retried there, operator requests are not.
+
+    Attributes:
+      connected_to: the address of the peer in use, or ``None`` before the first request.
+      watch_dropped: changes a slow :meth:`watch` reader lost (its buffer was full).
+    """
 
     def __init__(
         self,
@@ -131,11 +141,40 @@ class Client:
         raise last
 
     async def members(self) -> dict[str, object]:
-        """The ``members --json`` document of the peer we are connected to."""
+        """The ``members --json`` document of the peer we are connected to.
+
+        Returns:
+          ``{"self", "leader", "members": [...]}`` as documented in the README.
+
+        Raises:
+          TransportError: no listed peer answered.
+          HandshakeError: the peer is in another cluster or speaks another protocol version.
+          NodeClosedError: the client is closed.
+        """
         return await self._request(MembersRequest(), retry=True)
 
     async def get(self, key: str, *, r: int = 0, local: bool = False) -> GetResult:
-        """Read ``key`` through the connected peer (retried on another peer if it fails)."""
+        """Read ``key`` through the connected peer (retried on another peer if it fails).
+
+        Args:
+          key: a non-empty string of at most 1024 UTF-8 bytes.
+          r: replies to wait for (default ``0``: the peer's ``KVConfig.r``); 1..N.
+          local: read only the connected peer's own replica (not retried elsewhere).
+
+        Returns:
+          A :class:`GetResult`, as :meth:`gossipkv.Node.get`.
+
+        Raises:
+          ClusterNotReady: the cluster has no partition table yet (safe to retry).
+          QuorumNotReached: fewer than R replicas answered.
+          InvalidKey: ``key`` is not a non-empty string (:exc:`KeyTooLarge`: too long).
+          StorageError: the peer's storage failed.
+          RemoteError: the peer refused the request (``code == "bad_request"`` for an ``r``
+            outside 1..N).
+          TransportError: no listed peer answered.
+          HandshakeError: the peer is in another cluster or speaks another protocol version.
+          NodeClosedError: the client is closed.
+        """
         reply = await self._call(KvGet(key, r, local), retry=not local)
         return GetResult(*_kv_fields(reply))
 
@@ -146,6 +185,26 @@ class Client:
 
         Each put carries this client's id and a sequence number, so a retry after a lost
         connection returns the first result instead of writing a second sibling.
+
+        Args:
+          key: a non-empty string of at most 1024 UTF-8 bytes.
+          value: any CBOR-encodable value of at most 1 MiB encoded.
+          context: the ``context`` of an earlier read or write of ``key``.
+          w: replicas that must store it (default ``0``: the peer's ``KVConfig.w``); 1..N.
+
+        Returns:
+          A :class:`PutResult`, as :meth:`gossipkv.Node.put`.
+
+        Raises:
+          QuorumNotReached: fewer than W replicas stored it (it may still be stored on some).
+          ClusterNotReady, Unavailable, TooManySiblings, ValueTooLarge, InvalidContext,
+          InvalidKey, StorageError: as :meth:`gossipkv.Node.put`, reported by the peer.
+          DecodeError: ``value`` cannot be encoded as CBOR (checked before sending).
+          RemoteError: the peer refused the request (``code == "bad_request"`` for a ``w``
+            outside 1..N).
+          TransportError: no listed peer answered.
+          HandshakeError: the peer is in another cluster or speaks another protocol version.
+          NodeClosedError: the client is closed.
         """
         self._seq += 1
         msg = KvPut(key, value, context, w, self._client_id, self._seq)
@@ -153,22 +212,65 @@ class Client:
         return PutResult(key_, values, ctx)
 
     async def delete(self, key: str, *, context: bytes | None = None, w: int = 0) -> PutResult:
-        """Delete ``key`` with a tombstone."""
+        """Delete ``key`` with a tombstone (see :meth:`gossipkv.Node.delete`).
+
+        Args:
+          key: the key to delete.
+          context: the ``context`` of an earlier read, so the tombstone replaces what it saw.
+          w: replicas that must store the tombstone (default ``0``: the peer's ``KVConfig.w``).
+
+        Returns:
+          A :class:`PutResult` with the live siblings still stored and the new context.
+
+        Raises:
+          QuorumNotReached, ClusterNotReady, Unavailable, InvalidContext, InvalidKey,
+          StorageError, RemoteError, TransportError, HandshakeError, NodeClosedError: see
+            :meth:`put`.
+        """
         self._seq += 1
         msg = KvPut(key, None, context, w, self._client_id, self._seq, delete=True)
         key_, _, values, ctx = _kv_fields(await self._call(msg, retry=True))
         return PutResult(key_, values, ctx)
 
     async def statistics(self) -> dict[str, object]:
-        """The statistics snapshot of the connected peer (the ``stats --json`` shape)."""
+        """The statistics snapshot of the connected peer (the ``stats --json`` shape).
+
+        Returns:
+          The fields of :class:`gossipkv.NodeStatistics` as a plain map.
+
+        Raises:
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
         return await self._request(StatsRequest(), retry=True)
 
     async def leave(self) -> dict[str, object]:
-        """Ask the connected peer to leave the cluster gracefully (not retried elsewhere)."""
+        """Ask the connected peer to leave the cluster gracefully (not retried elsewhere).
+
+        The peer answers at once and then leaves as :meth:`gossipkv.Node.leave` does; its
+        process (``gossipkv peer``) exits when the leave is done.
+
+        Returns:
+          ``{"ok": True, "status": "leaving"}`` (or the peer's status if it was already leaving
+          or left).
+
+        Raises:
+          TransportError: the connected peer did not answer.
+          HandshakeError, NodeClosedError: as :meth:`members`.
+        """
         return await self._request(LeaveRequest(), retry=False)
 
     async def set_metadata(self, key: str, value: str | None) -> None:
-        """Set a metadata key on the connected peer (not retried elsewhere)."""
+        """Set a metadata key on the connected peer (not retried elsewhere).
+
+        Args:
+          key: 1..128 characters.
+          value: a string (at most 512 UTF-8 bytes by default), or ``None`` to delete the key.
+
+        Raises:
+          RemoteError: the peer refused the key or value (``code == "bad_request"``).
+          TransportError: the connected peer did not answer.
+          HandshakeError, NodeClosedError: as :meth:`members`.
+        """
         await self._request(SetMetadataRequest(key, value), retry=False)
 
     @asynccontextmanager
@@ -186,8 +288,18 @@ class Client:
         A reader that falls ``max_buffer`` changes behind loses the newest ones (counted in
         :attr:`watch_dropped`); each peer also bounds its per-connection buffer the same way.
 
+        Args:
+          prefix: only keys starting with it (``""``: every key).
+          max_buffer: changes held for a slow reader.
+
+        Yields:
+          A receive channel of :class:`Change`.
+
         Raises:
           TransportError: no member could be watched.
+          HandshakeError: the peer asked for the member list is in another cluster or speaks
+            another protocol version.
+          NodeClosedError: the client is closed.
         """
         if self._closed:
             raise NodeClosedError("client is closed")
@@ -305,6 +417,10 @@ class Client:
         return channel
 
     async def aclose(self) -> None:
+        """Close the connection; later requests raise :exc:`NodeClosedError`. Idempotent.
+
+        :func:`open_client` calls it on exit.
+        """
         self._closed = True
         if self._channel is not None:
             await self._channel.aclose()
@@ -336,12 +452,28 @@ async def open_client(
     connect_timeout: float = 2.0,
     request_timeout: float = 5.0,
 ) -> AsyncIterator[Client]:
-    """Connect to a cluster through the first reachable address of ``peers``.
+    """Open a :class:`Client` of the cluster reachable through ``peers``.
+
+    ``async with open_client(["127.0.0.1:7400"]) as client: await client.get("k")``
+
+    The client connects on its first request, to the first address of ``peers`` that answers,
+    and moves to the next one when that peer goes away.
+
+    Args:
+      peers: ``host:port`` addresses of members, tried in order.
+      cluster: the cluster name; a peer of another cluster refuses the connection.
+      transport: defaults to TCP; tests pass a ``gossipkv.testing.SimNetwork`` transport.
+      connect_timeout: seconds one connection attempt may take.
+      request_timeout: seconds one request may take before the client tries the next peer.
+
+    Yields:
+      The :class:`Client`; it is closed on exit.
 
     Raises:
       ConfigError: at call time, for an empty or malformed peer list.
-      HandshakeError: the peer is in another cluster or speaks another protocol version.
-      TransportError: when a request finds no reachable peer.
+
+    The requests themselves raise :exc:`HandshakeError` (another cluster or protocol version)
+    and :exc:`TransportError` (no listed peer reachable); see :class:`Client`.
     """
     if isinstance(peers, str) or not peers:
         raise ConfigError("peers must be a non-empty list of 'host:port' strings")

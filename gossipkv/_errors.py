@@ -22,9 +22,10 @@ class ConnectionClosed(TransportError):
 class DecodeError(GossipKVError):
     """Bytes received from the network could not be turned into a valid message.
 
-    ``reason`` is a short machine-readable tag used for the dropped-frame counters:
-    ``too_large``, ``truncated``, ``bad_cbor``, ``too_deep``, ``bad_shape``, ``unknown_type``,
-    ``bad_field``.
+    Attributes:
+      reason: a short machine-readable tag, also the dropped-frame counter's key:
+        ``too_large``, ``truncated``, ``bad_cbor``, ``too_deep``, ``bad_shape``,
+        ``unknown_type``, ``bad_field``.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -33,7 +34,12 @@ class DecodeError(GossipKVError):
 
 
 class HandshakeError(GossipKVError):
-    """The other end refused the ``hello`` (or we refused theirs): wrong cluster or protocol."""
+    """The other end refused the ``hello`` (or we refused theirs): wrong cluster or protocol.
+
+    Attributes:
+      reason: ``cluster`` (another cluster name), ``protocol`` (another ``PROTOCOL_VERSION``)
+        or ``identity`` (a peer claimed our own name).
+    """
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -41,7 +47,14 @@ class HandshakeError(GossipKVError):
 
 
 class RemoteError(GossipKVError):
-    """A peer answered a request with an error."""
+    """A peer answered a request with an error that has no typed counterpart here.
+
+    Data-path errors come back as their own type (:exc:`QuorumNotReached`, ...); this one carries
+    the rest.
+
+    Attributes:
+      code: the wire code, e.g. ``bad_request`` (the peer refused an argument) or ``internal``.
+    """
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -64,7 +77,12 @@ class InvalidClock(GossipKVError, ValueError):
 
 
 class TooManySiblings(InvalidClock):
-    """A put would store more siblings for one key than the configured limit (Riak: 100)."""
+    """A put would store more siblings for one key than the configured limit (Riak: 100).
+
+    Attributes:
+      count: the siblings the put would have stored.
+      limit: the limit.
+    """
 
     def __init__(self, count: int, limit: int) -> None:
         super().__init__(f"too many siblings ({count} > {limit}); resolve them with a context put")
@@ -127,6 +145,10 @@ class QuorumNotReached(GossipKVError):
     """Fewer replicas than required answered in time.
 
     For a put, the value may still be stored on the replicas that answered (as in Riak).
+
+    Attributes:
+      got: replicas that answered.
+      needed: replicas required (R or W).
     """
 
     def __init__(self, got: int, needed: int, what: str = "replicas") -> None:

@@ -58,7 +58,27 @@ _EMPTY: Clock = DVVSet((), ())
 
 @dataclass(frozen=True, slots=True)
 class KVConfig:
-    """Defaults of the data path. ``r`` and ``w`` may be overridden per request (1..N)."""
+    """Defaults of the data path. ``r`` and ``w`` may be overridden per request (1..N).
+
+    ``Node(kv=KVConfig(r=1, w=3))``; :class:`Node` refuses ``r`` or ``w`` above
+    ``GossipConfig.replicas`` (N) with :exc:`ConfigError`.
+
+    Attributes:
+      r: replicas a read waits for.
+      w: replicas that must store a write before it is acknowledged.
+      sloppy_quorum: stand in for an unreachable owner with the next reachable member, which
+        keeps a durable hint and hands the value over when the owner is back.
+      blocking_read_repair: a read waits for its repairs, so successive quorum reads never go
+        backwards (by default repairs run after the read returns, at most
+        ``max_pending_repairs`` at a time; more are skipped and counted).
+      replica_timeout: seconds a coordinator waits for one replica's answer.
+      max_pending_repairs: background read repairs in flight at once.
+      idempotency_cache: client writes remembered by ``(client id, sequence)``, so a retry
+        returns the first result instead of writing a second sibling.
+      handoff_interval: seconds between attempts to hand hinted writes to their owners.
+      last_write_wins: lossy, opt-in, for comparison only: the newest write replaces every
+        sibling, so concurrent writes are silently lost.
+    """
 
     r: int = 2
     w: int = 2
@@ -74,6 +94,11 @@ class KVConfig:
     last_write_wins: bool = False
 
     def validate(self) -> None:
+        """Check the settings on their own (``r``/``w`` against N is :class:`Node`'s check).
+
+        Raises:
+          ValueError: naming the first bad setting.
+        """
         if self.r < 1 or self.w < 1:
             raise ValueError("r and w must be at least 1")
         if self.replica_timeout <= 0 or self.handoff_interval <= 0:
@@ -86,6 +111,14 @@ class GetResult:
 
     ``found`` is False when no live value exists; ``context`` is still meaningful then (a put with
     it supersedes the tombstone instead of siblinging with it).
+
+    Attributes:
+      key: the key read.
+      found: whether any live value exists.
+      values: the live siblings, more than one after concurrent writes; resolve them and write
+        the result back with ``context``.
+      context: opaque bytes (canonical CBOR of the causal context); ``b""`` when the key was
+        never written.
     """
 
     key: str
@@ -96,7 +129,14 @@ class GetResult:
 
 @dataclass(frozen=True, slots=True)
 class PutResult:
-    """A write's outcome: the siblings now stored at the coordinating replica and their context."""
+    """A write's outcome: the siblings now stored at the coordinating replica and their context.
+
+    Attributes:
+      key: the key written.
+      values: the live siblings stored now: the written value, plus any concurrent ones its
+        context did not cover (empty after a delete that covered them all).
+      context: the context covering them, for the next write of ``key``.
+    """
 
     key: str
     values: list[object]
@@ -105,9 +145,16 @@ class PutResult:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A change this peer's replica stored for ``key`` (State Watch): the live siblings now stored
-    (tombstones hidden, so a delete shows as no values) and the context covering them (as in
-    :class:`GetResult`). Two replicas storing the same state report the same ``context``."""
+    """A change this peer's replica stored for ``key`` (State Watch).
+
+    Two replicas storing the same state report the same ``context``; :meth:`Client.watch` uses
+    that to deliver each change once.
+
+    Attributes:
+      key: the key that changed.
+      values: the live siblings now stored (tombstones hidden, so a delete shows as no values).
+      context: the context covering them (as in :class:`GetResult`).
+    """
 
     key: str
     values: list[object]

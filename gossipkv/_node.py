@@ -74,7 +74,52 @@ WallClock = Callable[[], int]
 
 @dataclass(frozen=True, slots=True)
 class NodeStatistics:
-    """A frozen snapshot of one node's state and counters (see :meth:`Node.statistics`)."""
+    """A frozen snapshot of one node's state and counters (see :meth:`Node.statistics`).
+
+    The same fields, as a plain map, are the ``gossipkv stats --json`` shape. Counters only grow
+    while the node runs; maps keyed by a reason or an error name hold only the keys seen so far.
+
+    Attributes:
+      name: this node's name.
+      address: the address it advertises.
+      cluster: the cluster name.
+      generation: this incarnation's generation.
+      status: this node's own lifecycle status (``joining``, ``up``, ``leaving``, ``left``).
+      leader: the emergent leader as this node sees it, or ``None``.
+      converged: whether every reachable up member publishes this node's membership view.
+      members_by_status: how many members this node lists in each status.
+      gossip_rounds: gossip rounds this node started.
+      syns_received: gossip rounds other members started with it.
+      deltas_applied: per-member deltas from gossip that this node applied.
+      budget_truncations: deltas cut short by the ``max_delta_bytes`` budget.
+      pause_guards: times the local-pause guard suspended failure verdicts.
+      frames_in: frames received, every connection included.
+      frames_out: frames sent.
+      bytes_in: bytes received in frames.
+      bytes_out: bytes sent in frames.
+      dropped_frames: frames (and events) dropped, by reason: ``too_large``, ``bad_cbor``,
+        ``events_overflow``, ``watch_overflow``, ...
+      refused_handshakes: ``hello`` frames refused, by reason (``cluster``, ``protocol``,
+        ``identity``).
+      connections: open connections to other members.
+      max_loop_lag: the largest event-loop lag measured so far, in seconds.
+      last_loop_lag: the latest event-loop lag measured, in seconds.
+      table_epoch: the partition table's epoch ``[term, seq]``, or ``None`` before the first table.
+      partitions: partitions in the table (0 before the first table).
+      replicas: N, the owners per partition.
+      partitions_owned: how many partitions each member holds a replica of.
+      kv_gets: reads this node coordinated.
+      kv_puts: writes this node coordinated.
+      kv_deletes: deletes this node coordinated.
+      kv_forwarded: writes it forwarded to a replica of the key.
+      read_repairs: replicas brought up to date by read repair.
+      hints_pending: hinted writes waiting for their owner.
+      hints_stored: hinted writes stored for unreachable owners.
+      hints_delivered: hinted writes handed over to their owner.
+      siblings_seen: extra siblings found by this node's writes.
+      kv_errors: failed replica calls, repairs and handoffs, by exception name.
+      storage_keys: keys in this node's replica.
+    """
 
     name: str
     address: str
@@ -136,10 +181,13 @@ class Node:
         await nursery.start(node.run)
 
     Args:
-      name: stable node id; defaults to the bound ``host:port``. Persisted in ``data_dir``.
+      name: stable node id, 1..128 characters. Defaults to the name persisted in ``data_dir``,
+        else the advertised ``host:port``.
       listen: ``host:port`` to bind (port 0 picks a free port).
-      seeds: addresses to join through. With none, the node starts a new cluster.
-      data_dir: where the identity, generation and accepted decisions are kept (``None``: memory).
+      seeds: addresses to join through. With none, the node starts a new cluster; with some, it
+        keeps trying them until it joins (it never forms a second cluster by itself).
+      data_dir: where the identity, generation, accepted decisions (``membership.cbor``), the data
+        (``data/``) and the hints (``hints/``) are kept. ``None``: everything in memory.
       cluster: cluster name; peers and clients of another cluster are refused.
       config: membership tuning (:class:`GossipConfig`); its ``cluster`` is overridden by ``cluster``.
       transport: defaults to TCP; tests pass a ``gossipkv.testing.SimNetwork`` transport.
@@ -148,9 +196,25 @@ class Node:
       wall_clock: milliseconds since the epoch (faked in simulation).
       store: where to persist the peer record (overrides ``data_dir``).
       bootstrap: start a new cluster even with seeds (default: only when there are none).
+      request_timeout: seconds a gossip exchange or a handshake may take.
+      connect_timeout: seconds a connection attempt to another member may take.
+      kv: data-path defaults (:class:`KVConfig`); ``r`` and ``w`` may not exceed
+        ``config.replicas``.
+      fsync: the data dir's fsync policy: ``"batch"`` (default: concurrent writes share one fsync
+        and are acknowledged after it), ``"always"`` (one fsync per write) or ``"none"``
+        (acknowledged once the OS has the bytes: survives ``kill -9``, not a power cut).
+      storage: the replica's storage engine, instead of one opened in ``data_dir``.
+      hints: the hinted-handoff storage engine, instead of one opened in ``data_dir``.
+
+    Attributes:
+      config: the membership settings in force.
+      kv_config: the data-path settings in force.
 
     Raises:
       ConfigError: at construction, for a bad address, seed list or setting.
+
+    Until the node serves, its properties, :meth:`members`, :meth:`leader`, :meth:`statistics`,
+    :meth:`set_metadata` and the data path raise :exc:`NodeClosedError`.
     """
 
     def __init__(
@@ -248,6 +312,7 @@ class Node:
 
     @property
     def name(self) -> str:
+        """This node's name (given, persisted or its advertised address; see :class:`Node`)."""
         return self._runtime().gossiper.node_id
 
     @property
@@ -257,41 +322,81 @@ class Node:
 
     @property
     def generation(self) -> int:
+        """This incarnation's generation: ``max(persisted + 1, wall-clock ms)`` at start.
+
+        A restarted node has a higher generation, which replaces its old incarnation everywhere.
+        """
         return self._runtime().gossiper.generation
 
     @property
     def status(self) -> str:
+        """This node's own lifecycle status: ``joining``, ``up``, ``leaving`` or ``left``."""
         return self._runtime().gossiper.status
 
     def members(self) -> list[MemberView]:
-        """This node's membership table."""
+        """This node's membership table, sorted by name, this node included.
+
+        Returns:
+          One :class:`MemberView` per member this node knows of, removed incarnations included
+          (``status == "removed"``). ``reachable`` and ``phi`` are this node's own opinion.
+        """
         return self._runtime().gossiper.members(trio.current_time())
 
     def leader(self) -> str | None:
-        """The emergent leader as this node sees it."""
+        """The emergent leader as this node sees it.
+
+        Returns:
+          The name of the oldest member (by ``up_number``, then generation, then name) that is up
+          (or leaving) and reachable from here, or ``None`` when there is none yet. Two sides of a partition
+          may each see their own.
+        """
         return self._runtime().gossiper.leader()
 
     def converged(self) -> bool:
+        """Whether every reachable up member publishes the same membership view as this node
+        and none is suspect (the leader admits and removes members only then)."""
         return self._runtime().gossiper.converged()
 
     def set_metadata(self, key: str, value: str | None) -> None:
         """Publish (``None``: delete) a metadata key that every peer will see for this member.
 
+        The change spreads by gossip: other members see it in :attr:`MemberView.metadata` within a
+        few gossip rounds.
+
+        Args:
+          key: 1..128 characters.
+          value: a string of at most ``GossipConfig.max_metadata_bytes`` UTF-8 bytes, or ``None``
+            to delete the key.
+
         Raises:
-          ValueError: key or value over the limits.
+          ValueError: key or value over the limits, or more than ``max_metadata_keys`` keys.
+          NodeClosedError: the node is not running.
         """
         self._runtime().gossiper.set_metadata(key, value)
 
     async def get(self, key: str, *, r: int = 0, local: bool = False) -> GetResult:
         """Read ``key``: the live siblings and the causal context covering them.
 
+        The read asks every replica of the key (up to N) and returns once R answered; replicas that
+        answered with an older state are repaired afterwards (before returning with
+        ``KVConfig(blocking_read_repair=True)``).
+
         Args:
-          r: replies to wait for (default ``KVConfig.r``); 1..N.
+          key: a non-empty string of at most 1024 UTF-8 bytes.
+          r: replies to wait for (default ``0``: ``KVConfig.r``); 1..N.
           local: read only this node's own replica (no quorum, no repair).
 
+        Returns:
+          A :class:`GetResult`: ``values`` holds the live siblings (empty when ``found`` is False)
+          and ``context`` the causal context to pass to the next :meth:`put` of this key.
+
         Raises:
-          ClusterNotReady: no partition table yet (retry). QuorumNotReached: fewer than R replicas
-          answered. KeyTooLarge, InvalidKey, StorageError.
+          ClusterNotReady: no partition table yet (safe to retry).
+          QuorumNotReached: fewer than R replicas answered within ``KVConfig.replica_timeout``.
+          InvalidKey: ``key`` is not a non-empty string (:exc:`KeyTooLarge`: too long).
+          StorageError: this node's own storage failed.
+          ValueError: ``r`` is not between 1 and N.
+          NodeClosedError: the node is not running.
         """
         return await self._service().get(key, r=r, local=local)
 
@@ -300,17 +405,60 @@ class Node:
     ) -> PutResult:
         """Write ``value``; with the ``context`` of a read it replaces exactly what that read saw.
 
-        Returns the siblings now stored at the coordinating replica and their context. Without a
-        context nothing is overwritten: concurrent writes become siblings.
+        Without a context nothing is overwritten: concurrent writes become siblings. The write is
+        executed by a replica of the key (this node, or the first reachable replica it forwards
+        to) and acknowledged once W replicas stored it under their fsync policy. An unreachable
+        owner is stood in for by another member, which keeps a hint and hands the value over
+        later (sloppy quorum).
+
+        Args:
+          key: a non-empty string of at most 1024 UTF-8 bytes.
+          value: any CBOR-encodable value of at most 1 MiB encoded (``None`` included; deletes
+            are :meth:`delete`).
+          context: the ``context`` of an earlier read or write of ``key``; ``None`` or ``b""``
+            for none.
+          w: replicas that must store it (default ``0``: ``KVConfig.w``); 1..N.
+
+        Returns:
+          A :class:`PutResult`: the siblings now stored at the coordinating replica and their
+          context.
 
         Raises:
           QuorumNotReached: fewer than W replicas stored it (it may still be stored on some).
-          TooManySiblings, ValueTooLarge, ValueNotEncodable, InvalidContext, ClusterNotReady.
+          ClusterNotReady: no partition table yet (safe to retry).
+          Unavailable: no replica of the key is reachable.
+          TooManySiblings: the key would hold more than 100 siblings: resolve them with a context.
+          ValueTooLarge: ``value`` is over the limit once encoded.
+          ValueNotEncodable: ``value`` cannot be encoded as CBOR.
+          InvalidContext: ``context`` did not come from a gossipkv read or write.
+          InvalidKey: ``key`` is not a non-empty string (:exc:`KeyTooLarge`: too long).
+          StorageError: the coordinating replica's own storage failed.
+          TransportError: the replica this node forwarded the write to could not be reached.
+          ValueError: ``w`` is not between 1 and N.
+          NodeClosedError: the node is not running.
         """
         return await self._service().put(key, value, context=context, w=w)
 
     async def delete(self, key: str, *, context: bytes | None = None, w: int = 0) -> PutResult:
-        """Delete ``key`` by writing a tombstone (a sibling like any other, hidden by reads)."""
+        """Delete ``key`` by writing a tombstone (a sibling like any other, hidden by reads).
+
+        Pass the ``context`` of a read so the tombstone replaces what that read saw; without one
+        the tombstone is concurrent with every stored value, which stays visible.
+        Tombstones are kept (no reaping yet).
+
+        Args:
+          key: the key to delete.
+          context: the ``context`` of an earlier read of ``key``.
+          w: replicas that must store the tombstone (default ``0``: ``KVConfig.w``); 1..N.
+
+        Returns:
+          A :class:`PutResult` with the live siblings still stored (none when ``context`` covered
+          them all) and the new context.
+
+        Raises:
+          QuorumNotReached, ClusterNotReady, Unavailable, TooManySiblings, InvalidContext,
+          InvalidKey, StorageError, TransportError, ValueError, NodeClosedError: as :meth:`put`.
+        """
         return await self._service().put(key, None, context=context, w=w, delete=True)
 
     def _service(self) -> KeyValueService:
@@ -353,6 +501,11 @@ class Node:
         return self._hlc.now()
 
     def statistics(self) -> NodeStatistics:
+        """A frozen snapshot of this node's state and counters (what ``gossipkv stats`` shows).
+
+        Returns:
+          A new :class:`NodeStatistics`; it does not change as the node goes on.
+        """
         g = self._runtime().gossiper
         rows = g.members(trio.current_time())
         c = g.counters
@@ -400,7 +553,15 @@ class Node:
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
-        """Wait until ``predicate(node)`` holds; it is re-checked after every evaluation tick."""
+        """Wait until ``predicate(node)`` holds; it is re-checked after every evaluation tick.
+
+        Args:
+          predicate: called with this node, often with :meth:`members` or :meth:`leader`; it must
+            not block.
+
+        There is no timeout: bound the wait with ``trio.fail_after``. An exception raised by
+        ``predicate`` propagates.
+        """
         while not predicate(self):
             await self._changed.wait()
 
@@ -409,6 +570,15 @@ class Node:
         self, max_buffer: int = 256
     ) -> AsyncIterator[trio.MemoryReceiveChannel[MembershipEvent]]:
         """Subscribe to membership events (joins, ups, downs, leaves, removals, leader changes).
+
+        ``async with node.events() as events: async for event in events: ...``
+
+        Args:
+          max_buffer: events held for a slow reader.
+
+        Yields:
+          A receive channel of :class:`MembershipEvent`, as this node sees them, from the time
+          of subscribing. It ends when the node stops.
 
         A subscriber that falls ``max_buffer`` events behind loses the newest ones (counted as
         dropped frames ``events_overflow``): membership must never wait on a slow reader.
@@ -426,14 +596,22 @@ class Node:
     async def watch(
         self, prefix: str = "", max_buffer: int = 256
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Change]]:
-        """Subscribe to changes this node's replica stores for keys starting with ``prefix``
-        (State Watch): a :class:`Change` each time the stored state of such a key changes, from a
+        """Subscribe to changes this node's replica stores for keys starting with ``prefix``.
+
+        State Watch: a :class:`Change` each time the stored state of such a key changes, from a
         local put, a replica write, read repair or hinted handoff.
+
+        Args:
+          prefix: only keys starting with it (``""``: every key).
+          max_buffer: changes held for a slow reader.
+
+        Yields:
+          A receive channel of :class:`Change`; it ends when the node stops.
 
         Only keys this node is a replica (or stand-in) for are seen; :meth:`Client.watch` merges
         every member's stream for the whole cluster. A subscriber that falls ``max_buffer``
         changes behind loses the newest ones (counted as dropped frames ``watch_overflow``):
-        writes never wait on a slow reader. The channel ends when the node stops.
+        writes never wait on a slow reader.
         """
         send, receive = trio.open_memory_channel[Change](max_buffer)
         entry = (prefix, send)
@@ -483,9 +661,15 @@ class Node:
             nursery.cancel_scope.cancel()
 
     async def leave(self) -> None:
-        """Leave the cluster gracefully and stop: announce ``leaving``, wait for the leader's
-        acknowledgement (or ``leave_timeout``), announce ``left``, gossip it for two more rounds,
-        tell the live peers, then end :meth:`run`.
+        """Leave the cluster gracefully and stop.
+
+        Announces ``leaving``, waits for the leader's acknowledgement (at most ``leave_timeout``
+        plus 2 s), announces ``left``, gossips it for two more rounds, tells the live peers, then
+        ends :meth:`run`. Other members show the node as ``left``; the leader removes it after
+        ``remove_after``. Calling it again (or while it runs) waits for the first call to finish.
+
+        Raises:
+          NodeClosedError: the node is not running.
         """
         rt = self._runtime()
         if self._closing:
@@ -510,9 +694,15 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node until it leaves or is cancelled; ``task_status.started(node)`` once serving.
 
+        ``node = await nursery.start(Node(...).run)``. The node opens its data dir, binds
+        ``listen``, persists its new generation before the first gossip, then serves until
+        :meth:`leave` completes or the surrounding scope is cancelled (which stops it at once,
+        without a graceful leave). Storage engines opened here are closed on the way out.
+
         Raises:
-          DataDirError: the data dir is unusable or locked.
+          DataDirError: the data dir is unusable or locked by another process.
           TransportError: the listen address cannot be bound.
+          RuntimeError: the node already ran once (create a new :class:`Node` to restart).
         """
         if self._rt is not None:
             raise RuntimeError("a Node can only run once; create a new one to restart")
@@ -906,7 +1096,17 @@ class Node:
 
 
 def members_body(self_name: str, leader: str | None, rows: list[MemberView]) -> dict[str, object]:
-    """The ``members --json`` shape (stable; documented in the README)."""
+    """The ``members --json`` shape (stable; documented in the README).
+
+    Args:
+      self_name: the name of the member whose view this is.
+      leader: the leader it sees, or ``None``.
+      rows: its membership table (:meth:`Node.members`).
+
+    Returns:
+      ``{"self", "leader", "members": [{"name", "address", "status", "reachable", "up_number",
+      "age_rank", "generation", "heartbeat", "phi", "metadata"}, ...]}``, JSON-serializable.
+    """
     return {
         "self": self_name,
         "leader": leader,
@@ -948,8 +1148,20 @@ async def open_node(**kwargs: object) -> AsyncIterator[Node]:
 
     ``async with open_node(name="a", listen="127.0.0.1:7400", seeds=[...]) as node: ...``
 
+    Args:
+      **kwargs: the keyword arguments of :class:`Node`.
+
+    Yields:
+      The running :class:`Node`, once it serves.
+
+    Raises:
+      ConfigError: a bad address, seed list or setting (before anything starts).
+      DataDirError: the data dir is unusable or locked by another process.
+      TransportError: the listen address cannot be bound.
+
     On exit the node leaves gracefully (bounded by ``leave_timeout`` plus propagation); if the
-    body raised or was cancelled it simply stops.
+    body raised or was cancelled it simply stops. A single gossipkv error from inside is raised
+    as itself (``from`` the exception group the node's nursery made).
     """
     node = Node(**kwargs)  # type: ignore[arg-type]
     try:

@@ -103,6 +103,24 @@ async def test_wrong_cluster_hello_is_refused_with_a_reason() -> None:
         assert a.statistics().refused_handshakes == {"cluster": 1}
 
 
+async def test_other_protocol_version_is_refused_with_a_reason() -> None:
+    # The README's upgrade advice rests on this: no negotiation, a mismatch is refused.
+    async with open_node(name="a", listen="127.0.0.1:0", config=FAST) as a:
+        port = int(a.address.rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        newer = gossipkv.PROTOCOL_VERSION + 1
+        await stream.send_all(_frame([3, 0, "hello", [newer, "gossipkv", "x", 1, "1.2.3.4:5"]]))
+        data = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(4096):
+                data += chunk
+        await stream.aclose()
+        reply = cbor2.loads(data[4:])
+        assert reply[2] == "refused" and reply[3][0] == "protocol"
+        assert f"peer speaks {newer}, this peer speaks {gossipkv.PROTOCOL_VERSION}" in reply[3][1]
+        assert a.statistics().refused_handshakes == {"protocol": 1}
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

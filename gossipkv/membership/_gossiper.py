@@ -36,6 +36,28 @@ class GossipConfig:
 
     With the defaults (0.2 s rounds, phi down at 8 in log10 units) a silent member is declared
     down after about 18 mean heartbeat intervals, i.e. roughly 3.7 s.
+
+    Attributes:
+      cluster: the cluster name (:class:`Node`'s ``cluster`` argument overrides it).
+      gossip_interval: seconds between gossip rounds.
+      fanout: live members gossiped with per round.
+      max_delta_bytes: the byte budget of one gossip delta (at least 1024).
+      suspect_phi: phi at which a member is suspect (log10 units, as Cassandra).
+      down_phi: phi at which a member is down.
+      detector_window: heartbeat intervals the failure detector remembers per member.
+      max_interval: longer heartbeat gaps are not learned (a partition must not teach the
+        detector to be slow).
+      local_pause_threshold: event-loop lag, in seconds, that counts as this peer having been
+        paused itself.
+      pause_guard: seconds after such a pause in which no failure verdicts are passed.
+      remove_after: seconds a member stays down or left before the leader removes it.
+      leave_timeout: seconds a leaving member waits for the leader's acknowledgement.
+      tombstone_ttl_ms: milliseconds a removal is remembered (its quarantine) before it is
+        forgotten.
+      max_metadata_keys: metadata keys one member may publish.
+      max_metadata_bytes: the largest metadata value, in UTF-8 bytes.
+      partitions: partitions of the key space, fixed when the cluster's first table is made.
+      replicas: N, the owners of each partition.
     """
 
     cluster: str = "gossipkv"
@@ -57,6 +79,7 @@ class GossipConfig:
     replicas: int = DEFAULT_REPLICAS  # N: owners per partition
 
     def detector(self) -> DetectorConfig:
+        """The phi-accrual detector settings these fields imply."""
         return DetectorConfig(
             window=self.detector_window,
             max_interval=self.max_interval,
@@ -66,7 +89,11 @@ class GossipConfig:
         )
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad setting."""
+        """Check every setting (:class:`Node` does, and raises :exc:`ConfigError`).
+
+        Raises:
+          ValueError: naming the first bad setting.
+        """
         positive = ("gossip_interval", "remove_after", "leave_timeout", "max_interval")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -87,7 +114,23 @@ class GossipConfig:
 
 @dataclass(frozen=True, slots=True)
 class MemberView:
-    """One row of a peer's membership table, as the CLI and the API show it."""
+    """One row of a peer's membership table, as the CLI and the API show it.
+
+    Attributes:
+      name: the member's name.
+      address: the ``host:port`` it advertises (``None`` for a removed incarnation).
+      status: ``joining``, ``up``, ``leaving``, ``left``, ``down`` (this peer's verdict) or
+        ``removed`` (the leader's decision).
+      reachable: whether this peer currently considers it alive.
+      up_number: the order in which the leader admitted it (``None`` before that).
+      age_rank: 1 for the oldest up member (the leader, when reachable), 2 for the next, ...
+      generation: the incarnation's generation.
+      heartbeat: the newest heartbeat this peer has seen from it.
+      phi: this peer's suspicion level (``None`` for the peer itself).
+      metadata: what the member published with ``set_metadata``.
+      is_leader: whether this peer sees it as the leader.
+      is_self: whether it is the peer whose table this is.
+    """
 
     name: str
     address: str | None
@@ -105,7 +148,17 @@ class MemberView:
 
 @dataclass(frozen=True, slots=True)
 class MembershipEvent:
-    """Something that happened to a member, as this peer saw it."""
+    """Something that happened to a member, as this peer saw it.
+
+    Attributes:
+      at: ``trio.current_time()`` when this peer noticed it.
+      kind: ``joined``, ``up``, ``suspect``, ``down``, ``alive``, ``leaving``, ``left``,
+        ``removed``, ``restarted`` or ``leader`` (a new leader, named by ``node_id``; ``""``
+        when there is none).
+      node_id: the member it happened to.
+      generation: that member's generation (0 for ``leader``).
+      detail: a human-readable note, such as ``"phi 8.3"``.
+    """
 
     at: float
     kind: str  # joined|up|suspect|down|alive|leaving|left|removed|restarted|leader

@@ -101,7 +101,17 @@ async def _serve_connection(stream: trio.SocketStream) -> None:
 async def serve_echo(
     listen: str = "127.0.0.1:0", *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve echo on ``listen`` (port 0 picks one) until cancelled; reports ``"host:port"``."""
+    """Serve echo on ``listen`` (port 0 picks one) until cancelled; reports ``"host:port"``.
+
+    ``address = await nursery.start(serve_echo, "127.0.0.1:0")``
+
+    Args:
+      listen: ``host:port`` to bind.
+
+    Raises:
+      TransportError: the address cannot be bound.
+      ValueError: ``listen`` is not ``host:port``.
+    """
     where = Address.parse(listen)
     try:
         listeners = await trio.open_tcp_listeners(where.port, host=where.host)
@@ -113,7 +123,10 @@ async def serve_echo(
 
 
 class EchoClient:
-    """Many concurrent ``echo`` calls over one connection (create with :func:`open_echo_client`)."""
+    """Many concurrent ``echo`` calls over one connection (create with :func:`open_echo_client`).
+
+    The baseline ``gossipkv bench kv --baseline-echo`` drives in place of a peer.
+    """
 
     def __init__(self, framed: _FramedStream) -> None:
         self._framed = framed
@@ -123,6 +136,9 @@ class EchoClient:
 
     async def echo(self, value: object) -> None:
         """Send ``value`` in a request frame and wait for the same-sized response frame.
+
+        Args:
+          value: any CBOR-encodable value.
 
         Raises:
           ConnectionClosed: the connection closed before the response came.
@@ -160,8 +176,15 @@ class EchoClient:
 async def open_echo_client(address: str) -> AsyncIterator[EchoClient]:
     """Connect to an echo server at ``"host:port"``.
 
+    Args:
+      address: the server's ``host:port``.
+
+    Yields:
+      An :class:`EchoClient`; the connection is closed on exit.
+
     Raises:
       TransportError: the server cannot be reached.
+      ValueError: ``address`` is not ``host:port``.
     """
     where = Address.parse(address)
     try:
@@ -185,6 +208,12 @@ async def open_echo_server_process(host: str = "127.0.0.1") -> AsyncIterator[str
     """Run an echo server in a child Python process on ``host``; yields its ``"host:port"``.
 
     The child is killed on exit.
+
+    Args:
+      host: the interface the child binds (on a free port).
+
+    Yields:
+      The child's ``"host:port"``.
 
     Raises:
       TransportError: the child did not report a listening address within 30 seconds.

@@ -405,6 +405,13 @@ class SimNetwork:
         The same object until the process crashes; after :meth:`crash`, a fresh process (a
         restart: no listener, no connections, not paused).
 
+        Args:
+          address: ``host:port``; any host name will do (``"n1:7400"``).
+
+        Returns:
+          A :class:`~gossipkv.transport.Transport` to pass to ``Node(transport=...)`` or
+          ``open_client(transport=...)``.
+
         Raises:
           ConfigError: ``address`` is not ``host:port``.
         """
@@ -423,6 +430,12 @@ class SimNetwork:
         ends see end-of-stream after one link latency, frames in flight to or from it are dropped,
         and connecting to the address is refused until a restarted process serves again.
         Unknown or already crashed addresses are ignored.
+
+        Args:
+          address: the process's ``host:port``.
+
+        Raises:
+          ConfigError: ``address`` is not ``host:port``.
         """
         process = self._processes.get(_norm(address))
         if process is None or process.crashed:
@@ -451,6 +464,12 @@ class SimNetwork:
         Frames to and from it are held and delivered after :meth:`resume`; its transport's
         ``wait_runnable`` blocks. Connections stay open and connecting to it still succeeds (the
         kernel accepts), but nothing it sends or is sent moves until it resumes.
+
+        Args:
+          address: the process's ``host:port``.
+
+        Raises:
+          ConfigError: ``address`` is not ``host:port``.
         """
         process = self._processes.get(_norm(address))
         if process is None or process.crashed or process.paused:
@@ -459,7 +478,14 @@ class SimNetwork:
         process.resumed = trio.Event()
 
     def resume(self, address: str) -> None:
-        """Resume a paused process; held frames are delivered now, each link still in order."""
+        """Resume a paused process; held frames are delivered now, each link still in order.
+
+        Args:
+          address: the process's ``host:port``.
+
+        Raises:
+          ConfigError: ``address`` is not ``host:port``.
+        """
         process = self._processes.get(_norm(address))
         if process is None or not process.paused:
             return
@@ -497,6 +523,8 @@ class SimNetwork:
         sent from now on.
 
         Args:
+          src: the sending address, or ``None`` for every one.
+          dst: the receiving address, or ``None`` for every one.
           latency: one-way delay in seconds.
           jitter: extra delay, uniform in ``[0, jitter]``; frames on a connection stay in order.
           loss: probability that a frame is dropped.
@@ -530,6 +558,10 @@ class SimNetwork:
         Frames crossing a partition are dropped (counted in ``dropped_partition``), including
         those already in flight; established connections stay open, so traffic resumes after
         heal. ``connect`` across a partition waits until it heals or the caller cancels.
+
+        Args:
+          *groups: addresses, one iterable per side.
+          one_way: with exactly two groups, drop only frames from the first to the second.
 
         Raises:
           ConfigError: ``one_way`` with other than two groups.

@@ -1,0 +1,160 @@
+"""``gossipkv bench``: the three benchmark commands, their options and their output.
+
+Only the commands live here; each imports its benchmark module (trio, rich, gossipkv) when it
+runs, so ``gossipkv --help`` and shell completion never pay for them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ._common import ClusterOption, fail, print_json, run
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers, never pass/fail).")
+
+
+@bench_app.command("gossip")
+def gossip(
+    n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 10,
+    busy_seconds: Annotated[
+        float, typer.Option(help="Length of the loaded-machine window.")
+    ] = 60.0,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the choice of victim.")] = 1,
+) -> None:
+    """Join, failure-detection and false-down timings of N real peers on loopback."""
+    from ._bench_gossip import bench_gossip
+
+    result = run(lambda: bench_gossip(n, busy_seconds, seed, quiet=json))
+    if json:
+        print_json(result)
+    else:
+        for key, value in result.items():
+            typer.echo(f"{key:>34}: {value}")
+
+
+@bench_app.command("kv")
+def kv(
+    peer: Annotated[
+        list[str],
+        typer.Option("--peer", help="Peer to load, HOST:PORT (repeatable; one client per peer)."),
+    ],
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load.")] = 10.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent request loops.")] = 16,
+    ratio: Annotated[str, typer.Option(help="GET:PUT mix, e.g. 90:10.")] = "50:50",
+    keys: Annotated[int, typer.Option(min=1, help="Number of distinct keys.")] = 1000,
+    value_size: Annotated[int, typer.Option(min=0, help="Bytes per value (a string).")] = 100,
+    r: Annotated[int, typer.Option("--r", min=0, help="Read quorum (0: the peer's default).")] = 0,
+    w: Annotated[int, typer.Option("--w", min=0, help="Write quorum (0: the peer's default).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for keys, values and the op mix.")] = 1,
+    cluster: ClusterOption = "gossipkv",
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object only.")] = False,
+    baseline_echo: Annotated[
+        bool,
+        typer.Option(
+            "--baseline-echo", help="Also drive a bare Trio+CBOR echo server and report the ratio."
+        ),
+    ] = False,
+) -> None:
+    """Closed-loop get/put load against running peers: ops/s, latency percentiles, errors."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ._bench_kv import check_peer, parse_ratio, print_human, run_kv_bench
+
+    peers = [check_peer(p) for p in peer]
+    gets_puts = parse_ratio(ratio)
+    progress: Progress | None = None
+    if not json:
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            auto_refresh=False,
+            transient=True,
+        )
+
+    async def body() -> dict[str, Any]:
+        return await run_kv_bench(
+            peers,
+            cluster=cluster,
+            duration=duration,
+            concurrency=concurrency,
+            ratio=gets_puts,
+            keys=keys,
+            value_size=value_size,
+            r=r,
+            w=w,
+            seed=seed,
+            baseline_echo=baseline_echo,
+            progress=progress,
+        )
+
+    result = run(body)
+    if json:
+        print_json(result)
+    else:
+        print_human(result)
+    sys.stdout.flush()
+
+
+@bench_app.command("storage")
+def storage(
+    keys: Annotated[int, typer.Option("--keys", min=1, help="Number of distinct keys.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Data dir for the log engine.")],
+    value_size: Annotated[int, typer.Option("--value-size", min=1, help="Bytes per value.")] = 100,
+    fsync: Annotated[str, typer.Option("--fsync", help="always, batch or none.")] = "batch",
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Benchmark the durable log storage engine (throughput, recovery, size, loop lag)."""
+    import json
+    from dataclasses import asdict
+
+    import trio
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from gossipkv import GossipKVError
+    from gossipkv.storage import FsyncPolicy
+
+    from ._bench_storage import first_leaf, run_storage_bench
+
+    policies = [p.value for p in FsyncPolicy]
+    if fsync not in policies:
+        typer.echo(f"error: --fsync must be one of {', '.join(policies)}, got {fsync!r}", err=True)
+        raise typer.Exit(2)
+    progress: Progress | None = None
+    if not json_output:
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            auto_refresh=False,
+            transient=True,
+        )
+    try:
+        if progress is not None:
+            with progress:
+                result = trio.run(run_storage_bench, keys, value_size, data_dir, fsync, progress)
+        else:
+            result = trio.run(run_storage_bench, keys, value_size, data_dir, fsync, None)
+    except GossipKVError as exc:
+        fail(str(exc))
+    except BaseExceptionGroup as group:
+        leaf = first_leaf(group)
+        if not isinstance(leaf, GossipKVError):
+            raise
+        fail(str(leaf))
+    if json_output:
+        sys.stdout.write(json.dumps(asdict(result)) + "\n")
+        return
+    for name, value in asdict(result).items():
+        typer.echo(f"{name:>26}: {value}")
