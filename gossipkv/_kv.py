@@ -348,6 +348,8 @@ class KeyValueService:
             raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
         p = _dvv.partition_of(key, table.q)
         owners = table.owners[p]
+        if not owners:
+            raise Unavailable(f"partition {p} of {key!r} has no owner in the table")
         reachable = self._reachable()
         out = [(o, "") for o in owners if o in reachable]
         missing = [o for o in owners if o not in reachable]
@@ -563,13 +565,16 @@ class KeyValueService:
             raise Unavailable(f"no replica of {key!r} is reachable")
         if self.node_id not in members and not forwarded:
             self.counters.forwarded += 1
-            reply = await self._send(
-                targets[0][0],
-                KvPut(key, value, context, w, client_id, seq, delete, forwarded=True),
-            )
-            if not isinstance(reply, KvResult):
-                raise Unavailable(f"unexpected reply {reply.TAG} from {targets[0][0]}")
-            return PutResult(reply.key, list(reply.values), reply.context)
+            target = targets[0][0]
+            # The replica itself waits up to a replica timeout for its acks: allow that and more.
+            with trio.move_on_after(self.config.replica_timeout * 3):
+                reply = await self._send(
+                    target, KvPut(key, value, context, w, client_id, seq, delete, forwarded=True)
+                )
+                if not isinstance(reply, KvResult):
+                    raise Unavailable(f"unexpected reply {reply.TAG} from {target}")
+                return PutResult(reply.key, list(reply.values), reply.context)
+            raise TransportError(f"{target} did not answer a forwarded put in time")
         if delete:
             self.counters.deletes += 1
         else:

@@ -301,6 +301,7 @@ class Node:
         self._changed = trio.Event()
         self._ready = trio.Event()
         self._done = trio.Event()
+        self._stopped = False
         self._closing = False
         self._lag = _LoopLag()
         self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
@@ -727,6 +728,7 @@ class Node:
             raise error from group
         finally:
             self._closing = True
+            self._stopped = True
             self._done.set()
             for send in self._subscribers:
                 send.close()
@@ -806,6 +808,8 @@ class Node:
     def _runtime(self) -> _Runtime:
         if self._rt is None:
             raise NodeClosedError("node is not running (use open_node or nursery.start(node.run))")
+        if self._stopped:
+            raise NodeClosedError("node has stopped")
         return self._rt
 
     async def _gossip_loop(self) -> None:

@@ -160,3 +160,21 @@ async def test_generation_grows_across_restarts_on_one_data_dir(tmp_path: object
         async with open_node(name="a", listen="127.0.0.1:0", data_dir=tmp_path, config=FAST) as a:
             gens.append(a.generation)
     assert gens == sorted(set(gens)), gens
+
+
+async def test_a_stopped_node_refuses_calls_instead_of_hanging() -> None:
+    async with open_node(name="solo", listen="127.0.0.1:0", config=FAST) as node:
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await node.put("k", "v", w=1)
+                    break
+                except gossipkv.ClusterNotReady:
+                    await trio.sleep(0.05)
+    with trio.fail_after(5):
+        with pytest.raises(gossipkv.NodeClosedError):
+            await node.get("k")
+        with pytest.raises(gossipkv.NodeClosedError):
+            await node.put("k", "v")
+        with pytest.raises(gossipkv.NodeClosedError):
+            node.statistics()

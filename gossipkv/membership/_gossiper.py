@@ -12,6 +12,7 @@ namespace; reachability (``alive``/``suspect``/``down``) is this peer's local ph
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -862,13 +863,19 @@ def _up_of(ns: Namespace) -> int:
 
 def _addr_of(ns: Namespace) -> str | None:
     value = ns.get("addr")
-    if not isinstance(value, str) or not 0 < len(value) <= 300:
+    if not isinstance(value, str) or not 0 < len(value) <= 300 or not _parses(value):
         return None
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _parses(value: str) -> bool:
+    # Cached: the data path looks up a member's address for every replica request.
     try:
         Address.parse(value)
     except ValueError:
-        return None
-    return value
+        return False
+    return True
 
 
 def _metadata_of(ns: Namespace) -> dict[str, str]:
