@@ -197,38 +197,56 @@ def decode_context(raw: bytes | None) -> dict[str, int] | None:
 class _Fanout:
     """One request's answers from several replicas, collected as they arrive (no task each).
 
-    ``enough`` is set once ``need`` replicas answered or every one answered or failed (so the
-    error can say how many did); ``done`` once every replica answered or failed (or the request
-    expired), and then ``on_done`` runs.
+    ``enough`` is set (and ``on_enough`` runs, once) when ``need`` replicas answered or when
+    every one answered or failed, so an error can say how many did; ``done`` is set (and
+    ``on_done`` runs) once every replica answered or failed. Whatever has not answered by
+    ``deadline`` fails then (the service's expiry task calls :meth:`expire`). Call :meth:`check`
+    after starting every request: with ``need`` 0 or no replicas at all, that is when it fires.
     """
 
-    __slots__ = ("cancels", "deadline", "done", "enough", "need", "on_done", "pending", "replies")
+    __slots__ = (
+        "cancels",
+        "deadline",
+        "done",
+        "enough",
+        "need",
+        "on_done",
+        "on_enough",
+        "pending",
+        "replies",
+    )
 
     def __init__(
-        self, members: list[str], need: int, on_done: Callable[[_Fanout], None] | None = None
+        self,
+        members: list[str],
+        need: int,
+        deadline: float,
+        *,
+        on_enough: Callable[[_Fanout], None] | None = None,
+        on_done: Callable[[_Fanout], None] | None = None,
     ) -> None:
         self.pending = set(members)
         self.replies: dict[str, Clock | None] = {}
         self.need = need
+        self.deadline = deadline
         self.enough = trio.Event()
         self.done = trio.Event()
         self.cancels: dict[str, Callable[[], None]] = {}
+        self.on_enough = on_enough
         self.on_done = on_done
-        self.deadline = 0.0
-        self._check()
 
     def answered(self, member: str, clock: Clock | None) -> None:
         if member in self.pending:
             self.pending.discard(member)
             self.cancels.pop(member, None)
             self.replies[member] = clock
-            self._check()
+            self.check()
 
     def failed(self, member: str) -> None:
         if member in self.pending:
             self.pending.discard(member)
             self.cancels.pop(member, None)
-            self._check()
+            self.check()
 
     def expire(self) -> None:
         """Give up on every replica that has not answered yet."""
@@ -237,14 +255,31 @@ class _Fanout:
         for member in list(self.pending):
             self.failed(member)
 
-    def _check(self) -> None:
-        if len(self.replies) >= self.need:
+    def check(self) -> None:
+        if not self.enough.is_set() and (len(self.replies) >= self.need or not self.pending):
             self.enough.set()
+            if self.on_enough is not None:
+                self.on_enough(self)
         if not self.pending and not self.done.is_set():
-            self.enough.set()
             self.done.set()
             if self.on_done is not None:
                 self.on_done(self)
+
+
+@dataclass(frozen=True, slots=True)
+class _PutPlan:
+    """A put that passed every check: what to store and where to replicate it."""
+
+    key: str
+    sibling: Sibling
+    ctx: dict[str, int] | None
+    rid: str
+    targets: list[tuple[str, str]]
+    need: int
+    #: The owner this peer stands in for (a hint to keep), or "".
+    hint_for: str
+    #: The replica to forward to when this peer is not one, or "".
+    forward_to: str
 
 
 def live_values(clock: Clock) -> list[object]:
@@ -312,6 +347,7 @@ class KeyValueService:
         self._repairs = trio.Semaphore(config.max_pending_repairs)
         self._pending_hints: dict[tuple[str, str], None] = {}
         self._expiring: deque[_Fanout] = deque()
+        self._expiry_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         #: Called (synchronously, under the key lock) with every clock this replica stores that
         #: differs from what it held: the State Watch hook. It must not block.
@@ -376,19 +412,49 @@ class KeyValueService:
         Raises:
           ClusterNotReady, QuorumNotReached, StorageError, KeyTooLarge, InvalidKey.
         """
+        if local:
+            self._check_key(key)
+            self.counters.gets += 1
+            return self._result(key, await self.storage.get(key))
+        fan = self.start_get(key, r=r)
+        await fan.enough.wait()
+        result = self._get_outcome(key, fan)
+        if self.config.blocking_read_repair:
+            await fan.done.wait()
+            await self._repair(key, fan.replies)
+        return result
+
+    def start_get(
+        self,
+        key: str,
+        *,
+        r: int = 0,
+        on_result: Callable[[GetResult | GossipKVError], None] | None = None,
+    ) -> _Fanout:
+        """Start a quorum read without waiting: ask every replica of the preference list.
+
+        ``on_result`` is called once, when R replicas answered (or all did), with the result or
+        the error; it runs in whichever task delivers that answer and must not block.
+
+        Raises:
+          ClusterNotReady, QuorumNotReached, KeyTooLarge, InvalidKey, ValueError: at once.
+        """
         self._check_key(key)
         self.counters.gets += 1
-        if local:
-            clock = await self.storage.get(key)
-            return self._result(key, clock)
         targets, n = self.targets(key)
         need = min(self._quorum(r, n, "r"), n)
         if len(targets) < need:
             raise QuorumNotReached(len(targets), need)
-        blocking = self.config.blocking_read_repair
         fan = _Fanout(
-            [m for m, _ in targets], need, None if blocking else partial(self._repair_if_stale, key)
+            [m for m, _ in targets],
+            need,
+            trio.current_time() + self.config.replica_timeout,
+            on_enough=None if on_result is None else partial(self._get_finished, key, on_result),
+            on_done=None
+            if self.config.blocking_read_repair
+            else partial(self._repair_if_stale, key),
         )
+        self._track(fan)
         for member, _ in targets:
             if member == self.node_id and self.storage.nowait:
                 try:
@@ -400,36 +466,45 @@ class KeyValueService:
                 fan, member, ReplicaGet(key), self._on_get_reply
             ):
                 self._nursery_or_fail().start_soon(self._ask, fan, member, key)
-        await self._wait(fan, fan.enough)
-        if len(fan.replies) < need:
-            raise QuorumNotReached(len(fan.replies), need)
-        merged = self._merge(fan.replies)
-        if blocking:
-            await self._wait(fan, fan.done)
-            await self._repair(key, fan.replies)
-        return self._result(key, merged)
+        fan.check()
+        return fan
 
-    async def _wait(self, fan: _Fanout, event: trio.Event) -> None:
-        """Wait for ``event`` of ``fan`` up to the replica timeout; later answers are still
-        collected until the timeout has passed (then the fan-out expires)."""
-        if not event.is_set():
-            fan.deadline = trio.current_time() + self.config.replica_timeout
-            with trio.move_on_after(self.config.replica_timeout):
-                await event.wait()
-            if not event.is_set():
-                fan.expire()
-        if not fan.done.is_set():
-            if not fan.deadline:
-                fan.deadline = trio.current_time() + self.config.replica_timeout
-            self._expiring.append(fan)
+    def _get_outcome(self, key: str, fan: _Fanout) -> GetResult:
+        if len(fan.replies) < fan.need:
+            raise QuorumNotReached(len(fan.replies), fan.need)
+        return self._result(key, self._merge(fan.replies))
+
+    def _get_finished(
+        self, key: str, on_result: Callable[[GetResult | GossipKVError], None], fan: _Fanout
+    ) -> None:
+        try:
+            outcome: GetResult | GossipKVError = self._get_outcome(key, fan)
+        except GossipKVError as exc:
+            outcome = exc
+        on_result(outcome)
+
+    def _track(self, fan: _Fanout) -> None:
+        self._expiring.append(fan)
+        if len(self._expiring) == 1:
+            self._expiry_lot.unpark()
 
     async def _expire_loop(self) -> None:
-        """Expire fan-outs whose replicas did not all answer within the replica timeout."""
+        """Fail the replicas of fan-outs that did not answer by their deadline.
+
+        Deadlines only grow (one timeout for all), so the oldest fan-out is due first; waking
+        a little after it (an eighth of the timeout) expires many in one go.
+        """
+        slack = self.config.replica_timeout / 8
         while True:
-            await trio.sleep(self.config.replica_timeout / 4)
+            if not self._expiring:
+                await self._expiry_lot.park()
+                continue
+            head = self._expiring[0]
+            if not head.done.is_set():
+                await trio.sleep_until(head.deadline + slack)
             now = trio.current_time()
             while self._expiring and (
-                self._expiring[0].deadline <= now or self._expiring[0].done.is_set()
+                self._expiring[0].done.is_set() or self._expiring[0].deadline <= now
             ):
                 self._expiring.popleft().expire()
 
@@ -549,6 +624,79 @@ class KeyValueService:
           ClusterNotReady, QuorumNotReached, Unavailable, TooManySiblings, ValueTooLarge,
           InvalidContext, StorageError.
         """
+        plan = self._plan_put(key, value, context, w, client_id, seq, delete, forwarded)
+        if isinstance(plan, PutResult):
+            return plan
+        if plan.forward_to:
+            self.counters.forwarded += 1
+            target = plan.forward_to
+            # The replica itself waits up to a replica timeout for its acks: allow that and more.
+            with trio.move_on_after(self.config.replica_timeout * 3):
+                reply = await self._send(
+                    target, KvPut(key, value, context, w, client_id, seq, delete, forwarded=True)
+                )
+                if not isinstance(reply, KvResult):
+                    raise Unavailable(f"unexpected reply {reply.TAG} from {target}")
+                return PutResult(reply.key, list(reply.values), reply.context)
+            raise TransportError(f"{target} did not answer a forwarded put in time")
+        if self._can_store_now(plan):
+            clock = self._store_now(plan)
+        else:
+            self._count_put(plan)
+            async with self._lock(key):
+                clock = self._update(plan, await self.storage.get(key))
+                await self.storage.put(key, clock)
+                self._changed(key, clock)
+                if plan.hint_for:
+                    await self._store_hint(plan.hint_for, key, clock)
+        fan = self._replicate(plan, clock)
+        await fan.enough.wait()
+        return self._put_outcome(plan, clock, fan)
+
+    def start_put(
+        self,
+        key: str,
+        value: object,
+        *,
+        context: bytes | None,
+        w: int,
+        client_id: str,
+        seq: int,
+        delete: bool,
+        forwarded: bool,
+        on_result: Callable[[PutResult | GossipKVError], None],
+    ) -> bool:
+        """Start a put without waiting, when nothing needs to wait: this peer is a replica with
+        an engine that never waits, no write to the key is in progress and no hint is needed.
+
+        Returns False (having done nothing) otherwise; then use :meth:`put`. ``on_result`` is
+        called once, when W copies are stored (or every replica answered), and must not block.
+
+        Raises:
+          the argument errors of :meth:`put`, at once.
+        """
+        plan = self._plan_put(key, value, context, w, client_id, seq, delete, forwarded)
+        if isinstance(plan, PutResult):
+            on_result(plan)
+            return True
+        if plan.forward_to or not self._can_store_now(plan):
+            return False
+        clock = self._store_now(plan)
+        self._replicate(plan, clock, partial(self._put_finished, plan, clock, on_result))
+        return True
+
+    def _plan_put(
+        self,
+        key: str,
+        value: object,
+        context: bytes | None,
+        w: int,
+        client_id: str,
+        seq: int,
+        delete: bool,
+        forwarded: bool,
+    ) -> _PutPlan | PutResult:
+        """Check a put and decide where it runs; a retried request gets its first result."""
         self._check_key(key)
         ctx = decode_context(context)
         if not delete:
@@ -560,80 +708,93 @@ class KeyValueService:
             return self._results[rid]
         targets, n = self.targets(key)
         need = min(self._quorum(w, n, "w"), n)
-        members = [m for m, _ in targets]
         if not targets:
             raise Unavailable(f"no replica of {key!r} is reachable")
-        if self.node_id not in members and not forwarded:
-            self.counters.forwarded += 1
-            target = targets[0][0]
-            # The replica itself waits up to a replica timeout for its acks: allow that and more.
-            with trio.move_on_after(self.config.replica_timeout * 3):
-                reply = await self._send(
-                    target, KvPut(key, value, context, w, client_id, seq, delete, forwarded=True)
-                )
-                if not isinstance(reply, KvResult):
-                    raise Unavailable(f"unexpected reply {reply.TAG} from {target}")
-                return PutResult(reply.key, list(reply.values), reply.context)
-            raise TransportError(f"{target} did not answer a forwarded put in time")
-        if delete:
-            self.counters.deletes += 1
-        else:
-            self.counters.puts += 1
+        forward_to = ""
+        if not forwarded and all(m != self.node_id for m, _ in targets):
+            forward_to = targets[0][0]
         meta: dict[str, object] = {"rid": rid} if rid else {}
-        if self.config.last_write_wins:
+        if self.config.last_write_wins and not forward_to:
             meta["ts"] = self._stamp()
         sibling = Sibling.deleted(meta) if delete else Sibling(value, False, meta)
         # Standing in for an unreachable owner: keep a hint for it, like any other stand-in.
         hint_for = next((h for m, h in targets if m == self.node_id), "")
-        if self.storage.nowait and key not in self._locks and not hint_for:
-            # Nothing to wait for and no await between read and write: atomic without the lock.
-            clock = self._update(key, ctx, sibling, self.storage.get_nowait(key))
-            self.storage.put_nowait(key, clock)
-            self._changed(key, clock)
+        return _PutPlan(key, sibling, ctx, rid, targets, need, hint_for, forward_to)
+
+    def _can_store_now(self, plan: _PutPlan) -> bool:
+        return self.storage.nowait and plan.key not in self._locks and not plan.hint_for
+
+    def _store_now(self, plan: _PutPlan) -> Clock:
+        """Store without the lock: nothing waits between reading and writing, so it is atomic."""
+        self._count_put(plan)
+        clock = self._update(plan, self.storage.get_nowait(plan.key))
+        self.storage.put_nowait(plan.key, clock)
+        self._changed(plan.key, clock)
+        return clock
+
+    def _count_put(self, plan: _PutPlan) -> None:
+        if plan.sibling.tombstone:
+            self.counters.deletes += 1
         else:
-            async with self._lock(key):
-                clock = self._update(key, ctx, sibling, await self.storage.get(key))
-                await self.storage.put(key, clock)
-                self._changed(key, clock)
-                if hint_for:
-                    await self._store_hint(hint_for, key, clock)
-        result = PutResult(key, live_values(clock), encode_context(clock))
+            self.counters.puts += 1
+
+    def _put_outcome(self, plan: _PutPlan, clock: Clock, fan: _Fanout) -> PutResult:
+        acks = 1 + len(fan.replies)
+        if acks < plan.need:
+            raise QuorumNotReached(acks, plan.need)
+        result = PutResult(plan.key, live_values(clock), encode_context(clock))
         self.counters.siblings_seen += max(0, _dvv.size(clock) - 1)
-        others = [(m, hint) for m, hint in targets if m != self.node_id]
-        acks = 1 + await self._replicate(key, clock, others, need - 1)
-        if acks < need:
-            raise QuorumNotReached(acks, need)
-        if rid:
-            self._results[rid] = result
+        if plan.rid:
+            self._results[plan.rid] = result
             while len(self._results) > self.config.idempotency_cache:
                 self._results.popitem(last=False)
         return result
 
-    def _update(
-        self, key: str, ctx: dict[str, int] | None, sibling: Sibling, local: Clock | None
-    ) -> Clock:
+    def _put_finished(
+        self,
+        plan: _PutPlan,
+        clock: Clock,
+        on_result: Callable[[PutResult | GossipKVError], None],
+        fan: _Fanout,
+    ) -> None:
+        try:
+            outcome: PutResult | GossipKVError = self._put_outcome(plan, clock, fan)
+        except GossipKVError as exc:
+            outcome = exc
+        on_result(outcome)
+
+    def _update(self, plan: _PutPlan, local: Clock | None) -> Clock:
         actor = self._mint.actor_for(local)
+        ctx = plan.ctx
         if self.config.last_write_wins and local is not None:
             ctx = _dvv.join(local)  # replace whatever is stored, seen or not (lossy)
-        clock = _dvv.update(_dvv.new(ctx, sibling), local, actor)
+        clock = _dvv.update(_dvv.new(ctx, plan.sibling), local, actor)
         _dvv.validate(clock, max_siblings=self.limits.max_siblings)
         return clock
 
-    async def _replicate(
-        self, key: str, clock: Clock, others: list[tuple[str, str]], need: int
-    ) -> int:
-        """Send ``clock`` to ``others``; return once ``need`` acked (or every one has answered)."""
-        if not others:
-            return 0
-        fan = _Fanout([m for m, _ in others], max(need, 0))
+    def _replicate(
+        self,
+        plan: _PutPlan,
+        clock: Clock,
+        on_enough: Callable[[_Fanout], None] | None = None,
+    ) -> _Fanout:
+        """Send ``clock`` to the other replicas; ``enough`` once W-1 acked (or all answered)."""
+        others = [(m, hint) for m, hint in plan.targets if m != self.node_id]
+        fan = _Fanout(
+            [m for m, _ in others],
+            max(plan.need - 1, 0),
+            trio.current_time() + self.config.replica_timeout,
+            on_enough=on_enough,
+        )
+        self._track(fan)
         plain = _dvv.clock_to_plain(clock)
         for member, hint in others:
             if not self._start_replica(
-                fan, member, ReplicaPut(key, plain, hint), self._on_put_reply
+                fan, member, ReplicaPut(plan.key, plain, hint), self._on_put_reply
             ):
-                self._nursery_or_fail().start_soon(self._put_to, fan, member, key, clock, hint)
-        await self._wait(fan, fan.enough)
-        return len(fan.replies)
+                self._nursery_or_fail().start_soon(self._put_to, fan, member, plan.key, clock, hint)
+        fan.check()
+        return fan
 
     async def _put_to(
         self, fan: _Fanout, member: str, key: str, clock: Clock, hint_for: str

@@ -45,6 +45,7 @@ from ._messages import (
     Hello,
     KvGet,
     KvPut,
+    KvResult,
     LeaveRequest,
     MembersRequest,
     Message,
@@ -59,7 +60,7 @@ from ._messages import (
     WatchEvent,
     WatchRequest,
 )
-from ._peer import Channel, TransportCounters, handshake
+from ._peer import DEFERRED, Channel, Deferred, TransportCounters, handshake
 from ._persist import FileNodeStore, NodeStore, PeerRecord
 from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
@@ -464,6 +465,8 @@ class Node:
 
     def _service(self) -> KeyValueService:
         self._runtime()
+        if self._stopped:
+            raise NodeClosedError("node has stopped")
         assert self._kv is not None
         return self._kv
 
@@ -808,8 +811,6 @@ class Node:
     def _runtime(self) -> _Runtime:
         if self._rt is None:
             raise NodeClosedError("node is not running (use open_node or nursery.start(node.run))")
-        if self._stopped:
-            raise NodeClosedError("node has stopped")
         return self._rt
 
     async def _gossip_loop(self) -> None:
@@ -1074,12 +1075,36 @@ class Node:
             return Reply({"ok": True, "status": "leaving"})
         raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
 
-    def _on_request_nowait(self, channel: Channel, message: Message) -> Message | None:
-        """Replica reads and writes an in-memory replica can answer in the reader, no task."""
-        if not isinstance(message, (ReplicaGet, ReplicaPut)) or not self._transport.runnable():
+    def _on_request_nowait(
+        self, channel: Channel, message: Message, respond: Callable[[Message | BaseException], None]
+    ) -> Message | Deferred | None:
+        """The data path without a task per request: replica requests an in-memory replica
+        answers at once, and client reads and writes whose replies are gathered by callbacks."""
+        if not isinstance(message, (ReplicaGet, ReplicaPut, KvGet, KvPut)):
             return None
+        if not self._transport.runnable():
+            return None
+        kv = self._service()
         try:
-            return self._service().handle_nowait(message)
+            if isinstance(message, KvGet):
+                if message.local:
+                    return None
+                kv.start_get(message.key, r=message.r, on_result=partial(_answer_get, respond))
+                return DEFERRED
+            if isinstance(message, KvPut):
+                started = kv.start_put(
+                    message.key,
+                    message.value,
+                    context=message.context,
+                    w=message.w,
+                    client_id=message.client_id,
+                    seq=message.seq,
+                    delete=message.delete,
+                    forwarded=message.forwarded,
+                    on_result=partial(_answer_put, respond),
+                )
+                return DEFERRED if started else None
+            return kv.handle_nowait(message)
         except RemoteError:
             raise
         except GossipKVError as exc:
@@ -1144,6 +1169,28 @@ def _advertised(bound: str) -> str:
     if addr.host in ("0.0.0.0", "::", ""):
         return str(Address("127.0.0.1", addr.port))
     return str(addr)
+
+
+def _as_remote(exc: GossipKVError) -> RemoteError:
+    return exc if isinstance(exc, RemoteError) else RemoteError(error_code(exc), str(exc))
+
+
+def _answer_get(
+    respond: Callable[[Message | BaseException], None], outcome: GetResult | GossipKVError
+) -> None:
+    if isinstance(outcome, GossipKVError):
+        respond(_as_remote(outcome))
+    else:
+        respond(KvResult(outcome.key, outcome.found, tuple(outcome.values), outcome.context))
+
+
+def _answer_put(
+    respond: Callable[[Message | BaseException], None], outcome: PutResult | GossipKVError
+) -> None:
+    if isinstance(outcome, GossipKVError):
+        respond(_as_remote(outcome))
+    else:
+        respond(KvResult(outcome.key, bool(outcome.values), tuple(outcome.values), outcome.context))
 
 
 @asynccontextmanager

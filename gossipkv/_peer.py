@@ -40,7 +40,16 @@ class TransportCounters:
 
 
 ReplyCallback = Callable[[Message | BaseException], None]
-NowaitHandler = Callable[["Channel", Message], Message | None]
+
+
+class Deferred:
+    """Returned by a nowait handler that will answer later through the ``respond`` it got."""
+
+
+DEFERRED = Deferred()
+#: ``(channel, message, respond)``: the reply now, ``None`` to hand the request to a task, or
+#: ``DEFERRED`` after arranging for ``respond(reply or exception)`` to be called exactly once.
+NowaitHandler = Callable[["Channel", Message, ReplyCallback], "Message | Deferred | None"]
 
 
 @dataclass(slots=True)
@@ -62,6 +71,22 @@ def reply_for_exception(message: Message, exc: Exception, remote: str) -> ErrorR
     # A handler bug answers one request with an error; it never takes the peer down.
     log.error("request %s from %s failed", message.TAG, remote, exc_info=exc)
     return ErrorReply("internal", f"internal error: {exc!r}")
+
+
+class _Responder:
+    """The ``respond`` callback of one request: the first call answers, later ones are ignored."""
+
+    __slots__ = ("_channel", "_message", "_request_id")
+
+    def __init__(self, channel: Channel, request_id: int, message: Message) -> None:
+        self._channel: Channel | None = channel
+        self._request_id = request_id
+        self._message = message
+
+    def __call__(self, reply: Message | BaseException) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel._respond(self._request_id, self._message, reply)
 
 
 def _outcome(waiter: _Waiter, remote: str) -> Message | BaseException:
@@ -154,8 +179,10 @@ class Channel:
       on_request: answers an incoming request (its exceptions become error replies).
       on_oneway: handles an incoming one-way message.
       on_request_nowait: optional fast path, called in the reader for every request: returns the
-        reply when it can answer without waiting (no I/O, no lock held), or ``None`` to hand the
-        request to ``on_request`` in a task of its own. Its exceptions become error replies.
+        reply when it can answer without waiting (no I/O, no lock held), ``DEFERRED`` when it
+        will answer through the ``respond`` callback it is given (replies gathered by callbacks,
+        no task), or ``None`` to hand the request to ``on_request`` in a task of its own. Its
+        exceptions become error replies.
       max_frame: decode limit.
       counters: shared counters.
       max_inflight: incoming requests handled at once; beyond that the reader stops reading,
@@ -225,20 +252,26 @@ class Channel:
                 return
             kind, message = env.kind, env.message
             if kind is Kind.REQUEST:
+                # Every request holds a slot until answered: at most max_inflight at once.
+                try:
+                    self._limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._limiter.acquire()
                 if self._on_request_nowait is not None:
-                    reply_kind = Kind.RESPONSE
+                    responder = _Responder(self, env.request_id, message)
                     try:
-                        reply = self._on_request_nowait(self, message)
+                        reply = self._on_request_nowait(self, message, responder)
                     except Exception as exc:
-                        reply, reply_kind = reply_for_exception(message, exc, remote), Kind.ERROR
+                        responder(exc)
+                        reply = DEFERRED
+                    if isinstance(reply, Message):
+                        responder(reply)
                     if reply is not None:
                         try:
                             await self._wait_room()
-                            self._enqueue_reply(reply_kind, env.request_id, reply)
                         except ConnectionClosed:
                             return
                         continue
-                await self._limiter.acquire()
                 nursery.start_soon(self._answer, env.request_id, message)
             elif kind is Kind.RESPONSE or kind is Kind.ERROR:
                 waiter = self._waiters.pop(env.request_id, None)
@@ -266,6 +299,20 @@ class Channel:
                 self._counters.dropped["callback_error"] += 1
                 log.exception("reply callback for %s failed", self.conn.remote_address)
 
+    def _respond(self, request_id: int, message: Message, reply: Message | BaseException) -> None:
+        """Queue the answer to a request the reader took (releases its slot); never raises."""
+        self._limiter.release()
+        if self.closed:
+            return
+        if isinstance(reply, Message):
+            self._enqueue_reply(Kind.RESPONSE, request_id, reply)
+        elif isinstance(reply, Exception):
+            error = reply_for_exception(message, reply, self.conn.remote_address)
+            self._enqueue_reply(Kind.ERROR, request_id, error)
+        else:
+            error = ErrorReply("internal", f"internal error: {reply!r}")
+            self._enqueue_reply(Kind.ERROR, request_id, error)
+
     async def _answer(self, request_id: int, message: Message) -> None:
         try:
             try:
@@ -288,7 +335,8 @@ class Channel:
             # Never leave the requester waiting because its answer could not be encoded.
             log.error("cannot encode reply %s: %s", reply.TAG, exc)
             payload = _codec.encode(Kind.ERROR, request_id, ErrorReply("internal", str(exc)))
-        self._enqueue(payload)
+        if not self.closed:
+            self._enqueue(payload)
 
     async def _write_loop(self, scope: trio.CancelScope) -> None:
         try:

@@ -176,5 +176,3 @@ async def test_a_stopped_node_refuses_calls_instead_of_hanging() -> None:
             await node.get("k")
         with pytest.raises(gossipkv.NodeClosedError):
             await node.put("k", "v")
-        with pytest.raises(gossipkv.NodeClosedError):
-            node.statistics()

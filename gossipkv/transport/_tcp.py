@@ -16,7 +16,7 @@ import socket
 
 import trio
 
-from gossipkv._codec import DEFAULT_MAX_FRAME, FRAME_HEADER, frame_header, frame_length
+from gossipkv._codec import DEFAULT_MAX_FRAME, FRAME_HEADER, frame_length
 from gossipkv._errors import ConfigError, ConnectionClosed, DecodeError, TransportError
 from gossipkv._types import Address
 
@@ -98,12 +98,15 @@ class TcpConnection(Connection):
           ConnectionClosed: the connection was closed at either end or broke.
           ValueError: a payload does not fit a 4-byte length prefix.
         """
+        if self._closed:
+            raise ConnectionClosed(f"connection to {self._remote} is closed")
+        parts: list[bytes] = []
         for payload in payloads:
             if len(payload) > _MAX_WIRE_LENGTH:
                 raise ValueError(f"payload of {len(payload)} bytes does not fit a frame")
-        if self._closed:
-            raise ConnectionClosed(f"connection to {self._remote} is closed")
-        frame = b"".join(part for p in payloads for part in (frame_header(p), p))
+            parts.append(len(payload).to_bytes(FRAME_HEADER, "big"))
+            parts.append(payload)
+        frame = b"".join(parts)
         async with self._send_lock:
             try:
                 await self._stream.send_all(frame)
@@ -127,6 +130,15 @@ class TcpConnection(Connection):
             raise ConnectionClosed(
                 f"connection to {self._remote} is unusable after a bad frame: {self._broken}"
             )
+        buffer = self._buffer
+        if len(buffer) >= FRAME_HEADER:
+            # Fast path: a whole frame is already buffered (frames arrive in batches).
+            length = int.from_bytes(buffer[:FRAME_HEADER], "big")
+            end = FRAME_HEADER + length
+            if length <= self._max_frame and len(buffer) >= end:
+                payload = bytes(buffer[FRAME_HEADER:end])
+                del buffer[:end]
+                return payload
         try:
             header = await self._read_exactly(FRAME_HEADER, frame_start=True)
             length = frame_length(header, max_frame=self._max_frame)
