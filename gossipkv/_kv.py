@@ -506,7 +506,11 @@ class KeyValueService:
             while self._expiring and (
                 self._expiring[0].done.is_set() or self._expiring[0].deadline <= now
             ):
-                self._expiring.popleft().expire()
+                try:
+                    self._expiring.popleft().expire()
+                except Exception:
+                    # A bug in a completion callback must not stop expiry (or the peer).
+                    log.exception("completing an expired request failed")
 
     def _start_replica(
         self,

@@ -496,8 +496,8 @@ class Node:
 
         try:
             request_id = channel.request_nowait(message, on_reply)
-        except ConnectionClosed:
-            return None
+        except (ConnectionClosed, trio.WouldBlock):
+            return None  # the caller falls back to a task that waits for room (or times out)
         return partial(channel.cancel, request_id)
 
     def hlc(self) -> int:

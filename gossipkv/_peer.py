@@ -40,6 +40,7 @@ class TransportCounters:
 
 
 ReplyCallback = Callable[[Message | BaseException], None]
+_MAX_BATCH = 256  # frames per write
 
 
 class Deferred:
@@ -347,7 +348,11 @@ class Channel:
                     # of them (a loopback send costs far more than a trip through the scheduler).
                     await trio.lowlevel.checkpoint()
                     continue
-                batch, self._queue = self._queue, []
+                if len(self._queue) <= _MAX_BATCH:
+                    batch, self._queue = self._queue, []
+                else:
+                    batch = self._queue[:_MAX_BATCH]
+                    del self._queue[:_MAX_BATCH]
                 self._room_lot.unpark_all()
                 await self.conn.send_many(batch)
                 self._unsent -= len(batch)
@@ -404,12 +409,15 @@ class Channel:
 
         The callback runs in the channel's reader (it must not block) with the response, a
         :class:`RemoteError` for an error reply, or :class:`ConnectionClosed`. It is called at most
-        once, and never after :meth:`cancel`. Returns the request id. The queue bound does not
-        apply: callers bound how many requests they start.
+        once, and never after :meth:`cancel`. Returns the request id.
 
         Raises:
           ConnectionClosed: the channel is already closed (the callback is not called).
+          trio.WouldBlock: the send queue is full (a peer that does not drain it); nothing was
+            queued, use :meth:`request`, which waits for room.
         """
+        if len(self._queue) >= self._max_queued:
+            raise trio.WouldBlock
         return self._register(message, _Waiter(callback=callback))
 
     def cancel(self, request_id: int) -> None:

@@ -43,6 +43,8 @@ class MemoryEngine(StorageEngine):
         if self._closed:
             raise StorageClosed("the storage engine is closed")
 
+    #: A subclass that overrides ``get``/``put`` (to inject faults, say) must set this to False,
+    #: or the data path's inline paths call ``get_nowait``/``put_nowait`` and bypass it.
     nowait = True
 
     def get_nowait(self, key: str) -> Clock | None:
