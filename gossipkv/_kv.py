@@ -205,6 +205,8 @@ class _Fanout:
     """
 
     __slots__ = (
+        "_done_event",
+        "_enough_event",
         "cancels",
         "deadline",
         "done",
@@ -229,8 +231,11 @@ class _Fanout:
         self.replies: dict[str, Clock | None] = {}
         self.need = need
         self.deadline = deadline
-        self.enough = trio.Event()
-        self.done = trio.Event()
+        self.enough = False
+        self.done = False
+        # Events only for a task that waits (callers that pass callbacks never need one).
+        self._enough_event: trio.Event | None = None
+        self._done_event: trio.Event | None = None
         self.cancels: dict[str, Callable[[], None]] = {}
         self.on_enough = on_enough
         self.on_done = on_done
@@ -255,13 +260,31 @@ class _Fanout:
         for member in list(self.pending):
             self.failed(member)
 
+    async def wait_enough(self) -> None:
+        if self.enough:
+            await trio.lowlevel.checkpoint()
+            return
+        self._enough_event = self._enough_event or trio.Event()
+        await self._enough_event.wait()
+
+    async def wait_done(self) -> None:
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        self._done_event = self._done_event or trio.Event()
+        await self._done_event.wait()
+
     def check(self) -> None:
-        if not self.enough.is_set() and (len(self.replies) >= self.need or not self.pending):
-            self.enough.set()
+        if not self.enough and (len(self.replies) >= self.need or not self.pending):
+            self.enough = True
+            if self._enough_event is not None:
+                self._enough_event.set()
             if self.on_enough is not None:
                 self.on_enough(self)
-        if not self.pending and not self.done.is_set():
-            self.done.set()
+        if not self.pending and not self.done:
+            self.done = True
+            if self._done_event is not None:
+                self._done_event.set()
             if self.on_done is not None:
                 self.on_done(self)
 
@@ -417,10 +440,10 @@ class KeyValueService:
             self.counters.gets += 1
             return self._result(key, await self.storage.get(key))
         fan = self.start_get(key, r=r)
-        await fan.enough.wait()
+        await fan.wait_enough()
         result = self._get_outcome(key, fan)
         if self.config.blocking_read_repair:
-            await fan.done.wait()
+            await fan.wait_done()
             await self._repair(key, fan.replies)
         return result
 
@@ -500,12 +523,10 @@ class KeyValueService:
                 await self._expiry_lot.park()
                 continue
             head = self._expiring[0]
-            if not head.done.is_set():
+            if not head.done:
                 await trio.sleep_until(head.deadline + slack)
             now = trio.current_time()
-            while self._expiring and (
-                self._expiring[0].done.is_set() or self._expiring[0].deadline <= now
-            ):
+            while self._expiring and (self._expiring[0].done or self._expiring[0].deadline <= now):
                 try:
                     self._expiring.popleft().expire()
                 except Exception:
@@ -654,7 +675,7 @@ class KeyValueService:
                 if plan.hint_for:
                     await self._store_hint(plan.hint_for, key, clock)
         fan = self._replicate(plan, clock)
-        await fan.enough.wait()
+        await fan.wait_enough()
         return self._put_outcome(plan, clock, fan)
 
     def start_put(
