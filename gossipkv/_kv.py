@@ -185,6 +185,11 @@ def encode_context(clock: Clock) -> bytes:
     return _codec.dumps_canonical(_dvv.context_to_plain(_dvv.join(clock)))
 
 
+def encode_wire_clock(clock: Clock) -> bytes:
+    """A clock as it travels between replicas: canonical CBOR of its plain form."""
+    return _codec.dumps_canonical(_dvv.clock_to_plain(clock))
+
+
 def decode_context(raw: bytes | None) -> dict[str, int] | None:
     if raw is None or raw == b"":
         return None
@@ -812,10 +817,10 @@ class KeyValueService:
             on_enough=on_enough,
         )
         self._track(fan)
-        plain = _dvv.clock_to_plain(clock)
+        encoded = self._encoded(plan.key, clock) if others else b""
         for member, hint in others:
             if not self._start_replica(
-                fan, member, ReplicaPut(plan.key, plain, hint), self._on_put_reply
+                fan, member, ReplicaPut(plan.key, encoded, hint), self._on_put_reply
             ):
                 self._nursery_or_fail().start_soon(self._put_to, fan, member, plan.key, clock, hint)
         fan.check()
@@ -839,7 +844,7 @@ class KeyValueService:
         if isinstance(message, ReplicaGet):
             self._check_key(message.key)
             clock = await self.storage.get(message.key)
-            return ReplicaState(None if clock is None else _dvv.clock_to_plain(clock))
+            return ReplicaState(None if clock is None else encode_wire_clock(clock))
         if isinstance(message, ReplicaPut):
             self._check_key(message.key)
             clock = self._clock_from_wire(message.clock)
@@ -870,7 +875,9 @@ class KeyValueService:
         if isinstance(message, ReplicaGet):
             self._check_key(message.key)
             clock = self.storage.get_nowait(message.key)
-            return ReplicaState(None if clock is None else _dvv.clock_to_plain(clock))
+            self.storage.get_nowait(message.key)  # counts the read, checks the engine is open
+            found = self.storage.encoded_nowait(message.key)
+            return ReplicaState(None if found is None else found[1])
         if isinstance(message, ReplicaPut):
             hinted = message.hint_for and message.hint_for != self.node_id
             if hinted or message.key in self._locks:
@@ -972,7 +979,7 @@ class KeyValueService:
             await self.apply(key, clock, hint_for=hint_for)
             return
         with trio.move_on_after(self.config.replica_timeout):
-            await self._send(member, ReplicaPut(key, _dvv.clock_to_plain(clock), hint_for))
+            await self._send(member, ReplicaPut(key, encode_wire_clock(clock), hint_for))
             return
         raise TransportError(f"{member} did not acknowledge in time")
 
@@ -998,11 +1005,21 @@ class KeyValueService:
             (),
         )
 
-    def _clock_from_wire(self, raw: object) -> Clock:
+    def _clock_from_wire(self, raw: bytes) -> Clock:
         try:
-            return _dvv.clock_from_plain(raw, max_siblings=self.limits.max_siblings)
-        except InvalidClock as exc:
+            plain = _codec.loads_value(raw)
+            return _dvv.clock_from_plain(plain, max_siblings=self.limits.max_siblings)
+        except (DecodeError, InvalidClock) as exc:
             raise RemoteError("invalid_clock", str(exc)) from exc
+
+    def _encoded(self, key: str, clock: Clock) -> bytes:
+        """``clock`` as canonical CBOR: the bytes an in-memory replica already keeps for it
+        when it is the stored clock, else freshly encoded."""
+        if self.storage.nowait:
+            found = self.storage.encoded_nowait(key)
+            if found is not None and found[0] is clock:
+                return found[1]
+        return encode_wire_clock(clock)
 
     def _result(self, key: str, clock: Clock | None) -> GetResult:
         if clock is None:

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import ClassVar, NamedTuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class Kind(enum.IntEnum):
@@ -214,20 +214,21 @@ class ReplicaGet(Message):
 @dataclass(frozen=True, slots=True)
 class ReplicaPut(Message):
     """Store ``clock`` by ``sync`` with the local one; ``hint_for`` names the owner a fallback
-    stands in for (hinted handoff)."""
+    stands in for (hinted handoff). ``clock`` is the canonical CBOR of the clock, as stored (an
+    in-memory replica sends the bytes it keeps, without encoding the clock again)."""
 
     TAG: ClassVar[str] = "replica_put"
     key: str
-    clock: object
+    clock: bytes
     hint_for: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaState(Message):
-    """A replica's clock for a key (``None``: not found)."""
+    """A replica's clock for a key as canonical CBOR (``None``: not found)."""
 
     TAG: ClassVar[str] = "replica_state"
-    clock: object = None
+    clock: bytes | None = None
 
 
 # --- state watch ---------------------------------------------------------------------------

@@ -111,6 +111,15 @@ class StorageEngine(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot read without waiting")
 
+    def encoded_nowait(self, key: str) -> tuple[Clock, bytes] | None:
+        """The stored clock of ``key`` and its canonical CBOR (as :func:`encode_clock` gives it),
+        or ``None``; for engines with ``nowait``. Not counted as a read in the statistics.
+
+        Raises:
+          NotImplementedError: the engine has to wait for its disk (``nowait`` is False).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot read without waiting")
+
     def put_nowait(self, key: str, clock: Clock) -> None:
         """:meth:`put` without waiting, for engines with ``nowait`` (same checks and errors).
 

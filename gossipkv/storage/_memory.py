@@ -54,6 +54,11 @@ class MemoryEngine(StorageEngine):
         found = self._data.get(key)
         return None if found is None else found[0]
 
+    def encoded_nowait(self, key: str) -> tuple[Clock, bytes] | None:
+        self._check_open()
+        encode_key(key, self._limits)
+        return self._data.get(key)
+
     def put_nowait(self, key: str, clock: Clock) -> None:
         self._check_open()
         encode_key(key, self._limits)

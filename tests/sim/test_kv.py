@@ -12,14 +12,15 @@ import trio
 import trio.testing
 
 from gossipkv import KVConfig, _codec
-from gossipkv._dvv import clock_to_plain
 from gossipkv._errors import (
     ClusterNotReady,
+    InvalidClock,
     InvalidContext,
     KeyTooLarge,
     QuorumNotReached,
     ValueTooLarge,
 )
+from gossipkv._kv import encode_wire_clock
 from gossipkv._messages import KvPut, KvResult, ReplicaPut
 from gossipkv.storage import DEFAULT_LIMITS
 from gossipkv.testing import SimCluster, open_sim_cluster
@@ -356,6 +357,30 @@ async def test_hinted_handoff_to_a_partitioned_and_a_crashed_owner(
             assert hint_keys == [], f"seed={seed}: {f} still holds hints {hint_keys}"
 
 
+async def test_a_replica_refuses_a_malformed_clock_and_keeps_its_own(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = "malformed"
+        o1, o2, _ = owners(c, key)
+        with trio.fail_after(60):
+            put = await c.nodes[o1].put(key, "good", w=3)
+            before = await stored(c, o2, key)
+            bad_clocks = [
+                b"\xff\x00",  # not CBOR
+                _codec.dumps_canonical([[["a", 0, []]], []]),  # counter below one
+                _codec.dumps_canonical([[["b", 1, []], ["a", 1, []]], []]),  # unsorted actors
+                _codec.dumps_canonical({"not": "a clock"}),
+            ]
+            for raw in bad_clocks:
+                with pytest.raises(InvalidClock):  # the typed error, rebuilt from the reply
+                    await c.nodes[o1]._send_to_member(o2, ReplicaPut(key, raw, ""))
+            assert await stored(c, o2, key) == before, f"seed={seed}: a bad clock changed it"
+            got = await c.nodes[o2].get(key, r=3)
+            assert got.values == ["good"] and got.context == put.context, f"seed={seed}: {got}"
+
+
 async def test_a_coordinator_standing_in_for_an_owner_keeps_a_hint(
     kvseed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -400,7 +425,7 @@ async def test_replaying_a_replica_put_leaves_identical_state(
             await all_reachable(c)
             clock = await stored(c, o1, key)
             assert clock is not None and live(clock) == ["v2"], f"seed={seed}: {clock}"
-            message = ReplicaPut(key, clock_to_plain(clock), "")
+            message = ReplicaPut(key, encode_wire_clock(clock), "")
             states = []
             for _ in range(5):
                 await c.nodes[o1]._send_to_member(o2, message)
