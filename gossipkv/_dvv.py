@@ -228,12 +228,14 @@ def update(client: DVVSet[V], local: DVVSet[V] | None, actor: str) -> DVVSet[V]:
 
 def equal(x: DVVSet[V], y: DVVSet[V]) -> bool:
     """True if both clocks have the same causal history (same actors, counters and value counts)."""
+    if x is y:
+        return True
     if len(x.entries) != len(y.entries):
         return False
-    return all(
-        a.actor == b.actor and a.counter == b.counter and len(a.values) == len(b.values)
-        for a, b in zip(x.entries, y.entries, strict=True)
-    )
+    for a, b in zip(x.entries, y.entries):  # noqa: B905 (lengths checked above)
+        if a.counter != b.counter or a.actor != b.actor or len(a.values) != len(b.values):
+            return False
+    return True
 
 
 def size(clock: DVVSet[V]) -> int:
