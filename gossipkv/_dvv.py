@@ -23,6 +23,7 @@ and :func:`clock_from_plain` rejects them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -290,6 +291,7 @@ class ActorMint:
 # --- partitions --------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=65536)  # hot keys are routed on every request
 def partition_of(key: str, partitions: int) -> int:
     """The Fixed Partition of ``key``: blake2b of its UTF-8 bytes modulo ``partitions`` (stable)."""
     if partitions <= 0:

@@ -887,7 +887,10 @@ class KeyValueService:
             local = self.storage.get_nowait(message.key)
             merged = self._synced(clock, local)
             if merged is not None:
-                self.storage.put_nowait(message.key, merged)
+                # Storing exactly what arrived (the usual case: a newer version): keep its bytes.
+                same = merged is clock or _dvv.equal(merged, clock)
+                encoded = message.clock if same else None
+                self.storage.put_nowait(message.key, merged, encoded=encoded)
                 self._changed(message.key, merged)
             return ReplicaState(None)
         return None

@@ -297,6 +297,8 @@ class Node:
         self._rt: _Runtime | None = None
         self._counters = TransportCounters()
         self._channels: dict[str, Channel] = {}
+        # member -> (the address it announced, the channel to it): the data path's fast lookup.
+        self._member_channels: dict[str, tuple[object, Channel]] = {}
         self._connect_locks: dict[str, trio.Lock] = {}
         self._inflight: set[str] = set()
         self._changed = trio.Event()
@@ -484,10 +486,19 @@ class Node:
         self, member: str, message: Message, callback: Callable[[Message | BaseException], None]
     ) -> Callable[[], None] | None:
         """Start a request over an open channel to ``member`` without waiting (data path)."""
-        addr = self._runtime().gossiper.address_of(member)
-        channel = None if addr is None else self._channels.get(addr)
-        if channel is None or channel.closed:
-            return None
+        gossiper = self._runtime().gossiper
+        announced = gossiper.announced_address(member)
+        cached = self._member_channels.get(member)
+        if cached is not None and cached[0] == announced and not cached[1].closed:
+            channel = cached[1]
+        else:
+            addr = gossiper.address_of(member)
+            found = None if addr is None else self._channels.get(addr)
+            if found is None or found.closed:
+                self._member_channels.pop(member, None)
+                return None
+            channel = found
+            self._member_channels[member] = (announced, channel)
 
         def on_reply(reply: Message | BaseException) -> None:
             if isinstance(reply, RemoteError):

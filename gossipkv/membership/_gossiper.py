@@ -827,6 +827,12 @@ class Gossiper:
         ns = self._namespaces.get(node_id)
         return None if ns is None else _addr_of(ns)
 
+    def announced_address(self, node_id: str) -> object:
+        """The raw address value ``node_id`` gossips (unchecked: a cache key for callers that
+        validated it once with :meth:`address_of`)."""
+        ns = self._namespaces.get(node_id)
+        return None if ns is None else ns.get("addr")
+
     def reachable_members(self) -> set[str]:
         """Names of the up/leaving members this peer can reach, itself included when up."""
         return {n for n, ns in self._visible() if _status_of(ns) in ("up", "leaving")}

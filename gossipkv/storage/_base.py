@@ -120,8 +120,11 @@ class StorageEngine(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot read without waiting")
 
-    def put_nowait(self, key: str, clock: Clock) -> None:
+    def put_nowait(self, key: str, clock: Clock, *, encoded: bytes | None = None) -> None:
         """:meth:`put` without waiting, for engines with ``nowait`` (same checks and errors).
+
+        ``encoded`` is the clock's canonical CBOR when the caller already has it (a replica
+        storing exactly the clock it received); the engine then does not encode it again.
 
         Raises:
           NotImplementedError: the engine has to wait for its disk (``nowait`` is False).
@@ -208,16 +211,36 @@ def encode_clock(clock: object, limits: StorageLimits) -> bytes:
     Raises:
       InvalidClock, TooManySiblings, ValueTooLarge, ValueNotEncodable: as for ``put``.
     """
+    check_clock(clock, limits)
+    assert isinstance(clock, DVVSet)
+    try:
+        data = dumps_canonical(_dvv.clock_to_plain(clock))
+    except ValueError as exc:
+        raise ValueNotEncodable(str(exc)) from exc
+    check_encoded_size(clock, data, limits)
+    return data
+
+
+def check_clock(clock: object, limits: StorageLimits) -> None:
+    """The checks of :func:`encode_clock` that need no encoding.
+
+    Raises:
+      InvalidClock, TooManySiblings: as for ``put``.
+    """
     if not isinstance(clock, DVVSet):
         raise InvalidClock(f"expected a DVVSet clock, got {type(clock).__name__}")
     _dvv.validate(clock, max_siblings=limits.max_siblings)
     for value in _dvv.values(clock):
         if not isinstance(value, Sibling):
             raise InvalidClock(f"clock values must be Sibling, got {type(value).__name__}")
-    try:
-        data = dumps_canonical(_dvv.clock_to_plain(clock))
-    except ValueError as exc:
-        raise ValueNotEncodable(str(exc)) from exc
+
+
+def check_encoded_size(clock: Clock, data: bytes, limits: StorageLimits) -> None:
+    """Refuse a clock holding a value over the size limit (``data`` is its encoding).
+
+    Raises:
+      ValueTooLarge: a single value encodes to more than ``limits.max_value_bytes``.
+    """
     if len(data) > limits.max_value_bytes:
         # Only then is any single value possibly over the limit: check them one by one.
         for value in _dvv.values(clock):
@@ -227,7 +250,6 @@ def encode_clock(clock: object, limits: StorageLimits) -> bytes:
                     f"a value of {size} encoded bytes exceeds the "
                     f"{limits.max_value_bytes}-byte limit"
                 )
-    return data
 
 
 def decode_clock(data: bytes, where: str) -> Clock:

@@ -21,6 +21,8 @@ from ._base import (
     StorageEngine,
     StorageLimits,
     StorageStatistics,
+    check_clock,
+    check_encoded_size,
     empty_statistics,
     encode_clock,
     encode_key,
@@ -59,10 +61,15 @@ class MemoryEngine(StorageEngine):
         encode_key(key, self._limits)
         return self._data.get(key)
 
-    def put_nowait(self, key: str, clock: Clock) -> None:
+    def put_nowait(self, key: str, clock: Clock, *, encoded: bytes | None = None) -> None:
         self._check_open()
         encode_key(key, self._limits)
-        data = encode_clock(clock, self._limits)
+        if encoded is None:
+            data = encode_clock(clock, self._limits)
+        else:
+            check_clock(clock, self._limits)
+            check_encoded_size(clock, encoded, self._limits)
+            data = encoded
         self._data[key] = (clock, data)
         self._puts += 1
 
