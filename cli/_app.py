@@ -553,4 +553,4 @@ def demo(
 
 
 def main() -> None:
-    app()
+    app(prog_name="gossipkv")
