@@ -2,7 +2,7 @@
 
 Pattern: Anti-Entropy (Dynamo §4.7, Riak AAE), kept simple and bounded instead of a Merkle tree.
 Every ``anti_entropy_interval`` seconds (jittered) a peer takes the next partition it owns (round
-robin) and one other reachable owner of it, and asks that owner for its digest of the partition:
+robin, from a random start) and one other reachable owner of it (the next one each sweep), and asks that owner for its digest of the partition:
 a blake2b over the partition's sorted ``(key, hash of the canonical clock bytes)`` pairs. Equal
 digests end the round. Otherwise the two exchange per-key hashes, a bounded page at a time, and for
 every key that differs or is missing on one side (at most ``MAX_REPAIRS_PER_ROUND`` a round) this
@@ -134,15 +134,19 @@ class AntiEntropy:
         if not owned:
             return
         if self._cursor is None:
-            self._cursor = self._rng.randrange(len(owned))
-        partition = owned[self._cursor % len(owned)]
+            self._cursor = self._rng.randrange(len(owned) * table.n)
+        cursor = self._cursor
         self._cursor += 1
+        partition = owned[cursor % len(owned)]
         reachable = self._kv._reachable()
         others = [o for o in table.owners[partition] if o != me and o in reachable]
         if not others:
             return
         self.counters.rounds += 1
-        await self.compare(self._rng.choice(others), partition, table.q)
+        # The other owner rotates with each sweep over the owned partitions, so within N-1
+        # sweeps every pair of reachable owners of every partition has been compared.
+        peer = others[(cursor // len(owned)) % len(others)]
+        await self.compare(peer, partition, table.q)
 
     async def compare(self, peer: str, partition: int, q: int) -> int:
         """Compare ``partition`` with ``peer`` and repair what differs, both ways.
@@ -166,7 +170,9 @@ class AntiEntropy:
         for _ in range(MAX_PAGES_PER_ROUND):
             page = await self._ask(peer, PartitionKeys(partition, q, after, KEYS_PER_PAGE))
             if len(page.keys) != len(page.hashes):
-                raise Unavailable(f"{peer} sent {len(page.keys)} keys but {len(page.hashes)} hashes")
+                raise Unavailable(
+                    f"{peer} sent {len(page.keys)} keys but {len(page.hashes)} hashes"
+                )
             for key, digest in zip(page.keys, page.hashes, strict=True):
                 if key <= after or _dvv.partition_of(key, q) != partition:
                     raise Unavailable(f"{peer} sent key {key!r} out of order or partition")
