@@ -18,6 +18,7 @@ partition out of range or a partition count other than the table's gets a typed 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import random
@@ -98,6 +99,9 @@ class AntiEntropy:
         self._kv = service
         self._rng = rng
         self._cursor: int | None = None
+        #: The listing being paged through: ``(partition, q, taken at, hashes, sorted keys)``. A first page
+        #: takes a fresh one; later pages reuse it (one snapshot per listing, not one per page).
+        self._listing: tuple[int, int, float, dict[str, bytes], list[str]] | None = None
         self.counters = AntiEntropyCounters()
 
     # --- the asking side -----------------------------------------------------------------------
@@ -243,15 +247,29 @@ class AntiEntropy:
             raise RemoteError(
                 "bad_request", f"partition {message.partition} is not in 0..{table.q - 1}"
             )
-        hashes = await self.key_hashes(message.partition, table.q)
         if isinstance(message, PartitionDigest):
+            hashes = await self.key_hashes(message.partition, table.q)
             return PartitionState(digest=partition_digest(hashes))
+        hashes, keys = await self._listing_for(message.partition, table.q, fresh=not message.after)
         limit = min(message.limit, KEYS_PER_PAGE) if message.limit > 0 else KEYS_PER_PAGE
-        keys = sorted(k for k in hashes if k > message.after)
-        page = keys[:limit]
+        start = bisect.bisect_right(keys, message.after)
+        page = keys[start : start + limit]
         return PartitionState(
-            keys=tuple(page), hashes=tuple(hashes[k] for k in page), more=len(keys) > limit
+            keys=tuple(page), hashes=tuple(hashes[k] for k in page), more=start + limit < len(keys)
         )
+
+    async def _listing_for(
+        self, partition: int, q: int, *, fresh: bool
+    ) -> tuple[dict[str, bytes], list[str]]:
+        now = trio.current_time()
+        held = self._listing
+        max_age = self._kv.config.replica_timeout * MAX_PAGES_PER_ROUND
+        if fresh or held is None or held[:2] != (partition, q) or now - held[2] > max_age:
+            hashes = await self.key_hashes(partition, q)
+            keys = sorted(hashes)
+            self._listing = (partition, q, now, hashes, keys)
+            return hashes, keys
+        return held[3], held[4]
 
     async def key_hashes(self, partition: int, q: int) -> dict[str, bytes]:
         """Every key this replica holds in ``partition``, with the hash of its clock."""
