@@ -250,6 +250,7 @@ def health_panel(snap: Snapshot) -> Panel:
         grid.add_row("read repairs", str(_sum(stats, "read_repairs")))
         grid.add_row("hints pending", Text(str(pending), style="yellow" if pending else ""))
         grid.add_row("hints delivered", str(_sum(stats, "hints_delivered")))
+        grid.add_row("anti-entropy repairs", str(_sum(stats, "anti_entropy_keys_repaired")))
         grid.add_row("siblings seen", str(_sum(stats, "siblings_seen")))
         grid.add_row("keys (replicas)", str(_sum(stats, "storage_keys")))
     return Panel(grid, title="data health", title_align="left", box=box.ROUNDED)

@@ -31,6 +31,11 @@ COUNTERS: dict[str, str] = {
     "hints_stored": "Hinted writes stored for unreachable owners.",
     "hints_delivered": "Hinted writes delivered to their owner.",
     "siblings_seen": "Concurrent siblings seen by writes.",
+    "anti_entropy_rounds": "Anti-entropy rounds started (one partition, one other owner).",
+    "anti_entropy_partitions_compared": "Partition digests compared by anti-entropy.",
+    "anti_entropy_partitions_differing": "Compared partitions whose digests differed.",
+    "anti_entropy_keys_repaired": "Keys exchanged by anti-entropy because their clocks differed.",
+    "anti_entropy_errors": "Anti-entropy rounds or key repairs that failed.",
 }
 # Per-reason counters: field -> (label name, help text).
 LABELLED_COUNTERS: dict[str, tuple[str, str]] = {

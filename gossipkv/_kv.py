@@ -22,6 +22,7 @@ from functools import partial
 import trio
 
 from . import _codec, _dvv
+from ._antientropy import AntiEntropy
 from ._dvv import DVVSet, Entry, Sibling
 from ._errors import (
     ClusterNotReady,
@@ -78,6 +79,8 @@ class KVConfig:
       handoff_interval: seconds between attempts to hand hinted writes to their owners.
       last_write_wins: lossy, opt-in, for comparison only: the newest write replaces every
         sibling, so concurrent writes are silently lost.
+      anti_entropy_interval: seconds (jittered) between anti-entropy rounds; each round compares
+        one partition this peer owns with one other owner and repairs what differs. 0 disables it.
     """
 
     r: int = 2
@@ -92,6 +95,7 @@ class KVConfig:
     #: sibling, and replicas keep just the value with the newest (HLC stamp, actor). Concurrent
     #: writes are silently lost; a Jepsen-style test uses it as the control that must show losses.
     last_write_wins: bool = False
+    anti_entropy_interval: float = 10.0
 
     def validate(self) -> None:
         """Check the settings on their own (``r``/``w`` against N is :class:`Node`'s check).
@@ -103,6 +107,8 @@ class KVConfig:
             raise ValueError("r and w must be at least 1")
         if self.replica_timeout <= 0 or self.handoff_interval <= 0:
             raise ValueError("timeouts must be > 0")
+        if self.anti_entropy_interval < 0:
+            raise ValueError("anti_entropy_interval must be >= 0 (0 disables anti-entropy)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +386,8 @@ class KeyValueService:
         #: Called (synchronously, under the key lock) with every clock this replica stores that
         #: differs from what it held: the State Watch hook. It must not block.
         self.on_change: Callable[[str, Clock], None] | None = None
+        #: Background anti-entropy (started by :meth:`run`), with its own randomness stream.
+        self.anti_entropy = AntiEntropy(self, random.Random(rng.getrandbits(64)))
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -393,6 +401,7 @@ class KeyValueService:
             self._nursery = nursery
             nursery.start_soon(self._handoff_loop)
             nursery.start_soon(self._expire_loop)
+            nursery.start_soon(self.anti_entropy.run)
             task_status.started()
             await trio.sleep_forever()
 

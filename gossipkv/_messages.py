@@ -262,6 +262,43 @@ class Reply(Message):
     body: dict[str, object] = field(default_factory=dict)
 
 
+# --- anti-entropy ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionDigest(Message):
+    """Ask a replica for its digest of one partition; ``q`` is the asker's partition count (a
+    replica whose table has another count refuses with ``bad_request``)."""
+
+    TAG: ClassVar[str] = "partition_digest"
+    partition: int
+    q: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys(Message):
+    """Ask a replica for one page of per-key clock hashes of a partition: the keys after
+    ``after`` in sorted order, at most ``limit`` (capped by the replica's page size)."""
+
+    TAG: ClassVar[str] = "partition_keys"
+    partition: int
+    q: int
+    after: str = ""
+    limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState(Message):
+    """The answer to ``PartitionDigest`` (``digest``, ``b""`` for an empty partition) or to
+    ``PartitionKeys`` (``keys`` with their ``hashes``, ``more`` when later keys remain)."""
+
+    TAG: ClassVar[str] = "partition_state"
+    digest: bytes = b""
+    keys: tuple[str, ...] = ()
+    hashes: tuple[bytes, ...] = ()
+    more: bool = False
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (
@@ -285,6 +322,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ReplicaState,
         WatchRequest,
         WatchEvent,
+        PartitionDigest,
+        PartitionKeys,
+        PartitionState,
     )
 }
 

@@ -49,6 +49,8 @@ from ._messages import (
     LeaveRequest,
     MembersRequest,
     Message,
+    PartitionDigest,
+    PartitionKeys,
     ReplicaGet,
     ReplicaPut,
     Reply,
@@ -120,6 +122,13 @@ class NodeStatistics:
       siblings_seen: extra siblings found by this node's writes.
       kv_errors: failed replica calls, repairs and handoffs, by exception name.
       storage_keys: keys in this node's replica.
+      anti_entropy_rounds: anti-entropy rounds this node started (one partition, one other owner).
+      anti_entropy_partitions_compared: partition digests compared with another owner.
+      anti_entropy_partitions_differing: compared partitions whose digests differed.
+      anti_entropy_keys_repaired: keys whose clocks differed and were exchanged (both ways, by
+        ``sync``) by this node's anti-entropy.
+      anti_entropy_errors: anti-entropy rounds or key repairs that failed (kinds in
+        ``kv_errors``).
     """
 
     name: str
@@ -159,6 +168,11 @@ class NodeStatistics:
     siblings_seen: int
     kv_errors: dict[str, int]
     storage_keys: int
+    anti_entropy_rounds: int = 0
+    anti_entropy_partitions_compared: int = 0
+    anti_entropy_partitions_differing: int = 0
+    anti_entropy_keys_repaired: int = 0
+    anti_entropy_errors: int = 0
 
 
 @dataclass(slots=True)
@@ -565,6 +579,11 @@ class Node:
             siblings_seen=kvc.siblings_seen,
             kv_errors=dict(kvc.errors),
             storage_keys=kv.storage.statistics().keys,
+            anti_entropy_rounds=kv.anti_entropy.counters.rounds,
+            anti_entropy_partitions_compared=kv.anti_entropy.counters.partitions_compared,
+            anti_entropy_partitions_differing=kv.anti_entropy.counters.partitions_differing,
+            anti_entropy_keys_repaired=kv.anti_entropy.counters.keys_repaired,
+            anti_entropy_errors=kv.anti_entropy.counters.errors,
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
@@ -1084,6 +1103,13 @@ class Node:
                 return Reply({"ok": True, "status": g.status})
             self._runtime().nursery.start_soon(self.leave)
             return Reply({"ok": True, "status": "leaving"})
+        if isinstance(message, (PartitionDigest, PartitionKeys)):
+            try:
+                return await self._service().anti_entropy.handle(message)
+            except RemoteError:
+                raise
+            except GossipKVError as exc:
+                raise RemoteError(error_code(exc), str(exc)) from exc
         raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
 
     def _on_request_nowait(

@@ -32,6 +32,7 @@ async def test_stats_table_json_and_prometheus(peers: Peers, tmp_path: Path) -> 
     doc = loads(out.stdout)
     assert doc["name"] == "s1" and doc["members_by_status"] == {"up": 1}
     assert doc["kv_puts"] >= 1
+    assert doc["anti_entropy_keys_repaired"] == 0  # one peer: no other owner to compare with
 
     table = cli("stats", "--peer", addr)
     assert table.returncode == 0, table.stderr
@@ -52,6 +53,8 @@ async def test_stats_table_json_and_prometheus(peers: Peers, tmp_path: Path) -> 
     assert info.labels["name"] == "s1" and info.labels["cluster"] == "gossipkv"
     assert families["gossipkv_dropped_frames"].type == "counter"
     assert families["gossipkv_max_loop_lag_seconds"].type == "gauge"
+    repaired = families["gossipkv_anti_entropy_keys_repaired"]
+    assert repaired.type == "counter" and repaired.samples[0].value == 0
 
     both = cli("stats", "--json", "--prometheus", "--peer", addr)
     assert both.returncode == 1 and "exclusive" in both.stderr

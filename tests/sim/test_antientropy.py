@@ -1,0 +1,273 @@
+"""Anti-entropy on simulated clusters (datapath.md §d.5, riak_test verify_aae): with no reads and
+no hinted handoff, replicas that missed writes or lost everything converge by anti-entropy alone.
+
+Every duration is simulated seconds (autojump MockClock); every assertion names its seed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from gossipkv import KVConfig
+from gossipkv import _antientropy as ae
+from gossipkv._dvv import partition_of
+from gossipkv._errors import RemoteError
+from gossipkv._messages import PartitionDigest, PartitionKeys, PartitionState
+from gossipkv.storage import MemoryEngine
+from gossipkv.testing import SimCluster
+
+from ._kvsim import (
+    kv_cluster,
+    names,
+    owners,
+    reachable,
+    replicas_equal,
+    service,
+    stored,
+    table,
+    tables_agree,
+    wait_unreachable,
+)
+
+AE_SEEDS = [11, 22, 33]
+#: Anti-entropy interval in these scenarios, and how long convergence may take: each owner of a
+#: partition visits it once per sweep of its ~38 partitions (64 partitions, N=3, 5 peers).
+INTERVAL = 0.5
+WITHIN = 60.0
+KEYS = 12
+
+
+@pytest.fixture(params=AE_SEEDS, ids=[f"seed{s}" for s in AE_SEEDS])
+def aeseed(request: pytest.FixtureRequest) -> int:
+    value: int = request.param
+    return value
+
+
+def victim_keys(c: SimCluster, victim: str, count: int) -> list[str]:
+    """``count`` keys ``ae0, ae1, ...`` that ``victim`` holds a replica of."""
+    out: list[str] = []
+    i = 0
+    while len(out) < count:
+        key = f"ae{i}"
+        if victim in owners(c, key):
+            out.append(key)
+        i += 1
+    return out
+
+
+async def all_equal(c: SimCluster, keys: list[str]) -> bool:
+    for key in keys:
+        if not await replicas_equal(c, key, owners(c, key)):
+            return False
+    return True
+
+
+async def time_to_converge(c: SimCluster, keys: list[str], within: float) -> float | None:
+    """Simulated seconds until every replica of every key holds the same clock (or ``None``)."""
+    start = trio.current_time()
+    with trio.move_on_after(within):
+        while not await all_equal(c, keys):  # noqa: ASYNC110 - simulated time
+            await trio.sleep(0.1)
+        return trio.current_time() - start
+    return None
+
+
+def activity(c: SimCluster) -> tuple[int, int, int]:
+    """Summed anti-entropy (rounds, partitions differing, keys repaired) of the running peers."""
+    counters = [service(n).anti_entropy.counters for n in c.nodes.values()]
+    return (
+        sum(x.rounds for x in counters),
+        sum(x.partitions_differing for x in counters),
+        sum(x.keys_repaired for x in counters),
+    )
+
+
+async def write_while_cut_off(c: SimCluster, victim: str, keys: list[str], seed: int) -> None:
+    """Cut ``victim`` off, write every key with W=2 through another owner, heal."""
+    rest = [n for n in names(5) if n != victim]
+    c.partition([victim], rest)
+    await wait_unreachable(c, rest, [victim])
+    for key in keys:
+        coordinator = next(o for o in owners(c, key) if o != victim)
+        put = await c.nodes[coordinator].put(key, {"k": key}, w=2)
+        assert put.values == [{"k": key}], f"seed={seed}: {put}"
+    for key in keys:
+        assert await stored(c, victim, key) is None, (
+            f"seed={seed}: {victim} got {key} across the cut"
+        )
+    c.heal()
+
+
+async def test_a_replica_that_missed_writes_converges_by_anti_entropy_alone(
+    aeseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = aeseed
+    kv = KVConfig(sloppy_quorum=False, anti_entropy_interval=INTERVAL)
+    async with kv_cluster(seed, kv=kv) as c:
+        victim = "n3"
+        keys = victim_keys(c, victim, KEYS)
+        with trio.fail_after(WITHIN + 60):
+            await write_while_cut_off(c, victim, keys, seed)
+            # No reads from here on, no hints: only anti-entropy can repair the victim.
+            took = await time_to_converge(c, keys, WITHIN)
+            assert took is not None, f"seed={seed}: not converged within {WITHIN}s"
+            # Once equal, anti-entropy goes quiet: rounds go on, nothing differs or is repaired.
+            before = activity(c)
+            await trio.sleep(20)
+            after = activity(c)
+        assert after[1:] == before[1:] and after[0] > before[0], (
+            f"seed={seed}: not quiet when idle: (rounds, differing, repaired) {before} -> {after}"
+        )
+        for key in keys:
+            clock = await stored(c, victim, key)
+            assert clock is not None and clock == await stored(c, owners(c, key)[0], key), (
+                f"seed={seed}: {key} differs on {victim}"
+            )
+        repaired = sum(service(n).anti_entropy.counters.keys_repaired for n in c.nodes.values())
+        assert repaired >= len(keys), f"seed={seed}: {repaired} keys repaired"
+        assert sum(service(n).counters.read_repairs for n in c.nodes.values()) == 0, f"seed={seed}"
+        assert sum(service(n).counters.hints_stored for n in c.nodes.values()) == 0, f"seed={seed}"
+        stats = c.nodes[victim].statistics()
+        assert stats.anti_entropy_rounds > 0, f"seed={seed}: {stats}"
+        print(f"seed={seed}: anti-entropy converged {len(keys)} keys in {took:.1f} s after heal")
+
+
+async def test_without_anti_entropy_the_missed_writes_stay_missing(
+    aeseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The negative control of the test above: same scenario, anti-entropy off."""
+    seed = aeseed
+    kv = KVConfig(sloppy_quorum=False, anti_entropy_interval=0)
+    async with kv_cluster(seed, kv=kv) as c:
+        victim = "n3"
+        keys = victim_keys(c, victim, KEYS)
+        with trio.fail_after(WITHIN + 60):
+            await write_while_cut_off(c, victim, keys, seed)
+            took = await time_to_converge(c, keys, WITHIN)
+        assert took is None, f"seed={seed}: converged in {took}s without anti-entropy"
+        missing = [k for k in keys if await stored(c, victim, k) is None]
+        assert missing == keys, f"seed={seed}: only {missing} missing on {victim}"
+        rounds = sum(service(n).anti_entropy.counters.rounds for n in c.nodes.values())
+        assert rounds == 0, f"seed={seed}: {rounds} rounds with anti-entropy off"
+
+
+async def test_a_replica_restarted_empty_gets_its_keys_back(
+    aeseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A peer killed and restarted with an empty memory engine. Its rejoin (a new incarnation)
+    makes the leader re-plan the table, so the keys checked are those it owns in the new table
+    and that some other new owner already held: anti-entropy must bring it (and any other new
+    owner) every one of them, with no reads and no hints."""
+    seed = aeseed
+    kv = KVConfig(sloppy_quorum=False, anti_entropy_interval=INTERVAL)
+    async with kv_cluster(seed, kv=kv) as c:
+        victim = "n3"
+        written = [f"rs{i}" for i in range(60)]
+        before = {k: owners(c, k) for k in written}
+        epoch = table(c.nodes["n1"]).epoch  # type: ignore[union-attr]
+        with trio.fail_after(WITHIN + 60):
+            for key in written:
+                await c.nodes[before[key][0]].put(key, {"k": key}, w=3)
+            c.kill(victim)
+            # A memory engine: the restarted peer comes back with nothing at all.
+            c.storage[victim] = MemoryEngine()
+            c.hints[victim] = MemoryEngine()
+            await c.restart(victim, seeds=["n1"], kv=kv)
+            restarted = trio.current_time()
+            assert c.storage[victim].statistics().keys == 0, f"seed={seed}: not empty"
+            with trio.move_on_after(30):
+                await c.wait_until(lambda: table(c.nodes["n1"]).epoch != epoch)  # type: ignore[union-attr]
+            await c.wait_until(lambda: tables_agree(c, names(5)))
+            keys = [
+                k
+                for k in written
+                if victim in owners(c, k) and set(owners(c, k)) & set(before[k]) - {victim}
+            ]
+            assert len(keys) >= 10, f"seed={seed}: only {len(keys)} keys to check"
+            took = await time_to_converge(c, keys, WITHIN)
+        assert took is not None, f"seed={seed}: not converged within {WITHIN}s"
+        lacking = [k for k in keys if await stored(c, victim, k) is None]
+        assert lacking == [], f"seed={seed}: {victim} lacks {lacking}"
+        took = trio.current_time() - restarted
+        print(
+            f"seed={seed}: restarted replica holds its {len(keys)} keys {took:.1f} s after restart"
+        )
+
+
+async def test_a_malformed_digest_request_gets_a_typed_error(
+    aeseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = aeseed
+    async with kv_cluster(seed, kv=KVConfig(anti_entropy_interval=0)) as c:
+        t = table(c.nodes["n1"])
+        assert t is not None
+        q = t.q
+        bad = [
+            PartitionDigest(q, q),  # partition out of range
+            PartitionDigest(-1, q),
+            PartitionDigest(0, q + 1),  # another partition count than the table's
+            PartitionKeys(q + 100, q),
+            PartitionKeys(0, 0),
+        ]
+        with trio.fail_after(30):
+            for message in bad:
+                with pytest.raises(RemoteError) as info:
+                    await c.nodes["n1"]._send_to_member("n2", message)
+                assert info.value.code == "bad_request", f"seed={seed}: {message}: {info.value}"
+            # n2 keeps serving: digests, pages and the data path.
+            put = await c.nodes["n2"].put("after-bad", "v", w=3)
+            p = partition_of("after-bad", q)
+            holder = next(o for o in owners(c, "after-bad") if o != "n1")
+            digest = await c.nodes["n1"]._send_to_member(holder, PartitionDigest(p, q))
+            assert isinstance(digest, PartitionState) and digest.digest, f"seed={seed}: {digest}"
+            page = await c.nodes["n1"]._send_to_member(holder, PartitionKeys(p, q, "", 10**9))
+            assert isinstance(page, PartitionState) and "after-bad" in page.keys, f"seed={seed}"
+            assert len(page.keys) <= ae.KEYS_PER_PAGE, f"seed={seed}: page too long"
+            got = await c.nodes["n2"].get("after-bad", r=3)
+            assert got.values == ["v"] and got.context == put.context, f"seed={seed}: {got}"
+
+
+async def test_paging_and_the_repair_limit(
+    aeseed: int, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny pages and a tiny repair budget: each ``compare`` repairs at most the budget, pages
+    through the partition, and repeated rounds converge both ways (keys missing on either side)."""
+    seed = aeseed
+    monkeypatch.setattr(ae, "KEYS_PER_PAGE", 3)
+    monkeypatch.setattr(ae, "MAX_REPAIRS_PER_ROUND", 4)
+    kv = KVConfig(sloppy_quorum=False, anti_entropy_interval=0)
+    async with kv_cluster(seed, kv=kv) as c:
+        t = table(c.nodes["n1"])
+        assert t is not None
+        a, b, _ = owners(c, "page0")
+        p = partition_of("page0", t.q)
+        keys = [k for k in (f"page{i}" for i in range(20_000)) if partition_of(k, t.q) == p][:16]
+        only_a, only_b = keys[:8], keys[8:]
+        rest = [n for n in names(5) if n not in (a, b)]
+        with trio.fail_after(120):
+            # Each half written while the other replica was cut off: missing on either side.
+            for cut, coordinator, half in ((b, a, only_a), (a, b, only_b)):
+                c.partition([cut], [n for n in names(5) if n != cut])
+                await wait_unreachable(c, rest, [cut])
+                for key in half:
+                    await c.nodes[coordinator].put(key, key, w=2)
+                c.heal()
+                await c.wait_until(
+                    lambda: all(set(reachable(c, n)) == set(c.nodes) for n in c.nodes)
+                )
+            assert [await stored(c, b, k) for k in only_a] == [None] * 8, f"seed={seed}"
+            assert [await stored(c, a, k) for k in only_b] == [None] * 8, f"seed={seed}"
+            sa, sb = service(c.nodes[a]), service(c.nodes[b])
+            rounds = 0
+            while await sa.anti_entropy.key_hashes(p, t.q) != await sb.anti_entropy.key_hashes(
+                p, t.q
+            ):
+                rounds += 1
+                assert rounds <= 10, f"seed={seed}: no convergence in 10 rounds"
+                done = await sa.anti_entropy.compare(b, p, t.q)
+                assert 0 < done <= 4, f"seed={seed}: round {rounds} repaired {done}"
+            for key in keys:
+                assert await stored(c, a, key) == await stored(c, b, key), f"seed={seed}: {key}"
+        assert await sa.anti_entropy.compare(b, p, t.q) == 0, f"seed={seed}: not quiet when equal"
