@@ -54,6 +54,8 @@ ReplyCallback = Callable[[Message | BaseException], None]
 StartRequest = Callable[[str, Message, ReplyCallback], Callable[[], None] | None]
 
 _HINT_SEP = "\x1f"
+_DECODED_CACHE = 1024  # distinct wire clocks remembered decoded...
+_DECODED_MAX_BYTES = 4096  # ...if small (the cache holds at most 4 MiB of keys)
 _EMPTY: Clock = DVVSet((), ())
 
 
@@ -381,6 +383,7 @@ class KeyValueService:
         self._repairs = trio.Semaphore(config.max_pending_repairs)
         self._pending_hints: dict[tuple[str, str], None] = {}
         self._expiring: deque[_Fanout] = deque()
+        self._decoded: dict[bytes, Clock] = {}
         self._expiry_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         #: Called (synchronously, under the key lock) with every clock this replica stores that
@@ -1018,11 +1021,21 @@ class KeyValueService:
         )
 
     def _clock_from_wire(self, raw: bytes) -> Clock:
+        # Replicas of a key usually send the very same bytes (and a hot key's version is read
+        # many times): decode each distinct clock once. Clocks are immutable, so sharing is safe.
+        clock = self._decoded.get(raw)
+        if clock is not None:
+            return clock
         try:
             plain = _codec.loads_value(raw)
-            return _dvv.clock_from_plain(plain, max_siblings=self.limits.max_siblings)
+            clock = _dvv.clock_from_plain(plain, max_siblings=self.limits.max_siblings)
         except (DecodeError, InvalidClock) as exc:
             raise RemoteError("invalid_clock", str(exc)) from exc
+        if len(raw) <= _DECODED_MAX_BYTES:
+            if len(self._decoded) >= _DECODED_CACHE:
+                del self._decoded[next(iter(self._decoded))]
+            self._decoded[raw] = clock
+        return clock
 
     def _encoded(self, key: str, clock: Clock) -> bytes:
         """``clock`` as canonical CBOR: the bytes an in-memory replica already keeps for it
