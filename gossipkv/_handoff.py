@@ -57,8 +57,10 @@ class OwnershipHandoff:
         self._rng = rng
         #: partition -> (its owners, digest of what this peer held) when last handed off whole.
         self._done: dict[int, tuple[tuple[str, ...], bytes]] = {}
-        #: partition -> (its owners, the last key sent) while a handoff is part way through.
-        self._resume: dict[int, tuple[tuple[str, ...], str]] = {}
+        #: partition -> (its owners, the last key sent, the local digest when this pass began)
+        #: while a handoff is part way through. A pass that completes is remembered with the
+        #: digest it began with, so a write during the pass (behind the cursor) is sent again.
+        self._resume: dict[int, tuple[tuple[str, ...], str, bytes]] = {}
         #: (table epoch, ``service.changes``) after a round that left nothing to send.
         self._idle_at: tuple[tuple[int, int], int] | None = None
         self.counters = OwnershipHandoffCounters()
@@ -100,19 +102,20 @@ class OwnershipHandoff:
         me = kv.node_id
         digests = await kv.storage.partition_hashes(table.q)
         reachable = kv._reachable()
+        failed: set[str] = set()  # owners that timed out this round: no partition waits on them
         budget = MAX_KEYS_PER_ROUND
         pending = False
         for p in sorted(digests):
             owners = table.owners[p] if p < table.q else ()
             if not owners or me in owners or self._done.get(p) == (owners, digests[p]):
                 continue
-            if budget <= 0 or not all(o in reachable for o in owners):
+            if budget <= 0 or not all(o in reachable and o not in failed for o in owners):
                 pending = True  # an owner is away: wait for it rather than time out key by key
                 continue
-            sent, complete = await self._hand_off(p, table.q, owners, budget)
+            sent, began = await self._hand_off(p, table.q, owners, digests[p], budget, failed)
             budget -= sent
-            if complete:
-                self._done[p] = (owners, digests[p])
+            if began is not None:
+                self._done[p] = (owners, began)
                 self.counters.partitions_handed_off += 1
             else:
                 pending = True
@@ -120,12 +123,25 @@ class OwnershipHandoff:
         return MAX_KEYS_PER_ROUND - budget
 
     async def _hand_off(
-        self, partition: int, q: int, owners: tuple[str, ...], budget: int
-    ) -> tuple[int, bool]:
-        """Send keys of ``partition`` after the remembered one; ``(keys sent, all sent)``."""
+        self,
+        partition: int,
+        q: int,
+        owners: tuple[str, ...],
+        digest: bytes,
+        budget: int,
+        failed: set[str],
+    ) -> tuple[int, bytes | None]:
+        """Send keys of ``partition`` after the remembered one.
+
+        Returns ``(keys sent, the digest the pass began with)``, the digest ``None`` while the
+        pass is not complete. An owner that does not answer is added to ``failed`` and ends this
+        partition's turn."""
         kv = self._kv
         resume = self._resume.get(partition)
-        after = resume[1] if resume is not None and resume[0] == owners else ""
+        if resume is not None and resume[0] == owners:
+            _, after, began = resume
+        else:
+            after, began = "", digest
         keys = sorted(
             [
                 (key, clock)
@@ -137,8 +153,8 @@ class OwnershipHandoff:
         sent = 0
         for key, clock in keys:
             if sent >= budget:
-                self._resume[partition] = (owners, after)
-                return sent, False
+                self._resume[partition] = (owners, after, began)
+                return sent, None
             current = await kv.storage.get(key)  # the newest, not the scan's snapshot
             for owner in owners:
                 try:
@@ -149,11 +165,12 @@ class OwnershipHandoff:
                     log.debug("handoff of %r to %s failed: %s", key, owner, exc)
                     if isinstance(exc, TransportError):
                         # The owner is away or slow: stop here, resume from this key later.
-                        self._resume[partition] = (owners, after)
-                        return sent, False
+                        self._resume[partition] = (owners, after, began)
+                        failed.add(owner)
+                        return sent, None
                     # The owner refused the key (a typed error): retrying would not help.
             after = key
             sent += 1
             self.counters.keys_sent += 1
         self._resume.pop(partition, None)
-        return sent, True
+        return sent, began

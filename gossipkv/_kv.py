@@ -396,9 +396,11 @@ class KeyValueService:
         #: differs from what it held: the State Watch hook. It must not block.
         self.on_change: Callable[[str, Clock], None] | None = None
         #: Background anti-entropy (started by :meth:`run`), with its own randomness stream.
-        self.anti_entropy = AntiEntropy(self, random.Random(rng.getrandbits(64)))
-        #: Background ownership handoff (started by :meth:`run`), with its own randomness stream.
-        self.ownership_handoff = OwnershipHandoff(self, random.Random(rng.getrandbits(64)))
+        background_seed = rng.getrandbits(64)
+        self.anti_entropy = AntiEntropy(self, random.Random(background_seed))
+        #: Background ownership handoff (started by :meth:`run`), with its own randomness stream
+        #: (derived, so the draws from ``rng`` stay what they were before handoff existed).
+        self.ownership_handoff = OwnershipHandoff(self, random.Random(background_seed ^ 0x5A5A))
         #: Clocks stored here that differed from what was held (ownership handoff's change mark).
         self.changes = 0
 
