@@ -36,6 +36,10 @@ COUNTERS: dict[str, str] = {
     "anti_entropy_partitions_differing": "Compared partitions whose digests differed.",
     "anti_entropy_keys_repaired": "Keys exchanged by anti-entropy because their clocks differed.",
     "anti_entropy_errors": "Anti-entropy rounds or key repairs that failed.",
+    "ownership_handoff_rounds": "Ownership handoff rounds that looked for keys to send.",
+    "ownership_handoff_partitions": "Partitions no longer owned, handed off completely.",
+    "ownership_handoff_keys": "Keys sent to the current owners of their partition.",
+    "ownership_handoff_errors": "Ownership handoff sends or rounds that failed.",
 }
 # Per-reason counters: field -> (label name, help text).
 LABELLED_COUNTERS: dict[str, tuple[str, str]] = {

@@ -38,6 +38,7 @@ from ._errors import (
     ValueNotEncodable,
     ValueTooLarge,
 )
+from ._handoff import OwnershipHandoff
 from ._messages import KvGet, KvPut, KvResult, Message, ReplicaGet, ReplicaPut, ReplicaState
 from ._partitions import PartitionTable
 from .storage import StorageEngine, StorageLimits
@@ -83,6 +84,9 @@ class KVConfig:
         sibling, so concurrent writes are silently lost.
       anti_entropy_interval: seconds (jittered) between anti-entropy rounds; each round compares
         one partition this peer owns with one other owner and repairs what differs. 0 disables it.
+      ownership_handoff_interval: seconds (jittered) between ownership handoff rounds; each round
+        sends a bounded batch of the keys this peer holds for partitions it no longer owns to
+        their current owners (by ``sync``). 0 disables it.
     """
 
     r: int = 2
@@ -98,6 +102,7 @@ class KVConfig:
     #: writes are silently lost; a Jepsen-style test uses it as the control that must show losses.
     last_write_wins: bool = False
     anti_entropy_interval: float = 10.0
+    ownership_handoff_interval: float = 5.0
 
     def validate(self) -> None:
         """Check the settings on their own (``r``/``w`` against N is :class:`Node`'s check).
@@ -111,6 +116,10 @@ class KVConfig:
             raise ValueError("timeouts must be > 0")
         if self.anti_entropy_interval < 0:
             raise ValueError("anti_entropy_interval must be >= 0 (0 disables anti-entropy)")
+        if self.ownership_handoff_interval < 0:
+            raise ValueError(
+                "ownership_handoff_interval must be >= 0 (0 disables ownership handoff)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +399,13 @@ class KeyValueService:
         #: differs from what it held: the State Watch hook. It must not block.
         self.on_change: Callable[[str, Clock], None] | None = None
         #: Background anti-entropy (started by :meth:`run`), with its own randomness stream.
-        self.anti_entropy = AntiEntropy(self, random.Random(rng.getrandbits(64)))
+        background_seed = rng.getrandbits(64)
+        self.anti_entropy = AntiEntropy(self, random.Random(background_seed))
+        #: Background ownership handoff (started by :meth:`run`), with its own randomness stream
+        #: (derived, so the draws from ``rng`` stay what they were before handoff existed).
+        self.ownership_handoff = OwnershipHandoff(self, random.Random(background_seed ^ 0x5A5A))
+        #: Clocks stored here that differed from what was held (ownership handoff's change mark).
+        self.changes = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -405,6 +420,7 @@ class KeyValueService:
             nursery.start_soon(self._handoff_loop)
             nursery.start_soon(self._expire_loop)
             nursery.start_soon(self.anti_entropy.run)
+            nursery.start_soon(self.ownership_handoff.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -1066,6 +1082,7 @@ class KeyValueService:
             )
 
     def _changed(self, key: str, clock: Clock) -> None:
+        self.changes += 1
         if self.on_change is not None:
             self.on_change(key, clock)
 

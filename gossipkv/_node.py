@@ -129,6 +129,11 @@ class NodeStatistics:
         ``sync``) by this node's anti-entropy.
       anti_entropy_errors: anti-entropy rounds or key repairs that failed (kinds in
         ``kv_errors``).
+      ownership_handoff_rounds: ownership handoff rounds that looked for keys to send.
+      ownership_handoff_partitions: partitions this node no longer owns whose keys it sent
+        completely to their current owners.
+      ownership_handoff_keys: keys it sent (each to every current owner, by ``sync``).
+      ownership_handoff_errors: handoff sends or rounds that failed (kinds in ``kv_errors``).
     """
 
     name: str
@@ -173,6 +178,10 @@ class NodeStatistics:
     anti_entropy_partitions_differing: int = 0
     anti_entropy_keys_repaired: int = 0
     anti_entropy_errors: int = 0
+    ownership_handoff_rounds: int = 0
+    ownership_handoff_partitions: int = 0
+    ownership_handoff_keys: int = 0
+    ownership_handoff_errors: int = 0
 
 
 @dataclass(slots=True)
@@ -584,6 +593,10 @@ class Node:
             anti_entropy_partitions_differing=kv.anti_entropy.counters.partitions_differing,
             anti_entropy_keys_repaired=kv.anti_entropy.counters.keys_repaired,
             anti_entropy_errors=kv.anti_entropy.counters.errors,
+            ownership_handoff_rounds=kv.ownership_handoff.counters.rounds,
+            ownership_handoff_partitions=kv.ownership_handoff.counters.partitions_handed_off,
+            ownership_handoff_keys=kv.ownership_handoff.counters.keys_sent,
+            ownership_handoff_errors=kv.ownership_handoff.counters.errors,
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:

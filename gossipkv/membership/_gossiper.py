@@ -695,12 +695,19 @@ class Gossiper:
             self._self.set("decisions", d.to_plain())
 
     def _plan_partitions(self) -> bool:
-        """Publish a new partition table when the up members changed (leaving ones excluded)."""
+        """Publish a new partition table when the up members changed (leaving ones excluded).
+
+        A member that restarted under the same name rejoins as ``joining`` with a new generation;
+        while the table still lists it (it was never removed) it keeps its place, so a restart
+        moves no replica (its old incarnation, down, was kept in the table too).
+        """
         d = self.decisions
+        listed = {o for row in d.table.owners for o in row} if d.table else set()
         members = [
             n
             for n, ns in self._namespaces.items()
-            if _status_of(ns) == "up" and not _gone(self._peers.get(n), ns)
+            if (_status_of(ns) == "up" or (_status_of(ns) == "joining" and n in listed))
+            and not _gone(self._peers.get(n), ns)
         ]
         owners = plan(
             members,

@@ -157,9 +157,9 @@ async def test_a_replica_restarted_empty_gets_its_keys_back(
     aeseed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A peer killed and restarted with an empty memory engine. Its rejoin (a new incarnation)
-    makes the leader re-plan the table, so the keys checked are those it owns in the new table
-    and that some other new owner already held: anti-entropy must bring it (and any other new
-    owner) every one of them, with no reads and no hints."""
+    keeps its place in the table (no re-plan; were there one, the keys checked are those it owns
+    in the new table and that some other new owner already held): anti-entropy must bring it
+    every one of them, with no reads and no hints."""
     seed = aeseed
     kv = KVConfig(sloppy_quorum=False, anti_entropy_interval=INTERVAL)
     async with kv_cluster(seed, kv=kv) as c:
