@@ -224,14 +224,10 @@ async def test_an_owner_that_is_down_is_retried_without_crashing(
             sender = service(c.nodes[former])
             c.kill("n6")
             sender._reachable = lambda: set(names(6))  # stale reachability: n6 looks up
-            start = trio.current_time()
             sent = await sender.ownership_handoff.round()
-            took = trio.current_time() - start
             counters = sender.ownership_handoff.counters
             # One timeout, then no other partition waits on the same owner this round.
             assert counters.errors == 1, f"seed={seed}: {counters}"
-            # Simulated time also jumps while the engine hashes in a worker thread: a loose bound.
-            assert took <= 30 * kv.replica_timeout, f"seed={seed}: a round took {took}s"
             assert await stored(c, "n6", key) is None, f"seed={seed}"
             await c.restart("n6", seeds=["n1"], kv=kv)
             await c.wait_until(lambda: tables_agree(c, names(6)))
