@@ -22,6 +22,7 @@ import bisect
 import hashlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,28 @@ from . import _codec, _dvv
 from ._dvv import DVVSet, Sibling
 from ._errors import ClusterNotReady, GossipKVError, RemoteError, TransportError, Unavailable
 from ._messages import Message, PartitionDigest, PartitionKeys, PartitionState
+
+
+async def run_jittered(
+    interval: float,
+    rng: random.Random,
+    work: Callable[[], Awaitable[object]],
+    on_error: Callable[[GossipKVError], None],
+) -> None:
+    """Run ``work`` about every ``interval`` seconds until cancelled (jittered: the first wait
+    is 0.5 to 1.5 intervals, later ones 0.75 to 1.25); its GossipKVErrors go to ``on_error``.
+    An interval of 0 returns at once."""
+    if interval <= 0:
+        return
+    next_at = trio.current_time() + interval * rng.uniform(0.5, 1.5)
+    while True:
+        await trio.sleep_until(next_at)
+        next_at = trio.current_time() + interval * rng.uniform(0.75, 1.25)
+        try:
+            await work()
+        except GossipKVError as exc:
+            on_error(exc)
+
 
 if TYPE_CHECKING:
     from ._kv import KeyValueService
@@ -109,19 +132,14 @@ class AntiEntropy:
     async def run(self) -> None:
         """Compare one partition with another owner every interval, until cancelled (or return
         at once when ``anti_entropy_interval`` is 0)."""
-        interval = self._kv.config.anti_entropy_interval
-        if interval <= 0:
-            return
-        next_at = trio.current_time() + interval * self._rng.uniform(0.5, 1.5)
-        while True:
-            await trio.sleep_until(next_at)
-            next_at = trio.current_time() + interval * self._rng.uniform(0.75, 1.25)
-            try:
-                await self.round()
-            except GossipKVError as exc:
-                self.counters.errors += 1
-                self._kv._count_error(exc)
-                log.debug("anti-entropy round failed: %s", exc)
+        await run_jittered(
+            self._kv.config.anti_entropy_interval, self._rng, self.round, self._round_failed
+        )
+
+    def _round_failed(self, exc: GossipKVError) -> None:
+        self.counters.errors += 1
+        self._kv._count_error(exc)
+        log.debug("anti-entropy round failed: %s", exc)
 
     async def round(self) -> None:
         """One round: the next owned partition against one other reachable owner of it.

@@ -22,8 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import trio
-
+from ._antientropy import run_jittered
 from ._errors import GossipKVError, TransportError
 
 if TYPE_CHECKING:
@@ -68,19 +67,14 @@ class OwnershipHandoff:
 
     async def run(self) -> None:
         """Hand off every interval until cancelled (return at once when the interval is 0)."""
-        interval = self._kv.config.ownership_handoff_interval
-        if interval <= 0:
-            return
-        next_at = trio.current_time() + interval * self._rng.uniform(0.5, 1.5)
-        while True:
-            await trio.sleep_until(next_at)
-            next_at = trio.current_time() + interval * self._rng.uniform(0.75, 1.25)
-            try:
-                await self.round()
-            except GossipKVError as exc:
-                self.counters.errors += 1
-                self._kv._count_error(exc)
-                log.debug("ownership handoff round failed: %s", exc)
+        await run_jittered(
+            self._kv.config.ownership_handoff_interval, self._rng, self.round, self._round_failed
+        )
+
+    def _round_failed(self, exc: GossipKVError) -> None:
+        self.counters.errors += 1
+        self._kv._count_error(exc)
+        log.debug("ownership handoff round failed: %s", exc)
 
     async def round(self) -> int:
         """Send up to ``MAX_KEYS_PER_ROUND`` keys of partitions this peer no longer owns.

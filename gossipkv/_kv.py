@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 import trio
 
@@ -55,6 +56,7 @@ ReplyCallback = Callable[[Message | BaseException], None]
 StartRequest = Callable[[str, Message, ReplyCallback], Callable[[], None] | None]
 
 _HINT_SEP = "\x1f"
+_R = TypeVar("_R")
 _DECODED_CACHE = 1024  # distinct wire clocks remembered decoded...
 _DECODED_MAX_BYTES = 4096  # ...if small (the cache holds at most 4 MiB of keys)
 _EMPTY: Clock = DVVSet((), ())
@@ -327,6 +329,19 @@ class _PutPlan:
     forward_to: str
 
 
+def _deliver(
+    outcome: Callable[[_Fanout], _R],
+    on_result: Callable[[_R | GossipKVError], None],
+    fan: _Fanout,
+) -> None:
+    """Hand a finished fan-out's result (or its typed error) to a caller's callback."""
+    try:
+        result: _R | GossipKVError = outcome(fan)
+    except GossipKVError as exc:
+        result = exc
+    on_result(result)
+
+
 def live_values(clock: Clock) -> list[object]:
     """The client-visible siblings: tombstones hidden, retried writes (same request id) once."""
     out: list[object] = []
@@ -505,7 +520,9 @@ class KeyValueService:
             [m for m, _ in targets],
             need,
             trio.current_time() + self.config.replica_timeout,
-            on_enough=None if on_result is None else partial(self._get_finished, key, on_result),
+            on_enough=None
+            if on_result is None
+            else partial(_deliver, partial(self._get_outcome, key), on_result),
             on_done=None
             if self.config.blocking_read_repair
             else partial(self._repair_if_stale, key),
@@ -529,15 +546,6 @@ class KeyValueService:
         if len(fan.replies) < fan.need:
             raise QuorumNotReached(len(fan.replies), fan.need)
         return self._result(key, self._merge(fan.replies))
-
-    def _get_finished(
-        self, key: str, on_result: Callable[[GetResult | GossipKVError], None], fan: _Fanout
-    ) -> None:
-        try:
-            outcome: GetResult | GossipKVError = self._get_outcome(key, fan)
-        except GossipKVError as exc:
-            outcome = exc
-        on_result(outcome)
 
     def _track(self, fan: _Fanout) -> None:
         self._expiring.append(fan)
@@ -740,7 +748,9 @@ class KeyValueService:
         if plan.forward_to or not self._can_store_now(plan):
             return False
         clock = self._store_now(plan)
-        self._replicate(plan, clock, partial(self._put_finished, plan, clock, on_result))
+        self._replicate(
+            plan, clock, partial(_deliver, partial(self._put_outcome, plan, clock), on_result)
+        )
         return True
 
     def _plan_put(
@@ -807,19 +817,6 @@ class KeyValueService:
             while len(self._results) > self.config.idempotency_cache:
                 self._results.popitem(last=False)
         return result
-
-    def _put_finished(
-        self,
-        plan: _PutPlan,
-        clock: Clock,
-        on_result: Callable[[PutResult | GossipKVError], None],
-        fan: _Fanout,
-    ) -> None:
-        try:
-            outcome: PutResult | GossipKVError = self._put_outcome(plan, clock, fan)
-        except GossipKVError as exc:
-            outcome = exc
-        on_result(outcome)
 
     def _update(self, plan: _PutPlan, local: Clock | None) -> Clock:
         actor = self._mint.actor_for(local)
