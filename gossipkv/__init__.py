@@ -47,6 +47,9 @@ from ._errors import (
     QuorumNotReached as QuorumNotReached,
 )
 from ._errors import (
+    RecordTooLarge as RecordTooLarge,
+)
+from ._errors import (
     RemoteError as RemoteError,
 )
 from ._errors import (
@@ -63,6 +66,9 @@ from ._errors import (
 )
 from ._errors import (
     ValueNotEncodable as ValueNotEncodable,
+)
+from ._errors import (
+    ValueTooDeep as ValueTooDeep,
 )
 from ._errors import (
     ValueTooLarge as ValueTooLarge,
@@ -94,6 +100,7 @@ from .membership._gossiper import (
 from .membership._gossiper import (
     MemberView as MemberView,
 )
+from .storage import StorageLimits as StorageLimits
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -113,6 +120,9 @@ __all__ = [
     "Unavailable",
     "ValueNotEncodable",
     "ValueTooLarge",
+    "ValueTooDeep",
+    "RecordTooLarge",
+    "StorageLimits",
     "ConfigError",
     "ConnectionClosed",
     "DataDirError",

@@ -240,8 +240,8 @@ class Client:
           HandshakeError: the peer is in another cluster or speaks another protocol version.
           NodeClosedError: the client is closed.
         """
-        reply = await self._call(KvGet(key, r, local), retry=not local)
-        return GetResult(*_kv_fields(reply))
+        reply = _kv_result(await self._call(KvGet(key, r, local), retry=not local))
+        return GetResult(reply.key, reply.found, list(reply.values), reply.context, reply.more)
 
     async def put(
         self, key: str, value: object, *, context: bytes | None = None, w: int = 0
@@ -273,8 +273,8 @@ class Client:
         """
         self._seq += 1
         msg = KvPut(key, value, context, w, self._client_id, self._seq)
-        key_, _, values, ctx = _kv_fields(await self._call(msg, retry=True))
-        return PutResult(key_, values, ctx)
+        reply = _kv_result(await self._call(msg, retry=True))
+        return PutResult(reply.key, list(reply.values), reply.context, reply.more)
 
     async def delete(self, key: str, *, context: bytes | None = None, w: int = 0) -> PutResult:
         """Delete ``key`` with a tombstone (see :meth:`gossipkv.Node.delete`).
@@ -294,8 +294,8 @@ class Client:
         """
         self._seq += 1
         msg = KvPut(key, None, context, w, self._client_id, self._seq, delete=True)
-        key_, _, values, ctx = _kv_fields(await self._call(msg, retry=True))
-        return PutResult(key_, values, ctx)
+        reply = _kv_result(await self._call(msg, retry=True))
+        return PutResult(reply.key, list(reply.values), reply.context, reply.more)
 
     async def statistics(self) -> dict[str, object]:
         """The statistics snapshot of the connected peer (the ``stats --json`` shape).
@@ -395,7 +395,9 @@ class Client:
             if len(seen) > _WATCH_SEEN:
                 seen.popitem(last=False)
             try:
-                send.send_nowait(Change(message.key, list(message.values), message.context))
+                send.send_nowait(
+                    Change(message.key, list(message.values), message.context, message.more)
+                )
             except trio.WouldBlock:
                 self.watch_dropped += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -494,10 +496,10 @@ class Client:
 _WATCH_SEEN = 10_000
 
 
-def _kv_fields(reply: Message) -> tuple[str, bool, list[object], bytes]:
+def _kv_result(reply: Message) -> KvResult:
     if not isinstance(reply, KvResult):
         raise DecodeError("bad_shape", f"unexpected reply {reply.TAG}")
-    return reply.key, reply.found, list(reply.values), reply.context
+    return reply
 
 
 async def _refuse_requests(channel: Channel, message: Message) -> Message:

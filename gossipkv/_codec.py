@@ -44,12 +44,12 @@ def _reject_semantic(decoder: Any, immutable: bool = False) -> Any:
 _SEMANTIC_REJECTS = dict.fromkeys((*range(1024), 1004, 55799), _reject_semantic)
 
 
-def _loads(data: bytes) -> object:
+def _loads(data: bytes, max_depth: int = MAX_DEPTH) -> object:
     try:
         value = cast_object(
             cbor2.loads(
                 data,
-                max_depth=MAX_DEPTH,
+                max_depth=max_depth,
                 allow_duplicate_keys=False,
                 tag_hook=_reject_tag,
                 semantic_decoders=_SEMANTIC_REJECTS,
@@ -297,10 +297,11 @@ def dumps_canonical(value: object) -> bytes:
         raise ValueError(f"value is not CBOR-encodable: {exc}") from exc
 
 
-def loads_value(data: bytes) -> object:
-    """Decode trusted-but-checked stored CBOR (data dir files, storage records).
+def loads_value(data: bytes, *, max_depth: int = MAX_DEPTH) -> object:
+    """Decode trusted-but-checked stored CBOR (data dir files, storage records, clocks and
+    contexts carried as bytes), nesting at most ``max_depth`` arrays and maps.
 
     Raises:
-      DecodeError: if the bytes are not one valid CBOR item.
+      DecodeError: if the bytes are not one valid CBOR item within the limits.
     """
-    return _loads(data)
+    return _loads(data, min(max_depth, MAX_DEPTH))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -38,6 +38,15 @@ Context = Mapping[str, int]
 
 # Actor ids are "node_id/incarnation/epoch"; the separator never appears in the numeric parts.
 _ACTOR_SEP = "/"
+
+#: The largest event counter a clock may hold. Counters stay far below the 2**64 a CBOR integer
+#: can carry without a bignum tag (which the wire and the stores refuse), so no clock a peer
+#: accepts can ever be one it cannot encode and read back.
+MAX_COUNTER = 2**63 - 1
+
+#: How many nested arrays a stored clock wraps around each value:
+#: ``[entries, anonymous] > entries > [actor, n, values] > values > [data, tombstone, meta]``.
+CLOCK_NESTING = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +206,8 @@ def event(entries: tuple[Entry[V], ...], actor: str, value: V) -> tuple[Entry[V]
     out: list[Entry[V]] = []
     for i, e in enumerate(entries):
         if e.actor == actor:
+            if e.counter >= MAX_COUNTER:
+                raise InvalidClock(f"the event counter of {actor!r} is exhausted")
             out.append(Entry(actor, e.counter + 1, (value, *e.values)))
             out.extend(entries[i + 1 :])
             return tuple(out)
@@ -377,8 +388,12 @@ def validate(clock: DVVSet[V], *, max_siblings: int | None = None) -> None:
             raise InvalidClock("actor ids must be non-empty strings")
         if prev is not None and e.actor <= prev:
             raise InvalidClock("clock entries must be sorted by actor without repeats")
-        if not isinstance(e.counter, int) or isinstance(e.counter, bool) or e.counter < 1:
-            raise InvalidClock(f"counter of {e.actor!r} must be an integer >= 1")
+        if (
+            not isinstance(e.counter, int)
+            or isinstance(e.counter, bool)
+            or not 1 <= e.counter <= MAX_COUNTER
+        ):
+            raise InvalidClock(f"counter of {e.actor!r} must be an integer in 1..2**63-1")
         if len(e.values) > e.counter:
             raise InvalidClock(f"actor {e.actor!r} holds more values than events")
         prev = e.actor
@@ -405,10 +420,102 @@ def context_from_plain(raw: object) -> dict[str, int]:
     for item in raw:
         if type(item) is list and len(item) == 2:
             actor, n = item
-            if type(actor) is str and actor and type(n) is int and n >= 1:
+            if type(actor) is str and actor and type(n) is int and 1 <= n <= MAX_COUNTER:
                 if actor in out:
                     raise InvalidClock(f"actor {actor!r} repeated in context")
                 out[actor] = n
                 continue
-        raise InvalidClock("a context entry must be [actor, counter >= 1]")
+        raise InvalidClock("a context entry must be [actor, counter in 1..2**63-1]")
     return out
+
+
+# --- what a write may claim, and what a read may show -----------------------------------------
+
+
+def clamp_context(context: Context | None, local: DVVSet[V] | None) -> dict[str, int] | None:
+    """``context`` limited to what ``local`` knows: actors it does not hold are dropped and
+    counters above its own are lowered to them.
+
+    A context is a claim "I saw these dots"; a replica can only honour the dots it knows. A
+    claim beyond them is either a forgery (a counter near 2**64, ten thousand made-up actors)
+    or a read that saw writes this replica has not received yet; either way honouring it would
+    let a write erase values nobody showed the writer. Clamped, the write only replaces values
+    this replica holds and the writer was shown, and anything newer stays as a sibling: a stale
+    claim costs a sibling, never a value.
+    """
+    if not context:
+        return None
+    known = {e.actor: e.counter for e in local.entries} if local is not None else {}
+    out = {a: min(n, known[a]) for a, n in context.items() if a in known}
+    return out or None
+
+
+def context_within(context: Context | None, local: DVVSet[V] | None) -> bool:
+    """True if every dot ``context`` claims is one ``local`` knows (clamping changes nothing)."""
+    if not context:
+        return True
+    if local is None:
+        return False
+    known = {e.actor: e.counter for e in local.entries}
+    return all(a in known and n <= known[a] for a, n in context.items())
+
+
+def view(
+    clock: DVVSet[V],
+    max_values: int,
+    max_bytes: int,
+    cost: Callable[[V], int],
+) -> tuple[DVVSet[V], int]:
+    """The part of ``clock`` a read may return, and how many values it leaves out.
+
+    Returns ``clock`` itself when it holds at most ``max_values`` values whose ``cost`` adds up
+    to at most ``max_bytes``. Otherwise a sub-clock holding, for each actor, its *oldest*
+    values, taken round-robin across actors until a limit is reached (at least one value is
+    always kept), with each actor's counter lowered to its newest kept dot. Because a context
+    ``{actor: n}`` covers exactly the dots ``1..n`` of that actor, ``join`` of the sub-clock
+    covers exactly the values kept and none of those left out: a write with that context
+    replaces what the reader was shown, and every value left out survives to the next read.
+    Values whose ``cost`` is 0 (tombstones) never count against the limits.
+    """
+    total = count = 0
+    for e in clock.entries:
+        for v in e.values:
+            c = cost(v)
+            if c:
+                count += 1
+                total += c
+            if count > max_values or total > max_bytes:
+                return _oldest_first(clock, max_values, max_bytes, cost)
+    return clock, 0
+
+
+def _oldest_first(
+    clock: DVVSet[V], max_values: int, max_bytes: int, cost: Callable[[V], int]
+) -> tuple[DVVSet[V], int]:
+    # Per actor, how many of its oldest values are kept (its values are stored newest first).
+    kept = [0] * len(clock.entries)
+    open_ = [i for i, e in enumerate(clock.entries) if e.values]
+    count = total = 0
+    while open_:
+        still: list[int] = []
+        for i in open_:
+            e = clock.entries[i]
+            v = e.values[len(e.values) - 1 - kept[i]]
+            c = cost(v)
+            if c and count and (count + 1 > max_values or total + c > max_bytes):
+                continue  # this actor's prefix ends here
+            count += 1 if c else 0
+            total += c
+            kept[i] += 1
+            if kept[i] < len(e.values):
+                still.append(i)
+        open_ = still
+    entries: list[Entry[V]] = []
+    left_out = 0
+    for e, k in zip(clock.entries, kept):  # noqa: B905 (same length by construction)
+        dropped = len(e.values) - k
+        left_out += sum(1 for v in e.values[:dropped] if cost(v))
+        counter = e.counter - dropped
+        if counter >= 1:
+            entries.append(Entry(e.actor, counter, e.values[dropped:]))
+    return DVVSet(tuple(entries), clock.anonymous), left_out

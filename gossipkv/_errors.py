@@ -102,6 +102,15 @@ class ValueTooLarge(GossipKVError, ValueError):
     """A value is larger than the configured limit once encoded."""
 
 
+class ValueTooDeep(ValueTooLarge):
+    """A value nests arrays and maps deeper than the configured limit (default 32)."""
+
+
+class RecordTooLarge(ValueTooLarge):
+    """The write would make the key's stored state (every sibling with its causal history)
+    larger than the per-key limit; resolve its siblings with a context put to make room."""
+
+
 class ValueNotEncodable(GossipKVError, ValueError):
     """A value cannot be encoded as CBOR."""
 
@@ -170,6 +179,8 @@ def _register_codes() -> None:
             "invalid_context": InvalidContext,
             "too_many_siblings": TooManySiblings,
             "value_too_large": ValueTooLarge,
+            "value_too_deep": ValueTooDeep,
+            "record_too_large": RecordTooLarge,
             "value_not_encodable": ValueNotEncodable,
             "key_too_large": KeyTooLarge,
             "invalid_key": InvalidKey,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,19 +31,32 @@ from ._errors import (
     GossipKVError,
     InvalidClock,
     InvalidContext,
+    InvalidKey,
     QuorumNotReached,
+    RecordTooLarge,
     RemoteError,
     StorageError,
+    TooManySiblings,
     TransportError,
     Unavailable,
     ValueNotEncodable,
     ValueTooLarge,
+    error_code,
 )
 from ._handoff import OwnershipHandoff
-from ._messages import KvGet, KvPut, KvResult, Message, ReplicaGet, ReplicaPut, ReplicaState
+from ._messages import (
+    KvGet,
+    KvPut,
+    KvResult,
+    Message,
+    ReplicaGet,
+    ReplicaPut,
+    ReplicaState,
+    encoded_size,
+)
 from ._partitions import PartitionTable
-from .storage import StorageEngine, StorageLimits
-from .storage._base import encode_key
+from .storage import DEFAULT_LIMITS, StorageEngine, StorageLimits
+from .storage._base import check_value, encode_key
 
 log = logging.getLogger("gossipkv.kv")
 
@@ -138,12 +151,17 @@ class GetResult:
         the result back with ``context``.
       context: opaque bytes (canonical CBOR of the causal context); ``b""`` when the key was
         never written.
+      more: siblings stored but not returned, because the key holds more than a read returns
+        (``StorageLimits.max_siblings`` values or ``max_record_bytes`` bytes). ``context``
+        covers exactly ``values``: write their resolution with it and read again to see the
+        rest. 0 almost always.
     """
 
     key: str
     found: bool
     values: list[object]
     context: bytes
+    more: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +173,13 @@ class PutResult:
       values: the live siblings stored now: the written value, plus any concurrent ones its
         context did not cover (empty after a delete that covered them all).
       context: the context covering them, for the next write of ``key``.
+      more: siblings stored but not returned (see :attr:`GetResult.more`).
     """
 
     key: str
     values: list[object]
     context: bytes
+    more: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,15 +193,31 @@ class Change:
       key: the key that changed.
       values: the live siblings now stored (tombstones hidden, so a delete shows as no values).
       context: the context covering them (as in :class:`GetResult`).
+      more: siblings stored but not shown (see :attr:`GetResult.more`).
     """
 
     key: str
     values: list[object]
     context: bytes
+    more: int = 0
 
 
-def change_of(key: str, clock: Clock) -> Change:
-    return Change(key, live_values(clock), encode_context(clock))
+def _cost(sibling: Sibling) -> int:
+    """What a sibling costs a read: its value's encoded size (a tombstone costs nothing)."""
+    return 0 if sibling.tombstone else max(1, encoded_size(sibling.data))
+
+
+def visible(clock: Clock, limits: StorageLimits) -> tuple[list[object], bytes, int]:
+    """What a read of ``clock`` returns: the live values, their exact context, and how many
+    stored values it leaves out (at most ``max_siblings`` values and ``max_record_bytes`` bytes
+    are shown; see :func:`gossipkv._dvv.view`)."""
+    shown, more = _dvv.view(clock, limits.max_siblings, limits.max_record_bytes, _cost)
+    return live_values(shown), encode_context(shown), more
+
+
+def change_of(key: str, clock: Clock, limits: StorageLimits) -> Change:
+    values, context, more = visible(clock, limits)
+    return Change(key, values, context, more)
 
 
 @dataclass(slots=True)
@@ -196,6 +232,8 @@ class KVCounters:
     hints_delivered: int = 0
     idempotent_hits: int = 0
     siblings_seen: int = 0
+    contexts_clamped: int = 0
+    context_catch_ups: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -209,11 +247,23 @@ def encode_wire_clock(clock: Clock) -> bytes:
     return _codec.dumps_canonical(_dvv.clock_to_plain(clock))
 
 
-def decode_context(raw: bytes | None) -> dict[str, int] | None:
+def decode_context(
+    raw: bytes | None, limits: StorageLimits = DEFAULT_LIMITS
+) -> dict[str, int] | None:
+    """The causal context a client sent, checked (its claims are clamped later, against the
+    replica's clock: see :func:`gossipkv._dvv.clamp_context`).
+
+    Raises:
+      InvalidContext: larger than ``limits.max_context_bytes`` or not a gossipkv context.
+    """
     if raw is None or raw == b"":
         return None
+    if len(raw) > limits.max_context_bytes:
+        raise InvalidContext(
+            f"context of {len(raw)} bytes exceeds the {limits.max_context_bytes}-byte limit"
+        )
     try:
-        return _dvv.context_from_plain(_codec.loads_value(raw))
+        return _dvv.context_from_plain(_codec.loads_value(raw, max_depth=2))
     except (DecodeError, InvalidClock) as exc:
         raise InvalidContext(f"malformed context: {exc}") from exc
 
@@ -320,6 +370,8 @@ class _PutPlan:
     key: str
     sibling: Sibling
     ctx: dict[str, int] | None
+    #: The value's encoded size (0 for a tombstone).
+    size: int
     rid: str
     targets: list[tuple[str, str]]
     need: int
@@ -373,6 +425,7 @@ class KeyValueService:
       rng: randomness (the actor incarnation).
       config, limits: tuning and size limits.
       stamp: a hybrid logical clock (only ``last_write_wins`` uses it to order writes).
+      refusals: where writes refused by a limit are counted (by wire error code).
     """
 
     def __init__(
@@ -389,6 +442,7 @@ class KeyValueService:
         config: KVConfig,
         limits: StorageLimits,
         stamp: Callable[[], int] | None = None,
+        refusals: Counter[str] | None = None,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -400,6 +454,9 @@ class KeyValueService:
         self.config = config
         self.limits = limits
         self.counters = KVCounters()
+        #: Writes refused by a limit, by wire error code (``value_too_deep``, ...): shared with
+        #: the node, which counts connection refusals in the same map.
+        self.refusals: Counter[str] = refusals if refusals is not None else Counter()
         self._stamp = stamp if stamp is not None else (lambda: int(trio.current_time() * 1000))
         self._mint = _dvv.ActorMint(node_id, rng.getrandbits(63))
         self._locks: dict[str, trio.Lock] = {}
@@ -703,18 +760,21 @@ class KeyValueService:
                 )
                 if not isinstance(reply, KvResult):
                     raise Unavailable(f"unexpected reply {reply.TAG} from {target}")
-                return PutResult(reply.key, list(reply.values), reply.context)
+                return PutResult(reply.key, list(reply.values), reply.context, reply.more)
             raise TransportError(f"{target} did not answer a forwarded put in time")
-        if self._can_store_now(plan):
-            clock = self._store_now(plan)
-        else:
+        stored = self._store_now(plan) if self._can_store_now(plan) else None
+        if stored is None:
             self._count_put(plan)
             async with self._lock(key):
-                clock = self._update(plan, await self.storage.get(key))
-                await self.storage.put(key, clock)
-                self._changed(key, clock)
+                local = await self.storage.get(key)
+                if not _dvv.context_within(plan.ctx, local):
+                    local = await self._catch_up(key, local)
+                stored = self._update(plan, local)
+                await self.storage.put(key, stored)
+                self._changed(key, stored)
                 if plan.hint_for:
-                    await self._store_hint(plan.hint_for, key, clock)
+                    await self._store_hint(plan.hint_for, key, stored)
+        clock = stored
         fan = self._replicate(plan, clock)
         await fan.wait_enough()
         return self._put_outcome(plan, clock, fan)
@@ -748,6 +808,8 @@ class KeyValueService:
         if plan.forward_to or not self._can_store_now(plan):
             return False
         clock = self._store_now(plan)
+        if clock is None:
+            return False
         self._replicate(
             plan, clock, partial(_deliver, partial(self._put_outcome, plan, clock), on_result)
         )
@@ -765,10 +827,13 @@ class KeyValueService:
         forwarded: bool,
     ) -> _PutPlan | PutResult:
         """Check a put and decide where it runs; a retried request gets its first result."""
-        self._check_key(key)
-        ctx = decode_context(context)
-        if not delete:
-            self._check_value(value)
+        try:
+            self._check_key(key)
+            ctx = decode_context(context, self.limits)
+            size = 0 if delete else check_value(value, self.limits)
+        except (InvalidKey, InvalidContext, ValueTooLarge, ValueNotEncodable) as exc:
+            self.refusals[error_code(exc)] += 1
+            raise
         rid = f"{client_id}:{seq}" if client_id else ""
         if rid and rid in self._results:
             self.counters.idempotent_hits += 1
@@ -787,18 +852,57 @@ class KeyValueService:
         sibling = Sibling.deleted(meta) if delete else Sibling(value, False, meta)
         # Standing in for an unreachable owner: keep a hint for it, like any other stand-in.
         hint_for = next((h for m, h in targets if m == self.node_id), "")
-        return _PutPlan(key, sibling, ctx, rid, targets, need, hint_for, forward_to)
+        return _PutPlan(key, sibling, ctx, size, rid, targets, need, hint_for, forward_to)
 
     def _can_store_now(self, plan: _PutPlan) -> bool:
         return self.storage.nowait and plan.key not in self._locks and not plan.hint_for
 
-    def _store_now(self, plan: _PutPlan) -> Clock:
-        """Store without the lock: nothing waits between reading and writing, so it is atomic."""
+    def _store_now(self, plan: _PutPlan) -> Clock | None:
+        """Store without the lock: nothing waits between reading and writing, so it is atomic.
+
+        Returns ``None`` (having done nothing) when the context claims dots this replica does
+        not hold: the caller then catches up with the other replicas first, in a task."""
+        local = self.storage.get_nowait(plan.key)
+        if not _dvv.context_within(plan.ctx, local):
+            return None
         self._count_put(plan)
-        clock = self._update(plan, self.storage.get_nowait(plan.key))
+        clock = self._update(plan, local)
         self.storage.put_nowait(plan.key, clock)
         self._changed(plan.key, clock)
         return clock
+
+    async def _catch_up(self, key: str, local: Clock | None) -> Clock | None:
+        """Merge the other reachable owners' clocks of ``key`` into this replica's (under the
+        key lock): a write's context claimed dots this replica has not received yet, and it can
+        only honour the claims it can check. Owners that do not answer in time are skipped."""
+        self.counters.context_catch_ups += 1
+        try:
+            targets, _ = self.targets(key)
+        except GossipKVError:
+            return local
+        others = [m for m, hint in targets if m != self.node_id and not hint]
+        clocks: list[Clock] = []
+
+        async def ask(member: str) -> None:
+            try:
+                clock = await self._replica_get(member, key)
+            except GossipKVError as exc:
+                self._count_error(exc)
+                return
+            if clock is not None:
+                clocks.append(clock)
+
+        async with trio.open_nursery() as nursery:
+            for member in others:
+                nursery.start_soon(ask, member)
+        if not clocks:
+            return local
+        merged = self._synced(_dvv.sync_all(clocks), local)
+        if merged is None:
+            return local
+        await self.storage.put(key, merged)
+        self._changed(key, merged)
+        return merged
 
     def _count_put(self, plan: _PutPlan) -> None:
         if plan.sibling.tombstone:
@@ -810,7 +914,7 @@ class KeyValueService:
         acks = 1 + len(fan.replies)
         if acks < plan.need:
             raise QuorumNotReached(acks, plan.need)
-        result = PutResult(plan.key, live_values(clock), encode_context(clock))
+        result = PutResult(plan.key, *visible(clock, self.limits))
         self.counters.siblings_seen += max(0, _dvv.size(clock) - 1)
         if plan.rid:
             self._results[plan.rid] = result
@@ -819,13 +923,45 @@ class KeyValueService:
         return result
 
     def _update(self, plan: _PutPlan, local: Clock | None) -> Clock:
-        actor = self._mint.actor_for(local)
-        ctx = plan.ctx
+        """The clock a put stores: ``update`` with the context clamped to what this replica
+        knows, refused (changing nothing) if it breaks a per-key limit.
+
+        Raises:
+          TooManySiblings: more than ``max_siblings`` values would be stored.
+          RecordTooLarge: the key's clock would encode to more than ``max_record_bytes``.
+          InvalidContext: an event counter is exhausted (only a forged clock gets there).
+        """
+        ctx = _dvv.clamp_context(plan.ctx, local)
+        if ctx != plan.ctx:
+            self.counters.contexts_clamped += 1
         if self.config.last_write_wins and local is not None:
             ctx = _dvv.join(local)  # replace whatever is stored, seen or not (lossy)
-        clock = _dvv.update(_dvv.new(ctx, plan.sibling), local, actor)
-        _dvv.validate(clock, max_siblings=self.limits.max_siblings)
+        try:
+            clock = _dvv.update(_dvv.new(ctx, plan.sibling), local, self._mint.actor_for(local))
+            _dvv.validate(clock, max_siblings=self.limits.max_siblings)
+            self._check_record_size(plan, clock)
+        except InvalidClock as exc:
+            error = exc if isinstance(exc, TooManySiblings) else InvalidContext(str(exc))
+            self.refusals[error_code(error)] += 1
+            raise error from None
+        except RecordTooLarge as exc:
+            self.refusals[error_code(exc)] += 1
+            raise
         return clock
+
+    def _check_record_size(self, plan: _PutPlan, clock: Clock) -> None:
+        # The stored size plus the new value bounds the new clock's size (the value's dot and
+        # metadata add little): encode it only when that bound is over the limit.
+        limit = self.limits.max_record_bytes
+        before = self.storage.stored_bytes(plan.key) or 0
+        if before + plan.size + 512 <= limit:
+            return
+        size = len(encode_wire_clock(clock))
+        if size > limit:
+            raise RecordTooLarge(
+                f"{plan.key!r} would hold {size} bytes (every sibling and its history); the "
+                f"limit is {limit}: resolve its siblings with a context put"
+            )
 
     def _replicate(
         self,
@@ -877,7 +1013,7 @@ class KeyValueService:
             return ReplicaState(None)
         if isinstance(message, KvGet):
             got = await self.get(message.key, r=message.r, local=message.local)
-            return KvResult(got.key, got.found, tuple(got.values), got.context)
+            return KvResult(got.key, got.found, tuple(got.values), got.context, got.more)
         if isinstance(message, KvPut):
             put = await self.put(
                 message.key,
@@ -889,7 +1025,7 @@ class KeyValueService:
                 delete=message.delete,
                 forwarded=message.forwarded,
             )
-            return KvResult(put.key, bool(put.values), tuple(put.values), put.context)
+            return KvResult(put.key, bool(put.values), tuple(put.values), put.context, put.more)
         raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
 
     def handle_nowait(self, message: Message) -> Message | None:
@@ -923,7 +1059,7 @@ class KeyValueService:
     def _synced(self, clock: Clock, local: Clock | None) -> Clock | None:
         """``sync`` of an incoming clock with the stored one, or ``None`` if nothing changes."""
         merged = self._resolve(clock if local is None else _dvv.sync(clock, local))
-        _dvv.validate(merged, max_siblings=self.limits.max_siblings)
+        _dvv.validate(merged, max_siblings=self.limits.max_stored_siblings)
         if local is not None and _dvv.equal(merged, local):
             return None
         return merged
@@ -1040,8 +1176,8 @@ class KeyValueService:
         if clock is not None:
             return clock
         try:
-            plain = _codec.loads_value(raw)
-            clock = _dvv.clock_from_plain(plain, max_siblings=self.limits.max_siblings)
+            plain = _codec.loads_value(raw, max_depth=self.limits.max_clock_depth)
+            clock = _dvv.clock_from_plain(plain, max_siblings=self.limits.max_stored_siblings)
         except (DecodeError, InvalidClock) as exc:
             raise RemoteError("invalid_clock", str(exc)) from exc
         if len(raw) <= _DECODED_MAX_BYTES:
@@ -1062,21 +1198,11 @@ class KeyValueService:
     def _result(self, key: str, clock: Clock | None) -> GetResult:
         if clock is None:
             return GetResult(key, False, [], b"")
-        values = live_values(clock)
-        return GetResult(key, bool(values), values, encode_context(clock))
+        values, context, more = visible(clock, self.limits)
+        return GetResult(key, bool(values), values, context, more)
 
     def _check_key(self, key: object) -> None:
         encode_key(key, self.limits)
-
-    def _check_value(self, value: object) -> None:
-        try:
-            size = len(_codec.dumps_canonical(value))
-        except ValueError as exc:
-            raise ValueNotEncodable(str(exc)) from exc
-        if size > self.limits.max_value_bytes:
-            raise ValueTooLarge(
-                f"value is {size} bytes encoded; the limit is {self.limits.max_value_bytes}"
-            )
 
     def _changed(self, key: str, clock: Clock) -> None:
         self.changes += 1

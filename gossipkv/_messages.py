@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import ClassVar, NamedTuple
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class Kind(enum.IntEnum):
@@ -203,6 +203,7 @@ class KvResult(Message):
     found: bool
     values: tuple[object, ...]
     context: bytes
+    more: int = 0  # siblings stored but not returned (the read limits); context covers values
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +253,7 @@ class WatchEvent(Message):
     key: str
     values: tuple[object, ...]
     context: bytes
+    more: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,7 @@ from ._persist import FileNodeStore, NodeStore, PeerRecord
 from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
 from .membership._leader import Decisions
-from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, open_storage
+from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, StorageLimits, open_storage
 from .transport._base import Connection, Transport
 
 log = logging.getLogger("gossipkv.node")
@@ -229,6 +229,9 @@ class Node:
         (acknowledged once the OS has the bytes: survives ``kill -9``, not a power cut).
       storage: the replica's storage engine, instead of one opened in ``data_dir``.
       hints: the hinted-handoff storage engine, instead of one opened in ``data_dir``.
+      storage_limits: what one write may store and one read returns (key and value size,
+        value nesting, siblings, bytes per key; :class:`StorageLimits`). Every peer of a
+        cluster should use the same limits.
 
     Attributes:
       config: the membership settings in force.
@@ -262,6 +265,7 @@ class Node:
         fsync: str = "batch",
         storage: StorageEngine | None = None,
         hints: StorageEngine | None = None,
+        storage_limits: StorageLimits | None = None,
     ) -> None:
         if isinstance(seeds, str):
             raise ConfigError("seeds must be a list of 'host:port' strings, not one string")
@@ -284,8 +288,10 @@ class Node:
         if not (request_timeout > 0 and connect_timeout > 0):
             raise ConfigError("timeouts must be > 0")
         self.kv_config = kv if kv is not None else KVConfig()
+        self._limits = storage_limits if storage_limits is not None else DEFAULT_LIMITS
         try:
             self.kv_config.validate()
+            self._limits.validate()
             FsyncPolicy(fsync)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
@@ -319,6 +325,8 @@ class Node:
         self._connect_timeout = connect_timeout
         self._rt: _Runtime | None = None
         self._counters = TransportCounters()
+        #: Refusals by reason: limits on connections and on writes (shown in statistics).
+        self._refusals: Counter[str] = Counter()
         self._channels: dict[str, Channel] = {}
         # member -> (the address it announced, the channel to it): the data path's fast lookup.
         self._member_channels: dict[str, tuple[object, Channel]] = {}
@@ -674,7 +682,7 @@ class Node:
         matching = [send for prefix, send in self._watchers if key.startswith(prefix)]
         if not matching:
             return
-        change = change_of(key, clock)
+        change = change_of(key, clock, self._limits)
         for send in matching:
             try:
                 send.send_nowait(change)
@@ -701,7 +709,7 @@ class Node:
             async for change in changes:
                 try:
                     await channel.notify(
-                        WatchEvent(change.key, tuple(change.values), change.context)
+                        WatchEvent(change.key, tuple(change.values), change.context, change.more)
                     )
                 except (ConnectionClosed, TransportError):
                     break
@@ -759,12 +767,12 @@ class Node:
                 storage = self._storage_given
                 if storage is None:
                     storage = await stack.enter_async_context(
-                        open_storage(self._sub_dir("data"), fsync=self._fsync)
+                        open_storage(self._sub_dir("data"), fsync=self._fsync, limits=self._limits)
                     )
                 hints = self._hints_given
                 if hints is None:
                     hints = await stack.enter_async_context(
-                        open_storage(self._sub_dir("hints"), fsync=self._fsync)
+                        open_storage(self._sub_dir("hints"), fsync=self._fsync, limits=self._limits)
                     )
                 await self._run(record, storage, hints, task_status)
         except BaseExceptionGroup as group:
@@ -831,8 +839,9 @@ class Node:
                 start=self._start_to_member,
                 rng=self._rng,
                 config=self.kv_config,
-                limits=DEFAULT_LIMITS,
+                limits=self._limits,
                 stamp=self._hlc.now,
+                refusals=self._refusals,
             )
             self._kv.on_change = self._on_kv_change
             await nursery.start(self._kv.run)
@@ -1231,7 +1240,11 @@ def _answer_get(
     if isinstance(outcome, GossipKVError):
         respond(_as_remote(outcome))
     else:
-        respond(KvResult(outcome.key, outcome.found, tuple(outcome.values), outcome.context))
+        respond(
+            KvResult(
+                outcome.key, outcome.found, tuple(outcome.values), outcome.context, outcome.more
+            )
+        )
 
 
 def _answer_put(
@@ -1240,7 +1253,15 @@ def _answer_put(
     if isinstance(outcome, GossipKVError):
         respond(_as_remote(outcome))
     else:
-        respond(KvResult(outcome.key, bool(outcome.values), tuple(outcome.values), outcome.context))
+        respond(
+            KvResult(
+                outcome.key,
+                bool(outcome.values),
+                tuple(outcome.values),
+                outcome.context,
+                outcome.more,
+            )
+        )
 
 
 @asynccontextmanager

@@ -18,8 +18,9 @@ PUBLIC = {
     "DecodeError", "GetResult", "GossipConfig", "GossipKVError", "HandshakeError",
     "InvalidContext", "InvalidKey", "KVConfig", "KeyTooLarge", "MemberView", "MembershipEvent",
     "Node", "NodeClosedError", "NodeStatistics", "Overloaded", "PROTOCOL_VERSION", "PutResult",
-    "QuorumNotReached", "RemoteError", "StorageError", "TooManySiblings", "TransportError",
-    "Unavailable", "ValueNotEncodable", "ValueTooLarge", "__version__", "members_body",
+    "QuorumNotReached", "RecordTooLarge", "RemoteError", "StorageError", "StorageLimits",
+    "TooManySiblings", "TransportError", "Unavailable", "ValueNotEncodable", "ValueTooDeep",
+    "ValueTooLarge", "__version__", "members_body",
     "open_client", "open_node",
 }  # fmt: skip
 

@@ -21,8 +21,10 @@ from gossipkv._errors import (
     InvalidClock,
     InvalidKey,
     KeyTooLarge,
+    RecordTooLarge,
     StorageCorrupt,
     ValueNotEncodable,
+    ValueTooDeep,
     ValueTooLarge,
 )
 
@@ -46,11 +48,66 @@ class FsyncPolicy(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class StorageLimits:
-    """Size limits on what a put may store (DESIGN §3). One place; engines take an instance."""
+    """Size limits on what a write may store (DESIGN §3). One place; engines and the data path
+    take an instance.
+
+    A coordinator refuses a write that would break a limit (the write changes nothing). A
+    replica merging clocks from other replicas (replication, read repair, handoff) accepts up
+    to ``replica_slack`` times ``max_siblings`` and ``max_record_bytes``, because writes that
+    each passed the limits at different coordinators can only be merged, never refused, without
+    losing an acknowledged value; reads show at most the limits (see :func:`gossipkv._dvv.view`).
+
+    Attributes:
+      max_key_bytes: a key's UTF-8 length.
+      max_value_bytes: a value's own canonical CBOR encoding, as the user sees it (metadata
+        such as the request id is not counted).
+      max_value_depth: arrays and maps nested in a value (a scalar is 0 deep, ``[1]`` is 1).
+      max_siblings: values one key may hold after a write; a read returns at most this many.
+      max_record_bytes: the encoded clock of one key after a write (every sibling with its
+        metadata and causal history); a read returns at most this many bytes of values.
+      max_context_bytes: the encoded causal context a write may carry.
+      replica_slack: how far merged replica state may exceed the two limits above.
+    """
 
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
+    max_value_depth: int = 32
     max_siblings: int = 100
+    max_record_bytes: int = 4 * 1024 * 1024
+    max_context_bytes: int = 256 * 1024
+    replica_slack: int = 3
+
+    @property
+    def max_stored_siblings(self) -> int:
+        """The most values a replica stores for one key after merging other replicas' state."""
+        return self.max_siblings * self.replica_slack
+
+    @property
+    def max_stored_bytes(self) -> int:
+        """The largest encoded clock a replica stores for one key after merging."""
+        return self.max_record_bytes * self.replica_slack
+
+    @property
+    def max_clock_depth(self) -> int:
+        """The nesting a stored or received clock may have: its own arrays plus a value's."""
+        return _dvv.CLOCK_NESTING + self.max_value_depth + 1  # + 1: a sibling's metadata map
+
+    def validate(self) -> None:
+        """Check the limits against each other and the wire.
+
+        Raises:
+          ValueError: naming the first bad limit.
+        """
+        if min(self.max_key_bytes, self.max_value_bytes, self.max_siblings) < 1:
+            raise ValueError("storage limits must be >= 1")
+        if not 1 <= self.max_value_depth <= 48:
+            raise ValueError("max_value_depth must be in 1..48 (frames nest at most 64 deep)")
+        if self.max_record_bytes < self.max_value_bytes:
+            raise ValueError("max_record_bytes must be at least max_value_bytes")
+        if self.replica_slack < 1:
+            raise ValueError("replica_slack must be >= 1")
+        if self.max_context_bytes < 1024:
+            raise ValueError("max_context_bytes must be at least 1 KiB")
 
 
 DEFAULT_LIMITS = StorageLimits()
@@ -119,6 +176,11 @@ class StorageEngine(abc.ABC):
           NotImplementedError: the engine has to wait for its disk (``nowait`` is False).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot read without waiting")
+
+    def stored_bytes(self, key: str) -> int | None:
+        """The encoded size of ``key``'s stored clock, from the index (no read), or ``None``
+        when the key is not stored. The data path uses it to bound a key's growth cheaply."""
+        return None
 
     def put_nowait(self, key: str, clock: Clock, *, encoded: bytes | None = None) -> None:
         """:meth:`put` without waiting, for engines with ``nowait`` (same checks and errors).
@@ -229,37 +291,108 @@ def check_clock(clock: object, limits: StorageLimits) -> None:
     """
     if not isinstance(clock, DVVSet):
         raise InvalidClock(f"expected a DVVSet clock, got {type(clock).__name__}")
-    _dvv.validate(clock, max_siblings=limits.max_siblings)
+    _dvv.validate(clock, max_siblings=limits.max_stored_siblings)
     for value in _dvv.values(clock):
         if not isinstance(value, Sibling):
             raise InvalidClock(f"clock values must be Sibling, got {type(value).__name__}")
 
 
 def check_encoded_size(clock: Clock, data: bytes, limits: StorageLimits) -> None:
-    """Refuse a clock holding a value over the size limit (``data`` is its encoding).
+    """Refuse a clock a replica must not store (``data`` is its encoding): one holding a value
+    over the value limit, or one larger than a replica stores for a key.
 
     Raises:
       ValueTooLarge: a single value encodes to more than ``limits.max_value_bytes``.
+      RecordTooLarge: the whole clock encodes to more than ``limits.max_stored_bytes``.
     """
     if len(data) > limits.max_value_bytes:
         # Only then is any single value possibly over the limit: check them one by one.
         for value in _dvv.values(clock):
-            size = len(dumps_canonical(_dvv.sibling_to_plain(value)))
+            if value.tombstone:
+                continue
+            size = len(dumps_canonical(value.data))
             if size > limits.max_value_bytes:
                 raise ValueTooLarge(
                     f"a value of {size} encoded bytes exceeds the "
                     f"{limits.max_value_bytes}-byte limit"
                 )
+    if len(data) > limits.max_stored_bytes:
+        raise RecordTooLarge(
+            f"the key's clock would be {len(data)} bytes; a replica stores at most "
+            f"{limits.max_stored_bytes}"
+        )
 
 
-def decode_clock(data: bytes, where: str) -> Clock:
-    """Decode stored clock bytes.
+def check_value(value: object, limits: StorageLimits) -> int:
+    """Check a value a client wants to store, before any work is done; returns its encoded size.
 
     Raises:
-      StorageCorrupt: if the bytes are not a valid clock (never served as data or as not-found).
+      ValueNotEncodable: the value is not plain CBOR data.
+      ValueTooLarge: it encodes to more than ``limits.max_value_bytes``.
+      ValueTooDeep: it nests arrays and maps more than ``limits.max_value_depth`` deep.
+    """
+    check_plain(value, limits.max_value_depth)
+    try:
+        size = len(dumps_canonical(value))
+    except ValueError as exc:
+        raise ValueNotEncodable(str(exc)) from exc
+    if size > limits.max_value_bytes:
+        raise ValueTooLarge(
+            f"value is {size} bytes encoded; the limit is {limits.max_value_bytes}"
+        )
+    return size
+
+
+_SCALARS = (type(None), bool, float, str, bytes)
+_INT_RANGE = range(-(2**64), 2**64)  # wider ints need a CBOR bignum tag, which nothing reads
+
+
+def check_plain(value: object, max_depth: int) -> None:
+    """Check that ``value`` is plain CBOR data every peer can encode and read back: None, bool,
+    int within 64 bits, float, str, bytes, and lists, tuples and maps of them (map keys text or
+    integers), nested at most ``max_depth`` deep. Iterative, so a value nested thousands deep
+    costs no recursion; the walk stops at the first fault.
+
+    Raises:
+      ValueNotEncodable: another type (a set, a datetime: cbor2 would tag it, and tags are
+        refused on the wire and in the stores), or an integer beyond 64 bits.
+      ValueTooDeep: arrays and maps nested deeper than ``max_depth``.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is int:
+            if item not in _INT_RANGE:
+                raise ValueNotEncodable("integers must fit in 64 bits")
+            continue
+        if kind is list or kind is tuple:
+            children: Iterable[object] = item  # type: ignore[assignment]
+        elif kind is dict:
+            for key in item:  # type: ignore[attr-defined]
+                if type(key) is not str and type(key) is not int:
+                    raise ValueNotEncodable("map keys must be text or integers")
+            children = item.values()  # type: ignore[attr-defined]
+        else:
+            raise ValueNotEncodable(f"{kind.__name__} is not plain CBOR data")
+        if depth >= max_depth:
+            raise ValueTooDeep(
+                f"value nests arrays or maps more than {max_depth} deep (the limit)"
+            )
+        stack.extend((child, depth + 1) for child in children)
+
+
+def decode_clock(data: bytes, where: str, limits: StorageLimits = DEFAULT_LIMITS) -> Clock:
+    """Decode stored clock bytes (with the nesting limit every stored clock was checked against,
+    so whatever a store accepted it can read back).
+
+    Raises:
+      StorageCorrupt: if the bytes are not a valid clock (never served as data).
     """
     try:
-        return _dvv.clock_from_plain(loads_value(data))
+        return _dvv.clock_from_plain(loads_value(data, max_depth=limits.max_clock_depth))
     except (DecodeError, InvalidClock) as exc:
         raise StorageCorrupt(f"{where}: stored clock is unreadable: {exc}") from exc
 

@@ -825,6 +825,12 @@ class LogEngine(StorageEngine):
 
     # --- reads: batched --------------------------------------------------------------------------
 
+    def stored_bytes(self, key: str) -> int | None:
+        loc = self._keydir.get(key)
+        if loc is None:
+            return None
+        return _len_of(loc) - HEADER_SIZE - len(key.encode("utf-8"))
+
     async def get(self, key: str) -> Clock | None:
         self._check_usable()
         encode_key(key, self._limits)
@@ -834,7 +840,7 @@ class LogEngine(StorageEngine):
             await trio.lowlevel.checkpoint()
             return None
         raw = (await self._read_many([loc]))[0]
-        return decode_clock(raw, f"{self._path} key {key!r}")
+        return decode_clock(raw, f"{self._path} key {key!r}", self._limits)
 
     async def _read_many(self, locs: list[int]) -> list[bytes]:
         # Pin the segments now, in the same step as the key-directory lookup that produced the
@@ -916,7 +922,7 @@ class LogEngine(StorageEngine):
             present = [(k, loc) for k, loc in chunk if loc is not None]
             raws = await self._read_many([loc for _, loc in present])
             for (key, _), raw in zip(present, raws, strict=True):
-                yield key, decode_clock(raw, f"{self._path} key {key!r}")
+                yield key, decode_clock(raw, f"{self._path} key {key!r}", self._limits)
 
     async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
         self._check_usable()

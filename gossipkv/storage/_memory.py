@@ -61,6 +61,10 @@ class MemoryEngine(StorageEngine):
         encode_key(key, self._limits)
         return self._data.get(key)
 
+    def stored_bytes(self, key: str) -> int | None:
+        found = self._data.get(key)
+        return None if found is None else len(found[1])
+
     def put_nowait(self, key: str, clock: Clock, *, encoded: bytes | None = None) -> None:
         self._check_open()
         encode_key(key, self._limits)

@@ -18,6 +18,7 @@ from gossipkv._errors import (
     InvalidClock,
     InvalidKey,
     KeyTooLarge,
+    RecordTooLarge,
     StorageClosed,
     StorageCorrupt,
     StorageFull,
@@ -109,7 +110,11 @@ async def test_scan_and_partition_hashes(kind: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ENGINES)
 async def test_bad_input_is_typed_and_harmless(kind: str, tmp_path: Path) -> None:
-    limits = StorageLimits(max_key_bytes=16, max_value_bytes=200, max_siblings=3)
+    # A store refuses beyond replica_slack x the write limits (what merged replicas may reach).
+    limits = StorageLimits(
+        max_key_bytes=16, max_value_bytes=200, max_siblings=3, max_record_bytes=400,
+        replica_slack=1,
+    )  # fmt: skip
     async with engine_for(kind, tmp_path, limits=limits) as eng:
         good = clock_of("v")
         await eng.put("k", good)
@@ -127,6 +132,12 @@ async def test_bad_input_is_typed_and_harmless(kind: str, tmp_path: Path) -> Non
             await eng.put("k", clock_of(object()))
         with pytest.raises(TooManySiblings, match=r"too many siblings \(4 > 3\)"):
             await eng.put("k", clock_of(1, 2, 3, 4))
+        with pytest.raises(RecordTooLarge, match="stores at most 400"):
+            await eng.put("k", clock_of("x" * 150, "y" * 150, "z" * 150))
+        # A value exactly at the limit is stored: metadata is not counted against it.
+        exact = "x" * (200 - 3)  # a 197-character text encodes to 3 + 197 bytes
+        await eng.put("exact", clock_of(exact))
+        assert await eng.get("exact") == clock_of(exact)
         with pytest.raises(InvalidClock):
             await eng.put("k", DVVSet((Entry("b", 1, ()), Entry("a", 1, ()))))
         with pytest.raises(InvalidClock):
