@@ -43,6 +43,7 @@ from ._messages import (
 )
 from ._peer import Channel, OnewayHandler, TransportCounters, handshake
 from ._types import Address
+from .storage._base import MAX_VALUE_DEPTH, check_plain
 from .transport._base import Transport
 
 
@@ -262,15 +263,18 @@ class Client:
 
         Raises:
           QuorumNotReached: fewer than W replicas stored it (it may still be stored on some).
-          ClusterNotReady, Unavailable, TooManySiblings, ValueTooLarge, InvalidContext,
-          InvalidKey, StorageError: as :meth:`gossipkv.Node.put`, reported by the peer.
-          DecodeError: ``value`` cannot be encoded as CBOR (checked before sending).
+          ClusterNotReady, Unavailable, TooManySiblings, ValueTooLarge, ValueTooDeep,
+          RecordTooLarge, InvalidContext, InvalidKey, StorageError: as
+            :meth:`gossipkv.Node.put`, reported by the peer.
+          ValueNotEncodable: ``value`` is not plain CBOR data (checked before sending).
           RemoteError: the peer refused the request (``code == "bad_request"`` for a ``w``
             outside 1..N).
           TransportError: no listed peer answered.
           HandshakeError: the peer is in another cluster or speaks another protocol version.
           NodeClosedError: the client is closed.
         """
+        # What no peer could accept is refused here, with the error a peer would give.
+        check_plain(value, MAX_VALUE_DEPTH)
         self._seq += 1
         msg = KvPut(key, value, context, w, self._client_id, self._seq)
         reply = _kv_result(await self._call(msg, retry=True))

@@ -926,9 +926,13 @@ class KeyValueService:
         """The clock a put stores: ``update`` with the context clamped to what this replica
         knows, refused (changing nothing) if it breaks a per-key limit.
 
+        A write is refused only when it grows the key past a limit: merged replica state may
+        exceed the limits (see :class:`StorageLimits`), and a write that resolves part of it
+        must still go through.
+
         Raises:
-          TooManySiblings: more than ``max_siblings`` values would be stored.
-          RecordTooLarge: the key's clock would encode to more than ``max_record_bytes``.
+          TooManySiblings: more than ``max_siblings`` values, and more than before.
+          RecordTooLarge: an encoded clock over ``max_record_bytes``, and larger than before.
           InvalidContext: an event counter is exhausted (only a forged clock gets there).
         """
         ctx = _dvv.clamp_context(plan.ctx, local)
@@ -938,7 +942,11 @@ class KeyValueService:
             ctx = _dvv.join(local)  # replace whatever is stored, seen or not (lossy)
         try:
             clock = _dvv.update(_dvv.new(ctx, plan.sibling), local, self._mint.actor_for(local))
-            _dvv.validate(clock, max_siblings=self.limits.max_siblings)
+            count = _dvv.size(clock)
+            if count > self.limits.max_siblings and count > (
+                0 if local is None else _dvv.size(local)
+            ):
+                raise TooManySiblings(count, self.limits.max_siblings)
             self._check_record_size(plan, clock)
         except InvalidClock as exc:
             error = exc if isinstance(exc, TooManySiblings) else InvalidContext(str(exc))
@@ -957,7 +965,7 @@ class KeyValueService:
         if before + plan.size + 512 <= limit:
             return
         size = len(encode_wire_clock(clock))
-        if size > limit:
+        if size > limit and size > before:
             raise RecordTooLarge(
                 f"{plan.key!r} would hold {size} bytes (every sibling and its history); the "
                 f"limit is {limit}: resolve its siblings with a context put"

@@ -31,6 +31,10 @@ from gossipkv._errors import (
 #: The clock a replica stores for one key.
 Clock = DVVSet[Sibling]
 
+#: The deepest a value can nest and still fit every frame and stored clock that carries it
+#: (frames nest at most 64 deep; a value travels at most 3 levels down in one).
+MAX_VALUE_DEPTH = 48
+
 
 class FsyncPolicy(enum.Enum):
     """When a put is acknowledged relative to the disk.
@@ -100,8 +104,10 @@ class StorageLimits:
         """
         if min(self.max_key_bytes, self.max_value_bytes, self.max_siblings) < 1:
             raise ValueError("storage limits must be >= 1")
-        if not 1 <= self.max_value_depth <= 48:
-            raise ValueError("max_value_depth must be in 1..48 (frames nest at most 64 deep)")
+        if not 1 <= self.max_value_depth <= MAX_VALUE_DEPTH:
+            raise ValueError(
+                f"max_value_depth must be in 1..{MAX_VALUE_DEPTH} (frames nest at most 64 deep)"
+            )
         if self.max_record_bytes < self.max_value_bytes:
             raise ValueError("max_record_bytes must be at least max_value_bytes")
         if self.replica_slack < 1:

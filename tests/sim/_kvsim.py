@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from gossipkv import GossipConfig
+from gossipkv import GossipConfig, StorageLimits
 from gossipkv._dvv import DVVSet, Sibling, partition_of, size
 from gossipkv._kv import KeyValueService, KVConfig, decode_context
 from gossipkv._node import Node
@@ -59,11 +59,17 @@ async def kv_cluster(
     kv: KVConfig | None = None,
     config: GossipConfig | None = None,
     latency: float = 0.001,
+    storage_limits: StorageLimits | None = None,
 ) -> AsyncIterator[SimCluster]:
     """``n`` peers ``n1..nN`` (joined through n1), settled, all holding the same partition table."""
     async with open_sim_cluster(0, seed=seed, config=config or KEEP_MEMBERS, latency=latency) as c:
         for name in names(n):
-            await c.start(name, seeds=[] if name == "n1" else ["n1"], kv=kv)
+            await c.start(
+                name,
+                seeds=[] if name == "n1" else ["n1"],
+                kv=kv,
+                storage_limits=storage_limits,
+            )
         await settle(c, names(n), within=30)
         with trio.fail_after(30):
             await c.wait_until(lambda: tables_agree(c, names(n)))
