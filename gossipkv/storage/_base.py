@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import enum
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from gossipkv import _dvv
@@ -146,6 +146,7 @@ class StorageStatistics:
     bytes_reclaimed: int
     corrupt_records_skipped: int
     torn_tail_truncations: int
+    quarantined_records: int
     hint_files_loaded: int
     recovery_seconds: float
 
@@ -161,6 +162,11 @@ class StorageEngine(abc.ABC):
     #: Fresh random 64-bit number drawn at every open; feed it to ``ActorMint`` so a restarted
     #: replica (or one that lost its disk) never reuses a dot.
     incarnation: int
+
+    #: Called with a key whose stored record was unreadable and has been quarantined (moved
+    #: aside and forgotten: the key now reads as absent here). The data path sets it to repair
+    #: the key from the other replicas. It must not block.
+    on_quarantine: Callable[[str], None] | None = None
 
     #: True when :meth:`get_nowait` and :meth:`put_nowait` work: an engine that never waits for a
     #: disk (the memory engine). The data path then answers replica requests without a task.
@@ -430,6 +436,7 @@ def empty_statistics(
         "mean_commit_batch": 0.0, "pending_writes": 0, "compactions": 0, "compaction_errors": 0,
         "bytes_reclaimed": 0,
         "corrupt_records_skipped": 0, "torn_tail_truncations": 0, "hint_files_loaded": 0,
+        "quarantined_records": 0,
         "recovery_seconds": 0.0,
     }  # fmt: skip
     fields.update(extra)

@@ -19,7 +19,10 @@ On disk, in the data dir::
 
 Every record carries a global sequence number, so recovery picks the newest record of a key by
 ``seq`` regardless of which segment (original or compacted) holds it. Records are read back and
-checksummed on every get; a record that fails is an error, never data and never "not found".
+checksummed on every get. A record that fails its checksum or cannot be decoded is never served as
+data: it is *quarantined* (copied into ``quarantine/`` beside the segments, counted, logged, and
+forgotten by the key directory, so the key reads as absent here and the data path repairs it from
+the other replicas), and the peer keeps serving.
 
 All file I/O and fsync runs in worker threads (``trio.to_thread.run_sync``); the event loop only
 touches the in-memory key directory. Writers apply backpressure: at most ``max_pending_writes`` puts
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import struct
 import threading
@@ -38,6 +42,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
@@ -62,6 +67,8 @@ from ._base import (
     encode_key,
     partition_digests,
 )
+
+_log = logging.getLogger("gossipkv.storage")
 
 MAGIC = b"\xd7\x4b"
 # magic, crc32, value_len, seq, key_len
@@ -113,6 +120,15 @@ def encode_record(seq: int, key: bytes, value: bytes) -> bytes:
     """One checksummed, length-prefixed record."""
     body = struct.pack("<IQH", len(value), seq, len(key)) + key + value
     return MAGIC + struct.pack("<I", zlib.crc32(body)) + body
+
+
+class _Unreadable(NamedTuple):
+    """A record read back that failed its checksum (instead of its value bytes)."""
+
+    reason: str
+
+
+QUARANTINE_DIR = "quarantine"
 
 
 def _seg_name(seg: int) -> str:
@@ -424,6 +440,7 @@ class LogEngine(StorageEngine):
         self._last_compaction_error = ""
         self._reclaimed = 0
         self._corrupt = 0
+        self._quarantined = 0
         self._torn = 0
         self._hints_loaded = 0
         self._recovery_seconds = 0.0
@@ -832,6 +849,12 @@ class LogEngine(StorageEngine):
         return _len_of(loc) - HEADER_SIZE - len(key.encode("utf-8"))
 
     async def get(self, key: str) -> Clock | None:
+        """The stored clock of ``key``; ``None`` if it was never stored here or its record was
+        unreadable (then quarantined: see the module docstring).
+
+        Raises:
+          InvalidKey: a bad key. StorageError: an I/O error. StorageClosed: closed.
+        """
         self._check_usable()
         encode_key(key, self._limits)
         self._gets += 1
@@ -840,9 +863,61 @@ class LogEngine(StorageEngine):
             await trio.lowlevel.checkpoint()
             return None
         raw = (await self._read_many([loc]))[0]
-        return decode_clock(raw, f"{self._path} key {key!r}", self._limits)
+        return await self._decoded(key, loc, raw)
 
-    async def _read_many(self, locs: list[int]) -> list[bytes]:
+    async def _decoded(self, key: str, loc: int, raw: bytes | _Unreadable) -> Clock | None:
+        """Decode a record read back, or quarantine it when it is unreadable (``None``)."""
+        if isinstance(raw, _Unreadable):
+            reason = raw.reason
+        else:
+            try:
+                return decode_clock(raw, f"{self._path} key {key!r}", self._limits)
+            except StorageCorrupt as exc:
+                reason = str(exc)
+        await self._quarantine(key, loc, reason)
+        return None
+
+    async def _quarantine(self, key: str, loc: int, reason: str) -> None:
+        """Copy an unreadable record aside and forget it, unless a newer record of ``key`` was
+        installed meanwhile (compare-and-set on the key directory, as compaction does)."""
+        seg = _seg_of(loc)
+        self._pins[seg] = self._pins.get(seg, 0) + 1  # the copy reads the segment
+        try:
+            kept = await trio.to_thread.run_sync(self._copy_aside_sync, loc)
+        except OSError as exc:
+            kept = f"(not kept: {exc.strerror or exc})"
+        finally:
+            self._pins[seg] -= 1
+        if self._keydir.get(key) != loc:
+            return  # superseded by a newer write: nothing to forget
+        del self._keydir.shards[hash(key) & _SHARD_MASK][key]
+        self._seg_live[seg] = self._seg_live.get(seg, 0) - _len_of(loc)
+        self._quarantined += 1
+        _log.warning("quarantined the unreadable record of %r: %s; copy %s", key, reason, kept)
+        if self.on_quarantine is not None:
+            self.on_quarantine(key)
+
+    def _copy_aside_sync(self, loc: int) -> str:
+        seg, off, length = _seg_of(loc), _off_of(loc), _len_of(loc)
+        fd = self._read_fds.get(seg)
+        if fd is None:
+            raise OSError(errno.ENOENT, f"segment {seg} is gone")
+        raw = os.pread(fd, length, off)
+        where = self._path / QUARANTINE_DIR
+        where.mkdir(exist_ok=True)
+        target = where / f"{seg:08d}-{off:010d}.rec"
+        tmp = target.with_suffix(_TMP_SUFFIX)
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(out, raw, 0)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, target)
+        _fsync_dir(where)
+        return str(target)
+
+    async def _read_many(self, locs: list[int]) -> list[bytes | _Unreadable]:
         # Pin the segments now, in the same step as the key-directory lookup that produced the
         # locations, so compaction cannot delete them before the read runs (Low-Water Mark).
         segs = {_seg_of(loc) for loc in locs}
@@ -863,15 +938,15 @@ class LogEngine(StorageEngine):
         got = reads.results[first : first + len(locs)]
         if len(got) != len(locs):
             raise StorageClosed(f"the storage engine on {self._path} closed during a read")
-        out: list[bytes] = []
+        out: list[bytes | _Unreadable] = []
         for item in got:
             if isinstance(item, BaseException):
                 raise item
             out.append(item)
         return out
 
-    def _read_sync(self, locs: list[int]) -> list[bytes | BaseException]:
-        out: list[bytes | BaseException] = []
+    def _read_sync(self, locs: list[int]) -> list[bytes | _Unreadable | BaseException]:
+        out: list[bytes | _Unreadable | BaseException] = []
         for loc in locs:
             seg, off, length = _seg_of(loc), _off_of(loc), _len_of(loc)
             fd = self._read_fds.get(seg)
@@ -885,9 +960,7 @@ class LogEngine(StorageEngine):
                 continue
             rec = _record_at(raw, 0) if len(raw) == length else None
             if rec is None:
-                out.append(
-                    StorageCorrupt(f"record at segment {seg} offset {off} failed its checksum")
-                )
+                out.append(_Unreadable(f"record at segment {seg} offset {off} failed its checksum"))
                 continue
             klen = rec[0]
             out.append(raw[HEADER_SIZE + len(klen) :])
@@ -921,8 +994,10 @@ class LogEngine(StorageEngine):
             chunk = [(k, self._keydir.get(k)) for k in keys[i : i + 256]]
             present = [(k, loc) for k, loc in chunk if loc is not None]
             raws = await self._read_many([loc for _, loc in present])
-            for (key, _), raw in zip(present, raws, strict=True):
-                yield key, decode_clock(raw, f"{self._path} key {key!r}", self._limits)
+            for (key, loc), raw in zip(present, raws, strict=True):
+                clock = await self._decoded(key, loc, raw)
+                if clock is not None:
+                    yield key, clock
 
     async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
         self._check_usable()
@@ -931,7 +1006,11 @@ class LogEngine(StorageEngine):
         for i in range(0, len(items), 1024):
             chunk = items[i : i + 1024]
             raws = await self._read_many([loc for _, loc in chunk])
-            pairs.extend((k, raw) for (k, _), raw in zip(chunk, raws, strict=True))
+            for (key, loc), raw in zip(chunk, raws, strict=True):
+                if isinstance(raw, _Unreadable):
+                    await self._quarantine(key, loc, raw.reason)
+                else:
+                    pairs.append((key, raw))
         return await trio.to_thread.run_sync(partition_digests, pairs, partitions)
 
     # --- compaction ------------------------------------------------------------------------------
@@ -1090,6 +1169,7 @@ class LogEngine(StorageEngine):
             compaction_errors=self._compaction_errors,
             bytes_reclaimed=self._reclaimed,
             corrupt_records_skipped=self._corrupt,
+            quarantined_records=self._quarantined,
             torn_tail_truncations=self._torn,
             hint_files_loaded=self._hints_loaded,
             recovery_seconds=self._recovery_seconds,
