@@ -40,12 +40,17 @@ COUNTERS: dict[str, str] = {
     "ownership_handoff_partitions": "Partitions no longer owned, handed off completely.",
     "ownership_handoff_keys": "Keys sent to the current owners of their partition.",
     "ownership_handoff_errors": "Ownership handoff sends or rounds that failed.",
+    "contexts_clamped": "Writes whose context claimed dots this replica did not hold.",
+    "context_catch_ups": "Writes that fetched the other owners' state to check a context.",
+    "quarantined_records": "Unreadable records moved aside (then repaired from replicas).",
+    "quarantine_repairs": "Quarantined keys and hints restored from the other replicas.",
 }
 # Per-reason counters: field -> (label name, help text).
 LABELLED_COUNTERS: dict[str, tuple[str, str]] = {
     "dropped_frames": ("reason", "Frames or events dropped, by reason."),
     "refused_handshakes": ("reason", "Handshakes refused, by reason."),
     "kv_errors": ("kind", "Data-path errors, by kind."),
+    "refusals": ("reason", "Requests and connections refused by a limit, by reason."),
 }
 # Point-in-time gauges: field -> (metric suffix, help text).
 GAUGES: dict[str, tuple[str, str]] = {
@@ -57,6 +62,7 @@ GAUGES: dict[str, tuple[str, str]] = {
     "replicas": ("replicas", "Replicas per partition (N)."),
     "hints_pending": ("hints_pending", "Hinted writes waiting for delivery."),
     "storage_keys": ("storage_keys", "Keys in this replica's storage."),
+    "quarantine_pending": ("quarantine_pending", "Quarantined keys and hints awaiting repair."),
 }
 
 

@@ -55,6 +55,7 @@ from ._messages import (
     encoded_size,
 )
 from ._partitions import PartitionTable
+from ._repair import QuarantineRepair
 from .storage import DEFAULT_LIMITS, StorageEngine, StorageLimits
 from .storage._base import check_value, encode_key
 
@@ -478,6 +479,19 @@ class KeyValueService:
         self.ownership_handoff = OwnershipHandoff(self, random.Random(background_seed ^ 0x5A5A))
         #: Clocks stored here that differed from what was held (ownership handoff's change mark).
         self.changes = 0
+        #: Restores records the engines quarantined (unreadable) from the other replicas.
+        self.repair = QuarantineRepair(
+            repair_key=self.repair_key,
+            rewrite_hint=self.rewrite_hint,
+            interval=config.handoff_interval,
+            rng=random.Random(background_seed ^ 0xA5A5),
+        )
+        storage.on_quarantine = self.repair.key_quarantined
+        hints.on_quarantine = self._hint_quarantined
+        for key in storage.damaged_at_open():
+            self.repair.key_quarantined(key)
+        for key in hints.damaged_at_open():
+            self._hint_quarantined(key)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -493,6 +507,7 @@ class KeyValueService:
             nursery.start_soon(self._expire_loop)
             nursery.start_soon(self.anti_entropy.run)
             nursery.start_soon(self.ownership_handoff.run)
+            nursery.start_soon(self.repair.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -881,20 +896,7 @@ class KeyValueService:
         except GossipKVError:
             return local
         others = [m for m, hint in targets if m != self.node_id and not hint]
-        clocks: list[Clock] = []
-
-        async def ask(member: str) -> None:
-            try:
-                clock = await self._replica_get(member, key)
-            except GossipKVError as exc:
-                self._count_error(exc)
-                return
-            if clock is not None:
-                clocks.append(clock)
-
-        async with trio.open_nursery() as nursery:
-            for member in others:
-                nursery.start_soon(ask, member)
+        clocks = [c for c in (await self._gather(key, others)).values() if c is not None]
         if not clocks:
             return local
         merged = self._synced(_dvv.sync_all(clocks), local)
@@ -1083,6 +1085,50 @@ class KeyValueService:
             # The hint is written under the key lock too, so handoff never clears a newer one.
             if hint_for and hint_for != self.node_id:
                 await self._store_hint(hint_for, key, merged if merged is not None else local)
+
+    async def _gather(self, key: str, members: list[str]) -> dict[str, Clock | None]:
+        """Every listed member's clock of ``key`` (those that fail or time out are left out)."""
+        replies: dict[str, Clock | None] = {}
+
+        async def ask(member: str) -> None:
+            try:
+                replies[member] = await self._replica_get(member, key)
+            except GossipKVError as exc:
+                self._count_error(exc)
+
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                nursery.start_soon(ask, member)
+        return replies
+
+    async def repair_key(self, key: str) -> bool:
+        """Read ``key`` from every reachable owner and bring the stale replicas (this one
+        included) up to date by ``sync``: how a quarantined record is restored.
+
+        Returns:
+          True when another replica answered, so this one now holds what they hold.
+
+        Raises:
+          ClusterNotReady: no partition table yet (try again later).
+        """
+        targets, _ = self.targets(key)
+        replies = await self._gather(key, [m for m, _ in targets])
+        if not any(m != self.node_id for m in replies):
+            return False
+        replies.setdefault(self.node_id, None)
+        await self._repair(key, replies)
+        return True
+
+    async def rewrite_hint(self, owner: str, key: str) -> None:
+        """Keep a hint for ``owner`` again from this replica's own copy of ``key`` (after the
+        hint's record was quarantined)."""
+        async with self._lock(key):
+            await self._store_hint(owner, key, await self.storage.get(key))
+
+    def _hint_quarantined(self, hint_key: str) -> None:
+        owner, _, key = hint_key.partition(_HINT_SEP)
+        self._pending_hints.pop((owner, key), None)
+        self.repair.hint_quarantined(owner, key)
 
     async def _store_hint(self, owner: str, key: str, clock: Clock | None) -> None:
         """Keep ``clock`` for ``owner`` until the handoff loop delivers it (under the key lock)."""

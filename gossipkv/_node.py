@@ -134,6 +134,18 @@ class NodeStatistics:
         completely to their current owners.
       ownership_handoff_keys: keys it sent (each to every current owner, by ``sync``).
       ownership_handoff_errors: handoff sends or rounds that failed (kinds in ``kv_errors``).
+      refusals: requests and connections refused by a limit, by reason: for writes the error
+        code (``value_too_large``, ``value_too_deep``, ``record_too_large``,
+        ``too_many_siblings``, ``invalid_context``, ``key_too_large``, ``invalid_key``,
+        ``value_not_encodable``); a refused write changed nothing.
+      contexts_clamped: writes whose context claimed dots this replica did not hold, honoured
+        only as far as it could check them (forged, or written after a read it had not seen).
+      context_catch_ups: writes that first fetched the other owners' state to check a context.
+      quarantined_records: unreadable records (data and hints) moved aside into the data dir's
+        ``quarantine/`` folders since start; each key is repaired from the other replicas.
+      quarantine_repairs: quarantined keys restored from the other replicas (and hints
+        written again).
+      quarantine_pending: quarantined keys and hints still waiting for repair.
     """
 
     name: str
@@ -182,6 +194,12 @@ class NodeStatistics:
     ownership_handoff_partitions: int = 0
     ownership_handoff_keys: int = 0
     ownership_handoff_errors: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+    contexts_clamped: int = 0
+    context_catch_ups: int = 0
+    quarantined_records: int = 0
+    quarantine_repairs: int = 0
+    quarantine_pending: int = 0
 
 
 @dataclass(slots=True)
@@ -605,6 +623,14 @@ class Node:
             ownership_handoff_partitions=kv.ownership_handoff.counters.partitions_handed_off,
             ownership_handoff_keys=kv.ownership_handoff.counters.keys_sent,
             ownership_handoff_errors=kv.ownership_handoff.counters.errors,
+            refusals=dict(self._refusals),
+            contexts_clamped=kvc.contexts_clamped,
+            context_catch_ups=kvc.context_catch_ups,
+            quarantined_records=kv.storage.statistics().quarantined_records
+            + kv.hints.statistics().quarantined_records,
+            quarantine_repairs=kv.repair.counters.keys_repaired
+            + kv.repair.counters.hints_rewritten,
+            quarantine_pending=kv.repair.pending,
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:

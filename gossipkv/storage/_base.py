@@ -168,6 +168,11 @@ class StorageEngine(abc.ABC):
     #: the key from the other replicas. It must not block.
     on_quarantine: Callable[[str], None] | None = None
 
+    def damaged_at_open(self) -> list[str]:
+        """Keys whose newest record was found damaged when the engine opened: kept aside, and
+        the key reads as an older version or as absent here until it is repaired."""
+        return []
+
     #: True when :meth:`get_nowait` and :meth:`put_nowait` work: an engine that never waits for a
     #: disk (the memory engine). The data path then answers replica requests without a task.
     nowait: bool = False

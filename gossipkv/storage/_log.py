@@ -243,6 +243,9 @@ class _ScanResult:
     entries: Entries
     valid_end: int
     corrupt: int
+    #: ``(start, end, key or None)`` of each damaged span skipped (the key when its header
+    #: still names one), for quarantine.
+    damaged: list[tuple[int, int, bytes | None]] = field(default_factory=list)
 
 
 def _record_at(data: bytes | memoryview, pos: int) -> tuple[bytes, int, int] | None:
@@ -269,6 +272,7 @@ def scan_segment(data: bytes) -> _ScanResult:
     entries = Entries()
     pos = 0
     corrupt = 0
+    damaged: list[tuple[int, int, bytes | None]] = []
     n = len(data)
     view = memoryview(data)
     while pos < n:
@@ -285,9 +289,25 @@ def scan_segment(data: bytes) -> _ScanResult:
         if nxt == -1:
             break
         corrupt += 1
+        damaged.append((pos, nxt, _key_in_header(view, pos, nxt)))
         pos = nxt
     valid_end = entries.offs[-1] + entries.lens[-1] if entries else 0
-    return _ScanResult(entries, valid_end, corrupt)
+    return _ScanResult(entries, valid_end, corrupt, damaged)
+
+
+def _key_in_header(data: memoryview, pos: int, end: int) -> bytes | None:
+    """The key a damaged record's header still names, if its header looks intact."""
+    if end - pos < HEADER_SIZE:
+        return None
+    magic, _, _, _, klen = _HEADER.unpack_from(data, pos)
+    if magic != MAGIC or pos + HEADER_SIZE + klen > end:
+        return None
+    key = bytes(data[pos + HEADER_SIZE : pos + HEADER_SIZE + klen])
+    try:
+        key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return key or None
 
 
 def _decode_hint(
@@ -356,7 +376,7 @@ class _Reads:
     """Gets waiting for one batched read."""
 
     locs: list[int] = field(default_factory=list)
-    results: list[bytes | BaseException] = field(default_factory=list)
+    results: list[bytes | _Unreadable | BaseException] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -370,6 +390,7 @@ class _Recovered:
     corrupt: int
     torn: int
     hints_loaded: int
+    damaged_keys: list[str]
 
 
 class LogEngine(StorageEngine):
@@ -440,6 +461,7 @@ class LogEngine(StorageEngine):
         self._last_compaction_error = ""
         self._reclaimed = 0
         self._corrupt = 0
+        self._damaged_at_open: list[str] = []
         self._quarantined = 0
         self._torn = 0
         self._hints_loaded = 0
@@ -478,6 +500,8 @@ class LogEngine(StorageEngine):
             self._seq = rec.max_seq + 1
             self._next_seg = rec.max_seg + 1
             self._corrupt = rec.corrupt
+            self._damaged_at_open = rec.damaged_keys
+            self._quarantined = rec.corrupt  # each damaged span was kept aside
             self._torn = rec.torn
             self._hints_loaded = rec.hints_loaded
             live: dict[int, int] = dict.fromkeys(rec.seg_bytes, 0)
@@ -505,6 +529,7 @@ class LogEngine(StorageEngine):
         seg_bytes: dict[int, int] = {}
         seg_records: dict[int, int] = {}
         corrupt = torn = hints = 0
+        damaged_keys: list[str] = []
         max_seq = 0
         for seg in segs:
             seg_path = path / _seg_name(seg)
@@ -520,6 +545,12 @@ class LogEngine(StorageEngine):
                 scanned = scan_segment(data)
                 entries = scanned.entries
                 corrupt += scanned.corrupt
+                for start, end, kb in scanned.damaged:
+                    # Damage inside the segment (not a torn tail): keep the bytes for
+                    # inspection, and have the key repaired from the other replicas.
+                    self._keep_aside_sync(f"{seg:08d}-{start:010d}.rec", data[start:end])
+                    if kb is not None:
+                        damaged_keys.append(kb.decode("utf-8"))
                 if scanned.valid_end < len(data):
                     # A torn tail: the crash cut a write short (nothing after it was acked).
                     torn += 1
@@ -548,7 +579,15 @@ class LogEngine(StorageEngine):
                 if seq > max_seq:
                     max_seq = seq
         return _Recovered(
-            keydir, seg_bytes, seg_records, max_seq, max(segs, default=0), corrupt, torn, hints
+            keydir,
+            seg_bytes,
+            seg_records,
+            max_seq,
+            max(segs, default=0),
+            corrupt,
+            torn,
+            hints,
+            damaged_keys,
         )
 
     def _write_hint_sync(
@@ -897,15 +936,22 @@ class LogEngine(StorageEngine):
         if self.on_quarantine is not None:
             self.on_quarantine(key)
 
+    def damaged_at_open(self) -> list[str]:
+        """Keys whose record was found damaged inside a segment when the engine opened (kept
+        in ``quarantine/``; the key now reads as an older version or as absent here)."""
+        return list(self._damaged_at_open)
+
     def _copy_aside_sync(self, loc: int) -> str:
         seg, off, length = _seg_of(loc), _off_of(loc), _len_of(loc)
         fd = self._read_fds.get(seg)
         if fd is None:
             raise OSError(errno.ENOENT, f"segment {seg} is gone")
-        raw = os.pread(fd, length, off)
+        return self._keep_aside_sync(f"{seg:08d}-{off:010d}.rec", os.pread(fd, length, off))
+
+    def _keep_aside_sync(self, name: str, raw: bytes) -> str:
         where = self._path / QUARANTINE_DIR
         where.mkdir(exist_ok=True)
-        target = where / f"{seg:08d}-{off:010d}.rec"
+        target = where / name
         tmp = target.with_suffix(_TMP_SUFFIX)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
