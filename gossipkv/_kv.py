@@ -23,6 +23,7 @@ from typing import TypeVar
 import trio
 
 from . import _codec, _dvv
+from ._admission import ByteBudget
 from ._antientropy import AntiEntropy
 from ._dvv import DVVSet, Entry, Sibling
 from ._errors import (
@@ -103,6 +104,10 @@ class KVConfig:
       ownership_handoff_interval: seconds (jittered) between ownership handoff rounds; each round
         sends a bounded batch of the keys this peer holds for partitions it no longer owns to
         their current owners (by ``sync``). 0 disables it.
+      max_inflight_bytes: the memory budget of the reads and writes this peer coordinates at
+        once: each reserves an estimate of what it will hold (N+1 copies of the key's stored
+        size, plus the value written) until its replicas answered; more work waits, and its
+        connection is not read meanwhile (backpressure). One larger operation runs alone.
     """
 
     r: int = 2
@@ -119,6 +124,7 @@ class KVConfig:
     last_write_wins: bool = False
     anti_entropy_interval: float = 10.0
     ownership_handoff_interval: float = 5.0
+    max_inflight_bytes: int = 64 * 1024 * 1024
 
     def validate(self) -> None:
         """Check the settings on their own (``r``/``w`` against N is :class:`Node`'s check).
@@ -136,6 +142,8 @@ class KVConfig:
             raise ValueError(
                 "ownership_handoff_interval must be >= 0 (0 disables ownership handoff)"
             )
+        if self.max_inflight_bytes < 64 * 1024:
+            raise ValueError("max_inflight_bytes must be at least 64 KiB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +298,7 @@ class _Fanout:
         "on_done",
         "on_enough",
         "pending",
+        "release",
         "replies",
     )
 
@@ -301,6 +310,7 @@ class _Fanout:
         *,
         on_enough: Callable[[_Fanout], None] | None = None,
         on_done: Callable[[_Fanout], None] | None = None,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self.pending = set(members)
         self.replies: dict[str, Clock | None] = {}
@@ -314,6 +324,8 @@ class _Fanout:
         self.cancels: dict[str, Callable[[], None]] = {}
         self.on_enough = on_enough
         self.on_done = on_done
+        #: Gives back the fan-out's memory reservation, once, when every replica answered.
+        self.release = release
 
     def answered(self, member: str, clock: Clock | None) -> None:
         if member in self.pending:
@@ -360,6 +372,9 @@ class _Fanout:
             self.done = True
             if self._done_event is not None:
                 self._done_event.set()
+            release, self.release = self.release, None
+            if release is not None:
+                release()
             if self.on_done is not None:
                 self.on_done(self)
 
@@ -463,6 +478,8 @@ class KeyValueService:
         self._locks: dict[str, trio.Lock] = {}
         self._results: OrderedDict[str, PutResult] = OrderedDict()
         self._repairs = trio.Semaphore(config.max_pending_repairs)
+        #: The memory budget of coordinated reads and writes (see ``KVConfig``).
+        self.admission = ByteBudget(config.max_inflight_bytes)
         self._pending_hints: dict[tuple[str, str], None] = {}
         self._expiring: deque[_Fanout] = deque()
         self._decoded: dict[bytes, Clock] = {}
@@ -555,11 +572,14 @@ class KeyValueService:
         Raises:
           ClusterNotReady, QuorumNotReached, StorageError, KeyTooLarge, InvalidKey.
         """
+        self._check_key(key)
         if local:
-            self._check_key(key)
             self.counters.gets += 1
             return self._result(key, await self.storage.get(key))
-        fan = self.start_get(key, r=r)
+        reserved = self._estimate(key, 0)
+        await self.admission.acquire(reserved)
+        fan = self.start_get(key, r=r, reserved=reserved)
+        assert fan is not None  # reserved already
         await fan.wait_enough()
         result = self._get_outcome(key, fan)
         if self.config.blocking_read_repair:
@@ -573,21 +593,34 @@ class KeyValueService:
         *,
         r: int = 0,
         on_result: Callable[[GetResult | GossipKVError], None] | None = None,
-    ) -> _Fanout:
+        reserved: int | None = None,
+    ) -> _Fanout | None:
         """Start a quorum read without waiting: ask every replica of the preference list.
 
         ``on_result`` is called once, when R replicas answered (or all did), with the result or
         the error; it runs in whichever task delivers that answer and must not block.
+        ``reserved`` is a memory reservation the caller already holds (it passes to the read);
+        without one the read reserves its own, and returns ``None`` (having done nothing) when
+        the budget has no room: wait for room with :meth:`get` instead.
 
         Raises:
           ClusterNotReady, QuorumNotReached, KeyTooLarge, InvalidKey, ValueError: at once.
         """
-        self._check_key(key)
+        try:
+            self._check_key(key)
+            targets, n = self.targets(key)
+            need = min(self._quorum(r, n, "r"), n)
+            if len(targets) < need:
+                raise QuorumNotReached(len(targets), need)
+        except BaseException:
+            if reserved is not None:
+                self.admission.release(reserved)
+            raise
+        if reserved is None:
+            reserved = self._estimate(key, 0)
+            if not self.admission.try_acquire(reserved):
+                return None
         self.counters.gets += 1
-        targets, n = self.targets(key)
-        need = min(self._quorum(r, n, "r"), n)
-        if len(targets) < need:
-            raise QuorumNotReached(len(targets), need)
         fan = _Fanout(
             [m for m, _ in targets],
             need,
@@ -598,6 +631,7 @@ class KeyValueService:
             on_done=None
             if self.config.blocking_read_repair
             else partial(self._repair_if_stale, key),
+            release=partial(self.admission.release, reserved),
         )
         self._track(fan)
         for member, _ in targets:
@@ -765,18 +799,47 @@ class KeyValueService:
         plan = self._plan_put(key, value, context, w, client_id, seq, delete, forwarded)
         if isinstance(plan, PutResult):
             return plan
+        reserved = self._estimate(key, plan.size)
+        await self.admission.acquire(reserved)
         if plan.forward_to:
-            self.counters.forwarded += 1
-            target = plan.forward_to
-            # The replica itself waits up to a replica timeout for its acks: allow that and more.
-            with trio.move_on_after(self.config.replica_timeout * 3):
-                reply = await self._send(
-                    target, KvPut(key, value, context, w, client_id, seq, delete, forwarded=True)
-                )
-                if not isinstance(reply, KvResult):
-                    raise Unavailable(f"unexpected reply {reply.TAG} from {target}")
-                return PutResult(reply.key, list(reply.values), reply.context, reply.more)
-            raise TransportError(f"{target} did not answer a forwarded put in time")
+            try:
+                return await self._forward(plan, value, context, w, client_id, seq, delete)
+            finally:
+                self.admission.release(reserved)
+        try:
+            clock, fan = await self._store_and_replicate(plan, reserved)
+        except BaseException:
+            self.admission.release(reserved)
+            raise
+        await fan.wait_enough()
+        return self._put_outcome(plan, clock, fan)
+
+    async def _forward(
+        self,
+        plan: _PutPlan,
+        value: object,
+        context: bytes | None,
+        w: int,
+        client_id: str,
+        seq: int,
+        delete: bool,
+    ) -> PutResult:
+        """Hand a put to a replica of its key (this peer is none)."""
+        self.counters.forwarded += 1
+        target, key = plan.forward_to, plan.key
+        # The replica itself waits up to a replica timeout for its acks: allow that and more.
+        with trio.move_on_after(self.config.replica_timeout * 3):
+            reply = await self._send(
+                target, KvPut(key, value, context, w, client_id, seq, delete, forwarded=True)
+            )
+            if not isinstance(reply, KvResult):
+                raise Unavailable(f"unexpected reply {reply.TAG} from {target}")
+            return PutResult(reply.key, list(reply.values), reply.context, reply.more)
+        raise TransportError(f"{target} did not answer a forwarded put in time")
+
+    async def _store_and_replicate(self, plan: _PutPlan, reserved: int) -> tuple[Clock, _Fanout]:
+        """Store a put here and start replicating it (the fan-out keeps ``reserved``)."""
+        key = plan.key
         stored = self._store_now(plan) if self._can_store_now(plan) else None
         if stored is None:
             self._count_put(plan)
@@ -789,10 +852,7 @@ class KeyValueService:
                 self._changed(key, stored)
                 if plan.hint_for:
                     await self._store_hint(plan.hint_for, key, stored)
-        clock = stored
-        fan = self._replicate(plan, clock)
-        await fan.wait_enough()
-        return self._put_outcome(plan, clock, fan)
+        return stored, self._replicate(plan, stored, reserved)
 
     def start_put(
         self,
@@ -808,7 +868,8 @@ class KeyValueService:
         on_result: Callable[[PutResult | GossipKVError], None],
     ) -> bool:
         """Start a put without waiting, when nothing needs to wait: this peer is a replica with
-        an engine that never waits, no write to the key is in progress and no hint is needed.
+        an engine that never waits, no write to the key is in progress, no hint is needed and
+        the memory budget has room.
 
         Returns False (having done nothing) otherwise; then use :meth:`put`. ``on_result`` is
         called once, when W copies are stored (or every replica answered), and must not block.
@@ -822,13 +883,32 @@ class KeyValueService:
             return True
         if plan.forward_to or not self._can_store_now(plan):
             return False
-        clock = self._store_now(plan)
+        reserved = self._estimate(key, plan.size)
+        if not self.admission.try_acquire(reserved):
+            return False
+        try:
+            clock = self._store_now(plan)
+        except BaseException:
+            self.admission.release(reserved)
+            raise
         if clock is None:
+            self.admission.release(reserved)
             return False
         self._replicate(
-            plan, clock, partial(_deliver, partial(self._put_outcome, plan, clock), on_result)
+            plan,
+            clock,
+            reserved,
+            partial(_deliver, partial(self._put_outcome, plan, clock), on_result),
         )
         return True
+
+    def _estimate(self, key: str, written: int) -> int:
+        """The bytes a coordinated read or write of ``key`` holds until its replicas answered:
+        a copy of the key per replica and one for the reply (what this replica stores tells
+        its size), plus the value written."""
+        table = self._table()
+        copies = (table.n if table is not None else 3) + 1
+        return copies * (max(self.storage.stored_bytes(key) or 0, 1024) + written)
 
     def _plan_put(
         self,
@@ -977,23 +1057,32 @@ class KeyValueService:
         self,
         plan: _PutPlan,
         clock: Clock,
+        reserved: int,
         on_enough: Callable[[_Fanout], None] | None = None,
     ) -> _Fanout:
-        """Send ``clock`` to the other replicas; ``enough`` once W-1 acked (or all answered)."""
+        """Send ``clock`` to the other replicas; ``enough`` once W-1 acked (or all answered).
+        The fan-out gives back the ``reserved`` memory once every replica answered."""
         others = [(m, hint) for m, hint in plan.targets if m != self.node_id]
         fan = _Fanout(
             [m for m, _ in others],
             max(plan.need - 1, 0),
             trio.current_time() + self.config.replica_timeout,
             on_enough=on_enough,
+            release=partial(self.admission.release, reserved),
         )
+        try:
+            encoded = self._encoded(plan.key, clock) if others else b""
+            for member, hint in others:
+                if not self._start_replica(
+                    fan, member, ReplicaPut(plan.key, encoded, hint), self._on_put_reply
+                ):
+                    self._nursery_or_fail().start_soon(
+                        self._put_to, fan, member, plan.key, clock, hint
+                    )
+        except BaseException:
+            fan.release = None  # the caller gives the reservation back
+            raise
         self._track(fan)
-        encoded = self._encoded(plan.key, clock) if others else b""
-        for member, hint in others:
-            if not self._start_replica(
-                fan, member, ReplicaPut(plan.key, encoded, hint), self._on_put_reply
-            ):
-                self._nursery_or_fail().start_soon(self._put_to, fan, member, plan.key, clock, hint)
         fan.check()
         return fan
 

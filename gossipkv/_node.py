@@ -1174,8 +1174,10 @@ class Node:
             if isinstance(message, KvGet):
                 if message.local:
                     return None
-                kv.start_get(message.key, r=message.r, on_result=partial(_answer_get, respond))
-                return DEFERRED
+                fan = kv.start_get(
+                    message.key, r=message.r, on_result=partial(_answer_get, respond)
+                )
+                return DEFERRED if fan is not None else None
             if isinstance(message, KvPut):
                 started = kv.start_put(
                     message.key,

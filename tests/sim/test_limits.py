@@ -205,3 +205,39 @@ async def test_a_sibling_storm_reads_at_most_the_cap_and_loses_nothing(
                 # Resolve what was shown; the rest comes into view on the next read.
                 await c.nodes["n2"].put("storm", "resolved", context=got.context, w=3)
             assert seen == acked, f"seed={seed}: lost {sorted(acked - seen)}"
+
+
+async def test_coordinated_work_is_admitted_by_the_bytes_it_holds(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    budget = 256 * 1024
+    kv = KVConfig(max_inflight_bytes=budget, replica_timeout=1.0)
+    async with kv_cluster(seed, n=3, kv=kv) as c:
+        node = c.nodes["n1"]
+        admission = service(node).admission
+        peak = 0
+
+        def sample() -> None:
+            nonlocal peak
+            peak = max(peak, admission.used)
+
+        with trio.fail_after(120):
+            await node.put("big", "x" * 60_000, w=3)
+            one = 4 * 60_000  # N+1 copies of what a replica stores for the key, at least
+            async with trio.open_nursery() as nursery:
+                for _ in range(40):
+                    nursery.start_soon(node.get, "big")
+                for _ in range(200):
+                    sample()
+                    await trio.sleep(0.001)
+            # A replica that does not answer still gives its reservation back (by timeout).
+            c.pause("n3")
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(node.put, f"p{i}", "y" * 1_000)
+            c.resume("n3")
+            await c.wait_until(
+                lambda: all(service(n).admission.used == 0 for n in c.nodes.values())
+            )
+        assert admission.waits > 0, f"seed={seed}: the budget never pushed back"
+        assert peak <= budget + one, f"seed={seed}: {peak} bytes reserved at once"
