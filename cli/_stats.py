@@ -44,6 +44,7 @@ COUNTERS: dict[str, str] = {
     "context_catch_ups": "Writes that fetched the other owners' state to check a context.",
     "quarantined_records": "Unreadable records moved aside (then repaired from replicas).",
     "quarantine_repairs": "Quarantined keys and hints restored from the other replicas.",
+    "admission_waits": "Reads and writes that waited for room in the in-flight memory budget.",
 }
 # Per-reason counters: field -> (label name, help text).
 LABELLED_COUNTERS: dict[str, tuple[str, str]] = {
@@ -63,6 +64,7 @@ GAUGES: dict[str, tuple[str, str]] = {
     "hints_pending": ("hints_pending", "Hinted writes waiting for delivery."),
     "storage_keys": ("storage_keys", "Keys in this replica's storage."),
     "quarantine_pending": ("quarantine_pending", "Quarantined keys and hints awaiting repair."),
+    "inflight_bytes": ("inflight_bytes", "Memory reserved by coordinated reads and writes."),
 }
 
 

@@ -146,6 +146,9 @@ class NodeStatistics:
       quarantine_repairs: quarantined keys restored from the other replicas (and hints
         written again).
       quarantine_pending: quarantined keys and hints still waiting for repair.
+      inflight_bytes: memory reserved now by the reads and writes this node coordinates
+        (bounded by ``KVConfig.max_inflight_bytes``).
+      admission_waits: reads and writes that waited for room in that budget.
     """
 
     name: str
@@ -200,6 +203,8 @@ class NodeStatistics:
     quarantined_records: int = 0
     quarantine_repairs: int = 0
     quarantine_pending: int = 0
+    inflight_bytes: int = 0
+    admission_waits: int = 0
 
 
 @dataclass(slots=True)
@@ -631,6 +636,8 @@ class Node:
             quarantine_repairs=kv.repair.counters.keys_repaired
             + kv.repair.counters.hints_rewritten,
             quarantine_pending=kv.repair.pending,
+            inflight_bytes=kv.admission.used,
+            admission_waits=kv.admission.waits,
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
