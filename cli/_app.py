@@ -310,7 +310,7 @@ def _context_arg(text: str | None) -> bytes | None:
 
 
 def _print_values(
-    key: str, found: bool | None, values: list[Any], context: bytes, json: bool
+    key: str, found: bool | None, values: list[Any], context: bytes, json: bool, more: int = 0
 ) -> None:
     if json:
         doc: dict[str, Any] = {"key": key}
@@ -318,6 +318,7 @@ def _print_values(
             doc["found"] = found
         doc["values"] = values
         doc["context"] = context.hex()
+        doc["more"] = more
         print_json(doc)
         return
     if found is False:
@@ -328,6 +329,11 @@ def _print_values(
         typer.echo(f"{key}: {len(values)} siblings")
     for value in values:
         typer.echo(f"  {value!r}" if len(values) > 1 else f"{key} = {value!r}")
+    if more:
+        typer.echo(
+            f"  ... and {more} more siblings: write their resolution with this context, "
+            "then read again"
+        )
     typer.echo(f"context: {context.hex() or '-'}")
 
 
@@ -346,7 +352,7 @@ def put(
     """Store VALUE under KEY; prints the siblings now stored and their context."""
     ctx = _context_arg(context)
     res = _with_client(peer, cluster, lambda c: c.put(key, value, context=ctx, w=w))
-    _print_values(res.key, None, res.values, res.context, json)
+    _print_values(res.key, None, res.values, res.context, json, res.more)
 
 
 @app.command()
@@ -362,7 +368,7 @@ def get(
 ) -> None:
     """Print the values (siblings) of KEY and the context to write back with."""
     res = _with_client(peer, cluster, lambda c: c.get(key, r=r, local=local))
-    _print_values(res.key, res.found, res.values, res.context, json)
+    _print_values(res.key, res.found, res.values, res.context, json, res.more)
 
 
 @app.command()
@@ -382,7 +388,7 @@ def delete(
         return await client.delete(key, context=use, w=w)
 
     res = _with_client(peer, cluster, call)
-    _print_values(res.key, None, res.values, res.context, json)
+    _print_values(res.key, None, res.values, res.context, json, res.more)
 
 
 @app.command()

@@ -15,8 +15,8 @@ from ._peers import Peers, cli, eventually, free_ports, loads, members
 pytestmark = pytest.mark.proc
 
 NAMES = ["n1", "n2", "n3"]
-PUT_KEYS = {"key", "values", "context"}
-GET_KEYS = {"key", "found", "values", "context"}
+PUT_KEYS = {"key", "values", "context", "more"}
+GET_KEYS = {"key", "found", "values", "context", "more"}
 
 
 def start_all(peers: Peers, tmp_path: Path, ports: list[int]) -> None:
