@@ -83,7 +83,9 @@ async def test_put_get_round_trip_json(peers: Peers, tmp_path: Path) -> None:
     assert got["values"] == ["hi"] and got["context"] == one["context"], got
 
     missing = doc_of(kv("get", "nothing-here", "--peer", peers.addr["n2"]))
-    assert missing == {"key": "nothing-here", "found": False, "values": [], "context": ""}
+    assert missing == {
+        "key": "nothing-here", "found": False, "values": [], "context": "", "more": 0
+    }
 
     bad = cli("put", "greeting", "x", "--context", "zz", "--peer", peers.addr["n1"])
     assert bad.returncode != 0 and "hex" in (bad.stdout + bad.stderr), bad
