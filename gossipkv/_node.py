@@ -26,6 +26,7 @@ from . import _wallclock
 from ._errors import (
     ConfigError,
     ConnectionClosed,
+    DataDirError,
     DecodeError,
     GossipKVError,
     HandshakeError,
@@ -306,8 +307,10 @@ class Node:
             cfg.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        if name is not None and (not name or len(name) > 128):
-            raise ConfigError("name must be 1..128 characters")
+        if name is not None:
+            check_member_name(name)
+        if listen in seeds and not listen.endswith(":0"):
+            raise ConfigError(f"seed {listen} is this peer's own listen address")
         if not (request_timeout > 0 and connect_timeout > 0):
             raise ConfigError("timeouts must be > 0")
         self.kv_config = kv if kv is not None else KVConfig()
@@ -840,12 +843,30 @@ class Node:
             )
             address = self._advertise or _advertised(bound)
             name = self._name or (record.node_id if record else None) or address
-            stored_gen = record.generation if record and record.node_id == name else 0
+            if record is not None and record.node_id != name:
+                raise DataDirError(
+                    f"data dir {self._data_dir} belongs to member {record.node_id!r}, not "
+                    f"{name!r}: start it as --name {record.node_id} or use another data dir"
+                )
+            if self._seeds and set(self._seeds) <= {address, self._listen}:
+                raise ConfigError(f"--seed {self._seeds[0]} is this peer's own address")
+            stored_gen = record.generation if record else 0
             generation = max(stored_gen + 1, self._wall())
             decisions = Decisions.from_plain(record.decisions) if record else None
+            if record is not None and record.decisions is not None and decisions is None:
+                log.error(
+                    "%s: the persisted membership decisions are malformed and were ignored; "
+                    "the peer rejoins through its seeds",
+                    name,
+                )
             known = record.known_peers if record else []
             seeds = [s for s in dict.fromkeys([*self._seeds, *known]) if s != address]
-            bootstrap = self._bootstrap if self._bootstrap is not None else not self._seeds
+            # Only a peer that never belonged to a cluster (no record: an empty data dir, or
+            # none) may start a new one. A restarted member resumes its admission, or rejoins
+            # through the members it remembers, even without --seed.
+            bootstrap = (
+                self._bootstrap if self._bootstrap is not None else not seeds and record is None
+            )
             self._record = PeerRecord(
                 name, generation, decisions.to_plain() if decisions else None, known
             )
@@ -1216,6 +1237,28 @@ class Node:
             g.on_shutdown(message, trio.current_time(), sender=channel.remote.node_id)
         else:
             self._counters.dropped["unexpected_oneway"] += 1
+
+
+#: Names a member may not take: ``client`` is what every client says in its hello.
+RESERVED_NAMES = frozenset({"client"})
+
+
+def check_member_name(name: str) -> None:
+    """Refuse a member name that could not work: empty or over 128 characters, reserved, or
+    holding a character that separates fields in actor ids (``/``) or hint keys, or a control
+    character.
+
+    Raises:
+      ConfigError: naming the problem.
+    """
+    if not isinstance(name, str) or not 0 < len(name) <= 128:
+        raise ConfigError("a member name must be 1..128 characters")
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"{name!r} is a reserved name (clients use it); choose another --name")
+    if "/" in name or not name.isprintable() or name != name.strip():
+        raise ConfigError(
+            f"member name {name!r} must be printable, without '/' or surrounding spaces"
+        )
 
 
 def members_body(self_name: str, leader: str | None, rows: list[MemberView]) -> dict[str, object]:

@@ -246,7 +246,10 @@ class Gossiper:
         self._last_leader: str | None = None
         self.generation = generation
         self._self = self._new_self(generation)
-        if bootstrap:
+        grant = self.decisions.admission(node_id)
+        if grant is not None:
+            self._resume(grant)
+        elif bootstrap:
             self._bootstrap()
 
     # --- identity -------------------------------------------------------------------------------
@@ -267,7 +270,17 @@ class Gossiper:
         self.decisions_dirty = True
         self._leader.was_leader = True
         self._self.set("decisions", self.decisions.to_plain())
-        self._promote_self(up)
+        self._promote_self(up, self.generation)
+
+    def _resume(self, grant: Grant) -> None:
+        """Continue as the member an earlier incarnation was (restarted with its data dir): up at
+        once with the same ``up_number``, so the leader and the partition table stay where they
+        were, and nobody has to admit anybody after a whole-cluster restart. The new generation
+        supersedes the old incarnation's ghosts. Until this peer has heard from a majority of the
+        members it remembers, it makes no topology decision (see :meth:`_track_view`)."""
+        self._self.set("decisions", self.decisions.to_plain())
+        self._leader.converged_view = frozenset(self.decisions.admitted())
+        self._promote_self(grant.up_number, grant.generation)
 
     def reincarnate(self, generation: int, now: float) -> None:
         """Continue as a new incarnation (after this one was removed): rejoin as ``joining``."""
@@ -282,6 +295,12 @@ class Gossiper:
     @property
     def status(self) -> SelfStatus:
         return _status_of(self._self)
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this incarnation resumed an admission of an earlier one (a restart)."""
+        admitted = _admitted_of(self._self)
+        return admitted is not None and admitted < self.generation
 
     @property
     def up_number(self) -> int:
@@ -321,12 +340,18 @@ class Gossiper:
         targets = rng.sample(live, min(self.config.fanout, len(live)))
         if down and rng.random() < len(down) / (len(live) + 1):
             targets.append(rng.choice(down))
-        seeds = [s for s in self.seeds if s not in targets]
-        if seeds and len(seeds) == len(self.seeds):
+        # A seed not among the live members (never heard from, or known only as down): after a
+        # restart the remembered members are all seeds, and a group that found only some of
+        # them must keep trying the rest, or it stays a group apart.
+        live_set = set(live)
+        unreached = [s for s in self.seeds if s not in live_set and s not in targets]
+        if unreached and len(unreached) == len([s for s in self.seeds if s not in targets]):
             if len(live) < len(self.seeds) or rng.random() < len(self.seeds) / (
                 len(live) + len(down) + 1
             ):
-                targets.append(rng.choice(seeds))
+                targets.append(rng.choice(unreached))
+        elif unreached and rng.random() < len(unreached) / (len(live) + len(unreached) + 1):
+            targets.append(rng.choice(unreached))
         syn = Syn(self.node_id, self.generation, self.digest())
         return [(addr, syn) for addr in dict.fromkeys(targets)]
 
@@ -578,14 +603,22 @@ class Gossiper:
 
     def _apply_decisions(self, now: float) -> None:
         for node_id, ns in list(self._namespaces.items()):
-            if node_id != self.node_id and self.decisions.is_removed(node_id, ns.generation):
+            if node_id != self.node_id and self._voided(node_id, ns):
                 del self._namespaces[node_id]
                 del self._peers[node_id]
                 self._event(now, "removed", node_id, ns.generation)
 
+    def _voided(self, node_id: str, ns: Namespace) -> bool:
+        """Removed: this incarnation, or the admission it resumed after a restart (a member
+        removed while it was away must rejoin as a new member, not come back as its old age)."""
+        admitted = _admitted_of(ns)
+        return self.decisions.is_removed(node_id, ns.generation) or (
+            admitted is not None and self.decisions.is_removed(node_id, admitted)
+        )
+
     def _evaluate_self(self, now: float) -> None:
         status = self.status
-        if self.decisions.is_removed(self.node_id, self.generation) and status != "left":
+        if self._voided(self.node_id, self._self) and status != "left":
             if status == "leaving":
                 self._set_left(now)  # going anyway: no point rejoining
             else:
@@ -594,7 +627,7 @@ class Gossiper:
         if status == "joining":
             grant = self.decisions.grants.get(self.node_id)
             if grant is not None and grant.generation == self.generation:
-                self._promote_self(grant.up_number)
+                self._promote_self(grant.up_number, grant.generation)
                 self._event(
                     now, "up", self.node_id, self.generation, f"up_number {grant.up_number}"
                 )
@@ -603,8 +636,9 @@ class Gossiper:
             if done or (self._leave_deadline is not None and now >= self._leave_deadline):
                 self._set_left(now)
 
-    def _promote_self(self, up_number: int) -> None:
+    def _promote_self(self, up_number: int, admitted: int) -> None:
         self._self.set("up", up_number)
+        self._self.set("admitted", admitted)  # the generation the grant was made for
         self._self.set("status", "up")
 
     def _visible(self) -> list[tuple[str, Namespace]]:
@@ -709,6 +743,9 @@ class Gossiper:
             if (_status_of(ns) == "up" or (_status_of(ns) == "joining" and n in listed))
             and not _gone(self._peers.get(n), ns)
         ]
+        # Admitted members not heard from since this peer (re)started keep their place, as a
+        # member that is down does, until they are removed.
+        members += sorted(d.admitted() - set(self._namespaces))
         owners = plan(
             members,
             partitions=d.table.q if d.table else self.config.partitions,
@@ -717,8 +754,11 @@ class Gossiper:
         )
         if d.table is not None and owners == d.table.owners:
             return False
-        term, seq = d.next_epoch()
         n = d.table.n if d.table else self.config.replicas
+        candidate = PartitionTable(d.term, d.seq + 1, n, owners)
+        if not d.table_ok(candidate):
+            return False  # fewer members in reach than the table must span: keep the old one
+        term, seq = d.next_epoch()
         d.table = PartitionTable(term, seq, n, owners)
         return True
 
@@ -729,13 +769,17 @@ class Gossiper:
     def _track_view(self) -> None:
         """Remember the up/leaving members as the majority denominator, but only while every one
         of them is reachable: a view taken during a partition would let a minority count
-        itself (and its new joiners) as a majority."""
+        itself (and its new joiners) as a majority. A member whose admission stands but who has
+        not been heard from yet (after a restart) counts as unreachable."""
         members = frozenset(
             n
             for n, ns in self._namespaces.items()
             if _status_of(ns) in ("up", "leaving") and not _gone(self._peers.get(n), ns)
         )
-        if all(n == self.node_id or self._peers[n].liveness == "alive" for n in members):
+        unheard = self.decisions.admitted() - set(self._namespaces)
+        if not unheard and all(
+            n == self.node_id or self._peers[n].liveness == "alive" for n in members
+        ):
             self._leader.converged_view = members
 
     def _has_majority(self) -> bool:
@@ -757,6 +801,14 @@ class Gossiper:
 
     def _remove_gone(self, now: float, wall_ms: int) -> bool:
         changed = False
+        if now - self._started >= self.config.remove_after:
+            # Members this peer remembers as admitted but has not heard from since it restarted
+            # (nor has anyone it gossips with): gone for good, like a member down that long.
+            for node_id in sorted(self.decisions.admitted() - set(self._namespaces)):
+                grant = self.decisions.grants[node_id]
+                self.decisions.next_epoch()
+                self.decisions.removed[node_id] = (grant.generation, wall_ms)
+                changed = True
         for node_id, peer in list(self._peers.items()):
             ns = self._namespaces[node_id]
             since = peer.left_since if _gone(peer, ns) else peer.down_since
@@ -872,6 +924,14 @@ def _up_of(ns: Namespace) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_COUNTER:
         return value
     return 0
+
+
+def _admitted_of(ns: Namespace) -> int | None:
+    """The generation whose admission a member's ``up`` status rests on (``None``: not up)."""
+    value = ns.get("admitted")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNTER:
+        return value
+    return None
 
 
 def _addr_of(ns: Namespace) -> str | None:

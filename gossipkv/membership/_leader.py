@@ -88,7 +88,11 @@ class Decisions:
             if cur is None or gen > cur[0]:
                 self.removed[node] = (gen, at_ms)
                 changed = True
-        if other.table is not None and (self.table is None or other.table.epoch > self.table.epoch):
+        if (
+            other.table is not None
+            and (self.table is None or other.table.epoch > self.table.epoch)
+            and self.table_ok(other.table)
+        ):
             self.table = other.table
             changed = True
         for node, gen in other.exited.items():
@@ -100,6 +104,28 @@ class Decisions:
     def is_removed(self, node_id: str, generation: int) -> bool:
         cur = self.removed.get(node_id)
         return cur is not None and generation <= cur[0]
+
+    def admission(self, node_id: str) -> Grant | None:
+        """The grant that admitted ``node_id``, unless that incarnation was removed since or
+        finished a graceful leave: a member restarted with its data dir resumes it (same
+        ``up_number``, so the same age), a member without one joins anew."""
+        grant = self.grants.get(node_id)
+        if grant is None or self.is_removed(node_id, grant.generation):
+            return None
+        if self.exited.get(node_id, -1) >= grant.generation:
+            return None
+        return grant
+
+    def admitted(self) -> set[str]:
+        """Every member whose admission stands (see :meth:`admission`)."""
+        return {n for n in self.grants if self.admission(n) is not None}
+
+    def table_ok(self, table: PartitionTable) -> bool:
+        """Whether ``table`` keeps every partition on ``min(N, admitted members)`` distinct
+        owners: a table a lone restarted or cut-off member would make of itself alone (one owner
+        per partition while others are admitted) is never published nor accepted."""
+        need = min(table.n, len(self.admitted()))
+        return all(len(row) >= need for row in table.owners)
 
     def prune(self, now_ms: int, ttl_ms: int) -> None:
         """Forget removals older than ``ttl_ms`` (the quarantine has long expired by then)."""

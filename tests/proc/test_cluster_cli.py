@@ -82,7 +82,8 @@ async def test_five_peers_leader_failover_restart_and_leave(peers: Peers, tmp_pa
 
     await eventually(takeover, within=30, what=f"{second} leads after n1 is killed", peers=peers)
 
-    # Restart n1 under the same name: one entry, a new generation, the youngest.
+    # Restart n1 with its data dir: one entry, a new generation, the same member: its age is
+    # kept, so it is the oldest again and leads (a restart moves no leadership and no table).
     peers.procs["n1"].wait(timeout=10)
     peers.start("n1", ports[0], seeds=[second], data_dir=str(tmp_path / "n1"))
 
@@ -98,11 +99,11 @@ async def test_five_peers_leader_failover_restart_and_leave(peers: Peers, tmp_pa
                 or entries[0]["generation"] <= old_gen
             ):
                 return False
-            if entries[0]["age_rank"] != 5 or d["leader"] != second:
+            if entries[0]["age_rank"] != 1 or d["leader"] != "n1":
                 return False
         return True
 
-    await eventually(rejoined, within=30, what="n1 back as the youngest", peers=peers)
+    await eventually(rejoined, within=30, what="n1 back as the same member", peers=peers)
 
     # SIGTERM a peer: it leaves gracefully, the others show it left (not down), it exits 0.
     leaver = next(n for n in ("n5", "n4", "n3") if n != second)

@@ -1,0 +1,166 @@
+"""Membership that survives restarts (issue 11), on simulated clusters across seeds.
+
+A simulated restart keeps the peer's persisted record and storage (its data dir): the peer comes
+back as the same member, with the same age, so the leader and the partition table stay put and
+nobody has to admit anybody, whatever the start order and the seed lists.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from gossipkv import GossipConfig, KVConfig
+from gossipkv._partitions import PartitionTable
+from gossipkv.testing import SimCluster, open_sim_cluster
+
+from ._checks import all_up, describe, leaders, settle
+from ._kvsim import kv_cluster, names, service, table
+
+SEEDS = [3, 4, 5]
+KEEP = GossipConfig(remove_after=600.0)
+
+
+@pytest.fixture(params=SEEDS, ids=[f"seed{s}" for s in SEEDS])
+def lseed(request: pytest.FixtureRequest) -> int:
+    value: int = request.param
+    return value
+
+
+def owners_of(c: SimCluster, name: str) -> tuple[tuple[str, ...], ...] | None:
+    t = table(c.nodes[name])
+    return None if t is None else t.owners
+
+
+@pytest.mark.parametrize("seeding", ["none", "first", "everyone", "ring"])
+async def test_a_whole_cluster_restart_serves_again_with_the_same_leader(
+    lseed: int, seeding: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = lseed
+    rng = random.Random(f"{seed}/{seeding}")
+    async with kv_cluster(seed, n=5, config=KEEP) as c:
+        with trio.fail_after(60):
+            acked = {}
+            for i in range(40):
+                put = await c.nodes[names(5)[i % 5]].put(f"k{i}", i)
+                acked[f"k{i}"] = put.values
+        leader = c.nodes["n3"].leader()
+        before = owners_of(c, "n3")
+        generations = {n: c.nodes[n].generation for n in names(5)}
+        for name in names(5):  # a power cut: everyone at once
+            c.kill(name)
+        await trio.sleep(5)
+        order = names(5)
+        rng.shuffle(order)
+        seeds_for = {
+            "none": lambda n: [],
+            "first": lambda n: [] if n == order[0] else [order[0]],
+            "everyone": lambda n: [m for m in names(5) if m != n],
+            "ring": lambda n: [names(5)[(names(5).index(n) + 1) % 5]],
+        }[seeding]
+        restarted_at = trio.current_time()
+        for name in order:
+            await c.start(name, seeds=seeds_for(name))
+            await trio.sleep(rng.uniform(0, 0.5))
+        with trio.move_on_after(30):
+            await c.wait_until(lambda: all_up(c, names(5)) and leaders(c) == {leader})
+        assert all_up(c, names(5)) and leaders(c) == {leader}, (
+            f"seed={seed} {seeding}: not back with leader {leader} (order {order})\n{describe(c)}"
+        )
+        with trio.fail_after(30):
+            # Serving: every acknowledged write reads back through every peer.
+            for key, values in acked.items():
+                for name in names(5):
+                    got = await c.nodes[name].get(key)
+                    assert got.values == values, f"seed={seed} {seeding}: {key} via {name}"
+        serving_after = trio.current_time() - restarted_at
+        assert serving_after < 15, f"seed={seed} {seeding}: took {serving_after:.1f} s"
+        for name in names(5):
+            assert c.nodes[name].generation > generations[name], f"seed={seed}"
+            assert owners_of(c, name) == before, (
+                f"seed={seed} {seeding}: the table moved\n{describe(c)}"
+            )
+
+
+async def test_a_lone_restarted_founder_never_publishes_a_table_of_itself(
+    lseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The Jepsen finding: the founder restarted with no --seed while cut off bootstrapped a
+    cluster of itself and published a table where it alone owned every partition."""
+    seed = lseed
+    async with kv_cluster(seed, n=3, config=KEEP) as c:
+        before = owners_of(c, "n2")
+        c.kill("n1")
+        c.net.partition([c.address("n1")], [c.address("n2"), c.address("n3")])
+        node = await c.start("n1", seeds=[])  # its original command line
+        await trio.sleep(10)
+        assert node.status == "up", f"seed={seed}: it resumes its membership, alone"
+        assert owners_of(c, "n1") == before, f"seed={seed}: it re-planned alone"
+        c.net.heal()
+        with trio.fail_after(30):
+            await c.wait_until(lambda: all_up(c, names(3)))
+        await trio.sleep(5)
+        for name in names(3):
+            assert owners_of(c, name) == before, f"seed={seed}: the table moved\n{describe(c)}"
+
+
+async def test_a_table_too_small_for_the_members_is_never_accepted(
+    lseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = lseed
+    async with kv_cluster(seed, n=3, config=KEEP) as c:
+        g = c.nodes["n2"]._runtime().gossiper
+        current = g.table()
+        assert current is not None
+        lone = PartitionTable(
+            current.term + 5, 0, current.n, tuple(("n1",) for _ in range(current.q))
+        )
+        forged = g.decisions.to_plain()
+        forged["table"] = lone.to_plain()
+        forged["term"] = current.term + 5
+        g._merge_decisions(forged)
+        assert g.table() == current, f"seed={seed}: a one-owner table was accepted"
+
+
+async def test_a_member_removed_while_away_rejoins_as_a_new_member(
+    lseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = lseed
+    quick = GossipConfig(remove_after=5.0)
+    async with open_sim_cluster(4, seed=seed, config=quick) as c:
+        await settle(c, names(4))
+        old_up = {m.name: m.up_number for m in c.nodes["n1"].members()}["n4"]
+        c.kill("n4")
+        with trio.fail_after(30):
+            await c.wait_until(
+                lambda: all(
+                    {m.name: m.status for m in c.nodes[n].members()}.get("n4") == "removed"
+                    for n in names(3)
+                )
+            )
+        node = await c.restart("n4", seeds=["n1"])
+        with trio.fail_after(30):
+            await c.wait_until(lambda: all_up(c, names(4)))
+        ups = {m.name: m.up_number for m in c.nodes["n1"].members()}
+        assert ups["n4"] is not None and old_up is not None and ups["n4"] > old_up, (
+            f"seed={seed}: a removed member comes back as the youngest\n{describe(c)}"
+        )
+        assert node.leader() == "n1", f"seed={seed}"
+
+
+async def test_requests_after_a_whole_cluster_restart_of_memory_peers_need_the_seeds(
+    lseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A memory-only peer that restarts is a new member (it has no record to resume)."""
+    seed = lseed
+    async with kv_cluster(seed, n=3, config=KEEP, kv=KVConfig()) as c:
+        c.kill("n3")
+        c._stores.pop("n3")  # no data dir: nothing persisted
+        node = await c.start("n3", seeds=["n1"])
+        assert node.status == "joining", f"seed={seed}"
+        with trio.fail_after(30):
+            await c.wait_until(lambda: node.status == "up")
+        assert service(node).node_id == "n3"
