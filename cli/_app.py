@@ -284,6 +284,28 @@ def leave(peer: PeerOption = DEFAULT_PEER, cluster: ClusterOption = "gossipkv") 
     typer.echo(f"{peer}: {reply.get('status', 'leaving')}")
 
 
+@app.command()
+def remove(
+    name: Annotated[str, typer.Argument(help="The member to remove (it must be dead).")],
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+) -> None:
+    """Remove a member you declare dead: its partitions go to the remaining members at once.
+
+    Refused while the leader can reach the member. Works even when the survivors are a
+    minority: your word stands in for the majority the leader otherwise needs."""
+    reply = _with_client(peer, cluster, lambda c: c.remove(name))
+    typer.echo(
+        f"removed {reply.get('removed')} (generation {reply.get('generation')}) by leader "
+        f"{reply.get('leader')}; its partitions move to the remaining members"
+    )
+    if reply.get("minority"):
+        typer.echo(
+            "the remaining members are a minority of the last full view: your word stood in "
+            "for the majority"
+        )
+
+
 def _with_client(peer: str, cluster: str, fn: Callable[[gossipkv.Client], Awaitable[T]]) -> T:
     """Run ``fn(client)`` against one peer and return its result (errors: one line, exit 1)."""
 

@@ -45,6 +45,8 @@ COUNTERS: dict[str, str] = {
     "quarantined_records": "Unreadable records moved aside (then repaired from replicas).",
     "quarantine_repairs": "Quarantined keys and hints restored from the other replicas.",
     "admission_waits": "Reads and writes that waited for room in the in-flight memory budget.",
+    "partitions_filled": "Gained partitions pulled completely from their other owners.",
+    "keys_filled": "Keys pulled into gained partitions.",
 }
 # Per-reason counters: field -> (label name, help text).
 LABELLED_COUNTERS: dict[str, tuple[str, str]] = {
@@ -65,6 +67,7 @@ GAUGES: dict[str, tuple[str, str]] = {
     "storage_keys": ("storage_keys", "Keys in this replica's storage."),
     "quarantine_pending": ("quarantine_pending", "Quarantined keys and hints awaiting repair."),
     "inflight_bytes": ("inflight_bytes", "Memory reserved by coordinated reads and writes."),
+    "partitions_filling": ("partitions_filling", "Gained partitions not pulled in yet."),
 }
 
 

@@ -35,6 +35,7 @@ from ._messages import (
     LeaveRequest,
     MembersRequest,
     Message,
+    RemoveRequest,
     Reply,
     SetMetadataRequest,
     StatsRequest,
@@ -327,6 +328,24 @@ class Client:
           HandshakeError, NodeClosedError: as :meth:`members`.
         """
         return await self._request(LeaveRequest(), retry=False)
+
+    async def remove(self, name: str) -> dict[str, object]:
+        """Have the cluster remove member ``name``, declared dead (see
+        :meth:`gossipkv.Node.remove`). Not retried on another peer.
+
+        Args:
+          name: the member to remove.
+
+        Returns:
+          ``{"removed", "generation", "leader", "minority"}``.
+
+        Raises:
+          RemoteError: refused (``bad_request``: unknown member, or reachable and up;
+            ``unavailable``: no leader in reach).
+          TransportError: the peer could not be reached.
+          NodeClosedError: the client is closed.
+        """
+        return await self._request(RemoveRequest(name), retry=False)
 
     async def set_metadata(self, key: str, value: str | None) -> None:
         """Set a metadata key on the connected peer (not retried elsewhere).

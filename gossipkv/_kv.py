@@ -44,6 +44,7 @@ from ._errors import (
     ValueTooLarge,
     error_code,
 )
+from ._fill import PartitionFill
 from ._handoff import OwnershipHandoff
 from ._messages import (
     KvGet,
@@ -100,7 +101,9 @@ class KVConfig:
       last_write_wins: lossy, opt-in, for comparison only: the newest write replaces every
         sibling, so concurrent writes are silently lost.
       anti_entropy_interval: seconds (jittered) between anti-entropy rounds; each round compares
-        one partition this peer owns with one other owner and repairs what differs. 0 disables it.
+        one partition this peer owns with one other owner and repairs what differs. Partitions a
+        new table gives this peer are pulled from their other owners at once (every
+        ``handoff_interval``), not a round at a time. 0 disables both.
       ownership_handoff_interval: seconds (jittered) between ownership handoff rounds; each round
         sends a bounded batch of the keys this peer holds for partitions it no longer owns to
         their current owners (by ``sync``). 0 disables it.
@@ -442,6 +445,9 @@ class KeyValueService:
       config, limits: tuning and size limits.
       stamp: a hybrid logical clock (only ``last_write_wins`` uses it to order writes).
       refusals: where writes refused by a limit are counted (by wire error code).
+      known_table: the partition table this peer knew before it started (from its data dir):
+        partitions it owns in a newer table but not in this one are pulled from their other
+        owners (see :class:`~gossipkv._fill.PartitionFill`).
     """
 
     def __init__(
@@ -459,6 +465,7 @@ class KeyValueService:
         limits: StorageLimits,
         stamp: Callable[[], int] | None = None,
         refusals: Counter[str] | None = None,
+        known_table: PartitionTable | None = None,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -503,6 +510,17 @@ class KeyValueService:
             interval=config.handoff_interval,
             rng=random.Random(background_seed ^ 0xA5A5),
         )
+        #: Pulls the partitions this peer gains from their other owners, at once.
+        self.fill = PartitionFill(
+            node_id=node_id,
+            table=table,
+            known=known_table,
+            reachable=reachable,
+            compare=self.anti_entropy.compare,
+            # Filling is anti-entropy aimed at what a table change gained: off with it.
+            interval=config.handoff_interval if config.anti_entropy_interval > 0 else 0.0,
+            rng=random.Random(background_seed ^ 0x3C3C),
+        )
         storage.on_quarantine = self.repair.key_quarantined
         hints.on_quarantine = self._hint_quarantined
         for key in storage.damaged_at_open():
@@ -525,6 +543,7 @@ class KeyValueService:
             nursery.start_soon(self.anti_entropy.run)
             nursery.start_soon(self.ownership_handoff.run)
             nursery.start_soon(self.repair.run)
+            nursery.start_soon(self.fill.run)
             task_status.started()
             await trio.sleep_forever()
 

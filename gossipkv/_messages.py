@@ -160,6 +160,15 @@ class LeaveRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class RemoveRequest(Message):
+    """An operator declares member ``name`` dead and has the leader remove it (forwarded to the
+    leader by whichever peer receives it)."""
+
+    TAG: ClassVar[str] = "remove"
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class SetMetadataRequest(Message):
     TAG: ClassVar[str] = "set_metadata"
     key: str
@@ -314,6 +323,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         MembersRequest,
         StatsRequest,
         LeaveRequest,
+        RemoveRequest,
         SetMetadataRequest,
         Reply,
         KvGet,

@@ -52,6 +52,7 @@ from ._messages import (
     Message,
     PartitionDigest,
     PartitionKeys,
+    RemoveRequest,
     ReplicaGet,
     ReplicaPut,
     Reply,
@@ -150,6 +151,10 @@ class NodeStatistics:
       inflight_bytes: memory reserved now by the reads and writes this node coordinates
         (bounded by ``KVConfig.max_inflight_bytes``).
       admission_waits: reads and writes that waited for room in that budget.
+      partitions_filling: partitions this node gained (a new table made it an owner) and has
+        not pulled from their other owners yet.
+      partitions_filled: gained partitions pulled completely.
+      keys_filled: keys pulled into gained partitions.
     """
 
     name: str
@@ -206,6 +211,9 @@ class NodeStatistics:
     quarantine_pending: int = 0
     inflight_bytes: int = 0
     admission_waits: int = 0
+    partitions_filling: int = 0
+    partitions_filled: int = 0
+    keys_filled: int = 0
 
 
 @dataclass(slots=True)
@@ -641,6 +649,9 @@ class Node:
             quarantine_pending=kv.repair.pending,
             inflight_bytes=kv.admission.used,
             admission_waits=kv.admission.waits,
+            partitions_filling=kv.fill.pending,
+            partitions_filled=kv.fill.counters.partitions_filled,
+            keys_filled=kv.fill.counters.keys_filled,
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
@@ -750,6 +761,53 @@ class Node:
                 except (ConnectionClosed, TransportError):
                     break
             nursery.cancel_scope.cancel()
+
+    async def remove(self, name: str) -> dict[str, object]:
+        """Remove member ``name``, which the operator declares dead (``gossipkv remove``).
+
+        The leader (this node, or the one it forwards to) removes the member's incarnation and
+        publishes a partition table without it at once; its partitions go to the remaining
+        members. This works even when the survivors are a minority: the operator's word stands
+        in for the majority. Refused while the leader can reach the member.
+
+        Args:
+          name: the member to remove.
+
+        Returns:
+          ``{"removed", "generation", "leader", "minority"}``: what was removed, by which
+          leader, and whether the survivors were short of a majority.
+
+        Raises:
+          RemoteError: refused (``bad_request``: unknown member, or it is reachable and up;
+            ``unavailable``: no leader in reach).
+          NodeClosedError: the node is not running.
+        """
+        return await self._operator_remove(name)
+
+    async def _operator_remove(self, name: str) -> dict[str, object]:
+        g = self._runtime().gossiper
+        leader = g.leader()
+        if leader is None:
+            raise RemoteError("unavailable", "no leader in reach to remove the member")
+        if leader != g.node_id:
+            reply = await self._send_to_member(leader, RemoveRequest(name))
+            if not isinstance(reply, Reply):
+                raise RemoteError("internal", f"unexpected reply {reply.TAG} from {leader}")
+            return reply.body
+        try:
+            generation, minority = g.operator_remove(name, trio.current_time(), self._wall())
+        except ValueError as exc:
+            raise RemoteError("bad_request", str(exc)) from None
+        log.warning(
+            "%s removed %s (generation %d) on the operator's word%s",
+            g.node_id,
+            name,
+            generation,
+            "; the survivors are a minority" if minority else "",
+        )
+        self._publish_events()
+        await self._persist()
+        return {"removed": name, "generation": generation, "leader": g.node_id, "minority": minority}
 
     async def leave(self) -> None:
         """Leave the cluster gracefully and stop.
@@ -896,6 +954,7 @@ class Node:
                 limits=self._limits,
                 stamp=self._hlc.now,
                 refusals=self._refusals,
+                known_table=decisions.table if decisions is not None else None,
             )
             self._kv.on_change = self._on_kv_change
             await nursery.start(self._kv.run)
@@ -988,6 +1047,8 @@ class Node:
             await self._transport.wait_runnable()
             g = rt.gossiper
             g.evaluate(trio.current_time(), self._wall())
+            if self._kv is not None:
+                self._kv.fill.notice()
             self._publish_events()
             if g.needs_reincarnation:
                 generation = max(g.generation + 1, self._wall())
@@ -1174,6 +1235,8 @@ class Node:
         if isinstance(message, SetMetadataRequest):
             g.set_metadata(message.key, message.value)
             return Reply({"ok": True})
+        if isinstance(message, RemoveRequest):
+            return Reply(await self._operator_remove(message.name))
         if isinstance(message, LeaveRequest):
             if g.status in ("leaving", "left") or self._closing:
                 return Reply({"ok": True, "status": g.status})

@@ -553,6 +553,49 @@ class Gossiper:
         self._left_at = now
         self._event(now, "left", self.node_id, self.generation)
 
+    def operator_remove(self, node_id: str, now: float, wall_ms: int) -> tuple[int, bool]:
+        """Remove ``node_id`` on an operator's word (``gossipkv remove``): its incarnation is
+        removed and its partitions go to the members that remain, at once.
+
+        The operator's word stands in for the majority the leader otherwise needs: with 2 of 5
+        members left, the 3 dead ones can still be removed. It is refused while this peer (the
+        leader) can reach the member, which must be stopped or declared dead first.
+
+        Returns:
+          The removed generation, and whether the survivors were short of a majority.
+
+        Raises:
+          ValueError: this peer is not the leader, the member is this peer or unknown, or it
+            is reachable and not leaving.
+        """
+        if node_id == self.node_id:
+            raise ValueError("a member cannot remove itself: use gossipkv leave")
+        if self.leader() != self.node_id:
+            raise ValueError(f"only the leader can remove members (the leader is {self.leader()})")
+        ns = self._namespaces.get(node_id)
+        grant = self.decisions.admission(node_id)
+        if ns is None and grant is None:
+            if node_id in self.decisions.removed:
+                return self.decisions.removed[node_id][0], False
+            raise ValueError(f"no member named {node_id!r}")
+        peer = self._peers.get(node_id)
+        if ns is not None and peer is not None and peer.liveness != "down" and not _gone(peer, ns):
+            raise ValueError(
+                f"{node_id} is reachable and {_status_of(ns)}: stop it first (or use leave)"
+            )
+        generation = max(ns.generation if ns is not None else 0, grant.generation if grant else 0)
+        minority = not self._has_majority()
+        d = self.decisions
+        d.next_epoch()
+        d.removed[node_id] = (generation, wall_ms)
+        self._apply_decisions(now)
+        # The members in reach are the new whole: later decisions count a majority of them.
+        self._leader.converged_view = frozenset(self.reachable_members())
+        self._plan_partitions()
+        self.decisions_dirty = True
+        self._self.set("decisions", d.to_plain())
+        return generation, minority
+
     def note_loop_lag(self, lag: float, now: float) -> None:
         """Report an event-loop stall measured by the runtime's watchdog."""
         if lag > self.config.local_pause_threshold:

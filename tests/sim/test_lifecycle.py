@@ -13,12 +13,12 @@ import pytest
 import trio
 import trio.testing
 
-from gossipkv import GossipConfig, KVConfig
+from gossipkv import GossipConfig, KVConfig, RemoteError
 from gossipkv._partitions import PartitionTable
 from gossipkv.testing import SimCluster, open_sim_cluster
 
 from ._checks import all_up, describe, leaders, settle
-from ._kvsim import kv_cluster, names, service, table
+from ._kvsim import kv_cluster, names, service, table, tables_agree
 
 SEEDS = [3, 4, 5]
 KEEP = GossipConfig(remove_after=600.0)
@@ -164,3 +164,70 @@ async def test_requests_after_a_whole_cluster_restart_of_memory_peers_need_the_s
         with trio.fail_after(30):
             await c.wait_until(lambda: node.status == "up")
         assert service(node).node_id == "n3"
+
+
+async def lacking(c: SimCluster, keys: list[str]) -> list[tuple[str, str]]:
+    """``(key, owner)`` pairs where a current owner does not hold the key."""
+    out = []
+    for key in keys:
+        t = table(next(iter(c.nodes.values())))
+        assert t is not None
+        from gossipkv._dvv import partition_of
+
+        for owner in t.owners[partition_of(key, t.q)]:
+            if owner in c.nodes and (await c.nodes[owner].get(key, local=True)).values != [key]:
+                out.append((key, owner))
+    return out
+
+
+async def test_operator_removal_of_two_dead_members_of_three(
+    lseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = lseed
+    async with kv_cluster(seed, n=3, config=KEEP) as c:
+        keys = [f"k{i}" for i in range(30)]
+        with trio.fail_after(60):
+            for key in keys:
+                await c.nodes["n1"].put(key, key, w=3)
+        c.kill("n2")
+        c.kill("n3")
+        survivor = c.nodes["n1"]
+        with trio.fail_after(30):
+            await c.wait_until(lambda: service(survivor)._reachable() == {"n1"})
+            with pytest.raises(RemoteError, match="itself"):
+                await survivor.remove("n1")
+            with pytest.raises(RemoteError, match="no member named"):
+                await survivor.remove("n9")
+            first = await survivor.remove("n2")
+            assert first["minority"] is True and first["leader"] == "n1", f"seed={seed}: {first}"
+            await survivor.remove("n3")
+            # The survivor alone holds every partition now, and serves reads and writes.
+            await c.wait_until(lambda: owners_of(c, "n1") is not None)
+            assert all(row == ("n1",) for row in owners_of(c, "n1") or ()), f"seed={seed}"
+            for key in keys:
+                assert (await survivor.get(key)).values == [key], f"seed={seed}: {key}"
+            await survivor.put("after", "removal")
+            # New members join and the partitions fill up to N copies again.
+            for name in ("n4", "n5"):
+                await c.start(name, seeds=["n1"])
+            await c.wait_until(lambda: all_up(c, ["n1", "n4", "n5"]))
+            await c.wait_until(
+                lambda: tables_agree(c, ["n1", "n4", "n5"])
+                and all(service(n).fill.filled() for n in c.nodes.values())
+            )
+            missing = await lacking(c, keys)
+            assert missing == [], f"seed={seed}: {missing[:5]}\n{describe(c)}"
+
+
+async def test_removing_a_live_member_is_refused_and_changes_nothing(
+    lseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = lseed
+    async with kv_cluster(seed, n=3, config=KEEP) as c:
+        before = owners_of(c, "n2")
+        with trio.fail_after(30):
+            for via in names(3):  # any peer forwards to the leader
+                with pytest.raises(RemoteError, match="reachable and up"):
+                    await c.nodes[via].remove("n3")
+        await trio.sleep(2)
+        assert all_up(c, names(3)) and owners_of(c, "n2") == before, f"seed={seed}"
