@@ -147,20 +147,30 @@ class Client:
                 reply = await self._request_once(channel, message)
             except (ConnectionClosed, trio.TooSlowError) as exc:
                 last = TransportError(f"{peer}: {exc or 'request timed out'}")
-                async with self._lock:
-                    if self._channel is channel:
-                        await channel.aclose()
-                        self._channel = None
-                        # Try the next peer first next time.
-                        if peer in self._peers:
-                            self._peers.remove(peer)
-                            self._peers.append(peer)
+                await self._move_on(channel, peer)
                 continue
             except RemoteError as exc:
-                raise error_from_code(exc.code, str(exc)) from exc
+                error = error_from_code(exc.code, str(exc))
+                if not (retry and exc.code in _TRY_ELSEWHERE):
+                    raise error from exc
+                # This peer cannot see enough replicas (cut off, or its owners are down): another
+                # one may. Safe to repeat: reads, and puts (they carry an idempotency id).
+                last = error
+                await self._move_on(channel, peer)
+                continue
             return reply
         assert last is not None
         raise last
+
+    async def _move_on(self, channel: Channel, peer: str | None) -> None:
+        """Leave ``peer`` for the next listed one (it goes to the end of the list)."""
+        async with self._lock:
+            if self._channel is channel:
+                await channel.aclose()
+                self._channel = None
+                if peer in self._peers and len(self._peers) > 1:
+                    self._peers.remove(peer)
+                    self._peers.append(peer)
 
     async def _request_once(self, channel: Channel, message: Message) -> Message:
         """One request with the request timeout, timed by the client's expiry task (a cancel
@@ -517,6 +527,11 @@ class Client:
 
 
 _WATCH_SEEN = 10_000
+
+
+#: Error codes after which a retry-safe request is tried on the next peer: the peer could not
+#: reach enough replicas, which another peer (on the other side of a cut) may.
+_TRY_ELSEWHERE = frozenset({"quorum", "unavailable", "not_ready"})
 
 
 def _kv_result(reply: Message) -> KvResult:

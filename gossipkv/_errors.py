@@ -196,6 +196,9 @@ def error_code(exc: GossipKVError) -> str:
         _register_codes()
     if isinstance(exc, RemoteError):
         return exc.code
+    if isinstance(exc, TransportError):
+        # A peer that could not reach a replica reports it as a replica it cannot reach.
+        return "unavailable"
     for code, cls in _WIRE_CODES.items():
         if type(exc) is cls:
             return code

@@ -843,18 +843,31 @@ class KeyValueService:
         seq: int,
         delete: bool,
     ) -> PutResult:
-        """Hand a put to a replica of its key (this peer is none)."""
+        """Hand a put to a replica of its key (this peer is none): the first reachable one, and
+        the next when it cannot be reached (a dead owner not yet detected) or answers that it
+        reaches no replica, within the same request.
+
+        Raises:
+          Unavailable: no replica took the write.
+          QuorumNotReached, and the other errors of :meth:`put`: as the replica reported them.
+        """
         self.counters.forwarded += 1
-        target, key = plan.forward_to, plan.key
-        # The replica itself waits up to a replica timeout for its acks: allow that and more.
-        with trio.move_on_after(self.config.replica_timeout * 3):
-            reply = await self._send(
-                target, KvPut(key, value, context, w, client_id, seq, delete, forwarded=True)
-            )
-            if not isinstance(reply, KvResult):
-                raise Unavailable(f"unexpected reply {reply.TAG} from {target}")
-            return PutResult(reply.key, list(reply.values), reply.context, reply.more)
-        raise TransportError(f"{target} did not answer a forwarded put in time")
+        key = plan.key
+        message = KvPut(key, value, context, w, client_id, seq, delete, forwarded=True)
+        failures: list[str] = []
+        for target in [m for m, _ in plan.targets if m != self.node_id]:
+            # The replica itself waits up to a replica timeout for its acks: allow that and more.
+            with trio.move_on_after(self.config.replica_timeout * 3):
+                try:
+                    reply = await self._send(target, message)
+                except (TransportError, Unavailable) as exc:
+                    failures.append(f"{target}: {exc}")
+                    continue
+                if not isinstance(reply, KvResult):
+                    raise Unavailable(f"unexpected reply {reply.TAG} from {target}")
+                return PutResult(reply.key, list(reply.values), reply.context, reply.more)
+            failures.append(f"{target}: no answer in time")
+        raise Unavailable(f"no replica of {key!r} took the write: {'; '.join(failures)}")
 
     async def _store_and_replicate(self, plan: _PutPlan, reserved: int) -> tuple[Clock, _Fanout]:
         """Store a put here and start replicating it (the fan-out keeps ``reserved``)."""

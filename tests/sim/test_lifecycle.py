@@ -13,12 +13,12 @@ import pytest
 import trio
 import trio.testing
 
-from gossipkv import GossipConfig, KVConfig, RemoteError
+from gossipkv import GossipConfig, KVConfig, RemoteError, open_client
 from gossipkv._partitions import PartitionTable
 from gossipkv.testing import SimCluster, open_sim_cluster
 
 from ._checks import all_up, describe, leaders, settle
-from ._kvsim import kv_cluster, names, service, table, tables_agree
+from ._kvsim import find_key, kv_cluster, names, owners, service, table, tables_agree
 
 SEEDS = [3, 4, 5]
 KEEP = GossipConfig(remove_after=600.0)
@@ -231,3 +231,36 @@ async def test_removing_a_live_member_is_refused_and_changes_nothing(
                     await c.nodes[via].remove("n3")
         await trio.sleep(2)
         assert all_up(c, names(3)) and owners_of(c, "n2") == before, f"seed={seed}"
+
+
+async def test_a_forwarded_put_tries_the_next_owner_when_the_first_is_dead(
+    lseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = lseed
+    async with kv_cluster(seed, n=5, config=KEEP) as c:
+        key = find_key(c, lambda o: "n5" not in o)
+        first = owners(c, key)[0]
+        c.pause(first)  # dead but not yet detected: requests to it go unanswered
+        with trio.fail_after(30):
+            put = await c.nodes["n5"].put(key, "v", w=2)
+        assert put.values == ["v"], f"seed={seed}: {put}"
+        assert first in service(c.nodes["n5"])._reachable(), "still believed alive"
+        c.resume(first)
+
+
+async def test_a_client_leaves_a_peer_that_cannot_reach_a_quorum(
+    lseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = lseed
+    async with kv_cluster(seed, n=3, config=KEEP) as c:
+        with trio.fail_after(60):
+            await c.nodes["n1"].put("k", "v", w=3)
+            c.partition(["n1"], ["n2", "n3"])
+            await c.wait_until(lambda: service(c.nodes["n1"])._reachable() == {"n1"})
+            peers = [c.address("n1"), c.address("n2")]
+            async with open_client(peers, transport=c.net.transport("client:1")) as client:
+                got = await client.get("k")
+                assert got.values == ["v"], f"seed={seed}: {got}"
+                assert client.connected_to == c.address("n2"), f"seed={seed}"
+                put = await client.put("k", "w", context=got.context)
+                assert put.values == ["w"], f"seed={seed}: {put}"
