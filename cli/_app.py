@@ -174,16 +174,33 @@ def members(
     cluster: ClusterOption = "gossipkv",
     json: JsonOption = False,
 ) -> None:
-    """List the members a peer sees: status, reachability, age, generation, heartbeat, phi."""
+    """List the members a peer sees: status, reachability, age, generation, heartbeat, phi.
+
+    Exits 3 when a member is down or unreachable (as scripts expect of a health check)."""
     doc = run(lambda: _members_doc(peer, cluster))
     if json:
         print_json(doc)
-        return
-    from rich.console import Console
+    else:
+        from rich.console import Console
 
-    from ._render import members_table
+        from ._render import members_table
 
-    Console().print(members_table(doc))
+        Console().print(members_table(doc))
+    _exit_if_degraded(doc)
+
+
+#: The exit code of ``members`` and ``status`` when a member is down or unreachable.
+EXIT_DEGRADED = 3
+
+
+def _exit_if_degraded(members_doc: dict[str, Any]) -> None:
+    """Exit with :data:`EXIT_DEGRADED` when the peer sees a member down or unreachable (members
+    that left or were removed do not count)."""
+    for m in members_doc.get("members", []):
+        if m.get("status") in ("left", "removed"):
+            continue
+        if m.get("status") == "down" or not m.get("reachable", True):
+            raise typer.Exit(EXIT_DEGRADED)
 
 
 @app.command()
@@ -192,7 +209,9 @@ def status(
     cluster: ClusterOption = "gossipkv",
     json: JsonOption = False,
 ) -> None:
-    """One-screen summary: leader, members by status, convergence, gossip counters."""
+    """One-screen summary: leader, members by status, convergence, gossip counters.
+
+    Exits 3 when a member is down or unreachable."""
 
     async def fetch() -> dict[str, Any]:
         import gossipkv
@@ -219,6 +238,7 @@ def status(
                 "partitions_owned": stats["partitions_owned"],
             }
         )
+        _exit_if_degraded(mdoc)
         return
     from rich.console import Console
 
@@ -248,6 +268,7 @@ def status(
         f"{stats['frames_out']}  dropped {stats['dropped_frames'] or 0}  "
         f"max loop lag {stats['max_loop_lag'] * 1000:.1f} ms"
     )
+    _exit_if_degraded(mdoc)
 
 
 @app.command()

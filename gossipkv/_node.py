@@ -376,6 +376,7 @@ class Node:
         self._watchers: list[tuple[str, trio.MemorySendChannel[Change]]] = []
         self._record: PeerRecord | None = None
         self._last_waiting_log = -math.inf
+        self._log_limit = LogLimiter(60.0)
 
     # --- public surface ------------------------------------------------------------------------
 
@@ -1020,7 +1021,12 @@ class Node:
                 if isinstance(reply, SynAck):
                     ack = rt.gossiper.on_syn_ack(reply, trio.current_time())
                     await channel.notify(ack)
-        except (TransportError, HandshakeError, RemoteError, DecodeError) as exc:
+        except HandshakeError as exc:
+            # Another cluster or protocol at a seed is a configuration error: say so, once a
+            # minute (the refusal is retried every round).
+            if self._log_limit.allow(("refused by", addr, exc.reason), trio.current_time()):
+                log.error("%s refuses this peer: %s", addr, exc)
+        except (TransportError, RemoteError, DecodeError) as exc:
             log.debug("gossip with %s failed: %s", addr, exc)
         except Exception as exc:
             # Whatever a peer sent us (an address that does not parse, say) must not stop the node.
@@ -1189,7 +1195,9 @@ class Node:
         try:
             remote = await self._handshake(conn, initiator=False)
         except HandshakeError as exc:
-            log.warning("refused connection from %s: %s", conn.remote_address, exc)
+            host = conn.remote_address.rsplit(":", 1)[0]
+            if self._log_limit.allow(("refused", host, exc.reason), trio.current_time()):
+                log.warning("refused connection from %s: %s", conn.remote_address, exc)
             return
         except DecodeError as exc:
             self._counters.dropped[exc.reason] += 1
@@ -1300,6 +1308,27 @@ class Node:
             g.on_shutdown(message, trio.current_time(), sender=channel.remote.node_id)
         else:
             self._counters.dropped["unexpected_oneway"] += 1
+
+
+class LogLimiter:
+    """Lets a repeated log line through once per ``interval`` seconds per key (a bounded set of
+    keys: the oldest is forgotten first), so a peer that is refused or refuses five times a
+    second says so once a minute."""
+
+    def __init__(self, interval: float, max_keys: int = 1024) -> None:
+        self._interval = interval
+        self._max_keys = max_keys
+        self._last: dict[object, float] = {}
+
+    def allow(self, key: object, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            return False
+        self._last.pop(key, None)
+        self._last[key] = now
+        if len(self._last) > self._max_keys:
+            del self._last[next(iter(self._last))]
+        return True
 
 
 #: Names a member may not take: ``client`` is what every client says in its hello.
