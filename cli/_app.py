@@ -84,6 +84,12 @@ def peer(
         typer.Option(help="Seconds a member stays down or left before the leader removes it."),
     ] = 60.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    replace: Annotated[
+        str | None,
+        typer.Option(
+            help="Take over the partitions of this dead member (exactly those); needs --seed."
+        ),
+    ] = None,
     parent_pid: Annotated[
         int | None, typer.Option(hidden=True, help="Leave when this process is gone.")
     ] = None,
@@ -110,6 +116,7 @@ def peer(
             data_dir=data_dir,
             cluster=cluster,
             config=config,
+            replace=replace,
         )
     except (gossipkv.GossipKVError, ValueError) as exc:
         fail(str(exc))

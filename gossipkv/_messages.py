@@ -169,6 +169,17 @@ class RemoveRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceRequest(Message):
+    """A new member (``gossipkv peer --replace``) asks the leader to hand it every partition of
+    the dead member ``replaced`` (forwarded to the leader by whichever peer receives it)."""
+
+    TAG: ClassVar[str] = "replace"
+    replaced: str
+    replacement: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class SetMetadataRequest(Message):
     TAG: ClassVar[str] = "set_metadata"
     key: str
@@ -324,6 +335,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         StatsRequest,
         LeaveRequest,
         RemoveRequest,
+        ReplaceRequest,
         SetMetadataRequest,
         Reply,
         KvGet,

@@ -9,6 +9,7 @@ that measures event-loop lag (the local-pause guard), and one task per connectio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -53,6 +54,7 @@ from ._messages import (
     PartitionDigest,
     PartitionKeys,
     RemoveRequest,
+    ReplaceRequest,
     ReplicaGet,
     ReplicaPut,
     Reply,
@@ -264,6 +266,11 @@ class Node:
       storage_limits: what one write may store and one read returns (key and value size,
         value nesting, siblings, bytes per key; :class:`StorageLimits`). Every peer of a
         cluster should use the same limits.
+      replace: the name of a dead member this new one takes over (``gossipkv peer
+        --replace``): the leader hands it exactly that member's partitions (no other partition
+        moves) and removes the dead one; it fills them from the other owners and serves once
+        they are full. Refused (:exc:`ConfigError` from :meth:`run`) when that member is
+        unknown or alive. Ignored by a member restarted with its data dir.
 
     Attributes:
       config: the membership settings in force.
@@ -298,6 +305,7 @@ class Node:
         storage: StorageEngine | None = None,
         hints: StorageEngine | None = None,
         storage_limits: StorageLimits | None = None,
+        replace: str | None = None,
     ) -> None:
         if isinstance(seeds, str):
             raise ConfigError("seeds must be a list of 'host:port' strings, not one string")
@@ -309,9 +317,7 @@ class Node:
                 Address.parse(advertise)
             cfg = GossipConfig(cluster=cluster) if config is None else config
             if config is not None and cluster != cfg.cluster:
-                from dataclasses import replace
-
-                cfg = replace(cfg, cluster=cluster)
+                cfg = dataclasses.replace(cfg, cluster=cluster)
             cfg.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
@@ -319,6 +325,13 @@ class Node:
             check_member_name(name)
         if listen in seeds and not listen.endswith(":0"):
             raise ConfigError(f"seed {listen} is this peer's own listen address")
+        if replace is not None:
+            check_member_name(replace)
+            if replace == name:
+                raise ConfigError("a member cannot replace itself")
+            if not seeds:
+                raise ConfigError("--replace needs --seed: the cluster to join")
+        self._replace = replace
         if not (request_timeout > 0 and connect_timeout > 0):
             raise ConfigError("timeouts must be > 0")
         self.kv_config = kv if kv is not None else KVConfig()
@@ -810,6 +823,66 @@ class Node:
         await self._persist()
         return {"removed": name, "generation": generation, "leader": g.node_id, "minority": minority}
 
+    async def _claim_replacement(self, replaced: str, seeds: list[str]) -> None:
+        """Ask the cluster (through a seed, forwarded to its leader) to hand this new member the
+        partitions of ``replaced``; a refusal ends the node with :exc:`ConfigError`."""
+        g = self._runtime().gossiper
+        request = ReplaceRequest(replaced, g.node_id, g.generation)
+        last_log = -math.inf
+        while True:
+            for addr in seeds:
+                try:
+                    with trio.fail_after(self._request_timeout * 3):
+                        channel = await self._channel_to(addr)
+                        reply = await channel.request(request)
+                except RemoteError as exc:
+                    if exc.code == "bad_request":
+                        raise ConfigError(f"cannot replace {replaced}: {exc}") from None
+                    continue  # no leader in reach there yet: try another seed, then again
+                except (TransportError, HandshakeError, DecodeError, trio.TooSlowError):
+                    continue
+                if isinstance(reply, Reply):
+                    log.info("%s takes over the partitions of %s", g.node_id, replaced)
+                    return
+            now = trio.current_time()
+            if now - last_log >= 5.0:
+                last_log = now
+                log.warning(
+                    "%s: still trying to reach the cluster to replace %s", g.node_id, replaced
+                )
+            await trio.sleep(1.0)
+
+    async def _operator_replace(self, request: ReplaceRequest) -> dict[str, object]:
+        g = self._runtime().gossiper
+        leader = g.leader()
+        if leader is None:
+            raise RemoteError("unavailable", "no leader in reach to hand over the partitions")
+        if leader != g.node_id:
+            reply = await self._send_to_member(leader, request)
+            if not isinstance(reply, Reply):
+                raise RemoteError("internal", f"unexpected reply {reply.TAG} from {leader}")
+            return reply.body
+        try:
+            done = g.operator_replace(
+                request.replaced,
+                request.replacement,
+                request.generation,
+                trio.current_time(),
+                self._wall(),
+            )
+        except ValueError as exc:
+            raise RemoteError("bad_request", str(exc)) from None
+        if done:
+            log.warning(
+                "%s: %s replaces %s (its partitions, no others)",
+                g.node_id,
+                request.replacement,
+                request.replaced,
+            )
+            self._publish_events()
+            await self._persist()
+        return {"replaced": request.replaced, "by": request.replacement, "leader": g.node_id}
+
     async def leave(self) -> None:
         """Leave the cluster gracefully and stop.
 
@@ -940,6 +1013,7 @@ class Node:
                 now=trio.current_time(),
                 decisions=decisions,
                 bootstrap=bootstrap,
+                replaces=self._replace,
             )
             self._rt = _Runtime(gossiper, nursery, address)
             self._kv = KeyValueService(
@@ -962,6 +1036,8 @@ class Node:
             self._ready.set()
             if gossiper.decisions_dirty:
                 await self._persist()
+            if gossiper.replaces is not None:
+                await self._claim_replacement(gossiper.replaces, seeds)
             nursery.start_soon(self._gossip_loop)
             nursery.start_soon(self._evaluate_loop)
             nursery.start_soon(self._watchdog)
@@ -1055,6 +1131,15 @@ class Node:
             g.evaluate(trio.current_time(), self._wall())
             if self._kv is not None:
                 self._kv.fill.notice()
+                table = g.table()
+                if (
+                    g.replaces is not None
+                    and g.status == "joining"
+                    and table is not None
+                    and table.owned_by(g.node_id)
+                    and self._kv.fill.filled()
+                ):
+                    g.mark_filled()
             self._publish_events()
             if g.needs_reincarnation:
                 generation = max(g.generation + 1, self._wall())
@@ -1245,6 +1330,8 @@ class Node:
             return Reply({"ok": True})
         if isinstance(message, RemoveRequest):
             return Reply(await self._operator_remove(message.name))
+        if isinstance(message, ReplaceRequest):
+            return Reply(await self._operator_replace(message))
         if isinstance(message, LeaveRequest):
             if g.status in ("leaving", "left") or self._closing:
                 return Reply({"ok": True, "status": g.status})

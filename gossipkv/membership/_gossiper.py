@@ -210,6 +210,8 @@ class Gossiper:
       now: current ``trio.current_time()``.
       decisions: the leader decisions persisted by an earlier incarnation, if any.
       bootstrap: start a new cluster (grant ourselves the first ``up_number``) instead of joining.
+      replaces: the dead member this new one takes over (``gossipkv peer --replace``): it holds
+        exactly that member's partitions and is admitted once it has filled them.
     """
 
     def __init__(
@@ -223,6 +225,7 @@ class Gossiper:
         now: float,
         decisions: Decisions | None = None,
         bootstrap: bool = False,
+        replaces: str | None = None,
     ) -> None:
         config.validate()
         self.config = config
@@ -246,11 +249,15 @@ class Gossiper:
         self._last_leader: str | None = None
         self.generation = generation
         self._self = self._new_self(generation)
+        self.replaces: str | None = None
         grant = self.decisions.admission(node_id)
         if grant is not None:
             self._resume(grant)
         elif bootstrap:
             self._bootstrap()
+        elif replaces is not None:
+            self.replaces = replaces
+            self._self.set("replaces", replaces)
 
     # --- identity -------------------------------------------------------------------------------
 
@@ -568,6 +575,20 @@ class Gossiper:
           ValueError: this peer is not the leader, the member is this peer or unknown, or it
             is reachable and not leaving.
         """
+        if node_id in self.decisions.removed and self.decisions.admission(node_id) is None:
+            if node_id not in self._namespaces and self.leader() == self.node_id:
+                return self.decisions.removed[node_id][0], False  # removed already
+        generation = self._removable(node_id)
+        minority = not self._has_majority()
+        self._remove_now(node_id, generation, now, wall_ms)
+        return generation, minority
+
+    def _removable(self, node_id: str) -> int:
+        """The generation to remove of a member an operator declares dead.
+
+        Raises:
+          ValueError: as :meth:`operator_remove`.
+        """
         if node_id == self.node_id:
             raise ValueError("a member cannot remove itself: use gossipkv leave")
         if self.leader() != self.node_id:
@@ -575,16 +596,15 @@ class Gossiper:
         ns = self._namespaces.get(node_id)
         grant = self.decisions.admission(node_id)
         if ns is None and grant is None:
-            if node_id in self.decisions.removed:
-                return self.decisions.removed[node_id][0], False
             raise ValueError(f"no member named {node_id!r}")
         peer = self._peers.get(node_id)
         if ns is not None and peer is not None and peer.liveness != "down" and not _gone(peer, ns):
             raise ValueError(
                 f"{node_id} is reachable and {_status_of(ns)}: stop it first (or use leave)"
             )
-        generation = max(ns.generation if ns is not None else 0, grant.generation if grant else 0)
-        minority = not self._has_majority()
+        return max(ns.generation if ns is not None else 0, grant.generation if grant else 0)
+
+    def _remove_now(self, node_id: str, generation: int, now: float, wall_ms: int) -> None:
         d = self.decisions
         d.next_epoch()
         d.removed[node_id] = (generation, wall_ms)
@@ -594,7 +614,53 @@ class Gossiper:
         self._plan_partitions()
         self.decisions_dirty = True
         self._self.set("decisions", d.to_plain())
-        return generation, minority
+
+    def operator_replace(
+        self, replaced: str, replacement: str, generation: int, now: float, wall_ms: int
+    ) -> bool:
+        """Hand every partition of dead member ``replaced`` to the new member ``replacement``
+        (``gossipkv peer --replace``), moving no other partition: ``replaced`` is removed and
+        ``replacement`` takes its place in every preference list. ``replacement`` is admitted
+        (up, serving reads) only once it has filled those partitions from the other owners;
+        until then reads go to them and its writes are hinted. Like an operator removal this
+        needs no majority. Asking again (a replacement that restarted) changes nothing.
+
+        Returns:
+          Whether it was done now (False: it had been done already).
+
+        Raises:
+          ValueError: this peer is not the leader; ``replaced`` is unknown, this peer, or
+            reachable and up; ``replacement`` is already a member.
+        """
+        d = self.decisions
+        if self.leader() != self.node_id:
+            raise ValueError(f"only the leader can replace members (the leader is {self.leader()})")
+        if d.replacing.get(replacement, ("", -1))[0] == replaced and replaced in d.removed:
+            d.replacing[replacement] = (replaced, max(generation, d.replacing[replacement][1]))
+            self.decisions_dirty = True
+            return False
+        known = self._namespaces.get(replacement)
+        if d.admission(replacement) is not None or (
+            known is not None and _status_of(known) != "joining"
+        ):
+            raise ValueError(f"{replacement} is already a member; it cannot replace {replaced}")
+        removed_generation = self._removable(replaced)
+        d.replacing[replacement] = (replaced, generation)
+        table = self.table()
+        if table is not None:
+            # The replacement takes the replaced member's place in every preference list.
+            owners = tuple(
+                tuple(replacement if o == replaced else o for o in row) for row in table.owners
+            )
+            term, seq = d.next_epoch()
+            d.table = PartitionTable(term, seq, table.n, owners)
+        self._remove_now(replaced, removed_generation, now, wall_ms)
+        return True
+
+    def mark_filled(self) -> None:
+        """This replacement has filled every partition it took over: the leader may admit it."""
+        if self._self.get("filled") is not True:
+            self._self.set("filled", True)
 
     def note_loop_lag(self, lag: float, now: float) -> None:
         """Report an event-loop stall measured by the runtime's watchdog."""
@@ -759,6 +825,8 @@ class Gossiper:
                 grant = d.grants.get(node_id)
                 if grant is not None and grant.generation >= ns.generation:
                     continue
+                if node_id in d.replacing and ns.get("filled") is not True:
+                    continue  # a replacement serves once it holds what it took over
                 up = max(d.max_up_number(), self._max_published_up()) + 1
                 if up >= MAX_COUNTER:
                     continue
@@ -787,8 +855,13 @@ class Gossiper:
             and not _gone(self._peers.get(n), ns)
         ]
         # Admitted members not heard from since this peer (re)started keep their place, as a
-        # member that is down does, until they are removed.
+        # member that is down does, until they are removed; so does a replacement still filling.
         members += sorted(d.admitted() - set(self._namespaces))
+        members += sorted(
+            p
+            for p in d.replacing
+            if p in listed and p not in members and d.admission(p) is None
+        )
         owners = plan(
             members,
             partitions=d.table.q if d.table else self.config.partitions,

@@ -46,6 +46,9 @@ class Decisions:
     removed: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (generation, at_ms)
     exited: dict[str, int] = field(default_factory=dict)  # node -> generation whose leave is done
     table: PartitionTable | None = None  # the newest partition table (highest epoch wins)
+    # replacement -> (the member it replaces, its generation when it asked): it holds the
+    # replaced member's partitions, and is admitted once it has filled them.
+    replacing: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def epoch(self) -> tuple[int, int]:
         return (self.term, self.seq)
@@ -99,6 +102,11 @@ class Decisions:
             if gen > self.exited.get(node, -1):
                 self.exited[node] = gen
                 changed = True
+        for node, (old, gen) in other.replacing.items():
+            mine_r = self.replacing.get(node)
+            if mine_r is None or (gen, old) > (mine_r[1], mine_r[0]):
+                self.replacing[node] = (old, gen)
+                changed = True
         return changed
 
     def is_removed(self, node_id: str, generation: int) -> bool:
@@ -141,6 +149,7 @@ class Decisions:
             "removed": {n: list(r) for n, r in sorted(self.removed.items())},
             "exited": dict(sorted(self.exited.items())),
             "table": None if self.table is None else self.table.to_plain(),
+            "replacing": {n: list(r) for n, r in sorted(self.replacing.items())},
         }
 
     @classmethod
@@ -175,6 +184,19 @@ class Decisions:
             if not (isinstance(node, str) and _is_int(gen)):
                 return None
             out.exited[node] = gen
+        replacing_raw = raw.get("replacing", {})
+        if not isinstance(replacing_raw, dict):
+            return None
+        for node, r in replacing_raw.items():
+            if not (
+                isinstance(node, str)
+                and isinstance(r, list)
+                and len(r) == 2
+                and isinstance(r[0], str)
+                and _is_int(r[1])
+            ):
+                return None
+            out.replacing[node] = (r[0], r[1])
         table_raw = raw.get("table")
         if table_raw is not None:
             out.table = PartitionTable.from_plain(table_raw)

@@ -126,7 +126,14 @@ class SimCluster:
             if self.nodes.get(name) is node:
                 del self.nodes[name]
 
-        await self._nursery.start(run)
+        try:
+            await self._nursery.start(run)
+        except BaseException:
+            # It never served (a refused configuration, say): forget it, as if never started.
+            if self.nodes.get(name) is node:
+                del self.nodes[name]
+            self._scopes.pop(name, None)
+            raise
         return node
 
     def kill(self, name: str) -> None:

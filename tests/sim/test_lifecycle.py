@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from gossipkv import GossipConfig, KVConfig, RemoteError, open_client
+from gossipkv import ConfigError, GossipConfig, KVConfig, RemoteError, open_client
 from gossipkv._partitions import PartitionTable
 from gossipkv.testing import SimCluster, open_sim_cluster
 
@@ -264,3 +264,37 @@ async def test_a_client_leaves_a_peer_that_cannot_reach_a_quorum(
                 assert client.connected_to == c.address("n2"), f"seed={seed}"
                 put = await client.put("k", "w", context=got.context)
                 assert put.values == ["w"], f"seed={seed}: {put}"
+
+
+async def test_a_replacement_takes_exactly_the_dead_members_partitions(
+    lseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = lseed
+    async with kv_cluster(seed, n=4, config=KEEP) as c:
+        keys = [f"k{i}" for i in range(40)]
+        with trio.fail_after(60):
+            for key in keys:
+                await c.nodes["n1"].put(key, key, w=3)
+        before = owners_of(c, "n1")
+        assert before is not None
+        c.kill("n4")
+        with trio.fail_after(30):
+            await c.wait_until(
+                lambda: all("n4" not in service(c.nodes[n])._reachable() for n in names(3))
+            )
+            for wrong, why in (("n9", "no member named"), ("n2", "reachable and up")):
+                with pytest.raises(ConfigError, match=why):
+                    await c.start("n6", seeds=["n2"], replace=wrong)
+            await c.start("n5", seeds=["n2"], replace="n4")
+            # The dead member's partitions, and only those, now belong to the replacement.
+            expected = tuple(tuple("n5" if o == "n4" else o for o in row) for row in before)
+            await c.wait_until(lambda: all(owners_of(c, n) == expected for n in c.nodes))
+            # Reads are right while it fills (it is not up yet: reads go to the other owners).
+            for key in keys[:10]:
+                assert (await c.nodes["n1"].get(key)).values == [key], f"seed={seed}: {key}"
+            await c.wait_until(lambda: all_up(c, ["n1", "n2", "n3", "n5"]))
+        missing = [pair for pair in await lacking(c, keys) if pair[1] == "n5"]
+        assert missing == [], f"seed={seed}: n5 serves without {missing[:5]}"
+        assert owners_of(c, "n1") == expected, f"seed={seed}: a partition moved again"
+        statuses = {m.name: m.status for m in c.nodes["n1"].members()}
+        assert statuses.get("n4") == "removed" and statuses.get("n5") == "up", f"seed={seed}: {statuses}"
