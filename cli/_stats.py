@@ -67,7 +67,11 @@ GAUGES: dict[str, tuple[str, str]] = {
     "storage_keys": ("storage_keys", "Keys in this replica's storage."),
     "quarantine_pending": ("quarantine_pending", "Quarantined keys and hints awaiting repair."),
     "inflight_bytes": ("inflight_bytes", "Memory reserved by coordinated reads and writes."),
-    "partitions_filling": ("partitions_filling", "Gained partitions not pulled in yet."),
+    "partitions_filling": ("partitions_filling", "Partitions moved here not pulled in yet."),
+    "under_replicated": (
+        "under_replicated_partitions",
+        "Partitions with an owner unreachable or still pulling them.",
+    ),
 }
 
 

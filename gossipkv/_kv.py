@@ -44,13 +44,14 @@ from ._errors import (
     ValueTooLarge,
     error_code,
 )
-from ._fill import PartitionFill
 from ._handoff import OwnershipHandoff
 from ._messages import (
     KvGet,
     KvPut,
     KvResult,
     Message,
+    PartitionFetch,
+    PartitionItems,
     ReplicaGet,
     ReplicaPut,
     ReplicaState,
@@ -58,6 +59,7 @@ from ._messages import (
 )
 from ._partitions import PartitionTable
 from ._repair import QuarantineRepair
+from ._transfer import Transfers, TransferSource
 from .storage import DEFAULT_LIMITS, StorageEngine, StorageLimits
 from .storage._base import check_value, encode_key
 
@@ -446,8 +448,9 @@ class KeyValueService:
       stamp: a hybrid logical clock (only ``last_write_wins`` uses it to order writes).
       refusals: where writes refused by a limit are counted (by wire error code).
       known_table: the partition table this peer knew before it started (from its data dir):
-        partitions it owns in a newer table but not in this one are pulled from their other
-        owners (see :class:`~gossipkv._fill.PartitionFill`).
+        what a newer table moves is pulled from the members that held it (see
+        :class:`~gossipkv._transfer.Transfers`).
+      gone: whether a member was removed from the cluster (its transfers are dropped).
     """
 
     def __init__(
@@ -466,6 +469,7 @@ class KeyValueService:
         stamp: Callable[[], int] | None = None,
         refusals: Counter[str] | None = None,
         known_table: PartitionTable | None = None,
+        gone: Callable[[str], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -510,16 +514,22 @@ class KeyValueService:
             interval=config.handoff_interval,
             rng=random.Random(background_seed ^ 0xA5A5),
         )
-        #: Pulls the partitions this peer gains from their other owners, at once.
-        self.fill = PartitionFill(
+        #: Pulls what a table change moved to this peer, from the members that held it.
+        self.transfers = Transfers(
             node_id=node_id,
             table=table,
             known=known_table,
             reachable=reachable,
-            compare=self.anti_entropy.compare,
-            # Filling is anti-entropy aimed at what a table change gained: off with it.
+            removed=gone if gone is not None else (lambda member: False),
+            fetch=self._fetch_partition,
+            store=self.store_page,
+            # Transfers are anti-entropy aimed at what a table change moved: off with it.
             interval=config.handoff_interval if config.anti_entropy_interval > 0 else 0.0,
             rng=random.Random(background_seed ^ 0x3C3C),
+        )
+        #: Answers other members' transfers of partitions this peer holds.
+        self.transfer_source = TransferSource(
+            table=table, keys=storage.keys, clocks=self._clock_bytes
         )
         storage.on_quarantine = self.repair.key_quarantined
         hints.on_quarantine = self._hint_quarantined
@@ -543,7 +553,7 @@ class KeyValueService:
             nursery.start_soon(self.anti_entropy.run)
             nursery.start_soon(self.ownership_handoff.run)
             nursery.start_soon(self.repair.run)
-            nursery.start_soon(self.fill.run)
+            nursery.start_soon(self.transfers.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -1239,6 +1249,54 @@ class KeyValueService:
         replies.setdefault(self.node_id, None)
         await self._repair(key, replies)
         return True
+
+    async def _fetch_partition(self, member: str, message: PartitionFetch) -> PartitionItems:
+        # A page may need a few hundred disk reads at the source: allow several replica timeouts.
+        with trio.move_on_after(self.config.replica_timeout * 5):
+            reply = await self._send(member, message)
+            if not isinstance(reply, PartitionItems):
+                raise Unavailable(f"unexpected reply {reply.TAG} from {member}")
+            return reply
+        raise TransportError(f"{member} did not send a page of partition {message.partition}")
+
+    async def store_page(self, items: list[tuple[str, bytes]]) -> int:
+        """Store clocks received in a transfer by ``sync`` (concurrently: a log engine commits
+        them together); a clock that fails validation is counted and skipped.
+
+        Returns:
+          How many were stored.
+        """
+        stored = 0
+
+        async def one(key: str, raw: bytes) -> None:
+            nonlocal stored
+            try:
+                self._check_key(key)
+                await self.apply(key, self._clock_from_wire(raw))
+            except GossipKVError as exc:
+                self._count_error(exc)
+                return
+            stored += 1
+
+        async with trio.open_nursery() as nursery:
+            for key, raw in items:
+                nursery.start_soon(one, key, raw)
+        return stored
+
+    async def _clock_bytes(self, keys: list[str]) -> list[bytes | None]:
+        """The canonical clock bytes of ``keys`` as stored here (``None``: gone since)."""
+        if self.storage.nowait:
+            found = [self.storage.encoded_nowait(k) for k in keys]
+            return [None if f is None else f[1] for f in found]
+        clocks: list[Clock | None] = [None] * len(keys)
+
+        async def one(i: int, key: str) -> None:
+            clocks[i] = await self.storage.get(key)
+
+        async with trio.open_nursery() as nursery:
+            for i, key in enumerate(keys):
+                nursery.start_soon(one, i, key)
+        return [None if c is None else encode_wire_clock(c) for c in clocks]
 
     async def rewrite_hint(self, owner: str, key: str) -> None:
         """Keep a hint for ``owner`` again from this replica's own copy of ``key`` (after the

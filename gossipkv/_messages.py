@@ -321,6 +321,36 @@ class PartitionState(Message):
     more: bool = False
 
 
+# --- transfers (partitions moving to their new owners) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionFetch(Message):
+    """A new (or remaining) owner pulls one partition from an owner it had before: the keys after
+    ``after`` in sorted order with their clocks, at most ``limit`` (capped by the source's page
+    size and a byte budget). ``done`` confirms everything pulled so far is stored: the source
+    records the hand-off (a leaving member exits once all of its partitions are confirmed)."""
+
+    TAG: ClassVar[str] = "partition_fetch"
+    partition: int
+    q: int
+    after: str = ""
+    limit: int = 0
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionItems(Message):
+    """A page of a partition: ``keys`` with their ``clocks`` (canonical CBOR, as stored),
+    ``more`` when later keys remain, and ``total``, the keys the partition held when listed."""
+
+    TAG: ClassVar[str] = "partition_items"
+    keys: tuple[str, ...] = ()
+    clocks: tuple[bytes, ...] = ()
+    more: bool = False
+    total: int = 0
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (
@@ -349,6 +379,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         PartitionDigest,
         PartitionKeys,
         PartitionState,
+        PartitionFetch,
+        PartitionItems,
     )
 }
 

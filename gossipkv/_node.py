@@ -52,6 +52,7 @@ from ._messages import (
     MembersRequest,
     Message,
     PartitionDigest,
+    PartitionFetch,
     PartitionKeys,
     RemoveRequest,
     ReplaceRequest,
@@ -153,10 +154,14 @@ class NodeStatistics:
       inflight_bytes: memory reserved now by the reads and writes this node coordinates
         (bounded by ``KVConfig.max_inflight_bytes``).
       admission_waits: reads and writes that waited for room in that budget.
-      partitions_filling: partitions this node gained (a new table made it an owner) and has
-        not pulled from their other owners yet.
-      partitions_filled: gained partitions pulled completely.
-      keys_filled: keys pulled into gained partitions.
+      partitions_filling: partitions a table change moved to this node that it has not pulled
+        completely yet.
+      partitions_filled: such partitions pulled completely.
+      keys_filled: keys stored by transfers into this node.
+      transfers: the transfers into this node in flight: ``{"partition", "from", "to",
+        "keys_done", "keys_total", "rate"}`` each (``rate`` in keys per second).
+      under_replicated: partitions of the table with an owner that is unreachable or still
+        pulling it (as this node sees it): fewer than N full copies are certain there.
     """
 
     name: str
@@ -216,6 +221,8 @@ class NodeStatistics:
     partitions_filling: int = 0
     partitions_filled: int = 0
     keys_filled: int = 0
+    transfers: list[dict[str, object]] = field(default_factory=list)
+    under_replicated: int = 0
 
 
 @dataclass(slots=True)
@@ -663,9 +670,21 @@ class Node:
             quarantine_pending=kv.repair.pending,
             inflight_bytes=kv.admission.used,
             admission_waits=kv.admission.waits,
-            partitions_filling=kv.fill.pending,
-            partitions_filled=kv.fill.counters.partitions_filled,
-            keys_filled=kv.fill.counters.keys_filled,
+            partitions_filling=kv.transfers.pending,
+            partitions_filled=kv.transfers.counters.partitions_filled,
+            keys_filled=kv.transfers.counters.keys_filled,
+            transfers=[
+                {
+                    "partition": t.partition,
+                    "from": t.source,
+                    "to": g.node_id,
+                    "keys_done": t.keys_done,
+                    "keys_total": t.keys_total,
+                    "rate": round(t.rate(trio.current_time()), 1),
+                }
+                for t in kv.transfers.in_flight()
+            ],
+            under_replicated=g.under_replicated(),
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
@@ -1030,6 +1049,7 @@ class Node:
                 stamp=self._hlc.now,
                 refusals=self._refusals,
                 known_table=decisions.table if decisions is not None else None,
+                gone=gossiper.is_gone,
             )
             self._kv.on_change = self._on_kv_change
             await nursery.start(self._kv.run)
@@ -1130,14 +1150,16 @@ class Node:
             g = rt.gossiper
             g.evaluate(trio.current_time(), self._wall())
             if self._kv is not None:
-                self._kv.fill.notice()
+                transfers = self._kv.transfers
+                transfers.notice()
+                g.set_pulling(sorted({t.partition for t in transfers.in_flight()}))
                 table = g.table()
                 if (
                     g.replaces is not None
                     and g.status == "joining"
                     and table is not None
                     and table.owned_by(g.node_id)
-                    and self._kv.fill.filled()
+                    and transfers.filled()
                 ):
                     g.mark_filled()
             self._publish_events()
@@ -1337,6 +1359,8 @@ class Node:
                 return Reply({"ok": True, "status": g.status})
             self._runtime().nursery.start_soon(self.leave)
             return Reply({"ok": True, "status": "leaving"})
+        if isinstance(message, PartitionFetch):
+            return await self._service().transfer_source.handle(channel.remote.node_id, message)
         if isinstance(message, (PartitionDigest, PartitionKeys)):
             try:
                 return await self._service().anti_entropy.handle(message)

@@ -657,6 +657,34 @@ class Gossiper:
         self._remove_now(replaced, removed_generation, now, wall_ms)
         return True
 
+    def is_gone(self, node_id: str) -> bool:
+        """Whether ``node_id`` was removed and has not been admitted again."""
+        return node_id in self.decisions.removed and self.decisions.admission(node_id) is None
+
+    def set_pulling(self, partitions: list[int]) -> None:
+        """Publish the partitions this member is still pulling (a transfer in flight), so every
+        peer can tell which partitions have fewer than N full copies."""
+        if self._self.get("pulling") != partitions:
+            self._self.set("pulling", partitions)
+
+    def under_replicated(self) -> int:
+        """Partitions with an owner that is unreachable from here or still pulling them."""
+        table = self.table()
+        if table is None:
+            return 0
+        reachable = self.reachable_members()
+        pulling: dict[str, set[int]] = {}
+        for node_id, ns in self._namespaces.items():
+            value = ns.get("pulling")
+            if isinstance(value, list):
+                pulling[node_id] = {p for p in value if isinstance(p, int)}
+        return sum(
+            1
+            for p, row in enumerate(table.owners)
+            if len(row) < table.n
+            or any(o not in reachable or p in pulling.get(o, ()) for o in row)
+        )
+
     def mark_filled(self) -> None:
         """This replacement has filled every partition it took over: the leader may admit it."""
         if self._self.get("filled") is not True:

@@ -234,6 +234,12 @@ class StorageEngine(abc.ABC):
           StorageClosed: if the engine is closed.
         """
 
+    async def keys(self, partition: int, partitions: int) -> list[str]:
+        """The keys of one Fixed Partition, sorted, from the index (no record is read).
+
+        Engines with an index override it; this default scans."""
+        return sorted([key async for key, _ in self.scan(partition, partitions)])
+
     @abc.abstractmethod
     def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
         """Iterate ``(key, clock)`` over the keys of one Fixed Partition (a snapshot of keys).

@@ -1027,6 +1027,20 @@ class LogEngine(StorageEngine):
             finally:
                 reads.done.set()
 
+    async def keys(self, partition: int, partitions: int) -> list[str]:
+        self._check_usable()
+        snapshot = self._keydir.snapshot_keys()
+        out: list[str] = []
+        for i in range(0, len(snapshot), _CHECKPOINT_EVERY):
+            await trio.lowlevel.checkpoint()
+            out.extend(
+                k
+                for k in snapshot[i : i + _CHECKPOINT_EVERY]
+                if _dvv.partition_of(k, partitions) == partition
+            )
+        out.sort()
+        return out
+
     async def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
         self._check_usable()
         keys: list[str] = []

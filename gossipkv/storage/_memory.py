@@ -85,6 +85,16 @@ class MemoryEngine(StorageEngine):
         await trio.lowlevel.checkpoint()
         self.put_nowait(key, clock)
 
+    async def keys(self, partition: int, partitions: int) -> list[str]:
+        self._check_open()
+        snapshot = list(self._data)
+        out: list[str] = []
+        for i in range(0, len(snapshot), 2048):
+            await trio.lowlevel.checkpoint()
+            out.extend(k for k in snapshot[i : i + 2048] if _dvv.partition_of(k, partitions) == partition)
+        out.sort()
+        return out
+
     async def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
         self._check_open()
         snapshot = list(self._data)

@@ -74,7 +74,7 @@ async def kv_cluster(
         with trio.fail_after(30):
             await c.wait_until(lambda: tables_agree(c, names(n)))
             # Settled includes the partitions each member gained as the others joined.
-            await c.wait_until(lambda: all(service(m).fill.filled() for m in c.nodes.values()))
+            await c.wait_until(lambda: all(service(m).transfers.filled() for m in c.nodes.values()))
         yield c
 
 

@@ -213,7 +213,7 @@ async def test_operator_removal_of_two_dead_members_of_three(
             await c.wait_until(lambda: all_up(c, ["n1", "n4", "n5"]))
             await c.wait_until(
                 lambda: tables_agree(c, ["n1", "n4", "n5"])
-                and all(service(n).fill.filled() for n in c.nodes.values())
+                and all(service(n).transfers.filled() for n in c.nodes.values())
             )
             missing = await lacking(c, keys)
             assert missing == [], f"seed={seed}: {missing[:5]}\n{describe(c)}"
