@@ -143,13 +143,27 @@ def peer(
                 async for _ in signals:
                     received += 1
                     if received == 1:
-                        print(f"peer {node.name} leaving (signal again to stop now)", flush=True)
-                        nursery.start_soon(node.leave)
+                        print(
+                            f"peer {node.name} leaving: handing off its data "
+                            "(signal again to stop now)",
+                            flush=True,
+                        )
+                        nursery.start_soon(_leave_or_stay, node)
                     else:
                         nursery.cancel_scope.cancel()
         print("peer stopped", flush=True)
 
     run(main)
+
+
+async def _leave_or_stay(node: gossipkv.Node) -> None:
+    """Decommission on a signal; if the hand-off cannot finish, stay up and say why."""
+    import gossipkv
+
+    try:
+        await node.leave()
+    except gossipkv.Unavailable as exc:
+        print(f"peer {node.name} stays up: {exc} (signal again to stop now)", flush=True)
 
 
 async def _leave_when_orphaned(node: gossipkv.Node, parent_pid: int) -> None:
@@ -161,7 +175,7 @@ async def _leave_when_orphaned(node: gossipkv.Node, parent_pid: int) -> None:
     while os.getppid() == parent_pid:  # noqa: ASYNC110 - no event exists for "parent died"
         await trio.sleep(1.0)
     print(f"peer {node.name}: launcher {parent_pid} is gone, leaving", flush=True)
-    await node.leave()
+    await node.leave(force=True)  # the launcher is gone: leave whatever happens
 
 
 # --- operator commands ----------------------------------------------------------------------
@@ -306,10 +320,54 @@ def stats(
 
 
 @app.command()
-def leave(peer: PeerOption = DEFAULT_PEER, cluster: ClusterOption = "gossipkv") -> None:
-    """Ask a peer to leave the cluster gracefully (it then exits)."""
-    reply = _with_client(peer, cluster, lambda c: c.leave())
-    typer.echo(f"{peer}: {reply.get('status', 'leaving')}")
+def leave(
+    peer: PeerOption = DEFAULT_PEER,
+    cluster: ClusterOption = "gossipkv",
+    timeout: Annotated[
+        float, typer.Option(help="Seconds the hand-off may take (0: the peer's default, 120).")
+    ] = 0.0,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Leave even if the hand-off is incomplete or has nowhere to go."
+        ),
+    ] = False,
+) -> None:
+    """Decommission a peer: it hands every partition it holds and every hint to the current
+    owners, then leaves and exits. Prints progress; returns once the peer is gone. If the
+    hand-off cannot finish in time the peer stays up and this says why (exit 1)."""
+
+    async def main() -> None:
+        import trio
+
+        import gossipkv
+
+        async with gossipkv.open_client([peer], cluster=cluster) as client:
+            reply = await client.leave(handoff_seconds=timeout, force=force)
+            typer.echo(f"{peer}: {reply.get('status', 'leaving')}")
+            last = ""
+            while True:
+                try:
+                    with trio.fail_after(5):
+                        stats = await client.statistics()
+                except (gossipkv.GossipKVError, trio.TooSlowError):
+                    typer.echo(f"{peer}: left")
+                    return
+                state: dict[str, Any] = stats.get("leave") or {}  # type: ignore[assignment]
+                line = (
+                    f"{peer}: {state.get('state', 'leaving')}: "
+                    f"{state.get('partitions_left', 0)} of {state.get('partitions_total', 0)} "
+                    f"partitions to hand off, {state.get('hints_left', 0)} hints"
+                    + (f" ({state['reason']})" if state.get("reason") else "")
+                )
+                if line != last:
+                    typer.echo(line)
+                    last = line
+                if state.get("state") == "failed":
+                    fail(f"{peer} stays up: the hand-off did not finish: {state.get('reason')}")
+                await trio.sleep(0.5)
+
+    run(main)
 
 
 @app.command()

@@ -323,21 +323,31 @@ class Client:
         """
         return await self._request(StatsRequest(), retry=True)
 
-    async def leave(self) -> dict[str, object]:
-        """Ask the connected peer to leave the cluster gracefully (not retried elsewhere).
+    async def leave(
+        self, *, handoff_seconds: float = 0.0, force: bool = False
+    ) -> dict[str, object]:
+        """Ask the connected peer to decommission itself (not retried elsewhere).
 
-        The peer answers at once and then leaves as :meth:`gossipkv.Node.leave` does; its
-        process (``gossipkv peer``) exits when the leave is done.
+        The peer answers at once, then hands off its data and leaves as
+        :meth:`gossipkv.Node.leave` does; its process (``gossipkv peer``) exits when the leave is
+        done. Follow the hand-off in :meth:`statistics` (``leave``); it ends when the peer stops
+        answering (done) or reports ``state == "failed"`` (it stays up).
+
+        Args:
+          handoff_seconds: how long the hand-off may take (0: the peer's default).
+          force: leave when the time is up even if the hand-off is incomplete, or when no other
+            member is in reach to hand the data to.
 
         Returns:
           ``{"ok": True, "status": "leaving"}`` (or the peer's status if it was already leaving
           or left).
 
         Raises:
+          RemoteError: ``bad_request`` when no other member is in reach and ``force`` is off.
           TransportError: the connected peer did not answer.
           HandshakeError, NodeClosedError: as :meth:`members`.
         """
-        return await self._request(LeaveRequest(), retry=False)
+        return await self._request(LeaveRequest(handoff_seconds, force), retry=False)
 
     async def remove(self, name: str) -> dict[str, object]:
         """Have the cluster remove member ``name``, declared dead (see

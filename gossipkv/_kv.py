@@ -296,6 +296,7 @@ class _Fanout:
         "_done_event",
         "_enough_event",
         "cancels",
+        "counted",
         "deadline",
         "done",
         "enough",
@@ -331,6 +332,15 @@ class _Fanout:
         self.on_done = on_done
         #: Gives back the fan-out's memory reservation, once, when every replica answered.
         self.release = release
+        #: When set, only these members' replies count toward ``need`` (owners still pulling
+        #: the partition are asked, but a read does not rest on them).
+        self.counted: set[str] | None = None
+
+    def count(self) -> int:
+        """Replies that count toward ``need``."""
+        if self.counted is None:
+            return len(self.replies)
+        return sum(1 for m in self.replies if m in self.counted)
 
     def answered(self, member: str, clock: Clock | None) -> None:
         if member in self.pending:
@@ -367,7 +377,7 @@ class _Fanout:
         await self._done_event.wait()
 
     def check(self) -> None:
-        if not self.enough and (len(self.replies) >= self.need or not self.pending):
+        if not self.enough and (self.count() >= self.need or not self.pending):
             self.enough = True
             if self._enough_event is not None:
                 self._enough_event.set()
@@ -451,6 +461,8 @@ class KeyValueService:
         what a newer table moves is pulled from the members that held it (see
         :class:`~gossipkv._transfer.Transfers`).
       gone: whether a member was removed from the cluster (its transfers are dropped).
+      pulling: the members still pulling a partition: a read asks them but counts R among
+        the others when it can.
     """
 
     def __init__(
@@ -470,12 +482,14 @@ class KeyValueService:
         refusals: Counter[str] | None = None,
         known_table: PartitionTable | None = None,
         gone: Callable[[str], bool] | None = None,
+        pulling: Callable[[int], set[str]] | None = None,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
         self.hints = hints
         self._table = table
         self._reachable = reachable
+        self._pulling = pulling if pulling is not None else (lambda partition: set())
         self._send = send
         self._start = start if start is not None else (lambda member, message, callback: None)
         self.config = config
@@ -662,6 +676,12 @@ class KeyValueService:
             else partial(self._repair_if_stale, key),
             release=partial(self.admission.release, reserved),
         )
+        table = self._table()
+        filling = self._pulling(_dvv.partition_of(key, table.q)) if table is not None else set()
+        if filling:
+            settled = {m for m, _ in targets if m not in filling}
+            if len(settled) >= need:
+                fan.counted = settled
         self._track(fan)
         for member, _ in targets:
             if member == self.node_id and self.storage.nowait:
@@ -678,8 +698,8 @@ class KeyValueService:
         return fan
 
     def _get_outcome(self, key: str, fan: _Fanout) -> GetResult:
-        if len(fan.replies) < fan.need:
-            raise QuorumNotReached(len(fan.replies), fan.need)
+        if fan.count() < fan.need:
+            raise QuorumNotReached(fan.count(), fan.need)
         return self._result(key, self._merge(fan.replies))
 
     def _track(self, fan: _Fanout) -> None:
@@ -1354,6 +1374,43 @@ class KeyValueService:
                     continue
                 self._pending_hints.pop((owner, key), None)
                 self.counters.hints_delivered += 1
+
+    async def flush_hints(self) -> int:
+        """Hand every pending hint to the reachable current owners of its key, now: a leaving
+        member cannot wait for the owner it stood in for to come back. A hint that reached at
+        least one owner is dropped (read repair and anti-entropy bring the owner it was for up
+        to date when it returns).
+
+        Returns:
+          The hints still pending (no owner of their key is reachable).
+        """
+        for owner, key in list(self._pending_hints):
+            hint_key = f"{owner}{_HINT_SEP}{key}"
+            try:
+                async with self._lock(key):
+                    clock = await self.hints.get(hint_key)
+                    if clock is not None and clock.entries:
+                        current = await self.storage.get(key)
+                        payload = clock if current is None else _dvv.sync(clock, current)
+                        targets, _ = self.targets(key)
+                        owners = [m for m, hint in targets if not hint and m != self.node_id]
+                        delivered = 0
+                        for member in owners:
+                            try:
+                                await self._replica_put(member, key, payload, "")
+                            except GossipKVError as exc:
+                                self._count_error(exc)
+                                continue
+                            delivered += 1
+                        if not delivered:
+                            continue
+                    await self.hints.put(hint_key, _EMPTY)
+            except GossipKVError as exc:
+                self._count_error(exc)
+                continue
+            self._pending_hints.pop((owner, key), None)
+            self.counters.hints_delivered += 1
+        return len(self._pending_hints)
 
     @property
     def hints_pending(self) -> int:

@@ -156,7 +156,13 @@ class StatsRequest(Message):
 
 @dataclass(frozen=True, slots=True)
 class LeaveRequest(Message):
+    """Decommission the peer: hand off its data, then leave. ``timeout`` bounds the hand-off
+    (0: the peer's default); ``force`` leaves when it runs out, or when there is nowhere to
+    hand the data to."""
+
     TAG: ClassVar[str] = "leave"
+    timeout: float = 0.0
+    force: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ from ._messages import (
     WatchEvent,
     WatchRequest,
 )
+from ._partitions import PartitionTable
 from ._peer import DEFERRED, Channel, Deferred, TransportCounters, handshake
 from ._persist import FileNodeStore, NodeStore, PeerRecord
 from ._types import Address
@@ -139,6 +140,9 @@ class NodeStatistics:
         completely to their current owners.
       ownership_handoff_keys: keys it sent (each to every current owner, by ``sync``).
       ownership_handoff_errors: handoff sends or rounds that failed (kinds in ``kv_errors``).
+      leave: the progress of a decommission (empty when none): ``state`` (``handing_off``,
+        ``failed``, ``leaving``), ``partitions_left`` of ``partitions_total`` not yet pulled by
+        all their current owners, ``hints_left``, and ``reason`` (what it waits for).
       refusals: requests and connections refused by a limit, by reason: for writes the error
         code (``value_too_large``, ``value_too_deep``, ``record_too_large``,
         ``too_many_siblings``, ``invalid_context``, ``key_too_large``, ``invalid_key``,
@@ -210,6 +214,7 @@ class NodeStatistics:
     ownership_handoff_partitions: int = 0
     ownership_handoff_keys: int = 0
     ownership_handoff_errors: int = 0
+    leave: dict[str, object] = field(default_factory=dict)
     refusals: dict[str, int] = field(default_factory=dict)
     contexts_clamped: int = 0
     context_catch_ups: int = 0
@@ -395,6 +400,9 @@ class Node:
         self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
         self._watchers: list[tuple[str, trio.MemorySendChannel[Change]]] = []
         self._record: PeerRecord | None = None
+        self._leave_table: PartitionTable | None = None
+        self._leave_state: dict[str, object] = {}
+        self._leave_task = False
         self._last_waiting_log = -math.inf
         self._log_limit = LogLimiter(60.0)
 
@@ -660,6 +668,7 @@ class Node:
             ownership_handoff_partitions=kv.ownership_handoff.counters.partitions_handed_off,
             ownership_handoff_keys=kv.ownership_handoff.counters.keys_sent,
             ownership_handoff_errors=kv.ownership_handoff.counters.errors,
+            leave=dict(self._leave_state),
             refusals=dict(self._refusals),
             contexts_clamped=kvc.contexts_clamped,
             context_catch_ups=kvc.context_catch_ups,
@@ -842,6 +851,74 @@ class Node:
         await self._persist()
         return {"removed": name, "generation": generation, "leader": g.node_id, "minority": minority}
 
+    async def _hand_off(self, handoff_seconds: float | None, force: bool) -> None:
+        """Announce ``leaving`` and wait until this node's partitions and hints are handed off
+        (the gossiper holds the ``left`` status until then)."""
+        g = self._runtime().gossiper
+        kv = self._service()
+        if g.status not in ("leaving", "left"):
+            self._leave_table = g.table()
+        g.hold_leave = True
+        g.start_leave(trio.current_time())
+        limit = self.config.handoff_timeout if handoff_seconds is None else handoff_seconds
+        deadline = trio.current_time() + limit
+        self._leave_state = {"state": "handing_off"}
+        while True:
+            await kv.flush_hints()
+            done, state = self._hand_off_state()
+            self._leave_state = state
+            if done:
+                break
+            if trio.current_time() >= deadline:
+                if force:
+                    log.warning("%s leaves before its hand-off finished: %s", g.node_id, state)
+                    break
+                self._leave_state = {**state, "state": "failed"}
+                raise Unavailable(f"hand-off incomplete after {limit:g} s: {state['reason']}")
+            with trio.move_on_after(1.0):
+                await self._changed.wait()
+        self._leave_state = {**self._leave_state, "state": "leaving"}
+        g.hold_leave = False
+
+    def _hand_off_state(self) -> tuple[bool, dict[str, object]]:
+        """Whether this leaving node has handed off everything, and the progress."""
+        g = self._runtime().gossiper
+        kv = self._service()
+        table, before = g.table(), self._leave_table
+        hints = kv.hints_pending
+        if g.reachable_members() <= {g.node_id} or g.removed:
+            # The last member in reach has nowhere to hand anything to; a removed one's
+            # partitions were re-replicated without it already.
+            return True, {"partitions_left": 0, "hints_left": hints, "reason": ""}
+        if table is None or before is None:
+            return hints == 0, {"partitions_left": 0, "hints_left": hints, "reason": "hints"}
+        if table.owned_by(g.node_id):
+            return False, {
+                "partitions_left": len(table.owned_by(g.node_id)),
+                "hints_left": hints,
+                "reason": "the leader has not moved this node's partitions yet",
+            }
+        waiting: dict[int, set[str]] = {}
+        for p in before.owned_by(g.node_id):
+            receivers = set(table.owners[p]) - {g.node_id}
+            missing = {r for r in receivers if (p, r) not in kv.transfer_source.handed}
+            if missing:
+                waiting[p] = missing
+        slow = sorted({r for rs in waiting.values() for r in rs})
+        reason = (
+            f"{len(waiting)} partitions not yet pulled by {', '.join(slow)}"
+            if waiting
+            else f"{hints} hints not delivered (no owner of their keys reachable)"
+            if hints
+            else ""
+        )
+        return not waiting and hints == 0, {
+            "partitions_left": len(waiting),
+            "partitions_total": len(before.owned_by(g.node_id)),
+            "hints_left": hints,
+            "reason": reason,
+        }
+
     async def _claim_replacement(self, replaced: str, seeds: list[str]) -> None:
         """Ask the cluster (through a seed, forwarded to its leader) to hand this new member the
         partitions of ``replaced``; a refusal ends the node with :exc:`ConfigError`."""
@@ -902,25 +979,45 @@ class Node:
             await self._persist()
         return {"replaced": request.replaced, "by": request.replacement, "leader": g.node_id}
 
-    async def leave(self) -> None:
-        """Leave the cluster gracefully and stop.
+    async def leave(self, *, handoff_seconds: float | None = None, force: bool = False) -> None:
+        """Decommission this node: hand off its data, leave the cluster gracefully, and stop.
 
-        Announces ``leaving``, waits for the leader's acknowledgement (at most ``leave_timeout``
-        plus 2 s), announces ``left``, gossips it for two more rounds, tells the live peers, then
-        ends :meth:`run`. Other members show the node as ``left``; the leader removes it after
-        ``remove_after``. Calling it again (or while it runs) waits for the first call to finish.
+        Announces ``leaving``; the leader publishes a partition table without this node; every
+        current owner of each partition this node held pulls it from this node (a transfer) and
+        confirms, and this node's hinted writes go to their keys' current owners. Only then does
+        it announce ``left``, gossip it for two more rounds, tell the live peers and end
+        :meth:`run`: when it returns, no key this node held has fewer than N copies (unless a
+        receiving owner is down). Other members show it ``left``; the leader removes it after
+        ``remove_after``. A call while a leave is under way waits for it.
+
+        Args:
+          handoff_seconds: how long the hand-off may take (default:
+            ``GossipConfig.handoff_timeout``): a protocol deadline, not a cancellation: when it
+            passes the node stays up (or, with ``force``, leaves).
+          force: leave when the time is up even if the hand-off is incomplete (what only this
+            node held may be lost).
 
         Raises:
+          Unavailable: the hand-off did not finish in time (and ``force`` was not given): the
+            node stays up, ``leaving`` and still serving as a source; calling ``leave`` again
+            waits again.
           NodeClosedError: the node is not running.
         """
         rt = self._runtime()
+        g = rt.gossiper
         if self._closing:
             await self._done.wait()
             return
+        if self._leave_task:
+            raise Unavailable("a leave is already under way")
+        self._leave_task = True
+        try:
+            await self._hand_off(handoff_seconds, force)
+        finally:
+            self._leave_task = False
         self._closing = True
-        rt.gossiper.start_leave(trio.current_time())
         with trio.move_on_after(self.config.leave_timeout + 2.0):
-            await self.wait_until(lambda n: rt.gossiper.has_left)
+            await self.wait_until(lambda n: g.has_left)
         # Let the 'left' status spread before going silent (Serf LeavePropagateDelay).
         await trio.sleep(2 * self.config.gossip_interval + 0.3)
         notice = Shutdown(rt.gossiper.node_id, rt.gossiper.generation)
@@ -1218,6 +1315,14 @@ class Node:
 
     # --- connections ---------------------------------------------------------------------------
 
+    async def _leave_quietly(self, handoff_seconds: float | None, force: bool) -> None:
+        """A leave an operator asked for over the wire: its failure is logged and shown in the
+        statistics (the operator's ``gossipkv leave`` watches them), never raised."""
+        try:
+            await self.leave(handoff_seconds=handoff_seconds, force=force)
+        except Unavailable as exc:
+            log.error("%s stays up: %s", self.name, exc)
+
     def _hello(self) -> Hello:
         g = self._runtime().gossiper
         return Hello(
@@ -1355,9 +1460,16 @@ class Node:
         if isinstance(message, ReplaceRequest):
             return Reply(await self._operator_replace(message))
         if isinstance(message, LeaveRequest):
-            if g.status in ("leaving", "left") or self._closing:
+            if self._closing or self._leave_task:
                 return Reply({"ok": True, "status": g.status})
-            self._runtime().nursery.start_soon(self.leave)
+            if not message.force and g.reachable_members() <= {g.node_id}:
+                raise RemoteError(
+                    "bad_request",
+                    "no other member is in reach to hand this node's data to; leaving would "
+                    "lose it (use --force to leave anyway)",
+                )
+            within = message.timeout if message.timeout > 0 else None
+            self._runtime().nursery.start_soon(self._leave_quietly, within, message.force)
             return Reply({"ok": True, "status": "leaving"})
         if isinstance(message, PartitionFetch):
             return await self._service().transfer_source.handle(channel.remote.node_id, message)
@@ -1575,8 +1687,9 @@ async def open_node(**kwargs: object) -> AsyncIterator[Node]:
             except BaseException:
                 nursery.cancel_scope.cancel()
                 raise
-            with trio.move_on_after(node.config.leave_timeout + 3.0):
-                await node.leave()
+            bound = node.config.handoff_timeout + node.config.leave_timeout + 3.0
+            with trio.move_on_after(bound):
+                await node.leave(force=True)
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         error = single_error(group)

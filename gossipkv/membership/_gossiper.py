@@ -53,6 +53,8 @@ class GossipConfig:
       pause_guard: seconds after such a pause in which no failure verdicts are passed.
       remove_after: seconds a member stays down or left before the leader removes it.
       leave_timeout: seconds a leaving member waits for the leader's acknowledgement.
+      handoff_timeout: seconds a leaving member waits, by default, for its partitions and hints
+        to be handed off before it gives up (and stays up) or, forced, leaves anyway.
       tombstone_ttl_ms: milliseconds a removal is remembered (its quarantine) before it is
         forgotten.
       max_metadata_keys: metadata keys one member may publish.
@@ -73,6 +75,7 @@ class GossipConfig:
     pause_guard: float = 2.0
     remove_after: float = 60.0
     leave_timeout: float = 5.0
+    handoff_timeout: float = 120.0
     tombstone_ttl_ms: int = 24 * 3600 * 1000
     max_metadata_keys: int = 64
     max_metadata_bytes: int = 512
@@ -95,7 +98,13 @@ class GossipConfig:
         Raises:
           ValueError: naming the first bad setting.
         """
-        positive = ("gossip_interval", "remove_after", "leave_timeout", "max_interval")
+        positive = (
+            "gossip_interval",
+            "remove_after",
+            "leave_timeout",
+            "max_interval",
+            "handoff_timeout",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -250,6 +259,9 @@ class Gossiper:
         self.generation = generation
         self._self = self._new_self(generation)
         self.replaces: str | None = None
+        #: Set by the runtime while a leaving member's partitions and hints are handed off: it
+        #: stays ``leaving`` (serving as a source) until they are.
+        self.hold_leave = False
         grant = self.decisions.admission(node_id)
         if grant is not None:
             self._resume(grant)
@@ -302,6 +314,11 @@ class Gossiper:
     @property
     def status(self) -> SelfStatus:
         return _status_of(self._self)
+
+    @property
+    def removed(self) -> bool:
+        """Whether the leader removed this incarnation (or the admission it resumed)."""
+        return self._voided(self.node_id, self._self)
 
     @property
     def resumed(self) -> bool:
@@ -667,6 +684,15 @@ class Gossiper:
         if self._self.get("pulling") != partitions:
             self._self.set("pulling", partitions)
 
+    def pulling(self, partition: int) -> set[str]:
+        """The members still pulling ``partition`` (a transfer into them is in flight)."""
+        out = set()
+        for node_id, ns in self._namespaces.items():
+            value = ns.get("pulling")
+            if isinstance(value, list) and partition in value:
+                out.add(node_id)
+        return out
+
     def under_replicated(self) -> int:
         """Partitions with an owner that is unreachable from here or still pulling them."""
         table = self.table()
@@ -770,7 +796,9 @@ class Gossiper:
                 )
         elif status == "leaving":
             done = self.decisions.exited.get(self.node_id) == self.generation
-            if done or (self._leave_deadline is not None and now >= self._leave_deadline):
+            expired = self._leave_deadline is not None and now >= self._leave_deadline
+            # The runtime holds the leave while this member's data is still being handed off.
+            if (done or expired) and not self.hold_leave:
                 self._set_left(now)
 
     def _promote_self(self, up_number: int, admitted: int) -> None:
