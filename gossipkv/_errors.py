@@ -24,7 +24,8 @@ class DecodeError(GossipKVError):
 
     Attributes:
       reason: a short machine-readable tag, also the dropped-frame counter's key:
-        ``too_large``, ``truncated``, ``bad_cbor``, ``too_deep``, ``bad_shape``,
+        ``too_large``, ``truncated``, ``bad_cbor``, ``too_deep``, ``too_complex`` (it would
+        decode into more memory than the codec allows for its size), ``bad_shape``,
         ``unknown_type``, ``bad_field``.
     """
 
