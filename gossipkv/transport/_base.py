@@ -19,6 +19,9 @@ Semantics every implementation keeps:
   be closed.
 * Each connection has its own ``max_frame``, starting at the transport's; its owner may change it
   between frames (the node accepts only small frames until the ``hello`` exchange is done).
+* ``send`` and ``send_many`` raise :class:`SendStalled` (a ``ConnectionClosed``) when a piece
+  of at most 64 KiB could not be written within the transport's ``frame_timeout``: the other
+  side stopped reading. The connection is then closed.
 * A body over ``SMALL_FRAME`` bytes is received only after reserving its length from the
   transport's ``receive_budget`` (when it has one); ``receive`` returns the reservation before it
   returns the payload, so the caller decodes the payload before its next checkpoint (as the
@@ -35,7 +38,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from gossipkv._errors import ConnectionClosed
 from gossipkv._limits import SMALL_FRAME as SMALL_FRAME
+
+
+class SendStalled(ConnectionClosed):
+    """A write made no progress for the transport's ``frame_timeout``: the other side does not
+    read. The connection is closed (its state mid-write is unknown)."""
 
 
 class ReceiveBudget:

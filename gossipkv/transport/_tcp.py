@@ -26,7 +26,7 @@ from gossipkv._codec import DEFAULT_MAX_FRAME, FRAME_HEADER, frame_length
 from gossipkv._errors import ConfigError, ConnectionClosed, DecodeError, TransportError
 from gossipkv._types import Address
 
-from ._base import SMALL_FRAME, Connection, Handler, ReceiveBudget, Transport
+from ._base import SMALL_FRAME, Connection, Handler, ReceiveBudget, SendStalled, Transport
 
 _log = logging.getLogger("gossipkv.transport")
 
@@ -111,6 +111,8 @@ class TcpConnection(Connection):
         after its header, never copied into a joined buffer.
 
         Raises:
+          SendStalled: 64 KiB could not be written within ``frame_timeout`` (the other side
+            stopped reading); the connection is closed.
           ConnectionClosed: the connection was closed at either end or broke.
           ValueError: a payload does not fit a 4-byte length prefix.
         """
@@ -133,11 +135,29 @@ class TcpConnection(Connection):
         async with self._send_lock:
             try:
                 for data in writes:
-                    await self._stream.send_all(data)
+                    await self._write(data)
             except _STREAM_ERRORS as exc:
                 raise ConnectionClosed(
                     f"connection to {self._remote} closed: {_describe(exc)}"
                 ) from exc
+
+    async def _write(self, data: bytes) -> None:
+        timeout = self._transport.frame_timeout
+        if timeout == math.inf:
+            await self._stream.send_all(data)
+            return
+        # Piece by piece, each with the deadline: a slow reader is fine, one that stopped is not.
+        view = memoryview(data)
+        for start in range(0, len(view), _CHUNK):
+            with trio.move_on_after(timeout):
+                await self._stream.send_all(view[start : start + _CHUNK])
+                continue
+            self._closed = True
+            await trio.aclose_forcefully(self._stream)
+            raise SendStalled(
+                f"connection to {self._remote}: no write progress for {timeout:g} s "
+                "(it does not read)"
+            )
 
     async def receive(self) -> bytes:
         """Receive the next payload.
