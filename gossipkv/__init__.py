@@ -71,6 +71,7 @@ from ._kv import Change as Change
 from ._kv import GetResult as GetResult
 from ._kv import KVConfig as KVConfig
 from ._kv import PutResult as PutResult
+from ._limits import NetworkLimits as NetworkLimits
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._node import (
     Node as Node,
@@ -122,6 +123,7 @@ __all__ = [
     "HandshakeError",
     "MemberView",
     "MembershipEvent",
+    "NetworkLimits",
     "Node",
     "NodeClosedError",
     "NodeStatistics",

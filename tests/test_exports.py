@@ -17,7 +17,7 @@ PUBLIC = {
     "Change", "Client", "ClusterNotReady", "ConfigError", "ConnectionClosed", "DataDirError",
     "DecodeError", "GetResult", "GossipConfig", "GossipKVError", "HandshakeError",
     "InvalidContext", "InvalidKey", "KVConfig", "KeyTooLarge", "MemberView", "MembershipEvent",
-    "Node", "NodeClosedError", "NodeStatistics", "Overloaded", "PROTOCOL_VERSION", "PutResult",
+    "NetworkLimits", "Node", "NodeClosedError", "NodeStatistics", "Overloaded", "PROTOCOL_VERSION", "PutResult",
     "QuorumNotReached", "RemoteError", "StorageError", "TooManySiblings", "TransportError",
     "Unavailable", "ValueNotEncodable", "ValueTooLarge", "__version__", "members_body",
     "open_client", "open_node",
