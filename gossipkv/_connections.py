@@ -106,7 +106,7 @@ class ConnectionTable:
 
         Returns:
           False when the member already has ``max_connections_per_peer`` connections here
-          (counted as ``peer_limit``): close it.
+          (counted as ``peer_limit``): close it without answering its ``hello``.
         """
         if name == "client":
             return True

@@ -1077,7 +1077,13 @@ class Node:
             await self._runtime().nursery.start(self._run_channel, channel, addr)
             return channel
 
-    async def _handshake(self, conn: Connection, *, initiator: bool) -> Hello:
+    async def _handshake(
+        self,
+        conn: Connection,
+        *,
+        initiator: bool,
+        admit: Callable[[Hello], bool] | None = None,
+    ) -> Hello:
         # Only small frames until the hello is done, both ways: a stranger's first frame cannot
         # make this node read (or decode) megabytes.
         conn.max_frame = min(conn.max_frame, self.limits.max_hello_frame)
@@ -1089,6 +1095,7 @@ class Node:
                 max_frame=conn.max_frame,
                 counters=self._counters,
                 own_node_id=self.name,
+                admit=admit,
             )
         conn.max_frame = self._max_frame()
         return hello
@@ -1136,8 +1143,16 @@ class Node:
 
     async def _serve_connection(self, conn: Connection, admission: Admission) -> None:
         await self._ready.wait()
+
+        def admit(hello: Hello) -> bool:
+            # Before our hello goes back: a member name over its cap gets no answer.
+            known = hello.node_id != "client" and (
+                self._runtime().gossiper.address_of(hello.node_id) is not None
+            )
+            return self._conns.identify(admission, hello.node_id, known_member=known)
+
         try:
-            remote = await self._handshake(conn, initiator=False)
+            remote = await self._handshake(conn, initiator=False, admit=admit)
         except HandshakeError as exc:
             log.warning("refused connection from %s: %s", conn.remote_address, exc)
             return
@@ -1151,15 +1166,6 @@ class Node:
             self._counters.dropped["handshake_failed"] += 1
             return
         member = remote.node_id != "client"
-        known = member and self._runtime().gossiper.address_of(remote.node_id) is not None
-        if not self._conns.identify(admission, remote.node_id, known_member=known):
-            log.warning(
-                "refused connection from %s: %s already has %d connections here",
-                conn.remote_address,
-                remote.node_id,
-                self.limits.max_connections_per_peer,
-            )
-            return
         channel = self._make_channel(conn, remote)
         addr = remote.address if member else ""
         if addr and addr not in self._channels:

@@ -155,11 +155,16 @@ async def handshake(
     max_frame: int,
     counters: TransportCounters,
     own_node_id: str | None,
+    admit: Callable[[Hello], bool] | None = None,
 ) -> Hello:
     """Exchange ``hello`` frames; returns the other side's.
 
+    ``admit`` (responder side) sees an acceptable ``hello`` before ours is sent; when it returns
+    False nothing is sent and :exc:`HandshakeError` ``limit`` is raised (the caller closes).
+
     Raises:
-      HandshakeError: refused by either side (wrong cluster, protocol or identity).
+      HandshakeError: refused by either side (wrong cluster, protocol or identity), or by
+        ``admit``.
       ConnectionClosed, DecodeError: the connection failed during the handshake.
     """
 
@@ -184,6 +189,8 @@ async def handshake(
         except ConnectionClosed:
             pass
         raise HandshakeError(refusal.reason, refusal.message)
+    if admit is not None and not admit(theirs):
+        raise HandshakeError("limit", f"{theirs.node_id!r} is over a connection limit here")
     if not initiator:
         await send(ours)
     return theirs
