@@ -393,6 +393,8 @@ _PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
 
 def _any_value(raw: Any, where: _Where) -> Any:
     """Accept only plain CBOR data (no datetimes, sets, tags...): what every peer can re-encode."""
+    if type(raw) in _PLAIN_SCALARS:
+        return raw
     # A stack of iterators, not of items: its size is the nesting depth (at most MAX_DEPTH), where
     # a stack of items would copy every element of a large list once more.
     stack = [iter((raw,))]

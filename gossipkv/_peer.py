@@ -310,7 +310,11 @@ class Channel:
                 self._last_activity = now  # look again one idle period after it was busy
                 continue
             self._counters.refusals["idle_timeout"] += 1
-            log.info("closing connection to %s: idle for %g s", self.conn.remote_address, now)
+            log.info(
+                "closing connection to %s: idle for %g s",
+                self.conn.remote_address,
+                self._idle_timeout,
+            )
             self._mark_closed()
             scope.cancel()
             return
