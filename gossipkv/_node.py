@@ -845,8 +845,9 @@ class Node:
         hints: StorageEngine,
         task_status: trio.TaskStatus[Node],
     ) -> None:
-        soft, open_fds = await trio.to_thread.run_sync(_descriptor_use)
-        self._conns.fit_descriptor_limit(soft, open_fds)
+        # Inline, not in a thread: listing /proc/self/fd touches no disk, and waiting for a
+        # thread would let a simulation's MockClock jump while this node starts.
+        self._conns.fit_descriptor_limit(*_descriptor_use())
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(
                 self._transport.serve, self._listen, self._handle_connection
