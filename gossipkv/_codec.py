@@ -526,12 +526,21 @@ _KINDS: dict[int, Kind] = {int(k): k for k in Kind}
 
 
 def encode(kind: Kind, request_id: int, message: Message) -> bytes:
-    """Encode one envelope as a CBOR payload (without the length prefix)."""
+    """Encode one envelope as a CBOR payload (without the length prefix).
+
+    A payload the receiving end would refuse as ``too_complex`` is refused here instead, so the
+    sender gets the error (a request's caller; a reply's requester, as an error reply).
+
+    Raises:
+      DecodeError: ``unencodable`` (not CBOR-encodable) or ``too_complex``.
+    """
     _, enc = _CODECS[type(message)]
     try:
-        return cbor2.dumps([int(kind), request_id, message.TAG, enc(message)])
+        payload = cbor2.dumps([int(kind), request_id, message.TAG, enc(message)])
     except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
         raise DecodeError("unencodable", f"cannot encode {message.TAG}: {exc}") from exc
+    check_decode_cost(payload)
+    return payload
 
 
 def decode(payload: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Envelope:
@@ -582,13 +591,21 @@ def frame_header(payload: bytes) -> bytes:
 def dumps_canonical(value: object) -> bytes:
     """Canonical CBOR of a plain value (equal values give equal bytes).
 
+    Bytes that :func:`loads_value` would refuse as ``too_complex`` are refused here, so nothing
+    is stored or sent that cannot be read back (a put of such a value fails instead).
+
     Raises:
-      ValueError: if the value is not CBOR-encodable.
+      ValueError: if the value is not CBOR-encodable, or too complex to decode again.
     """
     try:
-        return cbor2.dumps(value, canonical=True)
+        data = cbor2.dumps(value, canonical=True)
     except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"value is not CBOR-encodable: {exc}") from exc
+    try:
+        check_decode_cost(data)
+    except DecodeError as exc:
+        raise ValueError(f"value is too complex: {exc}") from exc
+    return data
 
 
 def loads_value(data: bytes) -> object:

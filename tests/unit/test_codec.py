@@ -469,3 +469,16 @@ def test_guard_accepts_only_what_decodes_within_its_budget(items: list[bytes], r
         assert estimate > decode_budget(len(payload))
     else:
         assert len(payload) <= GUARD_THRESHOLD or estimate <= decode_budget(len(payload))
+
+
+def test_nothing_is_encoded_that_the_guard_would_refuse() -> None:
+    """A value whose decoding the guard refuses is refused when it is encoded, so a put fails
+    with an error instead of storing (or sending) what no peer could read back."""
+    value = [{}] * 100_000  # 100 KB of CBOR, ~7 MB of dicts
+    with pytest.raises(ValueError, match="too complex"):
+        _codec.dumps_canonical(value)
+    with pytest.raises(DecodeError) as info:
+        encode(Kind.RESPONSE, 1, KvResult("k", True, (value,), b""))
+    assert info.value.reason == "too_complex"
+    fine = list(range(100_000))
+    assert loads_value(_codec.dumps_canonical(fine)) == fine
