@@ -730,7 +730,15 @@ class Node:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """One remote subscription: forward changes as one-way ``WatchEvent`` messages until the
-        connection closes (its bounded buffer drops the newest, like :meth:`watch`)."""
+        connection closes (its bounded buffer drops the newest, like :meth:`watch`).
+
+        Raises:
+          RemoteError: ``too_many_watches`` (before ``started``), over a watch cap.
+        """
+        # Checked and counted with no checkpoint between: concurrent requests cannot overshoot.
+        refusal = self._conns.watch_refusal(channel.subscriptions)
+        if refusal is not None:
+            raise RemoteError("too_many_watches", refusal)
         channel.subscriptions += 1
         self._conns.watches += 1
         try:
@@ -1201,9 +1209,7 @@ class Node:
         if isinstance(message, StatsRequest):
             return Reply(statistics_body(self.statistics()))
         if isinstance(message, WatchRequest):
-            refusal = self._conns.watch_refusal(channel.subscriptions)
-            if refusal is not None:
-                raise RemoteError("too_many_watches", refusal)
+            # RemoteError("too_many_watches") when over a watch cap.
             await self._runtime().nursery.start(self._serve_watch, channel, message.prefix)
             return Reply({"ok": True})
         if isinstance(message, SetMetadataRequest):
