@@ -256,10 +256,10 @@ def health_panel(snap: Snapshot) -> Panel:
     return Panel(grid, title="data health", title_align="left", box=box.ROUNDED)
 
 
-def _dropped(stats: Iterable[Mapping[str, Any]]) -> Counter[str]:
+def _dropped(stats: Iterable[Mapping[str, Any]], field: str = "dropped_frames") -> Counter[str]:
     total: Counter[str] = Counter()
     for s in stats:
-        for reason, n in (s.get("dropped_frames") or {}).items():
+        for reason, n in (s.get(field) or {}).items():
             total[str(reason)] += int(n)
     return total
 
@@ -278,6 +278,9 @@ def gossip_panel(snap: Snapshot, *, compact: bool = False) -> Panel:
     rate = "-" if snap.gossip_bytes_per_s is None else _fmt_bytes(snap.gossip_bytes_per_s)
     dropped = _dropped(stats)
     dropped_text = ", ".join(f"{k}:{v}" for k, v in dropped.most_common(3)) if dropped else "none"
+    # What members refused to protect themselves (connection caps, timeouts, watch caps).
+    refused = _dropped(stats, "refusals")
+    refused_text = ", ".join(f"{k}:{v}" for k, v in refused.most_common(3)) if refused else "none"
     lag_member = max(stats, key=lambda s: float(s.get("max_loop_lag") or 0.0), default=None)
     lag = (
         f"{float(lag_member.get('max_loop_lag') or 0.0) * 1000:.1f} ms ({lag_member.get('name')})"
@@ -295,6 +298,7 @@ def gossip_panel(snap: Snapshot, *, compact: bool = False) -> Panel:
         grid.add_row("rounds", rounds)
         grid.add_row("bytes in+out", rate)
         grid.add_row("dropped", dropped_text)
+        grid.add_row("refused", refused_text)
         grid.add_row("max loop lag", lag)
         body = grid
     return Panel(body, title="gossip", title_align="left", box=box.ROUNDED)

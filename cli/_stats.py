@@ -52,13 +52,18 @@ COUNTERS: dict[str, str] = {
 LABELLED_COUNTERS: dict[str, tuple[str, str]] = {
     "dropped_frames": ("reason", "Frames or events dropped, by reason."),
     "refused_handshakes": ("reason", "Handshakes refused, by reason."),
+    "refusals": (
+        "reason",
+        "Connections, frames, subscriptions and writes refused by a limit, by reason.",
+    ),
     "kv_errors": ("kind", "Data-path errors, by kind."),
-    "refusals": ("reason", "Requests and connections refused by a limit, by reason."),
 }
 # Point-in-time gauges: field -> (metric suffix, help text).
 GAUGES: dict[str, tuple[str, str]] = {
     "generation": ("generation", "This node's generation (incarnation)."),
-    "connections": ("connections", "Open connections."),
+    "connections": ("connections", "Open connections (members and clients, both ways)."),
+    "peer_connections": ("peer_connections", "Open connections to and from other members."),
+    "client_connections": ("client_connections", "Open connections from clients."),
     "max_loop_lag": ("max_loop_lag_seconds", "Largest event-loop lag seen."),
     "last_loop_lag": ("last_loop_lag_seconds", "Most recent event-loop lag."),
     "partitions": ("partitions", "Partitions in the table (0: no table yet)."),
@@ -169,7 +174,11 @@ def stats_table(stats: dict[str, Any]) -> Table:
             f"N={stats.get('replicas')}",
         ),
         ("partitions owned", _fmt_map(stats.get("partitions_owned"))),
-        ("connections", str(stats.get("connections"))),
+        (
+            "connections",
+            f"{stats.get('connections')} (members {stats.get('peer_connections', '-')}, "
+            f"clients {stats.get('client_connections', '-')})",
+        ),
         (
             "loop lag",
             f"last {float(stats.get('last_loop_lag') or 0) * 1000:.1f} ms  "

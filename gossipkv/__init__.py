@@ -77,6 +77,7 @@ from ._kv import Change as Change
 from ._kv import GetResult as GetResult
 from ._kv import KVConfig as KVConfig
 from ._kv import PutResult as PutResult
+from ._limits import NetworkLimits as NetworkLimits
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._node import (
     Node as Node,
@@ -132,6 +133,7 @@ __all__ = [
     "HandshakeError",
     "MemberView",
     "MembershipEvent",
+    "NetworkLimits",
     "Node",
     "NodeClosedError",
     "NodeStatistics",

@@ -26,6 +26,7 @@ from ._errors import (
     single_error,
 )
 from ._kv import Change, GetResult, PutResult
+from ._limits import NetworkLimits
 from ._messages import (
     PROTOCOL_VERSION,
     Hello,
@@ -72,7 +73,9 @@ class Client:
     Many requests may be in flight at once on the one connection. When a request finds the
     connected peer gone (or silent for ``request_timeout``), the client moves to the next listed
     peer; requests that are safe to repeat (reads, members, statistics, and puts, which carry an
-    idempotency id) are retried there, operator requests are not.
+    idempotency id) are retried there (at least once, even with one peer listed), operator
+    requests are not. A connection the peer closed while it was idle (its
+    ``NetworkLimits.idle_timeout``) is simply reopened by the next request, of any kind.
 
     Attributes:
       connected_to: the address of the peer in use, or ``None`` before the first request.
@@ -135,9 +138,13 @@ class Client:
 
     async def _call(self, message: Message, *, retry: bool) -> Message:
         # Many requests may be in flight on the one connection; only connecting is serialized.
-        attempts = len(self._peers) if retry else 1
+        # A request safe to repeat gets one attempt per listed peer, and at least two: a peer
+        # closes connections that stay idle (NetworkLimits.idle_timeout), and a request that
+        # met such a close must work on a fresh connection even with a single peer listed.
+        attempts = max(2, len(self._peers)) if retry else 1
         last: GossipKVError | None = None
-        for _ in range(attempts):
+        unsent = 0
+        while attempts > 0:
             channel = self._channel
             if channel is None or channel.closed or self._closed:
                 async with self._lock:
@@ -145,9 +152,18 @@ class Client:
             peer = self.connected_to
             try:
                 reply = await self._request_once(channel, message)
+            except _NotSent:
+                # The connection had closed before the request went out (an idle connection
+                # the peer closed): nothing was sent, so any request may go again.
+                await self._drop(channel, peer, rotate=False)
+                unsent += 1
+                if unsent > len(self._peers) + 1:
+                    raise TransportError(f"{peer}: connection closed") from None
+                continue
             except (ConnectionClosed, trio.TooSlowError) as exc:
                 last = TransportError(f"{peer}: {exc or 'request timed out'}")
-                await self._move_on(channel, peer)
+                await self._drop(channel, peer, rotate=True)
+                attempts -= 1
                 continue
             except RemoteError as exc:
                 error = error_from_code(exc.code, str(exc))
@@ -156,19 +172,23 @@ class Client:
                 # This peer cannot see enough replicas (cut off, or its owners are down): another
                 # one may. Safe to repeat: reads, and puts (they carry an idempotency id).
                 last = error
-                await self._move_on(channel, peer)
+                await self._drop(channel, peer, rotate=True)
+                attempts -= 1
+                if attempts <= 0 or len(self._peers) < 2:
+                    raise error from exc
                 continue
             return reply
         assert last is not None
         raise last
 
-    async def _move_on(self, channel: Channel, peer: str | None) -> None:
-        """Leave ``peer`` for the next listed one (it goes to the end of the list)."""
+    async def _drop(self, channel: Channel, peer: str | None, *, rotate: bool) -> None:
+        """Close the connection to ``peer``; with ``rotate`` try the next listed peer first."""
         async with self._lock:
             if self._channel is channel:
                 await channel.aclose()
                 self._channel = None
-                if peer in self._peers and len(self._peers) > 1:
+                # Try the next peer first next time.
+                if rotate and peer in self._peers:
                     self._peers.remove(peer)
                     self._peers.append(peer)
 
@@ -177,11 +197,14 @@ class Client:
         scope per request costs more than the request itself).
 
         Raises:
+          _NotSent: the connection was already closed; nothing was sent.
           ConnectionClosed, trio.TooSlowError, RemoteError.
         """
         pending = _Pending(trio.current_time() + self._request_timeout, channel)
         try:
             pending.request_id = channel.request_nowait(message, pending.finish)
+        except ConnectionClosed as exc:
+            raise _NotSent from exc
         except trio.WouldBlock:
             with trio.fail_after(self._request_timeout):
                 return await channel.request(message)
@@ -404,6 +427,8 @@ class Client:
           A receive channel of :class:`Change`.
 
         Raises:
+          RemoteError: every member refused the watch (``code == "too_many_watches"``: each
+            peer serves at most ``NetworkLimits.max_watches`` watches).
           TransportError: no member could be watched.
           HandshakeError: the peer asked for the member list is in another cluster or speaks
             another protocol version.
@@ -448,6 +473,7 @@ class Client:
 
         channels: list[Channel] = []
         errors: list[str] = []
+        refused: list[RemoteError] = []
         try:
             async with trio.open_nursery() as nursery:
                 for addr in addrs:
@@ -461,6 +487,8 @@ class Client:
                             await channel.request(WatchRequest(prefix))
                     except (ConnectionClosed, RemoteError, trio.TooSlowError) as exc:
                         errors.append(f"{addr}: {exc or 'watch request timed out'}")
+                        if isinstance(exc, RemoteError):
+                            refused.append(exc)
                         await channel.aclose()
                         continue
                     channels.append(channel)
@@ -489,6 +517,9 @@ class Client:
                 raise
             raise error from group
         if not channels:
+            if refused and len(refused) == len(errors):
+                # Every member answered, and refused (too_many_watches, say): say why.
+                raise error_from_code(refused[0].code, str(refused[0]))
             raise TransportError("no member could be watched: " + "; ".join(errors))
 
     async def _dial(self, addr: str, on_oneway: OnewayHandler, nursery: trio.Nursery) -> Channel:
@@ -501,16 +532,19 @@ class Client:
             conn = await self._transport.connect(addr)
         if scope.cancelled_caught:
             raise TransportError("connect timed out")
+        # Only small frames until the peer's hello has come (as a peer does).
+        conn.max_frame = min(conn.max_frame, _HELLO_FRAME)
         try:
             with trio.fail_after(self._request_timeout):
                 remote = await handshake(
                     conn,
                     Hello(PROTOCOL_VERSION, self._cluster, "client", 0, ""),
                     initiator=True,
-                    max_frame=self._transport.max_frame,
+                    max_frame=conn.max_frame,
                     counters=self._counters,
                     own_node_id=None,
                 )
+            conn.max_frame = self._transport.max_frame
         except BaseException:
             with trio.move_on_after(0.5, shield=True):
                 await conn.aclose()
@@ -537,6 +571,11 @@ class Client:
 
 
 _WATCH_SEEN = 10_000
+_HELLO_FRAME = NetworkLimits().max_hello_frame
+
+
+class _NotSent(Exception):
+    """A request found its connection closed before anything was sent."""
 
 
 #: Error codes after which a retry-safe request is tried on the next peer: the peer could not

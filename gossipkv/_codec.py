@@ -9,6 +9,7 @@ It also offers canonical encoding of stored values (equal objects give equal byt
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -22,6 +23,16 @@ from ._messages import MESSAGE_TYPES, Envelope, Kind, Message
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 MAX_DEPTH = 64
 FRAME_HEADER = 4  # 4-byte big-endian length prefix
+
+#: Payloads up to this size are decoded without the cost check: at worst (tiny maps, about
+#: 80 bytes of Python objects per byte of CBOR) one costs a few MiB, and all gossip is this small.
+GUARD_THRESHOLD = 64 * 1024
+#: Python memory a checked payload may decode into, per payload byte. Lists of small integers
+#: take 8.4x their CBOR size and lists of JSON-like records 10-15x; adversarial shapes (empty
+#: arrays and maps, tiny maps) up to about 80x. See ``decode_cost``.
+DECODE_MEMORY_FACTOR = 16
+#: ...plus this much, for the fixed costs of a payload just over the threshold.
+DECODE_MEMORY_ALLOWANCE = 1024 * 1024
 
 # ``where`` locates a field for error messages: a string, or ``(parent, name_or_index)`` built
 # cheaply per field and only formatted into text when a DecodeError is raised.
@@ -45,6 +56,7 @@ _SEMANTIC_REJECTS = dict.fromkeys((*range(1024), 1004, 55799), _reject_semantic)
 
 
 def _loads(data: bytes, max_depth: int = MAX_DEPTH) -> object:
+    check_decode_cost(data)
     try:
         value = cast_object(
             cbor2.loads(
@@ -77,6 +89,281 @@ def cast_object(value: Any) -> object:
     return result
 
 
+# --- the decode cost guard --------------------------------------------------------------------
+#
+# cbor2 turns one byte into a Python object of up to ~230 bytes (0x80: an empty list, 0xa1 0x00
+# 0x00: a one-entry dict), so an unchecked 16 MiB frame can decode into more than 1 GiB. A payload
+# over GUARD_THRESHOLD is checked first: a count of byte classes bounds its decoded size at C
+# speed; only when that bound is over the budget are the item heads walked (string and byte string
+# contents skipped whole), stopping as soon as the estimate passes the budget. The estimate models
+# CPython's object sizes (final objects plus the largest transient allocation); the unit tests hold
+# it against tracemalloc over adversarial shapes, so it must stay an upper bound.
+
+
+def decode_budget(size: int) -> int:
+    """The most Python memory a checked payload of ``size`` bytes may decode into."""
+    return DECODE_MEMORY_FACTOR * size + DECODE_MEMORY_ALLOWANCE
+
+
+def _int_bytes(limit: int) -> int:
+    """Size of an int object holding values below ``limit`` (small ints are shared: 0)."""
+    return 28 if limit <= 1 << 30 else 32 if limit <= 1 << 60 else 36
+
+
+def _list_capacities(limit: int) -> list[int]:
+    """Slots CPython's ``list.append`` has allocated after 0..limit appends (3.11+ growth)."""
+    caps, allocated = [0], 0
+    for size in range(1, limit + 1):
+        if size > allocated:
+            allocated = (size + (size >> 3) + 6) & ~3
+        caps.append(allocated)
+    return caps
+
+
+_SMALL_LIST_SLOTS = _list_capacities(64)
+
+
+def _list_bytes(n: int) -> int:
+    """A list cbor2 built by appending ``n`` items: its header and over-allocated slots."""
+    if n < len(_SMALL_LIST_SLOTS):
+        return 56 + 8 * _SMALL_LIST_SLOTS[n]
+    return 56 + 8 * (n + (n >> 3) + 6)
+
+
+def _dict_keys_bytes(log2: int) -> int:
+    width = 1 if log2 < 8 else 2 if log2 < 16 else 4 if log2 < 32 else 8
+    return 32 + (width << log2) + ((2 << log2) // 3) * 24
+
+
+def _dict_bytes(n: int) -> tuple[int, int]:
+    """A dict built by inserting ``n`` entries (general entries, an upper bound for text keys),
+    and the table its last resize freed (both exist during that resize)."""
+    if n == 0:
+        return 64, 0
+    log2, previous = 3, 0
+    while n > (2 << log2) // 3:
+        previous = _dict_keys_bytes(log2)
+        log2 = (3 * ((2 << log2) // 3) - 1).bit_length()
+    return 64 + _dict_keys_bytes(log2), previous
+
+
+# Per initial byte: how many bytes the head (with its argument or inline content) takes, and the
+# bytes its object costs; step 0 marks the heads handled one by one (_SPECIAL says how).
+_STOP, _TEXT_INLINE, _BYTES_ARG, _TEXT_ARG, _ARRAY_ARG, _MAP_ARG = range(6)
+
+
+def _head_tables() -> tuple[list[int], list[int], list[int]]:
+    step, cost, special = [0] * 256, [0] * 256, [_STOP] * 256
+    arg_len = {24: 1, 25: 2, 26: 4, 27: 8}
+    for ib in range(256):
+        major, info = ib >> 5, ib & 0x1F
+        if info > 27:
+            continue  # reserved or indefinite length: cbor2 (allow_indefinite=False) raises
+        width = arg_len.get(info, 0)
+        inline = info if info < 24 else -1
+        if major in (0, 1):
+            step[ib] = 1 + width
+            biggest = 1 << (8 * width) if width else 24
+            shared = biggest <= 257 if major == 0 else inline != -1 and inline <= 4
+            cost[ib] = 0 if shared else _int_bytes(biggest)
+        elif major == 2:
+            if inline == -1:
+                special[ib] = _BYTES_ARG
+            else:
+                step[ib] = 1 + inline
+                cost[ib] = 0 if inline <= 1 else 33 + inline  # b"" and 1-byte bytes are shared
+        elif major == 3:
+            if inline == -1:
+                special[ib] = _TEXT_ARG
+            elif inline <= 1:
+                step[ib] = 1 + inline  # "" and one ASCII character are shared
+            else:
+                special[ib] = _TEXT_INLINE
+        elif major == 4:
+            if inline == -1:
+                special[ib] = _ARRAY_ARG
+            else:
+                step[ib], cost[ib] = 1, _list_bytes(inline)
+        elif major == 5:
+            if inline == -1:
+                special[ib] = _MAP_ARG
+            else:
+                step[ib], cost[ib] = 1, _dict_bytes(inline)[0]
+        elif major == 7:
+            if info in (20, 21, 22, 23):  # false, true, null, undefined: shared
+                step[ib] = 1
+            elif info < 20 or info == 24:  # simple values: a CBORSimpleValue each
+                step[ib], cost[ib] = 1 + width, 40
+            elif info in (25, 26, 27):  # half, single and double floats
+                step[ib], cost[ib] = 1 + width, 24
+        # major 6 (tags): cbor2 raises at the first one (every tag is refused on the wire)
+    return step, cost, special
+
+
+_STEP, _COST, _SPECIAL = _head_tables()
+# Transient allocations too small to track one by one (the table a small dict's resize frees).
+_SMALL_SPIKE = 1024
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+
+
+def decode_cost(data: bytes, limit: int | None = None) -> int:
+    """Estimate the Python memory cbor2 needs to decode ``data`` (an upper bound, in bytes).
+
+    Walks the item heads in order without building anything; string contents are skipped whole,
+    so a payload that is one large byte string or text costs O(1) steps. Items after a point where
+    cbor2 must fail (a tag, an indefinite length, a reserved head, the end of the data) are not
+    counted: decoding stops there too.
+
+    Args:
+      data: one CBOR payload.
+      limit: stop as soon as the estimate exceeds this (the result is then only known to be
+        over it).
+
+    Returns:
+      The estimate: the objects' sizes plus the largest transient allocation on the way.
+    """
+    step, cost, special = _STEP, _COST, _SPECIAL
+    stop = len(data)
+    ceiling = 1 << 62 if limit is None else limit
+    i = total = 0
+    spike = _SMALL_SPIKE
+    # Where the next non-ASCII byte is: one C-speed search serves every string before it.
+    non_ascii = -1
+    while i < stop:
+        ib = data[i]
+        n = step[ib]
+        if n:
+            total += cost[ib]
+            i += n
+            if total > ceiling:
+                break
+            continue
+        how = special[ib]
+        if how == _STOP:
+            break
+        if how == _TEXT_INLINE:
+            start, k = i + 1, ib & 0x1F
+        else:
+            start = i + 1 + (1 << ((ib & 0x1F) - 24))
+            if start > stop:
+                break
+            k = int.from_bytes(data[i + 1 : start], "big")
+            if how in (_ARRAY_ARG, _MAP_ARG):
+                # cbor2 appends items as they arrive: a count the rest of the data cannot hold
+                # costs only what is there before decoding fails.
+                if how == _ARRAY_ARG:
+                    total += _list_bytes(min(k, stop - start))
+                else:
+                    final, freed = _dict_bytes(min(k, (stop - start) // 2))
+                    total += final
+                    if freed > spike:
+                        spike = freed
+                i = start
+                if total + spike > ceiling:
+                    break
+                continue
+        end = start + k
+        if end > stop:
+            break
+        if how == _BYTES_ARG:
+            total += 33 + k
+            transient = k // 4 + 64  # cbor2 reads large byte strings in pieces
+        else:
+            if non_ascii < start:
+                found = _NON_ASCII.search(data, start)
+                non_ascii = stop if found is None else found.start()
+            if non_ascii >= end:
+                total += 49 + k
+                transient = k
+            else:
+                # At most k characters, 4 bytes each once one needs it; CPython's decoder widens
+                # its buffer on the way (measured: up to 5 more bytes per UTF-8 byte at the peak).
+                total += 80 + 4 * k
+                transient = 5 * k + 128
+        if transient > spike:
+            spike = transient
+        i = end
+        if total + spike > ceiling:
+            break
+    return total + spike
+
+
+def _crude_weights() -> tuple[bytes, list[int]]:
+    """Byte classes for :func:`_crude_bound`: a translate table and each class's weight.
+
+    Any byte may be an item head or part of a head's argument or string content. Every byte
+    carries 9 bytes: as an item, the slot (with over-allocation) it takes in its list or map; as
+    string content, its share of the string (at most 4 bytes of text plus 5 transient). A head
+    adds what its own object costs beyond its children's slots. A map with a count argument may
+    cost more per entry than that: a payload holding such a byte (0xb8-0xbb) gets no crude bound
+    and is walked exactly.
+    """
+    buckets = [9, 16, 32, 48, 64, 96, 128, 256, 512, 1024]
+    table = bytearray(256)
+    for ib in range(256):
+        how, info = _SPECIAL[ib], ib & 0x1F
+        if _STEP[ib] and ib >> 5 == 4:  # a list of `info` items: header and spare slots
+            weight = 9 + _list_bytes(info) - 8 * info
+        elif _STEP[ib] and ib >> 5 == 5:  # a dict of `info` entries: beyond 9 bytes per item
+            weight = 9 + max(64, _dict_bytes(info)[0] - 18 * info)
+        elif _STEP[ib]:
+            weight = 9 + _COST[ib]
+        elif how in (_TEXT_INLINE, _TEXT_ARG):
+            weight = 9 + 80 + 128  # non-ASCII text: 80 + 4k bytes and 5k + 128 transient
+        elif how == _BYTES_ARG:
+            weight = 9 + 33 + 64  # 33 + k bytes and k // 4 + 64 transient
+        elif how == _ARRAY_ARG:
+            weight = 9 + _list_bytes(0) + 48  # 56 + 8 * (n + n // 8 + 6)
+        elif how == _STOP:
+            weight = 9
+        else:
+            table[ib] = len(buckets)
+            continue
+        table[ib] = next(c for c, top in enumerate(buckets) if weight <= top)
+    return bytes(table), buckets
+
+
+_CRUDE_TABLE, _CRUDE_WEIGHTS = _crude_weights()
+_CRUDE_WALK = bytes([len(_CRUDE_WEIGHTS)])
+_CRUDE_CLASSES = [(bytes([c]), w) for c, w in enumerate(_CRUDE_WEIGHTS)][1:]
+
+
+def _crude_bound(data: bytes) -> int | None:
+    """An upper bound of :func:`decode_cost` from byte counts alone, or ``None`` when the payload
+    holds a byte whose cost only a walk can tell."""
+    classes = data.translate(_CRUDE_TABLE)
+    if _CRUDE_WALK in classes:
+        return None
+    bound = len(data) * _CRUDE_WEIGHTS[0] + _SMALL_SPIKE
+    for mark, weight in _CRUDE_CLASSES:
+        bound += classes.count(mark) * (weight - _CRUDE_WEIGHTS[0])
+    return bound
+
+
+def check_decode_cost(data: bytes) -> None:
+    """Refuse a payload that would decode into more than :func:`decode_budget` of its size.
+
+    Payloads up to ``GUARD_THRESHOLD`` pass unchecked. Cost: a few C-speed passes over the
+    payload; the exact walk only for payloads whose byte counts allow an amplification, and it
+    stops at the budget.
+
+    Raises:
+      DecodeError: ``too_complex``.
+    """
+    size = len(data)
+    if size <= GUARD_THRESHOLD:
+        return
+    budget = decode_budget(size)
+    bound = _crude_bound(data)
+    if bound is not None and bound <= budget:
+        return
+    if decode_cost(data, budget) > budget:
+        raise DecodeError(
+            "too_complex",
+            f"a payload of {size} bytes would decode into more than {budget} bytes of objects",
+        )
+
+
 # --- schema-driven conversion ---------------------------------------------------------------
 
 
@@ -106,25 +393,32 @@ _PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
 
 def _any_value(raw: Any, where: _Where) -> Any:
     """Accept only plain CBOR data (no datetimes, sets, tags...): what every peer can re-encode."""
-    stack = [raw]
+    if type(raw) in _PLAIN_SCALARS:
+        return raw
+    # A stack of iterators, not of items: its size is the nesting depth (at most MAX_DEPTH), where
+    # a stack of items would copy every element of a large list once more.
+    stack = [iter((raw,))]
     while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind in _PLAIN_SCALARS:
-            continue
-        if kind is list:
-            stack.extend(item)
-        elif kind is dict:
-            for key, value in item.items():
-                if type(key) not in (str, int):
-                    raise DecodeError(
-                        "bad_field", f"{_path(where)}: map keys must be text or integers"
-                    )
-                stack.append(value)
-        else:
+        for item in stack[-1]:
+            kind = type(item)
+            if kind in _PLAIN_SCALARS:
+                continue
+            if kind is list:
+                stack.append(iter(item))
+                break
+            if kind is dict:
+                for key in item:
+                    if type(key) not in (str, int):
+                        raise DecodeError(
+                            "bad_field", f"{_path(where)}: map keys must be text or integers"
+                        )
+                stack.append(iter(item.values()))
+                break
             raise DecodeError(
                 "bad_field", f"{_path(where)}: {kind.__name__} is not a plain CBOR value"
             )
+        else:
+            stack.pop()
     return raw
 
 
@@ -232,12 +526,21 @@ _KINDS: dict[int, Kind] = {int(k): k for k in Kind}
 
 
 def encode(kind: Kind, request_id: int, message: Message) -> bytes:
-    """Encode one envelope as a CBOR payload (without the length prefix)."""
+    """Encode one envelope as a CBOR payload (without the length prefix).
+
+    A payload the receiving end would refuse as ``too_complex`` is refused here instead, so the
+    sender gets the error (a request's caller; a reply's requester, as an error reply).
+
+    Raises:
+      DecodeError: ``unencodable`` (not CBOR-encodable) or ``too_complex``.
+    """
     _, enc = _CODECS[type(message)]
     try:
-        return cbor2.dumps([int(kind), request_id, message.TAG, enc(message)])
+        payload = cbor2.dumps([int(kind), request_id, message.TAG, enc(message)])
     except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
         raise DecodeError("unencodable", f"cannot encode {message.TAG}: {exc}") from exc
+    check_decode_cost(payload)
+    return payload
 
 
 def decode(payload: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Envelope:
@@ -288,13 +591,21 @@ def frame_header(payload: bytes) -> bytes:
 def dumps_canonical(value: object) -> bytes:
     """Canonical CBOR of a plain value (equal values give equal bytes).
 
+    Bytes that :func:`loads_value` would refuse as ``too_complex`` are refused here, so nothing
+    is stored or sent that cannot be read back (a put of such a value fails instead).
+
     Raises:
-      ValueError: if the value is not CBOR-encodable.
+      ValueError: if the value is not CBOR-encodable, or too complex to decode again.
     """
     try:
-        return cbor2.dumps(value, canonical=True)
+        data = cbor2.dumps(value, canonical=True)
     except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"value is not CBOR-encodable: {exc}") from exc
+    try:
+        check_decode_cost(data)
+    except DecodeError as exc:
+        raise ValueError(f"value is too complex: {exc}") from exc
+    return data
 
 
 def loads_value(data: bytes, *, max_depth: int = MAX_DEPTH) -> object:

@@ -24,8 +24,10 @@ class DecodeError(GossipKVError):
 
     Attributes:
       reason: a short machine-readable tag, also the dropped-frame counter's key:
-        ``too_large``, ``truncated``, ``bad_cbor``, ``too_deep``, ``bad_shape``,
-        ``unknown_type``, ``bad_field``.
+        ``too_large``, ``truncated``, ``bad_cbor``, ``too_deep``, ``too_complex`` (it would
+        decode into more memory than the codec allows for its size), ``bad_shape``,
+        ``unknown_type``, ``bad_field``. A transport raises ``frame_timeout`` when a frame's
+        body does not arrive in time (counted as a refusal, not a dropped frame).
     """
 
     def __init__(self, reason: str, message: str) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import trio
 
 from . import _wallclock
+from ._connections import Admission, ConnectionTable
 from ._errors import (
     ConfigError,
     ConnectionClosed,
@@ -41,6 +42,7 @@ from ._errors import (
 )
 from ._hlc import HybridClock
 from ._kv import Change, Clock, GetResult, KeyValueService, KVConfig, PutResult, change_of
+from ._limits import NetworkLimits
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -74,7 +76,7 @@ from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
 from .membership._leader import Decisions
 from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, StorageLimits, open_storage
-from .transport._base import Connection, Transport
+from .transport._base import Connection, ReceiveBudget, Transport
 
 log = logging.getLogger("gossipkv.node")
 
@@ -110,7 +112,22 @@ class NodeStatistics:
         ``events_overflow``, ``watch_overflow``, ...
       refused_handshakes: ``hello`` frames refused, by reason (``cluster``, ``protocol``,
         ``identity``).
-      connections: open connections to other members.
+      connections: open connections (channels past the ``hello``), inbound and outbound, to
+        members and from clients.
+      peer_connections: the open connections to and from other members.
+      client_connections: the open connections from clients.
+      refusals: what this node refused to protect itself, by reason (see
+        :class:`NetworkLimits`): ``connection_limit``, ``source_limit`` and ``peer_limit``
+        (accepted connections over ``max_connections``, ``max_connections_per_source``,
+        ``max_connections_per_peer``: closed at once), ``hello_timeout`` (an accepted connection
+        that did not complete its ``hello`` within ``request_timeout``), ``frame_timeout`` (a
+        frame body slower than ``frame_timeout``), ``send_timeout`` (a connection that stopped
+        reading: a write made no progress for ``frame_timeout``), ``idle_timeout`` (closed
+        after ``idle_timeout`` with nothing to do), ``watch_limit`` (a watch over
+        ``max_watches_per_connection`` or ``max_watches``); and writes refused by a
+        :class:`StorageLimits` limit, by error code (``value_too_large``, ``value_too_deep``,
+        ``record_too_large``, ``too_many_siblings``, ``invalid_context``, ``key_too_large``,
+        ``invalid_key``, ``value_not_encodable``): a refused write changed nothing.
       max_loop_lag: the largest event-loop lag measured so far, in seconds.
       last_loop_lag: the latest event-loop lag measured, in seconds.
       table_epoch: the partition table's epoch ``[term, seq]``, or ``None`` before the first table.
@@ -143,10 +160,6 @@ class NodeStatistics:
       leave: the progress of a decommission (empty when none): ``state`` (``handing_off``,
         ``failed``, ``leaving``), ``partitions_left`` of ``partitions_total`` not yet pulled by
         all their current owners, ``hints_left``, and ``reason`` (what it waits for).
-      refusals: requests and connections refused by a limit, by reason: for writes the error
-        code (``value_too_large``, ``value_too_deep``, ``record_too_large``,
-        ``too_many_siblings``, ``invalid_context``, ``key_too_large``, ``invalid_key``,
-        ``value_not_encodable``); a refused write changed nothing.
       contexts_clamped: writes whose context claimed dots this replica did not hold, honoured
         only as far as it could check them (forged, or written after a read it had not seen).
       context_catch_ups: writes that first fetched the other owners' state to check a context.
@@ -214,6 +227,8 @@ class NodeStatistics:
     ownership_handoff_partitions: int = 0
     ownership_handoff_keys: int = 0
     ownership_handoff_errors: int = 0
+    peer_connections: int = 0
+    client_connections: int = 0
     leave: dict[str, object] = field(default_factory=dict)
     refusals: dict[str, int] = field(default_factory=dict)
     contexts_clamped: int = 0
@@ -275,6 +290,8 @@ class Node:
         (acknowledged once the OS has the bytes: survives ``kill -9``, not a power cut).
       storage: the replica's storage engine, instead of one opened in ``data_dir``.
       hints: the hinted-handoff storage engine, instead of one opened in ``data_dir``.
+      limits: connection, frame and subscription limits (:class:`NetworkLimits`); the frame
+        deadline and receive budget are applied to ``transport``.
       storage_limits: what one write may store and one read returns (key and value size,
         value nesting, siblings, bytes per key; :class:`StorageLimits`). Every peer of a
         cluster should use the same limits.
@@ -287,6 +304,7 @@ class Node:
     Attributes:
       config: the membership settings in force.
       kv_config: the data-path settings in force.
+      limits: the network limits in force.
 
     Raises:
       ConfigError: at construction, for a bad address, seed list or setting.
@@ -316,6 +334,7 @@ class Node:
         fsync: str = "batch",
         storage: StorageEngine | None = None,
         hints: StorageEngine | None = None,
+        limits: NetworkLimits | None = None,
         storage_limits: StorageLimits | None = None,
         replace: str | None = None,
     ) -> None:
@@ -346,6 +365,11 @@ class Node:
         self._replace = replace
         if not (request_timeout > 0 and connect_timeout > 0):
             raise ConfigError("timeouts must be > 0")
+        self.limits = NetworkLimits() if limits is None else limits
+        try:
+            self.limits.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         self.kv_config = kv if kv is not None else KVConfig()
         self._limits = storage_limits if storage_limits is not None else DEFAULT_LIMITS
         try:
@@ -372,7 +396,10 @@ class Node:
         if transport is None:
             from .transport._tcp import TcpTransport
 
-            transport = TcpTransport()
+            transport = TcpTransport(max_frame=self.limits.max_frame)
+        # The frame deadline and the receive budget are enforced where frames are read.
+        transport.frame_timeout = self.limits.frame_timeout
+        transport.receive_budget = ReceiveBudget(self.limits.max_receive_buffer)
         self._transport = transport
         self._rng = rng if rng is not None else random.Random()
         self._wall = wall_clock if wall_clock is not None else _wallclock.wall_ms
@@ -383,9 +410,11 @@ class Node:
         self._request_timeout = request_timeout
         self._connect_timeout = connect_timeout
         self._rt: _Runtime | None = None
-        self._counters = TransportCounters()
-        #: Refusals by reason: limits on connections and on writes (shown in statistics).
+        # What this node refused to protect itself, by reason (limits on connections, frames,
+        # subscriptions and writes; the data path adds its own).
         self._refusals: Counter[str] = Counter()
+        self._counters = TransportCounters(self._refusals)
+        self._conns = ConnectionTable(self.limits, self._refusals)
         self._channels: dict[str, Channel] = {}
         # member -> (the address it announced, the channel to it): the data path's fast lookup.
         self._member_channels: dict[str, tuple[object, Channel]] = {}
@@ -609,6 +638,12 @@ class Node:
         """A fresh hybrid logical clock timestamp (``ms << 16 | counter``), merged from peers."""
         return self._hlc.now()
 
+    @property
+    def outbound_queued_bytes(self) -> int:
+        """Bytes queued for sending on all of this node's connections together (replies and
+        requests not yet written): what admission control can weigh new work against."""
+        return self._counters.queued_bytes
+
     def statistics(self) -> NodeStatistics:
         """A frozen snapshot of this node's state and counters (what ``gossipkv stats`` shows).
 
@@ -641,7 +676,10 @@ class Node:
             bytes_out=self._counters.bytes_out,
             dropped_frames=dict(self._counters.dropped),
             refused_handshakes=dict(self._counters.refused),
-            connections=len(self._channels),
+            connections=self._conns.peer_channels + self._conns.client_channels,
+            peer_connections=self._conns.peer_channels,
+            client_connections=self._conns.client_channels,
+            refusals=dict(self._refusals),
             max_loop_lag=self._lag.max,
             last_loop_lag=self._lag.last,
             table_epoch=None if table is None else list(table.epoch),
@@ -669,7 +707,6 @@ class Node:
             ownership_handoff_keys=kv.ownership_handoff.counters.keys_sent,
             ownership_handoff_errors=kv.ownership_handoff.counters.errors,
             leave=dict(self._leave_state),
-            refusals=dict(self._refusals),
             contexts_clamped=kvc.contexts_clamped,
             context_catch_ups=kvc.context_catch_ups,
             quarantined_records=kv.storage.statistics().quarantined_records
@@ -786,7 +823,26 @@ class Node:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """One remote subscription: forward changes as one-way ``WatchEvent`` messages until the
-        connection closes (its bounded buffer drops the newest, like :meth:`watch`)."""
+        connection closes (its bounded buffer drops the newest, like :meth:`watch`).
+
+        Raises:
+          RemoteError: ``too_many_watches`` (before ``started``), over a watch cap.
+        """
+        # Checked and counted with no checkpoint between: concurrent requests cannot overshoot.
+        refusal = self._conns.watch_refusal(channel.subscriptions)
+        if refusal is not None:
+            raise RemoteError("too_many_watches", refusal)
+        channel.subscriptions += 1
+        self._conns.watches += 1
+        try:
+            await self._forward_changes(channel, prefix, task_status)
+        finally:
+            channel.subscriptions -= 1
+            self._conns.watches -= 1
+
+    async def _forward_changes(
+        self, channel: Channel, prefix: str, task_status: trio.TaskStatus[None]
+    ) -> None:
         async with self.watch(prefix) as changes, trio.open_nursery() as nursery:
 
             async def stop_on_close() -> None:
@@ -1085,6 +1141,9 @@ class Node:
         hints: StorageEngine,
         task_status: trio.TaskStatus[Node],
     ) -> None:
+        # Inline, not in a thread: listing /proc/self/fd touches no disk, and waiting for a
+        # thread would let a simulation's MockClock jump while this node starts.
+        self._conns.fit_descriptor_limit(*_descriptor_use())
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(
                 self._transport.serve, self._listen, self._handle_connection
@@ -1365,16 +1424,31 @@ class Node:
             await self._runtime().nursery.start(self._run_channel, channel, addr)
             return channel
 
-    async def _handshake(self, conn: Connection, *, initiator: bool) -> Hello:
+    async def _handshake(
+        self,
+        conn: Connection,
+        *,
+        initiator: bool,
+        admit: Callable[[Hello], bool] | None = None,
+    ) -> Hello:
+        # Only small frames until the hello is done, both ways: a stranger's first frame cannot
+        # make this node read (or decode) megabytes.
+        conn.max_frame = min(conn.max_frame, self.limits.max_hello_frame)
         with trio.fail_after(self._request_timeout):
-            return await handshake(
+            hello = await handshake(
                 conn,
                 self._hello(),
                 initiator=initiator,
-                max_frame=self._transport.max_frame,
+                max_frame=conn.max_frame,
                 counters=self._counters,
                 own_node_id=self.name,
+                admit=admit,
             )
+        conn.max_frame = self._max_frame()
+        return hello
+
+    def _max_frame(self) -> int:
+        return min(self._transport.max_frame, self.limits.max_frame)
 
     async def _run_channel(
         self,
@@ -1384,7 +1458,8 @@ class Node:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
-            await channel.run(task_status=task_status)
+            with self._conns.channel(member=True):
+                await channel.run(task_status=task_status)
         finally:
             if self._channels.get(addr) is channel:
                 del self._channels[addr]
@@ -1398,32 +1473,56 @@ class Node:
             on_request=self._on_request,
             on_oneway=self._on_oneway,
             on_request_nowait=self._on_request_nowait,
-            max_frame=self._transport.max_frame,
+            max_frame=self._max_frame(),
             counters=self._counters,
+            max_outbound_bytes=self.limits.max_outbound_bytes,
+            idle_timeout=self.limits.idle_timeout,
         )
 
     async def _handle_connection(self, conn: Connection) -> None:
-        await self._ready.wait()
+        admission = self._conns.accept(conn.remote_address)
+        if admission is None:
+            return  # over a cap: closed before anything is read (counted)
         try:
-            remote = await self._handshake(conn, initiator=False)
+            await self._serve_connection(conn, admission)
+        finally:
+            self._conns.release(admission)
+
+    async def _serve_connection(self, conn: Connection, admission: Admission) -> None:
+        await self._ready.wait()
+
+        def admit(hello: Hello) -> bool:
+            # Before our hello goes back: a member name over its cap gets no answer.
+            known = hello.node_id != "client" and (
+                self._runtime().gossiper.address_of(hello.node_id) is not None
+            )
+            return self._conns.identify(admission, hello.node_id, known_member=known)
+
+        try:
+            remote = await self._handshake(conn, initiator=False, admit=admit)
         except HandshakeError as exc:
             host = conn.remote_address.rsplit(":", 1)[0]
             if self._log_limit.allow(("refused", host, exc.reason), trio.current_time()):
                 log.warning("refused connection from %s: %s", conn.remote_address, exc)
             return
         except DecodeError as exc:
-            self._counters.dropped[exc.reason] += 1
+            self._counters.count_decode_error(exc)
             return
-        except (ConnectionClosed, TransportError, trio.TooSlowError):
+        except trio.TooSlowError:
+            self._refusals["hello_timeout"] += 1
+            return
+        except (ConnectionClosed, TransportError):
             self._counters.dropped["handshake_failed"] += 1
             return
+        member = remote.node_id != "client"
         channel = self._make_channel(conn, remote)
-        addr = remote.address if remote.node_id != "client" else ""
+        addr = remote.address if member else ""
         if addr and addr not in self._channels:
             # Reuse the inbound connection for our own requests to this peer (Single Socket Channel).
             self._channels[addr] = channel
         try:
-            await channel.run()
+            with self._conns.channel(member=member):
+                await channel.run()
         finally:
             if addr and self._channels.get(addr) is channel:
                 del self._channels[addr]
@@ -1450,6 +1549,7 @@ class Node:
         if isinstance(message, StatsRequest):
             return Reply(statistics_body(self.statistics()))
         if isinstance(message, WatchRequest):
+            # RemoteError("too_many_watches") when over a watch cap.
             await self._runtime().nursery.start(self._serve_watch, channel, message.prefix)
             return Reply({"ok": True})
         if isinstance(message, SetMetadataRequest):
@@ -1614,6 +1714,21 @@ def statistics_body(stats: NodeStatistics) -> dict[str, object]:
     from dataclasses import asdict
 
     return asdict(stats)
+
+
+def _descriptor_use() -> tuple[int | None, int]:
+    """The soft ``RLIMIT_NOFILE`` (``None``: unlimited or unknown) and the descriptors open now."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return None, 0
+    try:
+        open_fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_fds = 0
+    return (None if soft == resource.RLIM_INFINITY else soft), open_fds
 
 
 def _advertised(bound: str) -> str:

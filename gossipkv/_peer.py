@@ -4,12 +4,17 @@ A :class:`Channel` wraps a transport connection after the ``hello`` handshake. E
 requests over it; each carries an id, responses echo it, and the waiting requests are kept in a
 Request Waiting List keyed by id, so many requests are in flight at once. A frame that fails to
 decode closes the channel and bumps a counter by reason; the rest of the peer is unaffected.
+
+Each channel bounds what it holds: requests in flight (``max_inflight``), frames and bytes queued
+for sending (``max_queued`` frames, ``max_outbound_bytes``), and how long it stays open with
+nothing to do (``idle_timeout``).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +24,7 @@ import trio
 from . import _codec
 from ._errors import ConnectionClosed, DecodeError, HandshakeError, RemoteError
 from ._messages import PROTOCOL_VERSION, ErrorReply, Hello, Kind, Message, Refused
-from .transport._base import Connection
+from .transport._base import Connection, SendStalled
 
 log = logging.getLogger("gossipkv.peer")
 
@@ -28,15 +33,28 @@ OnewayHandler = Callable[["Channel", Message], Awaitable[None]]
 
 
 class TransportCounters:
-    """Frame and byte counters shared by all channels of one node."""
+    """Frame and byte counters shared by all channels of one node.
 
-    def __init__(self) -> None:
+    ``refusals`` is the node's map of things refused to protect it (limits reached, timeouts),
+    by reason; ``queued_bytes`` the bytes queued for sending on all its channels together.
+    """
+
+    def __init__(self, refusals: Counter[str] | None = None) -> None:
         self.frames_in = 0
         self.frames_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.queued_bytes = 0
         self.dropped: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
+        self.refusals: Counter[str] = Counter() if refusals is None else refusals
+
+    def count_decode_error(self, exc: DecodeError) -> None:
+        """Count a bad frame: a frame deadline is a refusal, the rest are dropped frames."""
+        if exc.reason == "frame_timeout":
+            self.refusals["frame_timeout"] += 1
+        else:
+            self.dropped[exc.reason] += 1
 
 
 ReplyCallback = Callable[[Message | BaseException], None]
@@ -137,11 +155,16 @@ async def handshake(
     max_frame: int,
     counters: TransportCounters,
     own_node_id: str | None,
+    admit: Callable[[Hello], bool] | None = None,
 ) -> Hello:
     """Exchange ``hello`` frames; returns the other side's.
 
+    ``admit`` (responder side) sees an acceptable ``hello`` before ours is sent; when it returns
+    False nothing is sent and :exc:`HandshakeError` ``limit`` is raised (the caller closes).
+
     Raises:
-      HandshakeError: refused by either side (wrong cluster, protocol or identity).
+      HandshakeError: refused by either side (wrong cluster, protocol or identity), or by
+        ``admit``.
       ConnectionClosed, DecodeError: the connection failed during the handshake.
     """
 
@@ -166,6 +189,8 @@ async def handshake(
         except ConnectionClosed:
             pass
         raise HandshakeError(refusal.reason, refusal.message)
+    if admit is not None and not admit(theirs):
+        raise HandshakeError("limit", f"{theirs.node_id!r} is over a connection limit here")
     if not initiator:
         await send(ours)
     return theirs
@@ -188,6 +213,20 @@ class Channel:
       counters: shared counters.
       max_inflight: incoming requests handled at once; beyond that the reader stops reading,
         which pushes back on the sender (backpressure, never an unbounded queue).
+      max_outbound_bytes: bytes queued for sending (frames waiting and the batch being written)
+        beyond which senders that may wait do, and the reader stops taking new requests, so the
+        other side is pushed back by TCP when it does not read its replies. Replies produced by
+        callbacks are queued regardless (they cannot wait); the in-flight limit bounds that
+        overshoot. A write that makes no progress for the transport's ``frame_timeout`` ends
+        the channel (refusal ``send_timeout``): two sides that each wait for the other to read
+        cannot wait for ever.
+      idle_timeout: close the channel after this many seconds without receiving a frame, with
+        no request in flight either way and no subscription (see :attr:`subscriptions`);
+        counted as the refusal ``idle_timeout``.
+
+    Attributes:
+      subscriptions: watch subscriptions served over this channel (kept by the node); a channel
+        with one never idles out.
     """
 
     def __init__(
@@ -201,6 +240,8 @@ class Channel:
         max_frame: int,
         counters: TransportCounters,
         max_inflight: int = 64,
+        max_outbound_bytes: int = 8 * 1024 * 1024,
+        idle_timeout: float = math.inf,
     ) -> None:
         self.conn = conn
         self.remote = remote
@@ -209,12 +250,18 @@ class Channel:
         self._on_request_nowait = on_request_nowait
         self._max_frame = max_frame
         self._counters = counters
+        self._max_inflight = max_inflight
         self._limiter = trio.Semaphore(max_inflight)
         # One writer per connection: frames queued while a write is in progress go out together
         # in the next one (Request Batch). Senders that may wait (replies, ``request``) wait for
-        # room once ``_max_queued`` frames are queued.
+        # room once ``_max_queued`` frames or ``_max_bytes`` bytes are queued.
         self._queue: list[bytes] = []
         self._max_queued = max_inflight * 4
+        self._max_bytes = max_outbound_bytes
+        self._queued_bytes = 0  # in _queue and in the batch being written
+        self._idle_timeout = idle_timeout
+        self._last_activity = trio.current_time()
+        self.subscriptions = 0
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
         self._unsent = 0
@@ -229,6 +276,8 @@ class Channel:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop, nursery.cancel_scope)
+                if self._idle_timeout != math.inf:
+                    nursery.start_soon(self._idle_loop, nursery.cancel_scope)
                 task_status.started()
                 await self._read_loop(nursery)
                 nursery.cancel_scope.cancel()
@@ -236,6 +285,39 @@ class Channel:
             self._mark_closed()
             with trio.move_on_after(1.0, shield=True):
                 await self.conn.aclose()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued for sending: frames waiting and the batch being written."""
+        return self._queued_bytes
+
+    def _busy(self) -> bool:
+        return bool(
+            self._waiters
+            or self._limiter.value < self._max_inflight
+            or self.subscriptions
+            or self._unsent
+        )
+
+    async def _idle_loop(self, scope: trio.CancelScope) -> None:
+        """Close the channel once it has been idle for ``idle_timeout`` (see the class)."""
+        while True:
+            await trio.sleep_until(self._last_activity + self._idle_timeout)
+            now = trio.current_time()
+            if now < self._last_activity + self._idle_timeout:
+                continue  # a frame came meanwhile
+            if self._busy():
+                self._last_activity = now  # look again one idle period after it was busy
+                continue
+            self._counters.refusals["idle_timeout"] += 1
+            log.info(
+                "closing connection to %s: idle for %g s",
+                self.conn.remote_address,
+                self._idle_timeout,
+            )
+            self._mark_closed()
+            scope.cancel()
+            return
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         remote = self.conn.remote_address
@@ -248,11 +330,21 @@ class Channel:
             except ConnectionClosed:
                 return
             except DecodeError as exc:
-                self._counters.dropped[exc.reason] += 1
+                self._counters.count_decode_error(exc)
                 log.warning("closing connection to %s: %s", remote, exc)
                 return
+            del payload  # decoded: do not hold the frame while waiting below
+            self._last_activity = trio.current_time()
             kind, message = env.kind, env.message
             if kind is Kind.REQUEST:
+                if self._full():
+                    # The other side does not read its replies: take nothing more from it until
+                    # they drain (TCP pushes back on it meanwhile; a write that stalls for the
+                    # transport's frame_timeout ends the connection).
+                    try:
+                        await self._wait_room()
+                    except ConnectionClosed:
+                        return
                 # Every request holds a slot until answered: at most max_inflight at once.
                 try:
                     self._limiter.acquire_nowait()
@@ -268,10 +360,6 @@ class Channel:
                     if isinstance(reply, Message):
                         responder(reply)
                     if reply is not None:
-                        try:
-                            await self._wait_room()
-                        except ConnectionClosed:
-                            return
                         continue
                 nursery.start_soon(self._answer, env.request_id, message)
             elif kind is Kind.RESPONSE or kind is Kind.ERROR:
@@ -355,10 +443,20 @@ class Channel:
                     del self._queue[:_MAX_BATCH]
                 self._room_lot.unpark_all()
                 await self.conn.send_many(batch)
+                if self.closed:
+                    break  # _mark_closed already took every queued byte off the counts
+                sent = sum(len(payload) for payload in batch)
                 self._unsent -= len(batch)
+                del batch
+                self._queued_bytes -= sent
+                self._counters.queued_bytes -= sent
+                self._room_lot.unpark_all()
                 if self._unsent == 0:
                     self._flushed.set()
                     self._flushed = trio.Event()
+        except SendStalled as exc:
+            self._counters.refusals["send_timeout"] += 1
+            log.warning("closing connection to %s: %s", self.conn.remote_address, exc)
         except ConnectionClosed:
             pass
         # The connection cannot carry anything more: end the channel.
@@ -370,12 +468,17 @@ class Channel:
             raise ConnectionClosed("connection is closed")
         self._queue.append(payload)
         self._unsent += 1
+        self._queued_bytes += len(payload)
+        self._counters.queued_bytes += len(payload)
         self._counters.frames_out += 1
         self._counters.bytes_out += len(payload)
         self._writer_lot.unpark()
 
+    def _full(self) -> bool:
+        return len(self._queue) >= self._max_queued or self._queued_bytes >= self._max_bytes
+
     async def _wait_room(self) -> None:
-        while len(self._queue) >= self._max_queued:
+        while self._full():
             if self.closed:
                 raise ConnectionClosed("connection is closed")
             await self._room_lot.park()
@@ -413,10 +516,10 @@ class Channel:
 
         Raises:
           ConnectionClosed: the channel is already closed (the callback is not called).
-          trio.WouldBlock: the send queue is full (a peer that does not drain it); nothing was
-            queued, use :meth:`request`, which waits for room.
+          trio.WouldBlock: the send queue is full, by frames or bytes (a peer that does not drain
+            it); nothing was queued, use :meth:`request`, which waits for room.
         """
-        if len(self._queue) >= self._max_queued:
+        if self._full():
             raise trio.WouldBlock
         return self._register(message, _Waiter(callback=callback))
 
@@ -446,6 +549,10 @@ class Channel:
         if self.closed:
             return
         self.closed = True
+        # Frames that will never be written no longer count against the node.
+        self._counters.queued_bytes -= self._queued_bytes
+        self._queued_bytes = 0
+        self._queue.clear()
         self._writer_lot.unpark_all()
         self._room_lot.unpark_all()
         self._flushed.set()

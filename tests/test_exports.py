@@ -17,10 +17,10 @@ PUBLIC = {
     "Change", "Client", "ClusterNotReady", "ConfigError", "ConnectionClosed", "DataDirError",
     "DecodeError", "GetResult", "GossipConfig", "GossipKVError", "HandshakeError",
     "InvalidContext", "InvalidKey", "KVConfig", "KeyTooLarge", "MemberView", "MembershipEvent",
-    "Node", "NodeClosedError", "NodeStatistics", "Overloaded", "PROTOCOL_VERSION", "PutResult",
-    "QuorumNotReached", "RecordTooLarge", "RemoteError", "StorageError", "StorageLimits",
-    "TooManySiblings", "TransportError", "Unavailable", "ValueNotEncodable", "ValueTooDeep",
-    "ValueTooLarge", "__version__", "members_body",
+    "NetworkLimits", "Node", "NodeClosedError", "NodeStatistics", "Overloaded",
+    "PROTOCOL_VERSION", "PutResult", "QuorumNotReached", "RecordTooLarge", "RemoteError",
+    "StorageError", "StorageLimits", "TooManySiblings", "TransportError", "Unavailable",
+    "ValueNotEncodable", "ValueTooDeep", "ValueTooLarge", "__version__", "members_body",
     "open_client", "open_node",
 }  # fmt: skip
 

@@ -27,6 +27,7 @@ import trio
 
 from gossipkv._codec import DEFAULT_MAX_FRAME
 from gossipkv._errors import ConfigError, ConnectionClosed, DecodeError, TransportError
+from gossipkv._limits import SMALL_FRAME
 from gossipkv._types import Address
 from gossipkv.transport import Connection, Handler, Transport
 
@@ -64,6 +65,7 @@ class _Link:
     loss: float = 0.0
     duplicate: float = 0.0
     reorder: float = 0.0
+    bandwidth: float = math.inf  # bytes per second of one connection's frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,11 @@ class _Listener:
 
 @dataclass(order=True, slots=True)
 class _Frame:
-    """A payload (or, with ``payload=None``, an end-of-stream notice) on its way to ``dst_end``."""
+    """A payload (or, with ``payload=None``, an end-of-stream notice) on its way to ``dst_end``.
+
+    ``deliver_at`` is when its header arrives; its body has arrived ``transfer`` seconds later
+    (the link's bandwidth).
+    """
 
     deliver_at: float
     src: str
@@ -153,6 +159,7 @@ class _Frame:
     payload: bytes | None = field(compare=False)
     src_end: _SimConnection = field(compare=False)
     dst_end: _SimConnection = field(compare=False)
+    transfer: float = field(compare=False, default=0.0)
 
 
 class _SimConnection(Connection):
@@ -164,7 +171,9 @@ class _SimConnection(Connection):
         self.local = process.address
         self._remote = remote
         self.peer: _SimConnection | None = None
-        self.inbox: deque[bytes] = deque()
+        self.max_frame = process.transport.max_frame
+        # (payload, when its body has arrived): a frame is in the inbox once its header is.
+        self.inbox: deque[tuple[bytes, float]] = deque()
         self.lot = trio.lowlevel.ParkingLot()
         self.closed = False  # closed at this end (aclose, handler exit, or crash)
         self.remote_closed = False  # the other end's close notice has arrived
@@ -198,25 +207,53 @@ class _SimConnection(Connection):
         Raises:
           ConnectionClosed: this end is closed, or the other end closed and every payload sent
             before that has been received.
-          DecodeError: ``too_large`` when the payload exceeds the network's ``max_frame`` (as TCP
-            would); afterwards the connection is unusable.
+          DecodeError: ``too_large`` when the payload exceeds this connection's ``max_frame``
+            (checked when its header arrives, as TCP would), ``frame_timeout`` when its body
+            takes longer than the transport's ``frame_timeout`` to arrive (a slow link, see
+            ``SimNetwork.set_link(bandwidth=...)``); afterwards the connection is unusable.
         """
         await trio.lowlevel.checkpoint()
         while True:
             if self.closed or self.broken:
                 raise ConnectionClosed(f"connection {self.local} -> {self._remote} is closed")
             if self.inbox:
-                payload = self.inbox.popleft()
-                if len(payload) > self._net.max_frame:
+                payload, complete_at = self.inbox.popleft()
+                if len(payload) > self.max_frame:
                     self.broken = True
                     raise DecodeError(
                         "too_large",
-                        f"frame of {len(payload)} bytes exceeds the {self._net.max_frame} limit",
+                        f"frame of {len(payload)} bytes exceeds the {self.max_frame} limit",
                     )
+                if complete_at > trio.current_time() or len(payload) > SMALL_FRAME:
+                    await self._receive_body(len(payload), complete_at)
                 return payload
             if self.remote_closed:
                 raise ConnectionClosed(f"connection closed by {self._remote}")
             await self.lot.park()
+
+    async def _receive_body(self, length: int, complete_at: float) -> None:
+        """Wait for a body still arriving, as TCP would: after reserving it from the receive
+        budget, and at most ``frame_timeout``."""
+        transport = self.process.transport
+        budget = transport.receive_budget if length > SMALL_FRAME else None
+        reserved = 0 if budget is None else await budget.reserve(length)
+        try:
+            deadline = trio.current_time() + transport.frame_timeout
+            while trio.current_time() < complete_at:
+                if self.closed:
+                    raise ConnectionClosed(f"connection {self.local} -> {self._remote} is closed")
+                if trio.current_time() >= deadline:
+                    self.broken = True
+                    raise DecodeError(
+                        "frame_timeout",
+                        f"connection from {self._remote}: a frame of {length} bytes did not "
+                        f"arrive within {transport.frame_timeout:g} s",
+                    )
+                with trio.move_on_at(min(complete_at, deadline)):
+                    await self.lot.park()  # woken early by a close (or another arrival)
+        finally:
+            if budget is not None:
+                budget.release(reserved)
 
     async def aclose(self) -> None:
         """Close this end; idempotent. The other end sees end-of-stream after the link latency."""
@@ -361,7 +398,8 @@ class SimNetwork:
         ``f"{seed}/net/{src}->{dst}"``); print it when a test fails.
       latency: default one-way delay of every link, in seconds.
       jitter: default extra delay, uniform in ``[0, jitter]``; it never reorders a connection.
-      max_frame: a payload longer than this makes the receiver's ``receive`` raise
+      max_frame: the ``max_frame`` each new connection starts with: a payload longer than its
+        connection's ``max_frame`` makes the receiver's ``receive`` raise
         ``DecodeError("too_large")``, as :class:`~gossipkv.transport.TcpTransport` would.
 
     Raises:
@@ -515,6 +553,7 @@ class SimNetwork:
         loss: float | None = None,
         duplicate: float | None = None,
         reorder: float | None = None,
+        bandwidth: float | None = None,
     ) -> None:
         """Change the settings of the links from ``src`` to ``dst`` (None: every address).
 
@@ -531,9 +570,14 @@ class SimNetwork:
           duplicate: probability that a frame is delivered twice (the copy arrives later).
           reorder: probability that a frame gets an extra delay of 1-5x the latency, so frames
             sent after it overtake it.
+          bandwidth: bytes per second of each connection on the link (default: unlimited). A
+            frame's header arrives after the latency and its body ``len / bandwidth`` seconds
+            later; the next frame on the connection follows its body. Receivers apply their
+            ``frame_timeout`` and receive budget to bodies still arriving, as over TCP.
 
         Raises:
-          ConfigError: a negative delay or a probability outside ``[0, 1]``.
+          ConfigError: a negative delay, a probability outside ``[0, 1]`` or a bandwidth that is
+            not > 0.
         """
         key = (None if src is None else _norm(src), None if dst is None else _norm(dst))
         given = {
@@ -542,6 +586,7 @@ class SimNetwork:
             "loss": loss,
             "duplicate": duplicate,
             "reorder": reorder,
+            "bandwidth": bandwidth,
         }
         rule = dict(self._rules.get(key, {}))
         rule.update({k: v for k, v in given.items() if v is not None})
@@ -664,20 +709,22 @@ class SimNetwork:
             counters.dropped_partition += 1
             return
         now = trio.current_time()
+        transfer = len(payload) / link.bandwidth
         if reordered:
             counters.frames_reordered += 1
             deliver_at = now + delay + extra
         else:
             deliver_at = max(now + delay, src_end.last_deliver_at)
-            src_end.last_deliver_at = deliver_at
+            # The next frame's header follows this one's body.
+            src_end.last_deliver_at = deliver_at + transfer
         seq = self._next_seq(src, dst)
-        self._push(_Frame(deliver_at, src, dst, seq, payload, src_end, dst_end))
+        self._push(_Frame(deliver_at, src, dst, seq, payload, src_end, dst_end, transfer))
         if duplicated:
             counters.frames_duplicated += 1
             dup_at, dup_seq = deliver_at + dup_delay, self._next_seq(src, dst)
-            self._push(_Frame(dup_at, src, dst, dup_seq, payload, src_end, dst_end))
+            self._push(_Frame(dup_at, src, dst, dup_seq, payload, src_end, dst_end, transfer))
             deliver_at = dup_at
-        src_end.last_any_deliver_at = max(src_end.last_any_deliver_at, deliver_at)
+        src_end.last_any_deliver_at = max(src_end.last_any_deliver_at, deliver_at + transfer)
 
     def _send_close(self, src_end: _SimConnection, dst_end: _SimConnection) -> None:
         # The end-of-stream notice follows every frame already sent on this connection, reordered
@@ -722,7 +769,7 @@ class SimNetwork:
             counters.dropped_overflow += 1
             return
         else:
-            dst_end.inbox.append(frame.payload)
+            dst_end.inbox.append((frame.payload, frame.deliver_at + frame.transfer))
             counters.frames_delivered += 1
             counters.bytes_delivered += len(frame.payload)
         dst_end.lot.unpark_all()
@@ -736,6 +783,8 @@ class SimNetwork:
 
 
 def _validate(link: _Link) -> None:
+    if not link.bandwidth > 0:
+        raise ConfigError(f"bandwidth must be > 0 bytes/s, got {link.bandwidth!r}")
     for name in ("latency", "jitter"):
         value = getattr(link, name)
         if not (value >= 0 and math.isfinite(value)):

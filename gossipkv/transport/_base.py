@@ -12,21 +12,115 @@ Semantics every implementation keeps:
   duplicate or reorder when told to); it raises :class:`~gossipkv.ConnectionClosed` once the
   connection is closed at either end.
 * ``Connection.receive`` returns the next payload; it raises ``ConnectionClosed`` at end of stream
-  and :class:`~gossipkv.DecodeError` (reason ``too_large`` / ``truncated``) for a bad frame, checked
-  before the body is read; after a ``DecodeError`` the connection is unusable and must be closed.
+  and :class:`~gossipkv.DecodeError` for a bad frame: ``too_large`` (the length prefix is over the
+  connection's ``max_frame``, checked before the body is read), ``truncated`` (end of stream
+  inside a frame) or ``frame_timeout`` (the body did not arrive within the transport's
+  ``frame_timeout`` of its header). After a ``DecodeError`` the connection is unusable and must
+  be closed.
+* Each connection has its own ``max_frame``, starting at the transport's; its owner may change it
+  between frames (the node accepts only small frames until the ``hello`` exchange is done).
+* ``send`` and ``send_many`` raise :class:`SendStalled` (a ``ConnectionClosed``) when a piece
+  of at most 64 KiB could not be written within the transport's ``frame_timeout``: the other
+  side stopped reading. The connection is then closed.
+* A body over ``SMALL_FRAME`` bytes is received only after reserving its length from the
+  transport's ``receive_budget`` (when it has one); ``receive`` returns the reservation before it
+  returns the payload, so the caller decodes the payload before its next checkpoint (as the
+  node's channels do) to keep the bytes it holds within the budget.
 * Only one task sends on a connection at a time and only one receives (callers guarantee it).
 """
 
 from __future__ import annotations
 
 import abc
+import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from gossipkv._errors import ConnectionClosed
+from gossipkv._limits import SMALL_FRAME as SMALL_FRAME
+
+
+class SendStalled(ConnectionClosed):
+    """A write made no progress for the transport's ``frame_timeout``: the other side does not
+    read. The connection is closed (its state mid-write is unknown)."""
+
+
+class ReceiveBudget:
+    """Bytes of large frame bodies that may be in the middle of arriving at once (node-wide).
+
+    A connection reserves a body's length after its header arrived and before reading it, and
+    releases it once the body is read (or the read failed). Reservations are granted in arrival
+    order; one larger than the whole budget takes all of it.
+
+    Args:
+      capacity: the budget in bytes (at least 1).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"a receive budget must be >= 1 byte, got {capacity}")
+        self.capacity = capacity
+        self._available = capacity
+        self._waiters: deque[tuple[int, trio.Event]] = deque()
+
+    @property
+    def reserved(self) -> int:
+        """Bytes reserved now."""
+        return self.capacity - self._available
+
+    @property
+    def waiting(self) -> int:
+        """Reservations waiting for bytes to be released."""
+        return len(self._waiters)
+
+    async def reserve(self, size: int) -> int:
+        """Wait until ``size`` bytes (at most ``capacity``) are free and take them.
+
+        Returns:
+          The bytes reserved: pass them to :meth:`release`. If the wait is cancelled, nothing
+          stays reserved.
+        """
+        size = min(size, self.capacity)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._waiters and self._available >= size:
+            self._available -= size
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return size
+        entry = (size, trio.Event())
+        self._waiters.append(entry)
+        try:
+            await entry[1].wait()
+        except BaseException:
+            if entry[1].is_set():
+                self.release(size)  # granted just as the wait was cancelled: give it back
+            else:
+                self._waiters.remove(entry)
+                self._grant()  # a smaller reservation behind it may fit now
+            raise
+        return size
+
+    def release(self, size: int) -> None:
+        """Return ``size`` bytes taken by :meth:`reserve`."""
+        self._available += size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._available >= self._waiters[0][0]:
+            size, event = self._waiters.popleft()
+            self._available -= size
+            event.set()
+
 
 class Connection(abc.ABC):
-    """One bidirectional connection carrying framed payloads."""
+    """One bidirectional connection carrying framed payloads.
+
+    Attributes:
+      max_frame: the largest payload :meth:`receive` accepts now (see the module docstring).
+    """
+
+    max_frame: int
 
     @property
     @abc.abstractmethod
@@ -55,9 +149,19 @@ Handler = Callable[[Connection], Awaitable[None]]
 
 
 class Transport(abc.ABC):
-    """Opens connections and accepts them."""
+    """Opens connections and accepts them.
+
+    Attributes:
+      max_frame: the ``max_frame`` every new connection starts with.
+      frame_timeout: seconds a frame's body may take once its header arrived (``math.inf``: no
+        limit); the node sets it from its :class:`~gossipkv.NetworkLimits`.
+      receive_budget: shared by every connection of this transport, or ``None`` (no budget);
+        the node sets it from its :class:`~gossipkv.NetworkLimits`.
+    """
 
     max_frame: int
+    frame_timeout: float = math.inf
+    receive_budget: ReceiveBudget | None = None
 
     @abc.abstractmethod
     async def serve(

@@ -1,18 +1,24 @@
 """The real transport: length-prefixed frames over TCP.
 
 It owns the byte stream of each connection: framing (4-byte big-endian length + payload, see
-``_codec.frame_header``), the ``max_frame`` check made *before* a body is read, and translating
-Trio/OS errors into :class:`~gossipkv.TransportError` / :class:`~gossipkv.ConnectionClosed` once,
-at this edge. Pattern: a framed stream with one writer (a ``trio.Lock``) and one reader that owns
-a receive buffer; the accept loop is ``trio.serve_listeners`` with a handler that never lets an
-exception escape, so one bad connection cannot take the server down.
+``_codec.frame_header``), the per-connection ``max_frame`` check made *before* a body is read,
+the frame deadline and receive budget, and translating Trio/OS errors into
+:class:`~gossipkv.TransportError` / :class:`~gossipkv.ConnectionClosed` once, at this edge.
+Pattern: a framed stream with one writer (a ``trio.Lock``) and one reader that owns a receive
+buffer; an accept loop per listener whose handler never lets an exception escape, so one bad
+connection cannot take the server down, and which rides out descriptor exhaustion (EMFILE) by
+backing off with one log line a minute instead of a traceback per attempt.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 import socket
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
@@ -20,14 +26,20 @@ from gossipkv._codec import DEFAULT_MAX_FRAME, FRAME_HEADER, frame_length
 from gossipkv._errors import ConfigError, ConnectionClosed, DecodeError, TransportError
 from gossipkv._types import Address
 
-from ._base import Connection, Handler, Transport
+from ._base import SMALL_FRAME, Connection, Handler, ReceiveBudget, SendStalled, Transport
 
 _log = logging.getLogger("gossipkv.transport")
 
-# How much one receive_some may return. The receive buffer holds at most one frame (bounded by
-# max_frame, checked before the body is read) plus one chunk.
+# How much one receive_some may return. The receive buffer holds at most one chunk; a body
+# larger than that is read in chunks of its own and joined once (its length was checked against
+# max_frame and reserved from the receive budget before any of it was read).
 _CHUNK = 64 * 1024
 _MAX_WIRE_LENGTH = 2 ** (8 * FRAME_HEADER) - 1
+
+# accept() failures that mean "out of descriptors or kernel memory for now": back off and retry.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_BACKOFF = (0.1, 1.0)  # first and longest pause after a capacity error, in seconds
+_ACCEPT_LOG_EVERY = 60.0  # seconds between log lines about capacity errors
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -63,9 +75,10 @@ def _describe(exc: BaseException) -> str:
 class TcpConnection(Connection):
     """One TCP connection carrying framed payloads (see :class:`Connection` for the contract)."""
 
-    def __init__(self, stream: trio.SocketStream, *, max_frame: int) -> None:
+    def __init__(self, stream: trio.SocketStream, transport: TcpTransport) -> None:
         self._stream = stream
-        self._max_frame = max_frame
+        self._transport = transport
+        self.max_frame = transport.max_frame
         self._send_lock = trio.Lock()
         self._buffer = bytearray()
         self._closed = False
@@ -92,28 +105,59 @@ class TcpConnection(Connection):
         await self.send_many([payload])
 
     async def send_many(self, payloads: list[bytes]) -> None:
-        """Send several payloads, in order, as consecutive frames in one write (Request Batch).
+        """Send several payloads, in order, as consecutive frames (Request Batch).
+
+        Small frames go out joined in one write; a payload over 64 KiB is written on its own
+        after its header, never copied into a joined buffer.
 
         Raises:
+          SendStalled: 64 KiB could not be written within ``frame_timeout`` (the other side
+            stopped reading); the connection is closed.
           ConnectionClosed: the connection was closed at either end or broke.
           ValueError: a payload does not fit a 4-byte length prefix.
         """
         if self._closed:
             raise ConnectionClosed(f"connection to {self._remote} is closed")
+        writes: list[bytes] = []
         parts: list[bytes] = []
         for payload in payloads:
             if len(payload) > _MAX_WIRE_LENGTH:
                 raise ValueError(f"payload of {len(payload)} bytes does not fit a frame")
             parts.append(len(payload).to_bytes(FRAME_HEADER, "big"))
-            parts.append(payload)
-        frame = b"".join(parts)
+            if len(payload) > _CHUNK:
+                writes.append(b"".join(parts))
+                writes.append(payload)
+                parts = []
+            else:
+                parts.append(payload)
+        if parts:
+            writes.append(b"".join(parts))
         async with self._send_lock:
             try:
-                await self._stream.send_all(frame)
+                for data in writes:
+                    await self._write(data)
             except _STREAM_ERRORS as exc:
                 raise ConnectionClosed(
                     f"connection to {self._remote} closed: {_describe(exc)}"
                 ) from exc
+
+    async def _write(self, data: bytes) -> None:
+        timeout = self._transport.frame_timeout
+        if timeout == math.inf:
+            await self._stream.send_all(data)
+            return
+        # Piece by piece, each with the deadline: a slow reader is fine, one that stopped is not.
+        view = memoryview(data)
+        for start in range(0, len(view), _CHUNK):
+            with trio.move_on_after(timeout):
+                await self._stream.send_all(view[start : start + _CHUNK])
+                continue
+            self._closed = True
+            await trio.aclose_forcefully(self._stream)
+            raise SendStalled(
+                f"connection to {self._remote}: no write progress for {timeout:g} s "
+                "(it does not read)"
+            )
 
     async def receive(self) -> bytes:
         """Receive the next payload.
@@ -121,8 +165,9 @@ class TcpConnection(Connection):
         Raises:
           ConnectionClosed: clean end of stream between frames, a broken or closed connection, or
             any call after a ``DecodeError``.
-          DecodeError: ``too_large`` (length over ``max_frame``; the body is never read) or
-            ``truncated`` (end of stream inside a frame).
+          DecodeError: ``too_large`` (length over ``max_frame``; the body is never read),
+            ``truncated`` (end of stream inside a frame) or ``frame_timeout`` (the body did not
+            arrive within the transport's ``frame_timeout``).
         """
         if self._closed:
             raise ConnectionClosed(f"connection to {self._remote} is closed")
@@ -135,38 +180,75 @@ class TcpConnection(Connection):
             # Fast path: a whole frame is already buffered (frames arrive in batches).
             length = int.from_bytes(buffer[:FRAME_HEADER], "big")
             end = FRAME_HEADER + length
-            if length <= self._max_frame and len(buffer) >= end:
+            if length <= self.max_frame and len(buffer) >= end:
                 payload = bytes(buffer[FRAME_HEADER:end])
                 del buffer[:end]
                 return payload
         try:
             header = await self._read_exactly(FRAME_HEADER, frame_start=True)
-            length = frame_length(header, max_frame=self._max_frame)
-            return await self._read_exactly(length, frame_start=False)
+            length = frame_length(header, max_frame=self.max_frame)
+            return await self._read_body(length)
         except DecodeError as exc:
             self._broken = exc
             raise
 
+    async def _read_body(self, length: int) -> bytes:
+        transport = self._transport
+        budget = transport.receive_budget if length > SMALL_FRAME else None
+        reserved = 0 if budget is None else await budget.reserve(length)
+        try:
+            if transport.frame_timeout == math.inf:
+                return await self._read_exactly(length, frame_start=False)
+            with trio.move_on_after(transport.frame_timeout):
+                return await self._read_exactly(length, frame_start=False)
+            raise DecodeError(
+                "frame_timeout",
+                f"connection from {self._remote}: a frame of {length} bytes did not arrive "
+                f"within {transport.frame_timeout:g} s",
+            )
+        finally:
+            if budget is not None:
+                budget.release(reserved)
+
     async def _read_exactly(self, count: int, *, frame_start: bool) -> bytes:
+        if count > _CHUNK:
+            return await self._read_large(count)
         while len(self._buffer) < count:
-            try:
-                chunk = await self._stream.receive_some(_CHUNK)
-            except _STREAM_ERRORS as exc:
-                raise ConnectionClosed(
-                    f"connection to {self._remote} closed: {_describe(exc)}"
-                ) from exc
-            if not chunk:
-                if frame_start and not self._buffer:
-                    raise ConnectionClosed(f"connection closed by {self._remote}")
-                raise DecodeError(
-                    "truncated",
-                    f"connection from {self._remote} ended inside a frame "
-                    f"({len(self._buffer)} of {count} bytes)",
-                )
-            self._buffer += chunk
+            self._buffer += await self._receive_chunk(_CHUNK, frame_start, count)
         data = bytes(self._buffer[:count])
         del self._buffer[:count]
         return data
+
+    async def _read_large(self, count: int) -> bytes:
+        # Chunks of exactly what is missing, joined once: the frame is in memory twice only
+        # for that join (a growing bytearray would copy it on every reallocation).
+        parts = [bytes(self._buffer[:count])]
+        got = len(parts[0])
+        del self._buffer[:count]
+        while got < count:
+            chunk = await self._receive_chunk(min(_CHUNK, count - got), False, count, got)
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    async def _receive_chunk(
+        self, max_bytes: int, frame_start: bool, count: int, got: int | None = None
+    ) -> bytes:
+        try:
+            chunk = await self._stream.receive_some(max_bytes)
+        except _STREAM_ERRORS as exc:
+            raise ConnectionClosed(
+                f"connection to {self._remote} closed: {_describe(exc)}"
+            ) from exc
+        if not chunk:
+            have = len(self._buffer) if got is None else got
+            if frame_start and not have:
+                raise ConnectionClosed(f"connection closed by {self._remote}")
+            raise DecodeError(
+                "truncated",
+                f"connection from {self._remote} ended inside a frame ({have} of {count} bytes)",
+            )
+        return chunk
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. A task blocked in ``receive`` gets ConnectionClosed."""
@@ -181,14 +263,29 @@ class TcpTransport(Transport):
     """Framed connections over TCP.
 
     Args:
-      max_frame: the largest payload ``receive`` accepts; a longer length prefix raises
+      max_frame: the largest payload a new connection's ``receive`` accepts (each connection's
+        ``max_frame`` may then be changed); a longer length prefix raises
         ``DecodeError("too_large")`` before the body is read.
+      frame_timeout: seconds a frame's body may take to arrive once its header has
+        (``math.inf``: no limit); ``DecodeError("frame_timeout")`` after that.
+      receive_budget: bytes of large bodies (over 64 KiB) being received at once, shared by
+        every connection (``None``: no budget).
     """
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        *,
+        frame_timeout: float = math.inf,
+        receive_budget: ReceiveBudget | None = None,
+    ) -> None:
         if max_frame < 0:
             raise ConfigError(f"max_frame must be >= 0, got {max_frame}")
+        if not frame_timeout > 0:
+            raise ConfigError(f"frame_timeout must be > 0, got {frame_timeout}")
         self.max_frame = max_frame
+        self.frame_timeout = frame_timeout
+        self.receive_budget = receive_budget
 
     async def serve(
         self,
@@ -201,7 +298,10 @@ class TcpTransport(Transport):
 
         Reports ``"host:port"`` with the real port through ``task_status``. Each accepted
         connection runs ``handler(conn)`` in its own task; the stream is closed when the handler
-        returns. An exception escaping a handler is logged and does not stop the server.
+        returns. An exception escaping a handler is logged and does not stop the server. When
+        the process runs out of file descriptors (EMFILE, ENFILE) accepting pauses (0.1 s, then
+        longer, up to 1 s) and retries, logging one warning a minute at most; the connections
+        already open are served meanwhile.
 
         Raises:
           ConfigError: ``address`` is not ``host:port``.
@@ -212,23 +312,26 @@ class TcpTransport(Transport):
             listeners = await trio.open_tcp_listeners(where.port, host=where.host)
         except OSError as exc:
             raise TransportError(f"cannot listen on {where}: {_describe(exc)}") from exc
-        max_frame = self.max_frame
 
         async def run_handler(stream: trio.SocketStream) -> None:
-            # serve_listeners closes the stream (aclose_forcefully) after this returns.
             try:
-                conn = TcpConnection(stream, max_frame=max_frame)
-            except OSError:
-                return  # the peer reset the connection before we looked at it
-            try:
-                await handler(conn)
-            except Exception:
-                _log.exception("connection handler for %s failed", conn.remote_address)
+                try:
+                    conn = TcpConnection(stream, self)
+                except OSError:
+                    return  # the peer reset the connection before we looked at it
+                try:
+                    await handler(conn)
+                except Exception:
+                    _log.exception("connection handler for %s failed", conn.remote_address)
+            finally:
+                await trio.aclose_forcefully(stream)
 
         try:
             port = listeners[0].socket.getsockname()[1]
             task_status.started(str(Address(where.host, int(port))))
-            await trio.serve_listeners(run_handler, listeners)
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(accept_loop, listener, run_handler, nursery)
         finally:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
@@ -248,7 +351,52 @@ class TcpTransport(Transport):
         except (ValueError, UnicodeError) as exc:  # e.g. an over-long DNS label (idna)
             raise TransportError(f"cannot connect to {where}: {exc}") from exc
         try:
-            return TcpConnection(stream, max_frame=self.max_frame)
+            return TcpConnection(stream, self)
         except OSError as exc:
             await trio.aclose_forcefully(stream)
             raise TransportError(f"cannot connect to {where}: {_describe(exc)}") from exc
+
+
+class _Listener(Protocol):
+    async def accept(self) -> trio.SocketStream: ...
+
+
+async def accept_loop(
+    listener: _Listener,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    """Accept connections for ever, each handled by ``handler`` in a task of ``nursery``.
+
+    Running out of descriptors (or kernel buffers) is not an error of this listener: it backs off
+    (0.1 s, doubling up to 1 s, back to 0.1 s after the next success) and logs one warning per
+    ``_ACCEPT_LOG_EVERY`` seconds with the count of failures since the last one. A flood of
+    tracebacks would only add to the trouble.
+
+    Raises:
+      OSError: any other accept failure.
+    """
+    delay = _ACCEPT_BACKOFF[0]
+    logged_at = -math.inf
+    failures = 0
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            failures += 1
+            now = trio.current_time()
+            if now - logged_at >= _ACCEPT_LOG_EVERY:
+                _log.warning(
+                    "cannot accept connections: %s (%d times since the last report); "
+                    "open connections are still served, retrying",
+                    os.strerror(exc.errno or 0).lower(),
+                    failures,
+                )
+                logged_at, failures = now, 0
+            await trio.sleep(delay)
+            delay = min(delay * 2, _ACCEPT_BACKOFF[1])
+            continue
+        delay = _ACCEPT_BACKOFF[0]
+        nursery.start_soon(handler, stream)

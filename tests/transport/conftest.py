@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -10,20 +11,36 @@ import pytest
 import trio
 import trio.testing
 
+from gossipkv._codec import frame_header
 from gossipkv.testing import SimNetwork
-from gossipkv.transport import Connection, Handler, TcpTransport, Transport
+from gossipkv.transport import Connection, Handler, ReceiveBudget, TcpTransport, Transport
 
 MAX_FRAME = 64 * 1024  # small, so limit tests stay fast
+
+
+class Stalled(Protocol):
+    async def aclose(self) -> None: ...
 
 
 class Harness(Protocol):
     kind: str
     max_frame: int
 
-    async def serve(self, handler: Handler) -> str:
+    async def serve(
+        self,
+        handler: Handler,
+        *,
+        max_frame: int = MAX_FRAME,
+        frame_timeout: float = math.inf,
+        receive_budget: ReceiveBudget | None = None,
+    ) -> str:
         """Start a server in the test's nursery; return its address."""
 
     async def connect(self, address: str) -> Connection: ...
+
+    async def send_stalled(self, address: str, length: int) -> Stalled:
+        """From a connection of its own, start a frame of ``length`` bytes whose body does not
+        finish arriving for an hour; close the result to end that connection."""
 
     def transport_at(self, address: str) -> Transport:
         """A transport that may try to listen on ``address``."""
@@ -40,12 +57,29 @@ class TcpHarness:
         self._nursery = nursery
         self.transport = TcpTransport(max_frame=MAX_FRAME)
 
-    async def serve(self, handler: Handler) -> str:
-        address: str = await self._nursery.start(self.transport.serve, "127.0.0.1:0", handler)
+    async def serve(
+        self,
+        handler: Handler,
+        *,
+        max_frame: int = MAX_FRAME,
+        frame_timeout: float = math.inf,
+        receive_budget: ReceiveBudget | None = None,
+    ) -> str:
+        server = TcpTransport(
+            max_frame=max_frame, frame_timeout=frame_timeout, receive_budget=receive_budget
+        )
+        address: str = await self._nursery.start(server.serve, "127.0.0.1:0", handler)
         return address
 
     async def connect(self, address: str) -> Connection:
         return await self.transport.connect(address)
+
+    async def send_stalled(self, address: str, length: int) -> Stalled:
+        host, _, port = address.rpartition(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        # The header and a first piece of the body; the rest never comes.
+        await stream.send_all(frame_header(b"x" * length) + b"x" * min(1000, length - 1))
+        return stream
 
     def transport_at(self, address: str) -> Transport:
         return TcpTransport(max_frame=MAX_FRAME)
@@ -66,17 +100,37 @@ class SimHarness:
         self._nursery = nursery
         self.net = net
         self._servers = 0
+        self._stallers = 0
         self.client = net.transport("10.0.1.1:5000")
 
-    async def serve(self, handler: Handler) -> str:
+    async def serve(
+        self,
+        handler: Handler,
+        *,
+        max_frame: int = MAX_FRAME,
+        frame_timeout: float = math.inf,
+        receive_budget: ReceiveBudget | None = None,
+    ) -> str:
         self._servers += 1
         address = f"10.0.0.{self._servers}:7400"
         transport = self.net.transport(address)
+        transport.max_frame = max_frame
+        transport.frame_timeout = frame_timeout
+        transport.receive_budget = receive_budget
         bound: str = await self._nursery.start(transport.serve, address, handler)
         return bound
 
     async def connect(self, address: str) -> Connection:
         return await self.client.connect(address)
+
+    async def send_stalled(self, address: str, length: int) -> Stalled:
+        # A process of its own on a link that takes an hour to carry the body.
+        self._stallers += 1
+        source = f"10.0.3.{self._stallers}:5000"
+        self.net.set_link(source, address, bandwidth=length / 3600)
+        conn = await self.net.transport(source).connect(address)
+        await conn.send(b"x" * length)
+        return conn
 
     def transport_at(self, address: str) -> Transport:
         return self.net.transport(address)

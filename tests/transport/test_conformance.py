@@ -12,7 +12,7 @@ import trio
 
 from gossipkv import ConnectionClosed, DecodeError, TransportError
 from gossipkv._codec import frame_header
-from gossipkv.transport import Connection
+from gossipkv.transport import Connection, ReceiveBudget
 
 from .conftest import Harness
 
@@ -256,6 +256,141 @@ async def test_remote_address_is_host_port(harness: Harness, clock: object) -> N
     host, _, port = seen[0].rpartition(":")
     assert host and port.isdigit()
     await conn.aclose()
+
+
+# --- per-connection limits: frame size, frame deadline, receive budget ------------------------------
+
+
+async def test_each_connection_has_its_own_frame_limit(harness: Harness, clock: object) -> None:
+    """A node accepts only small frames until the hello is done, then raises the limit."""
+    got: list[bytes] = []
+    errors: list[Exception] = []
+
+    async def handler(conn: Connection) -> None:
+        assert conn.max_frame == harness.max_frame
+        conn.max_frame = 100
+        try:
+            got.append(await conn.receive())  # the "hello"
+            conn.max_frame = harness.max_frame
+            got.append(await conn.receive())
+            conn.max_frame = 10
+            got.append(await conn.receive())
+        except DecodeError as exc:
+            errors.append(exc)
+        await conn.send(b"done")
+
+    address = await harness.serve(handler)
+    conn = await harness.connect(address)
+    for payload in (b"h" * 100, b"x" * harness.max_frame, b"y" * 11):
+        await conn.send(payload)
+    with trio.fail_after(HANG_GUARD):
+        assert await conn.receive() == b"done"
+    assert got == [b"h" * 100, b"x" * harness.max_frame]
+    assert [e.reason for e in errors if isinstance(e, DecodeError)] == ["too_large"]
+    await conn.aclose()
+
+
+async def test_a_body_slower_than_frame_timeout_fails_the_connection(
+    harness: Harness, clock: object
+) -> None:
+    recorder = Recorder()
+    budget = ReceiveBudget(1 << 20)
+    address = await harness.serve(
+        recorder, max_frame=1 << 20, frame_timeout=0.5, receive_budget=budget
+    )
+    stalled = await harness.send_stalled(address, 200_000)
+    with trio.fail_after(HANG_GUARD):
+        await recorder.done.wait()
+    [error] = recorder.errors
+    assert isinstance(error, DecodeError)
+    assert error.reason == "frame_timeout"
+    assert budget.reserved == 0  # the reservation went back with the frame
+    await stalled.aclose()
+
+
+class WatchedBudget(ReceiveBudget):
+    """A receive budget a test can wait on."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.changed = trio.lowlevel.ParkingLot()
+
+    async def reserve(self, size: int) -> int:
+        granted = await super().reserve(size)
+        self.changed.unpark_all()
+        return granted
+
+    def release(self, size: int) -> None:
+        super().release(size)
+        self.changed.unpark_all()
+
+    async def wait_reserved(self, expected: int) -> None:
+        while self.reserved != expected:
+            await self.changed.park()
+
+
+async def test_large_bodies_wait_for_the_receive_budget(harness: Harness, clock: object) -> None:
+    """A stalled large body holds its reservation until its deadline; a second large body
+    waits for it (the sender is pushed back), then arrives; small frames never wait."""
+    budget = WatchedBudget(300_000)
+    order: list[str] = []
+    large_arrived = trio.Event()
+
+    async def handler(conn: Connection) -> None:
+        try:
+            while True:
+                payload = await conn.receive()
+                order.append(f"{len(payload)}")
+                if len(payload) == 150_000:
+                    large_arrived.set()
+        except DecodeError as exc:
+            order.append(exc.reason)
+        except ConnectionClosed:
+            pass
+
+    address = await harness.serve(
+        handler, max_frame=1 << 20, frame_timeout=2.0, receive_budget=budget
+    )
+    stalled = await harness.send_stalled(address, 200_000)
+    with trio.fail_after(HANG_GUARD):
+        await budget.wait_reserved(200_000)
+    conn = await harness.connect(address)
+    await conn.send(b"s" * 1000)  # small: received at once
+    await conn.send(b"L" * 150_000)  # does not fit next to the stalled 200,000
+    with trio.fail_after(HANG_GUARD):
+        await large_arrived.wait()
+    assert order == ["1000", "frame_timeout", "150000"]
+    await conn.aclose()
+    await stalled.aclose()
+    with trio.fail_after(HANG_GUARD):
+        await budget.wait_reserved(0)
+
+
+async def test_budget_reservations_are_fifo_and_cancellation_safe() -> None:
+    budget = ReceiveBudget(100)
+    first = await budget.reserve(80)
+    granted: list[int] = []
+
+    async def take(size: int) -> None:
+        granted.append(await budget.reserve(size))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, 50)  # does not fit: waits, then is cancelled
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert (budget.reserved, budget.waiting) == (80, 0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, 1000)  # larger than the budget: waits for all of it
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, 10)  # would fit, but waits its turn behind the first
+        await trio.testing.wait_all_tasks_blocked()
+        assert granted == []
+        budget.release(first)
+        await trio.testing.wait_all_tasks_blocked()
+        assert granted == [100]
+        budget.release(100)
+    assert granted == [100, 10]
+    assert budget.reserved == 10
 
 
 # --- TCP only: bytes no well-behaved sender produces --------------------------------------------

@@ -200,6 +200,26 @@ async def test_set_link_validates(autojump_clock: trio.testing.MockClock) -> Non
         net.set_link(A, latency=-1)
     with pytest.raises(ConfigError):
         SimNetwork(0, jitter=-0.1)
+    with pytest.raises(ConfigError, match="bandwidth"):
+        net.set_link(A, B, bandwidth=0)
+
+
+async def test_bandwidth_delays_bodies_and_keeps_order(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A frame's body arrives len/bandwidth after its header; the next frame follows it."""
+    net = SimNetwork(0, latency=0.01)
+    await nursery.start(net.run)
+    transports, inboxes = await start(nursery, net, A, B)
+    net.set_link(A, B, bandwidth=1000.0)
+    conn = await transports[A].connect(B)
+    started = trio.current_time()
+    await conn.send(b"x" * 2000)  # 2 s on the wire
+    await conn.send(b"y")
+    await conn.aclose()
+    await inboxes[B].wait_for(lambda: inboxes[B].ended == [A])
+    assert inboxes[B].payloads(A) == [b"x" * 2000, b"y"]
+    assert trio.current_time() - started >= 2.0
 
 
 # --- partitions -------------------------------------------------------------------------------

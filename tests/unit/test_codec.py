@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 import cbor2
@@ -12,16 +14,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossipkv import DecodeError
+from gossipkv import DecodeError, _codec
 from gossipkv._codec import (
     DEFAULT_MAX_FRAME,
+    GUARD_THRESHOLD,
     MAX_DEPTH,
+    check_decode_cost,
     decode,
+    decode_budget,
+    decode_cost,
     encode,
     frame_header,
     frame_length,
+    loads_value,
 )
-from gossipkv._messages import MESSAGE_TYPES, Envelope, Hello, Kind, Message
+from gossipkv._messages import MESSAGE_TYPES, Envelope, Hello, Kind, KvResult, Message
 
 # --- strategies built from the messages' own annotations (the codec's schema) ------------------
 
@@ -93,6 +100,7 @@ def _decode_or_decode_error(payload: bytes) -> None:
             "bad_shape",
             "unknown_type",
             "bad_field",
+            "too_complex",
         }, exc.reason
     else:
         assert isinstance(envelope.message, Message)
@@ -304,3 +312,173 @@ def test_array_map_keys_are_not_plain_values() -> None:
     with pytest.raises(DecodeError) as info:
         decode(cbor2.dumps([1, 1, "reply", [{"b": {(1,): 1}}]]))
     assert info.value.reason == "bad_field"
+
+
+# --- the decode cost guard -------------------------------------------------------------------------
+
+
+def _peak(payload: bytes) -> int:
+    """Bytes cbor2 allocates at the peak while decoding ``payload``, as tracemalloc sees them."""
+    tracemalloc.start()
+    try:
+        decoded = cbor2.loads(payload)
+    except Exception:
+        decoded = None
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del decoded
+    return peak
+
+
+def _array_of(item: bytes, size: int, items: int = 1) -> bytes:
+    """An array of ``item`` (which holds ``items`` CBOR items) repeated to about ``size`` bytes."""
+    n = size // len(item)
+    return b"\x9a" + (n * items).to_bytes(4, "big") + item * n
+
+
+# Shapes with their measured amplification (tracemalloc, CPython 3.11, cbor2 6.3): the guard
+# refuses those over DECODE_MEMORY_FACTOR.
+ADVERSARIAL = {
+    "empty arrays": (b"\x80", 1),  # ~64x
+    "empty maps": (b"\xa0", 1),  # ~72x
+    "one-entry maps": (b"\xa1\x00\x00", 1),  # ~77x
+    "nested one-item arrays": (b"\x81\x80", 1),  # ~76x
+    "2-char strings": (b"\x62ab", 1),  # ~20x
+    "3-byte non-ASCII strings": (b"\x63\xe2\x82\xac", 1),  # ~21x
+    "simple values": (b"\xe0", 1),  # ~48x
+    "ints -6": (b"\x25", 1),  # ~36x
+    "small floats": (b"\xf9\x3c\x00", 1),  # ~11x
+    "small ints": (b"\x01", 1),  # ~8x
+    "ints 1000": (b"\x19\x03\xe8", 1),  # ~12x
+    "2-byte byte strings": (b"\x42ab", 1),  # ~14x
+    "23-int arrays": (b"\x97" + b"\x00" * 23, 1),  # ~11x
+    "6-entry maps": (b"\xa6" + b"".join(bytes([k, 0]) for k in range(6)), 1),  # ~28x
+    "ints 0, -6": (b"\x00\x25", 2),  # ~18x
+}
+
+
+@pytest.fixture(scope="module")
+def adversarial() -> Iterator[dict[str, tuple[bytes, int]]]:
+    """Each shape as a 256 KiB payload with its tracemalloc-measured decode peak."""
+    shapes = {}
+    for name, (item, items) in ADVERSARIAL.items():
+        payload = _array_of(item, 256 * 1024, items)
+        shapes[name] = (payload, _peak(payload))
+    yield shapes
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_the_estimate_bounds_tracemalloc_tightly(
+    adversarial: dict[str, tuple[bytes, int]], name: str
+) -> None:
+    payload, peak = adversarial[name]
+    estimate = decode_cost(payload)
+    # An upper bound (the guard's promise), and a close one (so it does not refuse needlessly).
+    assert peak <= estimate <= 1.25 * peak + 4096, (name, peak, estimate)
+    crude = _codec._crude_bound(payload)
+    assert crude is None or crude >= estimate, (name, crude, estimate)
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_the_guard_refuses_exactly_the_shapes_over_budget(
+    adversarial: dict[str, tuple[bytes, int]], name: str
+) -> None:
+    payload, peak = adversarial[name]
+    budget = decode_budget(len(payload))
+    if decode_cost(payload) > budget:
+        with pytest.raises(DecodeError) as info:
+            check_decode_cost(payload)
+        assert info.value.reason == "too_complex"
+    else:
+        check_decode_cost(payload)
+        assert peak <= budget
+
+
+def test_the_red_team_frame_is_refused_and_legitimate_big_values_pass() -> None:
+    bomb = _array_of(b"\x80", 4 * 1024 * 1024)  # the red-team frame, at 4 MiB
+    with pytest.raises(DecodeError) as info:
+        decode(bomb)
+    assert info.value.reason == "too_complex"
+    with pytest.raises(DecodeError) as info:
+        loads_value(bomb)  # stored and replicated clock bytes are checked the same way
+    assert info.value.reason == "too_complex"
+    records = [
+        {"id": i, "name": f"item-{i}", "tags": ["a", "b"], "score": i / 7} for i in range(20_000)
+    ]
+    for value in (b"\x00" * 2**20, "x" * 2**20, "\u20ac" * 2**18, list(range(200_000)), records):
+        payload = encode(Kind.RESPONSE, 1, KvResult("k", True, (value,), b"c"))
+        assert len(payload) > GUARD_THRESHOLD
+        assert decode(payload).message == KvResult("k", True, (value,), b"c")
+
+
+def test_one_large_string_is_one_step() -> None:
+    # The walk skips string contents whole: a frame that is one large value costs O(1) steps,
+    # whatever its bytes look like (here: the red-team bytes, inside a byte string).
+    payload = cbor2.dumps([b"\x80" * 2**20, "\x80" * 2**19])
+    assert decode_cost(payload) < 8 * len(payload)
+    check_decode_cost(payload)
+
+
+def test_nothing_after_a_point_where_cbor2_fails_is_counted() -> None:
+    bomb = b"\x80" * 2**18
+    for stop in (b"\xc1\x00", b"\x9f", b"\x1c", b"\xff", b"\x5a\xff\xff\xff\xff"):
+        payload = b"\x84\x01\x01" + stop + bomb
+        assert decode_cost(payload) < 4096, stop
+        with pytest.raises(DecodeError) as info:
+            decode(payload)
+        assert info.value.reason in ("bad_cbor", "truncated"), stop
+    # A count the data cannot hold costs what is there: cbor2 appends items as they arrive.
+    assert decode_cost(b"\x9b" + b"\xff" * 8) < 4096
+    assert decode_cost(b"\xbb" + b"\xff" * 8) < 4096
+
+
+def test_the_walk_stops_at_the_limit() -> None:
+    payload = b"\x80" * 2**20  # a CBOR sequence: the walk counts trailing items too
+    full = decode_cost(payload)
+    assert full > 2**20 * 56
+    # It stops at the first head past the limit: the result is over the limit by one empty
+    # list at most (plus the baseline allowance for small transients).
+    assert 10_000 < decode_cost(payload, 10_000) <= 10_000 + 56 + 1024
+
+
+_DENSE_ITEMS = st.one_of(
+    st.sampled_from(
+        [b"\x80", b"\xa0", b"\x01", b"\x25", b"\xf5", b"\xf9\x3c\x00", b"\x19\x03\xe8"]
+    ),
+    st.binary(min_size=1, max_size=4).map(lambda b: cbor2.dumps(b)),
+    st.text(min_size=0, max_size=6).map(lambda t: cbor2.dumps(t)),
+    _VALUES.map(lambda v: cbor2.dumps(v)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=st.lists(_DENSE_ITEMS, min_size=1, max_size=6), repeat=st.integers(1, 3000))
+def test_guard_accepts_only_what_decodes_within_its_budget(items: list[bytes], repeat: int) -> None:
+    """For any payload, the estimate bounds tracemalloc's peak (so whatever the guard accepts
+    decodes within ``decode_budget``), and the crude bound, when it has one, bounds the estimate."""
+    unit = b"".join(items)
+    payload = b"\x9a" + (len(items) * repeat).to_bytes(4, "big") + unit * repeat
+    estimate = decode_cost(payload)
+    assert _peak(payload) <= estimate
+    crude = _codec._crude_bound(payload)
+    assert crude is None or crude >= estimate
+    try:
+        check_decode_cost(payload)
+    except DecodeError as exc:
+        assert exc.reason == "too_complex"
+        assert estimate > decode_budget(len(payload))
+    else:
+        assert len(payload) <= GUARD_THRESHOLD or estimate <= decode_budget(len(payload))
+
+
+def test_nothing_is_encoded_that_the_guard_would_refuse() -> None:
+    """A value whose decoding the guard refuses is refused when it is encoded, so a put fails
+    with an error instead of storing (or sending) what no peer could read back."""
+    value = [{}] * 100_000  # 100 KB of CBOR, ~7 MB of dicts
+    with pytest.raises(ValueError, match="too complex"):
+        _codec.dumps_canonical(value)
+    with pytest.raises(DecodeError) as info:
+        encode(Kind.RESPONSE, 1, KvResult("k", True, (value,), b""))
+    assert info.value.reason == "too_complex"
+    fine = list(range(100_000))
+    assert loads_value(_codec.dumps_canonical(fine)) == fine
