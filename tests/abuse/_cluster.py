@@ -44,9 +44,7 @@ def mib(n: float) -> str:
 
 
 @asynccontextmanager
-async def client_of(
-    *addrs: str, request_timeout: float = 10.0
-) -> AsyncIterator[gossipkv.Client]:
+async def client_of(*addrs: str, request_timeout: float = 10.0) -> AsyncIterator[gossipkv.Client]:
     """A well-behaved client of the listed peers (tried in order)."""
     async with gossipkv.open_client(
         list(addrs), connect_timeout=2.0, request_timeout=request_timeout
@@ -301,7 +299,9 @@ class MembershipWatch:
                     if m["name"] not in expected:
                         continue
                     if m["status"] in ("down", "removed") or not m["reachable"]:
-                        self.downs.add((name, m["name"], f"{m['status']}/reachable={m['reachable']}"))
+                        self.downs.add(
+                            (name, m["name"], f"{m['status']}/reachable={m['reachable']}")
+                        )
             await trio.sleep(self.period)
 
     async def run(self) -> None:

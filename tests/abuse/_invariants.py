@@ -163,9 +163,7 @@ async def _poll(check: Any, *, within: float) -> Any:
 
 
 def assert_alive(cluster: Cluster) -> None:
-    dead = {
-        n: cluster.peers.procs[n].returncode for n in cluster.names if n not in cluster.alive()
-    }
+    dead = {n: cluster.peers.procs[n].returncode for n in cluster.names if n not in cluster.alive()}
     assert not dead, f"peer processes exited: {dead}\n" + "\n".join(
         f"--- {n}\n{cluster.log(n)[-2000:]}" for n in dead
     )

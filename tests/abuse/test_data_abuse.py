@@ -17,6 +17,7 @@ import trio
 
 import gossipkv
 
+from ..proc._peers import eventually
 from . import _expect
 from ._attack import (
     HINT_SEP,
@@ -88,7 +89,11 @@ async def test_deep_values_are_refused_and_the_key_stays_readable(cluster: Clust
 
     assert_alive(cluster)
     await assert_acked(cluster, acked)
-    wrong = {d: outcome_of(e) for d, e in outcomes.items() if not isinstance(e, _expect.REFUSED_DEEP_VALUE)}
+    wrong = {
+        d: outcome_of(e)
+        for d, e in outcomes.items()
+        if not isinstance(e, _expect.REFUSED_DEEP_VALUE)
+    }
     assert not wrong, f"deep puts not refused with {_expect.REFUSED_DEEP_VALUE}: {wrong}"
     deltas = await assert_counted(cluster, before, "deep_value", within=_expect.COUNTER_WITHIN)
     assert_no_false_downs(obs)
@@ -220,8 +225,12 @@ async def test_one_key_cannot_outgrow_the_frame(cluster: Cluster) -> None:
     wrong = [outcome_of(e) for e in refused if not isinstance(e, _expect.REFUSED_RECORD_TOO_LARGE)]
     assert not wrong, f"refused with the wrong error: {wrong}"
     after = await cluster.stats()
-    deltas = await assert_counted(cluster, before, "record_too_large", within=_expect.COUNTER_WITHIN)
-    assert "too_large" not in deltas.get("dropped_frames", {}), f"peer links dropped frames: {deltas}"
+    deltas = await assert_counted(
+        cluster, before, "record_too_large", within=_expect.COUNTER_WITHIN
+    )
+    assert "too_large" not in deltas.get("dropped_frames", {}), (
+        f"peer links dropped frames: {deltas}"
+    )
     assert_no_false_downs(obs)
     assert_rss_bounded(cluster, obs)
     print_figures("record_too_large", cluster, obs, after, deltas)
@@ -345,9 +354,7 @@ async def test_unreadable_records_on_disk_are_quarantined_and_repaired(cluster: 
     async def serving_or_dead() -> Any:
         return victim not in cluster.alive() or await cluster.is_formed()
 
-    with trio.move_on_after(30):
-        while not await serving_or_dead():
-            await trio.sleep(0.2)
+    await eventually(serving_or_dead, within=30, what=f"{victim} serving", peers=cluster.peers)
     assert_alive(cluster)
     await cluster.wait_ready()
     # Quorum reads (R=3, through every peer) repair the quarantined copies; then every replica,
