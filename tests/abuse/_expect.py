@@ -13,7 +13,9 @@ MiB = 2**20
 # --- memory ---------------------------------------------------------------------------------------
 # A peer's RSS, sampled every 50 ms during and after an attack, must stay below
 #   RSS_IDLE_FACTOR x its idle RSS (after warm-up, before the attack)
-#   + RECEIVE_BUDGET + DATA_PATH_BUDGET + OUTBOUND_PER_CONNECTION x attacking connections to it.
+#   + RECEIVE_BUDGET + DATA_PATH_BUDGET
+#   + OUTBOUND_PER_CONNECTION x the attacking connections to it that it owes replies or events
+#     (pipelined gets, watches; not connections that only send, such as half-sent frames).
 RSS_IDLE_FACTOR = 2
 RECEIVE_BUDGET = 64 * MiB  # bytes of partly received frames a peer holds, all connections together
 DATA_PATH_BUDGET = 64 * MiB  # bytes of values and clocks in flight in the data path
@@ -24,13 +26,13 @@ OUTBOUND_PER_CONNECTION = 8 * MiB  # bytes queued for sending on one connection
 REUSE_BLOAT_FACTOR = 1.6
 
 
-def rss_bound(idle: int, attacking_connections: int) -> int:
+def rss_bound(idle: int, outbound_connections: int) -> int:
     """The most RSS a peer may use during an attack (see above)."""
     return (
         RSS_IDLE_FACTOR * idle
         + RECEIVE_BUDGET
         + DATA_PATH_BUDGET
-        + OUTBOUND_PER_CONNECTION * attacking_connections
+        + OUTBOUND_PER_CONNECTION * outbound_connections
     )
 
 

@@ -67,9 +67,10 @@ async def write_before(cluster: Cluster, acked: Acked, prefix: str, count: int =
 
 
 async def write_around(
-    cluster: Cluster, acked: Acked, prefix: str, *, count: int = 40, period: float = 0.1
+    cluster: Cluster, acked: Acked, prefix: str, *, count: int = 200, period: float = 0.1
 ) -> None:
-    """Well-behaved writes during an attack (failures are allowed; only acknowledged ones count)."""
+    """Well-behaved writes during an attack, through any peer, until cancelled or ``count`` are
+    done (failures are allowed: only acknowledged writes count)."""
     async with client_of(*cluster.addrs, request_timeout=5.0) as c:
         for i in range(count):
             try:
@@ -170,9 +171,11 @@ def assert_alive(cluster: Cluster) -> None:
 
 
 def assert_rss_bounded(
-    cluster: Cluster, obs: Observation, attackers: dict[str, int] | None = None
+    cluster: Cluster, obs: Observation, outbound: dict[str, int] | None = None
 ) -> None:
-    attackers = attackers or {}
+    """Every peer's peak RSS under ``_expect.rss_bound``; ``outbound``: per peer, the attacking
+    connections it owes replies or events to."""
+    attackers = outbound or {}
     over = {}
     for name, peak in obs.rss.peak.items():
         idle = cluster.idle_rss[name]
