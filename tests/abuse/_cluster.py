@@ -203,6 +203,14 @@ class Cluster:
         await self.wait_ready()
         return code
 
+    async def restart_gracefully_alone(self, name: str) -> int:
+        """SIGTERM, wait for the exit and start it again on the same data dir, without waiting
+        for the cluster to form (another peer may be frozen). Returns the old exit code."""
+        self.signal(name, signal.SIGTERM)
+        code = await self.wait_exit(name)
+        self.start_peer(name)
+        return code
+
     async def restart_crashed(self, name: str) -> None:
         """SIGKILL, then start it again on the same data dir; wait until the cluster formed."""
         self.signal(name, signal.SIGKILL)

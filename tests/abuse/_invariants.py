@@ -22,6 +22,8 @@ from ..proc._peers import eventually
 from . import _expect
 from ._cluster import Cluster, Observation, client_of, counter_total, mib
 
+REPLICAS = 3  # N, the default replicas per key
+
 
 @dataclass
 class Acked:
@@ -59,11 +61,11 @@ def describe(value: Any) -> str:
 
 
 async def write_before(cluster: Cluster, acked: Acked, prefix: str, count: int = 10) -> None:
-    """``count`` acknowledged writes on every replica (W = all), spread over the peers."""
+    """``count`` acknowledged writes on every replica (W = N), spread over the peers."""
     for i in range(count):
         addr = cluster.addrs[i % len(cluster.addrs)]
         async with client_of(addr) as c:
-            await acked.put(c, f"{prefix}-before-{i}", f"{prefix}-v{i}", w=len(cluster.names))
+            await acked.put(c, f"{prefix}-before-{i}", f"{prefix}-v{i}", w=REPLICAS)
 
 
 async def write_around(
