@@ -11,8 +11,9 @@ events the peers log. Used by the pytest fixtures (``conftest.py``) and by ``rep
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,25 @@ class RssSampler:
         while True:
             self.sample()
             await trio.sleep(self.period)
+
+    @contextmanager
+    def in_thread(self) -> Iterator[RssSampler]:
+        """Sample from a thread for the duration of the block (across several ``trio.run``s)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                self.sample()
+                stop.wait(self.period)
+
+        thread = threading.Thread(target=loop, name="rss-sampler", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+            self.sample()
 
 
 @dataclass

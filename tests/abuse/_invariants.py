@@ -33,11 +33,11 @@ class Acked:
     failed: int = 0
 
     def add(self, key: str, value: Any) -> None:
-        self.values.setdefault(key, set()).add(_hashable(value))
+        self.values.setdefault(key, set()).add(hashable(value))
 
     def forget(self, key: str, value: Any) -> None:
         """``value`` was legitimately replaced (a context write that covered it)."""
-        self.values.get(key, set()).discard(_hashable(value))
+        self.values.get(key, set()).discard(hashable(value))
 
     async def put(
         self, client: gossipkv.Client, key: str, value: Any, **kw: Any
@@ -47,11 +47,11 @@ class Acked:
         return result
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
     if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
+        return tuple(hashable(v) for v in value)
     if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+        return tuple(sorted((repr(k), hashable(v)) for k, v in value.items()))
     return value
 
 
@@ -115,7 +115,7 @@ async def assert_acked(
                 except gossipkv.GossipKVError as exc:
                     problems.append(f"{key}: quorum read failed: {type(exc).__name__}: {exc}")
                     continue
-                have = {_hashable(v) for v in got.values}
+                have = {hashable(v) for v in got.values}
                 if not values <= have:
                     lost = [describe(v) for v in values - have]
                     problems.append(f"{key}: quorum read lacks {lost}")
@@ -125,7 +125,7 @@ async def assert_acked(
                 got = await local_read(cluster.addr(name), key)
                 if isinstance(got, str):
                     notes.append(f"{name}: {got[:200]}")
-                elif values <= {_hashable(v) for v in got.values}:
+                elif values <= {hashable(v) for v in got.values}:
                     holders += 1
                 else:
                     notes.append(f"{name}: has {len(got.values)} values, not all acknowledged")
@@ -173,13 +173,13 @@ def assert_alive(cluster: Cluster) -> None:
 
 
 def assert_rss_bounded(
-    cluster: Cluster, obs: Observation, outbound: dict[str, int] | None = None
+    cluster: Cluster, peaks: dict[str, int], outbound: dict[str, int] | None = None
 ) -> None:
-    """Every peer's peak RSS under ``_expect.rss_bound``; ``outbound``: per peer, the attacking
-    connections it owes replies or events to."""
+    """Every peer's peak RSS (``RssSampler.peak``) under ``_expect.rss_bound``; ``outbound``: per
+    peer, the attacking connections it owes replies or events to."""
     attackers = outbound or {}
     over = {}
-    for name, peak in obs.rss.peak.items():
+    for name, peak in peaks.items():
         idle = cluster.idle_rss[name]
         bound = _expect.rss_bound(idle, attackers.get(name, 0))
         if peak > bound:

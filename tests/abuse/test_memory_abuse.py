@@ -87,7 +87,7 @@ async def test_big_frame_before_hello(cluster: Cluster) -> None:
     after = await cluster.stats()
     figures("big_frame_before_hello", cluster, obs, before, after, out)
 
-    assert_rss_bounded(cluster, obs, {target: out.outbound})
+    assert_rss_bounded(cluster, obs.rss.peak, {target: out.outbound})
     assert out.notes["closed_by_peer"], out.notes
     await assert_counted(cluster, before, "big_frame_before_hello", within=_expect.COUNTER_WITHIN)
     await finish(cluster, obs, acked, target=target, sig=signal.SIGKILL)
@@ -108,7 +108,7 @@ async def test_half_sent_frames(cluster: Cluster) -> None:
         background.start_soon(write_around, cluster, acked, "halfsent")
         async with _scenarios.half_sent_frames(cluster.addr(target)) as out:
             await trio.sleep(SAMPLE_WINDOW)
-            assert_rss_bounded(cluster, obs, {target: out.outbound})
+            assert_rss_bounded(cluster, obs.rss.peak, {target: out.outbound})
             async with client_of(cluster.addr(target)) as c:
                 await c.get("halfsent-before-0")
             # The frame deadline closes them while they are still open.
@@ -118,7 +118,7 @@ async def test_half_sent_frames(cluster: Cluster) -> None:
         background.cancel_scope.cancel()
     after = await cluster.stats()
     figures("half_sent_frames", cluster, obs, before, after, out)
-    assert_rss_bounded(cluster, obs, {target: out.outbound})
+    assert_rss_bounded(cluster, obs.rss.peak, {target: out.outbound})
     await finish(cluster, obs, acked, target=target, sig=signal.SIGTERM)
 
 
@@ -145,7 +145,7 @@ async def test_unread_replies(cluster: Cluster, connections: int) -> None:
     after = await cluster.stats()
     figures(f"unread_replies x{connections}", cluster, obs, before, after, out)
 
-    assert_rss_bounded(cluster, obs, {target: out.outbound})
+    assert_rss_bounded(cluster, obs.rss.peak, {target: out.outbound})
     await assert_counted(cluster, before, "unread_replies", within=_expect.COUNTER_WITHIN)
     await finish(cluster, obs, acked, target=target, sig=signal.SIGKILL)
 
@@ -176,7 +176,7 @@ async def test_connection_flood(cluster: Cluster) -> None:
         background.cancel_scope.cancel()
     after = await cluster.stats()
     figures("connection_flood", cluster, obs, before, after, out)
-    assert_rss_bounded(cluster, obs, {target: out.outbound})
+    assert_rss_bounded(cluster, obs.rss.peak, {target: out.outbound})
     await finish(cluster, obs, acked, target=target, sig=signal.SIGTERM)
 
 
@@ -202,6 +202,6 @@ async def test_watch_flood(cluster: Cluster) -> None:
     after = await cluster.stats()
     figures("watch_flood", cluster, obs, before, after, out)
 
-    assert_rss_bounded(cluster, obs, {target: out.outbound})
+    assert_rss_bounded(cluster, obs.rss.peak, {target: out.outbound})
     await assert_counted(cluster, before, "watch_flood", within=_expect.COUNTER_WITHIN)
     await finish(cluster, obs, acked, target=target, sig=signal.SIGKILL)
