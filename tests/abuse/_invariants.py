@@ -98,7 +98,7 @@ async def assert_acked(
     acked: Acked,
     *,
     copies: int | None = None,
-    within: float = 20.0,
+    within: float = 10.0,
     names: Iterable[str] | None = None,
 ) -> None:
     """Every acknowledged value reads back through a quorum read (R=3, which also repairs) and

@@ -67,10 +67,12 @@ async def try_put(addr: str, key: str, value: Any, **kw: Any) -> tuple[Any, Base
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 10: values nested 61-63 deep are stored by the coordinator (QuorumNotReached "
-    "at the client) and the key is then unreadable there: get(local) raises StorageError "
-    "'stored clock is unreadable: invalid CBOR: maximum container nesting depth (64) exceeded', "
-    "quorum reads R=3 fail, and it survives restarts",
+    reason="issue 10: values nested 61 and 62 deep are stored by the coordinator (the client gets "
+    "QuorumNotReached) and the key is then unreadable there and on a second replica: get(local) "
+    "raises StorageError 'stored clock is unreadable: invalid CBOR: maximum container nesting "
+    "depth (64) exceeded' and quorum reads R=3 fail (1 of 3 answered); 63 deep exceeds the "
+    "frame's nesting limit: dropped as too_deep, the connection closed, TransportError at the "
+    "client instead of a typed refusal",
 )
 async def test_deep_values_are_refused_and_the_key_stays_readable(cluster: Cluster) -> None:
     acked = Acked()

@@ -127,7 +127,7 @@ async def test_half_sent_frames(cluster: Cluster) -> None:
     strict=True,
     reason="issue 10: pipelined kv_gets of a 1 MiB value whose replies are never read queue up to "
     "~320 replies per connection and the replicas queue 1 MiB clocks for the coordinator: with 4 "
-    "connections RSS grows to ~600-900 MiB on every peer within 4 s (idle 43 MiB; bound 246 MiB "
+    "(8) connections RSS grows to ~550-900 MiB on every peer within 4 s (idle 43 MiB; bound 246 MiB "
     "for the target, 214 MiB for the others)",
 )
 async def test_unread_replies(cluster: Cluster, connections: int) -> None:
