@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
+import gossipkv
 from gossipkv._messages import KvGet, WatchRequest
 
 from ._attack import (
@@ -23,6 +25,7 @@ from ._attack import (
     message_frame,
     raw_connections,
 )
+from ._cluster import client_of
 
 MiB = 2**20
 
@@ -44,6 +47,7 @@ FLOOD_SILENT_CONNECTIONS = 100  # never send a hello
 # 12. watch flood
 WATCH_REQUESTS = 5000
 WATCH_PREFIX = "watched:"
+WATCHED_PUTS = 5  # well-behaved writes under the prefix while the watches are in place
 
 
 @dataclass
@@ -187,3 +191,16 @@ async def watch_flood(addr: str) -> AsyncIterator[Outcome]:
             nursery.cancel_scope.cancel()
     finally:
         await conn.aclose()
+
+
+async def watched_writes(addr: str, acked: Any) -> int:
+    """``WATCHED_PUTS`` well-behaved writes (W = 3) under the watched prefix, each one an event
+    for every watch; returns how many failed (an overloaded replica may miss the quorum)."""
+    failed = 0
+    async with client_of(addr) as c:
+        for i in range(WATCHED_PUTS):
+            try:
+                await acked.put(c, f"{WATCH_PREFIX}{i}", f"w{i}", w=3)
+            except gossipkv.GossipKVError:
+                failed += 1
+    return failed

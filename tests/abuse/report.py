@@ -123,15 +123,16 @@ async def made_up_actors(cluster: Cluster, acked: Acked) -> Seen:
     seen = await _put(cluster.addrs[1], "actors", "m2", context=ctx, w=3)
     if seen == "ok":
         acked.forget("actors", "v1")
+        acked.add("actors", "m2")
     kept = []
     for name in cluster.names:
         got = await local_read(cluster.addr(name), "actors")
         if not isinstance(got, str):
             kept.append(sum(a.startswith("made-up") for a, _ in context_pairs(got.context)))
-    return (
+    return Seen(
         f"put: {seen}; made-up actors stored per replica: {kept}",
-        {},
-        ("made_up_actors" if seen != "ok" else ""),
+        counter="made_up_actors" if seen != "ok" else "",
+        broken=["made-up actors stored"] if any(kept) else [],
     )
 
 
@@ -267,9 +268,8 @@ def _memory(scenario: Any, name: str, *args: Any) -> Attack:
             background.start_soon(write_around, cluster, acked, name)
             async with scenario(cluster.addr(target), *args) as out:
                 if scenario is _scenarios.watch_flood:
-                    async with client_of(cluster.addrs[0]) as c:
-                        for i in range(5):
-                            await acked.put(c, f"{_scenarios.WATCH_PREFIX}{i}", "w", w=3)
+                    failed = await _scenarios.watched_writes(cluster.addrs[0], acked)
+                    out.notes["watched_puts_failed"] = failed
                 await trio.sleep(1.0)
             background.cancel_scope.cancel()
         return Seen(out.text(), {target: out.outbound}, name)
@@ -321,7 +321,7 @@ async def run_attack(root: Path, name: str) -> Row:
         async with observing(cluster) as obs:
             try:
                 seen = await attack(cluster, acked)
-            except (AssertionError, gossipkv.GossipKVError) as exc:
+            except (AssertionError, gossipkv.GossipKVError, ExceptionGroup) as exc:
                 seen = Seen(f"attack failed: {exc!r}"[:200])
         row.seen = seen.note
         row.broken.extend(seen.broken)

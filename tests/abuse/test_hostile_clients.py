@@ -4,16 +4,18 @@ with a well-behaved client's acknowledged writes, against three real peers with 
 Each example takes a fresh key, writes ``a`` to it (acknowledged by all 3 replicas), sends one
 hostile request (or a burst) on a raw connection from 127.0.0.2 to one peer, writes ``b`` to the
 key, and checks: every peer is alive; the key reads back on every replica (``local``) and through
-a quorum read, with at most the sibling cap of values, ``b`` among them, and ``a`` too unless the
-hostile request was an accepted write with a context or clock (which may legitimately supersede
-it). The hostile requests: deep values, extreme integers, forged and malformed contexts (real
-actors with extreme counters, thousands of made-up actors), oversized and non-text keys, extreme
-quorum and sequence numbers, replica messages with forged clocks, sibling storms, random message
-types and fields. ``test_cluster_survived_the_hostile_clients`` then checks the whole run: RSS,
-no false downs, every acknowledged write of a passing example on every replica, clean restarts.
+a quorum read, with at most the sibling cap of values, no made-up actor in its clock, ``b`` among
+its values, and ``a`` too unless the hostile request was an accepted write with a context or
+clock (which may legitimately supersede it). The hostile requests: deep values, extreme integers,
+forged, foreign and malformed contexts (real actors with extreme counters, thousands of made-up
+actors, another key's context), oversized and non-text keys, extreme quorum and sequence numbers,
+sibling storms, random message types and fields; ``test_peer_messages_from_a_client`` sends what
+only peers should (replica writes with forged clocks, gossip, shutdown notices).
+``test_cluster_survived_the_hostile_clients`` then checks the whole run: RSS, no false downs,
+every acknowledged write of a passing example on every replica, clean restarts.
 
-``GOSSIPKV_ABUSE_EXAMPLES`` sets the number of generated examples per test (default 80); the examples are
-derandomized so CI sees the same ones every run.
+``GOSSIPKV_ABUSE_EXAMPLES`` sets the number of generated examples per test (default 80); the
+examples are derandomized so CI sees the same ones every run.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ pytestmark = [pytest.mark.abuse, pytest.mark.proc]
 EXAMPLES = int(os.environ.get("GOSSIPKV_ABUSE_EXAMPLES", "80"))
 REPLY_WITHIN = 5.0  # seconds to wait for the answers to one example's hostile requests
 PING_ID = 2**40  # request id of the members request sent after the hostile ones
+FOREIGN_KEYS = 3  # keys whose (real) contexts are replayed on other keys
+FOREIGN_WRITES = 6  # writes to each of them, spread over the peers (counters above 1)
 
 # --- strategies ------------------------------------------------------------------------------------
 
@@ -135,6 +139,7 @@ hostile_requests: st.SearchStrategy[Hostile] = st.one_of(
         made_up=st.sampled_from([0, 0, 1, 50, 3000]),
         delete=st.booleans(),
     ),
+    _builds("foreign_context", which=st.integers(0, FOREIGN_KEYS - 1), delete=st.booleans()),
     _builds(
         "bad_context",
         raw=st.binary(max_size=40)
@@ -231,7 +236,7 @@ def _clock(entries: list[tuple[Any, int, int]], actors: list[str], key: str) -> 
     return cbor2.dumps([ordered, []], canonical=True)
 
 
-def build(h: Hostile, key: str, actors: list[str], peers: list[str]) -> Sent:
+def build(h: Hostile, key: str, actors: list[str], foreign: list[bytes]) -> Sent:
     sent = Sent()
     if h.kind == "deep":
         sent.request(lambda i: message_frame(KvPut(key, nested(h.get("depth"))), request_id=i))
@@ -245,6 +250,10 @@ def build(h: Hostile, key: str, actors: list[str], peers: list[str]) -> Sent:
         ctx = forged_context(pairs.items())
         value = None if h.get("delete") else f"{key}-ctx"
         msg = KvPut(key, value, ctx, delete=h.get("delete"))
+        sent.request(lambda i: message_frame(msg, request_id=i), supersedes=True)
+    elif h.kind == "foreign_context":
+        value = None if h.get("delete") else f"{key}-foreign"
+        msg = KvPut(key, value, foreign[h.get("which")], delete=h.get("delete"))
         sent.request(lambda i: message_frame(msg, request_id=i), supersedes=True)
     elif h.kind == "bad_context":
         sent.request(lambda i: message_frame(KvPut(key, "v", h.get("raw")), request_id=i))
@@ -326,6 +335,7 @@ class HostileRun:
     cluster: Cluster
     rss: RssSampler
     log_mark: dict[str, int]
+    foreign: list[bytes]
     acked: Acked = field(default_factory=Acked)
     ids: Iterator[int] = field(default_factory=itertools.count)
     examples: int = 0
@@ -333,12 +343,27 @@ class HostileRun:
     accepted: dict[str, int] = field(default_factory=dict)
 
 
+async def foreign_contexts(cluster: Cluster) -> list[bytes]:
+    """Real contexts of other keys (several writes through every peer: real actors, counters
+    above 1), to replay on the keys under attack."""
+    out = []
+    for k in range(FOREIGN_KEYS):
+        result = None
+        for i in range(FOREIGN_WRITES):
+            async with client_of(cluster.addrs[i % len(cluster.addrs)]) as c:
+                result = await c.put(f"foreign-{k}", i, w=3)
+        assert result is not None
+        out.append(result.context)
+    return out
+
+
 @pytest.fixture(scope="module")
 def run(pool3: ClusterPool) -> Iterator[HostileRun]:
     cluster = pool3.get()
+    foreign = trio.run(foreign_contexts, cluster)
     rss = RssSampler({n: cluster.pid(n) for n in cluster.names})
     with rss.in_thread():
-        yield HostileRun(cluster, rss, cluster.log_mark())
+        yield HostileRun(cluster, rss, cluster.log_mark(), foreign)
 
 
 async def check_key(run: HostileRun, key: str, want: set[Any]) -> None:
@@ -372,7 +397,7 @@ async def run_example(run: HostileRun, request: Hostile, via: int) -> None:
         first = await run.acked.put(c, key, f"{key}-a", w=3)
     actors = [a for a, _ in context_pairs(first.context)]
 
-    sent = build(request, key, actors, cluster.names)
+    sent = build(request, key, actors, run.foreign)
     answers = await send_and_collect(cluster.addr(cluster.names[via]), sent)
     if any(answers.get(rid, (0, ""))[0] == 1 for rid in sent.superseding):
         run.acked.forget(key, f"{key}-a")  # an accepted context or clock may replace it
