@@ -142,6 +142,20 @@ class RawConnection:
             await self.stream.aclose()
 
 
+async def raw_request(addr: str, data: bytes, *, within: float = 10.0) -> tuple[Any, ...] | None:
+    """Send ``data`` (one request frame) after a hello on a fresh attacker connection; the first
+    frame answered, or None if the peer closed the connection (or did not answer in time)."""
+    conn = await RawConnection.open(addr)
+    try:
+        with trio.move_on_after(within):
+            if (await conn.hello()) is None or not await conn.send(data):
+                return None
+            return await conn.read_frame()
+        return None
+    finally:
+        await conn.aclose()
+
+
 @asynccontextmanager
 async def raw_connections(
     addr: str, count: int, *, hello: bool, source: str = ATTACK_SOURCE

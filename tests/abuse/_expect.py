@@ -56,7 +56,8 @@ REFUSED_TOO_MANY_SIBLINGS: tuple[type[BaseException], ...] = (gossipkv.TooManySi
 # (by exception name).
 COUNTERS: dict[str, tuple[tuple[str, str], ...]] = {
     # data damage
-    "deep_value": (("refusals", "value_too_deep"),),
+    # (a value too deep for the frame itself is dropped by the decoder: too_deep)
+    "deep_value": (("refusals", "value_too_deep"), ("dropped_frames", "too_deep")),
     "forged_counter": (("refusals", "invalid_context"),),
     "made_up_actors": (("refusals", "invalid_context"),),
     "record_too_large": (("refusals", "record_too_large"),),

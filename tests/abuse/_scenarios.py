@@ -36,6 +36,7 @@ BIG_FRAME_WAIT = 20.0  # seconds to wait for the peer to close the connection
 HALF_SENT_CONNECTIONS = 24
 HALF_SENT_CLAIMED = 16 * MiB  # the length prefix
 HALF_SENT_BYTES = 16 * MiB - 1000  # what is actually sent of the body (then nothing more)
+HALF_SENT_SEND_WITHIN = 3.0  # seconds to push the bodies (a peer that stops reading is fine)
 # 10. pipelined tiny kv_gets of one 1 MiB value, replies never read
 UNREAD_VALUE_BYTES = MiB - 100
 UNREAD_CONNECTIONS = (4, 8)
@@ -44,6 +45,7 @@ UNREAD_BATCH = 256  # gets per write
 # 11. connection flood
 FLOOD_HELLO_CONNECTIONS = 500  # complete a hello, then idle
 FLOOD_SILENT_CONNECTIONS = 100  # never send a hello
+FLOOD_SILENT_SOURCE = "127.0.0.3"  # another source: a per-source cap must not hide the timeout
 # 12. watch flood
 WATCH_REQUESTS = 5000
 WATCH_PREFIX = "watched:"
@@ -101,7 +103,7 @@ async def half_sent_frames(addr: str) -> AsyncIterator[Outcome]:
             while left > 0 and await conn.send(chunk[: min(left, MiB)]):
                 left -= min(left, MiB)
 
-        with trio.move_on_after(30):
+        with trio.move_on_after(HALF_SENT_SEND_WITHIN):
             async with trio.open_nursery() as nursery:
                 for conn in conns:
                     if not conn.closed:
@@ -142,11 +144,14 @@ async def unread_gets(addr: str, connections: int, key: str) -> AsyncIterator[Ou
 @asynccontextmanager
 async def connection_flood(addr: str) -> AsyncIterator[Outcome]:
     """``FLOOD_HELLO_CONNECTIONS`` connections complete a hello and idle, then
-    ``FLOOD_SILENT_CONNECTIONS`` more never send one; all stay open while the block runs."""
+    ``FLOOD_SILENT_CONNECTIONS`` more (from another source address) never send one; all stay open
+    while the block runs."""
     out = Outcome(connections=FLOOD_HELLO_CONNECTIONS + FLOOD_SILENT_CONNECTIONS)
     async with raw_connections(addr, FLOOD_HELLO_CONNECTIONS, hello=True) as idle:
         out.notes["handshaken"] = sum(not c.closed for c in idle)
-        async with raw_connections(addr, FLOOD_SILENT_CONNECTIONS, hello=False) as silent:
+        async with raw_connections(
+            addr, FLOOD_SILENT_CONNECTIONS, hello=False, source=FLOOD_SILENT_SOURCE
+        ) as silent:
             out.notes["silent_opened"] = len(silent)
             yield out
 

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 import gossipkv
+from gossipkv._messages import KvPut
 
 from ..proc._peers import eventually
 from . import _expect
@@ -24,8 +25,10 @@ from ._attack import (
     UNREADABLE_CLOCKS,
     context_pairs,
     forged_context,
+    message_frame,
     nested,
     plant_records,
+    raw_request,
 )
 from ._cluster import Cluster, client_of, observing
 from ._invariants import (
@@ -44,6 +47,7 @@ pytestmark = [pytest.mark.abuse, pytest.mark.proc]
 
 # --- attack parameters -----------------------------------------------------------------------------
 DEEP_DEPTHS = (61, 62, 63)  # one blind put of each, through a different peer
+DEEP_OVER_LIMIT = _expect.MAX_VALUE_DEPTH + 8  # over the peers' limit, maybe not the client's
 FORGED_COUNTER = 2**64 - 1  # the largest CBOR unsigned integer; the next dot would be 2**64
 MADE_UP_ACTORS = 10_000
 BIG_PUTS = 20  # blind puts to one key, spread over the peers
@@ -84,10 +88,23 @@ async def test_deep_values_are_refused_and_the_key_stays_readable(cluster: Clust
     before = await cluster.stats()
 
     outcomes: dict[int, BaseException | None] = {}
+    raw: dict[str, str] = {}
     async with observing(cluster) as obs:
+        # Through the normal client API, each through another peer...
         for depth, name in zip(DEEP_DEPTHS, cluster.names, strict=False):
             _, outcomes[depth] = await try_put(cluster.addr(name), "deep", nested(depth))
+        _, outcomes[DEEP_OVER_LIMIT] = await try_put(
+            cluster.addr(cluster.names[0]), "deep", nested(DEEP_OVER_LIMIT)
+        )
+        # ...and as raw frames, past any check the client makes, to every peer.
+        for depth in (*DEEP_DEPTHS, DEEP_OVER_LIMIT):
+            for name in cluster.names:
+                answer = await raw_request(
+                    cluster.addr(name), message_frame(KvPut("deep", nested(depth)))
+                )
+                raw[f"{depth}@{name}"] = "closed" if answer is None else f"{answer[2]} {answer[3]}"
     print(f"\n[abuse] deep values: { {d: outcome_of(e) for d, e in outcomes.items()} }")
+    print(f"[abuse] deep values as raw frames: {raw}")
 
     assert_alive(cluster)
     await assert_acked(cluster, acked)
@@ -97,6 +114,8 @@ async def test_deep_values_are_refused_and_the_key_stays_readable(cluster: Clust
         if not isinstance(e, _expect.REFUSED_DEEP_VALUE)
     }
     assert not wrong, f"deep puts not refused with {_expect.REFUSED_DEEP_VALUE}: {wrong}"
+    accepted = {k: v for k, v in raw.items() if v.startswith("kv_result")}
+    assert not accepted, f"raw deep puts accepted: {accepted}"
     deltas = await assert_counted(cluster, before, "deep_value", within=_expect.COUNTER_WITHIN)
     assert_no_false_downs(obs)
     print_figures("deep_value", cluster, obs, await cluster.stats(), deltas)
