@@ -5,11 +5,15 @@ reply until the reply is sent; a client that pipelines tiny reads of such a key 
 the replies) could otherwise make a peer hold gigabytes. Every read and write a peer coordinates
 first reserves an estimate of the bytes it will hold from one :class:`ByteBudget`; work that does
 not fit waits (its connection stops being read, which pushes back on the client through TCP) until
-earlier work finishes. One operation larger than the whole budget is admitted alone, so nothing
-is refused for being large, only made to wait.
+earlier work finishes. Replies already queued for sending but not yet written (a client that does
+not read them) count against the same budget, until they are written or their connection closes.
+One operation larger than the whole budget is admitted alone, so nothing is refused for being
+large, only made to wait.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import trio
 
@@ -19,6 +23,8 @@ class ByteBudget:
 
     Args:
       capacity: the bytes that may be reserved at once.
+      external: bytes held elsewhere that count against the capacity too (replies queued for
+        sending); call :meth:`wake` when they shrink.
 
     Attributes:
       capacity: as given.
@@ -26,10 +32,11 @@ class ByteBudget:
       waits: reservations that had to wait for room.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, external: Callable[[], int] | None = None) -> None:
         if capacity < 1:
             raise ValueError("a byte budget needs a capacity of at least 1 byte")
         self.capacity = capacity
+        self._external = external if external is not None else (lambda: 0)
         self.used = 0
         self.waits = 0
         self._lot = trio.lowlevel.ParkingLot()
@@ -52,10 +59,16 @@ class ByteBudget:
                 return
 
     def _take(self, size: int) -> bool:
-        if self.used and self.used + size > self.capacity:
+        held = self.used + self._external()
+        if held and held + size > self.capacity:
             return False
         self.used += size
         return True
+
+    def wake(self) -> None:
+        """Let the waiters try again (the external usage shrank)."""
+        if self._lot.statistics().tasks_waiting:
+            self._lot.unpark_all()
 
     def release(self, size: int) -> None:
         """Give back ``size`` bytes reserved earlier."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -110,8 +111,9 @@ class KVConfig:
         sends a bounded batch of the keys this peer holds for partitions it no longer owns to
         their current owners (by ``sync``). 0 disables it.
       max_inflight_bytes: the memory budget of the reads and writes this peer coordinates at
-        once: each reserves an estimate of what it will hold (N+1 copies of the key's stored
-        size, plus the value written) until its replicas answered; more work waits, and its
+        once, with the replies queued for clients that have not read them yet: each operation
+        reserves an estimate of what it will hold (twice N+1 copies of the key's stored size,
+        plus the value written) until its replicas answered; more work waits, and its
         connection is not read meanwhile (backpressure). One larger operation runs alone.
     """
 
@@ -293,6 +295,7 @@ class _Fanout:
     """
 
     __slots__ = (
+        "__weakref__",
         "_done_event",
         "_enough_event",
         "cancels",
@@ -457,6 +460,8 @@ class KeyValueService:
       config, limits: tuning and size limits.
       stamp: a hybrid logical clock (only ``last_write_wins`` uses it to order writes).
       refusals: where writes refused by a limit are counted (by wire error code).
+      queued_bytes: bytes queued for sending on this peer's connections (they count against the
+        data path's memory budget; call ``admission.wake()`` when they shrink).
       known_table: the partition table this peer knew before it started (from its data dir):
         what a newer table moves is pulled from the members that held it (see
         :class:`~gossipkv._transfer.Transfers`).
@@ -480,6 +485,7 @@ class KeyValueService:
         limits: StorageLimits,
         stamp: Callable[[], int] | None = None,
         refusals: Counter[str] | None = None,
+        queued_bytes: Callable[[], int] | None = None,
         known_table: PartitionTable | None = None,
         gone: Callable[[str], bool] | None = None,
         pulling: Callable[[int], set[str]] | None = None,
@@ -504,9 +510,11 @@ class KeyValueService:
         self._results: OrderedDict[str, PutResult] = OrderedDict()
         self._repairs = trio.Semaphore(config.max_pending_repairs)
         #: The memory budget of coordinated reads and writes (see ``KVConfig``).
-        self.admission = ByteBudget(config.max_inflight_bytes)
+        self.admission = ByteBudget(config.max_inflight_bytes, queued_bytes)
         self._pending_hints: dict[tuple[str, str], None] = {}
-        self._expiring: deque[_Fanout] = deque()
+        # Fan-outs to expire, oldest first, held weakly: a finished one (and the clocks it
+        # collected) is freed as soon as its caller is done with it, not at its deadline.
+        self._expiring: deque[tuple[float, weakref.ref[_Fanout]]] = deque()
         self._decoded: dict[bytes, Clock] = {}
         self._expiry_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
@@ -703,7 +711,7 @@ class KeyValueService:
         return self._result(key, self._merge(fan.replies))
 
     def _track(self, fan: _Fanout) -> None:
-        self._expiring.append(fan)
+        self._expiring.append((fan.deadline, weakref.ref(fan)))
         if len(self._expiring) == 1:
             self._expiry_lot.unpark()
 
@@ -714,20 +722,31 @@ class KeyValueService:
         a little after it (an eighth of the timeout) expires many in one go.
         """
         slack = self.config.replica_timeout / 8
+        expiring = self._expiring
         while True:
-            if not self._expiring:
+            if not expiring:
                 await self._expiry_lot.park()
                 continue
-            head = self._expiring[0]
-            if not head.done:
-                await trio.sleep_until(head.deadline + slack)
+            deadline, ref = expiring[0]
+            head = ref()
+            if head is not None and not head.done:
+                del head
+                await trio.sleep_until(deadline + slack)
             now = trio.current_time()
-            while self._expiring and (self._expiring[0].done or self._expiring[0].deadline <= now):
+            while expiring:
+                deadline, ref = expiring[0]
+                fan = ref()
+                if fan is not None and not fan.done and deadline > now:
+                    break
+                expiring.popleft()
+                if fan is None or fan.done:
+                    continue
                 try:
-                    self._expiring.popleft().expire()
+                    fan.expire()
                 except Exception:
                     # A bug in a completion callback must not stop expiry (or the peer).
                     log.exception("completing an expired request failed")
+                del fan
 
     def _start_replica(
         self,
@@ -967,10 +986,11 @@ class KeyValueService:
     def _estimate(self, key: str, written: int) -> int:
         """The bytes a coordinated read or write of ``key`` holds until its replicas answered:
         a copy of the key per replica and one for the reply (what this replica stores tells
-        its size), plus the value written."""
+        its size), plus the value written; twice that, because each copy that arrives exists
+        as received bytes and as a decoded clock for a while."""
         table = self._table()
         copies = (table.n if table is not None else 3) + 1
-        return copies * (max(self.storage.stored_bytes(key) or 0, 1024) + written)
+        return 2 * copies * (max(self.storage.stored_bytes(key) or 0, 1024) + written)
 
     def _plan_put(
         self,

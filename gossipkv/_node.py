@@ -955,8 +955,11 @@ class Node:
                 "reason": "the leader has not moved this node's partitions yet",
             }
         waiting: dict[int, set[str]] = {}
+        # Owners that are down cannot pull now: anti-entropy and read repair fill them from the
+        # others when they return (the leave says so); waiting for them would never end.
+        reachable = g.reachable_members()
         for p in before.owned_by(g.node_id):
-            receivers = set(table.owners[p]) - {g.node_id}
+            receivers = (set(table.owners[p]) - {g.node_id}) & reachable
             missing = {r for r in receivers if (p, r) not in kv.transfer_source.handed}
             if missing:
                 waiting[p] = missing
@@ -1204,10 +1207,12 @@ class Node:
                 limits=self._limits,
                 stamp=self._hlc.now,
                 refusals=self._refusals,
+                queued_bytes=lambda: self._counters.queued_bytes,
                 known_table=decisions.table if decisions is not None else None,
                 gone=gossiper.is_gone,
             )
             self._kv.on_change = self._on_kv_change
+            self._counters.on_drain = self._kv.admission.wake
             await nursery.start(self._kv.run)
             self._ready.set()
             if gossiper.decisions_dirty:
@@ -1477,6 +1482,7 @@ class Node:
             counters=self._counters,
             max_outbound_bytes=self.limits.max_outbound_bytes,
             idle_timeout=self.limits.idle_timeout,
+            refuse=_refuse_member_messages if remote.node_id == "client" else None,
         )
 
     async def _handle_connection(self, conn: Connection) -> None:
@@ -1652,6 +1658,28 @@ class LogLimiter:
         if len(self._last) > self._max_keys:
             del self._last[next(iter(self._last))]
         return True
+
+
+#: What only members may send: gossip, replica traffic, transfers and membership claims. A
+#: connection whose hello says it is a client and sends one of these is closed (and counted as
+#: the refusal ``member_message_from_client``): a client cannot erase data with forged replica
+#: clocks, list keys, or speak for a member (TLS identities, issue 13, make the hello's claim
+#: itself trustworthy).
+_MEMBER_ONLY = (
+    Syn,
+    Ack,
+    Shutdown,
+    ReplicaGet,
+    ReplicaPut,
+    PartitionDigest,
+    PartitionKeys,
+    PartitionFetch,
+    ReplaceRequest,
+)
+
+
+def _refuse_member_messages(message: Message) -> str | None:
+    return "member_message_from_client" if isinstance(message, _MEMBER_ONLY) else None
 
 
 #: Names a member may not take: ``client`` is what every client says in its hello.

@@ -45,6 +45,9 @@ class TransportCounters:
         self.bytes_in = 0
         self.bytes_out = 0
         self.queued_bytes = 0
+        #: Called when queued bytes were written (or dropped with a closed connection): the data
+        #: path's memory budget counts them, and its waiters may fit now.
+        self.on_drain: Callable[[], None] | None = None
         self.dropped: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter() if refusals is None else refusals
@@ -55,6 +58,10 @@ class TransportCounters:
             self.refusals["frame_timeout"] += 1
         else:
             self.dropped[exc.reason] += 1
+
+    def refused_message(self, reason: str) -> None:
+        """Count a message refused for who sent it (the connection is then closed)."""
+        self.refusals[reason] += 1
 
 
 ReplyCallback = Callable[[Message | BaseException], None]
@@ -242,9 +249,11 @@ class Channel:
         max_inflight: int = 64,
         max_outbound_bytes: int = 8 * 1024 * 1024,
         idle_timeout: float = math.inf,
+        refuse: Callable[[Message], str | None] | None = None,
     ) -> None:
         self.conn = conn
         self.remote = remote
+        self._refuse = refuse
         self._on_request = on_request
         self._on_oneway = on_oneway
         self._on_request_nowait = on_request_nowait
@@ -336,6 +345,19 @@ class Channel:
             del payload  # decoded: do not hold the frame while waiting below
             self._last_activity = trio.current_time()
             kind, message = env.kind, env.message
+            if self._refuse is not None and kind is not Kind.RESPONSE and kind is not Kind.ERROR:
+                reason = self._refuse(message)
+                if reason is not None:
+                    # A message this side of the connection may not send (a client speaking for
+                    # a member): answer once, count it, and close the connection.
+                    self._counters.refused_message(reason)
+                    log.warning("closing connection to %s: %s sent %s", remote, reason, message.TAG)
+                    if kind is Kind.REQUEST:
+                        error = ErrorReply("forbidden", f"{message.TAG} is a member-only message")
+                        self._enqueue_reply(Kind.ERROR, env.request_id, error)
+                        with trio.move_on_after(1.0):
+                            await self.flush()
+                    return
             if kind is Kind.REQUEST:
                 if self._full():
                     # The other side does not read its replies: take nothing more from it until
@@ -450,6 +472,8 @@ class Channel:
                 del batch
                 self._queued_bytes -= sent
                 self._counters.queued_bytes -= sent
+                if self._counters.on_drain is not None:
+                    self._counters.on_drain()
                 self._room_lot.unpark_all()
                 if self._unsent == 0:
                     self._flushed.set()
@@ -552,6 +576,8 @@ class Channel:
         # Frames that will never be written no longer count against the node.
         self._counters.queued_bytes -= self._queued_bytes
         self._queued_bytes = 0
+        if self._counters.on_drain is not None:
+            self._counters.on_drain()
         self._queue.clear()
         self._writer_lot.unpark_all()
         self._room_lot.unpark_all()

@@ -860,14 +860,12 @@ class Gossiper:
             self._leader.was_leader = True
             d.begin_term()
             changed = True
-        # Finish graceful leaves once the partition table no longer lists the leaver (no gate:
-        # the member is going anyway; without a majority it leaves after leave_timeout).
+        # Acknowledge graceful leaves at once (no gate: the member is going anyway). The leaver
+        # stays until its data is handed off to the owners of the table planned without it (its
+        # runtime holds it); acknowledged, it no longer counts among the members a table must
+        # span, so that table can be published.
         for node_id, ns in self._namespaces.items():
-            if (
-                _status_of(ns) == "leaving"
-                and d.exited.get(node_id, -1) < ns.generation
-                and (d.table is None or not d.table.owned_by(node_id))
-            ):
+            if _status_of(ns) == "leaving" and d.exited.get(node_id, -1) < ns.generation:
                 d.next_epoch()
                 d.exited[node_id] = ns.generation
                 changed = True
