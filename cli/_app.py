@@ -18,6 +18,7 @@ import typer
 
 from ._bench import bench_app
 from ._common import DEFAULT_PEER, ClusterOption, JsonOption, PeerOption, fail, print_json, run
+from ._where import register as register_where
 
 if TYPE_CHECKING:
     import gossipkv
@@ -32,6 +33,7 @@ app = typer.Typer(
 cluster_app = typer.Typer(no_args_is_help=True, help="Local clusters of peer processes.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cluster_app, name="cluster")
+register_where(app)
 
 
 def _installed_version() -> str:
@@ -257,6 +259,8 @@ def status(
                 "partitions": stats["partitions"],
                 "replicas": stats["replicas"],
                 "partitions_owned": stats["partitions_owned"],
+                "transfers": stats.get("transfers", []),
+                "under_replicated": stats.get("under_replicated", 0),
             }
         )
         _exit_if_degraded(mdoc)

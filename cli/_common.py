@@ -52,6 +52,9 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
         fail(str(exc))
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
+        for leaf in leaves:
+            if isinstance(leaf, typer.Exit):
+                raise leaf from None  # fail() inside the body: its line is printed already
         if leaves and all(isinstance(e, gossipkv.GossipKVError) for e in leaves):
             fail(str(leaves[0]))
         raise

@@ -251,6 +251,12 @@ def health_panel(snap: Snapshot) -> Panel:
         grid.add_row("hints pending", Text(str(pending), style="yellow" if pending else ""))
         grid.add_row("hints delivered", str(_sum(stats, "hints_delivered")))
         grid.add_row("anti-entropy repairs", str(_sum(stats, "anti_entropy_keys_repaired")))
+        moving = sum(len(s.get("transfers") or []) for s in stats)
+        under = max((int(s.get("under_replicated") or 0) for s in stats), default=0)
+        grid.add_row(
+            "transfers / under-rep.",
+            Text(f"{moving} / {under}", style="yellow" if moving or under else ""),
+        )
         grid.add_row("siblings seen", str(_sum(stats, "siblings_seen")))
         grid.add_row("keys (replicas)", str(_sum(stats, "storage_keys")))
     return Panel(grid, title="data health", title_align="left", box=box.ROUNDED)

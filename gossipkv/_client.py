@@ -36,8 +36,11 @@ from ._messages import (
     LeaveRequest,
     MembersRequest,
     Message,
+    OwnersRequest,
     RemoveRequest,
+    RepairRequest,
     Reply,
+    RingRequest,
     SetMetadataRequest,
     StatsRequest,
     WatchEvent,
@@ -371,6 +374,53 @@ class Client:
           HandshakeError, NodeClosedError: as :meth:`members`.
         """
         return await self._request(LeaveRequest(handoff_seconds, force), retry=False)
+
+    async def ring(self) -> dict[str, object]:
+        """The connected peer's partition table (``gossipkv ring``).
+
+        Returns:
+          ``{"epoch", "partitions", "replicas", "owners", "pulling", "under_replicated"}``:
+          ``owners[p]`` is partition ``p``'s preference list; ``pulling`` maps a partition (as
+          text) to the members still pulling it (moves pending).
+
+        Raises:
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(RingRequest(), retry=True)
+
+    async def owners(self, key: str) -> dict[str, object]:
+        """Where ``key`` lives (``gossipkv owners``): its partition, its owners, and which of
+        them hold a live value now (asked now).
+
+        Args:
+          key: the key.
+
+        Returns:
+          ``{"key", "partition", "epoch", "owners": [{"name", "reachable", "pulling", "holds",
+          "siblings"} (and "error" when an owner did not answer)]}``.
+
+        Raises:
+          InvalidKey: a bad key (:exc:`KeyTooLarge`: too long).
+          ClusterNotReady: no table yet.
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(OwnersRequest(key), retry=True)
+
+    async def repair(self, partition: int) -> dict[str, object]:
+        """Run anti-entropy of ``partition`` on the connected peer against every other
+        reachable owner, now, until they agree (``gossipkv repair``). Not retried elsewhere.
+
+        Args:
+          partition: a partition the connected peer owns.
+
+        Returns:
+          ``{"partition", "compared", "keys_repaired", "unreachable"}``.
+
+        Raises:
+          RemoteError: ``bad_request`` for a partition out of range or not owned there.
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(RepairRequest(partition), retry=False)
 
     async def remove(self, name: str) -> dict[str, object]:
         """Have the cluster remove member ``name``, declared dead (see

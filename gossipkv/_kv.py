@@ -1257,6 +1257,14 @@ class KeyValueService:
             if hint_for and hint_for != self.node_id:
                 await self._store_hint(hint_for, key, merged if merged is not None else local)
 
+    async def read_replica(self, member: str, key: str) -> Clock | None:
+        """``member``'s own clock of ``key`` (this peer's when it is ``member``).
+
+        Raises:
+          TransportError, Unavailable: it could not be reached or did not answer in time.
+        """
+        return await self._replica_get(member, key)
+
     async def _gather(self, key: str, members: list[str]) -> dict[str, Clock | None]:
         """Every listed member's clock of ``key`` (those that fail or time out are left out)."""
         replies: dict[str, Clock | None] = {}
@@ -1289,6 +1297,46 @@ class KeyValueService:
         replies.setdefault(self.node_id, None)
         await self._repair(key, replies)
         return True
+
+    async def repair_partition(self, partition: int) -> dict[str, object]:
+        """Anti-entropy of ``partition`` against every other reachable owner, now, repeated
+        with each until their digests agree (``gossipkv repair``).
+
+        Returns:
+          ``{"partition", "compared", "keys_repaired", "unreachable"}``.
+
+        Raises:
+          ClusterNotReady: no table yet.
+          RemoteError: ``bad_request`` for a partition out of range or not owned here.
+        """
+        table = self._table()
+        if table is None or not table.owners:
+            raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
+        if not 0 <= partition < table.q:
+            raise RemoteError("bad_request", f"partition {partition} is not in 0..{table.q - 1}")
+        row = table.owners[partition]
+        if self.node_id not in row:
+            raise RemoteError(
+                "bad_request",
+                f"this peer does not own partition {partition} (its owners: {', '.join(row)})",
+            )
+        reachable = self._reachable()
+        others = [o for o in row if o != self.node_id]
+        repaired = 0
+        compared = []
+        for peer in (o for o in others if o in reachable):
+            for _ in range(10_000):
+                got = await self.anti_entropy.compare(peer, partition, table.q)
+                repaired += got
+                if got == 0:
+                    break
+            compared.append(peer)
+        return {
+            "partition": partition,
+            "compared": compared,
+            "keys_repaired": repaired,
+            "unreachable": [o for o in others if o not in reachable],
+        }
 
     async def _fetch_partition(self, member: str, message: PartitionFetch) -> PartitionItems:
         # A page may need a few hundred disk reads at the source: allow several replica timeouts.

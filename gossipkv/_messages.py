@@ -186,6 +186,32 @@ class ReplaceRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class RingRequest(Message):
+    """The partition table as this peer holds it, and the partitions each member is still
+    pulling (``gossipkv ring``)."""
+
+    TAG: ClassVar[str] = "ring"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnersRequest(Message):
+    """Where ``key`` lives: its partition, its owners, and which of them hold it now
+    (``gossipkv owners``)."""
+
+    TAG: ClassVar[str] = "owners"
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RepairRequest(Message):
+    """Run anti-entropy of one partition this peer owns against every other reachable owner,
+    now, until they agree (``gossipkv repair``)."""
+
+    TAG: ClassVar[str] = "repair"
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
 class SetMetadataRequest(Message):
     TAG: ClassVar[str] = "set_metadata"
     key: str
@@ -372,6 +398,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         LeaveRequest,
         RemoveRequest,
         ReplaceRequest,
+        RingRequest,
+        OwnersRequest,
+        RepairRequest,
         SetMetadataRequest,
         Reply,
         KvGet,

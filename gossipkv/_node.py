@@ -25,6 +25,8 @@ import trio
 
 from . import _wallclock
 from ._connections import Admission, ConnectionTable
+from ._dvv import partition_of
+from ._dvv import values as dvv_values
 from ._errors import (
     ConfigError,
     ConnectionClosed,
@@ -53,14 +55,17 @@ from ._messages import (
     LeaveRequest,
     MembersRequest,
     Message,
+    OwnersRequest,
     PartitionDigest,
     PartitionFetch,
     PartitionKeys,
     RemoveRequest,
+    RepairRequest,
     ReplaceRequest,
     ReplicaGet,
     ReplicaPut,
     Reply,
+    RingRequest,
     SetMetadataRequest,
     Shutdown,
     StatsRequest,
@@ -76,6 +81,7 @@ from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
 from .membership._leader import Decisions
 from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, StorageLimits, open_storage
+from .storage._base import encode_key
 from .transport._base import Connection, ReceiveBudget, Transport
 
 log = logging.getLogger("gossipkv.node")
@@ -882,6 +888,62 @@ class Node:
         """
         return await self._operator_remove(name)
 
+    def _ring_body(self) -> dict[str, object]:
+        """The ``ring --json`` shape: the table, and the partitions members are still pulling."""
+        g = self._runtime().gossiper
+        table = g.table()
+        if table is None:
+            return {"epoch": None, "partitions": 0, "replicas": self.config.replicas, "owners": []}
+        pulling = {p: sorted(g.pulling(p)) for p in range(table.q)}
+        return {
+            "epoch": list(table.epoch),
+            "partitions": table.q,
+            "replicas": table.n,
+            "owners": [list(row) for row in table.owners],
+            "pulling": {str(p): who for p, who in pulling.items() if who},
+            "under_replicated": g.under_replicated(),
+        }
+
+    async def _owners_body(self, key: str) -> dict[str, object]:
+        """The ``owners --json`` shape: where ``key`` lives and who holds it now."""
+        kv = self._service()
+        g = self._runtime().gossiper
+        try:
+            encode_key(key, self._limits)
+        except GossipKVError as exc:
+            raise RemoteError(error_code(exc), str(exc)) from exc
+        table = g.table()
+        if table is None:
+            raise RemoteError("not_ready", "the cluster has no partition table yet")
+        partition = partition_of(key, table.q)
+        reachable = g.reachable_members()
+        rows: list[dict[str, object]] = []
+
+        async def ask(owner: str, out: dict[str, object]) -> None:
+            try:
+                with trio.fail_after(kv.config.replica_timeout):
+                    clock = await kv.read_replica(owner, key)
+            except (GossipKVError, trio.TooSlowError) as exc:
+                out["error"] = str(exc) or "no answer"
+                return
+            values = [] if clock is None else [s for s in dvv_values(clock) if not s.tombstone]
+            out["holds"] = bool(values)
+            out["siblings"] = len(values)
+
+        async with trio.open_nursery() as nursery:
+            for owner in table.owners[partition]:
+                row: dict[str, object] = {
+                    "name": owner,
+                    "reachable": owner in reachable,
+                    "pulling": owner in g.pulling(partition),
+                    "holds": False,
+                    "siblings": 0,
+                }
+                rows.append(row)
+                if owner in reachable:
+                    nursery.start_soon(ask, owner, row)
+        return {"key": key, "partition": partition, "epoch": list(table.epoch), "owners": rows}
+
     async def _operator_remove(self, name: str) -> dict[str, object]:
         g = self._runtime().gossiper
         leader = g.leader()
@@ -1563,6 +1625,12 @@ class Node:
             return Reply({"ok": True})
         if isinstance(message, RemoveRequest):
             return Reply(await self._operator_remove(message.name))
+        if isinstance(message, RingRequest):
+            return Reply(self._ring_body())
+        if isinstance(message, OwnersRequest):
+            return Reply(await self._owners_body(message.key))
+        if isinstance(message, RepairRequest):
+            return Reply(await self._service().repair_partition(message.partition))
         if isinstance(message, ReplaceRequest):
             return Reply(await self._operator_replace(message))
         if isinstance(message, LeaveRequest):
