@@ -545,6 +545,7 @@ class KeyValueService:
             removed=gone if gone is not None else (lambda member: False),
             fetch=self._fetch_partition,
             store=self.store_page,
+            compare=self.anti_entropy.compare,
             # Transfers are anti-entropy aimed at what a table change moved: off with it.
             interval=config.handoff_interval if config.anti_entropy_interval > 0 else 0.0,
             rng=random.Random(background_seed ^ 0x3C3C),

@@ -62,6 +62,9 @@ class Transfer:
 
     partition: int
     source: str
+    #: A full pull streams every key; otherwise the partition is compared with the source by
+    #: digest and only what differs moves (anti-entropy's exchange, until they agree).
+    full: bool = True
     cursor: str = ""
     keys_done: int = 0
     keys_total: int = 0
@@ -103,6 +106,8 @@ class Transfers:
       removed: whether a member has been removed from the cluster (its transfers are dropped).
       fetch: sends a :class:`PartitionFetch` to a member and returns its reply.
       store: stores a page of ``(key, clock bytes)`` by ``sync``; returns the keys stored.
+      compare: anti-entropy's exchange of a partition with one member (both ways); returns the
+        keys it repaired, 0 once the two agree.
       interval: seconds between looks at the work (jittered); 0 turns transfers off.
       rng: the jitter's randomness.
     """
@@ -117,6 +122,7 @@ class Transfers:
         removed: Callable[[str], bool],
         fetch: Callable[[str, PartitionFetch], Awaitable[PartitionItems]],
         store: Callable[[list[tuple[str, bytes]]], Awaitable[int]],
+        compare: Callable[[str, int, int], Awaitable[int]],
         interval: float,
         rng: random.Random,
     ) -> None:
@@ -127,6 +133,7 @@ class Transfers:
         self._removed = removed
         self._fetch = fetch
         self._store = store
+        self._compare = compare
         self._interval = interval
         self._rng = rng
         self._pending: dict[int, _Pending] = {}
@@ -175,16 +182,20 @@ class Transfers:
                 self._pending.pop(p, None)
                 continue
             old = before.owners[p] if before is not None else ()
-            if self._me in old:
-                sources = [o for o in old if o not in row]  # former owners that left this row
+            gained = self._me not in old
+            if gained:
+                # Gained: one full pull (from a former owner leaving the row, when there is
+                # one), then a comparison with every other old owner for what only it held.
+                candidates = [o for o in (old or row) if o != self._me]
+                sources = sorted(candidates, key=lambda o: o in row)
             else:
-                sources = [o for o in (old or row) if o != self._me]  # gained: from every owner
+                sources = [o for o in old if o not in row]  # former owners that left this row
             if not sources:
                 continue
             entry = self._pending.setdefault(p, _Pending())
-            for source in sources:
+            for i, source in enumerate(sources):
                 if source not in entry.transfers:
-                    entry.transfers[source] = Transfer(p, source)
+                    entry.transfers[source] = Transfer(p, source, full=gained and i == 0)
                     added += 1
         if added:
             log.info("%s: %d partition transfers to pull", self._me, added)
@@ -227,7 +238,16 @@ class Transfers:
 
     async def _pull(self, transfer: Transfer) -> None:
         q = self._q
-        while True:
+        if transfer.started is None:
+            transfer.started = trio.current_time()
+        if not transfer.full:
+            for _ in range(10_000):
+                repaired = await self._compare(transfer.source, transfer.partition, q)
+                transfer.keys_done += repaired
+                self.counters.keys_filled += repaired
+                if repaired == 0:
+                    break
+        while transfer.full:
             page = await self._fetch(
                 transfer.source,
                 PartitionFetch(transfer.partition, q, transfer.cursor, PAGE_KEYS),
