@@ -436,6 +436,7 @@ class Node:
         self._watchers: list[tuple[str, trio.MemorySendChannel[Change]]] = []
         self._record: PeerRecord | None = None
         self._leave_table: PartitionTable | None = None
+        self._leave_began = math.inf
         self._leave_state: dict[str, object] = {}
         self._leave_task = False
         self._last_waiting_log = -math.inf
@@ -976,6 +977,7 @@ class Node:
         kv = self._service()
         if g.status not in ("leaving", "left"):
             self._leave_table = g.table()
+            self._leave_began = trio.current_time()
         g.hold_leave = True
         g.start_leave(trio.current_time())
         limit = self.config.handoff_timeout if handoff_seconds is None else handoff_seconds
@@ -1020,9 +1022,12 @@ class Node:
         # Owners that are down cannot pull now: anti-entropy and read repair fill them from the
         # others when they return (the leave says so); waiting for them would never end.
         reachable = g.reachable_members()
+        handed = kv.transfer_source.handed
         for p in before.owned_by(g.node_id):
             receivers = (set(table.owners[p]) - {g.node_id}) & reachable
-            missing = {r for r in receivers if (p, r) not in kv.transfer_source.handed}
+            # Only pulls confirmed since the leave began count (one from an earlier change of
+            # ownership says nothing of what this node holds now).
+            missing = {r for r in receivers if handed.get((p, r), -math.inf) < self._leave_began}
             if missing:
                 waiting[p] = missing
         slow = sorted({r for rs in waiting.values() for r in rs})
@@ -1646,7 +1651,14 @@ class Node:
             self._runtime().nursery.start_soon(self._leave_quietly, within, message.force)
             return Reply({"ok": True, "status": "leaving"})
         if isinstance(message, PartitionFetch):
-            return await self._service().transfer_source.handle(channel.remote.node_id, message)
+            try:
+                return await self._service().transfer_source.handle(
+                    channel.remote.node_id, message
+                )
+            except RemoteError:
+                raise
+            except GossipKVError as exc:
+                raise RemoteError(error_code(exc), str(exc)) from exc
         if isinstance(message, (PartitionDigest, PartitionKeys)):
             try:
                 return await self._service().anti_entropy.handle(message)

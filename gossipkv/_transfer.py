@@ -295,8 +295,9 @@ class TransferSource:
         self._keys = keys
         self._clocks = clocks
         self._listings: OrderedDict[tuple[str, int], list[str]] = OrderedDict()
-        #: ``(partition, receiver)`` -> the table epoch at which the receiver confirmed it.
-        self.handed: dict[tuple[int, str], tuple[int, int]] = {}
+        #: ``(partition, receiver)`` -> when (``trio.current_time()``) the receiver confirmed a
+        #: complete pull of it.
+        self.handed: dict[tuple[int, str], float] = {}
         self.pages_sent = 0
 
     async def handle(self, receiver: str, message: PartitionFetch) -> PartitionItems:
@@ -315,7 +316,7 @@ class TransferSource:
             )
         ident = (receiver, message.partition)
         if message.done:
-            self.handed[(message.partition, receiver)] = table.epoch
+            self.handed[(message.partition, receiver)] = trio.current_time()
             self._listings.pop(ident, None)
             return PartitionItems()
         listing = self._listings.get(ident)

@@ -675,8 +675,12 @@ class Gossiper:
         return True
 
     def is_gone(self, node_id: str) -> bool:
-        """Whether ``node_id`` was removed and has not been admitted again."""
-        return node_id in self.decisions.removed and self.decisions.admission(node_id) is None
+        """Whether ``node_id`` will not serve again: removed (and not admitted again), or it
+        left (its decommission finished)."""
+        if node_id in self.decisions.removed and self.decisions.admission(node_id) is None:
+            return True
+        ns = self._namespaces.get(node_id)
+        return ns is not None and node_id != self.node_id and _gone(self._peers.get(node_id), ns)
 
     def set_pulling(self, partitions: list[int]) -> None:
         """Publish the partitions this member is still pulling (a transfer in flight), so every

@@ -185,3 +185,54 @@ async def test_identity_mistakes_are_one_line_and_change_nothing(
     # The data dir still belongs to a.
     out = cli("peer", "--name", "b", "--listen", f"127.0.0.1:{other}", "--data-dir", str(data))
     assert out.returncode == 1, out
+
+
+async def test_a_replacement_takes_over_a_dead_members_partitions(
+    peers: Peers, tmp_path: Path
+) -> None:
+    names = ["p1", "p2", "p3", "p4"]
+    ports = dict(zip([*names, "p5"], free_ports(5), strict=True))
+    peers.start("p1", ports["p1"], data_dir=str(tmp_path / "p1"), remove_after="600")
+    for name in names[1:]:
+        peers.start(
+            name, ports[name], seeds=["p1"], data_dir=str(tmp_path / name), remove_after="600"
+        )
+    await eventually(lambda: up_everywhere(peers, names), within=30, what="up", peers=peers)
+    await eventually(lambda: table_everywhere(peers, names), within=30, what="a table")
+    acked = await write_keys(peers.addr["p1"], 30)
+    async with gossipkv.open_client([peers.addr["p1"]]) as client:
+        before = (await client.ring())["owners"]
+    peers.signal("p4", signal.SIGKILL)
+    peers.procs["p4"].wait(timeout=10)
+
+    async def p4_down() -> bool:
+        doc = await members(peers.addr["p1"])
+        return doc is not None and any(
+            m["name"] == "p4" and not m["reachable"] for m in doc["members"]
+        )
+
+    await eventually(p4_down, within=30, what="p4 down", peers=peers)
+    # Replacing a live member or an unknown one: one line, non-zero, nothing changes.
+    for wrong, why in (("p2", "reachable and up"), ("p9", "no member named")):
+        out = cli(
+            "peer", "--name", "p6", "--listen", f"127.0.0.1:{ports['p5']}",
+            "--seed", peers.addr["p1"], "--replace", wrong,
+        )  # fmt: skip
+        assert out.returncode == 1 and why in out.stderr, out
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    peers.start("p5", ports["p5"], seeds=["p1"], data_dir=str(tmp_path / "p5"), replace="p4")
+    survivors = ["p1", "p2", "p3", "p5"]
+    await eventually(
+        lambda: up_everywhere(peers, survivors), within=60, what="p5 up", peers=peers
+    )
+    async with gossipkv.open_client([peers.addr["p1"]]) as client:
+        after = (await client.ring())["owners"]
+        expected = [["p5" if o == "p4" else o for o in row] for row in before]  # type: ignore[union-attr]
+        assert after == expected, "only p4's partitions moved, all of them to p5"
+    async with gossipkv.open_client([peers.addr["p5"]]) as client:
+        for key, values in acked.items():
+            doc = await client.owners(key)
+            for row in doc["owners"]:  # type: ignore[union-attr]
+                if row["name"] == "p5":  # it serves only once it holds what it took over
+                    assert row["holds"], (key, doc)
+            assert (await client.get(key, r=2)).values == values
