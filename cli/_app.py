@@ -492,14 +492,21 @@ def delete(
     cluster: ClusterOption = "gossipkv",
     json: JsonOption = False,
 ) -> None:
-    """Delete KEY (a tombstone). Without --context, reads the key first to get it."""
+    """Delete KEY (a tombstone). Without --context, reads the key first (at R=2) to get it; a
+    key with no live value is reported not found and nothing is written (exit 1)."""
     ctx = _context_arg(context)
 
-    async def call(client: gossipkv.Client) -> gossipkv.PutResult:
-        use = ctx if ctx is not None else (await client.get(key)).context or None
-        return await client.delete(key, context=use, w=w)
+    async def call(client: gossipkv.Client) -> gossipkv.PutResult | None:
+        if ctx is not None:
+            return await client.delete(key, context=ctx, w=w)
+        got = await client.get(key)
+        if not got.found:
+            return None  # nothing to delete: write no tombstone
+        return await client.delete(key, context=got.context, w=w)
 
     res = _with_client(peer, cluster, call)
+    if res is None:
+        fail(f"{key}: not found (nothing deleted)")
     _print_values(res.key, None, res.values, res.context, json, res.more)
 
 

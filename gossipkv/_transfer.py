@@ -93,6 +93,8 @@ class _Pending:
     """A partition to pull: its transfers, one per source."""
 
     transfers: dict[str, Transfer] = field(default_factory=dict)
+    #: Gained (this member held none of it): one transfer must be a full pull.
+    gained: bool = False
 
 
 class Transfers:
@@ -187,12 +189,13 @@ class Transfers:
                 # Gained: one full pull (from a former owner leaving the row, when there is
                 # one), then a comparison with every other old owner for what only it held.
                 candidates = [o for o in (old or row) if o != self._me]
-                sources = sorted(candidates, key=lambda o: o in row)
+                sources = sorted(candidates, key=lambda o: (self._removed(o), o in row))
             else:
                 sources = [o for o in old if o not in row]  # former owners that left this row
             if not sources:
                 continue
             entry = self._pending.setdefault(p, _Pending())
+            entry.gained = entry.gained or gained
             for i, source in enumerate(sources):
                 if source not in entry.transfers:
                     entry.transfers[source] = Transfer(p, source, full=gained and i == 0)
@@ -216,11 +219,17 @@ class Transfers:
         self.notice()
         reachable = self._reachable()
         for p, entry in list(self._pending.items()):
-            for source, transfer in list(entry.transfers.items()):
-                if transfer.finished is not None:
-                    continue
+            for source in [s for s, t in entry.transfers.items() if t.finished is None]:
                 if self._removed(source):
                     del entry.transfers[source]  # gone for good: nothing more to get from it
+            if entry.gained and not any(t.full for t in entry.transfers.values()):
+                # The full pull's source is gone: another old owner streams it instead (a
+                # comparison alone would fill an empty partition a page of repairs at a time).
+                live = [t for t in entry.transfers.values() if t.source in reachable]
+                if live:
+                    live[0].full = True
+            for source, transfer in list(entry.transfers.items()):
+                if transfer.finished is not None:
                     continue
                 if source not in reachable:
                     continue

@@ -63,6 +63,14 @@ async def test_ring_owners_transfers_and_repair(peers: Peers, tmp_path: Path) ->
     assert out.returncode == 0, out
     assert len(json.loads(out.stdout)) == 64  # w1 owns every partition of a 3-peer cluster
 
+    # A delete of a key with no live value reports not found and writes nothing.
+    out = cli("delete", "never-written", "--peer", addr)
+    assert out.returncode == 1 and "not found" in out.stderr, out
+    got = json.loads(cli("get", "never-written", "--peer", addr, "--json").stdout)
+    assert got["found"] is False and got["context"] == "", got  # no tombstone was written
+    out = cli("delete", "cart:1", "--peer", addr, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["values"] == [], out
+
     for bad in (["repair", "--partition", "9999"], ["owners", ""], ["owners", "k" * 2000]):
         out = cli(*bad, "--peer", addr)
         assert out.returncode == 1, (bad, out)
