@@ -197,7 +197,10 @@ class Transfers:
             entry = self._pending.setdefault(p, _Pending())
             entry.gained = entry.gained or gained
             for i, source in enumerate(sources):
-                if source not in entry.transfers:
+                known = entry.transfers.get(source)
+                # A transfer finished for an earlier table says nothing of this change: pull
+                # again (a leaver waits for confirmations made since it began to leave).
+                if known is None or known.finished is not None:
                     entry.transfers[source] = Transfer(p, source, full=gained and i == 0)
                     added += 1
         if added:
