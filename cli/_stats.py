@@ -47,6 +47,8 @@ COUNTERS: dict[str, str] = {
     "admission_waits": "Reads and writes that waited for room in the in-flight memory budget.",
     "partitions_filled": "Gained partitions pulled completely from their other owners.",
     "keys_filled": "Keys pulled into gained partitions.",
+    "transfer_errors": "Transfer pages that failed (source unreachable, or it refused).",
+    "transfer_bad_pages": "Transfer pages refused whole: the source sent invalid data.",
 }
 # Per-reason counters: field -> (label name, help text).
 LABELLED_COUNTERS: dict[str, tuple[str, str]] = {

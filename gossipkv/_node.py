@@ -181,8 +181,13 @@ class NodeStatistics:
         completely yet.
       partitions_filled: such partitions pulled completely.
       keys_filled: keys stored by transfers into this node.
+      transfer_errors: transfer pages that failed (the source unreachable, or it refused).
+      transfer_bad_pages: transfer pages refused whole because the source sent invalid data
+        (keys out of order or of another partition, undecodable clocks); nothing of them is
+        stored, and the page is asked for again later.
       transfers: the transfers into this node in flight: ``{"partition", "from", "to",
-        "keys_done", "keys_total", "rate"}`` each (``rate`` in keys per second).
+        "keys_done", "keys_total", "rate", "error"}`` each (``rate`` in keys per second;
+        ``error`` says why the last page failed, or is ``None``).
       under_replicated: partitions of the table with an owner that is unreachable or still
         pulling it (as this node sees it): fewer than N full copies are certain there.
     """
@@ -247,6 +252,8 @@ class NodeStatistics:
     partitions_filling: int = 0
     partitions_filled: int = 0
     keys_filled: int = 0
+    transfer_errors: int = 0
+    transfer_bad_pages: int = 0
     transfers: list[dict[str, object]] = field(default_factory=list)
     under_replicated: int = 0
 
@@ -726,6 +733,8 @@ class Node:
             partitions_filling=kv.transfers.pending,
             partitions_filled=kv.transfers.counters.partitions_filled,
             keys_filled=kv.transfers.counters.keys_filled,
+            transfer_errors=kv.transfers.counters.errors,
+            transfer_bad_pages=kv.transfers.counters.bad_pages,
             transfers=[
                 {
                     "partition": t.partition,
@@ -734,6 +743,7 @@ class Node:
                     "keys_done": t.keys_done,
                     "keys_total": t.keys_total,
                     "rate": round(t.rate(trio.current_time()), 1),
+                    "error": t.error,
                 }
                 for t in kv.transfers.in_flight()
             ],
@@ -968,7 +978,12 @@ class Node:
         )
         self._publish_events()
         await self._persist()
-        return {"removed": name, "generation": generation, "leader": g.node_id, "minority": minority}
+        return {
+            "removed": name,
+            "generation": generation,
+            "leader": g.node_id,
+            "minority": minority,
+        }
 
     async def _hand_off(self, handoff_seconds: float | None, force: bool) -> None:
         """Announce ``leaving`` and wait until this node's partitions and hints are handed off
@@ -1652,9 +1667,7 @@ class Node:
             return Reply({"ok": True, "status": "leaving"})
         if isinstance(message, PartitionFetch):
             try:
-                return await self._service().transfer_source.handle(
-                    channel.remote.node_id, message
-                )
+                return await self._service().transfer_source.handle(channel.remote.node_id, message)
             except RemoteError:
                 raise
             except GossipKVError as exc:
