@@ -91,13 +91,6 @@ class Decisions:
             if cur is None or gen > cur[0]:
                 self.removed[node] = (gen, at_ms)
                 changed = True
-        if (
-            other.table is not None
-            and (self.table is None or other.table.epoch > self.table.epoch)
-            and self.table_ok(other.table)
-        ):
-            self.table = other.table
-            changed = True
         for node, gen in other.exited.items():
             if gen > self.exited.get(node, -1):
                 self.exited[node] = gen
@@ -107,6 +100,18 @@ class Decisions:
             if mine_r is None or (gen, old) > (mine_r[1], mine_r[0]):
                 self.replacing[node] = (old, gen)
                 changed = True
+        # The table last: whether it spans enough members depends on the grants, removals and
+        # acknowledged leaves merged above. A leader publishes a leave's acknowledgement and the
+        # table planned without the leaver in one record; checked first, that table was refused
+        # (the leaver still counted as admitted) and never offered again, so a member kept the
+        # old table and never pulled the leaver's partitions, and the leaver waited for it.
+        if (
+            other.table is not None
+            and (self.table is None or other.table.epoch > self.table.epoch)
+            and self.table_ok(other.table)
+        ):
+            self.table = other.table
+            changed = True
         return changed
 
     def is_removed(self, node_id: str, generation: int) -> bool:
