@@ -18,6 +18,7 @@ import trio.testing
 from gossipkv import GossipConfig, TransportError, _transfer
 from gossipkv._dvv import partition_of
 from gossipkv._messages import PartitionFetch, PartitionItems
+from gossipkv.testing import SimCluster
 
 from ._kvsim import kv_cluster, names, owners, service, table, tables_agree
 
@@ -41,6 +42,25 @@ def foreign_key(after: str, partition: int, q: int) -> str:
     raise AssertionError("no foreign key")
 
 
+async def lacking(c: SimCluster, name: str, keys: dict[str, int]) -> list[str]:
+    """The keys ``name`` owns whose value its own replica lacks."""
+    node = c.nodes[name]
+    return [
+        key
+        for key, value in keys.items()
+        if name in owners(c, key) and value not in (await node.get(key, local=True)).values
+    ]
+
+
+async def load(c: SimCluster) -> dict[str, int]:
+    """240 keys written at W=3 through the four members."""
+    keys = {f"k{i}": i for i in range(240)}
+    with trio.fail_after(120):
+        for i, (key, value) in enumerate(keys.items()):
+            await c.nodes[f"n{i % 4 + 1}"].put(key, value, w=3)
+    return keys
+
+
 def spoil(kind: str, page: PartitionItems, partition: int, q: int) -> PartitionItems:
     keys, clocks = list(page.keys), list(page.clocks)
     if kind == "unpaired":
@@ -60,10 +80,7 @@ async def test_garbage_pages_are_refused_and_the_pull_finishes_once_the_source_h
 ) -> None:
     monkeypatch.setattr(_transfer, "PAGE_KEYS", 4)
     async with kv_cluster(fseed, n=4, config=KEEP) as c:
-        keys = {f"k{i}": i for i in range(240)}
-        with trio.fail_after(120):
-            for i, (key, value) in enumerate(keys.items()):
-                await c.nodes[f"n{i % 4 + 1}"].put(key, value, w=3)
+        keys = await load(c)
         sent: list[tuple[str, str]] = []  # (kind, key refused)
 
         def hostile(
@@ -102,11 +119,7 @@ async def test_garbage_pages_are_refused_and_the_pull_finishes_once_the_source_h
         for kind, key in sent:
             if kind == "foreign_key":
                 assert await service(n5).storage.get(key) is None, f"{where}: stored {key}"
-        missing = [
-            key
-            for key, value in keys.items()
-            if "n5" in owners(c, key) and value not in (await n5.get(key, local=True)).values
-        ]
+        missing = await lacking(c, "n5", keys)
         assert missing == [], f"{where}: n5 lacks {missing[:10]} after the source healed"
 
 
@@ -115,10 +128,7 @@ async def test_a_cut_transfer_resumes_from_its_cursor_and_confirms_once(
 ) -> None:
     monkeypatch.setattr(_transfer, "PAGE_KEYS", 4)
     async with kv_cluster(fseed, n=4, config=KEEP) as c:
-        keys = {f"k{i}": i for i in range(240)}
-        with trio.fail_after(120):
-            for i, (key, value) in enumerate(keys.items()):
-                await c.nodes[f"n{i % 4 + 1}"].put(key, value, w=3)
+        keys = await load(c)
         await c.start("n5", seeds=["n1"])
         n5 = c.nodes["n5"]
         transfers = service(n5).transfers
@@ -160,9 +170,5 @@ async def test_a_cut_transfer_resumes_from_its_cursor_and_confirms_once(
         for ident, afters in streams.items():
             assert afters == sorted(afters), f"{where}: {ident} went back: {afters}"
             assert confirmed.get(ident) == 1, f"{where}: {ident} confirmed {confirmed.get(ident)}x"
-        missing = [
-            key
-            for key, value in keys.items()
-            if "n5" in owners(c, key) and value not in (await n5.get(key, local=True)).values
-        ]
+        missing = await lacking(c, "n5", keys)
         assert missing == [], f"{where}: n5 lacks {missing[:10]}"
