@@ -693,7 +693,10 @@ class Node:
             connections=self._conns.peer_channels + self._conns.client_channels,
             peer_connections=self._conns.peer_channels,
             client_connections=self._conns.client_channels,
-            refusals=dict(self._refusals),
+            refusals={
+                **self._refusals,
+                **{f"gossip_{k}": v for k, v in g.counters.refused.items()},
+            },
             max_loop_lag=self._lag.max,
             last_loop_lag=self._lag.last,
             table_epoch=None if table is None else list(table.epoch),
@@ -1251,6 +1254,21 @@ class Node:
                     "the peer rejoins through its seeds",
                     name,
                 )
+            if decisions is not None:
+                # What a forged record may have left on disk before this version vetted gossip.
+                kept = Decisions()
+                ahead = int(self.config.max_generation_ahead * 1000)
+                problems = kept.vet(decisions, max_generation=generation + ahead, seen=None)
+                if problems:
+                    log.error(
+                        "%s: the persisted membership decisions hold what no leader could have "
+                        "decided (%s); that part was dropped%s",
+                        name,
+                        ", ".join(sorted(set(problems))),
+                        "" if decisions.term else " and the peer rejoins through its seeds",
+                    )
+                    if not decisions.term:
+                        decisions = None
             known = record.known_peers if record else []
             seeds = [s for s in dict.fromkeys([*self._seeds, *known]) if s != address]
             # Only a peer that never belonged to a cluster (no record: an empty data dir, or
@@ -1406,8 +1424,18 @@ class Node:
                 ):
                     g.mark_filled()
             self._publish_events()
+            while g.refusal_notes:
+                reason, detail = g.refusal_notes.popleft()
+                if self._log_limit.allow(("gossip refused", reason), trio.current_time()):
+                    log.warning(
+                        "%s: refused gossip (%s): %s; counted in stats refusals as gossip_%s",
+                        g.node_id,
+                        reason,
+                        detail,
+                        reason,
+                    )
             if g.needs_reincarnation:
-                generation = max(g.generation + 1, self._wall())
+                generation = g.next_generation(self._wall())
                 log.warning(
                     "%s was removed by the leader; rejoining as generation %d",
                     g.node_id,

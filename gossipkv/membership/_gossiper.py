@@ -57,6 +57,11 @@ class GossipConfig:
         to be handed off before it gives up (and stays up) or, forced, leaves anyway.
       tombstone_ttl_ms: milliseconds a removal is remembered (its quarantine) before it is
         forgotten.
+      max_generation_ahead: seconds a generation (a member's start time in wall-clock
+        milliseconds) may lie ahead of this peer's wall clock. Gossip claiming a later one (a
+        member, or a leader decision about one) is refused and counted: a removal at a generation
+        far in the future would quarantine every later incarnation of a member. Members' clocks
+        must agree within this bound.
       max_metadata_keys: metadata keys one member may publish.
       max_metadata_bytes: the largest metadata value, in UTF-8 bytes.
       partitions: partitions of the key space, fixed when the cluster's first table is made.
@@ -77,6 +82,7 @@ class GossipConfig:
     leave_timeout: float = 5.0
     handoff_timeout: float = 120.0
     tombstone_ttl_ms: int = 24 * 3600 * 1000
+    max_generation_ahead: float = 3600.0
     max_metadata_keys: int = 64
     max_metadata_bytes: int = 512
     partitions: int = DEFAULT_PARTITIONS  # fixed when the cluster is created (first table)
@@ -104,6 +110,7 @@ class GossipConfig:
             "leave_timeout",
             "max_interval",
             "handoff_timeout",
+            "max_generation_ahead",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -199,6 +206,9 @@ class GossipCounters:
     bad_values: int = 0
     budget_truncations: int = 0
     pause_guards: int = 0
+    #: Gossip refused because no honest member could have sent it, by reason (see
+    #: :meth:`Decisions.vet`, plus ``generation_ahead`` for a member's own entry).
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -257,6 +267,10 @@ class Gossiper:
         self._started = now
         self._last_leader: str | None = None
         self.generation = generation
+        #: This peer's wall clock at the last evaluation (generations are wall-clock ms).
+        self._wall_ms = generation
+        #: Refusals of forged-looking gossip since the runtime last looked: ``(reason, detail)``.
+        self.refusal_notes: deque[tuple[str, str]] = deque(maxlen=64)
         self._self = self._new_self(generation)
         self.replaces: str | None = None
         #: Set by the runtime while a leaving member's partitions and hints are handed off: it
@@ -300,6 +314,12 @@ class Gossiper:
         self._self.set("decisions", self.decisions.to_plain())
         self._leader.converged_view = frozenset(self.decisions.admitted())
         self._promote_self(grant.up_number, grant.generation)
+
+    def next_generation(self, wall_ms: int) -> int:
+        """The generation to rejoin with after a removal: above this incarnation and above the
+        removed one (one rejoin, not one per removed generation), else the wall clock."""
+        removed = self.decisions.removed.get(self.node_id, (0, 0))[0]
+        return max(self.generation + 1, removed + 1, wall_ms)
 
     def reincarnate(self, generation: int, now: float) -> None:
         """Continue as a new incarnation (after this one was removed): rejoin as ``joining``."""
@@ -471,6 +491,9 @@ class Gossiper:
                 # Someone else runs under our name with a newer generation.
                 self.counters.identity_conflicts += 1
             return
+        if nd.generation > self._max_generation():
+            self._refuse("generation_ahead", f"{nd.node_id} at generation {nd.generation}")
+            return
         if self.decisions.is_removed(nd.node_id, nd.generation):
             self.counters.quarantined += 1
             # Its decisions are still facts: merging them lets a mutual removal resolve itself.
@@ -526,8 +549,26 @@ class Gossiper:
         if other is None:
             self.counters.bad_values += 1
             return
+        reasons = self.decisions.vet(
+            other, max_generation=self._max_generation(), seen=self._seen_generations()
+        )
+        for reason in reasons:
+            self._refuse(reason, f"in a decisions record of epoch {other.epoch()}")
         if self.decisions.merge(other):
             self.decisions_dirty = True
+
+    def _max_generation(self) -> int:
+        return self._wall_ms + int(self.config.max_generation_ahead * 1000)
+
+    def _seen_generations(self) -> dict[str, int]:
+        seen = {n: g.generation for n, g in self.decisions.grants.items()}
+        for node_id, ns in self._namespaces.items():
+            seen[node_id] = max(seen.get(node_id, -1), ns.generation)
+        return seen
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        self.counters.refused[reason] = self.counters.refused.get(reason, 0) + 1
+        self.refusal_notes.append((reason, detail))
 
     def _heard(self, node_id: str, now: float) -> None:
         peer = self._peers.get(node_id)
@@ -740,6 +781,7 @@ class Gossiper:
         if now - self._last_eval > self.config.local_pause_threshold:
             self._pause_guard(now)
         self._last_eval = now
+        self._wall_ms = max(self._wall_ms, wall_ms)
         self._evaluate_liveness(now)
         self._apply_decisions(now)
         self._evaluate_self(now)

@@ -170,6 +170,33 @@ def test_a_leave_and_the_table_without_the_leaver_are_accepted_from_one_record()
     assert mine.admitted() == {"a", "c"}
 
 
+def test_vet_lowers_removals_to_seen_incarnations_and_drops_the_unseen() -> None:
+    mine = _decisions(1, 3, a=(100, 1), b=(200, 2))
+    other = _decisions(1, 4, a=(100, 1), b=(200, 2))
+    other.removed.update({"b": (250, 9), "ghost": (5, 9), "a": (100, 9)})
+    reasons = mine.vet(other, max_generation=10_000, seen={"a": 100, "b": 210})
+    assert sorted(reasons) == ["removal_unseen", "removal_unseen"]
+    assert other.removed == {"b": (210, 9), "a": (100, 9)}
+
+
+def test_vet_refuses_a_whole_record_near_the_limits_and_drops_future_generations() -> None:
+    mine = _decisions(1, 3, a=(100, 1))
+    near = _decisions(2**40, 1, a=(100, 1))
+    assert mine.vet(near, max_generation=10_000, seen=None) == ["epoch_limit"]
+    assert near.to_plain() == Decisions().to_plain()
+    future = _decisions(1, 4, a=(100, 1), b=(20_000, 2))
+    future.exited["a"] = 50_000
+    assert mine.vet(future, max_generation=10_000, seen=None) == [
+        "generation_ahead",
+        "generation_ahead",
+    ]
+    assert set(future.grants) == {"a"} and future.exited == {}
+    # A peer with no term yet (a new joiner) takes any term below the limit.
+    assert (
+        Decisions().vet(_decisions(5_000_000, 1, a=(100, 1)), max_generation=999, seen=None) == []
+    )
+
+
 def test_removal_quarantines_older_generations_only() -> None:
     d = Decisions()
     d.removed["x"] = (10, 0)
