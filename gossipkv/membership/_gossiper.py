@@ -418,7 +418,7 @@ class Gossiper:
             theirs,
             self.config.max_delta_bytes - 16,
         )
-        self._note_truncation(delta, theirs)
+        self._note_truncation(delta, theirs, asked_only=True)
         return Ack(delta)
 
     def on_ack(self, msg: Ack, now: float) -> None:
@@ -445,15 +445,24 @@ class Gossiper:
             self._event(now, "left", msg.node_id, msg.generation, "shutdown notice")
 
     def _note_truncation(
-        self, delta: tuple[NodeDelta, ...], theirs: dict[str, DigestEntry]
+        self,
+        delta: tuple[NodeDelta, ...],
+        theirs: dict[str, DigestEntry],
+        *,
+        asked_only: bool = False,
     ) -> None:
-        # Count rounds where the budget kept something back (the next round continues).
+        # Count rounds where the budget kept something back (the next round continues). A SYN's
+        # digest lists every member the sender knows; a SYN-ACK's lists only what it asked for
+        # (``asked_only``): the rest is not wanted (counting it made every round a truncation).
         wanted_nodes = sum(
             1
             for node_id, ns in self._namespaces.items()
-            if (e := theirs.get(node_id)) is None
-            or e.generation < ns.generation
-            or e.max_version < ns.max_version
+            if (not asked_only or node_id in theirs)
+            and (
+                (e := theirs.get(node_id)) is None
+                or e.generation < ns.generation
+                or e.max_version < ns.max_version
+            )
         )
         complete = sum(
             1 for nd in delta if nd.max_version >= self._namespaces[nd.node_id].max_version
@@ -752,8 +761,7 @@ class Gossiper:
         return sum(
             1
             for p, row in enumerate(table.owners)
-            if len(row) < table.n
-            or any(o not in reachable or p in pulling.get(o, ()) for o in row)
+            if len(row) < table.n or any(o not in reachable or p in pulling.get(o, ()) for o in row)
         )
 
     def mark_filled(self) -> None:
@@ -958,9 +966,7 @@ class Gossiper:
         # member that is down does, until they are removed; so does a replacement still filling.
         members += sorted(d.admitted() - set(self._namespaces))
         members += sorted(
-            p
-            for p in d.replacing
-            if p in listed and p not in members and d.admission(p) is None
+            p for p in d.replacing if p in listed and p not in members and d.admission(p) is None
         )
         owners = plan(
             members,
