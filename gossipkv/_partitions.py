@@ -98,6 +98,7 @@ def plan(
     for owners in lists:
         load.update(owners)
     # Fill the gaps, least-loaded first (ties by a rotation so partitions spread out).
+    placed: list[set[str]] = [set() for _ in lists]  # owners this plan adds (moves anyway)
     for p, owners in enumerate(lists):
         while len(owners) < n:
             pick = min(
@@ -105,23 +106,42 @@ def plan(
                 key=lambda m: (load[m], (names.index(m) - p) % len(names)),
             )
             owners.append(pick)
+            placed[p].add(pick)
             load[pick] += 1
-    # Even out: move one replica at a time from the most to the least loaded member.
+    # Even out until loads differ by at most one. First re-aim replicas this plan placed (they
+    # move anyway, so re-aiming one costs no extra move) from any member to one at least two
+    # lighter; only when none is left, move a kept replica from the most to the least loaded.
+    def lightest(owners: list[str]) -> str:
+        return min((m for m in names if m not in owners), key=lambda m: (load[m], m))
+
     while True:
+        free = True
+        while free:
+            free = False
+            for p, owners in enumerate(lists):
+                for a in sorted(placed[p], key=lambda m: (-load[m], m)):
+                    if len(owners) == len(names):
+                        break
+                    b = lightest(owners)
+                    if load[a] - load[b] >= 2:
+                        owners[owners.index(a)] = b
+                        placed[p].discard(a)
+                        placed[p].add(b)
+                        load[a] -= 1
+                        load[b] += 1
+                        free = True
         most = max(names, key=lambda m: (load[m], m))
         least = min(names, key=lambda m: (load[m], m))
         if load[most] - load[least] <= 1:
             break
-        moved = False
-        for owners in lists:
-            if most in owners and least not in owners:
-                owners[owners.index(most)] = least
-                load[most] -= 1
-                load[least] += 1
-                moved = True
-                break
-        if not moved:
+        movable = [p for p, owners in enumerate(lists) if most in owners and least not in owners]
+        if not movable:
             break
+        owners = lists[movable[0]]
+        owners[owners.index(most)] = least
+        placed[movable[0]].add(least)
+        load[most] -= 1
+        load[least] += 1
     return tuple(tuple(o) for o in lists)
 
 
