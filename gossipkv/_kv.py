@@ -1217,7 +1217,6 @@ class KeyValueService:
             return None
         if isinstance(message, ReplicaGet):
             self._check_key(message.key)
-            clock = self.storage.get_nowait(message.key)
             self.storage.get_nowait(message.key)  # counts the read, checks the engine is open
             found = self.storage.encoded_nowait(message.key)
             return ReplicaState(None if found is None else found[1])

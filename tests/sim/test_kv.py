@@ -75,6 +75,23 @@ async def test_round_trip_via_any_peer(kvseed: int, autojump_clock: trio.testing
             )
 
 
+async def test_a_quorum_read_counts_one_read_per_replica(
+    kvseed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    seed = kvseed
+    async with kv_cluster(seed) as c:
+        key = find_key(c, lambda o: "n1" in o)
+        with trio.fail_after(30):
+            await c.nodes["n1"].put(key, "v", w=3)
+            before = {o: service(c.nodes[o]).storage.statistics().gets for o in owners(c, key)}
+            got = await c.nodes["n1"].get(key, r=3)
+        assert got.values == ["v"], f"seed={seed}: {got}"
+        after = {o: service(c.nodes[o]).storage.statistics().gets for o in owners(c, key)}
+        assert {o: after[o] - before[o] for o in after} == dict.fromkeys(after, 1), (
+            f"seed={seed}: reads counted per replica {before} -> {after}"
+        )
+
+
 async def test_put_via_non_replica_is_forwarded_and_mints_one_dot(
     kvseed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
