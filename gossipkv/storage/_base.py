@@ -27,6 +27,7 @@ from gossipkv._errors import (
     ValueTooDeep,
     ValueTooLarge,
 )
+from gossipkv._merkle import RecordHashes
 
 #: The clock a replica stores for one key.
 Clock = DVVSet[Sibling]
@@ -162,6 +163,11 @@ class StorageEngine(abc.ABC):
     #: Fresh random 64-bit number drawn at every open; feed it to ``ActorMint`` so a restarted
     #: replica (or one that lost its disk) never reuses a dot.
     incarnation: int
+
+    #: The record hash of every stored key (:mod:`gossipkv._merkle`), kept in memory beside the
+    #: key index and changed exactly where it changes (every put, quarantine, recovery), so the
+    #: Merkle trees anti-entropy compares follow every write path without a read.
+    record_hashes: RecordHashes
 
     #: Called with a key whose stored record was unreadable and has been quarantined (moved
     #: aside and forgotten: the key now reads as absent here). The data path sets it to repair

@@ -13,6 +13,7 @@ import trio
 
 from gossipkv import _dvv
 from gossipkv._errors import StorageClosed
+from gossipkv._merkle import RecordHashes, record_hash
 
 from ._base import (
     DEFAULT_LIMITS,
@@ -40,6 +41,7 @@ class MemoryEngine(StorageEngine):
         self._puts = 0
         self._gets = 0
         self.incarnation = int.from_bytes(os.urandom(8), "big")
+        self.record_hashes = RecordHashes()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -67,7 +69,7 @@ class MemoryEngine(StorageEngine):
 
     def put_nowait(self, key: str, clock: Clock, *, encoded: bytes | None = None) -> None:
         self._check_open()
-        encode_key(key, self._limits)
+        kb = encode_key(key, self._limits)
         if encoded is None:
             data = encode_clock(clock, self._limits)
         else:
@@ -75,6 +77,7 @@ class MemoryEngine(StorageEngine):
             check_encoded_size(clock, encoded, self._limits)
             data = encoded
         self._data[key] = (clock, data)
+        self.record_hashes.set(key, record_hash(kb, data), kb)
         self._puts += 1
 
     async def get(self, key: str) -> Clock | None:
