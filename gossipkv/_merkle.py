@@ -178,9 +178,7 @@ class MerkleTrees:
         """Stop a check of ``partition`` that will not finish."""
         self._touched.pop(partition, None)
 
-    def finish_check(
-        self, partition: int, fresh: dict[str, int], hashes: RecordHashes
-    ) -> bool:
+    def finish_check(self, partition: int, fresh: dict[str, int], hashes: RecordHashes) -> bool:
         """Compare the live tree of ``partition`` with one built from ``fresh`` (the record
         hashes read back from the store since :meth:`begin_check`), and replace it if they
         differ. Keys written during the read are taken from ``hashes`` (the read may have seen

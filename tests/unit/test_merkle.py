@@ -57,7 +57,9 @@ def _same(a: mk.MerkleTrees, b: mk.MerkleTrees) -> bool:
 
 
 @settings(max_examples=200, deadline=None)
-@given(writes=st.lists(_write, max_size=60), attach_at=st.integers(0, 60), step=st.integers(1, 5000))
+@given(
+    writes=st.lists(_write, max_size=60), attach_at=st.integers(0, 60), step=st.integers(1, 5000)
+)
 def test_incremental_updates_equal_a_rebuild_from_scratch(
     writes: list[tuple[int, bytes | None]], attach_at: int, step: int
 ) -> None:
