@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from . import _codec, _dvv, _merkle
+from . import _dvv, _merkle
 from ._dvv import DVVSet, Sibling
 from ._errors import ClusterNotReady, GossipKVError, RemoteError, TransportError, Unavailable
 from ._merkle import BRANCHES, SEGMENTS, SEGMENTS_PER_BRANCH, MerkleTrees, PartitionTree
@@ -118,10 +118,6 @@ class AntiEntropyCounters:
     tree_mismatches: int = 0
 
 
-def _encode(clock: Clock) -> bytes:
-    return _codec.dumps_canonical(_dvv.clock_to_plain(clock))
-
-
 def _strictly_ascending(ids: tuple[int, ...], limit: int, most: int, what: str) -> None:
     if not 1 <= len(ids) <= most:
         raise RemoteError("bad_request", f"ask for 1..{most} {what}, not {len(ids)}")
@@ -174,24 +170,32 @@ class AntiEntropy:
         table = self._kv._table()
         if table is None or not table.owners:
             return 0
-        trees = await self.trees(table.q)
+        q = table.q
+        trees = await self.trees(q)
         storage = self._kv.storage
+        hashes = storage.record_hashes
+        # One pass over the keys to group them by partition (a scan per partition would walk
+        # every key once per partition).
+        listed: dict[int, list[str]] = {p: [] for p in trees.partitions()}
+        for segment in range(_merkle.SEGMENTS):
+            for key in hashes.bucket(segment):
+                listed.setdefault(_merkle.key_digest(key.encode("utf-8")) % q, []).append(key)
+            if segment % BUILD_BUCKETS_PER_STEP == 0:
+                await trio.lowlevel.checkpoint()
         wrong = 0
-        for partition in trees.partitions():
+        for partition, keys in sorted(listed.items()):
             trees.begin_check(partition)
             fresh: dict[str, int] = {}
             try:
-                async for key, clock in storage.scan(partition, table.q):
-                    found = storage.encoded_nowait(key) if storage.nowait else None
-                    data = found[1] if found is not None and found[0] is clock else _encode(clock)
+                async for key, data in storage.records(keys):
                     fresh[key] = _merkle.record_hash(key.encode("utf-8"), data)
             except BaseException:
                 trees.abandon_check(partition)
                 raise
-            if storage.record_hashes.trees is not trees:
+            if hashes.trees is not trees:
                 return wrong  # the trees were replaced meanwhile (another partition count)
             self.counters.trees_checked += 1
-            if trees.finish_check(partition, fresh, storage.record_hashes):
+            if trees.finish_check(partition, fresh, hashes, listed=keys):
                 wrong += 1
                 self.counters.tree_mismatches += 1
                 log.warning(

@@ -178,16 +178,30 @@ class MerkleTrees:
         """Stop a check of ``partition`` that will not finish."""
         self._touched.pop(partition, None)
 
-    def finish_check(self, partition: int, fresh: dict[str, int], hashes: RecordHashes) -> bool:
+    def finish_check(
+        self,
+        partition: int,
+        fresh: dict[str, int],
+        hashes: RecordHashes,
+        *,
+        listed: Iterable[str] = (),
+    ) -> bool:
         """Compare the live tree of ``partition`` with one built from ``fresh`` (the record
         hashes read back from the store since :meth:`begin_check`), and replace it if they
         differ. Keys written during the read are taken from ``hashes`` (the read may have seen
-        either version); per-key hashes that disagree with ``fresh`` are corrected too.
+        either version); per-key hashes that disagree with ``fresh`` are corrected too, and
+        ``listed`` keys (those the read was asked for) that the store no longer holds are
+        forgotten.
 
         Returns:
           True when the live tree (or a per-key hash) was wrong and has been replaced.
         """
         touched = self._touched.pop(partition, set())
+        wrong_keys = 0
+        for key in listed:
+            if key not in fresh and key not in touched and hashes.get(key) is not None:
+                wrong_keys += 1
+                hashes.correct(key, key_digest(key.encode("utf-8")), None)
         for key in touched:
             current = hashes.get(key)
             if current is None:
@@ -195,7 +209,6 @@ class MerkleTrees:
             else:
                 fresh[key] = current
         rebuilt = PartitionTree()
-        wrong_keys = 0
         for key, h in fresh.items():
             digest = key_digest(key.encode("utf-8"))
             rebuilt.toggle(digest >> _SEGMENT_SHIFT, h)
@@ -246,10 +259,17 @@ class RecordHashes:
         if old is not None and trees is not None and (digest >> _SEGMENT_SHIFT) < trees.built:
             trees._apply(key, digest, old)
 
-    def correct(self, key: str, digest: int, h: int) -> None:
-        """Set a per-key hash found wrong by a check, without touching the trees (the check
-        replaces the tree itself)."""
-        self._buckets[digest >> _SEGMENT_SHIFT][key] = h
+    def correct(self, key: str, digest: int, h: int | None) -> None:
+        """Set (or, with ``None``, forget) a per-key hash found wrong by a check, without
+        touching the trees (the check replaces the tree itself)."""
+        if h is None:
+            self._buckets[digest >> _SEGMENT_SHIFT].pop(key, None)
+        else:
+            self._buckets[digest >> _SEGMENT_SHIFT][key] = h
+
+    def bucket(self, segment: int) -> list[str]:
+        """A snapshot of the keys of ``segment``, of every partition."""
+        return list(self._buckets[segment])
 
     def segment(self, partition: int, q: int, segment: int) -> Iterator[tuple[str, int]]:
         """``(key, record hash)`` of the keys of ``partition`` (of ``q``) in ``segment``."""

@@ -246,6 +246,15 @@ class StorageEngine(abc.ABC):
         Engines with an index override it; this default scans."""
         return sorted([key async for key, _ in self.scan(partition, partitions)])
 
+    async def records(self, keys: list[str]) -> AsyncIterator[tuple[str, bytes]]:
+        """The stored canonical clock bytes of each of ``keys`` still stored, read back from the
+        store (keys not stored are skipped; an unreadable record is quarantined and skipped).
+        The Merkle tree checks hash them. Engines override it to read in batches."""
+        for key in keys:
+            clock = await self.get(key)
+            if clock is not None:
+                yield key, dumps_canonical(_dvv.clock_to_plain(clock))
+
     @abc.abstractmethod
     def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:
         """Iterate ``(key, clock)`` over the keys of one Fixed Partition (a snapshot of keys).

@@ -1076,6 +1076,18 @@ class LogEngine(StorageEngine):
                 if clock is not None:
                     yield key, clock
 
+    async def records(self, keys: list[str]) -> AsyncIterator[tuple[str, bytes]]:
+        self._check_usable()
+        for i in range(0, len(keys), 256):
+            chunk = [(k, self._keydir.get(k)) for k in keys[i : i + 256]]
+            present = [(k, loc) for k, loc in chunk if loc is not None]
+            raws = await self._read_many([loc for _, loc in present])
+            for (key, loc), raw in zip(present, raws, strict=True):
+                if isinstance(raw, _Unreadable):
+                    await self._quarantine(key, loc, raw.reason)
+                else:
+                    yield key, raw
+
     async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
         self._check_usable()
         items = self._keydir.items()

@@ -113,6 +113,15 @@ class MemoryEngine(StorageEngine):
             if found is not None:
                 yield key, found[0]
 
+    async def records(self, keys: list[str]) -> AsyncIterator[tuple[str, bytes]]:
+        self._check_open()
+        for i, key in enumerate(keys):
+            if i % 512 == 0:
+                await trio.lowlevel.checkpoint()
+            found = self._data.get(key)
+            if found is not None:
+                yield key, found[1]
+
     async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
         self._check_open()
         pairs = [(k, v[1]) for k, v in self._data.items()]

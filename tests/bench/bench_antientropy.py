@@ -155,7 +155,7 @@ async def main(args: argparse.Namespace) -> None:
             step = max(1, args.keys // k)
             changed = [f"user:{i:09d}" for i in range(0, args.keys, step)][:k]
             for key in changed:
-                a.storage.put_nowait(key, clock({"k": key, "diverged": k}, "bench-diverge"))
+                a.storage.put_nowait(key, clock({"k": key, "diverged": k}, f"bench-diverge-{k}"))
             counters = a.anti_entropy.counters
             start = (
                 counters.tree_roots_compared,

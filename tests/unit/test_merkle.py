@@ -172,6 +172,14 @@ def test_a_check_replaces_a_corrupted_tree_and_wrong_record_hashes() -> None:
     hashes.set(written, 7)
     assert not live.finish_check(5, dict(fresh_of[5]), hashes)
     assert hashes.get(written) == 7
+    # A per-key hash of a key the store no longer holds is forgotten.
+    gone = next(iter(fresh_of[6]))
+    listed = list(fresh_of[6])
+    fresh = dict(fresh_of[6])
+    del fresh[gone]
+    live.begin_check(6)
+    assert live.finish_check(6, fresh, hashes, listed=listed)
+    assert hashes.get(gone) is None
 
 
 def _clock(value: object, actor: str) -> Any:
@@ -184,7 +192,11 @@ async def _stored_hashes(data_dir: Path | None, keys: int) -> dict[str, int | No
             await eng.put(f"key{i}", _clock({"i": i, "s": "x" * (i % 7)}, f"a{i % 3}"))
         for i in range(0, keys, 3):  # overwrites
             await eng.put(f"key{i}", _clock({"again": i}, "b"))
-        return {f"key{i}": eng.record_hashes.get(f"key{i}") for i in range(keys)}
+        names = [f"key{i}" for i in range(keys)] + ["never-stored"]
+        read = {k: mk.record_hash(k.encode(), data) async for k, data in eng.records(names)}
+        out = {k: eng.record_hashes.get(k) for k in names[:-1]}
+        assert read == out  # the records read back hash to what the engine kept
+        return out
 
 
 async def test_memory_and_log_engines_keep_equal_record_hashes(tmp_path: Path) -> None:
