@@ -109,7 +109,8 @@ class KVConfig:
         ``handoff_interval``), not a round at a time. 0 disables both.
       anti_entropy_rebuild_interval: seconds (jittered) between checks of the anti-entropy
         Merkle trees against the records read back from the store (every key is read once a
-        check); a tree that disagrees is logged, counted and replaced. 0 disables the checks.
+        check); a tree that disagrees is logged, counted and replaced. 0 disables the checks
+        (as does an ``anti_entropy_interval`` of 0).
       ownership_handoff_interval: seconds (jittered) between ownership handoff rounds; each round
         sends a bounded batch of the keys this peer holds for partitions it no longer owns to
         their current owners (by ``sync``). 0 disables it.
