@@ -424,15 +424,33 @@ async def test_the_scheduled_rebuild_replaces_a_corrupted_tree(
         p, other = _pairs(c, victim)[0]
         tree = trees.tree(p)
         assert tree is not None, f"seed={seed}"
-        good_root = tree.root
         tree.toggle(123, 0xBAD)
         assert await anti.compare(other, p, t.q) == 0, f"seed={seed}"
         assert anti.counters.partitions_differing == 1, f"seed={seed}: corruption not seen"
         with trio.fail_after(200):
-            await c.wait_until(lambda: anti.counters.trees_checked >= len(trees.partitions()))
+            async with trio.open_nursery() as writers:
+                # Writes go on through the checks: a key written while its partition is read
+                # back must not look like corruption.
+                async def write() -> None:
+                    for i in range(10_000):
+                        await c.nodes["n1"].put(f"during{i % 300}", i, w=2)
+                        await trio.sleep(0.01)
+
+                writers.start_soon(write)
+                await c.wait_until(lambda: anti.counters.trees_checked >= len(trees.partitions()))
+                writers.cancel_scope.cancel()
+            await trio.sleep(1)  # replication of the last writes lands
         assert anti.counters.tree_mismatches == 1, f"seed={seed}: {anti.counters}"
+        # The replaced tree is the one the records give (writes moved it on from good_root).
         fixed = trees.tree(p)
-        assert fixed is not None and fixed.root == good_root, f"seed={seed}"
+        expected = mk.PartitionTree()
+        hashes = c.storage[victim].record_hashes
+        for segment in range(mk.SEGMENTS):
+            for _, h in hashes.segment(p, t.q, segment):
+                expected.toggle(segment, h)
+        assert fixed == expected and expected.root != 0, f"seed={seed}"
+        for other_p in trees.partitions():
+            assert other_p == p or trees.root(other_p) != 0, f"seed={seed}"
         assert await anti.compare(other, p, t.q) == 0, f"seed={seed}"
         assert anti.counters.partitions_differing == 1, f"seed={seed}: still differs"
         # The other peers' intact trees passed their checks.
@@ -441,3 +459,50 @@ async def test_the_scheduled_rebuild_replaces_a_corrupted_tree(
                 assert service(node).anti_entropy.counters.tree_mismatches == 0, f"seed={seed}"
         stats = c.nodes[victim].statistics()
         assert stats.anti_entropy_tree_mismatches == 1, f"seed={seed}: {stats}"
+
+
+def _same_segment_keys(q: int, count: int) -> list[str]:
+    """``count`` keys of one partition and one tree segment (found by search)."""
+    seen: dict[tuple[int, int], list[str]] = {}
+    i = 0
+    while True:
+        key = f"seg{i}"
+        digest = mk.key_digest(key.encode())
+        group = seen.setdefault((digest % q, mk.segment_of(digest)), [])
+        group.append(key)
+        if len(group) == count:
+            return group
+        i += 1
+
+
+async def test_a_segment_larger_than_a_reply_comes_over_several(
+    aeseed: int, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven keys of one segment, two to a reply: some only on one replica, some only on the
+    other, one with differing clocks. One compare finds and repairs every one, resuming the
+    segment after the last key of each reply, and counts the segment once."""
+    seed = aeseed
+    monkeypatch.setattr(ae, "KEYS_PER_REPLY", 2)
+    kv = KVConfig(sloppy_quorum=False, anti_entropy_interval=0)
+    async with kv_cluster(seed, kv=kv) as c:
+        t = table(c.nodes["n1"])
+        assert t is not None
+        keys = sorted(_same_segment_keys(t.q, 7))
+        a, b, _ = owners(c, keys[0])
+        for i, key in enumerate(keys):
+            clock = _clock({"k": key}, "seeded")
+            if i % 3 != 1:
+                c.storage[a].put_nowait(key, clock)
+            if i % 3 != 0:
+                c.storage[b].put_nowait(key, clock if i != 5 else _clock({"other": key}, "b"))
+        anti = service(c.nodes[a]).anti_entropy
+        p = partition_of(keys[0], t.q)
+        with trio.fail_after(60):
+            repaired = await anti.compare(b, p, t.q)
+            differing = [k for i, k in enumerate(keys) if i % 3 != 2 or i == 5]
+            assert repaired == len(differing), f"seed={seed}: {repaired} of {differing}"
+            assert anti.counters.segments_exchanged == 1, f"seed={seed}: {anti.counters}"
+            assert anti.counters.branches_exchanged == 1, f"seed={seed}: {anti.counters}"
+            assert await anti.compare(b, p, t.q) == 0, f"seed={seed}: not equal after one"
+        for key in keys:
+            assert await stored(c, a, key) == await stored(c, b, key), f"seed={seed}: {key}"

@@ -208,3 +208,37 @@ async def test_memory_and_log_engines_keep_equal_record_hashes(tmp_path: Path) -
     async with open_storage(tmp_path / "log") as eng:
         assert {k: eng.record_hashes.get(k) for k in log} == log
         assert len(eng.record_hashes) == 300
+
+
+async def test_a_quarantined_record_leaves_the_trees(tmp_path: Path) -> None:
+    """A record that fails its checksum when read back (the scheduled check reads every one) is
+    quarantined, and its hash leaves the record hashes and the trees with it."""
+    from gossipkv.storage import _log
+
+    async with open_storage(tmp_path / "log") as eng:
+        assert isinstance(eng, _log.LogEngine)
+        names = [f"key{i}" for i in range(50)]
+        for name in names:
+            await eng.put(name, _clock({"n": name}, "a"))
+        trees = eng.record_hashes.attach(Q)
+        while not eng.record_hashes.build_step(4096):
+            pass
+        victim = names[17]
+        loc = eng._keydir.get(victim)
+        assert loc is not None
+        seg, off, length = _log._seg_of(loc), _log._off_of(loc), _log._len_of(loc)
+        path = tmp_path / "log" / f"{seg:08d}.seg"
+        raw = bytearray(path.read_bytes())
+        raw[off + length - 1] ^= 0xFF  # the last byte of its value
+        path.write_bytes(bytes(raw))
+        read = [k async for k, _ in eng.records(names)]
+        assert victim not in read and len(read) == 49
+        assert eng.record_hashes.get(victim) is None
+        expected = {n: _dvv_bytes(_clock({"n": n}, "a")) for n in names if n != victim}
+        assert _same(trees, _scratch(expected))
+
+
+def _dvv_bytes(clock: Any) -> bytes:
+    from gossipkv.storage._base import DEFAULT_LIMITS, encode_clock
+
+    return encode_clock(clock, DEFAULT_LIMITS)
