@@ -24,6 +24,10 @@ data: it is *quarantined* (copied into ``quarantine/`` beside the segments, coun
 forgotten by the key directory, so the key reads as absent here and the data path repairs it from
 the other replicas), and the peer keeps serving.
 
+Beside the key directory it keeps each key's record hash (:mod:`gossipkv._merkle`, for the
+anti-entropy Merkle trees): set when a put is installed, dropped when a record is quarantined,
+and recomputed from the newest record of each key at recovery.
+
 All file I/O and fsync runs in worker threads (``trio.to_thread.run_sync``); the event loop only
 touches the in-memory key directory. Writers apply backpressure: at most ``max_pending_writes`` puts
 wait for the committer at once; more wait for a slot.

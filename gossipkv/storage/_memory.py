@@ -1,7 +1,8 @@
 """The in-memory storage engine: the embedded default when no data dir is given.
 
-Owns a dict of key -> (clock, canonical bytes). Nothing is durable: a restart loses everything,
-which is why every open draws a new incarnation (a replica that restarts empty never reuses a dot).
+Owns a dict of key -> (clock, canonical bytes), and each key's record hash for the anti-entropy
+Merkle trees. Nothing is durable: a restart loses everything, which is why every open draws a new
+incarnation (a replica that restarts empty never reuses a dot).
 """
 
 from __future__ import annotations
