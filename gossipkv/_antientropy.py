@@ -1,37 +1,54 @@
-"""Background anti-entropy: replicas of a partition compare digests and repair what differs.
+"""Background anti-entropy: replicas of a partition compare Merkle trees and repair what differs.
 
-Pattern: Anti-Entropy (Dynamo §4.7, Riak AAE), kept simple and bounded instead of a Merkle tree.
-Every ``anti_entropy_interval`` seconds (jittered) a peer takes the next partition it owns (round
-robin, from a random start) and one other reachable owner of it (the next one each sweep), and asks that owner for its digest of the partition:
-a blake2b over the partition's sorted ``(key, hash of the canonical clock bytes)`` pairs. Equal
-digests end the round. Otherwise the two exchange per-key hashes, a bounded page at a time, and for
-every key that differs or is missing on one side (at most ``MAX_REPAIRS_PER_ROUND`` a round) this
-peer fetches the owner's clock and stores it by ``sync``, then sends its own merged clock back
-(a ``ReplicaPut``, also a ``sync`` there): never an overwrite, never a new dot, so both replicas
-end with the same clock. It repairs what reads never touch: keys written while a replica was cut
-off, or everything a replica lost when it restarted empty.
+Pattern: Anti-Entropy with Merkle trees kept current on every write (Dynamo §4.7, Riak's TicTac
+AAE, :mod:`gossipkv._merkle`). Every ``anti_entropy_interval`` seconds (jittered) a peer takes
+the next partition it owns (round robin, from a random start) and one other reachable owner of it
+(the next one each sweep), and compares their trees top down: the root first (one small request:
+replicas in sync cost exactly that), then the 64 branch hashes, then the segment hashes of the
+branches that differ, then the keys and record hashes of the segments that differ. So k
+differing keys cost at most k branch and k segment exchanges, whatever the partition holds, and
+nothing is hashed or read from disk: the trees are in memory. For every key that differs or is
+missing on one side (at most ``MAX_REPAIRS_PER_ROUND`` a round) this peer fetches the owner's
+clock and stores it by ``sync``, then sends its own merged clock back (a ``ReplicaPut``, also a
+``sync`` there): never an overwrite, never a new dot, so both replicas end with the same clock.
+It repairs what reads never touch: keys written while a replica was cut off, or everything a
+replica lost when it restarted empty.
 
-The replica side answers :class:`~gossipkv._messages.PartitionDigest` and
-:class:`~gossipkv._messages.PartitionKeys` from a scan of the partition; a request naming a
-partition out of range or a partition count other than the table's gets a typed ``bad_request``.
+The trees are built from the storage engine's record hashes (which the log engine recomputes
+from the records on disk when it opens) once the partition count is known, and checked against
+the records read back from the store every ``anti_entropy_rebuild_interval`` seconds: a tree
+that disagrees (memory corruption, a bug) is logged, counted and replaced by the rebuilt one.
+
+The replica side answers :class:`~gossipkv._messages.TreeRoot`,
+:class:`~gossipkv._messages.TreeBranches`, :class:`~gossipkv._messages.TreeSegments` and
+:class:`~gossipkv._messages.TreeKeys` from its trees; a request naming a partition out of range,
+a partition count other than the table's, or branches or segments out of range, repeated, out
+of order or too many, gets a typed ``bad_request``.
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from . import _codec, _dvv
+from . import _dvv, _merkle
 from ._dvv import DVVSet, Sibling
 from ._errors import ClusterNotReady, GossipKVError, RemoteError, TransportError, Unavailable
-from ._messages import Message, PartitionDigest, PartitionKeys, PartitionState
+from ._merkle import BRANCHES, SEGMENTS, SEGMENTS_PER_BRANCH, MerkleTrees, PartitionTree
+from ._messages import (
+    Message,
+    TreeBranches,
+    TreeHashes,
+    TreeItems,
+    TreeKeys,
+    TreeRoot,
+    TreeSegments,
+)
 
 
 async def run_jittered(
@@ -61,53 +78,57 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipkv.antientropy")
 
 Clock = DVVSet[Sibling]
+_Reply = TypeVar("_Reply", TreeHashes, TreeItems)
 
-#: Keys per ``PartitionKeys`` page: with keys of at most 1 KiB and 16-byte hashes a page stays
-#: far below the frame limit, whatever the partition holds.
-KEYS_PER_PAGE = 512
+#: Segments one ``TreeKeys`` request may name (a replica refuses more with ``bad_request``).
+MAX_SEGMENTS_PER_REQUEST = 64
+#: Keys one ``TreeItems`` reply carries at most (with keys of at most 1 KiB, a reply stays far
+#: below the frame limit); a segment with more keys is sent over several replies.
+KEYS_PER_REPLY = 1024
 #: Keys repaired (fetched and pushed back) per round at most; the rest wait for a later round.
 MAX_REPAIRS_PER_ROUND = 128
-#: Pages one round reads at most from the other replica (a bound against a misbehaving peer).
-MAX_PAGES_PER_ROUND = 256
-#: A partition with more keys than this is hashed in a worker thread instead of on the loop.
-THREAD_HASH_THRESHOLD = 4096
-
-_HASH_BYTES = 16
+#: ``TreeKeys`` requests one round makes at most (a bound against a misbehaving peer).
+MAX_KEY_REQUESTS_PER_ROUND = 64
+#: Buckets of record hashes added to the trees between checkpoints while they are built
+#: (about 64/4096 of the keys: ~16k keys, a few tens of milliseconds, at 1M keys).
+BUILD_BUCKETS_PER_STEP = 64
 
 
 @dataclass(slots=True)
 class AntiEntropyCounters:
-    """What this peer's anti-entropy did (as :class:`~gossipkv.NodeStatistics` reports it)."""
+    """What this peer's anti-entropy did (as :class:`~gossipkv.NodeStatistics` reports it).
+
+    ``tree_roots_compared`` counts root comparisons (one per round in sync);
+    ``branches_exchanged`` the branches whose segment hashes were fetched (their hashes
+    differed); ``segments_exchanged`` the segments whose keys were fetched (their hashes
+    differed): with k differing keys both are at most k per partition compared.
+    ``trees_checked`` counts partition trees checked against the store by the scheduled rebuild,
+    ``tree_mismatches`` those found wrong (and replaced).
+    """
 
     rounds: int = 0
     partitions_compared: int = 0
     partitions_differing: int = 0
     keys_repaired: int = 0
     errors: int = 0
+    tree_roots_compared: int = 0
+    branches_exchanged: int = 0
+    segments_exchanged: int = 0
+    trees_checked: int = 0
+    tree_mismatches: int = 0
 
 
-def clock_hash(data: bytes) -> bytes:
-    """The per-key hash anti-entropy compares: blake2b of a clock's canonical CBOR."""
-    return hashlib.blake2b(data, digest_size=_HASH_BYTES).digest()
-
-
-def partition_digest(hashes: dict[str, bytes]) -> bytes:
-    """The digest of one partition over its sorted ``(key, clock hash)`` pairs (``b""``: empty)."""
-    if not hashes:
-        return b""
-    h = hashlib.blake2b(digest_size=_HASH_BYTES)
-    for key in sorted(hashes):
-        kb = key.encode("utf-8")
-        h.update(len(kb).to_bytes(4, "big") + kb + hashes[key])
-    return h.digest()
-
-
-def _encode(clock: Clock) -> bytes:
-    return _codec.dumps_canonical(_dvv.clock_to_plain(clock))
-
-
-def _hash_all(items: list[tuple[str, Clock | bytes]]) -> dict[str, bytes]:
-    return {k: clock_hash(v if isinstance(v, bytes) else _encode(v)) for k, v in items}
+def _strictly_ascending(ids: tuple[int, ...], limit: int, most: int, what: str) -> None:
+    if not 1 <= len(ids) <= most:
+        raise RemoteError("bad_request", f"ask for 1..{most} {what}, not {len(ids)}")
+    previous = -1
+    for i in ids:
+        if not previous < i < limit:
+            raise RemoteError(
+                "bad_request",
+                f"{what} must be strictly ascending numbers in 0..{limit - 1}, got {list(ids)}",
+            )
+        previous = i
 
 
 class AntiEntropy:
@@ -122,19 +143,88 @@ class AntiEntropy:
         self._kv = service
         self._rng = rng
         self._cursor: int | None = None
-        #: The listing being paged through: ``(partition, q, taken at, hashes, sorted keys)``. A first page
-        #: takes a fresh one; later pages reuse it (one snapshot per listing, not one per page).
-        self._listing: tuple[int, int, float, dict[str, bytes], list[str]] | None = None
         self.counters = AntiEntropyCounters()
+
+    # --- the trees -----------------------------------------------------------------------------
+
+    async def trees(self, q: int) -> MerkleTrees:
+        """This peer's trees for partition count ``q``, built first if needed (from the record
+        hashes in memory, a checkpoint every :data:`BUILD_BUCKETS_PER_STEP` buckets)."""
+        hashes = self._kv.storage.record_hashes
+        while True:
+            trees = hashes.trees
+            if trees is None or trees.q != q:
+                trees = hashes.attach(q)
+            if trees.ready:
+                return trees
+            hashes.build_step(BUILD_BUCKETS_PER_STEP)
+            await trio.lowlevel.checkpoint()
+
+    async def check_trees(self) -> int:
+        """Rebuild every partition tree from the records read back from the store and replace
+        any live tree that disagrees (logged and counted in ``tree_mismatches``).
+
+        Returns:
+          The partitions whose trees were wrong.
+        """
+        table = self._kv._table()
+        if table is None or not table.owners:
+            return 0
+        q = table.q
+        trees = await self.trees(q)
+        storage = self._kv.storage
+        hashes = storage.record_hashes
+        # One pass over the keys to group them by partition (a scan per partition would walk
+        # every key once per partition).
+        listed: dict[int, list[str]] = {p: [] for p in trees.partitions()}
+        for segment in range(_merkle.SEGMENTS):
+            for key in hashes.bucket(segment):
+                listed.setdefault(_merkle.key_digest(key.encode("utf-8")) % q, []).append(key)
+            if segment % BUILD_BUCKETS_PER_STEP == 0:
+                await trio.lowlevel.checkpoint()
+        wrong = 0
+        for partition, keys in sorted(listed.items()):
+            trees.begin_check(partition)
+            fresh: dict[str, int] = {}
+            try:
+                async for key, data in storage.records(keys):
+                    fresh[key] = _merkle.record_hash(key.encode("utf-8"), data)
+            except BaseException:
+                trees.abandon_check(partition)
+                raise
+            if hashes.trees is not trees:
+                return wrong  # the trees were replaced meanwhile (another partition count)
+            self.counters.trees_checked += 1
+            if trees.finish_check(partition, fresh, hashes, listed=keys):
+                wrong += 1
+                self.counters.tree_mismatches += 1
+                log.warning(
+                    "the Merkle tree of partition %d disagreed with the store; replaced by "
+                    "the rebuilt one",
+                    partition,
+                )
+        return wrong
 
     # --- the asking side -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Compare one partition with another owner every interval, until cancelled (or return
-        at once when ``anti_entropy_interval`` is 0)."""
-        await run_jittered(
-            self._kv.config.anti_entropy_interval, self._rng, self.round, self._round_failed
-        )
+        """Compare one partition with another owner every interval, and check the trees every
+        ``anti_entropy_rebuild_interval``, until cancelled (or return at once when
+        ``anti_entropy_interval`` is 0)."""
+        config = self._kv.config
+        if config.anti_entropy_interval <= 0:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                run_jittered,
+                config.anti_entropy_rebuild_interval,
+                self._rng,
+                self.check_trees,
+                self._round_failed,
+            )
+            await run_jittered(
+                config.anti_entropy_interval, self._rng, self.round, self._round_failed
+            )
 
     def _round_failed(self, exc: GossipKVError) -> None:
         self.counters.errors += 1
@@ -171,47 +261,38 @@ class AntiEntropy:
         await self.compare(peer, partition, table.q)
 
     async def compare(self, peer: str, partition: int, q: int) -> int:
-        """Compare ``partition`` with ``peer`` and repair what differs, both ways.
+        """Compare ``partition`` with ``peer`` tree level by tree level and repair what differs,
+        both ways.
 
         Returns:
-          The keys exchanged (0 when the digests agree).
+          The keys exchanged (0 when the roots agree).
 
         Raises:
-          GossipKVError: ``peer`` failed or did not answer in time.
+          GossipKVError: ``peer`` failed, did not answer in time, or answered nonsense.
         """
-        mine = await self.key_hashes(partition, q)
-        reply = await self._ask(peer, PartitionDigest(partition, q))
+        trees = await self.trees(q)
+        root = await self._hashes(peer, TreeRoot(partition, q), 1)
+        self.counters.tree_roots_compared += 1
         self.counters.partitions_compared += 1
-        if reply.digest == partition_digest(mine):
+        if root[0] == trees.root(partition):
             return 0
         self.counters.partitions_differing += 1
-        differing: list[str] = []
-        theirs_seen: set[str] = set()
-        after = ""
-        complete = False
-        for _ in range(MAX_PAGES_PER_ROUND):
-            page = await self._ask(peer, PartitionKeys(partition, q, after, KEYS_PER_PAGE))
-            if len(page.keys) != len(page.hashes):
-                raise Unavailable(
-                    f"{peer} sent {len(page.keys)} keys but {len(page.hashes)} hashes"
-                )
-            for key, digest in zip(page.keys, page.hashes, strict=True):
-                if key <= after or _dvv.partition_of(key, q) != partition:
-                    raise Unavailable(f"{peer} sent key {key!r} out of order or partition")
-                after = key
-                theirs_seen.add(key)
-                if mine.get(key) != digest:
-                    differing.append(key)
-            if not page.more:
-                complete = True
-                break
-            if not page.keys or len(differing) >= MAX_REPAIRS_PER_ROUND:
-                break
-        # Keys only this peer holds: every one when the listing was complete, else those in the
-        # range already listed.
-        differing.extend(
-            k for k in sorted(mine) if k not in theirs_seen and (complete or k <= after)
+        theirs = await self._hashes(peer, TreeBranches(partition, q), BRANCHES)
+        mine = trees.tree(partition) or PartitionTree()
+        branches = _merkle.differing(mine.branches, theirs)
+        if not branches:
+            return 0  # the root changed under us: the next round looks again
+        segments: list[int] = []
+        theirs = await self._hashes(
+            peer, TreeSegments(partition, q, tuple(branches)), len(branches) * SEGMENTS_PER_BRANCH
         )
+        self.counters.branches_exchanged += len(branches)
+        mine = trees.tree(partition) or PartitionTree()
+        for i, branch in enumerate(branches):
+            got = theirs[i * SEGMENTS_PER_BRANCH : (i + 1) * SEGMENTS_PER_BRANCH]
+            base = branch * SEGMENTS_PER_BRANCH
+            segments.extend(base + s for s in _merkle.differing(mine.branch_segments(branch), got))
+        differing = await self._differing_keys(peer, partition, q, segments)
         repaired = 0
         for key in differing[:MAX_REPAIRS_PER_ROUND]:
             try:
@@ -226,6 +307,59 @@ class AntiEntropy:
             self.counters.keys_repaired += 1
         return repaired
 
+    async def _differing_keys(
+        self, peer: str, partition: int, q: int, segments: list[int]
+    ) -> list[str]:
+        """The keys of ``segments`` whose record hashes differ between here and ``peer`` (or that
+        only one side holds), up to about :data:`MAX_REPAIRS_PER_ROUND`."""
+        hashes = self._kv.storage.record_hashes
+        out: list[str] = []
+        seen: set[int] = set()
+        pending = segments
+        after = ""
+        for _ in range(MAX_KEY_REQUESTS_PER_ROUND):
+            if not pending or len(out) >= MAX_REPAIRS_PER_ROUND:
+                break
+            asked = tuple(pending[:MAX_SEGMENTS_PER_REQUEST])
+            reply = await self._ask(peer, TreeKeys(partition, q, asked, after), TreeItems)
+            try:
+                got = _merkle.unpack(reply.hashes)
+            except ValueError as exc:
+                raise Unavailable(f"{peer} sent bad hashes: {exc}") from exc
+            if len(got) != len(reply.keys) or not 0 <= reply.done <= len(asked):
+                raise Unavailable(f"{peer} sent a malformed {reply.TAG}")
+            if reply.done == 0 and not reply.keys:
+                raise Unavailable(f"{peer} sent no progress on segment {asked[0]}")
+            # Complete segments, plus the first one when only part of it came.
+            answered = asked[: max(reply.done, 1)]
+            theirs: dict[int, dict[str, int]] = {s: {} for s in answered}
+            for key, h in zip(reply.keys, got, strict=True):
+                digest = _merkle.key_digest(key.encode("utf-8"))
+                there = theirs.get(_merkle.segment_of(digest))
+                if digest % q != partition or there is None or key in there:
+                    raise Unavailable(f"{peer} sent key {key!r} outside the segments asked")
+                there[key] = h
+            # When only part of the first segment came, its keys are compared up to the last
+            # one sent (keys come sorted within a segment), and the next request resumes there.
+            last = reply.keys[-1] if reply.done == 0 else ""
+            for i, segment in enumerate(answered):
+                since = after if i == 0 else ""
+                upto = last if reply.done == 0 else None
+                ours = {
+                    k: h
+                    for k, h in hashes.segment(partition, q, segment)
+                    if k > since and (upto is None or k <= upto)
+                }
+                there = theirs[segment]
+                out.extend(
+                    sorted(k for k in ours.keys() | there.keys() if ours.get(k) != there.get(k))
+                )
+            seen.update(answered)
+            pending = pending[reply.done :]
+            after = last
+        self.counters.segments_exchanged += len(seen)
+        return out
+
     async def _repair(self, peer: str, key: str) -> None:
         """Fetch ``peer``'s clock of ``key`` and ``sync`` it here, then send ours back to it."""
         kv = self._kv
@@ -236,25 +370,36 @@ class AntiEntropy:
         if ours is not None and (theirs is None or not _dvv.equal(ours, theirs)):
             await kv._replica_put(peer, key, ours, "")
 
-    async def _ask(self, peer: str, message: Message) -> PartitionState:
+    async def _hashes(self, peer: str, message: Message, count: int) -> list[int]:
+        reply = await self._ask(peer, message, TreeHashes)
+        try:
+            got = _merkle.unpack(reply.hashes)
+        except ValueError as exc:
+            raise Unavailable(f"{peer} sent bad hashes: {exc}") from exc
+        if len(got) != count:
+            raise Unavailable(f"{peer} sent {len(got)} hashes for {message.TAG}, not {count}")
+        return got
+
+    async def _ask(self, peer: str, message: Message, expected: type[_Reply]) -> _Reply:
         with trio.move_on_after(self._kv.config.replica_timeout):
             reply = await self._kv._send(peer, message)
-            if not isinstance(reply, PartitionState):
+            if not isinstance(reply, expected):
                 raise Unavailable(f"unexpected reply {reply.TAG} from {peer}")
             return reply
         raise TransportError(f"{peer} did not answer {message.TAG} in time")
 
     # --- the answering side --------------------------------------------------------------------
 
-    async def handle(self, message: Message) -> PartitionState:
-        """Answer a digest or a page of per-key hashes of one partition.
+    async def handle(self, message: Message) -> TreeHashes | TreeItems:
+        """Answer a request for one level of a partition's tree, or for keys of its segments.
 
         Raises:
-          RemoteError: ``bad_request`` for a partition out of range or a partition count other
-            than the table's; ``unsupported`` for any other message.
+          RemoteError: ``bad_request`` for a partition out of range, a partition count other
+            than the table's, or branches or segments out of range, unordered or too many;
+            ``unsupported`` for any other message.
           ClusterNotReady: no partition table yet.
         """
-        if not isinstance(message, (PartitionDigest, PartitionKeys)):
+        if not isinstance(message, (TreeRoot, TreeBranches, TreeSegments, TreeKeys)):
             raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
         table = self._kv._table()
         if table is None or not table.owners:
@@ -265,43 +410,36 @@ class AntiEntropy:
             raise RemoteError(
                 "bad_request", f"partition {message.partition} is not in 0..{table.q - 1}"
             )
-        if isinstance(message, PartitionDigest):
-            hashes = await self.key_hashes(message.partition, table.q)
-            return PartitionState(digest=partition_digest(hashes))
-        hashes, keys = await self._listing_for(message.partition, table.q, fresh=not message.after)
-        limit = min(message.limit, KEYS_PER_PAGE) if message.limit > 0 else KEYS_PER_PAGE
-        start = bisect.bisect_right(keys, message.after)
-        page = keys[start : start + limit]
-        return PartitionState(
-            keys=tuple(page), hashes=tuple(hashes[k] for k in page), more=start + limit < len(keys)
-        )
+        if isinstance(message, TreeSegments):
+            _strictly_ascending(message.branches, BRANCHES, BRANCHES, "branches")
+        elif isinstance(message, TreeKeys):
+            _strictly_ascending(message.segments, SEGMENTS, MAX_SEGMENTS_PER_REQUEST, "segments")
+        trees = await self.trees(table.q)
+        if isinstance(message, TreeKeys):
+            return self._keys(message)
+        tree = trees.tree(message.partition) or PartitionTree()
+        if isinstance(message, TreeRoot):
+            return TreeHashes(_merkle.pack([tree.root]))
+        if isinstance(message, TreeBranches):
+            return TreeHashes(_merkle.pack(tree.branches))
+        return TreeHashes(b"".join(_merkle.pack(tree.branch_segments(b)) for b in message.branches))
 
-    async def _listing_for(
-        self, partition: int, q: int, *, fresh: bool
-    ) -> tuple[dict[str, bytes], list[str]]:
-        now = trio.current_time()
-        held = self._listing
-        max_age = self._kv.config.replica_timeout * MAX_PAGES_PER_ROUND
-        if fresh or held is None or held[:2] != (partition, q) or now - held[2] > max_age:
-            hashes = await self.key_hashes(partition, q)
-            keys = sorted(hashes)
-            self._listing = (partition, q, now, hashes, keys)
-            return hashes, keys
-        return held[3], held[4]
-
-    async def key_hashes(self, partition: int, q: int) -> dict[str, bytes]:
-        """Every key this replica holds in ``partition``, with the hash of its clock."""
-        storage = self._kv.storage
-        items: list[tuple[str, Clock | bytes]] = []
-        async for key, clock in storage.scan(partition, q):
-            if not clock.entries and not clock.anonymous:
-                continue  # an empty clock holds nothing to repair
-            found = storage.encoded_nowait(key) if storage.nowait else None
-            items.append((key, found[1] if found is not None and found[0] is clock else clock))
-        if len(items) > THREAD_HASH_THRESHOLD:
-            return await trio.to_thread.run_sync(_hash_all, items)
-        out: dict[str, bytes] = {}
-        for i in range(0, len(items), 256):
-            out.update(_hash_all(items[i : i + 256]))
-            await trio.lowlevel.checkpoint()
-        return out
+    def _keys(self, message: TreeKeys) -> TreeItems:
+        hashes = self._kv.storage.record_hashes
+        keys: list[str] = []
+        values: list[int] = []
+        done = 0
+        for i, segment in enumerate(message.segments):
+            items = sorted(hashes.segment(message.partition, message.q, segment))
+            if i == 0 and message.after:
+                items = [kv for kv in items if kv[0] > message.after]
+            room = KEYS_PER_REPLY - len(keys)
+            if len(items) > room:
+                if i == 0:  # a segment larger than a reply: send what fits, the rest later
+                    keys.extend(k for k, _ in items[:room])
+                    values.extend(h for _, h in items[:room])
+                break
+            keys.extend(k for k, _ in items)
+            values.extend(h for _, h in items)
+            done += 1
+        return TreeItems(keys=tuple(keys), hashes=_merkle.pack(values), done=done)

@@ -9,7 +9,8 @@ of its partition in a ``ReplicaPut``: a ``sync`` there, never an overwrite, neve
 most ``MAX_KEYS_PER_ROUND`` keys a round; a partition is resumed where the last round stopped.
 
 A partition handed off completely is remembered with its owner list and the digest of what this
-peer holds of it (``Storage.partition_hashes``), so it is not sent again until either changes (a
+peer holds of it (the root of its anti-entropy Merkle tree, kept current on every write, so a
+round reads nothing to find what changed), so it is not sent again until either changes (a
 new table, or a late write or a stand-in's hinted write stored here). Local copies are kept: the
 engines have no delete, so a former owner keeps them although reads no longer ask it (a known
 limit).
@@ -95,7 +96,10 @@ class OwnershipHandoff:
             return 0  # nothing was stored here and the table is the same: nothing new to send
         self.counters.rounds += 1
         me = kv.node_id
-        digests = await kv.storage.partition_hashes(table.q)
+        trees = await kv.anti_entropy.trees(table.q)
+        digests = {
+            p: trees.root(p).to_bytes(8, "big") for p in trees.partitions() if trees.root(p)
+        }
         reachable = kv._reachable()
         failed: set[str] = set()  # owners that timed out this round: no partition waits on them
         budget = MAX_KEYS_PER_ROUND

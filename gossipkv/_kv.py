@@ -107,6 +107,10 @@ class KVConfig:
         one partition this peer owns with one other owner and repairs what differs. Partitions a
         new table gives this peer are pulled from their other owners at once (every
         ``handoff_interval``), not a round at a time. 0 disables both.
+      anti_entropy_rebuild_interval: seconds (jittered) between checks of the anti-entropy
+        Merkle trees against the records read back from the store (every key is read once a
+        check); a tree that disagrees is logged, counted and replaced. 0 disables the checks
+        (as does an ``anti_entropy_interval`` of 0).
       ownership_handoff_interval: seconds (jittered) between ownership handoff rounds; each round
         sends a bounded batch of the keys this peer holds for partitions it no longer owns to
         their current owners (by ``sync``). 0 disables it.
@@ -130,6 +134,7 @@ class KVConfig:
     #: writes are silently lost; a Jepsen-style test uses it as the control that must show losses.
     last_write_wins: bool = False
     anti_entropy_interval: float = 10.0
+    anti_entropy_rebuild_interval: float = 4 * 3600.0
     ownership_handoff_interval: float = 5.0
     max_inflight_bytes: int = 64 * 1024 * 1024
 
@@ -145,6 +150,10 @@ class KVConfig:
             raise ValueError("timeouts must be > 0")
         if self.anti_entropy_interval < 0:
             raise ValueError("anti_entropy_interval must be >= 0 (0 disables anti-entropy)")
+        if self.anti_entropy_rebuild_interval < 0:
+            raise ValueError(
+                "anti_entropy_rebuild_interval must be >= 0 (0 disables the tree checks)"
+            )
         if self.ownership_handoff_interval < 0:
             raise ValueError(
                 "ownership_handoff_interval must be >= 0 (0 disables ownership handoff)"

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import ClassVar, NamedTuple
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class Kind(enum.IntEnum):
@@ -320,37 +320,68 @@ class Reply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PartitionDigest(Message):
-    """Ask a replica for its digest of one partition; ``q`` is the asker's partition count (a
-    replica whose table has another count refuses with ``bad_request``)."""
+class TreeRoot(Message):
+    """Ask a replica for the root hash of its Merkle tree of one partition; ``q`` is the asker's
+    partition count (a replica whose table has another count refuses with ``bad_request``)."""
 
-    TAG: ClassVar[str] = "partition_digest"
+    TAG: ClassVar[str] = "tree_root"
     partition: int
     q: int
 
 
 @dataclass(frozen=True, slots=True)
-class PartitionKeys(Message):
-    """Ask a replica for one page of per-key clock hashes of a partition: the keys after
-    ``after`` in sorted order, at most ``limit`` (capped by the replica's page size)."""
+class TreeBranches(Message):
+    """Ask a replica for the branch hashes of its tree of one partition (all of them)."""
 
-    TAG: ClassVar[str] = "partition_keys"
+    TAG: ClassVar[str] = "tree_branches"
     partition: int
     q: int
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSegments(Message):
+    """Ask a replica for the segment hashes of some ``branches`` of one partition's tree
+    (strictly ascending branch numbers, at least one)."""
+
+    TAG: ClassVar[str] = "tree_segments"
+    partition: int
+    q: int
+    branches: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHashes(Message):
+    """The answer to ``TreeRoot``, ``TreeBranches`` or ``TreeSegments``: the hashes asked for,
+    in order, as concatenated 8-byte big-endian words."""
+
+    TAG: ClassVar[str] = "tree_hashes"
+    hashes: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeKeys(Message):
+    """Ask a replica for the keys and record hashes of some ``segments`` of one partition
+    (strictly ascending segment numbers, at least one, at most the replica's limit); ``after``
+    resumes the first segment after that key."""
+
+    TAG: ClassVar[str] = "tree_keys"
+    partition: int
+    q: int
+    segments: tuple[int, ...] = ()
     after: str = ""
-    limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class PartitionState(Message):
-    """The answer to ``PartitionDigest`` (``digest``, ``b""`` for an empty partition) or to
-    ``PartitionKeys`` (``keys`` with their ``hashes``, ``more`` when later keys remain)."""
+class TreeItems(Message):
+    """The answer to ``TreeKeys``: ``keys`` (by segment in the order asked, sorted within one)
+    with their record ``hashes`` (8 bytes each, concatenated); ``done`` leading segments are
+    complete, and when ``done`` is less than asked, the keys of the next one stop early (ask
+    again from ``done``, after the last key sent)."""
 
-    TAG: ClassVar[str] = "partition_state"
-    digest: bytes = b""
+    TAG: ClassVar[str] = "tree_items"
     keys: tuple[str, ...] = ()
-    hashes: tuple[bytes, ...] = ()
-    more: bool = False
+    hashes: bytes = b""
+    done: int = 0
 
 
 # --- transfers (partitions moving to their new owners) ----------------------------------------
@@ -411,9 +442,12 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ReplicaState,
         WatchRequest,
         WatchEvent,
-        PartitionDigest,
-        PartitionKeys,
-        PartitionState,
+        TreeRoot,
+        TreeBranches,
+        TreeSegments,
+        TreeHashes,
+        TreeKeys,
+        TreeItems,
         PartitionFetch,
         PartitionItems,
     )

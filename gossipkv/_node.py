@@ -56,9 +56,7 @@ from ._messages import (
     MembersRequest,
     Message,
     OwnersRequest,
-    PartitionDigest,
     PartitionFetch,
-    PartitionKeys,
     RemoveRequest,
     RepairRequest,
     ReplaceRequest,
@@ -71,6 +69,10 @@ from ._messages import (
     StatsRequest,
     Syn,
     SynAck,
+    TreeBranches,
+    TreeKeys,
+    TreeRoot,
+    TreeSegments,
     WatchEvent,
     WatchRequest,
 )
@@ -152,12 +154,22 @@ class NodeStatistics:
       kv_errors: failed replica calls, repairs and handoffs, by exception name.
       storage_keys: keys in this node's replica.
       anti_entropy_rounds: anti-entropy rounds this node started (one partition, one other owner).
-      anti_entropy_partitions_compared: partition digests compared with another owner.
-      anti_entropy_partitions_differing: compared partitions whose digests differed.
+      anti_entropy_partitions_compared: partitions compared with another owner (by their
+        Merkle tree roots).
+      anti_entropy_partitions_differing: compared partitions whose roots differed.
       anti_entropy_keys_repaired: keys whose clocks differed and were exchanged (both ways, by
         ``sync``) by this node's anti-entropy.
       anti_entropy_errors: anti-entropy rounds or key repairs that failed (kinds in
         ``kv_errors``).
+      anti_entropy_tree_roots_compared: Merkle tree roots compared (one per partition pair in
+        sync).
+      anti_entropy_branches_exchanged: tree branches whose segment hashes were fetched (their
+        hashes differed).
+      anti_entropy_segments_exchanged: tree segments whose keys were fetched (their hashes
+        differed); with k differing keys at most k per partition compared.
+      anti_entropy_trees_checked: partition trees checked against the store by the scheduled
+        rebuild (``anti_entropy_rebuild_interval``).
+      anti_entropy_tree_mismatches: checked trees that disagreed with the store (replaced).
       ownership_handoff_rounds: ownership handoff rounds that looked for keys to send.
       ownership_handoff_partitions: partitions this node no longer owns whose keys it sent
         completely to their current owners.
@@ -234,6 +246,11 @@ class NodeStatistics:
     anti_entropy_partitions_differing: int = 0
     anti_entropy_keys_repaired: int = 0
     anti_entropy_errors: int = 0
+    anti_entropy_tree_roots_compared: int = 0
+    anti_entropy_branches_exchanged: int = 0
+    anti_entropy_segments_exchanged: int = 0
+    anti_entropy_trees_checked: int = 0
+    anti_entropy_tree_mismatches: int = 0
     ownership_handoff_rounds: int = 0
     ownership_handoff_partitions: int = 0
     ownership_handoff_keys: int = 0
@@ -719,6 +736,11 @@ class Node:
             anti_entropy_partitions_differing=kv.anti_entropy.counters.partitions_differing,
             anti_entropy_keys_repaired=kv.anti_entropy.counters.keys_repaired,
             anti_entropy_errors=kv.anti_entropy.counters.errors,
+            anti_entropy_tree_roots_compared=kv.anti_entropy.counters.tree_roots_compared,
+            anti_entropy_branches_exchanged=kv.anti_entropy.counters.branches_exchanged,
+            anti_entropy_segments_exchanged=kv.anti_entropy.counters.segments_exchanged,
+            anti_entropy_trees_checked=kv.anti_entropy.counters.trees_checked,
+            anti_entropy_tree_mismatches=kv.anti_entropy.counters.tree_mismatches,
             ownership_handoff_rounds=kv.ownership_handoff.counters.rounds,
             ownership_handoff_partitions=kv.ownership_handoff.counters.partitions_handed_off,
             ownership_handoff_keys=kv.ownership_handoff.counters.keys_sent,
@@ -1700,7 +1722,7 @@ class Node:
                 raise
             except GossipKVError as exc:
                 raise RemoteError(error_code(exc), str(exc)) from exc
-        if isinstance(message, (PartitionDigest, PartitionKeys)):
+        if isinstance(message, (TreeRoot, TreeBranches, TreeSegments, TreeKeys)):
             try:
                 return await self._service().anti_entropy.handle(message)
             except RemoteError:
@@ -1792,8 +1814,10 @@ _MEMBER_ONLY = (
     Shutdown,
     ReplicaGet,
     ReplicaPut,
-    PartitionDigest,
-    PartitionKeys,
+    TreeBranches,
+    TreeKeys,
+    TreeRoot,
+    TreeSegments,
     PartitionFetch,
     ReplaceRequest,
 )

@@ -64,7 +64,7 @@ class Transfer:
     partition: int
     source: str
     #: A full pull streams every key; otherwise the partition is compared with the source by
-    #: digest and only what differs moves (anti-entropy's exchange, until they agree).
+    #: Merkle tree and only what differs moves (anti-entropy's exchange, until they agree).
     full: bool = True
     cursor: str = ""
     keys_done: int = 0

@@ -27,6 +27,7 @@ from gossipkv._errors import (
     ValueTooDeep,
     ValueTooLarge,
 )
+from gossipkv._merkle import RecordHashes
 
 #: The clock a replica stores for one key.
 Clock = DVVSet[Sibling]
@@ -163,6 +164,11 @@ class StorageEngine(abc.ABC):
     #: replica (or one that lost its disk) never reuses a dot.
     incarnation: int
 
+    #: The record hash of every stored key (:mod:`gossipkv._merkle`), kept in memory beside the
+    #: key index and changed exactly where it changes (every put, quarantine, recovery), so the
+    #: Merkle trees anti-entropy compares follow every write path without a read.
+    record_hashes: RecordHashes
+
     #: Called with a key whose stored record was unreadable and has been quarantined (moved
     #: aside and forgotten: the key now reads as absent here). The data path sets it to repair
     #: the key from the other replicas. It must not block.
@@ -239,6 +245,15 @@ class StorageEngine(abc.ABC):
 
         Engines with an index override it; this default scans."""
         return sorted([key async for key, _ in self.scan(partition, partitions)])
+
+    async def records(self, keys: list[str]) -> AsyncIterator[tuple[str, bytes]]:
+        """The stored canonical clock bytes of each of ``keys`` still stored, read back from the
+        store (keys not stored are skipped; an unreadable record is quarantined and skipped).
+        The Merkle tree checks hash them. Engines override it to read in batches."""
+        for key in keys:
+            clock = await self.get(key)
+            if clock is not None:
+                yield key, dumps_canonical(_dvv.clock_to_plain(clock))
 
     @abc.abstractmethod
     def scan(self, partition: int, partitions: int) -> AsyncIterator[tuple[str, Clock]]:

@@ -24,6 +24,10 @@ data: it is *quarantined* (copied into ``quarantine/`` beside the segments, coun
 forgotten by the key directory, so the key reads as absent here and the data path repairs it from
 the other replicas), and the peer keeps serving.
 
+Beside the key directory it keeps each key's record hash (:mod:`gossipkv._merkle`, for the
+anti-entropy Merkle trees): set when a put is installed, dropped when a record is quarantined,
+and recomputed from the newest record of each key at recovery.
+
 All file I/O and fsync runs in worker threads (``trio.to_thread.run_sync``); the event loop only
 touches the in-memory key directory. Writers apply backpressure: at most ``max_pending_writes`` puts
 wait for the committer at once; more wait for a slot.
@@ -54,6 +58,7 @@ from gossipkv._errors import (
     StorageError,
     StorageFull,
 )
+from gossipkv._merkle import RecordHashes, record_hash
 
 from ._base import (
     DEFAULT_LIMITS,
@@ -366,6 +371,7 @@ class _Batch:
     kbs: list[bytes] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
+    hashes: list[int] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
     roll: bool = False
@@ -383,6 +389,7 @@ class _Reads:
 @dataclass
 class _Recovered:
     keydir: KeyDir
+    record_hashes: RecordHashes
     seg_bytes: dict[int, int]
     seg_records: dict[int, int]
     max_seq: int
@@ -418,6 +425,7 @@ class LogEngine(StorageEngine):
         self.incarnation = int.from_bytes(os.urandom(8), "big")
         self._lock_fd: int | None = None
         self._keydir = KeyDir()
+        self.record_hashes = RecordHashes()
         self._seg_bytes: dict[int, int] = {}
         self._seg_live: dict[int, int] = {}
         self._seg_records: dict[int, int] = {}
@@ -495,6 +503,7 @@ class LogEngine(StorageEngine):
             os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
             rec = self._recover_sync()
             self._keydir = rec.keydir
+            self.record_hashes = rec.record_hashes
             self._seg_bytes = rec.seg_bytes
             self._seg_records = rec.seg_records
             self._seq = rec.max_seq + 1
@@ -526,6 +535,9 @@ class LogEngine(StorageEngine):
         segs = sorted(int(p.name[: -len(_SEG_SUFFIX)]) for p in path.glob(f"*{_SEG_SUFFIX}"))
         keydir = KeyDir()
         shards = keydir.shards
+        # The record hashes are rebuilt from the records themselves (the segment is in memory
+        # for its checksum anyway), never trusted from a hint file.
+        record_hashes = RecordHashes()
         seg_bytes: dict[int, int] = {}
         seg_records: dict[int, int] = {}
         corrupt = torn = hints = 0
@@ -576,10 +588,13 @@ class LogEngine(StorageEngine):
                 shard = shards[hash(key) & _SHARD_MASK]
                 if loc > shard.get(key, 0):
                     shard[key] = loc
+                    value = data[off + HEADER_SIZE + len(kb) : off + length]
+                    record_hashes.set(key, record_hash(kb, value), kb)
                 if seq > max_seq:
                     max_seq = seq
         return _Recovered(
             keydir,
+            record_hashes,
             seg_bytes,
             seg_records,
             max_seq,
@@ -680,6 +695,7 @@ class LogEngine(StorageEngine):
             batch.kbs.append(kb)
             batch.seqs.append(seq)
             batch.records.append(encode_record(seq, kb, value))
+            batch.hashes.append(record_hash(kb, value))
             self._has_work.set()
             await batch.done.wait()
         finally:
@@ -849,7 +865,7 @@ class LogEngine(StorageEngine):
                 self._batches += 1
                 self._batched += n
                 self._max_batch = max(self._max_batch, n)
-                self._install(batch.keys, locs)
+                self._install(batch.keys, locs, batch.kbs, batch.hashes)
                 crc, hint, pack = self._active_crc, self._active_hint, _HINT_ENTRY.pack
                 for rec, kb, seq, loc in zip(
                     batch.records, batch.kbs, batch.seqs, locs, strict=True
@@ -864,10 +880,14 @@ class LogEngine(StorageEngine):
             batch.done.set()
             done.set()
 
-    def _install(self, keys: list[str], locs: list[int]) -> None:
+    def _install(
+        self, keys: list[str], locs: list[int], kbs: list[bytes], hashes: list[int]
+    ) -> None:
         shards, live = self._keydir.shards, self._seg_live
         seg_bytes, seg_records = self._seg_bytes, self._seg_records
-        for key, loc in zip(keys, locs, strict=True):
+        set_hash = self.record_hashes.set
+        for key, loc, kb, h in zip(keys, locs, kbs, hashes, strict=True):
+            set_hash(key, h, kb)
             shard = shards[hash(key) & _SHARD_MASK]
             old = shard.get(key)
             if old is not None:
@@ -930,6 +950,7 @@ class LogEngine(StorageEngine):
         if self._keydir.get(key) != loc:
             return  # superseded by a newer write: nothing to forget
         del self._keydir.shards[hash(key) & _SHARD_MASK][key]
+        self.record_hashes.discard(key)
         self._seg_live[seg] = self._seg_live.get(seg, 0) - _len_of(loc)
         self._quarantined += 1
         _log.warning("quarantined the unreadable record of %r: %s; copy %s", key, reason, kept)
@@ -1058,6 +1079,18 @@ class LogEngine(StorageEngine):
                 clock = await self._decoded(key, loc, raw)
                 if clock is not None:
                     yield key, clock
+
+    async def records(self, keys: list[str]) -> AsyncIterator[tuple[str, bytes]]:
+        self._check_usable()
+        for i in range(0, len(keys), 256):
+            chunk = [(k, self._keydir.get(k)) for k in keys[i : i + 256]]
+            present = [(k, loc) for k, loc in chunk if loc is not None]
+            raws = await self._read_many([loc for _, loc in present])
+            for (key, loc), raw in zip(present, raws, strict=True):
+                if isinstance(raw, _Unreadable):
+                    await self._quarantine(key, loc, raw.reason)
+                else:
+                    yield key, raw
 
     async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
         self._check_usable()

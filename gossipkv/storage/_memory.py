@@ -1,7 +1,8 @@
 """The in-memory storage engine: the embedded default when no data dir is given.
 
-Owns a dict of key -> (clock, canonical bytes). Nothing is durable: a restart loses everything,
-which is why every open draws a new incarnation (a replica that restarts empty never reuses a dot).
+Owns a dict of key -> (clock, canonical bytes), and each key's record hash for the anti-entropy
+Merkle trees. Nothing is durable: a restart loses everything, which is why every open draws a new
+incarnation (a replica that restarts empty never reuses a dot).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import trio
 
 from gossipkv import _dvv
 from gossipkv._errors import StorageClosed
+from gossipkv._merkle import RecordHashes, record_hash
 
 from ._base import (
     DEFAULT_LIMITS,
@@ -40,6 +42,7 @@ class MemoryEngine(StorageEngine):
         self._puts = 0
         self._gets = 0
         self.incarnation = int.from_bytes(os.urandom(8), "big")
+        self.record_hashes = RecordHashes()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -67,7 +70,7 @@ class MemoryEngine(StorageEngine):
 
     def put_nowait(self, key: str, clock: Clock, *, encoded: bytes | None = None) -> None:
         self._check_open()
-        encode_key(key, self._limits)
+        kb = encode_key(key, self._limits)
         if encoded is None:
             data = encode_clock(clock, self._limits)
         else:
@@ -75,6 +78,7 @@ class MemoryEngine(StorageEngine):
             check_encoded_size(clock, encoded, self._limits)
             data = encoded
         self._data[key] = (clock, data)
+        self.record_hashes.set(key, record_hash(kb, data), kb)
         self._puts += 1
 
     async def get(self, key: str) -> Clock | None:
@@ -109,6 +113,15 @@ class MemoryEngine(StorageEngine):
             found = self._data.get(key)
             if found is not None:
                 yield key, found[0]
+
+    async def records(self, keys: list[str]) -> AsyncIterator[tuple[str, bytes]]:
+        self._check_open()
+        for i, key in enumerate(keys):
+            if i % 512 == 0:
+                await trio.lowlevel.checkpoint()
+            found = self._data.get(key)
+            if found is not None:
+                yield key, found[1]
 
     async def partition_hashes(self, partitions: int) -> dict[int, bytes]:
         self._check_open()

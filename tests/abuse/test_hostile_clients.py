@@ -195,7 +195,7 @@ peer_messages: st.SearchStrategy[Hostile] = st.one_of(
         "envelope",
         kind=st.just(0),
         rid=st.integers(1, 1000),
-        tag=st.sampled_from(["syn", "replica_put", "replica_get", "partition_keys"]),
+        tag=st.sampled_from(["syn", "replica_put", "replica_get", "tree_keys"]),
         fields=st.lists(plain, max_size=4),
     ),
 )
@@ -277,9 +277,11 @@ def build(h: Hostile, key: str, actors: list[str], foreign: list[bytes]) -> Sent
             sent.request(lambda i, j=j: message_frame(KvPut(key, f"{key}-storm-{j}"), request_id=i))
     elif h.kind == "partition":
         part, q = h.get("partition"), h.get("q")
-        sent.request(lambda i: raw_frame(0, i, "partition_digest", [part, q]))
-        keys = [part, q, h.get("after"), h.get("limit")]
-        sent.request(lambda i: raw_frame(0, i, "partition_keys", keys))
+        sent.request(lambda i: raw_frame(0, i, "tree_root", [part, q]))
+        segments = [part, q, [h.get("limit")]]
+        sent.request(lambda i: raw_frame(0, i, "tree_segments", segments))
+        keys = [part, q, [h.get("limit")], h.get("after")]
+        sent.request(lambda i: raw_frame(0, i, "tree_keys", keys))
     elif h.kind == "watch":
         sent.request(lambda i: message_frame(WatchRequest(h.get("prefix")), request_id=i))
     elif h.kind == "metadata":
