@@ -75,7 +75,7 @@ from ._messages import (
     WatchRequest,
 )
 from ._partitions import PartitionTable
-from ._peer import DEFERRED, Channel, Deferred, TransportCounters, handshake
+from ._peer import DEFERRED, Channel, Deferred, TransportCounters, handshake, verify_certificate
 from ._persist import FileNodeStore, NodeStore, PeerRecord
 from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
@@ -83,6 +83,7 @@ from .membership._leader import Decisions
 from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, StorageLimits, open_storage
 from .storage._base import encode_key
 from .transport._base import Connection, ReceiveBudget, Transport
+from .transport._tls import TLSConfig, TLSIdentity
 
 log = logging.getLogger("gossipkv.node")
 
@@ -308,6 +309,11 @@ class Node:
       storage_limits: what one write may store and one read returns (key and value size,
         value nesting, siblings, bytes per key; :class:`StorageLimits`). Every peer of a
         cluster should use the same limits.
+      tls: mutual TLS on every connection (:class:`TLSConfig`, e.g.
+        ``TLSConfig.from_dir(d, name)``); ``None``: plaintext. With TLS a member's certificate
+        must name it and carry the ``peer`` role, clients may not send member messages, and
+        operator calls (leave, remove, repair, set_metadata, certificate reload) need the
+        ``operator`` or ``peer`` role.
       replace: the name of a dead member this new one takes over (``gossipkv peer
         --replace``): the leader hands it exactly that member's partitions (no other partition
         moves) and removes the dead one; it fills them from the other owners and serves once
@@ -350,6 +356,7 @@ class Node:
         limits: NetworkLimits | None = None,
         storage_limits: StorageLimits | None = None,
         replace: str | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         if isinstance(seeds, str):
             raise ConfigError("seeds must be a list of 'host:port' strings, not one string")
@@ -409,7 +416,11 @@ class Node:
         if transport is None:
             from .transport._tcp import TcpTransport
 
-            transport = TcpTransport(max_frame=self.limits.max_frame)
+            transport = TcpTransport(max_frame=self.limits.max_frame, tls=tls)
+        elif tls is not None:
+            raise ConfigError("pass tls to the transport you give, not to the node")
+        # Identities come from certificates when the transport speaks TLS (issue 13).
+        self._tls = getattr(transport, "tls", None) is not None
         # The frame deadline and the receive budget are enforced where frames are read.
         transport.frame_timeout = self.limits.frame_timeout
         transport.receive_budget = ReceiveBudget(self.limits.max_receive_buffer)
@@ -1530,6 +1541,7 @@ class Node:
                 counters=self._counters,
                 own_node_id=self.name,
                 admit=admit,
+                verify=partial(verify_certificate, conn, initiator) if self._tls else None,
             )
         conn.max_frame = self._max_frame()
         return hello
@@ -1564,7 +1576,7 @@ class Node:
             counters=self._counters,
             max_outbound_bytes=self.limits.max_outbound_bytes,
             idle_timeout=self.limits.idle_timeout,
-            refuse=_refuse_member_messages if remote.node_id == "client" else None,
+            refuse=_refusal_for(remote, conn.tls_identity if self._tls else None),
         )
 
     async def _handle_connection(self, conn: Connection) -> None:
@@ -1771,8 +1783,31 @@ _MEMBER_ONLY = (
 )
 
 
+#: Operator calls: with TLS, only an ``operator`` (or ``peer``) certificate may make them.
+_OPERATOR_ONLY = (LeaveRequest, RemoveRequest, RepairRequest, SetMetadataRequest)
+
+
 def _refuse_member_messages(message: Message) -> str | None:
     return "member_message_from_client" if isinstance(message, _MEMBER_ONLY) else None
+
+
+def _refuse_client_messages(message: Message) -> str | None:
+    if isinstance(message, _MEMBER_ONLY):
+        return "member_message_from_client"
+    if isinstance(message, _OPERATOR_ONLY):
+        return "operator_message_from_client"
+    return None
+
+
+def _refusal_for(
+    remote: Hello, identity: TLSIdentity | None
+) -> Callable[[Message], str | None] | None:
+    """What a channel refuses from the other end: by its hello, and with TLS by its role."""
+    if identity is not None and identity.role == "client":
+        return _refuse_client_messages
+    if remote.node_id == "client":
+        return _refuse_member_messages
+    return None
 
 
 #: Names a member may not take: ``client`` is what every client says in its hello.
