@@ -164,32 +164,29 @@ def test_roles_decide_what_a_connection_may_send() -> None:
 
 async def test_tls_cluster_client_roles_and_identity(pki: Path) -> None:
     a_tls, b_tls = TLSConfig.from_dir(pki, "a"), TLSConfig.from_dir(pki, "b")
-    async with open_node(name="a", listen="127.0.0.1:0", config=FAST, tls=a_tls) as a:
+    async with (
+        open_node(name="a", listen="127.0.0.1:0", config=FAST, tls=a_tls) as a,
+        open_node(name="b", listen="127.0.0.1:0", seeds=[a.address], config=FAST, tls=b_tls) as b,
+    ):
+        with trio.fail_after(GUARD):
+            await a.wait_until(lambda n: {m.name: m.status for m in n.members()}.get("b") == "up")
+        async with open_client([b.address], tls=TLSConfig.from_dir(pki, "app")) as client:
+            await client.put("k", "v")
+            assert (await client.get("k")).values == ["v"]
+            with pytest.raises(RemoteError, match="only operators may send leave"):
+                await client.leave()
+        assert b.statistics().refusals.get("operator_message_from_client") == 1
+        async with open_client([b.address], tls=TLSConfig.from_dir(pki, "ops")) as ops:
+            await ops.set_metadata("zone", "1")
+        # A peer certificate used under another member's name is refused.
         async with open_node(
-            name="b", listen="127.0.0.1:0", seeds=[a.address], config=FAST, tls=b_tls
-        ) as b:
+            name="c", listen="127.0.0.1:0", seeds=[a.address], config=FAST, tls=a_tls
+        ):
             with trio.fail_after(GUARD):
                 await a.wait_until(
-                    lambda n: {m.name: m.status for m in n.members()}.get("b") == "up"
+                    lambda n: n.statistics().refused_handshakes.get("tls_identity", 0) >= 1
                 )
-            async with open_client([b.address], tls=TLSConfig.from_dir(pki, "app")) as client:
-                await client.put("k", "v")
-                assert (await client.get("k")).values == ["v"]
-                with pytest.raises(RemoteError, match="only operators may send leave"):
-                    await client.leave()
-            assert b.statistics().refusals.get("operator_message_from_client") == 1
-            async with open_client([b.address], tls=TLSConfig.from_dir(pki, "ops")) as ops:
-                await ops.set_metadata("zone", "1")
-            # A peer certificate used under another member's name is refused.
-            async with open_node(
-                name="c", listen="127.0.0.1:0", seeds=[a.address], config=FAST, tls=a_tls
-            ) as c:
-                with trio.fail_after(GUARD):
-                    await a.wait_until(
-                        lambda n: n.statistics().refused_handshakes.get("tls_identity", 0) >= 1
-                    )
-                assert "c" not in {m.name for m in a.members()}
-                del c
+            assert "c" not in {m.name for m in a.members()}
 
 
 async def test_plaintext_and_tls_refuse_each_other(pki: Path) -> None:
@@ -209,9 +206,7 @@ async def test_plaintext_and_tls_refuse_each_other(pki: Path) -> None:
     ("cert", "match"),
     [("stale", "refused this certificate"), ("other", "is refused here")],
 )
-async def test_expired_and_foreign_certificates_refused(
-    pki: Path, cert: str, match: str
-) -> None:
+async def test_expired_and_foreign_certificates_refused(pki: Path, cert: str, match: str) -> None:
     config = (
         TLSConfig.from_dir(pki.parent / "other", "app")
         if cert == "other"
