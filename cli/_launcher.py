@@ -22,6 +22,8 @@ import trio
 
 import gossipkv
 
+from ._common import open_client
+
 
 @dataclass
 class PeerProcess:
@@ -190,7 +192,7 @@ def _last_line(path: Path) -> str:
 async def members_of(addresses: list[str], cluster: str) -> dict[str, Any] | None:
     """The members document of the first answering address, or ``None``."""
     try:
-        async with gossipkv.open_client(addresses, cluster=cluster, connect_timeout=0.5) as client:
+        async with open_client(addresses, cluster=cluster, connect_timeout=0.5) as client:
             doc: dict[str, Any] = await client.members()
             return doc
     except gossipkv.GossipKVError:

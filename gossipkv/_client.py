@@ -38,6 +38,7 @@ from ._messages import (
     MembersRequest,
     Message,
     OwnersRequest,
+    ReloadTlsRequest,
     RemoveRequest,
     RepairRequest,
     Reply,
@@ -442,6 +443,17 @@ class Client:
           NodeClosedError: the client is closed.
         """
         return await self._request(RemoveRequest(name), retry=False)
+
+    async def reload_tls(self) -> None:
+        """Have the connected peer read its TLS certificate, key and CA bundle again (not
+        retried elsewhere); needs an ``operator`` certificate.
+
+        Raises:
+          RemoteError: ``bad_request`` (the peer runs without TLS, or its files do not load;
+            the ones in use stay in force) or ``forbidden`` (not an operator certificate).
+          TransportError: the connected peer did not answer.
+        """
+        await self._request(ReloadTlsRequest(), retry=False)
 
     async def set_metadata(self, key: str, value: str | None) -> None:
         """Set a metadata key on the connected peer (not retried elsewhere).

@@ -59,6 +59,7 @@ from ._messages import (
     PartitionDigest,
     PartitionFetch,
     PartitionKeys,
+    ReloadTlsRequest,
     RemoveRequest,
     RepairRequest,
     ReplaceRequest,
@@ -1324,6 +1325,23 @@ class Node:
             )
             task_status.started(self)
 
+    def reload_tls(self) -> None:
+        """Read the TLS certificate, key and CA bundle again (SIGHUP, ``gossipkv certs reload``).
+
+        Connections opened from now on use them; open ones keep the ones they started with, so
+        rotating a CA (a bundle of old and new in ``ca.pem``, then new certificates, then the new
+        CA alone) drops no request.
+
+        Raises:
+          ConfigError: this node runs without TLS, or the files do not load (the ones in use
+            stay in force).
+        """
+        reload = getattr(self._transport, "reload_tls", None)
+        if not self._tls or reload is None:
+            raise ConfigError("TLS is not enabled on this peer")
+        reload()
+        log.info("reloaded the TLS certificate and CA bundle")
+
     def _runtime(self) -> _Runtime:
         if self._rt is None:
             raise NodeClosedError("node is not running (use open_node or nursery.start(node.run))")
@@ -1657,6 +1675,12 @@ class Node:
             return Reply({"ok": True})
         if isinstance(message, RemoveRequest):
             return Reply(await self._operator_remove(message.name))
+        if isinstance(message, ReloadTlsRequest):
+            try:
+                self.reload_tls()
+            except ConfigError as exc:
+                raise RemoteError("bad_request", str(exc)) from exc
+            return Reply({"ok": True})
         if isinstance(message, RingRequest):
             return Reply(self._ring_body())
         if isinstance(message, OwnersRequest):
@@ -1784,7 +1808,7 @@ _MEMBER_ONLY = (
 
 
 #: Operator calls: with TLS, only an ``operator`` (or ``peer``) certificate may make them.
-_OPERATOR_ONLY = (LeaveRequest, RemoveRequest, RepairRequest, SetMetadataRequest)
+_OPERATOR_ONLY = (LeaveRequest, RemoveRequest, RepairRequest, SetMetadataRequest, ReloadTlsRequest)
 
 
 def _refuse_member_messages(message: Message) -> str | None:
