@@ -226,3 +226,118 @@ async def test_unknown_tls_peer_unreachable_is_transport_error(pki: Path) -> Non
     async with open_client(["127.0.0.1:1"], tls=TLSConfig.from_dir(pki, "app")) as client:
         with trio.fail_after(GUARD), pytest.raises(TransportError):
             await client.members()
+
+
+# --- rotation -------------------------------------------------------------------------------
+
+
+def _install(source: Path, names: list[str], target: Path, *, ca: bytes | None = None) -> None:
+    """Copy certificates into a peer's or client's directory, each file replaced atomically."""
+    target.mkdir(exist_ok=True)
+    files = {
+        f"{n}{ext}": (source / f"{n}{ext}").read_bytes() for n in names for ext in (".pem", ".key")
+    }
+    if ca is not None:
+        files["ca.pem"] = ca
+    for file, data in files.items():
+        tmp = target / (file + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target / file)
+
+
+async def test_ca_rotation_with_a_bundle_under_traffic_drops_no_request(tmp_path: Path) -> None:
+    old, new = tmp_path / "old-ca", tmp_path / "new-ca"
+    create_ca(old)
+    create_ca(new)
+    for ca in (old, new):
+        for name, role in [("a", "peer"), ("b", "peer"), ("app", "client")]:
+            issue_certificate(ca, name, role)
+    old_ca, new_ca = (old / "ca.pem").read_bytes(), (new / "ca.pem").read_bytes()
+    dirs = {n: tmp_path / n for n in ("a", "b", "app")}
+    for name, directory in dirs.items():
+        _install(old, [name], directory, ca=old_ca)
+
+    ok = 0
+    failures: list[BaseException] = []
+    goal: list[tuple[int, trio.Event]] = []
+
+    async def traffic(address: str, fresh: bool) -> None:
+        # One long-lived connection, or a new connection (a new TLS handshake) per request.
+        nonlocal ok
+        i = 0
+        async with open_client([address], tls=TLSConfig.from_dir(dirs["app"], "app")) as client:
+            while True:
+                i += 1
+                try:
+                    if fresh:
+                        tls = TLSConfig.from_dir(dirs["app"], "app")
+                        async with open_client([address], tls=tls) as once:
+                            await once.put(f"f{i % 50}", i)
+                    else:
+                        await client.put(f"k{i % 50}", i)
+                        await client.get(f"k{i % 50}")
+                    ok += 1
+                    if goal and ok >= goal[0][0]:
+                        goal.pop()[1].set()
+                except Exception as exc:
+                    failures.append(exc)
+                await trio.sleep(0.005)
+
+    async def progress(n: int) -> None:
+        # Enough requests, on old and new connections alike, after each step.
+        reached = trio.Event()
+        goal.append((ok + n, reached))
+        with trio.fail_after(GUARD):
+            await reached.wait()
+
+    async with (
+        open_node(
+            name="a", listen="127.0.0.1:0", config=FAST, tls=TLSConfig.from_dir(dirs["a"], "a")
+        ) as a,
+        open_node(
+            name="b",
+            listen="127.0.0.1:0",
+            seeds=[a.address],
+            config=FAST,
+            tls=TLSConfig.from_dir(dirs["b"], "b"),
+        ) as b,
+        trio.open_nursery() as nursery,
+    ):
+        with trio.fail_after(GUARD):
+            await a.wait_until(lambda n: {m.name: m.status for m in n.members()}.get("b") == "up")
+        for node in (a, b):
+            nursery.start_soon(traffic, node.address, False)
+            nursery.start_soon(traffic, node.address, True)
+        await progress(40)
+        # 1. Trust both CAs everywhere.
+        for name, directory in dirs.items():
+            _install(old, [name], directory, ca=old_ca + new_ca)
+        a.reload_tls()
+        b.reload_tls()
+        await progress(40)
+        # 2. Certificates of the new CA, peers first, then the client.
+        for name in ("a", "b"):
+            _install(new, [name], dirs[name])
+        a.reload_tls()
+        b.reload_tls()
+        await progress(40)
+        _install(new, ["app"], dirs["app"])
+        await progress(40)
+        # 3. Only the new CA.
+        for directory in dirs.values():
+            _install(new, [], directory, ca=new_ca)
+        a.reload_tls()
+        b.reload_tls()
+        await progress(40)
+        nursery.cancel_scope.cancel()
+    assert failures == []
+    # And the old CA is no longer trusted.
+    async with open_node(
+        name="a", listen="127.0.0.1:0", tls=TLSConfig.from_dir(dirs["a"], "a")
+    ) as c:
+        _install(old, ["app"], tmp_path / "stale", ca=old_ca)
+        async with open_client(
+            [c.address], tls=TLSConfig.from_dir(tmp_path / "stale", "app")
+        ) as stale:
+            with trio.fail_after(GUARD), pytest.raises(HandshakeError, match="refused"):
+                await stale.members()
