@@ -629,11 +629,16 @@ def cluster_up(
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Mutual TLS, with a throwaway CA made for this cluster.")
+    ] = False,
 ) -> None:
     """Start a local cluster, one process per peer, until Ctrl-C (which stops them all)."""
     from ._launcher import LocalCluster, run_until_signal
 
-    local = LocalCluster(n, host=host, base_port=base_port, data_root=data_root, cluster=cluster)
+    local = LocalCluster(
+        n, host=host, base_port=base_port, data_root=data_root, cluster=cluster, tls=tls
+    )
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
         _print_ready(local, doc)
@@ -651,9 +656,10 @@ def _print_ready(local: Any, doc: dict[str, Any] | None) -> None:
         console.print(f"[red]not every peer came up within 30 s; logs in {local.log_dir}[/]")
         return
     console.print(members_table(doc))
+    tls = "" if local.tls_dir is None else f" --tls-dir {local.tls_dir} --tls-name operator"
     console.print(
         f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}\n"
-        f"try: gossipkv members --peer {local.addresses()[0]}    Ctrl-C stops every peer",
+        f"try: gossipkv members --peer {local.addresses()[0]}{tls}    Ctrl-C stops every peer",
         highlight=False,
     )
 
@@ -701,6 +707,9 @@ def demo(
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
     refresh: Annotated[float, typer.Option(help="Seconds between dashboard frames.")] = 1.0,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Mutual TLS, with a throwaway CA made for the demo.")
+    ] = False,
 ) -> None:
     """A local in-memory cluster of 5 peers, light sample traffic and the live dashboard."""
     from ._launcher import LocalCluster, free_base_port, run_until_signal
@@ -708,7 +717,9 @@ def demo(
     if refresh <= 0:
         fail("--refresh must be > 0")
     base = free_base_port("127.0.0.1", n, 7400)
-    local = LocalCluster(n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo")
+    local = LocalCluster(
+        n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo", tls=tls
+    )
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
         import random
