@@ -732,8 +732,9 @@ def demo(
         if doc is None:
             _print_ready(local, doc)
             return
+        tls = "" if local.tls_dir is None else f"  TLS: --tls-dir {local.tls_dir} --tls-name app"
         local.say(
-            f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}  "
+            f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}{tls}  "
             "Ctrl-C stops every peer"
         )
         async with trio.open_nursery() as nursery:
