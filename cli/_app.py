@@ -174,7 +174,7 @@ def peer(
                 received = 0
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        _reload_tls(node)
+                        await trio.to_thread.run_sync(_reload_tls, node)
                         continue
                     received += 1
                     if received == 1:

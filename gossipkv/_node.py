@@ -1677,7 +1677,8 @@ class Node:
             return Reply(await self._operator_remove(message.name))
         if isinstance(message, ReloadTlsRequest):
             try:
-                self.reload_tls()
+                # Reading the files is disk I/O: off the event loop.
+                await trio.to_thread.run_sync(self.reload_tls)
             except ConfigError as exc:
                 raise RemoteError("bad_request", str(exc)) from exc
             return Reply({"ok": True})
