@@ -202,6 +202,22 @@ async def test_plaintext_and_tls_refuse_each_other(pki: Path) -> None:
         assert p.statistics().refused_handshakes.get("tls_not_enabled") == 1
 
 
+@pytest.mark.parametrize("tls_seed", [True, False], ids=["tls-seed", "plaintext-seed"])
+async def test_tls_and_plaintext_peers_never_join(pki: Path, tls_seed: bool) -> None:
+    a_tls = TLSConfig.from_dir(pki, "a") if tls_seed else None
+    b_tls = None if tls_seed else TLSConfig.from_dir(pki, "b")
+    reason = "tls_required" if tls_seed else "tls_not_enabled"
+    async with (
+        open_node(name="a", listen="127.0.0.1:0", config=FAST, tls=a_tls) as a,
+        open_node(name="b", listen="127.0.0.1:0", seeds=[a.address], config=FAST, tls=b_tls) as b,
+    ):
+        # b keeps trying its seed, a refuses it (counted by reason), and nobody joins.
+        with trio.fail_after(GUARD):
+            await a.wait_until(lambda n: n.statistics().refused_handshakes.get(reason, 0) >= 2)
+        assert [m.name for m in a.members()] == ["a"]
+        assert [m.name for m in b.members()] == ["b"]
+
+
 @pytest.mark.parametrize(
     ("cert", "match"),
     [("stale", "refused this certificate"), ("other", "is refused here")],
