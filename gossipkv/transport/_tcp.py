@@ -178,6 +178,22 @@ class TcpConnection(Connection):
             except _STREAM_ERRORS as exc:
                 raise self._stream_error(exc) from exc
 
+    async def _send_tls_alert(self) -> None:
+        """Send the alert OpenSSL wrote when it refused the other end's handshake (its
+        certificate expired, another CA): trio's SSLStream leaves it unsent, and without it the
+        other end only sees the connection close."""
+        stream = self._stream
+        outgoing = getattr(stream, "_outgoing", None)  # trio's memory BIO, private: best effort
+        if not isinstance(stream, trio.SSLStream) or not isinstance(outgoing, ssl.MemoryBIO):
+            return
+        data = outgoing.read()
+        if data:
+            with trio.move_on_after(1.0):
+                try:
+                    await stream.transport_stream.send_all(data)
+                except (*_STREAM_ERRORS, trio.BusyResourceError):
+                    pass
+
     async def send_in_clear(self, payload: bytes) -> None:
         """Write one frame on the raw socket, under any TLS (see :class:`Connection`)."""
         stream = self._stream
@@ -310,6 +326,8 @@ class TcpConnection(Connection):
         try:
             chunk = await self._stream.receive_some(max_bytes)
         except _STREAM_ERRORS as exc:
+            if self._tls and self._server_side and not self._frames_in:
+                await self._send_tls_alert()
             raise self._stream_error(exc) from exc
         if not chunk:
             have = len(self._buffer) if got is None else got

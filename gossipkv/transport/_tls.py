@@ -188,6 +188,12 @@ def handshake_failure(exc: BaseException, remote: str, *, server_side: bool) -> 
             f"{remote} answered in plaintext: it runs without TLS (connect without --tls-dir, "
             "or restart it with --tls-dir)",
         )
+    for prefix in ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_"):
+        if reason.startswith(prefix):
+            alert = reason.removeprefix(prefix).lower().replace("_", " ")
+            return TLSHandshakeFailed(
+                "tls_certificate", f"{remote} refused this end's TLS certificate: {alert}"
+            )
     text = reason.lower().replace("_", " ") or str(cause)
     detail = getattr(cause, "verify_message", None)
     if "verify" in text and detail:
