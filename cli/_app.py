@@ -29,6 +29,7 @@ from ._common import (
     open_client,
     print_json,
     run,
+    use_tls,
 )
 from ._where import register as register_where
 
@@ -74,6 +75,7 @@ def _root(
     ] = False,
 ) -> None:
     """gossipkv: a gossip-based, leaderless, eventually consistent key-value store."""
+    use_tls(None, None)  # a command's --tls-dir sets it; nothing left from an earlier one
 
 
 # --- peer ------------------------------------------------------------------------------------

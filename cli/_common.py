@@ -46,8 +46,7 @@ _tls: dict[str, str | None] = {"dir": None, "name": None}
 
 def _remember(key: str) -> Callable[[str | None], str | None]:
     def callback(value: str | None) -> str | None:
-        if value:
-            _tls[key] = value
+        _tls[key] = value or None
         return value
 
     return callback
