@@ -198,3 +198,36 @@ async def test_ca_rotation_under_bench_kv_load_has_no_errors(peers: Peers, tmp_p
         )
     refused(cli("get", "ready", "--peer", a, "--tls-dir", str(tmp_path / "stale")), "refused")
     assert peers.log("b").count("reloaded the TLS certificate") >= 3
+
+
+async def test_cluster_up_tls_makes_a_throwaway_ca(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gossipkv_cli", "cluster", "up", "-n", "2", "--tls",
+         "--base-port", str(port), "--data-root", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV,
+    )  # fmt: skip
+    try:
+        addr = f"127.0.0.1:{port}"
+
+        async def ready() -> Any:
+            if not (data / "tls" / "operator.pem").exists():
+                return False
+            config = gossipkv.TLSConfig.from_dir(data / "tls", "operator")
+            try:
+                async with gossipkv.open_client([addr], tls=config, request_timeout=2.0) as c:
+                    doc = await c.members()
+            except gossipkv.GossipKVError:
+                return False
+            return sum(m["status"] == "up" for m in doc["members"]) == 2
+
+        await eventually(ready, within=30, what="2 TLS peers up")
+        refused(cli("members", "--peer", addr), "requires TLS")
+        proc.send_signal(signal.SIGINT)
+        out, _ = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=30))
+        assert proc.returncode == 0, out
+        assert b"--tls-dir" in out  # where the throwaway CA is (rich may wrap the path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
