@@ -17,7 +17,20 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from ._bench import bench_app
-from ._common import DEFAULT_PEER, ClusterOption, JsonOption, PeerOption, fail, print_json, run
+from ._certs import certs_app
+from ._common import (
+    DEFAULT_PEER,
+    ClusterOption,
+    JsonOption,
+    PeerOption,
+    TlsDirOption,
+    TlsNameOption,
+    fail,
+    open_client,
+    print_json,
+    run,
+    use_tls,
+)
 from ._where import register as register_where
 
 if TYPE_CHECKING:
@@ -33,6 +46,7 @@ app = typer.Typer(
 cluster_app = typer.Typer(no_args_is_help=True, help="Local clusters of peer processes.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(certs_app, name="certs")
 register_where(app)
 
 
@@ -61,6 +75,7 @@ def _root(
     ] = False,
 ) -> None:
     """gossipkv: a gossip-based, leaderless, eventually consistent key-value store."""
+    use_tls(None, None)  # a command's --tls-dir sets it; nothing left from an earlier one
 
 
 # --- peer ------------------------------------------------------------------------------------
@@ -92,11 +107,22 @@ def peer(
             help="Take over the partitions of this dead member (exactly those); needs --seed."
         ),
     ] = None,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Mutual TLS on every connection: a directory made by gossipkv certs, holding "
+            "ca.pem and this peer's NAME.pem/NAME.key."
+        ),
+    ] = None,
+    tls_name: Annotated[
+        str | None, typer.Option(help="Whose certificate in --tls-dir to use (default: --name).")
+    ] = None,
     parent_pid: Annotated[
         int | None, typer.Option(hidden=True, help="Leave when this process is gone.")
     ] = None,
 ) -> None:
-    """Run a peer in the foreground. SIGTERM or Ctrl-C leaves the cluster gracefully."""
+    """Run a peer in the foreground. SIGTERM or Ctrl-C leaves the cluster gracefully; SIGHUP
+    reloads the TLS certificates."""
     import gossipkv
 
     level = getattr(logging, log_level.upper(), None)
@@ -108,6 +134,11 @@ def peer(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        tls = None
+        if tls_dir is not None:
+            if (tls_name or name) is None:
+                fail("--tls-dir needs --name (or --tls-name): the certificate to serve with")
+            tls = gossipkv.TLSConfig.from_dir(tls_dir, tls_name or name)
         config = gossipkv.GossipConfig(
             cluster=cluster, gossip_interval=gossip_interval, remove_after=remove_after
         )
@@ -119,6 +150,7 @@ def peer(
             cluster=cluster,
             config=config,
             replace=replace,
+            tls=tls,
         )
     except (gossipkv.GossipKVError, ValueError) as exc:
         fail(str(exc))
@@ -126,7 +158,7 @@ def peer(
     async def main() -> None:
         import trio
 
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def run_node(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -142,7 +174,10 @@ def peer(
                     flush=True,
                 )
                 received = 0
-                async for _ in signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        await trio.to_thread.run_sync(_reload_tls, node)
+                        continue
                     received += 1
                     if received == 1:
                         print(
@@ -156,6 +191,15 @@ def peer(
         print("peer stopped", flush=True)
 
     run(main)
+
+
+def _reload_tls(node: gossipkv.Node) -> None:
+    import gossipkv
+
+    try:
+        node.reload_tls()
+    except gossipkv.GossipKVError as exc:
+        logging.getLogger("gossipkv.node").error("SIGHUP: TLS not reloaded: %s", exc)
 
 
 async def _leave_or_stay(node: gossipkv.Node) -> None:
@@ -184,9 +228,8 @@ async def _leave_when_orphaned(node: gossipkv.Node, parent_pid: int) -> None:
 
 
 async def _members_doc(peer_addr: str, cluster: str) -> dict[str, Any]:
-    import gossipkv
 
-    async with gossipkv.open_client([peer_addr], cluster=cluster) as client:
+    async with open_client([peer_addr], cluster=cluster) as client:
         doc: dict[str, Any] = await client.members()
         return doc
 
@@ -195,6 +238,8 @@ async def _members_doc(peer_addr: str, cluster: str) -> dict[str, Any]:
 def members(
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     json: JsonOption = False,
 ) -> None:
     """List the members a peer sees: status, reachability, age, generation, heartbeat, phi.
@@ -230,6 +275,8 @@ def _exit_if_degraded(members_doc: dict[str, Any]) -> None:
 def status(
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     json: JsonOption = False,
 ) -> None:
     """One-screen summary: leader, members by status, convergence, gossip counters.
@@ -237,9 +284,8 @@ def status(
     Exits 3 when a member is down or unreachable."""
 
     async def fetch() -> dict[str, Any]:
-        import gossipkv
 
-        async with gossipkv.open_client([peer], cluster=cluster) as client:
+        async with open_client([peer], cluster=cluster) as client:
             return {"members": await client.members(), "stats": await client.statistics()}
 
     doc = run(fetch)
@@ -300,6 +346,8 @@ def status(
 def stats(
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     json: JsonOption = False,
     prometheus: Annotated[
         bool, typer.Option("--prometheus", help="Print the Prometheus text exposition format.")
@@ -327,6 +375,8 @@ def stats(
 def leave(
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds the hand-off may take (0: the peer's default, 120).")
     ] = 0.0,
@@ -346,7 +396,7 @@ def leave(
 
         import gossipkv
 
-        async with gossipkv.open_client([peer], cluster=cluster) as client:
+        async with open_client([peer], cluster=cluster) as client:
             reply = await client.leave(handoff_seconds=timeout, force=force)
             typer.echo(f"{peer}: {reply.get('status', 'leaving')}")
             last = ""
@@ -379,6 +429,8 @@ def remove(
     name: Annotated[str, typer.Argument(help="The member to remove (it must be dead).")],
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
 ) -> None:
     """Remove a member you declare dead: its partitions go to the remaining members at once.
 
@@ -400,9 +452,8 @@ def _with_client(peer: str, cluster: str, fn: Callable[[gossipkv.Client], Awaita
     """Run ``fn(client)`` against one peer and return its result (errors: one line, exit 1)."""
 
     async def main() -> T:
-        import gossipkv
 
-        async with gossipkv.open_client([peer], cluster=cluster) as client:
+        async with open_client([peer], cluster=cluster) as client:
             return await fn(client)
 
     return run(main)
@@ -459,6 +510,8 @@ def put(
     w: Annotated[int, typer.Option("--w", help="Replicas that must store it (default 2).")] = 0,
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     json: JsonOption = False,
 ) -> None:
     """Store VALUE under KEY; prints the siblings now stored and their context."""
@@ -476,6 +529,8 @@ def get(
     ] = False,
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     json: JsonOption = False,
 ) -> None:
     """Print the values (siblings) of KEY and the context to write back with."""
@@ -490,6 +545,8 @@ def delete(
     w: Annotated[int, typer.Option("--w", help="Replicas that must store it (default 2).")] = 0,
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     json: JsonOption = False,
 ) -> None:
     """Delete KEY (a tombstone). Without --context, reads the key first (at R=2) to get it; a
@@ -515,6 +572,8 @@ def watch(
     prefix: Annotated[str, typer.Argument(help="Watch keys starting with this prefix.")] = "",
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     json: JsonOption = False,
 ) -> None:
     """Print one line per change of a key under PREFIX, anywhere in the cluster, until Ctrl-C."""
@@ -522,8 +581,6 @@ def watch(
 
     async def main() -> None:
         import trio
-
-        import gossipkv
 
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -534,7 +591,7 @@ def watch(
 
                 nursery.start_soon(stop_on_signal)
                 async with (
-                    gossipkv.open_client([peer], cluster=cluster) as client,
+                    open_client([peer], cluster=cluster) as client,
                     client.watch(prefix) as changes,
                 ):
                     # On stderr, so --json output stays one JSON document per line.
@@ -574,11 +631,16 @@ def cluster_up(
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Mutual TLS, with a throwaway CA made for this cluster.")
+    ] = False,
 ) -> None:
     """Start a local cluster, one process per peer, until Ctrl-C (which stops them all)."""
     from ._launcher import LocalCluster, run_until_signal
 
-    local = LocalCluster(n, host=host, base_port=base_port, data_root=data_root, cluster=cluster)
+    local = LocalCluster(
+        n, host=host, base_port=base_port, data_root=data_root, cluster=cluster, tls=tls
+    )
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
         _print_ready(local, doc)
@@ -596,9 +658,10 @@ def _print_ready(local: Any, doc: dict[str, Any] | None) -> None:
         console.print(f"[red]not every peer came up within 30 s; logs in {local.log_dir}[/]")
         return
     console.print(members_table(doc))
+    tls = "" if local.tls_dir is None else f" --tls-dir {local.tls_dir} --tls-name operator"
     console.print(
         f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}\n"
-        f"try: gossipkv members --peer {local.addresses()[0]}    Ctrl-C stops every peer",
+        f"try: gossipkv members --peer {local.addresses()[0]}{tls}    Ctrl-C stops every peer",
         highlight=False,
     )
 
@@ -607,6 +670,8 @@ def _print_ready(local: Any, doc: dict[str, Any] | None) -> None:
 def dashboard(
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     refresh: Annotated[float, typer.Option(help="Seconds between frames.")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
 ) -> None:
@@ -644,6 +709,9 @@ def demo(
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
     refresh: Annotated[float, typer.Option(help="Seconds between dashboard frames.")] = 1.0,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Mutual TLS, with a throwaway CA made for the demo.")
+    ] = False,
 ) -> None:
     """A local in-memory cluster of 5 peers, light sample traffic and the live dashboard."""
     from ._launcher import LocalCluster, free_base_port, run_until_signal
@@ -651,7 +719,9 @@ def demo(
     if refresh <= 0:
         fail("--refresh must be > 0")
     base = free_base_port("127.0.0.1", n, 7400)
-    local = LocalCluster(n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo")
+    local = LocalCluster(
+        n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo", tls=tls
+    )
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
         import random
@@ -664,8 +734,9 @@ def demo(
         if doc is None:
             _print_ready(local, doc)
             return
+        tls = "" if local.tls_dir is None else f"  TLS: --tls-dir {local.tls_dir} --tls-name app"
         local.say(
-            f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}  "
+            f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}{tls}  "
             "Ctrl-C stops every peer"
         )
         async with trio.open_nursery() as nursery:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import ClusterOption, fail, print_json, run
+from ._common import ClusterOption, TlsDirOption, TlsNameOption, fail, print_json, run
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -55,6 +55,8 @@ def kv(
     w: Annotated[int, typer.Option("--w", min=0, help="Write quorum (0: the peer's default).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for keys, values and the op mix.")] = 1,
     cluster: ClusterOption = "gossipkv",
+    tls_dir: TlsDirOption = None,
+    tls_name: TlsNameOption = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object only.")] = False,
     baseline_echo: Annotated[
         bool,

@@ -28,7 +28,7 @@ from rich.progress import Progress
 import gossipkv
 from gossipkv.testing import open_echo_client, open_echo_server_process
 
-from ._common import fail
+from ._common import fail, open_client
 
 _ERROR_PAUSE = 0.01  # after a failed op, so a dead peer does not turn a task into a busy loop
 _PROBE_KEY = "gossipkv-bench-probe"
@@ -151,7 +151,7 @@ async def _probe(peers: Sequence[str], cluster: str) -> None:
     for peer in peers:
         problem: str | None = None
         try:
-            async with gossipkv.open_client([peer], cluster=cluster, request_timeout=5.0) as c:
+            async with open_client([peer], cluster=cluster, request_timeout=5.0) as c:
                 await c.get(_PROBE_KEY)
         except gossipkv.ClusterNotReady as exc:
             problem = f"peer {peer}: cluster not ready ({exc})"
@@ -203,9 +203,7 @@ async def _run_kv_bench(
     async with AsyncExitStack() as stack:
         # One client per peer, each starting at its own peer and failing over to the others.
         clients = [
-            await stack.enter_async_context(
-                gossipkv.open_client([*peers[i:], *peers[:i]], cluster=cluster)
-            )
+            await stack.enter_async_context(open_client([*peers[i:], *peers[:i]], cluster=cluster))
             for i in range(len(peers))
         ]
 

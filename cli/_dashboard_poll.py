@@ -18,8 +18,7 @@ import trio
 from rich.console import Console
 from rich.live import Live
 
-import gossipkv
-
+from ._common import open_client
 from ._dashboard import OPERATIONS, Snapshot, membership_events, render
 
 HISTORY = 120
@@ -90,7 +89,7 @@ async def poll_member(link: MemberLink, cluster: str, interval: float, patience:
     """Poll one member until cancelled, reconnecting after failures."""
     while True:
         try:
-            async with gossipkv.open_client(
+            async with open_client(
                 [link.address],
                 cluster=cluster,
                 connect_timeout=patience,
@@ -114,7 +113,7 @@ async def poll_member(link: MemberLink, cluster: str, interval: float, patience:
 async def check_peer(peer: str, cluster: str, patience: float) -> dict[str, Any]:
     """The peer's members document, or a :class:`gossipkv.GossipKVError` / ``TooSlowError``."""
     with trio.fail_after(2 * patience + 1):
-        async with gossipkv.open_client(
+        async with open_client(
             [peer], cluster=cluster, connect_timeout=patience, request_timeout=patience
         ) as client:
             doc: dict[str, Any] = await client.members()

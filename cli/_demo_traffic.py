@@ -13,6 +13,8 @@ import trio
 
 import gossipkv
 
+from ._common import open_client
+
 KEYS = 20
 PAUSE = 0.1
 
@@ -23,7 +25,7 @@ async def write_sample_traffic(addresses: list[str], cluster: str, rng: random.R
     conflicted: deque[str] = deque(maxlen=KEYS)
     while True:
         try:
-            async with gossipkv.open_client(
+            async with open_client(
                 addresses, cluster=cluster, connect_timeout=1.0, request_timeout=3.0
             ) as client:
                 while True:

@@ -22,6 +22,8 @@ import trio
 
 import gossipkv
 
+from ._common import open_client, use_tls
+
 
 @dataclass
 class PeerProcess:
@@ -74,6 +76,7 @@ class LocalCluster:
         cluster: str,
         extra_args: list[str] | None = None,
         say: Callable[[str], None] = print,
+        tls: bool = False,
     ) -> None:
         if n < 1:
             raise gossipkv.ConfigError("-n must be at least 1")
@@ -90,6 +93,17 @@ class LocalCluster:
             if data_root is not None
             else Path(tempfile.mkdtemp(prefix="gossipkv-cluster-"))
         )
+        #: With ``tls``: a throwaway CA with one certificate per peer, ``operator`` (this
+        #: launcher's own clients use it) and ``app`` (a client).
+        self.tls_dir = self.log_dir / "tls" if tls else None
+
+    def _make_certificates(self) -> None:
+        assert self.tls_dir is not None
+        gossipkv.create_ca(self.tls_dir, force=True)
+        for i in range(self.n):
+            gossipkv.issue_certificate(self.tls_dir, f"n{i + 1}", "peer", force=True)
+        gossipkv.issue_certificate(self.tls_dir, "operator", "operator", force=True)
+        gossipkv.issue_certificate(self.tls_dir, "app", "client", force=True)
 
     def addresses(self) -> list[str]:
         return [f"{self.host}:{self.base_port + i}" for i in range(self.n)]
@@ -98,6 +112,9 @@ class LocalCluster:
         check_ports(self.host, self.base_port, self.n)
         if self.data_root is not None:
             self.data_root.mkdir(parents=True, exist_ok=True)
+        if self.tls_dir is not None:
+            await trio.to_thread.run_sync(self._make_certificates)
+            use_tls(str(self.tls_dir), "operator")
         addrs = self.addresses()
         for i, addr in enumerate(addrs):
             name = f"n{i + 1}"
@@ -121,6 +138,8 @@ class LocalCluster:
                 args += ["--seed", addrs[0]]
             if self.data_root is not None:
                 args += ["--data-dir", str(self.data_root / name)]
+            if self.tls_dir is not None:
+                args += ["--tls-dir", str(self.tls_dir)]
             log_path = self.log_dir / f"{name}.log"
             log_fd = await trio.to_thread.run_sync(_open_log, log_path)
             try:
@@ -190,7 +209,7 @@ def _last_line(path: Path) -> str:
 async def members_of(addresses: list[str], cluster: str) -> dict[str, Any] | None:
     """The members document of the first answering address, or ``None``."""
     try:
-        async with gossipkv.open_client(addresses, cluster=cluster, connect_timeout=0.5) as client:
+        async with open_client(addresses, cluster=cluster, connect_timeout=0.5) as client:
             doc: dict[str, Any] = await client.members()
             return doc
     except gossipkv.GossipKVError:

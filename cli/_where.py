@@ -10,13 +10,23 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import DEFAULT_PEER, ClusterOption, JsonOption, PeerOption, fail, print_json, run
+from ._common import (
+    DEFAULT_PEER,
+    ClusterOption,
+    JsonOption,
+    PeerOption,
+    TlsDirOption,
+    TlsNameOption,
+    fail,
+    open_client,
+    print_json,
+    run,
+)
 
 
 def _client(peer: str, cluster: str, request_timeout: float = 5.0) -> Any:
-    import gossipkv
 
-    return gossipkv.open_client([peer], cluster=cluster, request_timeout=request_timeout)
+    return open_client([peer], cluster=cluster, request_timeout=request_timeout)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +36,8 @@ def register(app: typer.Typer) -> None:
     def ring(
         peer: PeerOption = DEFAULT_PEER,
         cluster: ClusterOption = "gossipkv",
+        tls_dir: TlsDirOption = None,
+        tls_name: TlsNameOption = None,
         json: JsonOption = False,
     ) -> None:
         """The partition table: each partition's owners, and the moves still pending (owners
@@ -67,6 +79,8 @@ def register(app: typer.Typer) -> None:
         key: Annotated[str, typer.Argument(help="The key.")],
         peer: PeerOption = DEFAULT_PEER,
         cluster: ClusterOption = "gossipkv",
+        tls_dir: TlsDirOption = None,
+        tls_name: TlsNameOption = None,
         json: JsonOption = False,
     ) -> None:
         """Where a key lives: its partition, its owners, which of them hold it now, and how
@@ -96,6 +110,8 @@ def register(app: typer.Typer) -> None:
     def transfers(
         peer: PeerOption = DEFAULT_PEER,
         cluster: ClusterOption = "gossipkv",
+        tls_dir: TlsDirOption = None,
+        tls_name: TlsNameOption = None,
         json: JsonOption = False,
     ) -> None:
         """Every partition transfer in flight in the cluster: from, to, keys sent and left, rate
@@ -141,6 +157,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         peer: PeerOption = DEFAULT_PEER,
         cluster: ClusterOption = "gossipkv",
+        tls_dir: TlsDirOption = None,
+        tls_name: TlsNameOption = None,
         json: JsonOption = False,
     ) -> None:
         """Run anti-entropy of a peer's partitions now, against every other reachable owner,

@@ -102,6 +102,9 @@ from .membership._gossiper import (
     MemberView as MemberView,
 )
 from .storage import StorageLimits as StorageLimits
+from .transport import TLSConfig as TLSConfig
+from .transport import create_ca as create_ca
+from .transport import issue_certificate as issue_certificate
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -124,6 +127,9 @@ __all__ = [
     "ValueTooDeep",
     "RecordTooLarge",
     "StorageLimits",
+    "TLSConfig",
+    "create_ca",
+    "issue_certificate",
     "ConfigError",
     "ConnectionClosed",
     "DataDirError",

@@ -10,6 +10,7 @@ import secrets
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 
@@ -37,6 +38,7 @@ from ._messages import (
     MembersRequest,
     Message,
     OwnersRequest,
+    ReloadTlsRequest,
     RemoveRequest,
     RepairRequest,
     Reply,
@@ -46,10 +48,11 @@ from ._messages import (
     WatchEvent,
     WatchRequest,
 )
-from ._peer import Channel, OnewayHandler, TransportCounters, handshake
+from ._peer import Channel, OnewayHandler, TransportCounters, handshake, verify_certificate
 from ._types import Address
 from .storage._base import MAX_VALUE_DEPTH, check_plain
 from .transport._base import Transport
+from .transport._tls import TLSConfig
 
 
 class _Pending:
@@ -103,6 +106,7 @@ class Client:
         self._nursery = nursery
         self._channel: Channel | None = None
         self._counters = TransportCounters()
+        self._tls = getattr(transport, "tls", None) is not None
         self._lock = trio.Lock()
         self._pending: deque[_Pending] = deque()
         self._expiry_lot = trio.lowlevel.ParkingLot()
@@ -440,6 +444,17 @@ class Client:
         """
         return await self._request(RemoveRequest(name), retry=False)
 
+    async def reload_tls(self) -> None:
+        """Have the connected peer read its TLS certificate, key and CA bundle again (not
+        retried elsewhere); needs an ``operator`` certificate.
+
+        Raises:
+          RemoteError: ``bad_request`` (the peer runs without TLS, or its files do not load;
+            the ones in use stay in force) or ``forbidden`` (not an operator certificate).
+          TransportError: the connected peer did not answer.
+        """
+        await self._request(ReloadTlsRequest(), retry=False)
+
     async def set_metadata(self, key: str, value: str | None) -> None:
         """Set a metadata key on the connected peer (not retried elsewhere).
 
@@ -593,6 +608,8 @@ class Client:
                     max_frame=conn.max_frame,
                     counters=self._counters,
                     own_node_id=None,
+                    # With TLS, the peer's certificate must be a member's and name it.
+                    verify=partial(verify_certificate, conn, True) if self._tls else None,
                 )
             conn.max_frame = self._transport.max_frame
         except BaseException:
@@ -655,6 +672,7 @@ async def open_client(
     transport: Transport | None = None,
     connect_timeout: float = 2.0,
     request_timeout: float = 5.0,
+    tls: TLSConfig | None = None,
 ) -> AsyncIterator[Client]:
     """Open a :class:`Client` of the cluster reachable through ``peers``.
 
@@ -669,6 +687,10 @@ async def open_client(
       transport: defaults to TCP; tests pass a ``gossipkv.testing.SimNetwork`` transport.
       connect_timeout: seconds one connection attempt may take.
       request_timeout: seconds one request may take before the client tries the next peer.
+      tls: mutual TLS (:class:`TLSConfig`, e.g. ``TLSConfig.from_dir(d, "alice")``) for peers
+        run with ``--tls-dir``; each peer's certificate must carry the ``peer`` role and the
+        name it gives in its hello. A ``client`` certificate may read, write, watch and read
+        statistics; leave, remove, repair and metadata need an ``operator`` one.
 
     Yields:
       The :class:`Client`; it is closed on exit.
@@ -689,7 +711,9 @@ async def open_client(
     if transport is None:
         from .transport._tcp import TcpTransport
 
-        transport = TcpTransport()
+        transport = TcpTransport(tls=tls)
+    elif tls is not None:
+        raise ConfigError("pass tls to the transport you give, not to open_client")
     try:
         async with trio.open_nursery() as nursery:
             client = Client(

@@ -212,6 +212,13 @@ class RepairRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadTlsRequest(Message):
+    """Read the peer's TLS certificate, key and CA bundle again (``gossipkv certs reload``)."""
+
+    TAG: ClassVar[str] = "reload_tls"
+
+
+@dataclass(frozen=True, slots=True)
 class SetMetadataRequest(Message):
     TAG: ClassVar[str] = "set_metadata"
     key: str
@@ -433,6 +440,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         OwnersRequest,
         RepairRequest,
         SetMetadataRequest,
+        ReloadTlsRequest,
         Reply,
         KvGet,
         KvPut,

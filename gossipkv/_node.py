@@ -57,6 +57,7 @@ from ._messages import (
     Message,
     OwnersRequest,
     PartitionFetch,
+    ReloadTlsRequest,
     RemoveRequest,
     RepairRequest,
     ReplaceRequest,
@@ -77,7 +78,7 @@ from ._messages import (
     WatchRequest,
 )
 from ._partitions import PartitionTable
-from ._peer import DEFERRED, Channel, Deferred, TransportCounters, handshake
+from ._peer import DEFERRED, Channel, Deferred, TransportCounters, handshake, verify_certificate
 from ._persist import FileNodeStore, NodeStore, PeerRecord
 from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
@@ -85,6 +86,7 @@ from .membership._leader import Decisions
 from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, StorageLimits, open_storage
 from .storage._base import encode_key
 from .transport._base import Connection, ReceiveBudget, Transport
+from .transport._tls import TLSConfig, TLSIdentity
 
 log = logging.getLogger("gossipkv.node")
 
@@ -325,6 +327,11 @@ class Node:
       storage_limits: what one write may store and one read returns (key and value size,
         value nesting, siblings, bytes per key; :class:`StorageLimits`). Every peer of a
         cluster should use the same limits.
+      tls: mutual TLS on every connection (:class:`TLSConfig`, e.g.
+        ``TLSConfig.from_dir(d, name)``); ``None``: plaintext. With TLS a member's certificate
+        must name it and carry the ``peer`` role, clients may not send member messages, and
+        operator calls (leave, remove, repair, set_metadata, certificate reload) need the
+        ``operator`` or ``peer`` role.
       replace: the name of a dead member this new one takes over (``gossipkv peer
         --replace``): the leader hands it exactly that member's partitions (no other partition
         moves) and removes the dead one; it fills them from the other owners and serves once
@@ -367,6 +374,7 @@ class Node:
         limits: NetworkLimits | None = None,
         storage_limits: StorageLimits | None = None,
         replace: str | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         if isinstance(seeds, str):
             raise ConfigError("seeds must be a list of 'host:port' strings, not one string")
@@ -426,7 +434,11 @@ class Node:
         if transport is None:
             from .transport._tcp import TcpTransport
 
-            transport = TcpTransport(max_frame=self.limits.max_frame)
+            transport = TcpTransport(max_frame=self.limits.max_frame, tls=tls)
+        elif tls is not None:
+            raise ConfigError("pass tls to the transport you give, not to the node")
+        # Identities come from certificates when the transport speaks TLS (issue 13).
+        self._tls = getattr(transport, "tls", None) is not None
         # The frame deadline and the receive budget are enforced where frames are read.
         transport.frame_timeout = self.limits.frame_timeout
         transport.receive_budget = ReceiveBudget(self.limits.max_receive_buffer)
@@ -1353,6 +1365,23 @@ class Node:
             )
             task_status.started(self)
 
+    def reload_tls(self) -> None:
+        """Read the TLS certificate, key and CA bundle again (SIGHUP, ``gossipkv certs reload``).
+
+        Connections opened from now on use them; open ones keep the ones they started with, so
+        rotating a CA (a bundle of old and new in ``ca.pem``, then new certificates, then the new
+        CA alone) drops no request.
+
+        Raises:
+          ConfigError: this node runs without TLS, or the files do not load (the ones in use
+            stay in force).
+        """
+        reload = getattr(self._transport, "reload_tls", None)
+        if not self._tls or reload is None:
+            raise ConfigError("TLS is not enabled on this peer")
+        reload()
+        log.info("reloaded the TLS certificate and CA bundle")
+
     def _runtime(self) -> _Runtime:
         if self._rt is None:
             raise NodeClosedError("node is not running (use open_node or nursery.start(node.run))")
@@ -1580,6 +1609,7 @@ class Node:
                 counters=self._counters,
                 own_node_id=self.name,
                 admit=admit,
+                verify=partial(verify_certificate, conn, initiator) if self._tls else None,
             )
         conn.max_frame = self._max_frame()
         return hello
@@ -1614,7 +1644,7 @@ class Node:
             counters=self._counters,
             max_outbound_bytes=self.limits.max_outbound_bytes,
             idle_timeout=self.limits.idle_timeout,
-            refuse=_refuse_member_messages if remote.node_id == "client" else None,
+            refuse=_refusal_for(remote, conn.tls_identity if self._tls else None),
         )
 
     async def _handle_connection(self, conn: Connection) -> None:
@@ -1695,6 +1725,13 @@ class Node:
             return Reply({"ok": True})
         if isinstance(message, RemoveRequest):
             return Reply(await self._operator_remove(message.name))
+        if isinstance(message, ReloadTlsRequest):
+            try:
+                # Reading the files is disk I/O: off the event loop.
+                await trio.to_thread.run_sync(self.reload_tls)
+            except ConfigError as exc:
+                raise RemoteError("bad_request", str(exc)) from exc
+            return Reply({"ok": True})
         if isinstance(message, RingRequest):
             return Reply(self._ring_body())
         if isinstance(message, OwnersRequest):
@@ -1823,8 +1860,31 @@ _MEMBER_ONLY = (
 )
 
 
+#: Operator calls: with TLS, only an ``operator`` (or ``peer``) certificate may make them.
+_OPERATOR_ONLY = (LeaveRequest, RemoveRequest, RepairRequest, SetMetadataRequest, ReloadTlsRequest)
+
+
 def _refuse_member_messages(message: Message) -> str | None:
     return "member_message_from_client" if isinstance(message, _MEMBER_ONLY) else None
+
+
+def _refuse_client_messages(message: Message) -> str | None:
+    if isinstance(message, _MEMBER_ONLY):
+        return "member_message_from_client"
+    if isinstance(message, _OPERATOR_ONLY):
+        return "operator_message_from_client"
+    return None
+
+
+def _refusal_for(
+    remote: Hello, identity: TLSIdentity | None
+) -> Callable[[Message], str | None] | None:
+    """What a channel refuses from the other end: by its hello, and with TLS by its role."""
+    if identity is not None and identity.role == "client":
+        return _refuse_client_messages
+    if remote.node_id == "client":
+        return _refuse_member_messages
+    return None
 
 
 #: Names a member may not take: ``client`` is what every client says in its hello.

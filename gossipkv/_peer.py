@@ -25,6 +25,7 @@ from . import _codec
 from ._errors import ConnectionClosed, DecodeError, HandshakeError, RemoteError
 from ._messages import PROTOCOL_VERSION, ErrorReply, Hello, Kind, Message, Refused
 from .transport._base import Connection, SendStalled
+from .transport._tls import TLSHandshakeFailed
 
 log = logging.getLogger("gossipkv.peer")
 
@@ -154,6 +155,29 @@ def check_hello(hello: Hello, *, cluster: str, own_node_id: str | None) -> Refus
     return None
 
 
+def verify_certificate(conn: Connection, initiator: bool, hello: Hello) -> Refused | None:
+    """Whether the TLS certificate of ``conn`` may make the claim of ``hello`` (issue 13): a
+    member's certificate names it and has the ``peer`` role; any role may be a client (its role
+    then limits what it may send); the peer a connection was opened to is always a member."""
+    identity = conn.tls_identity
+    if identity is None:
+        return Refused("tls_identity", "the TLS certificate carries no gossipkv name and role")
+    if hello.node_id == "client" and not initiator:
+        return None
+    if identity.role != "peer":
+        return Refused(
+            "tls_identity",
+            f"a {identity.role} certificate ({identity.name!r}) cannot act as member "
+            f"{hello.node_id!r}",
+        )
+    if identity.name != hello.node_id:
+        return Refused(
+            "tls_identity",
+            f"the certificate names {identity.name!r}, but the hello claims {hello.node_id!r}",
+        )
+    return None
+
+
 async def handshake(
     conn: Connection,
     ours: Hello,
@@ -163,17 +187,53 @@ async def handshake(
     counters: TransportCounters,
     own_node_id: str | None,
     admit: Callable[[Hello], bool] | None = None,
+    verify: Callable[[Hello], Refused | None] | None = None,
 ) -> Hello:
     """Exchange ``hello`` frames; returns the other side's.
 
+    ``verify`` (either side) checks the other side's ``hello`` against what the connection
+    proves (its TLS certificate): a refusal it returns is sent and raised like any other.
     ``admit`` (responder side) sees an acceptable ``hello`` before ours is sent; when it returns
     False nothing is sent and :exc:`HandshakeError` ``limit`` is raised (the caller closes).
 
+    A failed TLS handshake (plaintext meeting TLS, a refused certificate) is counted in
+    ``counters.refused`` under its reason and raised as :exc:`HandshakeError` with that reason;
+    the responder first tells a plaintext end, in plaintext, why it is refused.
+
     Raises:
-      HandshakeError: refused by either side (wrong cluster, protocol or identity), or by
+      HandshakeError: refused by either side (wrong cluster, protocol, identity or TLS), or by
         ``admit``.
       ConnectionClosed, DecodeError: the connection failed during the handshake.
     """
+    try:
+        return await _handshake(
+            conn, ours, initiator, max_frame, counters, own_node_id, admit, verify
+        )
+    except TLSHandshakeFailed as exc:
+        counters.refused[exc.reason] += 1
+        if not initiator and exc.reason in ("tls_required", "tls_not_enabled"):
+            why = (
+                "this peer requires TLS (connect with --tls-dir)"
+                if exc.reason == "tls_required"
+                else "this peer runs without TLS"
+            )
+            try:
+                await conn.send_in_clear(_codec.encode(Kind.ONEWAY, 0, Refused(exc.reason, why)))
+            except ConnectionClosed:
+                pass
+        raise HandshakeError(exc.reason, str(exc)) from None
+
+
+async def _handshake(
+    conn: Connection,
+    ours: Hello,
+    initiator: bool,
+    max_frame: int,
+    counters: TransportCounters,
+    own_node_id: str | None,
+    admit: Callable[[Hello], bool] | None,
+    verify: Callable[[Hello], Refused | None] | None,
+) -> Hello:
 
     async def send(msg: Message) -> None:
         payload = _codec.encode(Kind.ONEWAY, 0, msg)
@@ -189,6 +249,8 @@ async def handshake(
     if not isinstance(theirs, Hello):
         raise DecodeError("bad_shape", f"expected hello, got {theirs.TAG}")
     refusal = check_hello(theirs, cluster=ours.cluster, own_node_id=own_node_id)
+    if refusal is None and verify is not None:
+        refusal = verify(theirs)
     if refusal is not None:
         counters.refused[refusal.reason] += 1
         try:
@@ -353,7 +415,8 @@ class Channel:
                     self._counters.refused_message(reason)
                     log.warning("closing connection to %s: %s sent %s", remote, reason, message.TAG)
                     if kind is Kind.REQUEST:
-                        error = ErrorReply("forbidden", f"{message.TAG} is a member-only message")
+                        who = "members" if reason.startswith("member") else "operators"
+                        error = ErrorReply("forbidden", f"only {who} may send {message.TAG}")
                         self._enqueue_reply(Kind.ERROR, env.request_id, error)
                         with trio.move_on_after(1.0):
                             await self.flush()

@@ -19,9 +19,9 @@ PUBLIC = {
     "InvalidContext", "InvalidKey", "KVConfig", "KeyTooLarge", "MemberView", "MembershipEvent",
     "NetworkLimits", "Node", "NodeClosedError", "NodeStatistics", "Overloaded",
     "PROTOCOL_VERSION", "PutResult", "QuorumNotReached", "RecordTooLarge", "RemoteError",
-    "StorageError", "StorageLimits", "TooManySiblings", "TransportError", "Unavailable",
+    "StorageError", "StorageLimits", "TLSConfig", "TooManySiblings", "TransportError", "Unavailable",
     "ValueNotEncodable", "ValueTooDeep", "ValueTooLarge", "__version__", "members_body",
-    "open_client", "open_node",
+    "create_ca", "issue_certificate", "open_client", "open_node",
 }  # fmt: skip
 
 TESTING = {

@@ -41,6 +41,8 @@ import trio
 from gossipkv._errors import ConnectionClosed
 from gossipkv._limits import SMALL_FRAME as SMALL_FRAME
 
+from ._tls import TLSIdentity
+
 
 class SendStalled(ConnectionClosed):
     """A write made no progress for the transport's ``frame_timeout``: the other side does not
@@ -127,6 +129,11 @@ class Connection(abc.ABC):
     def remote_address(self) -> str:
         """The other end's address as ``host:port`` (for an accepted TCP connection, its socket)."""
 
+    @property
+    def tls_identity(self) -> TLSIdentity | None:
+        """Who the other end's TLS certificate says it is (``None`` without TLS)."""
+        return None
+
     @abc.abstractmethod
     async def send(self, payload: bytes) -> None:
         """Send one payload."""
@@ -135,6 +142,11 @@ class Connection(abc.ABC):
         """Send several payloads in order; a transport may write them in one system call."""
         for payload in payloads:
             await self.send(payload)
+
+    async def send_in_clear(self, payload: bytes) -> None:
+        """Send one payload outside TLS, on a connection whose TLS handshake failed: how a TLS
+        peer tells a plaintext client that it requires TLS. Without TLS: :meth:`send`."""
+        await self.send(payload)
 
     @abc.abstractmethod
     async def receive(self) -> bytes:

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -27,6 +28,7 @@ from gossipkv._errors import ConfigError, ConnectionClosed, DecodeError, Transpo
 from gossipkv._types import Address
 
 from ._base import SMALL_FRAME, Connection, Handler, ReceiveBudget, SendStalled, Transport
+from ._tls import TLSConfig, TLSHandshakeFailed, TLSIdentity, handshake_failure, identity_of
 
 _log = logging.getLogger("gossipkv.transport")
 
@@ -42,6 +44,9 @@ _ACCEPT_BACKOFF = (0.1, 1.0)  # first and longest pause after a capacity error, 
 _ACCEPT_LOG_EVERY = 60.0  # seconds between log lines about capacity errors
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+# The first bytes of a TLS record (handshake, alert) with a TLS major version: what a plaintext
+# end sees as a frame header when the other end speaks TLS.
+_TLS_RECORD_TYPES = (0x15, 0x16)
 
 
 def _parse(address: str) -> Address:
@@ -73,10 +78,27 @@ def _describe(exc: BaseException) -> str:
 
 
 class TcpConnection(Connection):
-    """One TCP connection carrying framed payloads (see :class:`Connection` for the contract)."""
+    """One TCP connection carrying framed payloads (see :class:`Connection` for the contract).
 
-    def __init__(self, stream: trio.SocketStream, transport: TcpTransport) -> None:
-        self._stream = stream
+    With an SSL context the frames travel inside TLS (``trio.SSLStream``); the TLS handshake
+    runs with the first send or receive, so it is bounded by whatever deadline the caller put on
+    its ``hello`` exchange, and a failed one raises :class:`TLSHandshakeFailed`.
+    """
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        transport: TcpTransport,
+        tls: ssl.SSLContext | None = None,
+        *,
+        server_side: bool = False,
+    ) -> None:
+        self._stream: trio.abc.Stream = (
+            stream if tls is None else trio.SSLStream(stream, tls, server_side=server_side)
+        )
+        self._tls = tls is not None
+        self._server_side = server_side
+        self._frames_in = 0
         self._transport = transport
         self.max_frame = transport.max_frame
         self._send_lock = trio.Lock()
@@ -92,6 +114,23 @@ class TcpConnection(Connection):
     @property
     def remote_address(self) -> str:
         return self._remote
+
+    @property
+    def tls_identity(self) -> TLSIdentity | None:
+        """The other end's certificate identity (TLS, after the handshake), else ``None``."""
+        if not isinstance(self._stream, trio.SSLStream):
+            return None
+        try:
+            return identity_of(self._stream.getpeercert())
+        except (trio.NeedHandshakeError, ValueError):
+            return None
+
+    def _stream_error(self, exc: BaseException) -> ConnectionClosed:
+        # A TLS failure before the first frame arrived is the handshake's (with TLS 1.3 a
+        # client learns that its certificate was refused only on its first read).
+        if self._tls and not self._frames_in:
+            return handshake_failure(exc, self._remote, server_side=self._server_side)
+        return ConnectionClosed(f"connection to {self._remote} closed: {_describe(exc)}")
 
     async def send(self, payload: bytes) -> None:
         """Send one payload as one frame.
@@ -137,9 +176,36 @@ class TcpConnection(Connection):
                 for data in writes:
                     await self._write(data)
             except _STREAM_ERRORS as exc:
-                raise ConnectionClosed(
-                    f"connection to {self._remote} closed: {_describe(exc)}"
-                ) from exc
+                raise self._stream_error(exc) from exc
+
+    async def _send_tls_alert(self) -> None:
+        """Send the alert OpenSSL wrote when it refused the other end's handshake (its
+        certificate expired, another CA): trio's SSLStream leaves it unsent, and without it the
+        other end only sees the connection close."""
+        stream = self._stream
+        outgoing = getattr(stream, "_outgoing", None)  # trio's memory BIO, private: best effort
+        if not isinstance(stream, trio.SSLStream) or not isinstance(outgoing, ssl.MemoryBIO):
+            return
+        data = outgoing.read()
+        if data:
+            with trio.move_on_after(1.0):
+                try:
+                    await stream.transport_stream.send_all(data)
+                except (*_STREAM_ERRORS, trio.BusyResourceError):
+                    pass
+
+    async def send_in_clear(self, payload: bytes) -> None:
+        """Write one frame on the raw socket, under any TLS (see :class:`Connection`)."""
+        stream = self._stream
+        if isinstance(stream, trio.SSLStream):
+            raw = stream.transport_stream
+            try:
+                with trio.move_on_after(1.0):
+                    await raw.send_all(len(payload).to_bytes(FRAME_HEADER, "big") + payload)
+            except _STREAM_ERRORS as exc:
+                raise ConnectionClosed(f"connection to {self._remote} closed") from exc
+            return
+        await self.send(payload)
 
     async def _write(self, data: bytes) -> None:
         timeout = self._transport.frame_timeout
@@ -183,14 +249,37 @@ class TcpConnection(Connection):
             if length <= self.max_frame and len(buffer) >= end:
                 payload = bytes(buffer[FRAME_HEADER:end])
                 del buffer[:end]
+                self._frames_in += 1
                 return payload
         try:
             header = await self._read_exactly(FRAME_HEADER, frame_start=True)
+            if not self._frames_in and not self._tls:
+                self._refuse_tls(header)
             length = frame_length(header, max_frame=self.max_frame)
-            return await self._read_body(length)
+            payload = await self._read_body(length)
         except DecodeError as exc:
             self._broken = exc
             raise
+        self._frames_in += 1
+        return payload
+
+    def _refuse_tls(self, header: bytes) -> None:
+        """A plaintext connection whose first bytes are a TLS record: say so, not "too large"."""
+        if header[0] not in _TLS_RECORD_TYPES or header[1] != 0x03:
+            return
+        if header[0] == 0x16:
+            failure = TLSHandshakeFailed(
+                "tls_not_enabled",
+                f"{self._remote} started a TLS handshake, but this end runs without TLS "
+                "(give it --tls-dir too, or connect without TLS)",
+            )
+        else:
+            failure = TLSHandshakeFailed(
+                "tls_required",
+                f"{self._remote} answered with TLS: it requires TLS (use --tls-dir)",
+            )
+        self._broken = DecodeError(failure.reason, str(failure))
+        raise failure
 
     async def _read_body(self, length: int) -> bytes:
         transport = self._transport
@@ -237,9 +326,9 @@ class TcpConnection(Connection):
         try:
             chunk = await self._stream.receive_some(max_bytes)
         except _STREAM_ERRORS as exc:
-            raise ConnectionClosed(
-                f"connection to {self._remote} closed: {_describe(exc)}"
-            ) from exc
+            if self._tls and self._server_side and not self._frames_in:
+                await self._send_tls_alert()
+            raise self._stream_error(exc) from exc
         if not chunk:
             have = len(self._buffer) if got is None else got
             if frame_start and not have:
@@ -248,7 +337,7 @@ class TcpConnection(Connection):
                 "truncated",
                 f"connection from {self._remote} ended inside a frame ({have} of {count} bytes)",
             )
-        return chunk
+        return chunk if isinstance(chunk, bytes) else bytes(chunk)
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. A task blocked in ``receive`` gets ConnectionClosed."""
@@ -256,6 +345,10 @@ class TcpConnection(Connection):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        if self._tls:
+            # No close_notify dance with a peer that may be gone: TLS adds nothing to a close.
+            await trio.aclose_forcefully(self._stream)
+            return
         await self._stream.aclose()
 
 
@@ -270,6 +363,9 @@ class TcpTransport(Transport):
         (``math.inf``: no limit); ``DecodeError("frame_timeout")`` after that.
       receive_budget: bytes of large bodies (over 64 KiB) being received at once, shared by
         every connection (``None``: no budget).
+      tls: mutual TLS on every connection accepted and opened (``None``: plaintext). The files
+        are read here (:exc:`ConfigError` when they do not load) and again by
+        :meth:`reload_tls`.
     """
 
     def __init__(
@@ -278,6 +374,7 @@ class TcpTransport(Transport):
         *,
         frame_timeout: float = math.inf,
         receive_budget: ReceiveBudget | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         if max_frame < 0:
             raise ConfigError(f"max_frame must be >= 0, got {max_frame}")
@@ -286,6 +383,18 @@ class TcpTransport(Transport):
         self.max_frame = max_frame
         self.frame_timeout = frame_timeout
         self.receive_budget = receive_budget
+        self.tls = tls
+        self._contexts = tls.contexts() if tls is not None else None
+
+    def reload_tls(self) -> None:
+        """Read the TLS files again: new connections use them, open ones keep theirs.
+
+        Raises:
+          ConfigError: TLS is off, or the files do not load (the ones in use stay in force).
+        """
+        if self.tls is None:
+            raise ConfigError("TLS is not enabled on this transport")
+        self._contexts = self.tls.contexts()
 
     async def serve(
         self,
@@ -316,7 +425,8 @@ class TcpTransport(Transport):
         async def run_handler(stream: trio.SocketStream) -> None:
             try:
                 try:
-                    conn = TcpConnection(stream, self)
+                    server = None if self._contexts is None else self._contexts[0]
+                    conn = TcpConnection(stream, self, server, server_side=True)
                 except OSError:
                     return  # the peer reset the connection before we looked at it
                 try:
@@ -351,7 +461,8 @@ class TcpTransport(Transport):
         except (ValueError, UnicodeError) as exc:  # e.g. an over-long DNS label (idna)
             raise TransportError(f"cannot connect to {where}: {exc}") from exc
         try:
-            return TcpConnection(stream, self)
+            client = None if self._contexts is None else self._contexts[1]
+            return TcpConnection(stream, self, client)
         except OSError as exc:
             await trio.aclose_forcefully(stream)
             raise TransportError(f"cannot connect to {where}: {_describe(exc)}") from exc

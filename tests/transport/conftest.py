@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Protocol
 
 import pytest
@@ -13,7 +14,16 @@ import trio.testing
 
 from gossipkv._codec import frame_header
 from gossipkv.testing import SimNetwork
-from gossipkv.transport import Connection, Handler, ReceiveBudget, TcpTransport, Transport
+from gossipkv.transport import (
+    Connection,
+    Handler,
+    ReceiveBudget,
+    TcpTransport,
+    TLSConfig,
+    Transport,
+    create_ca,
+    issue_certificate,
+)
 
 MAX_FRAME = 64 * 1024  # small, so limit tests stay fast
 
@@ -92,6 +102,45 @@ class TcpHarness:
         return f"127.0.0.1:{port}"
 
 
+class TlsHarness(TcpHarness):
+    """TCP with mutual TLS on both ends (issue 13): the same contract inside TLS."""
+
+    kind = "tls"
+
+    def __init__(self, nursery: trio.Nursery, pki: Path) -> None:
+        self._nursery = nursery
+        self._server_tls = TLSConfig.from_dir(pki, "server")
+        self._client_tls = TLSConfig.from_dir(pki, "client1")
+        self.transport = TcpTransport(max_frame=MAX_FRAME, tls=self._client_tls)
+
+    async def serve(
+        self,
+        handler: Handler,
+        *,
+        max_frame: int = MAX_FRAME,
+        frame_timeout: float = math.inf,
+        receive_budget: ReceiveBudget | None = None,
+    ) -> str:
+        server = TcpTransport(
+            max_frame=max_frame,
+            frame_timeout=frame_timeout,
+            receive_budget=receive_budget,
+            tls=self._server_tls,
+        )
+        address: str = await self._nursery.start(server.serve, "127.0.0.1:0", handler)
+        return address
+
+    async def send_stalled(self, address: str, length: int) -> Stalled:
+        host, _, port = address.rpartition(":")
+        raw = await trio.open_tcp_stream(host, int(port))
+        stream = trio.SSLStream(raw, self._client_tls.contexts()[1])
+        await stream.send_all(frame_header(b"x" * length) + b"x" * min(1000, length - 1))
+        return stream
+
+    def transport_at(self, address: str) -> Transport:
+        return TcpTransport(max_frame=MAX_FRAME, tls=self._server_tls)
+
+
 class SimHarness:
     kind = "sim"
     max_frame = MAX_FRAME
@@ -139,7 +188,16 @@ class SimHarness:
         return "10.0.2.1:7400"
 
 
-@pytest.fixture(params=["tcp", "sim"])
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    create_ca(directory)
+    issue_certificate(directory, "server", "peer")
+    issue_certificate(directory, "client1", "client")
+    return directory
+
+
+@pytest.fixture(params=["tcp", "tls", "sim"])
 def transport_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
     return kind
@@ -154,9 +212,13 @@ def clock(transport_kind: str) -> trio.testing.MockClock | None:
 
 
 @pytest.fixture
-async def harness(transport_kind: str, nursery: trio.Nursery) -> AsyncIterator[Harness]:
+async def harness(
+    transport_kind: str, nursery: trio.Nursery, pki: Path
+) -> AsyncIterator[Harness]:
     if transport_kind == "tcp":
         yield TcpHarness(nursery)
+    elif transport_kind == "tls":
+        yield TlsHarness(nursery, pki)
     else:
         # The test must also request ``clock``, or the simulation would run on real time.
         assert isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)

@@ -1,0 +1,233 @@
+"""Mutual TLS through real peer processes and the CLI (issue 13): ``gossipkv certs``, a TLS
+cluster, plaintext and TLS refusing each other, roles, and a CA rotated under ``bench kv`` load.
+
+Kept lean (two clusters of two peers): the rest is covered in process by tests/unit/test_tls.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import gossipkv
+
+from ._peers import ENV, Peers, cli, eventually, free_ports
+
+pytestmark = pytest.mark.proc
+
+
+def ok(out: subprocess.CompletedProcess[str]) -> str:
+    assert out.returncode == 0, f"rc={out.returncode}\nstdout={out.stdout}\nstderr={out.stderr}"
+    return out.stdout
+
+
+def refused(out: subprocess.CompletedProcess[str], text: str) -> None:
+    """A non-zero exit with exactly one error line, containing ``text``."""
+    assert out.returncode != 0, out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], out.stderr
+
+
+def make_pki(directory: Path, peers: list[str], *, by_cli: bool = False) -> None:
+    """A CA with peer certificates, ``app`` (client) and ``ops`` (operator)."""
+    roles = [*((n, "peer") for n in peers), ("app", "client"), ("ops", "operator")]
+    if not by_cli:  # the library: a process start less per certificate
+        gossipkv.create_ca(directory)
+        for name, role in roles:
+            gossipkv.issue_certificate(directory, name, role)
+        return
+    ok(cli("certs", "init", "--dir", str(directory)))
+    for name, role in roles:
+        ok(cli("certs", "issue", "--dir", str(directory), f"--{role}", name))
+
+
+async def wait_up(peers: Peers, names: list[str], tls: Path | None) -> None:
+    config = None if tls is None else gossipkv.TLSConfig.from_dir(tls, "ops")
+
+    async def all_up() -> Any:
+        try:
+            async with gossipkv.open_client(
+                [peers.addr[names[0]]], connect_timeout=0.5, request_timeout=2.0, tls=config
+            ) as client:
+                doc = await client.members()
+                await client.put("ready", "yes")  # a partition table exists
+        except gossipkv.GossipKVError:
+            return False
+        return sorted(m["name"] for m in doc["members"] if m["status"] == "up") == names
+
+    await eventually(all_up, within=30, what=f"{names} up and writable", peers=peers)
+
+
+async def test_certs_tls_cluster_mismatch_and_roles(peers: Peers, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    make_pki(pki, ["a", "b"], by_cli=True)
+    assert stat.S_IMODE((pki / "ca.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((pki / "a.key").stat().st_mode) == 0o600
+    refused(cli("certs", "issue", "--dir", str(pki), "--peer", "bad/name"), "certificate name")
+    refused(cli("certs", "issue", "--dir", str(pki), "--client", "app"), "already exists")
+    refused(cli("certs", "issue", "--dir", str(pki)), "exactly one of")
+    refused(cli("certs", "init", "--dir", str(pki)), "already exists")
+
+    ports = free_ports(3)
+    peers.start("a", ports[0], tls_dir=str(pki))
+    peers.start("b", ports[1], seeds=["a"], tls_dir=str(pki))
+    peers.start("plain", ports[2])
+    await wait_up(peers, ["a", "b"], pki)
+    a, b, plain = peers.addr["a"], peers.addr["b"], peers.addr["plain"]
+    app = ["--tls-dir", str(pki), "--tls-name", "app"]
+    ops = ["--tls-dir", str(pki), "--tls-name", "ops"]
+
+    ok(cli("put", "k", "v", "--peer", b, *app))
+    assert json.loads(ok(cli("get", "k", "--peer", a, "--json", *app)))["values"] == ["v"]
+    # Plaintext against TLS, and TLS against plaintext: one line on each side.
+    refused(cli("get", "k", "--peer", a), "requires TLS")
+    refused(cli("members", "--peer", plain, *app), "runs without TLS")
+    # The peer certificate of b cannot pass for a member called x (here: a third peer).
+    peers.start("x", free_ports(1)[0], seeds=["a"], tls_dir=str(pki), tls_name="b")
+    # A client certificate may not make operator calls; an operator one may.
+    refused(cli("leave", "--peer", b, *app), "only operators may send leave")
+    ok(cli("certs", "reload", "--peer", b, *ops))
+    refused(cli("certs", "reload", "--peer", b, *app), "only operators")
+    env_ops = {**ENV, "GOSSIPKV_TLS_DIR": str(pki), "GOSSIPKV_TLS_NAME": "ops"}
+    stats = subprocess.run(
+        [sys.executable, "-m", "gossipkv_cli", "stats", "--peer", a, "--json"],
+        capture_output=True, text=True, timeout=30, env=env_ops, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    doc = json.loads(ok(stats))
+    assert doc["refused_handshakes"]["tls_required"] >= 1, doc["refused_handshakes"]
+
+    async def identity_refused() -> Any:
+        out = cli("stats", "--peer", a, "--json", *ops)
+        return out.returncode == 0 and json.loads(out.stdout)["refused_handshakes"].get(
+            "tls_identity", 0
+        )
+
+    await eventually(identity_refused, within=15, what="x refused for b's certificate", peers=peers)
+    b_stats = json.loads(ok(cli("stats", "--peer", b, "--json", *ops)))
+    assert b_stats["refusals"]["operator_message_from_client"] >= 2
+    # The peer logs say so in one line each.
+    assert "sent plaintext, but this peer requires TLS" in peers.log("a")
+    assert "started a TLS handshake, but this end runs without TLS" in peers.log("plain")
+    assert "the certificate names 'b', but the hello claims 'x'" in peers.log("a")
+
+
+def _bundle(pki: Path, new: Path, *, old_too: bool) -> None:
+    data = ((pki / "ca.pem").read_bytes() if old_too else b"") + (new / "ca.pem").read_bytes()
+    tmp = pki / "ca.pem.tmp"
+    tmp.write_bytes(data)
+    tmp.replace(pki / "ca.pem")
+
+
+async def test_ca_rotation_under_bench_kv_load_has_no_errors(peers: Peers, tmp_path: Path) -> None:
+    pki, new = tmp_path / "pki", tmp_path / "new"
+    make_pki(pki, ["a", "b"])
+    make_pki(new, ["a", "b"])
+    old_ca = (pki / "ca.pem").read_bytes()
+    ports = free_ports(2)
+    peers.start("a", ports[0], tls_dir=str(pki))
+    peers.start("b", ports[1], seeds=["a"], tls_dir=str(pki))
+    await wait_up(peers, ["a", "b"], pki)
+    a, b = peers.addr["a"], peers.addr["b"]
+    app = ["--tls-dir", str(pki), "--tls-name", "app"]
+    ops = ["--tls-dir", str(pki), "--tls-name", "ops"]
+    bench = await trio.to_thread.run_sync(
+        lambda: subprocess.Popen(
+            [sys.executable, "-m", "gossipkv_cli", "bench", "kv", "--peer", a, "--peer", b,
+             "--duration", "6", "--concurrency", "4", "--json", *app],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+            stdin=subprocess.DEVNULL,
+        )
+    )  # fmt: skip
+
+    async def step() -> None:
+        # Every step: new connections (a new TLS handshake each) still work on both peers.
+        for addr in (a, b):
+            async with gossipkv.open_client(
+                [addr], tls=gossipkv.TLSConfig.from_dir(pki, "app")
+            ) as client:
+                assert "yes" in (await client.get("ready")).values
+
+    async def reload(addr: str) -> None:
+        async with gossipkv.open_client(
+            [addr], tls=gossipkv.TLSConfig.from_dir(pki, "ops")
+        ) as client:
+            await client.reload_tls()
+
+    # 1. Trust old and new CA; reload a by the admin call, b by SIGHUP.
+    _bundle(pki, new, old_too=True)
+    ok(cli("certs", "reload", "--peer", a, *ops))
+    peers.signal("b", signal.SIGHUP)
+
+    async def b_reloaded() -> bool:
+        return "reloaded the TLS certificate" in peers.log("b")
+
+    await eventually(b_reloaded, within=10, what="b reloads on SIGHUP", peers=peers)
+    await step()
+    # 2. New certificates for everyone (the clients' copies too), then reload.
+    for name in ("a", "b", "app", "ops"):
+        for ext in (".pem", ".key"):
+            os.replace(new / f"{name}{ext}", pki / f"{name}{ext}")
+    await reload(a)
+    await reload(b)
+    await step()
+    # 3. Only the new CA.
+    _bundle(pki, new, old_too=False)
+    await reload(a)
+    await reload(b)
+    await step()
+    assert bench.poll() is None, "the load must span the whole rotation"
+    out, err = await trio.to_thread.run_sync(lambda: bench.communicate(timeout=60))
+    assert bench.returncode == 0, err
+    result = json.loads(out)
+    assert result["errors"] == 0 and result["ops"] > 0, result
+    # The old CA is no longer trusted.
+    (tmp_path / "stale").mkdir()
+    (tmp_path / "stale" / "ca.pem").write_bytes(old_ca)
+    for ext in (".pem", ".key"):
+        (tmp_path / "stale" / f"app{ext}").write_bytes(
+            (tmp_path / "pki" / f"app{ext}").read_bytes()
+        )
+    refused(cli("get", "ready", "--peer", a, "--tls-dir", str(tmp_path / "stale")), "refused")
+    assert peers.log("b").count("reloaded the TLS certificate") >= 3
+
+
+async def test_cluster_up_tls_makes_a_throwaway_ca(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gossipkv_cli", "cluster", "up", "-n", "2", "--tls",
+         "--base-port", str(port), "--data-root", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV,
+    )  # fmt: skip
+    try:
+        addr = f"127.0.0.1:{port}"
+
+        async def ready() -> Any:
+            if not (data / "tls" / "operator.pem").exists():
+                return False
+            config = gossipkv.TLSConfig.from_dir(data / "tls", "operator")
+            try:
+                async with gossipkv.open_client([addr], tls=config, request_timeout=2.0) as c:
+                    doc = await c.members()
+            except gossipkv.GossipKVError:
+                return False
+            return sum(m["status"] == "up" for m in doc["members"]) == 2
+
+        await eventually(ready, within=30, what="2 TLS peers up")
+        refused(cli("members", "--peer", addr), "requires TLS")
+        proc.send_signal(signal.SIGINT)
+        out, _ = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=30))
+        assert proc.returncode == 0, out
+        assert b"--tls-dir" in out  # where the throwaway CA is (rich may wrap the path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
