@@ -25,19 +25,30 @@ async def test_bench_kv_json_with_echo_baseline(peers: Peers) -> None:
     addrs = [peers.addr[n] for n in NAMES]
 
     async def table_ready() -> Any:
-        # A quorum write succeeds once the leader has published a partition table.
+        # A quorum write through each peer succeeds once every peer holds a table of all three:
+        # bench kv probes every peer, so one peer ready is not enough.
         try:
-            async with gossipkv.open_client(
-                addrs, connect_timeout=0.5, request_timeout=2.0
-            ) as client:
-                await client.put("bench-ready", "yes")
+            for addr in addrs:
+                async with gossipkv.open_client(
+                    [addr], connect_timeout=0.5, request_timeout=2.0
+                ) as client:
+                    ring: Any = await client.ring()
+                    owners = ring.get("owners") or []
+                    if not owners or {m for row in owners for m in row} != set(NAMES):
+                        return False
+                    await client.put(f"bench-ready-{addr}", "yes")
         except (gossipkv.ClusterNotReady, gossipkv.Unavailable, gossipkv.QuorumNotReached):
             return False
         except gossipkv.TransportError:
             return False  # the peers are still starting
         return True
 
-    await eventually(table_ready, within=45, what="a partition table (a put succeeds)", peers=peers)
+    await eventually(
+        table_ready,
+        within=45,
+        what="a table of all three at every peer (a put through each succeeds)",
+        peers=peers,
+    )
 
     args = ["bench", "kv"]
     for addr in addrs:
