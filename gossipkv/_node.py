@@ -1499,10 +1499,17 @@ class Node:
             return
         now = trio.current_time()
         every = min(60.0, self.kv_config.tombstone_grace / 10)
-        if not self._checking_data and now - self._alive_saved_at >= every:
-            self._alive_saved_at = now
-            await self._persist()
         if not self._checking_data:
+            # Every member carries the cluster's reaped_upto on (and persists it), so it
+            # outlives the member that reaped.
+            upto = g.reaped_upto()
+            if upto > self._reaped_saved:
+                self._reaped_saved = upto
+                g.set_reaped_upto(upto)
+                await self._persist()
+            if now - self._alive_saved_at >= every:
+                self._alive_saved_at = now
+                await self._persist()
             return
         knows_others = self._rejoins or any(not m.is_self for m in g.members(now))
         if knows_others and g.counters.deltas_applied == 0:
@@ -1520,13 +1527,10 @@ class Node:
         """Drop every key and hint this member holds (it could bring back deleted values) and
         pull its partitions again from the other owners."""
         kv = self._service()
-        keys = await kv.storage.keys(0, 1)
+        keys = await _delete_all(kv.storage)
         for key in keys:
-            await kv.storage.delete(key)
             kv.reaper.forget(key)
-        hints = await kv.hints.keys(0, 1)
-        for key in hints:
-            await kv.hints.delete(key)
+        hints = await _delete_all(kv.hints)
         kv.drop_pending_hints()
         self._wiped += len(keys)
         kv.transfers.refill()
@@ -1546,7 +1550,7 @@ class Node:
             {m.address for m in g.members(trio.current_time()) if m.address and not m.is_self}
         )
         alive = self._alive_before if self._checking_data else self._wall()
-        reaped = self._kv.reaper.reaped_upto if self._kv is not None else 0
+        reaped = max(self._reaped_saved, self._kv.reaper.reaped_upto if self._kv else 0)
         record = PeerRecord(
             g.node_id, g.generation, g.decisions.to_plain(), peers[:64], alive, reaped
         )
@@ -1955,6 +1959,18 @@ def statistics_body(stats: NodeStatistics) -> dict[str, object]:
     from dataclasses import asdict
 
     return asdict(stats)
+
+
+async def _delete_all(engine: StorageEngine) -> list[str]:
+    """Delete every key of ``engine`` (a few hundred at a time, so a log engine commits them
+    together), then compact it; returns the keys."""
+    keys = await engine.keys(0, 1)
+    for i in range(0, len(keys), 512):
+        async with trio.open_nursery() as nursery:
+            for key in keys[i : i + 512]:
+                nursery.start_soon(engine.delete, key)
+    await engine.compact()
+    return keys
 
 
 def _descriptor_use() -> tuple[int | None, int]:

@@ -21,6 +21,10 @@ compaction then reclaims the disk) when
    meanwhile is never lost. An owner that misses the second message keeps its tombstone;
    anti-entropy copies it back to the others and a later round reaps it again.
 
+A member that holds an old tombstone for a partition it does not own (a former owner, a stand-in)
+hands it to every current owner (a ``sync``, as ownership handoff does) and, once all of them
+stored it, forgets its own copy; the owners then reap it by the rule above.
+
 No resurrection: an old live value could only come back from a copy that never saw the tombstone.
 
 (a) An owner that was down: rule 3 holds the reap while it is an owner, so it gets the tombstone
@@ -193,14 +197,15 @@ class TombstoneReaper:
         self._kv._count_error(exc)
 
     def _ripe(self, q: int, me: str, owners: tuple[tuple[str, ...], ...]) -> dict[int, list[str]]:
-        """Keys old enough to reap, by partition, for the partitions this peer coordinates."""
+        """Keys old enough to reap, by partition: of the partitions this peer coordinates (it
+        is their first owner) and of those it does not own at all."""
         cutoff = self._wall_ms() - int(self.grace * 1000)
         out: dict[int, list[str]] = {}
         for key, ms in self._candidates.items():
             if ms > cutoff:
                 continue
             p = _dvv.partition_of(key, q)
-            if owners[p] and owners[p][0] == me:
+            if owners[p] and (owners[p][0] == me or me not in owners[p]):
                 out.setdefault(p, []).append(key)
         return out
 
@@ -220,7 +225,10 @@ class TombstoneReaper:
         for p, keys in sorted(self._ripe(table.q, kv.node_id, table.owners).items()):
             if kv._table() is not table:
                 break  # the owners changed: start again from the new table next round
-            await self._reap_partition(p, table.q, table.owners[p], sorted(keys))
+            if kv.node_id in table.owners[p]:
+                await self._reap_partition(p, table.q, table.owners[p], sorted(keys))
+            else:
+                await self._hand_back(p, table.owners[p], sorted(keys))
         return self.counters.reaped - before
 
     def _blocked(self, partition: int, owners: tuple[str, ...]) -> bool:
@@ -287,6 +295,27 @@ class TombstoneReaper:
             await self._ask(owner, reap)
         for key, raw in zip(reap.keys, reap.clocks, strict=True):
             await self.reap_if(key, raw)
+
+    async def _hand_back(self, partition: int, owners: tuple[str, ...], keys: list[str]) -> None:
+        """Give old tombstones of a partition this peer does not own to its owners, and forget
+        each one every owner stored (they reap it by the rule, in their own time)."""
+        kv = self._kv
+        if self._blocked(partition, owners):
+            self.counters.blocked += 1
+            return
+        for key in keys[:MAX_KEYS_PER_CHECK]:
+            clock = await kv.storage.get(key)
+            if clock is None or tombstone_time(clock) is None:
+                self.forget(key)
+                continue
+            try:
+                for owner in owners:
+                    await kv._replica_put(owner, key, clock, "")
+            except GossipKVError as exc:
+                self.counters.errors += 1
+                log.debug("handing tombstone %r to the owners failed: %s", key, exc)
+                return  # an owner is slow or away: try again next round
+            await self.reap_if(key, _codec.dumps_canonical(_dvv.clock_to_plain(clock)))
 
     async def _ask(self, owner: str, message: TombstoneCheck) -> list[bool] | None:
         kv = self._kv

@@ -254,6 +254,8 @@ async def test_a_hint_older_than_the_grace_is_dropped(
         assert await stored(c, stand_in, key) is None, f"seed={seed}"
         with trio.fail_after(60):
             await c.restart("n5", seeds=["n1"], kv=KV)
+            # Away longer than the grace: it checks its data with the cluster first.
+            await c.wait_until(lambda: not c.nodes["n5"]._checking_data)
             await c.wait_until(lambda: "n5" in service(c.nodes["n1"])._reachable())
         assert kv.counters.hints_delivered == 0, f"seed={seed}"
         # Nothing was reaped meanwhile: n5 keeps its replica, and gets the value from the owners.
