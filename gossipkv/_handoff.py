@@ -10,9 +10,9 @@ most ``MAX_KEYS_PER_ROUND`` keys a round; a partition is resumed where the last 
 
 A partition handed off completely is remembered with its owner list and the digest of what this
 peer holds of it (``Storage.partition_hashes``), so it is not sent again until either changes (a
-new table, or a late write or a stand-in's hinted write stored here). Local copies are kept: the
-engines have no delete, so a former owner keeps them although reads no longer ask it (a known
-limit).
+new table, or a late write or a stand-in's hinted write stored here). Local copies are kept: a
+former owner keeps them although reads no longer ask it (a known limit; old tombstones among them
+are handed back and forgotten by the tombstone reaper, ``gossipkv._reaper``).
 """
 
 from __future__ import annotations

@@ -598,7 +598,8 @@ class Node:
 
         Pass the ``context`` of a read so the tombstone replaces what that read saw; without one
         the tombstone is concurrent with every stored value, which stays visible.
-        Tombstones are kept (no reaping yet).
+        The tombstone is reaped ``KVConfig.tombstone_grace`` after it was written, once every
+        owner of the key holds it (see README, Operations -> Deletes).
 
         Args:
           key: the key to delete.
