@@ -47,6 +47,8 @@ COUNTERS: dict[str, str] = {
     "admission_waits": "Reads and writes that waited for room in the in-flight memory budget.",
     "partitions_filled": "Gained partitions pulled completely from their other owners.",
     "keys_filled": "Keys pulled into gained partitions.",
+    "transfer_errors": "Transfer pages that failed (source unreachable, or it refused).",
+    "transfer_bad_pages": "Transfer pages refused whole: the source sent invalid data.",
     "tombstones_reaped": "Tombstones forgotten: every owner held them past tombstone_grace.",
     "hints_expired": "Hints dropped undelivered: kept longer than tombstone_grace.",
     "replica_wiped": "Keys dropped at start: back after more than tombstone_grace away.",

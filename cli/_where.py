@@ -130,6 +130,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(
                 f"partition {t['partition']:>4}  {t['from']} -> {t['to']}  "
                 f"{t['keys_done']} keys sent, {left} left, {t['rate']:.0f} keys/s"
+                + (f"  (last page failed: {t['error']})" if t.get("error") else "")
             )
 
     @app.command()
@@ -152,9 +153,7 @@ def register(app: typer.Typer) -> None:
                     fail("no partition table yet (the cluster has not formed)")
                 stats = await client.statistics()
                 me = stats["name"]
-                owned = [
-                    p for p, row in enumerate(ring_doc["owners"]) if me in row
-                ]
+                owned = [p for p, row in enumerate(ring_doc["owners"]) if me in row]
                 if partition is not None:
                     total = int(ring_doc["partitions"])
                     if not 0 <= partition < total:
@@ -183,7 +182,5 @@ def register(app: typer.Typer) -> None:
             print_json(results)
             return
         typer.echo(
-            f"repaired {sum(r['keys_repaired'] for r in results)} keys in "
-            f"{len(results)} partitions"
+            f"repaired {sum(r['keys_repaired'] for r in results)} keys in {len(results)} partitions"
         )
-

@@ -1378,27 +1378,40 @@ class KeyValueService:
 
     async def store_page(self, items: list[tuple[str, bytes]]) -> int:
         """Store clocks received in a transfer by ``sync`` (concurrently: a log engine commits
-        them together); a clock that fails validation is counted and skipped.
+        them together). The whole page is checked before anything is stored.
 
         Returns:
-          How many were stored.
-        """
-        stored = 0
+          How many were stored (all of them).
 
-        async def one(key: str, raw: bytes) -> None:
-            nonlocal stored
+        Raises:
+          RemoteError: ``bad_reply`` when a key or clock of the page is invalid: nothing is
+            stored, and the transfer asks again later instead of confirming a page it lost.
+          GossipKVError: the first error storing a key (the others are stored; storing again
+            is harmless, since ``sync`` of a clock already held changes nothing).
+        """
+        checked: list[tuple[str, Clock]] = []
+        for key, raw in items:
             try:
                 self._check_key(key)
-                await self.apply(key, self._clock_from_wire(raw))
+                checked.append((key, self._clock_from_wire(raw)))
             except GossipKVError as exc:
                 self._count_error(exc)
-                return
-            stored += 1
+                raise RemoteError("bad_reply", f"invalid item {str(key)[:64]!r}: {exc}") from exc
+        failed: list[GossipKVError] = []
+
+        async def one(key: str, clock: Clock) -> None:
+            try:
+                await self.apply(key, clock)
+            except GossipKVError as exc:
+                self._count_error(exc)
+                failed.append(exc)
 
         async with trio.open_nursery() as nursery:
-            for key, raw in items:
-                nursery.start_soon(one, key, raw)
-        return stored
+            for key, clock in checked:
+                nursery.start_soon(one, key, clock)
+        if failed:
+            raise failed[0]
+        return len(checked)
 
     async def _clock_bytes(self, keys: list[str]) -> list[bytes | None]:
         """The canonical clock bytes of ``keys`` as stored here (``None``: gone since)."""

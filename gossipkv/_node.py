@@ -182,8 +182,13 @@ class NodeStatistics:
         completely yet.
       partitions_filled: such partitions pulled completely.
       keys_filled: keys stored by transfers into this node.
+      transfer_errors: transfer pages that failed (the source unreachable, or it refused).
+      transfer_bad_pages: transfer pages refused whole because the source sent invalid data
+        (keys out of order or of another partition, undecodable clocks); nothing of them is
+        stored, and the page is asked for again later.
       transfers: the transfers into this node in flight: ``{"partition", "from", "to",
-        "keys_done", "keys_total", "rate"}`` each (``rate`` in keys per second).
+        "keys_done", "keys_total", "rate", "error"}`` each (``rate`` in keys per second;
+        ``error`` says why the last page failed, or is ``None``).
       under_replicated: partitions of the table with an owner that is unreachable or still
         pulling it (as this node sees it): fewer than N full copies are certain there.
       tombstone_grace: ``KVConfig.tombstone_grace`` in seconds (``None``: tombstones are kept).
@@ -254,6 +259,8 @@ class NodeStatistics:
     partitions_filling: int = 0
     partitions_filled: int = 0
     keys_filled: int = 0
+    transfer_errors: int = 0
+    transfer_bad_pages: int = 0
     transfers: list[dict[str, object]] = field(default_factory=list)
     under_replicated: int = 0
     tombstone_grace: float | None = 3600.0
@@ -717,7 +724,10 @@ class Node:
             connections=self._conns.peer_channels + self._conns.client_channels,
             peer_connections=self._conns.peer_channels,
             client_connections=self._conns.client_channels,
-            refusals=dict(self._refusals),
+            refusals={
+                **self._refusals,
+                **{f"gossip_{k}": v for k, v in g.counters.refused.items()},
+            },
             max_loop_lag=self._lag.max,
             last_loop_lag=self._lag.last,
             table_epoch=None if table is None else list(table.epoch),
@@ -757,6 +767,8 @@ class Node:
             partitions_filling=kv.transfers.pending,
             partitions_filled=kv.transfers.counters.partitions_filled,
             keys_filled=kv.transfers.counters.keys_filled,
+            transfer_errors=kv.transfers.counters.errors,
+            transfer_bad_pages=kv.transfers.counters.bad_pages,
             transfers=[
                 {
                     "partition": t.partition,
@@ -765,6 +777,7 @@ class Node:
                     "keys_done": t.keys_done,
                     "keys_total": t.keys_total,
                     "rate": round(t.rate(trio.current_time()), 1),
+                    "error": t.error,
                 }
                 for t in kv.transfers.in_flight()
             ],
@@ -1004,7 +1017,12 @@ class Node:
         )
         self._publish_events()
         await self._persist()
-        return {"removed": name, "generation": generation, "leader": g.node_id, "minority": minority}
+        return {
+            "removed": name,
+            "generation": generation,
+            "leader": g.node_id,
+            "minority": minority,
+        }
 
     async def _hand_off(self, handoff_seconds: float | None, force: bool) -> None:
         """Announce ``leaving`` and wait until this node's partitions and hints are handed off
@@ -1272,6 +1290,21 @@ class Node:
                     "the peer rejoins through its seeds",
                     name,
                 )
+            if decisions is not None:
+                # What a forged record may have left on disk before this version vetted gossip.
+                kept = Decisions()
+                ahead = int(self.config.max_generation_ahead * 1000)
+                problems = kept.vet(decisions, max_generation=generation + ahead, seen=None)
+                if problems:
+                    log.error(
+                        "%s: the persisted membership decisions hold what no leader could have "
+                        "decided (%s); that part was dropped%s",
+                        name,
+                        ", ".join(sorted(set(problems))),
+                        "" if decisions.term else " and the peer rejoins through its seeds",
+                    )
+                    if not decisions.term:
+                        decisions = None
             known = record.known_peers if record else []
             seeds = [s for s in dict.fromkeys([*self._seeds, *known]) if s != address]
             # Only a peer that never belonged to a cluster (no record: an empty data dir, or
@@ -1456,8 +1489,18 @@ class Node:
                 ):
                     g.mark_filled()
             self._publish_events()
+            while g.refusal_notes:
+                reason, detail = g.refusal_notes.popleft()
+                if self._log_limit.allow(("gossip refused", reason), trio.current_time()):
+                    log.warning(
+                        "%s: refused gossip (%s): %s; counted in stats refusals as gossip_%s",
+                        g.node_id,
+                        reason,
+                        detail,
+                        reason,
+                    )
             if g.needs_reincarnation:
-                generation = max(g.generation + 1, self._wall())
+                generation = g.next_generation(self._wall())
                 log.warning(
                     "%s was removed by the leader; rejoining as generation %d",
                     g.node_id,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ._antientropy import run_jittered
+from ._dvv import partition_of
 from ._errors import ClusterNotReady, GossipKVError, RemoteError
 from ._messages import PartitionFetch, PartitionItems
 from ._partitions import PartitionTable
@@ -70,6 +71,8 @@ class Transfer:
     keys_total: int = 0
     started: float | None = None
     finished: float | None = None
+    #: Why the last page failed (a refused or invalid page, an unreachable source), if it did.
+    error: str | None = None
 
     def rate(self, now: float) -> float:
         """Keys per second since the first page."""
@@ -86,6 +89,8 @@ class TransferCounters:
     keys_filled: int = 0
     pages: int = 0
     errors: int = 0
+    #: Pages refused whole because the source sent something invalid (nothing of them stored).
+    bad_pages: int = 0
 
 
 @dataclass(slots=True)
@@ -245,6 +250,7 @@ class Transfers:
                 try:
                     await self._pull(transfer)
                 except GossipKVError as exc:
+                    transfer.error = str(exc)
                     self._failed(exc)
             if self._pending.get(p) is entry and all(
                 t.finished is not None for t in entry.transfers.values()
@@ -271,15 +277,18 @@ class Transfers:
                 PartitionFetch(transfer.partition, q, transfer.cursor, PAGE_KEYS),
             )
             self.counters.pages += 1
-            if len(page.keys) != len(page.clocks):
-                raise RemoteError("bad_reply", f"{transfer.source} sent keys and clocks unpaired")
+            try:
+                self._check_page(transfer, page)
+                stored = await self._store(list(zip(page.keys, page.clocks, strict=True)))
+            except RemoteError as exc:
+                if exc.code == "bad_reply":
+                    self.counters.bad_pages += 1
+                raise
             if transfer.started is None:
                 transfer.started = trio.current_time()
             transfer.keys_total = max(transfer.keys_total, page.total)
+            transfer.error = None
             if page.keys:
-                if page.keys[0] <= transfer.cursor or list(page.keys) != sorted(page.keys):
-                    raise RemoteError("bad_reply", f"{transfer.source} sent keys out of order")
-                stored = await self._store(list(zip(page.keys, page.clocks, strict=True)))
                 transfer.keys_done += len(page.keys)
                 self.counters.keys_filled += stored
                 transfer.cursor = page.keys[-1]
@@ -290,6 +299,30 @@ class Transfers:
             transfer.source, PartitionFetch(transfer.partition, q, transfer.cursor, 0, done=True)
         )
         transfer.finished = trio.current_time()
+        transfer.error = None
+
+    def _check_page(self, transfer: Transfer, page: PartitionItems) -> None:
+        """Refuse a page that is not a continuation of ``transfer`` (checked before anything of
+        it is stored; the cursor stays, so the page is asked for again later).
+
+        Raises:
+          RemoteError: ``bad_reply``: keys and clocks unpaired, keys not strictly increasing
+            after the cursor, or a key of another partition.
+        """
+        source = transfer.source
+        if len(page.keys) != len(page.clocks):
+            raise RemoteError("bad_reply", f"{source} sent keys and clocks unpaired")
+        previous = transfer.cursor
+        for i, key in enumerate(page.keys):
+            if (i or previous) and key <= previous:
+                raise RemoteError("bad_reply", f"{source} sent keys out of order")
+            if partition_of(key, self._q) != transfer.partition:
+                raise RemoteError(
+                    "bad_reply",
+                    f"{source} sent key {key[:64]!r} of partition {partition_of(key, self._q)} "
+                    f"in a page of partition {transfer.partition}",
+                )
+            previous = key
 
 
 class TransferSource:

@@ -57,6 +57,11 @@ class GossipConfig:
         to be handed off before it gives up (and stays up) or, forced, leaves anyway.
       tombstone_ttl_ms: milliseconds a removal is remembered (its quarantine) before it is
         forgotten.
+      max_generation_ahead: seconds a generation (a member's start time in wall-clock
+        milliseconds) may lie ahead of this peer's wall clock. Gossip claiming a later one (a
+        member, or a leader decision about one) is refused and counted: a removal at a generation
+        far in the future would quarantine every later incarnation of a member. Members' clocks
+        must agree within this bound.
       max_metadata_keys: metadata keys one member may publish.
       max_metadata_bytes: the largest metadata value, in UTF-8 bytes.
       partitions: partitions of the key space, fixed when the cluster's first table is made.
@@ -77,6 +82,7 @@ class GossipConfig:
     leave_timeout: float = 5.0
     handoff_timeout: float = 120.0
     tombstone_ttl_ms: int = 24 * 3600 * 1000
+    max_generation_ahead: float = 3600.0
     max_metadata_keys: int = 64
     max_metadata_bytes: int = 512
     partitions: int = DEFAULT_PARTITIONS  # fixed when the cluster is created (first table)
@@ -104,6 +110,7 @@ class GossipConfig:
             "leave_timeout",
             "max_interval",
             "handoff_timeout",
+            "max_generation_ahead",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -199,6 +206,9 @@ class GossipCounters:
     bad_values: int = 0
     budget_truncations: int = 0
     pause_guards: int = 0
+    #: Gossip refused because no honest member could have sent it, by reason (see
+    #: :meth:`Decisions.vet`, plus ``generation_ahead`` for a member's own entry).
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -257,6 +267,10 @@ class Gossiper:
         self._started = now
         self._last_leader: str | None = None
         self.generation = generation
+        #: This peer's wall clock at the last evaluation (generations are wall-clock ms).
+        self._wall_ms = generation
+        #: Refusals of forged-looking gossip since the runtime last looked: ``(reason, detail)``.
+        self.refusal_notes: deque[tuple[str, str]] = deque(maxlen=64)
         self._self = self._new_self(generation)
         self.replaces: str | None = None
         #: Set by the runtime while a leaving member's partitions and hints are handed off: it
@@ -300,6 +314,12 @@ class Gossiper:
         self._self.set("decisions", self.decisions.to_plain())
         self._leader.converged_view = frozenset(self.decisions.admitted())
         self._promote_self(grant.up_number, grant.generation)
+
+    def next_generation(self, wall_ms: int) -> int:
+        """The generation to rejoin with after a removal: above this incarnation and above the
+        removed one (one rejoin, not one per removed generation), else the wall clock."""
+        removed = self.decisions.removed.get(self.node_id, (0, 0))[0]
+        return max(self.generation + 1, removed + 1, wall_ms)
 
     def reincarnate(self, generation: int, now: float) -> None:
         """Continue as a new incarnation (after this one was removed): rejoin as ``joining``."""
@@ -398,7 +418,7 @@ class Gossiper:
             theirs,
             self.config.max_delta_bytes - 16,
         )
-        self._note_truncation(delta, theirs)
+        self._note_truncation(delta, theirs, asked_only=True)
         return Ack(delta)
 
     def on_ack(self, msg: Ack, now: float) -> None:
@@ -425,15 +445,24 @@ class Gossiper:
             self._event(now, "left", msg.node_id, msg.generation, "shutdown notice")
 
     def _note_truncation(
-        self, delta: tuple[NodeDelta, ...], theirs: dict[str, DigestEntry]
+        self,
+        delta: tuple[NodeDelta, ...],
+        theirs: dict[str, DigestEntry],
+        *,
+        asked_only: bool = False,
     ) -> None:
-        # Count rounds where the budget kept something back (the next round continues).
+        # Count rounds where the budget kept something back (the next round continues). A SYN's
+        # digest lists every member the sender knows; a SYN-ACK's lists only what it asked for
+        # (``asked_only``): the rest is not wanted (counting it made every round a truncation).
         wanted_nodes = sum(
             1
             for node_id, ns in self._namespaces.items()
-            if (e := theirs.get(node_id)) is None
-            or e.generation < ns.generation
-            or e.max_version < ns.max_version
+            if (not asked_only or node_id in theirs)
+            and (
+                (e := theirs.get(node_id)) is None
+                or e.generation < ns.generation
+                or e.max_version < ns.max_version
+            )
         )
         complete = sum(
             1 for nd in delta if nd.max_version >= self._namespaces[nd.node_id].max_version
@@ -470,6 +499,9 @@ class Gossiper:
             if nd.generation > self.generation:
                 # Someone else runs under our name with a newer generation.
                 self.counters.identity_conflicts += 1
+            return
+        if nd.generation > self._max_generation():
+            self._refuse("generation_ahead", f"{nd.node_id} at generation {nd.generation}")
             return
         if self.decisions.is_removed(nd.node_id, nd.generation):
             self.counters.quarantined += 1
@@ -526,8 +558,26 @@ class Gossiper:
         if other is None:
             self.counters.bad_values += 1
             return
+        reasons = self.decisions.vet(
+            other, max_generation=self._max_generation(), seen=self._seen_generations()
+        )
+        for reason in reasons:
+            self._refuse(reason, f"in a decisions record of epoch {other.epoch()}")
         if self.decisions.merge(other):
             self.decisions_dirty = True
+
+    def _max_generation(self) -> int:
+        return self._wall_ms + int(self.config.max_generation_ahead * 1000)
+
+    def _seen_generations(self) -> dict[str, int]:
+        seen = {n: g.generation for n, g in self.decisions.grants.items()}
+        for node_id, ns in self._namespaces.items():
+            seen[node_id] = max(seen.get(node_id, -1), ns.generation)
+        return seen
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        self.counters.refused[reason] = self.counters.refused.get(reason, 0) + 1
+        self.refusal_notes.append((reason, detail))
 
     def _heard(self, node_id: str, now: float) -> None:
         peer = self._peers.get(node_id)
@@ -727,8 +777,7 @@ class Gossiper:
         return sum(
             1
             for p, row in enumerate(table.owners)
-            if len(row) < table.n
-            or any(o not in reachable or p in pulling.get(o, ()) for o in row)
+            if len(row) < table.n or any(o not in reachable or p in pulling.get(o, ()) for o in row)
         )
 
     def mark_filled(self) -> None:
@@ -756,6 +805,7 @@ class Gossiper:
         if now - self._last_eval > self.config.local_pause_threshold:
             self._pause_guard(now)
         self._last_eval = now
+        self._wall_ms = max(self._wall_ms, wall_ms)
         self._evaluate_liveness(now)
         self._apply_decisions(now)
         self._evaluate_self(now)
@@ -932,9 +982,7 @@ class Gossiper:
         # member that is down does, until they are removed; so does a replacement still filling.
         members += sorted(d.admitted() - set(self._namespaces))
         members += sorted(
-            p
-            for p in d.replacing
-            if p in listed and p not in members and d.admission(p) is None
+            p for p in d.replacing if p in listed and p not in members and d.admission(p) is None
         )
         owners = plan(
             members,

@@ -12,7 +12,7 @@ starts a term above every term it has seen, so a deposed leader's decisions neve
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -21,6 +21,14 @@ from .._partitions import PartitionTable
 # Counters taken from the wire stay far below 2**64 so that adding one never needs a bignum
 # (which the codec refuses on the wire): larger values are treated as malformed.
 MAX_COUNTER = 2**62
+#: Terms and sequence numbers a record may claim: far below MAX_COUNTER, so whatever a record
+#: claimed, a leader can still begin the next term (2**40 decisions last 35,000 years at 1,000 a
+#: second). A record claiming more is forged or corrupt.
+MAX_EPOCH = 2**40
+#: How far one record may move the term (or, within a term, the sequence) past this peer's own.
+#: A term rises by one per change of leader, a sequence by one per decision: a member that was
+#: away can be behind by thousands, not by millions.
+MAX_EPOCH_STEP = 2**20
 
 
 class Age(NamedTuple):
@@ -91,13 +99,6 @@ class Decisions:
             if cur is None or gen > cur[0]:
                 self.removed[node] = (gen, at_ms)
                 changed = True
-        if (
-            other.table is not None
-            and (self.table is None or other.table.epoch > self.table.epoch)
-            and self.table_ok(other.table)
-        ):
-            self.table = other.table
-            changed = True
         for node, gen in other.exited.items():
             if gen > self.exited.get(node, -1):
                 self.exited[node] = gen
@@ -107,6 +108,18 @@ class Decisions:
             if mine_r is None or (gen, old) > (mine_r[1], mine_r[0]):
                 self.replacing[node] = (old, gen)
                 changed = True
+        # The table last: whether it spans enough members depends on the grants, removals and
+        # acknowledged leaves merged above. A leader publishes a leave's acknowledgement and the
+        # table planned without the leaver in one record; checked first, that table was refused
+        # (the leaver still counted as admitted) and never offered again, so a member kept the
+        # old table and never pulled the leaver's partitions, and the leaver waited for it.
+        if (
+            other.table is not None
+            and (self.table is None or other.table.epoch > self.table.epoch)
+            and self.table_ok(other.table)
+        ):
+            self.table = other.table
+            changed = True
         return changed
 
     def is_removed(self, node_id: str, generation: int) -> bool:
@@ -127,6 +140,84 @@ class Decisions:
     def admitted(self) -> set[str]:
         """Every member whose admission stands (see :meth:`admission`)."""
         return {n for n in self.grants if self.admission(n) is not None}
+
+    def vet(
+        self,
+        other: Decisions,
+        *,
+        max_generation: int,
+        seen: Mapping[str, int] | None,
+    ) -> list[str]:
+        """Drop from ``other``, a record received from a peer, what no honest leader could have
+        decided, before it is merged; returns why, one reason per refusal (empty: all of it
+        holds). Without authentication (TLS identities) a peer can still forge what is
+        plausible; this keeps a forgery from doing damage that outlives it.
+
+        * A record claiming an epoch near the counter limits (``epoch_limit``), or moving the
+          term, or the sequence within this record's term, more than :data:`MAX_EPOCH_STEP`
+          past this record's (``epoch_step``; not checked while this record has no term yet)
+          is refused whole: ``other`` is emptied.
+        * Grants, removals, finished leaves and replacements of a generation above
+          ``max_generation`` (this peer's wall clock plus the allowed skew) are dropped
+          (``generation_ahead``): a removal of generation 2**62 would quarantine every future
+          incarnation of a member.
+        * With ``seen`` (the newest generation this peer has seen of each member), a removal of
+          an incarnation newer than any seen is lowered to the newest seen, or dropped if the
+          member was never seen (``removal_unseen``): it quarantines what this peer knows of.
+        * A table of another partition count or N than this record's, or naming a member that
+          neither record admits nor lists as a replacement, is dropped (``table_invalid``).
+        """
+        epochs = [other.term, other.seq, *(v for g in other.grants.values() for v in g[2:])]
+        if other.table is not None:
+            epochs += [other.table.term, other.table.seq]
+        reasons: list[str] = []
+        if max(epochs) >= MAX_EPOCH:
+            reasons.append("epoch_limit")
+        elif self.term > 0 and (
+            other.term > self.term + MAX_EPOCH_STEP
+            or (other.term == self.term and other.seq > self.seq + MAX_EPOCH_STEP)
+        ):
+            reasons.append("epoch_step")
+        if reasons:
+            other.term = other.seq = 0
+            other.grants.clear()
+            other.removed.clear()
+            other.exited.clear()
+            other.replacing.clear()
+            other.table = None
+            return reasons
+
+        def ahead(generation: int) -> bool:
+            if generation > max_generation:
+                reasons.append("generation_ahead")
+                return True
+            return False
+
+        for node in [n for n, g in other.grants.items() if ahead(g.generation)]:
+            del other.grants[node]
+        for node in [n for n, gen in other.exited.items() if ahead(gen)]:
+            del other.exited[node]
+        for node in [n for n, (_, gen) in other.replacing.items() if ahead(gen)]:
+            del other.replacing[node]
+        for node, (gen, _) in list(other.removed.items()):
+            if ahead(gen):
+                del other.removed[node]
+            elif seen is not None and gen > seen.get(node, -1):
+                reasons.append("removal_unseen")
+                if node in seen:
+                    other.removed[node] = (seen[node], other.removed[node][1])
+                else:
+                    del other.removed[node]
+        table = other.table
+        if table is not None:
+            known = {*self.grants, *other.grants, *self.replacing, *other.replacing}
+            mine = self.table
+            if (
+                mine is not None and (table.q != mine.q or table.n != mine.n)
+            ) or not all(o in known for row in table.owners for o in row):
+                reasons.append("table_invalid")
+                other.table = None
+        return reasons
 
     def table_ok(self, table: PartitionTable) -> bool:
         """Whether ``table`` keeps every partition on ``min(N, admitted members)`` distinct

@@ -336,3 +336,23 @@ async def test_partition_longer_than_removal_grace_still_heals(
         with trio.fail_after(30):
             await c.wait_until(lambda: all_up(c, names(4)))
         assert leaders(c) == {"n1"}, f"seed={seed}\n{describe(c)}"
+
+
+async def test_an_idle_cluster_counts_no_budget_truncations(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A SYN-ACK's digest lists only what its sender asked for; the rest was counted as wanted
+    # and not sent, so every round of an idle cluster counted a truncation.
+    async with open_sim_cluster(5, seed=seed) as c:
+        await settle(c, names(5))
+        before = {n: node._runtime().gossiper.counters for n, node in c.nodes.items()}
+        start = {n: (k.budget_truncations, k.syns_received) for n, k in before.items()}
+        await trio.sleep(10)
+        for name, node in c.nodes.items():
+            k = node._runtime().gossiper.counters
+            syns = k.syns_received - start[name][1]
+            assert syns > 20, f"seed={seed}: {name} heard {syns} rounds"
+            assert k.budget_truncations == start[name][0], (
+                f"seed={seed}: {name} counted {k.budget_truncations - start[name][0]} "
+                f"truncations in {syns} idle rounds"
+            )

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gossipkv import _codec
 from gossipkv._hlc import HybridClock, unpack
 from gossipkv._messages import DigestEntry, Kind, SynAck
+from gossipkv._partitions import PartitionTable
 from gossipkv.membership._detector import ArrivalWindow, DetectorConfig
 from gossipkv.membership._gossiper import GossipConfig, Gossiper
 from gossipkv.membership._leader import Decisions, Grant, view_hash
@@ -154,6 +155,46 @@ def test_a_newer_generation_replaces_an_older_grant() -> None:
     d = _decisions(5, 5, x=(10, 3))
     d.merge(_decisions(1, 1, x=(20, 9)))
     assert d.grants["x"] == Grant(20, 9, 1, 1)
+
+
+def test_a_leave_and_the_table_without_the_leaver_are_accepted_from_one_record() -> None:
+    # The leader acknowledges a leave and publishes the table planned without the leaver in one
+    # record: a member that still counts the leaver as admitted must take both, in any order.
+    mine = _decisions(1, 3, a=(1, 1), b=(2, 2), c=(3, 3))
+    mine.table = PartitionTable(1, 3, 3, (("a", "b", "c"),) * 4)
+    leader = _decisions(1, 5, a=(1, 1), b=(2, 2), c=(3, 3))
+    leader.exited["b"] = 2
+    leader.table = PartitionTable(1, 5, 3, (("a", "c"),) * 4)
+    assert mine.merge(leader)
+    assert mine.table == leader.table, "the table without the leaver was refused"
+    assert mine.admitted() == {"a", "c"}
+
+
+def test_vet_lowers_removals_to_seen_incarnations_and_drops_the_unseen() -> None:
+    mine = _decisions(1, 3, a=(100, 1), b=(200, 2))
+    other = _decisions(1, 4, a=(100, 1), b=(200, 2))
+    other.removed.update({"b": (250, 9), "ghost": (5, 9), "a": (100, 9)})
+    reasons = mine.vet(other, max_generation=10_000, seen={"a": 100, "b": 210})
+    assert sorted(reasons) == ["removal_unseen", "removal_unseen"]
+    assert other.removed == {"b": (210, 9), "a": (100, 9)}
+
+
+def test_vet_refuses_a_whole_record_near_the_limits_and_drops_future_generations() -> None:
+    mine = _decisions(1, 3, a=(100, 1))
+    near = _decisions(2**40, 1, a=(100, 1))
+    assert mine.vet(near, max_generation=10_000, seen=None) == ["epoch_limit"]
+    assert near.to_plain() == Decisions().to_plain()
+    future = _decisions(1, 4, a=(100, 1), b=(20_000, 2))
+    future.exited["a"] = 50_000
+    assert mine.vet(future, max_generation=10_000, seen=None) == [
+        "generation_ahead",
+        "generation_ahead",
+    ]
+    assert set(future.grants) == {"a"} and future.exited == {}
+    # A peer with no term yet (a new joiner) takes any term below the limit.
+    assert (
+        Decisions().vet(_decisions(5_000_000, 1, a=(100, 1)), max_generation=999, seen=None) == []
+    )
 
 
 def test_removal_quarantines_older_generations_only() -> None:
