@@ -101,6 +101,14 @@ def peer(
         typer.Option(help="Seconds a member stays down or left before the leader removes it."),
     ] = 60.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    tombstone_grace: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a delete's tombstone is kept at least; then it is reaped once every "
+            "owner holds it ('inf' keeps them all). Must exceed the longest outage you repair "
+            "by handoff rather than by rebuilding the member."
+        ),
+    ] = 3600.0,
     replace: Annotated[
         str | None,
         typer.Option(
@@ -151,6 +159,7 @@ def peer(
             config=config,
             replace=replace,
             tls=tls,
+            kv=gossipkv.KVConfig(tombstone_grace=tombstone_grace),
         )
     except (gossipkv.GossipKVError, ValueError) as exc:
         fail(str(exc))
@@ -307,6 +316,9 @@ def status(
                 "partitions_owned": stats["partitions_owned"],
                 "transfers": stats.get("transfers", []),
                 "under_replicated": stats.get("under_replicated", 0),
+                "tombstone_grace": stats.get("tombstone_grace"),
+                "tombstones_pending": stats.get("tombstones_pending", 0),
+                "tombstones_reaped": stats.get("tombstones_reaped", 0),
             }
         )
         _exit_if_degraded(mdoc)
@@ -334,6 +346,14 @@ def status(
             f"partition table epoch {term}.{seq}: {stats['partitions']} partitions x "
             f"N={stats['replicas']}   replicas owned  {owned}"
         )
+    grace = stats.get("tombstone_grace")
+    console.print(
+        "tombstones: "
+        + (f"reaped after {grace:g}s" if grace is not None else "kept (no reaping)")
+        + f"  pending {stats.get('tombstones_pending', 0)}"
+        + f"  reaped {stats.get('tombstones_reaped', 0)}"
+        + f"  hints expired {stats.get('hints_expired', 0)}"
+    )
     console.print(
         f"gossip rounds {stats['gossip_rounds']}  frames in/out {stats['frames_in']}/"
         f"{stats['frames_out']}  dropped {stats['dropped_frames'] or 0}  "

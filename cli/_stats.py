@@ -54,6 +54,9 @@ COUNTERS: dict[str, str] = {
     "keys_filled": "Keys pulled into gained partitions.",
     "transfer_errors": "Transfer pages that failed (source unreachable, or it refused).",
     "transfer_bad_pages": "Transfer pages refused whole: the source sent invalid data.",
+    "tombstones_reaped": "Tombstones forgotten: every owner held them past tombstone_grace.",
+    "hints_expired": "Hints dropped undelivered: kept longer than tombstone_grace.",
+    "replica_wiped": "Keys dropped at start: back after more than tombstone_grace away.",
 }
 # Per-reason counters: field -> (label name, help text).
 LABELLED_COUNTERS: dict[str, tuple[str, str]] = {
@@ -84,6 +87,7 @@ GAUGES: dict[str, tuple[str, str]] = {
         "under_replicated_partitions",
         "Partitions with an owner unreachable or still pulling them.",
     ),
+    "tombstones_pending": ("tombstones_pending", "Deleted keys whose tombstone is still held."),
 }
 
 
@@ -198,6 +202,15 @@ def stats_table(stats: dict[str, Any]) -> Table:
     rows += [
         ("hints pending", str(stats.get("hints_pending"))),
         ("storage keys", str(stats.get("storage_keys"))),
+        (
+            "tombstones",
+            f"pending {stats.get('tombstones_pending', 0)}, grace "
+            + (
+                f"{stats['tombstone_grace']:g}s"
+                if stats.get("tombstone_grace") is not None
+                else "none (kept)"
+            ),
+        ),
     ]
     rows += [(field.replace("_", " "), _fmt_map(stats.get(field))) for field in LABELLED_COUNTERS]
     for name, value in rows:

@@ -11,9 +11,9 @@ most ``MAX_KEYS_PER_ROUND`` keys a round; a partition is resumed where the last 
 A partition handed off completely is remembered with its owner list and the digest of what this
 peer holds of it (the root of its anti-entropy Merkle tree, kept current on every write, so a
 round reads nothing to find what changed), so it is not sent again until either changes (a
-new table, or a late write or a stand-in's hinted write stored here). Local copies are kept: the
-engines have no delete, so a former owner keeps them although reads no longer ask it (a known
-limit).
+new table, or a late write or a stand-in's hinted write stored here). Local copies are kept: a
+former owner keeps them although reads no longer ask it (a known limit; old tombstones among them
+are handed back and forgotten by the tombstone reaper, ``gossipkv._reaper``).
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ from ._messages import (
     encoded_size,
 )
 from ._partitions import PartitionTable
+from ._reaper import TombstoneReaper, hint_age, with_hint_age
 from ._repair import QuarantineRepair
 from ._transfer import Transfers, TransferSource
 from .storage import DEFAULT_LIMITS, StorageEngine, StorageLimits
@@ -78,7 +79,6 @@ _HINT_SEP = "\x1f"
 _R = TypeVar("_R")
 _DECODED_CACHE = 1024  # distinct wire clocks remembered decoded...
 _DECODED_MAX_BYTES = 4096  # ...if small (the cache holds at most 4 MiB of keys)
-_EMPTY: Clock = DVVSet((), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +119,11 @@ class KVConfig:
         reserves an estimate of what it will hold (twice N+1 copies of the key's stored size,
         plus the value written) until its replicas answered; more work waits, and its
         connection is not read meanwhile (backpressure). One larger operation runs alone.
+      tombstone_grace: seconds a deleted key's tombstone is kept at least; after it, the
+        tombstone is reaped once every owner of its partition holds it (see
+        :mod:`gossipkv._reaper`), hints held longer are dropped, and a member that was down
+        longer wipes its replica before serving. ``inf`` keeps every tombstone. It must exceed
+        the longest outage you will repair by handoff instead of rebuilding the member.
     """
 
     r: int = 2
@@ -137,6 +142,7 @@ class KVConfig:
     anti_entropy_rebuild_interval: float = 4 * 3600.0
     ownership_handoff_interval: float = 5.0
     max_inflight_bytes: int = 64 * 1024 * 1024
+    tombstone_grace: float = 3600.0
 
     def validate(self) -> None:
         """Check the settings on their own (``r``/``w`` against N is :class:`Node`'s check).
@@ -160,6 +166,8 @@ class KVConfig:
             )
         if self.max_inflight_bytes < 64 * 1024:
             raise ValueError("max_inflight_bytes must be at least 64 KiB")
+        if not self.tombstone_grace > 0:  # NaN too
+            raise ValueError("tombstone_grace must be > 0 seconds (inf keeps every tombstone)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +263,7 @@ class KVCounters:
     read_repairs_skipped: int = 0
     hints_stored: int = 0
     hints_delivered: int = 0
+    hints_expired: int = 0
     idempotent_hits: int = 0
     siblings_seen: int = 0
     contexts_clamped: int = 0
@@ -477,6 +486,7 @@ class KeyValueService:
       gone: whether a member was removed from the cluster (its transfers are dropped).
       pulling: the members still pulling a partition: a read asks them but counts R among
         the others when it can.
+      wall_ms: the wall clock in milliseconds (tombstone and hint ages; faked in simulation).
     """
 
     def __init__(
@@ -498,6 +508,7 @@ class KeyValueService:
         known_table: PartitionTable | None = None,
         gone: Callable[[str], bool] | None = None,
         pulling: Callable[[int], set[str]] | None = None,
+        wall_ms: Callable[[], int] | None = None,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -513,14 +524,19 @@ class KeyValueService:
         #: Writes refused by a limit, by wire error code (``value_too_deep``, ...): shared with
         #: the node, which counts connection refusals in the same map.
         self.refusals: Counter[str] = refusals if refusals is not None else Counter()
-        self._stamp = stamp if stamp is not None else (lambda: int(trio.current_time() * 1000))
+        self._wall_ms = (
+            wall_ms if wall_ms is not None else (lambda: int(trio.current_time() * 1000))
+        )
+        # An HLC stamp (``ms << 16 | counter``), as the node's hybrid clock gives.
+        self._stamp = stamp if stamp is not None else (lambda: self._wall_ms() << 16)
         self._mint = _dvv.ActorMint(node_id, rng.getrandbits(63))
         self._locks: dict[str, trio.Lock] = {}
         self._results: OrderedDict[str, PutResult] = OrderedDict()
         self._repairs = trio.Semaphore(config.max_pending_repairs)
         #: The memory budget of coordinated reads and writes (see ``KVConfig``).
         self.admission = ByteBudget(config.max_inflight_bytes, queued_bytes)
-        self._pending_hints: dict[tuple[str, str], None] = {}
+        #: (owner, key) -> when the hint was first kept (wall-clock ms).
+        self._pending_hints: dict[tuple[str, str], int] = {}
         # Fan-outs to expire, oldest first, held weakly: a finished one (and the clocks it
         # collected) is freed as soon as its caller is done with it, not at its deadline.
         self._expiring: deque[tuple[float, weakref.ref[_Fanout]]] = deque()
@@ -538,6 +554,13 @@ class KeyValueService:
         self.ownership_handoff = OwnershipHandoff(self, random.Random(background_seed ^ 0x5A5A))
         #: Clocks stored here that differed from what was held (ownership handoff's change mark).
         self.changes = 0
+        #: Forgets tombstones every owner holds once they are older than the grace.
+        self.reaper = TombstoneReaper(
+            self,
+            random.Random(background_seed ^ 0x7E7E),
+            grace=config.tombstone_grace,
+            wall_ms=self._wall_ms,
+        )
         #: Restores records the engines quarantined (unreadable) from the other replicas.
         self.repair = QuarantineRepair(
             repair_key=self.repair_key,
@@ -574,10 +597,13 @@ class KeyValueService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the background work (read repairs, handoff) until cancelled."""
+        now_ms = self._wall_ms()
         async for key, clock in self.hints.scan(0, 1):
+            stored_ms, clock = hint_age(clock)
             if _dvv.size(clock) or clock.entries:
                 owner, _, real = key.partition(_HINT_SEP)
-                self._pending_hints[(owner, real)] = None
+                # A hint kept before ages were recorded counts from now.
+                self._pending_hints[(owner, real)] = stored_ms or now_ms
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._handoff_loop)
@@ -586,6 +612,7 @@ class KeyValueService:
             nursery.start_soon(self.ownership_handoff.run)
             nursery.start_soon(self.repair.run)
             nursery.start_soon(self.transfers.run)
+            nursery.start_soon(self.reaper.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -1034,7 +1061,8 @@ class KeyValueService:
         if not forwarded and all(m != self.node_id for m, _ in targets):
             forward_to = targets[0][0]
         meta: dict[str, object] = {"rid": rid} if rid else {}
-        if self.config.last_write_wins and not forward_to:
+        if (self.config.last_write_wins or delete) and not forward_to:
+            # A tombstone's stamp is its age for reaping (see ``tombstone_grace``).
             meta["ts"] = self._stamp()
         sibling = Sibling.deleted(meta) if delete else Sibling(value, False, meta)
         # Standing in for an unreachable owner: keep a hint for it, like any other stand-in.
@@ -1420,16 +1448,45 @@ class KeyValueService:
         self.repair.hint_quarantined(owner, key)
 
     async def _store_hint(self, owner: str, key: str, clock: Clock | None) -> None:
-        """Keep ``clock`` for ``owner`` until the handoff loop delivers it (under the key lock)."""
+        """Keep ``clock`` for ``owner`` until the handoff loop delivers it (under the key lock),
+        with the time the hint was first kept (see :func:`gossipkv._reaper.with_hint_age`)."""
         if clock is None:
             return
+        stored_ms = self._pending_hints.get((owner, key)) or self._wall_ms()
         try:
-            await self.hints.put(f"{owner}{_HINT_SEP}{key}", clock)
+            await self.hints.put(f"{owner}{_HINT_SEP}{key}", with_hint_age(clock, stored_ms))
         except GossipKVError as exc:  # a key too long to hint is still a stored copy
             self._count_error(exc)
             return
-        self._pending_hints[(owner, key)] = None
+        self._pending_hints[(owner, key)] = stored_ms
         self.counters.hints_stored += 1
+
+    def _hint_expired(self, owner: str, key: str) -> bool:
+        """Whether the hint was kept longer than ``tombstone_grace``: delivering it could bring
+        back a value whose tombstone the owners have reaped since."""
+        stored_ms = self._pending_hints.get((owner, key))
+        grace_ms = self.config.tombstone_grace * 1000
+        return stored_ms is not None and self._wall_ms() - stored_ms > grace_ms
+
+    async def _expire_hint(self, owner: str, key: str) -> None:
+        """Drop an expired hint, and this peer's own copy of the key when it does not own it
+        (that copy is the stand-in write itself, as old as the hint: ownership handoff would
+        otherwise deliver it). The owner gets the key from the other owners."""
+        async with self._lock(key):
+            await self.hints.delete(f"{owner}{_HINT_SEP}{key}")
+            table = self._table()
+            if table is not None and table.owners:
+                if self.node_id not in table.owners[_dvv.partition_of(key, table.q)]:
+                    if await self.storage.delete(key):
+                        self.reaper.forget(key)
+        self._pending_hints.pop((owner, key), None)
+        self.counters.hints_expired += 1
+        log.warning(
+            "dropped the hint of %r for %s: kept longer than tombstone_grace (%.0fs)",
+            key,
+            owner,
+            self.config.tombstone_grace,
+        )
 
     async def _handoff_loop(self) -> None:
         next_at = trio.current_time()
@@ -1440,15 +1497,19 @@ class KeyValueService:
                 continue
             reachable = self._reachable()
             for owner, key in list(self._pending_hints):
-                if owner not in reachable:
-                    continue
                 hint_key = f"{owner}{_HINT_SEP}{key}"
                 try:
+                    if self._hint_expired(owner, key):
+                        await self._expire_hint(owner, key)
+                        continue
+                    if owner not in reachable:
+                        continue
                     clock = await self.hints.get(hint_key)
                     if clock is not None and clock.entries:
                         # Deliver what this replica holds now (it may have moved on since).
+                        _, hinted = hint_age(clock)
                         current = await self.storage.get(key)
-                        payload = clock if current is None else _dvv.sync(clock, current)
+                        payload = hinted if current is None else _dvv.sync(hinted, current)
                         await self._replica_put(owner, key, payload, "")
                     async with self._lock(key):
                         latest = await self.hints.get(hint_key)
@@ -1458,7 +1519,7 @@ class KeyValueService:
                             and not _dvv.equal(latest, clock)
                         ):
                             continue  # a newer hinted write arrived meanwhile: deliver it next round
-                        await self.hints.put(hint_key, _EMPTY)
+                        await self.hints.delete(hint_key)
                 except GossipKVError as exc:
                     self._count_error(exc)
                     continue
@@ -1469,7 +1530,7 @@ class KeyValueService:
         """Hand every pending hint to the reachable current owners of its key, now: a leaving
         member cannot wait for the owner it stood in for to come back. A hint that reached at
         least one owner is dropped (read repair and anti-entropy bring the owner it was for up
-        to date when it returns).
+        to date when it returns). A hint kept longer than ``tombstone_grace`` is dropped.
 
         Returns:
           The hints still pending (no owner of their key is reachable).
@@ -1477,11 +1538,15 @@ class KeyValueService:
         for owner, key in list(self._pending_hints):
             hint_key = f"{owner}{_HINT_SEP}{key}"
             try:
+                if self._hint_expired(owner, key):
+                    await self._expire_hint(owner, key)
+                    continue
                 async with self._lock(key):
                     clock = await self.hints.get(hint_key)
                     if clock is not None and clock.entries:
+                        _, hinted = hint_age(clock)
                         current = await self.storage.get(key)
-                        payload = clock if current is None else _dvv.sync(clock, current)
+                        payload = hinted if current is None else _dvv.sync(hinted, current)
                         targets, _ = self.targets(key)
                         owners = [m for m, hint in targets if not hint and m != self.node_id]
                         delivered = 0
@@ -1494,13 +1559,17 @@ class KeyValueService:
                             delivered += 1
                         if not delivered:
                             continue
-                    await self.hints.put(hint_key, _EMPTY)
+                    await self.hints.delete(hint_key)
             except GossipKVError as exc:
                 self._count_error(exc)
                 continue
             self._pending_hints.pop((owner, key), None)
             self.counters.hints_delivered += 1
         return len(self._pending_hints)
+
+    def drop_pending_hints(self) -> None:
+        """Forget every pending hint (the hint store was emptied)."""
+        self._pending_hints.clear()
 
     @property
     def hints_pending(self) -> int:
@@ -1586,6 +1655,7 @@ class KeyValueService:
 
     def _changed(self, key: str, clock: Clock) -> None:
         self.changes += 1
+        self.reaper.note(key, clock)
         if self.on_change is not None:
             self.on_change(key, clock)
 

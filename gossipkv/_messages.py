@@ -421,6 +421,32 @@ class PartitionItems(Message):
     total: int = 0
 
 
+# --- tombstone reaping ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TombstoneCheck(Message):
+    """The coordinating owner of a partition asks another owner about tombstones it may reap:
+    ``keys`` with the tombstone-only ``clocks`` (canonical CBOR) it holds for them. With ``reap``
+    False the owner answers, per key, whether it holds that clock or one that dominates it; with
+    ``reap`` True it forgets each key whose stored clock is exactly the one listed."""
+
+    TAG: ClassVar[str] = "tombstone_check"
+    partition: int
+    q: int
+    keys: tuple[str, ...] = ()
+    clocks: tuple[bytes, ...] = ()
+    reap: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TombstoneState(Message):
+    """The answer to ``TombstoneCheck``: one flag per key listed (held, or reaped)."""
+
+    TAG: ClassVar[str] = "tombstone_state"
+    flags: tuple[bool, ...] = ()
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (
@@ -458,6 +484,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         TreeItems,
         PartitionFetch,
         PartitionItems,
+        TombstoneCheck,
+        TombstoneState,
     )
 }
 

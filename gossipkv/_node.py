@@ -70,6 +70,7 @@ from ._messages import (
     StatsRequest,
     Syn,
     SynAck,
+    TombstoneCheck,
     TreeBranches,
     TreeKeys,
     TreeRoot,
@@ -204,6 +205,12 @@ class NodeStatistics:
         ``error`` says why the last page failed, or is ``None``).
       under_replicated: partitions of the table with an owner that is unreachable or still
         pulling it (as this node sees it): fewer than N full copies are certain there.
+      tombstone_grace: ``KVConfig.tombstone_grace`` in seconds (``None``: tombstones are kept).
+      tombstones_pending: deleted keys this replica still holds a tombstone for.
+      tombstones_reaped: tombstones this replica forgot (every owner held them past the grace).
+      hints_expired: hints dropped undelivered because they were held longer than the grace.
+      replica_wiped: keys this member dropped at start because it was away longer than the
+        grace (or removed meanwhile), to be filled again from the other owners.
     """
 
     name: str
@@ -275,6 +282,11 @@ class NodeStatistics:
     transfer_bad_pages: int = 0
     transfers: list[dict[str, object]] = field(default_factory=list)
     under_replicated: int = 0
+    tombstone_grace: float | None = 3600.0
+    tombstones_pending: int = 0
+    tombstones_reaped: int = 0
+    hints_expired: int = 0
+    replica_wiped: int = 0
 
 
 @dataclass(slots=True)
@@ -477,6 +489,14 @@ class Node:
         self._leave_task = False
         self._last_waiting_log = -math.inf
         self._log_limit = LogLimiter(60.0)
+        self._wiped = 0
+        # Back after more than tombstone_grace away: the data path stays closed until the
+        # cluster's reaped_upto says whether the replica must be wiped (see gossipkv._reaper).
+        self._checking_data = False
+        self._rejoins = False
+        self._alive_before = 0
+        self._alive_saved_at = -math.inf
+        self._reaped_saved = 0
 
     # --- public surface ------------------------------------------------------------------------
 
@@ -568,7 +588,7 @@ class Node:
           ValueError: ``r`` is not between 1 and N.
           NodeClosedError: the node is not running.
         """
-        return await self._service().get(key, r=r, local=local)
+        return await self._data_service().get(key, r=r, local=local)
 
     async def put(
         self, key: str, value: object, *, context: bytes | None = None, w: int = 0
@@ -607,14 +627,15 @@ class Node:
           ValueError: ``w`` is not between 1 and N.
           NodeClosedError: the node is not running.
         """
-        return await self._service().put(key, value, context=context, w=w)
+        return await self._data_service().put(key, value, context=context, w=w)
 
     async def delete(self, key: str, *, context: bytes | None = None, w: int = 0) -> PutResult:
         """Delete ``key`` by writing a tombstone (a sibling like any other, hidden by reads).
 
         Pass the ``context`` of a read so the tombstone replaces what that read saw; without one
         the tombstone is concurrent with every stored value, which stays visible.
-        Tombstones are kept (no reaping yet).
+        The tombstone is reaped ``KVConfig.tombstone_grace`` after it was written, once every
+        owner of the key holds it (see README, Operations -> Deletes).
 
         Args:
           key: the key to delete.
@@ -629,7 +650,7 @@ class Node:
           QuorumNotReached, ClusterNotReady, Unavailable, TooManySiblings, InvalidContext,
           InvalidKey, StorageError, TransportError, ValueError, NodeClosedError: as :meth:`put`.
         """
-        return await self._service().put(key, None, context=context, w=w, delete=True)
+        return await self._data_service().put(key, None, context=context, w=w, delete=True)
 
     def _service(self) -> KeyValueService:
         self._runtime()
@@ -637,6 +658,16 @@ class Node:
             raise NodeClosedError("node has stopped")
         assert self._kv is not None
         return self._kv
+
+    def _data_service(self) -> KeyValueService:
+        """The data path, refused while this member checks whether its replica is stale."""
+        kv = self._service()
+        if self._checking_data:
+            raise Unavailable(
+                f"{self.name} is back after more than tombstone_grace away and checks its "
+                "data with the cluster before serving it; retry shortly"
+            )
+        return kv
 
     async def _send_to_member(self, member: str, message: Message) -> Message:
         addr = self._runtime().gossiper.address_of(member)
@@ -785,6 +816,11 @@ class Node:
                 for t in kv.transfers.in_flight()
             ],
             under_replicated=g.under_replicated(),
+            tombstone_grace=kv.reaper.grace if kv.reaper.enabled else None,
+            tombstones_pending=kv.reaper.pending,
+            tombstones_reaped=kv.reaper.counters.reaped,
+            hints_expired=kvc.hints_expired,
+            replica_wiped=self._wiped,
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
@@ -1312,7 +1348,14 @@ class Node:
                 self._bootstrap if self._bootstrap is not None else not seeds and record is None
             )
             self._record = PeerRecord(
-                name, generation, decisions.to_plain() if decisions else None, known
+                name,
+                generation,
+                decisions.to_plain() if decisions else None,
+                known,
+                # Kept as they were until this incarnation has checked its data (a crash
+                # meanwhile must not make a long absence look short).
+                record.alive_ms if record else 0,
+                record.reaped_upto_ms if record else 0,
             )
             # Generation Clock: the new generation is durable before the first gossip.
             await self._store.save(self._record)
@@ -1344,10 +1387,32 @@ class Node:
                 queued_bytes=lambda: self._counters.queued_bytes,
                 known_table=decisions.table if decisions is not None else None,
                 gone=gossiper.is_gone,
+                wall_ms=self._wall,
             )
+            self._kv.reaper.pulling = gossiper.pulling
+            self._kv.reaper.gone = gossiper.is_gone
+            self._kv.reaper.on_reaped_upto = self._publish_reaped_upto
+            if record is not None:
+                self._kv.reaper.reaped_upto = self._reaped_saved = record.reaped_upto_ms
+                gossiper.set_reaped_upto(record.reaped_upto_ms)
+                self._alive_before = record.alive_ms
+            grace_ms = self.kv_config.tombstone_grace * 1000
+            away_ms = self._wall() - self._alive_before
+            self._checking_data = self._alive_before > 0 and away_ms > grace_ms
+            self._rejoins = bool(seeds)
             self._kv.on_change = self._on_kv_change
             self._counters.on_drain = self._kv.admission.wake
-            await nursery.start(self._kv.run)
+            if self._checking_data:
+                log.warning(
+                    "%s was last alive %.0fs ago, longer than tombstone_grace (%.0fs): its data "
+                    "path stays closed until the cluster says whether tombstones were reaped "
+                    "meanwhile",
+                    name,
+                    away_ms / 1000,
+                    self.kv_config.tombstone_grace,
+                )
+            else:
+                await nursery.start(self._kv.run)
             self._ready.set()
             if gossiper.decisions_dirty:
                 await self._persist()
@@ -1494,6 +1559,9 @@ class Node:
                 )
                 g.reincarnate(generation, trio.current_time())
                 await self._persist()
+                # Its old replica is no one's now and may predate reaped tombstones.
+                await self._wipe(f"{g.node_id} was removed while away")
+            await self._tend_data(g)
             if g.decisions_dirty:
                 await self._persist()
             self._changed.set()
@@ -1512,13 +1580,75 @@ class Node:
                 except (trio.WouldBlock, trio.BrokenResourceError):
                     self._counters.dropped["events_overflow"] += 1
 
+    async def _publish_reaped_upto(self, wall_ms: int) -> None:
+        """The reaper is about to delete tombstones written up to ``wall_ms``: gossip it and
+        persist it first (see :mod:`gossipkv._reaper`, case b)."""
+        self._runtime().gossiper.set_reaped_upto(wall_ms)
+        await self._persist()
+
+    async def _tend_data(self, g: Gossiper) -> None:
+        """Record that this member is alive (every little while), and finish the check of a
+        member back from a long absence once gossip told it the cluster's ``reaped_upto``."""
+        kv = self._kv
+        if kv is None:
+            return
+        now = trio.current_time()
+        every = min(60.0, self.kv_config.tombstone_grace / 10)
+        if not self._checking_data:
+            # Every member carries the cluster's reaped_upto on (and persists it), so it
+            # outlives the member that reaped.
+            upto = g.reaped_upto()
+            if upto > self._reaped_saved:
+                self._reaped_saved = upto
+                g.set_reaped_upto(upto)
+                await self._persist()
+            if now - self._alive_saved_at >= every:
+                self._alive_saved_at = now
+                await self._persist()
+            return
+        knows_others = self._rejoins or any(not m.is_self for m in g.members(now))
+        if knows_others and g.counters.deltas_applied == 0:
+            return  # no gossip heard yet: the cluster's reaped_upto is unknown
+        upto = g.reaped_upto()
+        if upto > self._alive_before:
+            await self._wipe(
+                f"{g.node_id} was away longer than tombstone_grace and tombstones written "
+                "meanwhile were reaped"
+            )
+        self._checking_data = False
+        await self._runtime().nursery.start(kv.run)
+
+    async def _wipe(self, why: str) -> None:
+        """Drop every key and hint this member holds (it could bring back deleted values) and
+        pull its partitions again from the other owners."""
+        kv = self._service()
+        keys = await _delete_all(kv.storage)
+        for key in keys:
+            kv.reaper.forget(key)
+        hints = await _delete_all(kv.hints)
+        kv.drop_pending_hints()
+        self._wiped += len(keys)
+        kv.transfers.refill()
+        log.warning(
+            "%s: dropped its %d stored keys and %d hints; it refills from the other owners "
+            "(a member away longer than tombstone_grace is rebuilt, as Cassandra does after "
+            "gc_grace)",
+            why,
+            len(keys),
+            len(hints),
+        )
+
     async def _persist(self) -> None:
         g = self._runtime().gossiper
         g.decisions_dirty = False
         peers = sorted(
             {m.address for m in g.members(trio.current_time()) if m.address and not m.is_self}
         )
-        record = PeerRecord(g.node_id, g.generation, g.decisions.to_plain(), peers[:64])
+        alive = self._alive_before if self._checking_data else self._wall()
+        reaped = max(self._reaped_saved, self._kv.reaper.reaped_upto if self._kv else 0)
+        record = PeerRecord(
+            g.node_id, g.generation, g.decisions.to_plain(), peers[:64], alive, reaped
+        )
         try:
             await self._store.save(record)
         except Exception as exc:
@@ -1709,7 +1839,7 @@ class Node:
             return Reply(members_body(g.node_id, g.leader(), g.members(now)))
         if isinstance(message, (KvGet, KvPut, ReplicaGet, ReplicaPut)):
             try:
-                return await self._service().handle(message)
+                return await self._data_service().handle(message)
             except RemoteError:
                 raise
             except GossipKVError as exc:
@@ -1737,7 +1867,7 @@ class Node:
         if isinstance(message, OwnersRequest):
             return Reply(await self._owners_body(message.key))
         if isinstance(message, RepairRequest):
-            return Reply(await self._service().repair_partition(message.partition))
+            return Reply(await self._data_service().repair_partition(message.partition))
         if isinstance(message, ReplaceRequest):
             return Reply(await self._operator_replace(message))
         if isinstance(message, LeaveRequest):
@@ -1754,14 +1884,23 @@ class Node:
             return Reply({"ok": True, "status": "leaving"})
         if isinstance(message, PartitionFetch):
             try:
-                return await self._service().transfer_source.handle(channel.remote.node_id, message)
+                return await self._data_service().transfer_source.handle(
+                    channel.remote.node_id, message
+                )
+            except RemoteError:
+                raise
+            except GossipKVError as exc:
+                raise RemoteError(error_code(exc), str(exc)) from exc
+        if isinstance(message, TombstoneCheck):
+            try:
+                return await self._data_service().reaper.handle(message)
             except RemoteError:
                 raise
             except GossipKVError as exc:
                 raise RemoteError(error_code(exc), str(exc)) from exc
         if isinstance(message, (TreeRoot, TreeBranches, TreeSegments, TreeKeys)):
             try:
-                return await self._service().anti_entropy.handle(message)
+                return await self._data_service().anti_entropy.handle(message)
             except RemoteError:
                 raise
             except GossipKVError as exc:
@@ -1775,7 +1914,7 @@ class Node:
         answers at once, and client reads and writes whose replies are gathered by callbacks."""
         if not isinstance(message, (ReplicaGet, ReplicaPut, KvGet, KvPut)):
             return None
-        if not self._transport.runnable():
+        if not self._transport.runnable() or self._checking_data:
             return None
         kv = self._service()
         try:
@@ -1857,6 +1996,7 @@ _MEMBER_ONLY = (
     TreeSegments,
     PartitionFetch,
     ReplaceRequest,
+    TombstoneCheck,
 )
 
 
@@ -1947,6 +2087,18 @@ def statistics_body(stats: NodeStatistics) -> dict[str, object]:
     from dataclasses import asdict
 
     return asdict(stats)
+
+
+async def _delete_all(engine: StorageEngine) -> list[str]:
+    """Delete every key of ``engine`` (a few hundred at a time, so a log engine commits them
+    together), then compact it; returns the keys."""
+    keys = await engine.keys(0, 1)
+    for i in range(0, len(keys), 512):
+        async with trio.open_nursery() as nursery:
+            for key in keys[i : i + 512]:
+                nursery.start_soon(engine.delete, key)
+    await engine.compact()
+    return keys
 
 
 def _descriptor_use() -> tuple[int | None, int]:

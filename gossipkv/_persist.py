@@ -31,6 +31,10 @@ class PeerRecord:
     generation: int
     decisions: object = None  # Decisions.to_plain() form
     known_peers: list[str] = field(default_factory=list)
+    #: Wall-clock ms when this member was last known alive (written every little while).
+    alive_ms: int = 0
+    #: The write time (ms) of the newest tombstone this member reaped.
+    reaped_upto_ms: int = 0
 
 
 class NodeStore:
@@ -44,7 +48,12 @@ class NodeStore:
 
     async def save(self, record: PeerRecord) -> None:
         self._record = PeerRecord(
-            record.node_id, record.generation, record.decisions, list(record.known_peers)
+            record.node_id,
+            record.generation,
+            record.decisions,
+            list(record.known_peers),
+            record.alive_ms,
+            record.reaped_upto_ms,
         )
 
     async def close(self) -> None:
@@ -107,6 +116,8 @@ class FileNodeStore(NodeStore):
                 "generation": record.generation,
                 "decisions": record.decisions,
                 "known_peers": list(record.known_peers),
+                "alive_ms": record.alive_ms,
+                "reaped_upto_ms": record.reaped_upto_ms,
             }
         )
         await trio.to_thread.run_sync(self._write_sync, data)
@@ -147,4 +158,7 @@ def _parse(raw: object) -> PeerRecord | None:
         return None
     if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
         return None
-    return PeerRecord(node_id, generation, raw.get("decisions"), list(peers))
+    alive, reaped = raw.get("alive_ms", 0), raw.get("reaped_upto_ms", 0)
+    if type(alive) is not int or type(reaped) is not int:
+        return None
+    return PeerRecord(node_id, generation, raw.get("decisions"), list(peers), alive, reaped)

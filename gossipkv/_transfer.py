@@ -171,6 +171,12 @@ class Transfers:
             t for p in self._pending.values() for t in p.transfers.values() if t.finished is None
         ]
 
+    def refill(self) -> None:
+        """Pull every partition this member owns again from its other owners, as if it had
+        never held any (its replica was wiped: see :mod:`gossipkv._reaper`)."""
+        self._seen = None
+        self.notice()
+
     def notice(self) -> None:
         """Look at the newest table now (cheap when it has not changed): the runtime calls it
         after every membership evaluation, so no table this member passes through is missed."""

@@ -738,6 +738,22 @@ class Gossiper:
         if self._self.get("pulling") != partitions:
             self._self.set("pulling", partitions)
 
+    def set_reaped_upto(self, wall_ms: int) -> None:
+        """Publish the write time of the newest tombstone this member reaped (wall-clock ms):
+        a member back from a longer absence wipes its replica if anyone reaped a tombstone
+        written after it was last alive (see ``gossipkv._reaper``)."""
+        if wall_ms > 0 and self._self.get("reaped_upto") != wall_ms:
+            self._self.set("reaped_upto", wall_ms)
+
+    def reaped_upto(self) -> int:
+        """The newest tombstone write time any known member published as reaped (0: none)."""
+        out = 0
+        for ns in self._namespaces.values():
+            value = ns.get("reaped_upto")
+            if type(value) is int and value > out:
+                out = value
+        return out
+
     def pulling(self, partition: int) -> set[str]:
         """The members still pulling ``partition`` (a transfer into them is in flight)."""
         out = set()

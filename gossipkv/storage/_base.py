@@ -150,6 +150,11 @@ class StorageStatistics:
     quarantined_records: int
     hint_files_loaded: int
     recovery_seconds: float
+    #: Keys removed by :meth:`StorageEngine.delete` (reaped tombstones, forgotten hints).
+    deletes: int = 0
+    #: Delete markers the log engine still keeps on disk (dropped by compaction once no older
+    #: record of their key remains; each costs a few bytes of memory until then).
+    delete_markers: int = 0
 
 
 class StorageEngine(abc.ABC):
@@ -223,6 +228,21 @@ class StorageEngine(abc.ABC):
         Raises:
           InvalidKey: if the key is not a valid key (see :class:`StorageLimits`).
           StorageError: on a local read error (``StorageCorrupt`` if a checksum failed).
+          StorageClosed: if the engine is closed.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Forget ``key``: it reads as never stored here (durable under the fsync policy on
+        return). The data path calls it only for a key it may forget (a reaped tombstone, a
+        delivered or expired hint), under its key lock; the engine merges nothing.
+
+        Returns:
+          Whether the key was stored.
+
+        Raises:
+          InvalidKey, KeyTooLarge: for a bad key.
+          StorageFull, StorageError: if the disk refused the write.
           StorageClosed: if the engine is closed.
         """
 

@@ -25,8 +25,17 @@ forgotten by the key directory, so the key reads as absent here and the data pat
 the other replicas), and the peer keeps serving.
 
 Beside the key directory it keeps each key's record hash (:mod:`gossipkv._merkle`, for the
-anti-entropy Merkle trees): set when a put is installed, dropped when a record is quarantined,
-and recomputed from the newest record of each key at recovery.
+anti-entropy Merkle trees): set when a put is installed, dropped when a record is quarantined or
+a delete marker is installed, and recomputed from the newest record of each key at recovery.
+
+A delete appends a *delete marker*: a record with an empty value (no clock encodes to zero bytes).
+The key directory forgets the key and a small marker directory remembers where the marker is,
+because older records of the key may still sit in other segments and recovery, which keeps the
+newest record of each key by ``seq``, must find the marker newer than all of them. Compaction
+drops a marker once no other segment that may hold an older record of its key remains on disk
+(one whose lowest ``seq`` is below the marker's and that holds superseded records), so a crash at
+any point of a compaction can never bring a deleted key back; ``compact()`` runs a second pass
+for the markers the first one had to keep.
 
 All file I/O and fsync runs in worker threads (``trio.to_thread.run_sync``); the event loop only
 touches the in-memory key directory. Writers apply backpressure: at most ``max_pending_writes`` puts
@@ -398,6 +407,8 @@ class _Recovered:
     torn: int
     hints_loaded: int
     damaged_keys: list[str]
+    markers: dict[str, int]
+    seg_min_seq: dict[int, int]
 
 
 class LogEngine(StorageEngine):
@@ -432,6 +443,13 @@ class LogEngine(StorageEngine):
         self._read_fds: dict[int, int] = {}
         self._pins: dict[int, int] = {}
         self._obsolete: set[int] = set()
+        #: Delete markers still on disk: key -> packed location (the key is not in the keydir).
+        self._markers: dict[str, int] = {}
+        #: Bytes of the kept delete markers in each segment.
+        self._seg_markers: dict[int, int] = {}
+        #: The lowest record ``seq`` in each segment (a marker is dropped only when no segment
+        #: with superseded records below its ``seq`` remains).
+        self._seg_min_seq: dict[int, int] = {}
         self._seg_id_lock = threading.Lock()
         self._next_seg = 1
         self._seq = 1
@@ -460,6 +478,7 @@ class LogEngine(StorageEngine):
         # counters
         self._puts = 0
         self._gets = 0
+        self._deletes = 0
         self._fsyncs = 0
         self._batches = 0
         self._batched = 0
@@ -513,11 +532,16 @@ class LogEngine(StorageEngine):
             self._quarantined = rec.corrupt  # each damaged span was kept aside
             self._torn = rec.torn
             self._hints_loaded = rec.hints_loaded
+            self._markers = rec.markers
+            self._seg_min_seq = rec.seg_min_seq
             live: dict[int, int] = dict.fromkeys(rec.seg_bytes, 0)
             for loc in self._keydir.locations():
                 seg = _seg_of(loc)
                 live[seg] += _len_of(loc)
             self._seg_live = live
+            for loc in self._markers.values():
+                seg = _seg_of(loc)
+                self._seg_markers[seg] = self._seg_markers.get(seg, 0) + _len_of(loc)
             for seg in self._seg_bytes:
                 self._read_fds[seg] = os.open(path / _seg_name(seg), os.O_RDONLY)
             self._register_segment(self._start_segment_sync())
@@ -540,6 +564,8 @@ class LogEngine(StorageEngine):
         record_hashes = RecordHashes()
         seg_bytes: dict[int, int] = {}
         seg_records: dict[int, int] = {}
+        seg_min_seq: dict[int, int] = {}
+        marker_locs: dict[str, int] = {}
         corrupt = torn = hints = 0
         damaged_keys: list[str] = []
         max_seq = 0
@@ -579,6 +605,8 @@ class LogEngine(StorageEngine):
                 continue
             seg_bytes[seg] = len(data)
             seg_records[seg] = len(entries)
+            if entries:
+                seg_min_seq[seg] = min(entries.seqs)
             seg_shift = seg << _SEG_SHIFT
             for kb, seq, off, length in zip(
                 entries.keys, entries.seqs, entries.offs, entries.lens, strict=True
@@ -590,8 +618,18 @@ class LogEngine(StorageEngine):
                     shard[key] = loc
                     value = data[off + HEADER_SIZE + len(kb) : off + length]
                     record_hashes.set(key, record_hash(kb, value), kb)
+                if length == HEADER_SIZE + len(kb):  # a delete marker (an empty value)
+                    marker_locs[key] = max(loc, marker_locs.get(key, 0))
                 if seq > max_seq:
                     max_seq = seq
+        # A key whose newest record is a delete marker is not stored: keep only the marker.
+        markers: dict[str, int] = {}
+        for key, loc in marker_locs.items():
+            shard = shards[hash(key) & _SHARD_MASK]
+            if shard.get(key) == loc:
+                del shard[key]
+                record_hashes.discard(key)
+                markers[key] = loc
         return _Recovered(
             keydir,
             record_hashes,
@@ -603,6 +641,8 @@ class LogEngine(StorageEngine):
             torn,
             hints,
             damaged_keys,
+            markers,
+            seg_min_seq,
         )
 
     def _write_hint_sync(
@@ -681,6 +721,22 @@ class LogEngine(StorageEngine):
         self._check_usable()
         kb = encode_key(key, self._limits)
         value = encode_clock(clock, self._limits)
+        await self._append(key, kb, value)
+        self._puts += 1
+
+    async def delete(self, key: str) -> bool:
+        """Append a delete marker for ``key`` (see the module docstring); ``False`` without
+        writing anything when the key is not stored."""
+        self._check_usable()
+        kb = encode_key(key, self._limits)
+        if self._keydir.get(key) is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        await self._append(key, kb, b"")
+        self._deletes += 1
+        return True
+
+    async def _append(self, key: str, kb: bytes, value: bytes) -> None:
         # Backpressure: at most max_pending_writes puts wait for the disk; more park here.
         # (A ParkingLot rather than a Semaphore: no extra schedule point when there is room.)
         while self._in_flight >= self._max_pending:
@@ -703,7 +759,6 @@ class LogEngine(StorageEngine):
             self._space.unpark()
         if batch.error is not None:
             raise batch.error
-        self._puts += 1
 
     def _roll_sync(self) -> tuple[int, int]:
         """Seal the active segment and start the next one (worker thread, no write in flight)."""
@@ -885,19 +940,37 @@ class LogEngine(StorageEngine):
     ) -> None:
         shards, live = self._keydir.shards, self._seg_live
         seg_bytes, seg_records = self._seg_bytes, self._seg_records
-        set_hash = self.record_hashes.set
+        markers = self._markers
+        set_hash, drop_hash = self.record_hashes.set, self.record_hashes.discard
         for key, loc, kb, h in zip(keys, locs, kbs, hashes, strict=True):
-            set_hash(key, h, kb)
             shard = shards[hash(key) & _SHARD_MASK]
             old = shard.get(key)
             if old is not None:
                 live[_seg_of(old)] -= _len_of(old)
-            shard[key] = loc
             seg = _seg_of(loc)
             length = _len_of(loc)
-            live[seg] = live.get(seg, 0) + length
+            if markers:
+                self._forget_marker(key)
+            if length == HEADER_SIZE + len(kb):
+                # A delete marker: the key is gone; the marker's bytes count as garbage (it
+                # is kept only until compaction may drop it).
+                if old is not None:
+                    del shard[key]
+                drop_hash(key)
+                markers[key] = loc
+                self._seg_markers[seg] = self._seg_markers.get(seg, 0) + length
+            else:
+                shard[key] = loc
+                set_hash(key, h, kb)
+                live[seg] = live.get(seg, 0) + length
             seg_bytes[seg] = seg_bytes.get(seg, 0) + length
             seg_records[seg] = seg_records.get(seg, 0) + 1
+            self._seg_min_seq.setdefault(seg, _seq_of(loc))
+
+    def _forget_marker(self, key: str) -> None:
+        old = self._markers.pop(key, None)
+        if old is not None:
+            self._seg_markers[_seg_of(old)] -= _len_of(old)
 
     # --- reads: batched --------------------------------------------------------------------------
 
@@ -1117,7 +1190,11 @@ class LogEngine(StorageEngine):
         await batch.done.wait()
         if batch.error is not None:
             raise batch.error
-        await self._compact(lambda live, total: live < total)
+        await self._compact(lambda seg, live, total: live < total)
+        if self._markers:
+            # The first pass keeps a marker while another victim still holds an older record
+            # of its key; those victims are gone now, so the markers can go too.
+            await self._compact(lambda seg, live, total: self._seg_markers.get(seg, 0) > 0)
 
     async def _compactor(self) -> None:
         while True:
@@ -1134,10 +1211,23 @@ class LogEngine(StorageEngine):
                 self._compaction_errors += 1
                 self._last_compaction_error = str(exc)
 
-    def _mostly_garbage(self, live: int, total: int) -> bool:
+    def _mostly_garbage(self, seg: int, live: int, total: int) -> bool:
         return live < total * self._compact_below
 
-    async def _compact(self, wanted: Callable[[int, int], bool]) -> None:
+    def _droppable_below(self, victim: int) -> int:
+        """A delete marker in ``victim`` with a ``seq`` at most this may be dropped: every other
+        segment on disk that may hold an older record of its key (one with superseded records)
+        starts above it. Fully live segments hold no superseded record, so they never block."""
+        floor = 1 << 62
+        for seg, total in self._seg_bytes.items():
+            if seg == victim:
+                continue
+            kept = self._seg_live.get(seg, 0) + self._seg_markers.get(seg, 0)
+            if seg in self._obsolete or kept < total:
+                floor = min(floor, self._seg_min_seq.get(seg, 1 << 62))
+        return floor - 1
+
+    async def _compact(self, wanted: Callable[[int, int, int], bool]) -> None:
         async with self._compact_lock:
             victims = sorted(
                 seg
@@ -1145,11 +1235,12 @@ class LogEngine(StorageEngine):
                 if seg != self._active
                 and seg not in self._obsolete
                 and total > 0
-                and wanted(self._seg_live.get(seg, 0), total)
+                and wanted(seg, self._seg_live.get(seg, 0), total)
             )
             if not victims:
                 return
-            writer = _CompactionWriter(self)
+            drop_below = {seg: self._droppable_below(seg) for seg in victims}
+            writer = _CompactionWriter(self, drop_below)
             installed: list[_Moves] = []
             try:
                 for seg in victims:
@@ -1172,6 +1263,7 @@ class LogEngine(StorageEngine):
             for seg, (size, records) in writer.outputs.items():
                 self._seg_bytes[seg] = size
                 self._seg_records[seg] = records
+                self._seg_min_seq[seg] = writer.min_seqs[seg]
             before = sum(self._seg_bytes[s] for s in victims)
             after = sum(size for size, _ in writer.outputs.values())
             self._reclaimed += max(0, before - after)
@@ -1180,10 +1272,18 @@ class LogEngine(StorageEngine):
             await self._delete_obsolete()
 
     async def _install_moves(self, moves: _Moves) -> None:
-        keydir, live = self._keydir, self._seg_live
+        keydir, live, markers = self._keydir, self._seg_live, self._markers
         for i, (key, old, new) in enumerate(zip(moves.keys, moves.olds, moves.news, strict=True)):
             if i % _CHECKPOINT_EVERY == 0:
                 await trio.lowlevel.checkpoint()
+            if markers.get(key) == old:
+                # A delete marker copied (``new``) or dropped (0), unless a put superseded it.
+                self._forget_marker(key)
+                if new:
+                    markers[key] = new
+                    seg = _seg_of(new)
+                    self._seg_markers[seg] = self._seg_markers.get(seg, 0) + _len_of(new)
+                continue
             # Compare-and-set: a put that landed since the copy already superseded this record.
             if keydir.get(key) == old:
                 keydir[key] = new
@@ -1194,7 +1294,11 @@ class LogEngine(StorageEngine):
     async def _delete_obsolete(self) -> None:
         # Low-Water Mark: only segments no key and no in-flight read references are deleted.
         ready = [
-            s for s in self._obsolete if self._pins.get(s, 0) == 0 and self._seg_live.get(s, 0) <= 0
+            s
+            for s in self._obsolete
+            if self._pins.get(s, 0) == 0
+            and self._seg_live.get(s, 0) <= 0
+            and self._seg_markers.get(s, 0) <= 0
         ]
         if not ready:
             return
@@ -1203,6 +1307,8 @@ class LogEngine(StorageEngine):
             self._seg_bytes.pop(seg, None)
             self._seg_live.pop(seg, None)
             self._seg_records.pop(seg, None)
+            self._seg_markers.pop(seg, None)
+            self._seg_min_seq.pop(seg, None)
             self._pins.pop(seg, None)
         fds = [self._read_fds.pop(seg) for seg in ready if seg in self._read_fds]
         await trio.to_thread.run_sync(self._delete_sync, ready, fds)
@@ -1253,6 +1359,8 @@ class LogEngine(StorageEngine):
             live_bytes=sum(self._seg_live.values()),
             puts=self._puts,
             gets=self._gets,
+            deletes=self._deletes,
+            delete_markers=len(self._markers),
             fsyncs=self._fsyncs,
             commit_batches=self._batches,
             max_commit_batch=self._max_batch,
@@ -1272,9 +1380,11 @@ class LogEngine(StorageEngine):
 class _CompactionWriter:
     """Copies live records of sealed segments into new segments (worker threads only)."""
 
-    def __init__(self, engine: LogEngine) -> None:
+    def __init__(self, engine: LogEngine, drop_below: dict[int, int]) -> None:
         self._engine = engine
+        self._drop_below = drop_below
         self.outputs: dict[int, tuple[int, int]] = {}  # seg -> (size, records)
+        self.min_seqs: dict[int, int] = {}
         self._seg = -1
         self._fd = -1
         self._size = 0
@@ -1289,14 +1399,23 @@ class _CompactionWriter:
     def copy_live(self, seg: int) -> _Moves:
         eng = self._engine
         data = (eng._path / _seg_name(seg)).read_bytes()
-        keydir = eng._keydir
+        keydir, markers = eng._keydir, eng._markers
+        drop_below = self._drop_below.get(seg, 0)
         moves = _Moves()
         seg_shift = seg << _SEG_SHIFT
         e = _entries_of(eng._path, seg, data)
         for kb, seq, off, length in zip(e.keys, e.seqs, e.offs, e.lens, strict=True):
             key = kb.decode("utf-8", "surrogateescape")
             old = (seq << _SEQ_SHIFT) | seg_shift | (off << _OFF_BITS) | length
-            if keydir.get(key) != old:
+            if length == HEADER_SIZE + len(kb):
+                if markers.get(key) != old:
+                    continue  # a marker superseded by a later put or marker
+                if seq <= drop_below:
+                    moves.keys.append(key)  # dropped: no older record of the key is left
+                    moves.olds.append(old)
+                    moves.news.append(0)
+                    continue
+            elif keydir.get(key) != old:
                 continue  # superseded (a racy read is fine: installs compare-and-set)
             if self._fd < 0 or self._size >= eng._segment_bytes:
                 self._seal()
@@ -1310,6 +1429,7 @@ class _CompactionWriter:
             self._hint += _HINT_ENTRY.pack(seq, self._size, length, len(kb))
             self._hint += kb
             self._count += 1
+            self.min_seqs[self._seg] = min(seq, self.min_seqs.get(self._seg, seq))
             moves.keys.append(key)
             moves.olds.append(old)
             moves.news.append(_pack(seq, self._seg, self._size, length))

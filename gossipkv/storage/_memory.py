@@ -41,6 +41,7 @@ class MemoryEngine(StorageEngine):
         self._closed = False
         self._puts = 0
         self._gets = 0
+        self._deletes = 0
         self.incarnation = int.from_bytes(os.urandom(8), "big")
         self.record_hashes = RecordHashes()
 
@@ -81,9 +82,23 @@ class MemoryEngine(StorageEngine):
         self.record_hashes.set(key, record_hash(kb, data), kb)
         self._puts += 1
 
+    def delete_nowait(self, key: str) -> bool:
+        """:meth:`delete` without waiting (the memory frees the key's clock at once)."""
+        self._check_open()
+        encode_key(key, self._limits)
+        found = self._data.pop(key, None) is not None
+        if found:
+            self.record_hashes.discard(key)
+        self._deletes += found
+        return found
+
     async def get(self, key: str) -> Clock | None:
         await trio.lowlevel.checkpoint()
         return self.get_nowait(key)
+
+    async def delete(self, key: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self.delete_nowait(key)
 
     async def put(self, key: str, clock: Clock) -> None:
         await trio.lowlevel.checkpoint()
@@ -147,5 +162,6 @@ class MemoryEngine(StorageEngine):
                 "live_bytes": live,
                 "puts": self._puts,
                 "gets": self._gets,
+                "deletes": self._deletes,
             },
         )

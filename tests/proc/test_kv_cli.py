@@ -19,11 +19,11 @@ PUT_KEYS = {"key", "values", "context", "more"}
 GET_KEYS = {"key", "found", "values", "context", "more"}
 
 
-def start_all(peers: Peers, tmp_path: Path, ports: list[int]) -> None:
+def start_all(peers: Peers, tmp_path: Path, ports: list[int], **opts: str) -> None:
     """n1 first (without --seed on a fresh start and on a restart), then n2, n3 seeding it."""
-    peers.start("n1", ports[0], data_dir=str(tmp_path / "n1"))
+    peers.start("n1", ports[0], data_dir=str(tmp_path / "n1"), **opts)
     for name, port in zip(NAMES[1:], ports[1:], strict=True):
-        peers.start(name, port, seeds=["n1"], data_dir=str(tmp_path / name))
+        peers.start(name, port, seeds=["n1"], data_dir=str(tmp_path / name), **opts)
 
 
 async def wait_ready(peers: Peers) -> None:
@@ -58,7 +58,7 @@ def doc_of(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 async def test_put_get_round_trip_json(peers: Peers, tmp_path: Path) -> None:
     ports = free_ports(3)
-    start_all(peers, tmp_path, ports)
+    start_all(peers, tmp_path, ports, tombstone_grace="2")
     await wait_ready(peers)
 
     put = doc_of(kv("put", "greeting", "hello", "--peer", peers.addr["n1"]))
@@ -89,6 +89,18 @@ async def test_put_get_round_trip_json(peers: Peers, tmp_path: Path) -> None:
 
     bad = cli("put", "greeting", "x", "--context", "zz", "--peer", peers.addr["n1"])
     assert bad.returncode != 0 and "hex" in (bad.stdout + bad.stderr), bad
+
+    # Deleted, then reaped by all three owners once the 2 s grace has passed.
+    assert cli("delete", "greeting", "--peer", peers.addr["n2"]).returncode == 0
+    status = doc_of(cli("status", "--json", "--peer", peers.addr["n1"], timeout=30))
+    assert status["tombstone_grace"] == 2.0, status
+
+    async def reaped() -> Any:
+        docs = [loads(cli("stats", "--json", "--peer", peers.addr[n]).stdout) for n in NAMES]
+        return sum(d["tombstones_reaped"] for d in docs) == 3
+
+    await eventually(reaped, within=30, what="the tombstone reaped on 3 owners", peers=peers)
+    assert doc_of(kv("get", "greeting", "--r", "3", "--peer", peers.addr["n3"]))["found"] is False
 
 
 async def test_sigstop_read_repair_then_kill_all_and_restart(peers: Peers, tmp_path: Path) -> None:
