@@ -1,10 +1,10 @@
-"""Test tiers: the tests that start real processes are marked ``serial``.
+"""Test tiers: the tests that start real peer processes are marked ``serial``.
 
 They run in their own pytest session, alone on the machine (each starts several peer processes,
-which need every core), after the in-process tiers have run beside each other on every core
-(``-n 2``, pytest-xdist). The README's test command does both::
+which need every core), after the rest has run on every core (pytest-xdist: three workers keep
+two cores busy while the TCP and TLS tests wait on sockets). The README's test command does both::
 
-    python -m pytest -q -n 2 -m "not serial" && python -m pytest -q -m serial
+    python -m pytest -q -n 3 --dist worksteal -m "not serial" && python -m pytest -q -m serial
 
 A plain ``python -m pytest`` still runs everything, one test at a time.
 """
@@ -16,16 +16,12 @@ from pathlib import Path
 import pytest
 
 _HERE = Path(__file__).parent
-#: Files and folders (relative to tests/) whose tests start real processes.
+#: Folders (relative to tests/) whose tests start real peer processes. Tests that start one
+#: process that does not gossip (the crash tests, CLI startup, the examples, packaging) need no
+#: core to themselves and run with the rest.
 SERIAL = (
     "proc/",
     "abuse/",
-    "storage/test_crash.py",
-    "storage/test_bench_cli.py",
-    "test_cli_startup.py",
-    "test_dashboard.py",
-    "test_examples.py",
-    "test_packaging.py",
 )
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+import gossipkv
+
 from ._peers import Peers, cli, eventually, free_ports, loads, members
 
 pytestmark = pytest.mark.proc
@@ -45,6 +47,15 @@ async def wait_ready(peers: Peers) -> None:
         )
 
     await eventually(reads, within=30, what="quorum reads answer on every peer", peers=peers)
+
+
+async def read(addr: str, key: str, *, r: int = 0, local: bool = False) -> list[Any] | None:
+    """The values of ``key`` read through ``addr`` by the client (``None``: the read failed)."""
+    try:
+        async with gossipkv.open_client([addr], request_timeout=5.0) as client:
+            return list((await client.get(key, r=r, local=local)).values)
+    except gossipkv.GossipKVError:
+        return None
 
 
 def kv(*args: str) -> subprocess.CompletedProcess[str]:
@@ -84,7 +95,11 @@ async def test_put_get_round_trip_json(peers: Peers, tmp_path: Path) -> None:
 
     missing = doc_of(kv("get", "nothing-here", "--peer", peers.addr["n2"]))
     assert missing == {
-        "key": "nothing-here", "found": False, "values": [], "context": "", "more": 0
+        "key": "nothing-here",
+        "found": False,
+        "values": [],
+        "context": "",
+        "more": 0,
     }
 
     bad = cli("put", "greeting", "x", "--context", "zz", "--peer", peers.addr["n1"])
@@ -124,15 +139,17 @@ async def test_sigstop_read_repair_then_kill_all_and_restart(peers: Peers, tmp_p
     finally:
         peers.signal("n3", signal.SIGCONT)
 
-    # A quorum read through n1 repairs n3, which then shows the value in its own replica.
+    # A quorum read through n1 (the CLI once, then the client) repairs n3, which then shows the
+    # value in its own replica.
+    doc_of(kv("get", "during-0", "--r", "3", "--peer", peers.addr["n1"]))
+
     async def repaired() -> Any:
         ok = True
         for key, value in acked.items():
             if not key.startswith("during-"):
                 continue
-            doc_of(kv("get", key, "--r", "3", "--peer", peers.addr["n1"]))
-            local = doc_of(kv("get", key, "--local", "--peer", peers.addr["n3"]))
-            ok = ok and local["values"] == [value]
+            await read(peers.addr["n1"], key, r=3)
+            ok = ok and (await read(peers.addr["n3"], key, local=True)) == [value]
         return ok
 
     await eventually(repaired, within=30, what="n3 repaired by quorum reads", peers=peers)
@@ -148,15 +165,16 @@ async def test_sigstop_read_repair_then_kill_all_and_restart(peers: Peers, tmp_p
     async def all_there() -> Any:
         missing = {}
         for key, value in acked.items():
-            got = doc_of(kv("get", key, "--peer", peers.addr["n2"]))
-            if got["values"] != [value]:
+            got = await read(peers.addr["n2"], key)
+            if got != [value]:
                 missing[key] = got
         return not missing or None
 
     await eventually(
         all_there, within=30, what="every acknowledged write after restart", peers=peers
     )
+    assert doc_of(kv("get", "before-0", "--peer", peers.addr["n3"]))["values"] == ["b0"]
     for name in NAMES:
         for key, value in acked.items():
-            local = doc_of(kv("get", key, "--local", "--peer", peers.addr[name]))
-            assert local["values"] == [value], (name, key, local)
+            local = await read(peers.addr[name], key, local=True)
+            assert local == [value], (name, key, local)

@@ -26,7 +26,7 @@ from ._kvsim import (
 )
 
 TOMB_SEEDS = [41, 42, 43]
-GRACE = 120.0
+GRACE = 40.0
 KV = KVConfig(tombstone_grace=GRACE)
 
 
