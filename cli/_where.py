@@ -25,7 +25,6 @@ from ._common import (
 
 
 def _client(peer: str, cluster: str, request_timeout: float = 5.0) -> Any:
-
     return open_client([peer], cluster=cluster, request_timeout=request_timeout)
 
 

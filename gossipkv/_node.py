@@ -1326,9 +1326,8 @@ class Node:
                 )
             if decisions is not None:
                 # What a forged record may have left on disk before this version vetted gossip.
-                kept = Decisions()
                 ahead = int(self.config.max_generation_ahead * 1000)
-                problems = kept.vet(decisions, max_generation=generation + ahead, seen=None)
+                problems = Decisions().vet(decisions, max_generation=generation + ahead, seen=None)
                 if problems:
                     log.error(
                         "%s: the persisted membership decisions hold what no leader could have "

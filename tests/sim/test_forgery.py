@@ -45,6 +45,12 @@ async def formed(c: SimCluster, members: list[str]) -> None:
         await c.wait_until(same)
 
 
+def table_of(c: SimCluster) -> PartitionTable:
+    table = c.nodes["n1"]._runtime().gossiper.table()
+    assert table is not None
+    return table
+
+
 def refused(c: SimCluster, reason: str) -> int:
     return sum(
         node._runtime().gossiper.counters.refused.get(reason, 0) for node in c.nodes.values()
@@ -100,8 +106,7 @@ async def test_epochs_near_the_limit_or_far_ahead_are_refused_and_the_leader_goe
     async with open_sim_cluster(5, seed=seed, config=KEEP) as c:
         await formed(c, FIVE)
         before = decisions(c)
-        current = c.nodes["n1"]._runtime().gossiper.table()
-        assert current is not None
+        current = table_of(c)
         empty = PartitionTable(NEAR_LIMIT, NEAR_LIMIT, current.n, (("n1",),))
 
         def near_limit(r: dict[str, Any]) -> None:
@@ -136,8 +141,7 @@ async def test_a_table_of_unknown_members_or_another_shape_is_refused(
     async with open_sim_cluster(5, seed=seed, config=KEEP) as c:
         await formed(c, FIVE)
         before = decisions(c)
-        current = c.nodes["n1"]._runtime().gossiper.table()
-        assert current is not None
+        current = table_of(c)
         strangers = PartitionTable(
             current.term, current.seq + 1, current.n, (("x1", "x2", "x3"),) * current.q
         )
