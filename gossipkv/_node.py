@@ -138,7 +138,12 @@ class NodeStatistics:
         ``max_watches_per_connection`` or ``max_watches``); and writes refused by a
         :class:`StorageLimits` limit, by error code (``value_too_large``, ``value_too_deep``,
         ``record_too_large``, ``too_many_siblings``, ``invalid_context``, ``key_too_large``,
-        ``invalid_key``, ``value_not_encodable``): a refused write changed nothing.
+        ``invalid_key``, ``value_not_encodable``): a refused write changed nothing. Also
+        ``member_message_from_client`` and ``operator_message_from_client`` (a role sent what
+        only a member or an operator may), ``wrong_member`` (another name answered at a
+        member's address: nothing was sent), and ``gossip_<reason>`` (gossip no honest member
+        could have sent; see :meth:`Decisions.vet`, plus ``generation_ahead``,
+        ``shutdown_not_own`` and ``forged_self``).
       max_loop_lag: the largest event-loop lag measured so far, in seconds.
       last_loop_lag: the latest event-loop lag measured, in seconds.
       table_epoch: the partition table's epoch ``[term, seq]``, or ``None`` before the first table.
@@ -674,10 +679,21 @@ class Node:
         if addr is None:
             raise Unavailable(f"no address known for {member}")
         channel = await self._channel_to(addr)
+        self._check_member(channel, member)
         try:
             return await channel.request(message)
         except RemoteError as exc:
             raise error_from_code(exc.code, str(exc)) from exc
+
+    def _check_member(self, channel: Channel, member: str) -> None:
+        """Refuse to send ``member``'s requests to whoever answers at its address under another
+        name (with TLS, the name its certificate proves): gossip that moved a member's address
+        must not divert its replicas' traffic."""
+        if channel.remote.node_id != member:
+            self._refusals["wrong_member"] += 1
+            raise Unavailable(
+                f"{channel.remote.node_id!r} answers at the address of {member}; not sending"
+            )
 
     def _start_to_member(
         self, member: str, message: Message, callback: Callable[[Message | BaseException], None]
@@ -694,6 +710,8 @@ class Node:
             if found is None or found.closed:
                 self._member_channels.pop(member, None)
                 return None
+            if found.remote.node_id != member:
+                return None  # the waiting fallback refuses (and counts) it
             channel = found
             self._member_channels[member] = (announced, channel)
 

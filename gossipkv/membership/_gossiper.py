@@ -207,7 +207,9 @@ class GossipCounters:
     budget_truncations: int = 0
     pause_guards: int = 0
     #: Gossip refused because no honest member could have sent it, by reason (see
-    #: :meth:`Decisions.vet`, plus ``generation_ahead`` for a member's own entry).
+    #: :meth:`Decisions.vet`, plus ``generation_ahead`` for a member's own entry,
+    #: ``shutdown_not_own`` for a shutdown notice sent for another member, and ``forged_self``
+    #: for entries of this incarnation that it never wrote).
     refused: dict[str, int] = field(default_factory=dict)
 
 
@@ -427,10 +429,11 @@ class Gossiper:
     def on_shutdown(self, msg: Shutdown, now: float, *, sender: str) -> None:
         """A member announced it is stopping now: stop waiting for the detector.
 
-        Only the member itself may say so (``sender`` is the name from the connection's hello).
+        Only the member itself may say so, on its own connection (``sender`` is the name the
+        connection proved: its TLS certificate, or without TLS its hello).
         """
         if sender != msg.node_id:
-            self.counters.bad_values += 1
+            self._refuse("shutdown_not_own", f"{sender} announced that {msg.node_id} stops")
             return
         ns = self._namespaces.get(msg.node_id)
         peer = self._peers.get(msg.node_id)
@@ -477,6 +480,8 @@ class Gossiper:
             if self.decisions.is_removed(entry.node_id, entry.generation):
                 continue
             out[entry.node_id] = entry
+            if entry.node_id == self.node_id and entry.generation == self.generation:
+                self._refute(entry.max_version, entry.heartbeat)
             ns = self._namespaces.get(entry.node_id)
             if (
                 ns is not None
@@ -499,6 +504,8 @@ class Gossiper:
             if nd.generation > self.generation:
                 # Someone else runs under our name with a newer generation.
                 self.counters.identity_conflicts += 1
+            elif nd.generation == self.generation:
+                self._refute(nd.max_version, nd.heartbeat)
             return
         if nd.generation > self._max_generation():
             self._refuse("generation_ahead", f"{nd.node_id} at generation {nd.generation}")
@@ -552,6 +559,24 @@ class Gossiper:
             self._event(now, after_status, nd.node_id, ns.generation)
         elif _up_of(ns) != before_up and after_status == "up":
             self._event(now, "up", nd.node_id, ns.generation)
+
+    def _refute(self, max_version: int, heartbeat: int) -> None:
+        """Gossip about this incarnation that this peer never wrote (a higher version or
+        heartbeat) is a forgery: its entries could mark us left or silence our heartbeat at every
+        peer that took them. Refuse it, and outbid it the way SWIM refutes a suspicion: every
+        entry of ours is written again above the forged version, so the truth spreads and wins.
+        """
+        own = self._self
+        if max_version <= own.max_version and heartbeat <= own.heartbeat:
+            return
+        self._refuse(
+            "forged_self", f"our incarnation at version {max_version}, heartbeat {heartbeat}"
+        )
+        own.heartbeat = max(own.heartbeat, heartbeat) + 1
+        own.max_version = max(own.max_version, max_version)
+        for key, (value, _) in sorted(own.entries.items(), key=lambda item: item[1][1]):
+            own.max_version += 1
+            own.entries[key] = (value, own.max_version)
 
     def _merge_decisions(self, raw: object) -> None:
         other = Decisions.from_plain(raw)

@@ -19,7 +19,18 @@ import pytest
 import trio
 
 import gossipkv
+from gossipkv._messages import (
+    Ack,
+    NodeDelta,
+    PartitionFetch,
+    ReplicaPut,
+    Shutdown,
+    Syn,
+    SynAck,
+    VersionedEntry,
+)
 
+from .._wire import raw_channel
 from ._peers import ENV, Peers, cli, eventually, free_ports
 
 pytestmark = pytest.mark.proc
@@ -231,3 +242,101 @@ async def test_cluster_up_tls_makes_a_throwaway_ca(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+NEAR_LIMIT = 2**62 - 1
+
+
+async def test_forgeries_against_a_tls_cluster_are_refused_and_change_nothing(
+    peers: Peers, tmp_path: Path
+) -> None:
+    # The red team's attacks, now with TLS on: a client certificate speaking for members, a peer
+    # certificate claiming another name, and a member's certificate (mallory, never started)
+    # gossiping forged decisions, generations and a shutdown notice for b.
+    pki = tmp_path / "pki"
+    make_pki(pki, ["a", "b", "c", "mallory"])
+    ports = free_ports(3)
+    for name, port in zip("abc", ports, strict=True):
+        peers.start(name, port, seeds=[] if name == "a" else ["a"], tls_dir=str(pki))
+    await wait_up(peers, ["a", "b", "c"], pki)
+    ops = gossipkv.TLSConfig.from_dir(pki, "ops")
+    app = gossipkv.TLSConfig.from_dir(pki, "app")
+    mallory = gossipkv.TLSConfig.from_dir(pki, "mallory")
+    keys = [f"k{i}" for i in range(20)]
+    async with gossipkv.open_client([peers.addr["a"]], tls=app) as client:
+        for key in keys:
+            await client.put(key, "v")
+
+    async def snapshot() -> dict[str, Any]:
+        out = {}
+        for name in "abc":
+            async with gossipkv.open_client([peers.addr[name]], tls=ops) as client:
+                doc = await client.members()
+                stats = await client.statistics()
+            # Mallory itself may appear as joining: a peer certificate may join.
+            members = sorted(
+                (m["name"], m["status"], m["generation"])
+                for m in doc["members"]
+                if m["name"] != "mallory"
+            )
+            out[name] = {"members": members, "epoch": stats["table_epoch"]}
+        return out
+
+    before = await snapshot()
+    a = peers.addr["a"]
+    async with trio.open_nursery() as nursery:
+        # A client certificate: no replica write (the erase), no key listing, no gossip.
+        for message in (
+            ReplicaPut("k0", b"\x80"),
+            PartitionFetch(0, 64),
+            Syn("client", 1, ()),
+        ):
+            channel = await raw_channel(a, app, "client", nursery)
+            with trio.fail_after(10), pytest.raises(gossipkv.RemoteError, match="only members"):
+                await channel.request(message)
+        # A peer certificate under another member's name: refused at the hello.
+        with trio.fail_after(10), pytest.raises(gossipkv.HandshakeError, match="hello claims"):
+            await raw_channel(a, mallory, "b", nursery)
+        # Mallory's own name: what it gossips is vetted.
+        channel = await raw_channel(a, mallory, "mallory", nursery, generation=1)
+        with trio.fail_after(10):
+            reply = await channel.request(Syn("mallory", 1, ()))
+        assert isinstance(reply, SynAck)
+        spaces = {nd.node_id: nd for nd in reply.delta}
+        real = next(e.value for e in spaces["a"].entries if e.key == "decisions")
+        assert isinstance(real, dict)
+        gen_b = spaces["b"].generation
+        table = real["table"]
+        forged = [
+            {**real, "removed": {**real["removed"], "b": [NEAR_LIMIT, 0]}},
+            {**real, "term": NEAR_LIMIT, "seq": NEAR_LIMIT, "table": [*table[:3], [["a"]]]},
+            {**real, "seq": real["seq"] + 1, "table": [table[0], table[1] + 1, table[2],
+                                                       [["x1", "y1", "z1"]] * len(table[3])]},
+        ]  # fmt: skip
+        for version, record in enumerate(forged, start=1):
+            entry = VersionedEntry("decisions", record, version)
+            await channel.notify(Ack((NodeDelta("mallory", 1, version, 0, version, (entry,)),)))
+        hijack = NodeDelta("b", NEAR_LIMIT, 1, 0, 1, (VersionedEntry("addr", "127.0.0.1:1", 1),))
+        await channel.notify(Ack((hijack,)))
+        await channel.notify(Shutdown("b", gen_b))
+        with trio.fail_after(10):  # a round trip: the notices above were written
+            await channel.request(Syn("mallory", 1, ()))
+        nursery.cancel_scope.cancel()
+
+    want = ["epoch_limit", "table_invalid", "generation_ahead", "shutdown_not_own"]
+
+    async def all_refused() -> Any:
+        async with gossipkv.open_client([a], tls=ops) as client:
+            refusals = (await client.statistics())["refusals"]
+        assert isinstance(refusals, dict)
+        seen = {r: refusals.get(f"gossip_{r}", 0) for r in want}
+        return all(seen.values()) and refusals.get("member_message_from_client", 0) >= 3 and seen
+
+    await eventually(all_refused, within=15, what="every forgery refused at a", peers=peers)
+    await trio.sleep(3)  # a few gossip rounds for anything that got through to spread
+    after = await snapshot()
+    assert after == before, f"the forgeries changed the cluster:\n{before}\n{after}"
+    async with gossipkv.open_client([peers.addr["c"]], tls=app) as client:
+        for key in keys:
+            assert (await client.get(key, r=3)).values == ["v"], key
+    assert "refused gossip (epoch_limit)" in peers.log("a")

@@ -15,7 +15,8 @@ import trio
 import trio.testing
 
 from gossipkv import GossipConfig
-from gossipkv._messages import NodeDelta, VersionedEntry
+from gossipkv._dvv import partition_of
+from gossipkv._messages import NodeDelta, Shutdown, VersionedEntry
 from gossipkv._partitions import PartitionTable
 from gossipkv.membership._leader import MAX_EPOCH_STEP
 from gossipkv.testing import SimCluster, open_sim_cluster
@@ -173,3 +174,93 @@ async def test_a_removal_of_an_unseen_incarnation_costs_one_rejoin(
         assert refused(c, "removal_unseen") == 5, where
         rejoins = [r for r in caplog.records if "n2 was removed by the leader" in r.getMessage()]
         assert len(rejoins) == 1, where
+
+
+async def test_a_shutdown_notice_for_another_member_is_refused(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_sim_cluster(5, seed=seed, config=KEEP) as c:
+        await formed(c, FIVE)
+        before, gen3 = decisions(c), c.nodes["n3"].generation
+        # A member's own connection may announce only its own stop: n4 speaking for n3 is refused.
+        for name in ("n1", "n2", "n5"):
+            c.nodes[name]._runtime().gossiper.on_shutdown(
+                Shutdown("n3", gen3), trio.current_time(), sender="n4"
+            )
+        await trio.sleep(20)
+        where = f"seed={seed}\n{describe(c)}"
+        assert refused(c, "shutdown_not_own") == 3, where
+        assert all_up(c, FIVE) and c.nodes["n3"].generation == gen3, where
+        assert decisions(c) == before, f"seed={seed}: a forged shutdown changed the decisions"
+        stats = c.nodes["n1"].statistics()
+        assert stats.refusals.get("gossip_shutdown_not_own") == 1, stats.refusals
+
+
+async def test_forged_entries_of_a_live_incarnation_are_refuted(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_sim_cluster(5, seed=seed, config=KEEP) as c:
+        await formed(c, FIVE)
+        before = decisions(c)
+        n2 = c.nodes["n2"]._runtime().gossiper
+        own = n2._self
+        # Versions and a heartbeat n2 never wrote: "left", and a heartbeat that would make every
+        # real one look old (n2 silent, so down).
+        forged = NodeDelta(
+            "n2",
+            own.generation,
+            own.heartbeat + 10_000,
+            own.max_version,
+            own.max_version + 5,
+            (VersionedEntry("status", "left", own.max_version + 5),),
+        )
+        for name in ("n1", "n3"):
+            c.nodes[name]._runtime().gossiper.apply_delta((forged,), trio.current_time())
+        # n2 hears of it from the digests, refutes it, and the truth wins everywhere.
+        with trio.fail_after(30):
+            await c.wait_until(lambda: n2.counters.refused.get("forged_self", 0) >= 1)
+        await trio.sleep(20)
+        where = f"seed={seed}\n{describe(c)}"
+        assert all_up(c, FIVE), where
+        assert all(
+            node._runtime().gossiper.member_generations()["n2"] == own.generation
+            for node in c.nodes.values()
+        ), where
+        # What the leader did meanwhile (a table without n2, then with it again) is undone; no
+        # member was removed, no exit recorded, no grant changed.
+        for name, record in decisions(c).items():
+            for part in ("grants", "removed", "exited"):
+                assert record[part] == before[name][part], f"{where}\n{part} of {name} changed"
+        assert table_of(c).owned_by("n2"), where
+
+
+async def test_a_moved_address_diverts_no_replica_traffic(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_sim_cluster(5, seed=seed, config=KEEP) as c:
+        await formed(c, FIVE)
+        evil = await c.start("evil")  # a peer of its own cluster of one, happy to store anything
+        gen2 = c.nodes["n2"].generation
+        # A newer incarnation of n2 (plausible: a second ahead) at evil's address.
+        hijack = NodeDelta(
+            "n2",
+            gen2 + 1000,
+            1,
+            0,
+            2,
+            (VersionedEntry("addr", c.address("evil"), 1), VersionedEntry("status", "up", 2)),
+        )
+        for name in ("n1", "n3", "n4", "n5"):
+            c.nodes[name]._runtime().gossiper.apply_delta((hijack,), trio.current_time())
+        table = table_of(c)
+        owned = [
+            k
+            for k in (f"k{i}" for i in range(200))
+            if "n2" in table.owners[partition_of(k, table.q)]
+        ]
+        for key in owned[:20]:
+            await c.nodes["n1"].put(key, "v")
+        where = f"seed={seed}\n{describe(c)}"
+        assert c.nodes["n1"].statistics().refusals.get("wrong_member", 0) >= 1, where
+        for key in owned[:20]:
+            assert (await evil.get(key, local=True)).values == [], f"{where}\n{key} diverted"

@@ -26,18 +26,17 @@ from gossipkv import (
     open_node,
 )
 from gossipkv._messages import (
-    PROTOCOL_VERSION,
     Hello,
     LeaveRequest,
-    Message,
     ReplicaGet,
     ReplicaPut,
     StatsRequest,
 )
 from gossipkv._node import _refusal_for
-from gossipkv._peer import Channel, TransportCounters, handshake
-from gossipkv.transport import TcpTransport, TLSIdentity
+from gossipkv.transport import TLSIdentity
 from gossipkv.transport._tls import identity_of
+
+from .._wire import raw_channel
 
 FAST = GossipConfig(gossip_interval=0.05, leave_timeout=2.0)
 GUARD = 10  # seconds; a guard against hangs, no assertion depends on it
@@ -211,38 +210,6 @@ async def test_plaintext_and_tls_refuse_each_other(pki: Path) -> None:
         assert p.statistics().refused_handshakes.get("tls_not_enabled") == 1
 
 
-async def _raw_channel(address: str, tls: TLSConfig, name: str, nursery: trio.Nursery) -> Channel:
-    """A connection that says what we like in its hello (as an attacker's would)."""
-    conn = await TcpTransport(tls=tls).connect(address)
-    counters = TransportCounters()
-    try:
-        remote = await handshake(
-            conn,
-            Hello(PROTOCOL_VERSION, "gossipkv", name, 1, "127.0.0.1:1"),
-            initiator=True,
-            max_frame=64 * 1024,
-            counters=counters,
-            own_node_id=None,
-        )
-    except BaseException:
-        await conn.aclose()
-        raise
-    channel = Channel(
-        conn, remote, on_request=_no_requests, on_oneway=_no_oneway, max_frame=1 << 20,
-        counters=counters,
-    )  # fmt: skip
-    await nursery.start(channel.run)
-    return channel
-
-
-async def _no_requests(channel: Channel, message: Message) -> Message:
-    raise RemoteError("unsupported", "no")
-
-
-async def _no_oneway(channel: Channel, message: Message) -> None:
-    return
-
-
 async def test_client_certificate_cannot_speak_for_a_member(pki: Path) -> None:
     async with (
         open_node(
@@ -253,17 +220,17 @@ async def test_client_certificate_cannot_speak_for_a_member(pki: Path) -> None:
         app = TLSConfig.from_dir(pki, "app")
         # Claiming a member's name with a client certificate: refused at the hello.
         with trio.fail_after(GUARD), pytest.raises(HandshakeError, match="cannot act as member"):
-            await _raw_channel(a.address, app, "b", nursery)
+            await raw_channel(a.address, app, "b", nursery)
         assert a.statistics().refused_handshakes.get("tls_identity") == 1
         # As a client, a replica write (forged clock, the red team's erase) closes the connection.
-        channel = await _raw_channel(a.address, app, "client", nursery)
+        channel = await raw_channel(a.address, app, "client", nursery)
         with trio.fail_after(GUARD), pytest.raises(RemoteError, match="only members may send"):
             await channel.request(ReplicaPut("k", b"\x80"))
         with trio.fail_after(GUARD):
             await channel.wait_closed()
         assert a.statistics().refusals.get("member_message_from_client") == 1
         # The same with a peer certificate, under its own name, is a member's request.
-        peer = await _raw_channel(a.address, TLSConfig.from_dir(pki, "b"), "b", nursery)
+        peer = await raw_channel(a.address, TLSConfig.from_dir(pki, "b"), "b", nursery)
         with trio.fail_after(GUARD):
             reply = await peer.request(ReplicaGet("k"))
         assert reply.TAG == "replica_state"
