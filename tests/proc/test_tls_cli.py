@@ -340,3 +340,7 @@ async def test_forgeries_against_a_tls_cluster_are_refused_and_change_nothing(
         for key in keys:
             assert (await client.get(key, r=3)).values == ["v"], key
     assert "refused gossip (epoch_limit)" in peers.log("a")
+    # Certificates of another CA: the client refuses the peer's certificate, in one line.
+    other = tmp_path / "other"
+    make_pki(other, [])
+    refused(cli("get", "k0", "--peer", a, "--tls-dir", str(other), "--tls-name", "app"), "refused")
