@@ -29,6 +29,9 @@ from ._errors import (
     HandshakeError as HandshakeError,
 )
 from ._errors import (
+    InvalidArgument as InvalidArgument,
+)
+from ._errors import (
     InvalidContext as InvalidContext,
 )
 from ._errors import (
@@ -39,9 +42,6 @@ from ._errors import (
 )
 from ._errors import (
     NodeClosedError as NodeClosedError,
-)
-from ._errors import (
-    Overloaded as Overloaded,
 )
 from ._errors import (
     QuorumNotReached as QuorumNotReached,
@@ -86,9 +86,6 @@ from ._node import (
     NodeStatistics as NodeStatistics,
 )
 from ._node import (
-    members_body as members_body,
-)
-from ._node import (
     open_node as open_node,
 )
 from ._version import __version__ as __version__
@@ -116,7 +113,7 @@ __all__ = [
     "InvalidKey",
     "KVConfig",
     "KeyTooLarge",
-    "Overloaded",
+    "InvalidArgument",
     "PutResult",
     "QuorumNotReached",
     "StorageError",
@@ -146,7 +143,6 @@ __all__ = [
     "RemoteError",
     "TransportError",
     "__version__",
-    "members_body",
     "open_client",
     "open_node",
 ]

@@ -38,7 +38,14 @@ import trio
 
 from . import _dvv, _merkle
 from ._dvv import DVVSet, Sibling
-from ._errors import ClusterNotReady, GossipKVError, RemoteError, TransportError, Unavailable
+from ._errors import (
+    ClusterNotReady,
+    GossipKVError,
+    InvalidArgument,
+    RemoteError,
+    TransportError,
+    Unavailable,
+)
 from ._merkle import BRANCHES, SEGMENTS, SEGMENTS_PER_BRANCH, MerkleTrees, PartitionTree
 from ._messages import (
     Message,
@@ -120,12 +127,11 @@ class AntiEntropyCounters:
 
 def _strictly_ascending(ids: tuple[int, ...], limit: int, most: int, what: str) -> None:
     if not 1 <= len(ids) <= most:
-        raise RemoteError("bad_request", f"ask for 1..{most} {what}, not {len(ids)}")
+        raise InvalidArgument(f"ask for 1..{most} {what}, not {len(ids)}")
     previous = -1
     for i in ids:
         if not previous < i < limit:
-            raise RemoteError(
-                "bad_request",
+            raise InvalidArgument(
                 f"{what} must be strictly ascending numbers in 0..{limit - 1}, got {list(ids)}",
             )
         previous = i
@@ -405,11 +411,9 @@ class AntiEntropy:
         if table is None or not table.owners:
             raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
         if message.q != table.q:
-            raise RemoteError("bad_request", f"q={message.q} but the table has {table.q}")
+            raise InvalidArgument(f"q={message.q} but the table has {table.q}")
         if not 0 <= message.partition < table.q:
-            raise RemoteError(
-                "bad_request", f"partition {message.partition} is not in 0..{table.q - 1}"
-            )
+            raise InvalidArgument(f"partition {message.partition} is not in 0..{table.q - 1}")
         if isinstance(message, TreeSegments):
             _strictly_ascending(message.branches, BRANCHES, BRANCHES, "branches")
         elif isinstance(message, TreeKeys):

@@ -23,10 +23,11 @@ from ._errors import (
     NodeClosedError,
     RemoteError,
     TransportError,
+    ValueNotEncodable,
     error_from_code,
     single_error,
 )
-from ._kv import Change, GetResult, PutResult
+from ._kv import Change, GetResult, PutResult, check_count, check_request
 from ._limits import NetworkLimits
 from ._messages import (
     PROTOCOL_VERSION,
@@ -276,12 +277,13 @@ class Client:
           QuorumNotReached: fewer than R replicas answered.
           InvalidKey: ``key`` is not a non-empty string (:exc:`KeyTooLarge`: too long).
           StorageError: the peer's storage failed.
-          RemoteError: the peer refused the request (``code == "bad_request"`` for an ``r``
-            outside 1..N).
+          InvalidArgument: ``r`` is not between 1 and N (as :meth:`gossipkv.Node.get`).
           TransportError: no listed peer answered.
           HandshakeError: the peer is in another cluster or speaks another protocol version.
           NodeClosedError: the client is closed.
         """
+        check_request(key)
+        check_count(r, "r")
         reply = _kv_result(await self._call(KvGet(key, r, local), retry=not local))
         return GetResult(reply.key, reply.found, list(reply.values), reply.context, reply.more)
 
@@ -308,17 +310,24 @@ class Client:
           RecordTooLarge, InvalidContext, InvalidKey, StorageError: as
             :meth:`gossipkv.Node.put`, reported by the peer.
           ValueNotEncodable: ``value`` is not plain CBOR data (checked before sending).
-          RemoteError: the peer refused the request (``code == "bad_request"`` for a ``w``
-            outside 1..N).
+          InvalidArgument: ``w`` is not between 1 and N (as :meth:`gossipkv.Node.put`).
           TransportError: no listed peer answered.
           HandshakeError: the peer is in another cluster or speaks another protocol version.
           NodeClosedError: the client is closed.
         """
         # What no peer could accept is refused here, with the error a peer would give.
+        check_request(key, context)
+        check_count(w, "w")
         check_plain(value, MAX_VALUE_DEPTH)
         self._seq += 1
         msg = KvPut(key, value, context, w, self._client_id, self._seq)
-        reply = _kv_result(await self._call(msg, retry=True))
+        try:
+            reply = _kv_result(await self._call(msg, retry=True))
+        except DecodeError as exc:
+            if exc.reason != "too_complex":
+                raise
+            # The frame would be refused by the peer: the value is what makes it so.
+            raise ValueNotEncodable(f"value is too complex: {exc}") from None
         return PutResult(reply.key, list(reply.values), reply.context, reply.more)
 
     async def delete(self, key: str, *, context: bytes | None = None, w: int = 0) -> PutResult:
@@ -337,6 +346,8 @@ class Client:
           StorageError, RemoteError, TransportError, HandshakeError, NodeClosedError: see
             :meth:`put`.
         """
+        check_request(key, context)
+        check_count(w, "w")
         self._seq += 1
         msg = KvPut(key, None, context, w, self._client_id, self._seq, delete=True)
         reply = _kv_result(await self._call(msg, retry=True))
@@ -463,7 +474,8 @@ class Client:
           value: a string (at most 512 UTF-8 bytes by default), or ``None`` to delete the key.
 
         Raises:
-          RemoteError: the peer refused the key or value (``code == "bad_request"``).
+          InvalidArgument: the peer refused the key or value (as
+            :meth:`gossipkv.Node.set_metadata`).
           TransportError: the connected peer did not answer.
           HandshakeError, NodeClosedError: as :meth:`members`.
         """

@@ -63,6 +63,19 @@ class RemoteError(GossipKVError):
         self.code = code
 
 
+class InvalidArgument(RemoteError, ValueError):
+    """An argument is out of range or refers to nothing (``r`` or ``w`` outside 1..N, an unknown
+    member, a metadata key that is too long): the same error from a :class:`~gossipkv.Node` as
+    from a :class:`~gossipkv.Client` (whose peer reports it with the wire code ``bad_request``).
+
+    Attributes:
+      code: always ``bad_request``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("bad_request", message)
+
+
 class NodeClosedError(GossipKVError):
     """The node or client has been closed."""
 
@@ -144,10 +157,6 @@ class Unavailable(GossipKVError):
     """No replica of the key can be reached right now."""
 
 
-class Overloaded(GossipKVError):
-    """The peer is shedding load; retry later."""
-
-
 class InvalidContext(GossipKVError, ValueError):
     """A causal context was malformed or came from something other than a gossipkv read."""
 
@@ -177,7 +186,7 @@ def _register_codes() -> None:
             "quorum": QuorumNotReached,
             "not_ready": ClusterNotReady,
             "unavailable": Unavailable,
-            "overloaded": Overloaded,
+            "bad_request": InvalidArgument,
             "invalid_context": InvalidContext,
             "too_many_siblings": TooManySiblings,
             "value_too_large": ValueTooLarge,

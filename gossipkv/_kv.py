@@ -31,6 +31,7 @@ from ._errors import (
     ClusterNotReady,
     DecodeError,
     GossipKVError,
+    InvalidArgument,
     InvalidClock,
     InvalidContext,
     InvalidKey,
@@ -292,6 +293,8 @@ def decode_context(
     """
     if raw is None or raw == b"":
         return None
+    if not isinstance(raw, bytes):
+        raise InvalidContext(f"malformed context: bytes expected, got {type(raw).__name__}")
     if len(raw) > limits.max_context_bytes:
         raise InvalidContext(
             f"context of {len(raw)} bytes exceeds the {limits.max_context_bytes}-byte limit"
@@ -300,6 +303,21 @@ def decode_context(
         return _dvv.context_from_plain(_codec.loads_value(raw, max_depth=2))
     except (DecodeError, InvalidClock) as exc:
         raise InvalidContext(f"malformed context: {exc}") from exc
+
+
+def check_count(value: object, what: str) -> None:
+    """``r`` or ``w`` must be an int (range checks need N: the coordinator does them)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"{what} must be 0 (the default) or 1..N, got {value!r}")
+
+
+def check_request(key: object, context: object = None) -> None:
+    """The type checks a :class:`~gossipkv.Client` makes before sending, with the errors a
+    :class:`~gossipkv.Node` raises for the same call (the peer checks lengths and contents)."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"a key must be a non-empty string, got {type(key).__name__}")
+    if context is not None and not isinstance(context, bytes):
+        raise InvalidContext(f"malformed context: bytes expected, got {type(context).__name__}")
 
 
 class _Fanout:
@@ -646,10 +664,11 @@ class KeyValueService:
         return out, len(owners)
 
     def _quorum(self, asked: int, n: int, what: str) -> int:
+        check_count(asked, what)
         if asked == 0:
             return getattr(self.config, what)  # type: ignore[no-any-return]
         if not 1 <= asked <= n:
-            raise ValueError(f"{what} must be between 1 and N={n}, got {asked}")
+            raise InvalidArgument(f"{what} must be between 1 and N={n}, got {asked}")
         return asked
 
     # --- client operations ---------------------------------------------------------------------
@@ -1350,11 +1369,10 @@ class KeyValueService:
         if table is None or not table.owners:
             raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
         if not 0 <= partition < table.q:
-            raise RemoteError("bad_request", f"partition {partition} is not in 0..{table.q - 1}")
+            raise InvalidArgument(f"partition {partition} is not in 0..{table.q - 1}")
         row = table.owners[partition]
         if self.node_id not in row:
-            raise RemoteError(
-                "bad_request",
+            raise InvalidArgument(
                 f"this peer does not own partition {partition} (its owners: {', '.join(row)})",
             )
         reachable = self._reachable()

@@ -34,6 +34,7 @@ from ._errors import (
     DecodeError,
     GossipKVError,
     HandshakeError,
+    InvalidArgument,
     NodeClosedError,
     RemoteError,
     TransportError,
@@ -564,10 +565,14 @@ class Node:
             to delete the key.
 
         Raises:
-          ValueError: key or value over the limits, or more than ``max_metadata_keys`` keys.
+          InvalidArgument: key or value over the limits, or more than ``max_metadata_keys`` keys
+            (a :exc:`ValueError`).
           NodeClosedError: the node is not running.
         """
-        self._runtime().gossiper.set_metadata(key, value)
+        try:
+            self._runtime().gossiper.set_metadata(key, value)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
 
     async def get(self, key: str, *, r: int = 0, local: bool = False) -> GetResult:
         """Read ``key``: the live siblings and the causal context covering them.
@@ -590,7 +595,7 @@ class Node:
           QuorumNotReached: fewer than R replicas answered within ``KVConfig.replica_timeout``.
           InvalidKey: ``key`` is not a non-empty string (:exc:`KeyTooLarge`: too long).
           StorageError: this node's own storage failed.
-          ValueError: ``r`` is not between 1 and N.
+          InvalidArgument: ``r`` is not between 1 and N (a :exc:`ValueError`).
           NodeClosedError: the node is not running.
         """
         return await self._data_service().get(key, r=r, local=local)
@@ -629,7 +634,7 @@ class Node:
           InvalidKey: ``key`` is not a non-empty string (:exc:`KeyTooLarge`: too long).
           StorageError: the coordinating replica's own storage failed.
           TransportError: the replica this node forwarded the write to could not be reached.
-          ValueError: ``w`` is not between 1 and N.
+          InvalidArgument: ``w`` is not between 1 and N (a :exc:`ValueError`).
           NodeClosedError: the node is not running.
         """
         return await self._data_service().put(key, value, context=context, w=w)
@@ -653,7 +658,8 @@ class Node:
 
         Raises:
           QuorumNotReached, ClusterNotReady, Unavailable, TooManySiblings, InvalidContext,
-          InvalidKey, StorageError, TransportError, ValueError, NodeClosedError: as :meth:`put`.
+          InvalidKey, StorageError, TransportError, InvalidArgument, NodeClosedError: as
+            :meth:`put`.
         """
         return await self._data_service().put(key, None, context=context, w=w, delete=True)
 
@@ -1059,7 +1065,7 @@ class Node:
         try:
             generation, minority = g.operator_remove(name, trio.current_time(), self._wall())
         except ValueError as exc:
-            raise RemoteError("bad_request", str(exc)) from None
+            raise InvalidArgument(str(exc)) from None
         log.warning(
             "%s removed %s (generation %d) on the operator's word%s",
             g.node_id,
@@ -1199,7 +1205,7 @@ class Node:
                 self._wall(),
             )
         except ValueError as exc:
-            raise RemoteError("bad_request", str(exc)) from None
+            raise InvalidArgument(str(exc)) from None
         if done:
             log.warning(
                 "%s: %s replaces %s (its partitions, no others)",
@@ -1848,7 +1854,7 @@ class Node:
         now = trio.current_time()
         if isinstance(message, Syn):
             if channel.remote.node_id == "client":
-                raise RemoteError("bad_request", "clients do not gossip")
+                raise InvalidArgument("clients do not gossip")
             if message.hlc:
                 self._hlc.update(message.hlc)
             return g.on_syn(message, now)
@@ -1877,7 +1883,7 @@ class Node:
                 # Reading the files is disk I/O: off the event loop.
                 await trio.to_thread.run_sync(self.reload_tls)
             except ConfigError as exc:
-                raise RemoteError("bad_request", str(exc)) from exc
+                raise InvalidArgument(str(exc)) from exc
             return Reply({"ok": True})
         if isinstance(message, RingRequest):
             return Reply(self._ring_body())
@@ -1891,8 +1897,7 @@ class Node:
             if self._closing or self._leave_task:
                 return Reply({"ok": True, "status": g.status})
             if not message.force and g.reachable_members() <= {g.node_id}:
-                raise RemoteError(
-                    "bad_request",
+                raise InvalidArgument(
                     "no other member is in reach to hand this node's data to; leaving would "
                     "lose it (use --force to leave anyway)",
                 )

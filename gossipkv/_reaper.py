@@ -75,6 +75,7 @@ from ._errors import (
     ClusterNotReady,
     DecodeError,
     GossipKVError,
+    InvalidArgument,
     InvalidClock,
     RemoteError,
     TransportError,
@@ -366,13 +367,13 @@ class TombstoneReaper:
             raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
         p = message.partition
         if message.q != table.q or not 0 <= p < table.q:
-            raise RemoteError("bad_request", f"partition {p} of q={message.q} is not in the table")
+            raise InvalidArgument(f"partition {p} of q={message.q} is not in the table")
         if kv.node_id not in table.owners[p]:
-            raise RemoteError("bad_request", f"this peer does not own partition {p}")
+            raise InvalidArgument(f"this peer does not own partition {p}")
         if len(message.keys) != len(message.clocks) or len(message.keys) > MAX_KEYS_PER_CHECK:
-            raise RemoteError("bad_request", "keys and clocks must pair up (at most 512)")
+            raise InvalidArgument("keys and clocks must pair up (at most 512)")
         if any(_dvv.partition_of(k, table.q) != p for k in message.keys):
-            raise RemoteError("bad_request", f"a key listed is not in partition {p}")
+            raise InvalidArgument(f"a key listed is not in partition {p}")
         if not self.enabled or any(t.partition == p for t in kv.transfers.in_flight()):
             # Still filling the partition (or never reaping): hold on to everything.
             return TombstoneState(tuple(False for _ in message.keys))

@@ -34,7 +34,7 @@ import trio
 
 from ._antientropy import run_jittered
 from ._dvv import partition_of
-from ._errors import ClusterNotReady, GossipKVError, RemoteError
+from ._errors import ClusterNotReady, GossipKVError, InvalidArgument, RemoteError
 from ._messages import PartitionFetch, PartitionItems
 from ._partitions import PartitionTable
 
@@ -362,8 +362,8 @@ class TransferSource:
         if table is None or not table.owners:
             raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
         if message.q != table.q or not 0 <= message.partition < table.q:
-            raise RemoteError(
-                "bad_request", f"partition {message.partition} of q={message.q} is not in the table"
+            raise InvalidArgument(
+                f"partition {message.partition} of q={message.q} is not in the table"
             )
         ident = (receiver, message.partition)
         if message.done:

@@ -17,10 +17,10 @@ PUBLIC = {
     "Change", "Client", "ClusterNotReady", "ConfigError", "ConnectionClosed", "DataDirError",
     "DecodeError", "GetResult", "GossipConfig", "GossipKVError", "HandshakeError",
     "InvalidContext", "InvalidKey", "KVConfig", "KeyTooLarge", "MemberView", "MembershipEvent",
-    "NetworkLimits", "Node", "NodeClosedError", "NodeStatistics", "Overloaded",
+    "NetworkLimits", "Node", "NodeClosedError", "NodeStatistics", "InvalidArgument",
     "PROTOCOL_VERSION", "PutResult", "QuorumNotReached", "RecordTooLarge", "RemoteError",
     "StorageError", "StorageLimits", "TLSConfig", "TooManySiblings", "TransportError", "Unavailable",
-    "ValueNotEncodable", "ValueTooDeep", "ValueTooLarge", "__version__", "members_body",
+    "ValueNotEncodable", "ValueTooDeep", "ValueTooLarge", "__version__",
     "create_ca", "issue_certificate", "open_client", "open_node",
 }  # fmt: skip
 
