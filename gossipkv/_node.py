@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import math
 import os
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any, ParamSpec
 
 import trio
 
@@ -2179,8 +2181,37 @@ def _answer_put(
         )
 
 
+P = ParamSpec("P")
+
+
+def _typed_like(
+    cls: Callable[P, Node],
+) -> Callable[
+    [Callable[..., AbstractAsyncContextManager[Node]]],
+    Callable[P, AbstractAsyncContextManager[Node]],
+]:
+    """Give ``open_node`` the parameters of ``Node`` for type checkers and ``help()``, without
+    writing them twice."""
+
+    def wrap(
+        fn: Callable[..., AbstractAsyncContextManager[Node]],
+    ) -> Callable[P, AbstractAsyncContextManager[Node]]:
+        fn.__signature__ = inspect.signature(cls).replace(  # type: ignore[attr-defined]
+            return_annotation="AbstractAsyncContextManager[Node]"
+        )
+        # The Args of the class, in place of the one line that points to them.
+        args = (cls.__doc__ or "").split("    Args:\n", 1)[1].split("\n\n", 1)[0]
+        fn.__doc__ = (fn.__doc__ or "").replace(
+            "      **kwargs: the keyword arguments of :class:`Node`.\n", args + "\n"
+        )
+        return fn
+
+    return wrap
+
+
+@_typed_like(Node)
 @asynccontextmanager
-async def open_node(**kwargs: object) -> AsyncIterator[Node]:
+async def open_node(**kwargs: Any) -> AsyncIterator[Node]:
     """Start a :class:`Node` (same arguments) and leave the cluster gracefully on exit.
 
     ``async with open_node(name="a", listen="127.0.0.1:7400", seeds=[...]) as node: ...``
@@ -2200,7 +2231,7 @@ async def open_node(**kwargs: object) -> AsyncIterator[Node]:
     body raised or was cancelled it simply stops. A single gossipkv error from inside is raised
     as itself (``from`` the exception group the node's nursery made).
     """
-    node = Node(**kwargs)  # type: ignore[arg-type]
+    node = Node(**kwargs)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
