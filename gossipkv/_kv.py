@@ -11,6 +11,7 @@ The service never waits on the leader: it routes by the newest partition table t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import weakref
@@ -260,6 +261,8 @@ class KVCounters:
     puts: int = 0
     deletes: int = 0
     forwarded: int = 0
+    #: Puts checked and routed (each request once at each peer it reaches).
+    put_plans: int = 0
     read_repairs: int = 0
     read_repairs_skipped: int = 0
     hints_stored: int = 0
@@ -449,6 +452,8 @@ class _PutPlan:
     hint_for: str
     #: The replica to forward to when this peer is not one, or "".
     forward_to: str
+    #: The request as the client sent it, for forwarding.
+    request: KvPut
 
 
 def _deliver(
@@ -920,14 +925,19 @@ class KeyValueService:
           ClusterNotReady, QuorumNotReached, Unavailable, TooManySiblings, ValueTooLarge,
           InvalidContext, StorageError.
         """
-        plan = self._plan_put(key, value, context, w, client_id, seq, delete, forwarded)
+        request = KvPut(key, value, context, w, client_id, seq, delete, forwarded)
+        plan = self._plan_put(request)
         if isinstance(plan, PutResult):
             return plan
-        reserved = self._estimate(key, plan.size)
+        return await self._put_planned(plan)
+
+    async def _put_planned(self, plan: _PutPlan) -> PutResult:
+        """Carry out a planned put: forward it, or store it and wait for W copies."""
+        reserved = self._estimate(plan.key, plan.size)
         await self.admission.acquire(reserved)
         if plan.forward_to:
             try:
-                return await self._forward(plan, value, context, w, client_id, seq, delete)
+                return await self._forward(plan)
             finally:
                 self.admission.release(reserved)
         try:
@@ -938,16 +948,7 @@ class KeyValueService:
         await fan.wait_enough()
         return self._put_outcome(plan, clock, fan)
 
-    async def _forward(
-        self,
-        plan: _PutPlan,
-        value: object,
-        context: bytes | None,
-        w: int,
-        client_id: str,
-        seq: int,
-        delete: bool,
-    ) -> PutResult:
+    async def _forward(self, plan: _PutPlan) -> PutResult:
         """Hand a put to a replica of its key (this peer is none): the first reachable one, and
         the next when it cannot be reached (a dead owner not yet detected) or answers that it
         reaches no replica, within the same request.
@@ -958,7 +959,7 @@ class KeyValueService:
         """
         self.counters.forwarded += 1
         key = plan.key
-        message = KvPut(key, value, context, w, client_id, seq, delete, forwarded=True)
+        message = dataclasses.replace(plan.request, forwarded=True)
         failures: list[str] = []
         for target in [m for m, _ in plan.targets if m != self.node_id]:
             # The replica itself waits up to a replica timeout for its acks: allow that and more.
@@ -992,52 +993,54 @@ class KeyValueService:
         return stored, self._replicate(plan, stored, reserved)
 
     def start_put(
-        self,
-        key: str,
-        value: object,
-        *,
-        context: bytes | None,
-        w: int,
-        client_id: str,
-        seq: int,
-        delete: bool,
-        forwarded: bool,
-        on_result: Callable[[PutResult | GossipKVError], None],
-    ) -> bool:
-        """Start a put without waiting, when nothing needs to wait: this peer is a replica with
-        an engine that never waits, no write to the key is in progress, no hint is needed and
-        the memory budget has room.
+        self, request: KvPut, on_result: Callable[[PutResult | GossipKVError], None]
+    ) -> None:
+        """Start a put without waiting for it; ``on_result`` is called once, when W copies are
+        stored (or every replica answered), with the result or the error, and must not block.
 
-        Returns False (having done nothing) otherwise; then use :meth:`put`. ``on_result`` is
-        called once, when W copies are stored (or every replica answered), and must not block.
+        The put is planned (checked, its replicas chosen) once. When nothing needs to wait
+        (this peer is a replica with an engine that never waits, no write to the key is in
+        progress, no hint is needed and the memory budget has room) it is stored at once and its
+        replies are gathered by callbacks; otherwise the same plan goes on in a task.
 
         Raises:
           the argument errors of :meth:`put`, at once.
         """
-        plan = self._plan_put(key, value, context, w, client_id, seq, delete, forwarded)
+        plan = self._plan_put(request)
         if isinstance(plan, PutResult):
             on_result(plan)
-            return True
-        if plan.forward_to or not self._can_store_now(plan):
-            return False
-        reserved = self._estimate(key, plan.size)
-        if not self.admission.try_acquire(reserved):
-            return False
+            return
+        if not plan.forward_to and self._can_store_now(plan):
+            reserved = self._estimate(plan.key, plan.size)
+            if self.admission.try_acquire(reserved):
+                try:
+                    clock = self._store_now(plan)
+                except BaseException:
+                    self.admission.release(reserved)
+                    raise
+                if clock is not None:
+                    self._replicate(
+                        plan,
+                        clock,
+                        reserved,
+                        partial(_deliver, partial(self._put_outcome, plan, clock), on_result),
+                    )
+                    return
+                self.admission.release(reserved)
+        self._nursery_or_fail().start_soon(self._finish_put, plan, on_result)
+
+    async def _finish_put(
+        self, plan: _PutPlan, on_result: Callable[[PutResult | GossipKVError], None]
+    ) -> None:
         try:
-            clock = self._store_now(plan)
-        except BaseException:
-            self.admission.release(reserved)
-            raise
-        if clock is None:
-            self.admission.release(reserved)
-            return False
-        self._replicate(
-            plan,
-            clock,
-            reserved,
-            partial(_deliver, partial(self._put_outcome, plan, clock), on_result),
-        )
-        return True
+            result: PutResult | GossipKVError = await self._put_planned(plan)
+        except GossipKVError as exc:
+            result = exc
+        except Exception as exc:
+            # A bug answers one request with an error; it never takes the data path down.
+            log.error("put of %r failed", plan.key, exc_info=exc)
+            result = RemoteError("internal", f"internal error: {exc!r}")
+        on_result(result)
 
     def _estimate(self, key: str, written: int) -> int:
         """The bytes a coordinated read or write of ``key`` holds until its replicas answered:
@@ -1048,18 +1051,11 @@ class KeyValueService:
         copies = (table.n if table is not None else 3) + 1
         return 2 * copies * (max(self.storage.stored_bytes(key) or 0, 1024) + written)
 
-    def _plan_put(
-        self,
-        key: str,
-        value: object,
-        context: bytes | None,
-        w: int,
-        client_id: str,
-        seq: int,
-        delete: bool,
-        forwarded: bool,
-    ) -> _PutPlan | PutResult:
+    def _plan_put(self, request: KvPut) -> _PutPlan | PutResult:
         """Check a put and decide where it runs; a retried request gets its first result."""
+        self.counters.put_plans += 1
+        key, value, context, w = request.key, request.value, request.context, request.w
+        client_id, seq, delete = request.client_id, request.seq, request.delete
         try:
             self._check_key(key)
             ctx = decode_context(context, self.limits)
@@ -1077,7 +1073,7 @@ class KeyValueService:
         if not targets:
             raise Unavailable(f"no replica of {key!r} is reachable")
         forward_to = ""
-        if not forwarded and all(m != self.node_id for m, _ in targets):
+        if not request.forwarded and all(m != self.node_id for m, _ in targets):
             forward_to = targets[0][0]
         meta: dict[str, object] = {"rid": rid} if rid else {}
         if (self.config.last_write_wins or delete) and not forward_to:
@@ -1086,7 +1082,7 @@ class KeyValueService:
         sibling = Sibling.deleted(meta) if delete else Sibling(value, False, meta)
         # Standing in for an unreachable owner: keep a hint for it, like any other stand-in.
         hint_for = next((h for m, h in targets if m == self.node_id), "")
-        return _PutPlan(key, sibling, ctx, size, rid, targets, need, hint_for, forward_to)
+        return _PutPlan(key, sibling, ctx, size, rid, targets, need, hint_for, forward_to, request)
 
     def _can_store_now(self, plan: _PutPlan) -> bool:
         return self.storage.nowait and plan.key not in self._locks and not plan.hint_for
@@ -1253,16 +1249,8 @@ class KeyValueService:
             got = await self.get(message.key, r=message.r, local=message.local)
             return KvResult(got.key, got.found, tuple(got.values), got.context, got.more)
         if isinstance(message, KvPut):
-            put = await self.put(
-                message.key,
-                message.value,
-                context=message.context,
-                w=message.w,
-                client_id=message.client_id,
-                seq=message.seq,
-                delete=message.delete,
-                forwarded=message.forwarded,
-            )
+            plan = self._plan_put(message)
+            put = plan if isinstance(plan, PutResult) else await self._put_planned(plan)
             return KvResult(put.key, bool(put.values), tuple(put.values), put.context, put.more)
         raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
 

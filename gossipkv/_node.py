@@ -1950,18 +1950,8 @@ class Node:
                 )
                 return DEFERRED if fan is not None else None
             if isinstance(message, KvPut):
-                started = kv.start_put(
-                    message.key,
-                    message.value,
-                    context=message.context,
-                    w=message.w,
-                    client_id=message.client_id,
-                    seq=message.seq,
-                    delete=message.delete,
-                    forwarded=message.forwarded,
-                    on_result=partial(_answer_put, respond),
-                )
-                return DEFERRED if started else None
+                kv.start_put(message, partial(_answer_put, respond))
+                return DEFERRED
             return kv.handle_nowait(message)
         except RemoteError:
             raise
