@@ -19,9 +19,11 @@ import typer
 from ._bench import bench_app
 from ._certs import certs_app
 from ._common import (
+    CONTEXT_SETTINGS,
     DEFAULT_PEER,
     ClusterOption,
     JsonOption,
+    OneLineErrors,
     PeerOption,
     TlsDirOption,
     TlsNameOption,
@@ -29,6 +31,9 @@ from ._common import (
     open_client,
     print_json,
     run,
+    stdout_console,
+    sub_app,
+    table_width,
     use_tls,
 )
 from ._where import register as register_where
@@ -39,11 +44,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(
+    cls=OneLineErrors,
+    context_settings=CONTEXT_SETTINGS,
     no_args_is_help=True,
     add_completion=True,
     help="gossipkv: a gossip-based, leaderless, eventually consistent key-value store.",
 )
-cluster_app = typer.Typer(no_args_is_help=True, help="Local clusters of peer processes.")
+cluster_app = sub_app("Local clusters of peer processes.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(certs_app, name="certs")
@@ -258,11 +265,10 @@ def members(
     if json:
         print_json(doc)
     else:
-        from rich.console import Console
-
         from ._render import members_table
 
-        Console().print(members_table(doc))
+        console = stdout_console()
+        console.print(members_table(doc, table_width(console)))
     _exit_if_degraded(doc)
 
 
@@ -314,6 +320,7 @@ def status(
                 "partitions": stats["partitions"],
                 "replicas": stats["replicas"],
                 "partitions_owned": stats["partitions_owned"],
+                **effective_quorum(stats),
                 "transfers": stats.get("transfers", []),
                 "under_replicated": stats.get("under_replicated", 0),
                 "tombstone_grace": stats.get("tombstone_grace"),
@@ -323,11 +330,9 @@ def status(
         )
         _exit_if_degraded(mdoc)
         return
-    from rich.console import Console
-
     from ._render import members_table
 
-    console = Console()
+    console = stdout_console()
     console.print(
         f"[bold]{stats['cluster']}[/] via {stats['name']} ({stats['address']})  "
         f"leader: [bold]{stats['leader'] or '(none)'}[/]  "
@@ -336,16 +341,17 @@ def status(
     console.print(
         "members: " + "  ".join(f"{k}:{v}" for k, v in sorted(stats["members_by_status"].items()))
     )
-    console.print(members_table(mdoc))
+    console.print(members_table(mdoc, table_width(console)))
     if stats["table_epoch"] is None:
         console.print("partition table: none yet (the cluster has not formed)")
     else:
         term, seq = stats["table_epoch"]
         owned = "  ".join(f"{k}:{v}" for k, v in stats["partitions_owned"].items())
         console.print(
-            f"partition table epoch {term}.{seq}: {stats['partitions']} partitions x "
-            f"N={stats['replicas']}   replicas owned  {owned}"
+            f"partition table epoch {term}.{seq}: {stats['partitions']} partitions   "
+            f"replicas owned  {owned}"
         )
+        console.print(quorum_line(stats))
     grace = stats.get("tombstone_grace")
     console.print(
         "tombstones: "
@@ -360,6 +366,35 @@ def status(
         f"max loop lag {stats['max_loop_lag'] * 1000:.1f} ms"
     )
     _exit_if_degraded(mdoc)
+
+
+def effective_quorum(stats: dict[str, Any]) -> dict[str, int]:
+    """N, R and W as configured and as writes really run (``effective``): a partition with
+    fewer owners than N caps R and W at its owners, so a 1-member cluster runs at N=R=W=1."""
+    n = int(stats["replicas"])
+    n_eff = int(stats.get("replicas_effective") or n)
+    r, w = int(stats.get("read_quorum") or 0), int(stats.get("write_quorum") or 0)
+    return {
+        "n": n,
+        "r": r,
+        "w": w,
+        "n_effective": min(n, n_eff),
+        "r_effective": min(r, n_eff),
+        "w_effective": min(w, n_eff),
+    }
+
+
+def quorum_line(stats: dict[str, Any]) -> str:
+    q = effective_quorum(stats)
+    line = f"quorum: N={q['n']} R={q['r']} W={q['w']}"
+    if (q["n_effective"], q["r_effective"], q["w_effective"]) != (q["n"], q["r"], q["w"]):
+        line += (
+            f"   effective N={q['n_effective']} R={q['r_effective']} W={q['w_effective']}: "
+            f"only {q['n_effective']} owner{'s' if q['n_effective'] != 1 else ''} per partition "
+            "(fewer members than N), so a write is acknowledged by "
+            f"{q['w_effective']} cop{'ies' if q['w_effective'] != 1 else 'y'}"
+        )
+    return line
 
 
 @app.command()
@@ -398,7 +433,10 @@ def leave(
     tls_dir: TlsDirOption = None,
     tls_name: TlsNameOption = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds the hand-off may take (0: the peer's default, 120).")
+        float,
+        typer.Option(
+            help="Seconds the hand-off may take (default: the peer's, 120 s).", show_default=False
+        ),
     ] = 0.0,
     force: Annotated[
         bool,
@@ -527,23 +565,60 @@ def put(
     context: Annotated[
         str | None, typer.Option(help="Context from an earlier get/put: replaces what it saw.")
     ] = None,
-    w: Annotated[int, typer.Option("--w", help="Replicas that must store it (default 2).")] = 0,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Read KEY first and write with that context: VALUE replaces every value read "
+            "(set semantics in one command; a concurrent write elsewhere still becomes a sibling).",
+        ),
+    ] = False,
+    w: Annotated[
+        int,
+        typer.Option(
+            "--w",
+            help="Replicas that must store it (default: the peer's W, 2).",
+            show_default=False,
+        ),
+    ] = 0,
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
     tls_dir: TlsDirOption = None,
     tls_name: TlsNameOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Store VALUE under KEY; prints the siblings now stored and their context."""
+    """Store VALUE under KEY; prints the siblings now stored and their context.
+
+    Without --context or --replace a put overwrites nothing: writing a key twice leaves two
+    siblings. --replace reads the key's context first, so the new value replaces what it read."""
+    if replace and context is not None:
+        fail("--replace reads the context itself: give --replace or --context, not both")
     ctx = _context_arg(context)
-    res = _with_client(peer, cluster, lambda c: c.put(key, value, context=ctx, w=w))
+
+    async def call(client: gossipkv.Client) -> gossipkv.PutResult:
+        write_ctx = ctx
+        if replace:
+            write_ctx = (await client.get(key)).context or None
+        return await client.put(key, value, context=write_ctx, w=w)
+
+    res = _with_client(peer, cluster, call)
     _print_values(res.key, None, res.values, res.context, json, res.more)
+    if not json and len(res.values) > 1 and not replace and ctx is None:
+        typer.echo(
+            f"hint: gossipkv put --replace {key} VALUE writes over the values it reads",
+            err=True,
+        )
 
 
 @app.command()
 def get(
     key: Annotated[str, typer.Argument(help="The key.")],
-    r: Annotated[int, typer.Option("--r", help="Replicas to hear from (default 2).")] = 0,
+    r: Annotated[
+        int,
+        typer.Option(
+            "--r", help="Replicas to hear from (default: the peer's R, 2).", show_default=False
+        ),
+    ] = 0,
     local: Annotated[
         bool, typer.Option("--local", help="Read only this peer's own replica (no quorum).")
     ] = False,
@@ -562,7 +637,14 @@ def get(
 def delete(
     key: Annotated[str, typer.Argument(help="The key.")],
     context: Annotated[str | None, typer.Option(help="Context from an earlier get.")] = None,
-    w: Annotated[int, typer.Option("--w", help="Replicas that must store it (default 2).")] = 0,
+    w: Annotated[
+        int,
+        typer.Option(
+            "--w",
+            help="Replicas that must store it (default: the peer's W, 2).",
+            show_default=False,
+        ),
+    ] = 0,
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
     tls_dir: TlsDirOption = None,
@@ -641,7 +723,7 @@ def watch(
 
 @cluster_app.command("up")
 def cluster_up(
-    n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 5,
+    n: Annotated[int, typer.Option("-n", min=1, max=1000, help="Number of peers.")] = 5,
     base_port: Annotated[int, typer.Option(help="Port of the first peer; the rest follow.")] = 7400,
     data_root: Annotated[
         Path | None, typer.Option(help="One data dir per peer under this folder (default: memory).")
@@ -654,13 +736,35 @@ def cluster_up(
     tls: Annotated[
         bool, typer.Option("--tls", help="Mutual TLS, with a throwaway CA made for this cluster.")
     ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Start a peer that dies again (same name, port and data dir), after a pause "
+            "that doubles per restart.",
+        ),
+    ] = False,
 ) -> None:
-    """Start a local cluster, one process per peer, until Ctrl-C (which stops them all)."""
-    from ._launcher import LocalCluster, run_until_signal
+    """Start a local cluster, one process per peer, until Ctrl-C (which stops them all).
 
-    local = LocalCluster(
-        n, host=host, base_port=base_port, data_root=data_root, cluster=cluster, tls=tls
-    )
+    A peer that dies is reported on its own line (with the last line of its log)."""
+    import gossipkv
+
+    from ._launcher import LocalCluster, check_address, run_until_signal
+
+    try:
+        check_address(host, base_port, n)
+        local = LocalCluster(
+            n,
+            host=host,
+            base_port=base_port,
+            data_root=data_root,
+            cluster=cluster,
+            tls=tls,
+            restart=restart,
+        )
+    except gossipkv.GossipKVError as exc:
+        fail(str(exc))
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
         _print_ready(local, doc)
@@ -724,7 +828,7 @@ def dashboard(
 
 @app.command()
 def demo(
-    n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 5,
+    n: Annotated[int, typer.Option("-n", min=1, max=50, help="Number of peers.")] = 5,
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
@@ -733,39 +837,50 @@ def demo(
         bool, typer.Option("--tls", help="Mutual TLS, with a throwaway CA made for the demo.")
     ] = False,
 ) -> None:
-    """A local in-memory cluster of 5 peers, light sample traffic and the live dashboard."""
+    """A local in-memory cluster of 5 peers, light sample traffic and the live dashboard.
+
+    The dashboard shows at once, with a progress line while the peers start."""
+    import gossipkv
+
     from ._launcher import LocalCluster, free_base_port, run_until_signal
 
     if refresh <= 0:
         fail("--refresh must be > 0")
-    base = free_base_port("127.0.0.1", n, 7400)
-    local = LocalCluster(
-        n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo", tls=tls
-    )
+    try:
+        base = free_base_port("127.0.0.1", n, 7400)
+        local = LocalCluster(
+            n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo", tls=tls
+        )
+    except gossipkv.GossipKVError as exc:
+        fail(str(exc))
+    first = local.addresses()[0]
+    line: dict[str, str | None] = {"notice": f"starting {n} peers on {first}..  (0 of {n} up)"}
+
+    def progress(up: int) -> None:
+        line["notice"] = f"starting {n} peers on {first}..  ({min(up, n)} of {n} up)"
+
+    async def dashboard() -> None:
+        from ._dashboard_poll import run_dashboard
+
+        await run_dashboard(first, local.cluster, refresh=refresh, notice=lambda: line["notice"])
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
         import random
 
-        import trio
-
-        from ._dashboard_poll import run_dashboard
         from ._demo_traffic import write_sample_traffic
 
         if doc is None:
-            _print_ready(local, doc)
+            line["notice"] = f"not every peer came up within 30 s; logs in {local.log_dir}"
             return
         tls = "" if local.tls_dir is None else f"  TLS: --tls-dir {local.tls_dir} --tls-name app"
-        local.say(
-            f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}{tls}  "
-            "Ctrl-C stops every peer"
-        )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                write_sample_traffic, local.addresses(), local.cluster, random.Random(7)
-            )
-            await run_dashboard(local.addresses()[0], local.cluster, refresh=refresh)
+        line["notice"] = f"{local.n} peers up on {first}..{tls}  Ctrl-C stops every peer"
+        await write_sample_traffic(local.addresses(), local.cluster, random.Random(7))
 
-    run(lambda: run_until_signal(local, on_ready, duration=duration))
+    run(
+        lambda: run_until_signal(
+            local, on_ready, duration=duration, on_start=dashboard, progress=progress
+        )
+    )
 
 
 def main() -> None:

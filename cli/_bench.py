@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import ClusterOption, TlsDirOption, TlsNameOption, fail, print_json, run
+from ._common import ClusterOption, TlsDirOption, TlsNameOption, fail, print_json, run, sub_app
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers, never pass/fail).")
+bench_app = sub_app("Benchmarks (numbers, never pass/fail).")
 
 
 @bench_app.command("gossip")
@@ -51,8 +51,16 @@ def kv(
     ratio: Annotated[str, typer.Option(help="GET:PUT mix, e.g. 90:10.")] = "50:50",
     keys: Annotated[int, typer.Option(min=1, help="Number of distinct keys.")] = 1000,
     value_size: Annotated[int, typer.Option(min=0, help="Bytes per value (a string).")] = 100,
-    r: Annotated[int, typer.Option("--r", min=0, help="Read quorum (0: the peer's default).")] = 0,
-    w: Annotated[int, typer.Option("--w", min=0, help="Write quorum (0: the peer's default).")] = 0,
+    r: Annotated[
+        int,
+        typer.Option("--r", min=0, help="Read quorum (default: the peer's R).", show_default=False),
+    ] = 0,
+    w: Annotated[
+        int,
+        typer.Option(
+            "--w", min=0, help="Write quorum (default: the peer's W).", show_default=False
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option(help="Seed for keys, values and the op mix.")] = 1,
     cluster: ClusterOption = "gossipkv",
     tls_dir: TlsDirOption = None,

@@ -10,7 +10,7 @@ switches to another reachable member when the watched one stops answering.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,8 @@ class MemberLink:
     prev: tuple[float, dict[str, Any]] | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     polled: trio.Event = field(default_factory=trio.Event)
+    #: Set once two successive polls gave rates (what ``--once`` waits for).
+    rated: trio.Event = field(default_factory=trio.Event)
 
     def update(self, stats: dict[str, Any], members: dict[str, Any], now: float) -> None:
         if self.prev is not None and now > self.prev[0]:
@@ -58,6 +60,7 @@ class MemberLink:
                 self.bytes_per_s = max(
                     0.0, (moved - int(old["bytes_in"]) - int(old["bytes_out"])) / dt
                 )
+                self.rated.set()
         self.prev = (now, stats)
         self.name = str(stats.get("name"))
         self.stats = stats
@@ -67,6 +70,7 @@ class MemberLink:
         self.polled.set()
 
     def fail(self, error: str) -> None:
+        self.rated.set()  # nothing more to wait for from this member
         self.stats = None
         self.members = None
         self.error = error
@@ -169,7 +173,7 @@ class DashboardState:
     def _label(self, now: float) -> str:
         return f"t+{now - self.started:.0f}s"
 
-    def tick(self, now: float) -> Snapshot:
+    def tick(self, now: float, notice: str | None = None) -> Snapshot:
         """Derive one frame from the latest polls (call once per refresh)."""
         watched = self.links[self.watched]
         if watched.members is None and watched.error is not None:
@@ -208,6 +212,7 @@ class DashboardState:
             gossip_bytes_per_s=sum(moved) if moved else None,
             events=tuple(self.events),
             error=self.error,
+            notice=notice,
         )
 
 
@@ -219,32 +224,46 @@ async def run_dashboard(
     once: bool = False,
     console: Console | None = None,
     patience: float = 2.0,
+    notice: Callable[[], str | None] | None = None,
 ) -> None:
     """Show the dashboard of the cluster ``peer`` belongs to until cancelled (or one frame).
 
+    Args:
+      notice: called every frame; a line it returns is shown in the header (the demo's
+        "starting peers" progress). With it the first frame is drawn at once, before ``peer``
+        answers; without it ``peer`` must answer first.
+
     Raises:
-      GossipKVError, trio.TooSlowError: ``peer`` does not answer as a member of ``cluster``.
+      GossipKVError, trio.TooSlowError: ``peer`` does not answer as a member of ``cluster``
+        (only without ``notice``).
     """
-    await check_peer(peer, cluster, patience)
+    if notice is None:
+        await check_peer(peer, cluster, patience)
     console = console or Console()
     async with trio.open_nursery() as nursery:
         state = DashboardState(
             nursery, peer=peer, cluster=cluster, refresh=refresh, patience=patience
         )
         if once:
-            # Wait for the watched peer, then (boundedly) for every member it lists.
+            # Wait for the watched peer, then (boundedly) for two polls of every member it
+            # lists: rates are differences between polls.
             with trio.move_on_after(3 * patience + 1):
                 await state.links[peer].polled.wait()
             state.tick(trio.current_time())
-            with trio.move_on_after(3 * patience + 1):
+            with trio.move_on_after(refresh + 3 * patience + 1):
                 for link in list(state.links.values()):
-                    await link.polled.wait()
+                    await link.rated.wait()
             console.print(render(state.tick(trio.current_time())))
             nursery.cancel_scope.cancel()
             return
-        await trio.sleep(min(refresh, 0.5))
+
+        def snap() -> Snapshot:
+            return state.tick(trio.current_time(), notice() if notice is not None else None)
+
+        if notice is None:
+            await trio.sleep(min(refresh, 0.5))
         with Live(
-            render(state.tick(trio.current_time()), height=console.size.height - 1),
+            render(snap(), height=console.size.height - 1),
             console=console,
             auto_refresh=False,
             screen=False,
@@ -254,5 +273,4 @@ async def run_dashboard(
             while True:
                 next_at = max(next_at + refresh, trio.current_time())
                 await trio.sleep_until(next_at)
-                snap = state.tick(trio.current_time())
-                live.update(render(snap, height=console.size.height - 1), refresh=True)
+                live.update(render(snap(), height=console.size.height - 1), refresh=True)

@@ -145,6 +145,11 @@ class NodeStatistics:
       partitions: partitions in the table (0 before the first table).
       replicas: N, the owners per partition.
       partitions_owned: how many partitions each member holds a replica of.
+      replicas_effective: the owners of the partition with the fewest (0 before the first
+        table): below ``replicas`` when the cluster has fewer members than N.
+      read_quorum: R, the replicas a read waits for by default (capped at a partition's owners).
+      write_quorum: W, the replicas a write waits for by default (capped the same way): a
+        1-member cluster really runs at N=R=W=1.
       kv_gets: reads this node coordinated.
       kv_puts: writes this node coordinated.
       kv_deletes: deletes this node coordinated.
@@ -287,6 +292,9 @@ class NodeStatistics:
     tombstones_reaped: int = 0
     hints_expired: int = 0
     replica_wiped: int = 0
+    replicas_effective: int = 0
+    read_quorum: int = 0
+    write_quorum: int = 0
 
 
 @dataclass(slots=True)
@@ -821,6 +829,9 @@ class Node:
             tombstones_reaped=kv.reaper.counters.reaped,
             hints_expired=kvc.hints_expired,
             replica_wiped=self._wiped,
+            replicas_effective=0 if table is None else min(len(o) for o in table.owners),
+            read_quorum=kv.config.r,
+            write_quorum=kv.config.w,
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:

@@ -1,0 +1,75 @@
+"""The command line's own manners, in process: ``-h`` everywhere, usage errors on one line,
+one stated default per option (issue 16)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from gossipkv_cli._app import app
+from typer.main import get_command
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def command_paths() -> list[list[str]]:
+    """Every command of the app, as the argument list that names it."""
+    out: list[list[str]] = []
+
+    def walk(cmd: object, path: list[str]) -> None:
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                walk(sub, [*path, name])
+        else:
+            out.append(path)
+
+    walk(get_command(app), [])
+    return out
+
+
+def test_every_command_accepts_dash_h_and_states_each_default_once() -> None:
+    paths = command_paths()
+    assert ["put"] in paths and ["bench", "kv"] in paths and ["cluster", "up"] in paths
+    for path in [[], *paths]:
+        res = runner.invoke(app, [*path, "-h"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, (path, res.output)
+        assert "Usage:" in res.output, path
+        for line in res.output.splitlines():
+            # "(default: X)" in the help text and typer's "[default: Y]" would be two defaults.
+            assert not (re.search(r"\(default", line) and "[default:" in line), (path, line)
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["put"], "Missing argument"),
+        (["put", "k", "v", "--w", "x"], "Invalid value for '--w'"),
+        (["put", "k", "v", "--bogus"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["cluster", "up", "-n", "0"], "-n"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], expect: str) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and expect in lines[0], lines
+    assert "-h'" in lines[0]  # says where the help is
+    assert res.stdout == ""
+
+
+def test_no_arguments_prints_the_help_and_exits_0() -> None:
+    res = runner.invoke(app, [])
+    assert res.exit_code == 0 and "Usage:" in res.stdout
+
+
+def test_put_replace_and_context_are_exclusive() -> None:
+    res = runner.invoke(app, ["put", "k", "v", "--replace", "--context", "00"])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == [
+        "error: --replace reads the context itself: give --replace or --context, not both"
+    ]
+
