@@ -855,6 +855,16 @@ def demo(
         fail(str(exc))
     first = local.addresses()[0]
     line: dict[str, str | None] = {"notice": f"starting {n} peers on {first}..  (0 of {n} up)"}
+    showing = [False]
+
+    def say(message: str) -> None:
+        # While the dashboard is drawn, a print would scroll it: the line goes into its header.
+        if showing[0]:
+            line["notice"] = message
+        else:
+            print(message, flush=True)
+
+    local.say = say
 
     def progress(up: int) -> None:
         line["notice"] = f"starting {n} peers on {first}..  ({min(up, n)} of {n} up)"
@@ -862,7 +872,13 @@ def demo(
     async def dashboard() -> None:
         from ._dashboard_poll import run_dashboard
 
-        await run_dashboard(first, local.cluster, refresh=refresh, notice=lambda: line["notice"])
+        showing[0] = True
+        try:
+            await run_dashboard(
+                first, local.cluster, refresh=refresh, notice=lambda: line["notice"]
+            )
+        finally:
+            showing[0] = False
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
         import random

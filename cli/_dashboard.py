@@ -109,7 +109,7 @@ def frame(snap: Snapshot, *, width: int, height: int | None) -> Group:
         if full > height:
             layout = "compact"
     if layout == "compact":
-        header_rows += 1
+        header_rows = 4  # the gossip line joins; a notice or error moves into the border
     if height is None:
         member_rows, events_rows = members_rows, ONCE_EVENTS
     else:
@@ -161,11 +161,24 @@ def header_panel(snap: Snapshot, *, gossip_line: bool = False, wide: bool = True
     body: list[Text] = [line]
     if gossip_line:
         body.append(Text(_gossip_summary(snap), no_wrap=True, overflow="ellipsis"))
+    alert: Text | None = None
     if snap.notice:
-        body.append(Text(snap.notice, style="bold cyan", no_wrap=True, overflow="ellipsis"))
+        alert = Text(snap.notice, style="bold cyan", no_wrap=True, overflow="ellipsis")
     elif snap.error:
-        body.append(Text(snap.error, style="bold red", no_wrap=True, overflow="ellipsis"))
+        alert = Text(snap.error, style="bold red", no_wrap=True, overflow="ellipsis")
     title = "gossipkv dashboard" + ("" if wide else f" of {snap.watched}")
+    if alert is not None and gossip_line:
+        # The compact (80x24) layout: the alert rides in the bottom border, costing no row.
+        return Panel(
+            Group(*body),
+            title=title,
+            title_align="left",
+            subtitle=alert,
+            subtitle_align="left",
+            box=box.ROUNDED,
+        )
+    if alert is not None:
+        body.append(alert)
     return Panel(Group(*body), title=title, title_align="left", box=box.ROUNDED)
 
 
