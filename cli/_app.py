@@ -750,10 +750,10 @@ def cluster_up(
     A peer that dies is reported on its own line (with the last line of its log)."""
     import gossipkv
 
-    from ._launcher import LocalCluster, check_address, run_until_signal
+    from ._launcher import LocalCluster, check_ports, run_until_signal
 
     try:
-        check_address(host, base_port, n)
+        check_ports(host, base_port, n)
         local = LocalCluster(
             n,
             host=host,

@@ -73,3 +73,19 @@ def test_put_replace_and_context_are_exclusive() -> None:
         "error: --replace reads the context itself: give --replace or --context, not both"
     ]
 
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--base-port", "70000"], "error: --base-port 70000 with -n 5 needs ports 70000..70004"),
+        (["--base-port", "65534", "-n", "3"], "error: --base-port 65534 with -n 3 needs ports"),
+        (["--host", "nosuchhost.invalid"], "error: --host nosuchhost.invalid: cannot resolve it"),
+        (["--host", "192.0.2.1", "-n", "1"], "error: cannot listen on 192.0.2.1"),
+    ],
+)
+def test_cluster_up_refuses_bad_addresses_in_one_line(args: list[str], expect: str) -> None:
+    res = runner.invoke(app, ["cluster", "up", *args])
+    assert res.exit_code == 1, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expect), lines
+    assert res.stdout == ""
