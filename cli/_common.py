@@ -165,11 +165,15 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
         return trio.run(fn)
     except gossipkv.GossipKVError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
         for leaf in leaves:
             if isinstance(leaf, typer.Exit):
                 raise leaf from None  # fail() inside the body: its line is printed already
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            fail("interrupted", code=130)
         if leaves and all(isinstance(e, gossipkv.GossipKVError) for e in leaves):
             fail(str(leaves[0]))
         raise

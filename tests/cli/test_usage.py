@@ -3,7 +3,9 @@ one stated default per option (issue 16)."""
 
 from __future__ import annotations
 
+import fcntl
 import re
+from pathlib import Path
 
 import pytest
 from gossipkv_cli._app import app
@@ -89,3 +91,30 @@ def test_cluster_up_refuses_bad_addresses_in_one_line(args: list[str], expect: s
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expect), lines
     assert res.stdout == ""
+
+
+def test_bench_storage_refuses_a_peer_data_dir_and_a_full_folder(tmp_path: Path) -> None:
+    peer_dir = tmp_path / "peer"
+    (peer_dir / "data").mkdir(parents=True)
+    (peer_dir / "membership.lock").touch()
+    lock = peer_dir / "data" / "LOCK"
+    lock.write_text("4242\n")
+    args = ["bench", "storage", "--keys", "10", "--json", "--data-dir"]
+    with open(lock, "rb") as held:  # a live peer holds its engine's lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = runner.invoke(app, [*args, str(peer_dir)])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == [
+        f"error: --data-dir {peer_dir} is a peer's data dir (membership.lock, data, in use by "
+        "pid 4242); bench storage needs an empty or new folder"
+    ]
+    res = runner.invoke(app, [*args, str(peer_dir)])  # the peer stopped: still its data dir
+    assert res.exit_code == 1 and "is a peer's data dir (membership.lock, data)" in res.stderr
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("x")
+    res = runner.invoke(app, [*args, str(full)])
+    assert res.exit_code == 1
+    assert "is not empty; bench storage needs an empty or new folder" in res.stderr
+    assert sorted(p.name for p in peer_dir.iterdir()) == ["data", "membership.lock"]
+    assert [p.name for p in (peer_dir / "data").iterdir()] == ["LOCK"]  # nothing written
