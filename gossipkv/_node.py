@@ -847,6 +847,21 @@ class Node:
         while not predicate(self):
             await self._changed.wait()
 
+    async def wait_ready(self) -> None:
+        """Wait until this node is an owner in the partition table.
+
+        Until then the node stores no replica (its writes are coordinated by the owners), so
+        :meth:`watch` sees none of them; from then on it sees the changes of every key it is a
+        replica of, its own writes included. :meth:`Client.watch` sees the whole cluster.
+
+        There is no timeout: bound the wait with ``trio.fail_after``.
+        """
+        await self.wait_until(lambda n: n._owns_partitions())
+
+    def _owns_partitions(self) -> bool:
+        table = self._runtime().gossiper.table()
+        return table is not None and any(self.name in owners for owners in table.owners)
+
     @asynccontextmanager
     async def events(
         self, max_buffer: int = 256
