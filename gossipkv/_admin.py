@@ -1,0 +1,197 @@
+"""The operator's toolbox on the peer side (issue 16): run-time log level, the log fan-out that
+``gossipkv monitor`` subscribes to, one page of a partition's live keys, and the effective
+configuration as a plain map.
+
+Every input is checked here before it touches anything, and every answer is bounded: a key page
+holds at most :data:`MAX_KEYS_PAGE` keys and reads at most :data:`MAX_KEYS_SCANNED` records; a
+monitor subscriber gets a bounded buffer and loses the newest lines when it falls behind, so a
+slow reader never holds the peer up.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+
+from ._errors import RemoteError
+from ._kv import live_values
+from .storage import StorageEngine, StorageLimits
+
+#: Level names ``log-level`` and ``monitor`` accept.
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+#: The logger every gossipkv module logs under.
+LOGGER = "gossipkv"
+#: The most keys one ``KeysRequest`` page returns.
+MAX_KEYS_PAGE = 1000
+#: The most records one page reads (tombstone-only keys are read and skipped).
+MAX_KEYS_SCANNED = 4 * MAX_KEYS_PAGE
+#: Lines held for one monitor subscriber before the newest are dropped.
+MONITOR_BUFFER = 256
+#: The longest line a monitor sends (longer ones are cut).
+MAX_MONITOR_LINE = 4096
+
+
+def level_of(name: str) -> int:
+    """The ``logging`` level called ``name``.
+
+    Raises:
+      RemoteError: ``bad_request`` for another name.
+    """
+    level = LEVELS.get(name.lower()) if isinstance(name, str) and len(name) < 16 else None
+    if level is None:
+        raise RemoteError("bad_request", f"unknown log level {name[:16]!r}: {', '.join(LEVELS)}")
+    return level
+
+
+def set_log_level(name: str) -> dict[str, object]:
+    """Set the level of the ``gossipkv`` loggers; returns the previous and the new level.
+
+    Raises:
+      RemoteError: ``bad_request`` for an unknown level name.
+    """
+    level = level_of(name)
+    logger = logging.getLogger(LOGGER)
+    previous = logging.getLevelName(logger.getEffectiveLevel()).lower()
+    logger.setLevel(level)
+    return {"previous": previous, "level": logging.getLevelName(level).lower()}
+
+
+def current_log_level() -> str:
+    return logging.getLevelName(logging.getLogger(LOGGER).getEffectiveLevel()).lower()
+
+
+class LogFanout(logging.Handler):
+    """Copies the records of the ``gossipkv`` loggers to monitor subscribers.
+
+    Installed on the ``gossipkv`` logger while at least one subscriber listens. Records logged
+    from worker threads (disk I/O runs in threads) are handed to the Trio thread with
+    ``run_sync_soon``; a subscriber whose buffer is full loses the record (counted in
+    :attr:`dropped`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._subscribers: list[tuple[int, trio.MemorySendChannel[tuple[str, str, str]]]] = []
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread = 0
+        self.dropped = 0
+
+    @contextmanager
+    def subscribe(
+        self, send: trio.MemorySendChannel[tuple[str, str, str]], level: int
+    ) -> Iterator[None]:
+        """Deliver records at ``level`` and up to ``send`` (``("log", level, line)``) inside."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.get_ident()
+        entry = (level, send)
+        logger = logging.getLogger(LOGGER)
+        self._subscribers.append(entry)
+        if len(self._subscribers) == 1:
+            logger.addHandler(self)
+        try:
+            yield
+        finally:
+            self._subscribers.remove(entry)
+            if not self._subscribers:
+                logger.removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)[:MAX_MONITOR_LINE]
+        except Exception:  # a record that cannot be formatted is not worth a crash
+            return
+        item = ("log", record.levelname.lower(), line)
+        if threading.get_ident() == self._thread:
+            self._deliver(record.levelno, item)
+        elif self._token is not None:
+            try:
+                self._token.run_sync_soon(self._deliver, record.levelno, item)
+            except trio.RunFinishedError:
+                pass
+
+    def _deliver(self, levelno: int, item: tuple[str, str, str]) -> None:
+        for level, send in list(self._subscribers):
+            if levelno < level:
+                continue
+            try:
+                send.send_nowait(item)
+            except trio.WouldBlock:
+                self.dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+
+async def keys_page(
+    storage: StorageEngine,
+    limits: StorageLimits,
+    *,
+    partition: int,
+    partitions: int,
+    after: str,
+    limit: int,
+    prefix: str,
+) -> dict[str, object]:
+    """One page of the live keys of ``partition`` in this replica, in key order.
+
+    Returns:
+      ``{"partition", "keys": [...], "next": key | None}``: ask again with ``after=next`` until
+      ``next`` is ``None``. A key holding only tombstones is skipped.
+
+    Raises:
+      RemoteError: ``bad_request`` for a partition out of range, a limit out of 1..1000, or an
+        ``after``/``prefix`` longer than a key may be.
+    """
+    if not 0 <= partition < partitions:
+        raise RemoteError("bad_request", f"partition {partition} is not in 0..{partitions - 1}")
+    if not 1 <= limit <= MAX_KEYS_PAGE:
+        raise RemoteError("bad_request", f"limit must be 1..{MAX_KEYS_PAGE}, got {limit}")
+    for name, text in (("after", after), ("prefix", prefix)):
+        if len(text.encode("utf-8", "surrogatepass")) > limits.max_key_bytes:
+            raise RemoteError("bad_request", f"{name} is longer than a key may be")
+    keys = await storage.keys(partition, partitions)
+    start = bisect.bisect_right(keys, after) if after else 0
+    if prefix and prefix > (after or ""):
+        start = max(start, bisect.bisect_left(keys, prefix))
+    found: list[str] = []
+    scanned = 0
+    next_key: str | None = None
+    for i in range(start, len(keys)):
+        key = keys[i]
+        if prefix and not key.startswith(prefix):
+            if key > prefix:
+                break  # sorted: no later key starts with it
+            continue
+        if len(found) >= limit or scanned >= MAX_KEYS_SCANNED:
+            next_key = keys[i - 1]
+            break
+        scanned += 1
+        if scanned % 64 == 0:
+            await trio.lowlevel.checkpoint()
+        clock = await storage.get(key)
+        if clock is not None and live_values(clock):
+            found.append(key)
+    return {"partition": partition, "keys": found, "next": next_key}
+
+
+def plain_config(obj: Any) -> dict[str, object]:
+    """A configuration dataclass as a plain map (``inf`` as the string ``"inf"``)."""
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = "inf" if isinstance(value, float) and math.isinf(value) else value
+    return out
