@@ -36,6 +36,7 @@ from ._common import (
     table_width,
     use_tls,
 )
+from ._toolbox import register as register_toolbox
 from ._where import register as register_where
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(certs_app, name="certs")
 register_where(app)
+register_toolbox(app)
 
 
 def _installed_version() -> str:
@@ -90,6 +92,7 @@ def _root(
 
 @app.command()
 def peer(
+    ctx: typer.Context,
     listen: Annotated[str, typer.Option(help="Address to listen on, HOST:PORT.")] = DEFAULT_PEER,
     name: Annotated[
         str | None, typer.Option(help="Stable node name (default: the listen address).")
@@ -132,6 +135,15 @@ def peer(
     tls_name: Annotated[
         str | None, typer.Option(help="Whose certificate in --tls-dir to use (default: --name).")
     ] = None,
+    fsync: Annotated[str, typer.Option(help="always, batch or none (with --data-dir).")] = "batch",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A TOML file holding any of these options (data_dir, seed = [...], ...) and "
+            "the tables [gossip], [kv], [limits], [storage_limits]; flags override it.",
+        ),
+    ] = None,
     parent_pid: Annotated[
         int | None, typer.Option(hidden=True, help="Leave when this process is gone.")
     ] = None,
@@ -139,6 +151,45 @@ def peer(
     """Run a peer in the foreground. SIGTERM or Ctrl-C leaves the cluster gracefully; SIGHUP
     reloads the TLS certificates."""
     import gossipkv
+
+    from ._config import ConfigFile, ConfigFileError, build_section, load
+
+    file = ConfigFile()
+    if config is not None:
+        try:
+            file = load(config)
+        except ConfigFileError as exc:
+            fail(str(exc))
+
+    def from_file(option: str, value: Any) -> Any:
+        """The flag's value when given (command line or environment), else the file's."""
+        source = ctx.get_parameter_source(option)
+        given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        if given or option not in file.options:
+            return value
+        return file.options[option]
+
+    def given(option: str) -> bool:
+        source = ctx.get_parameter_source(option)
+        return (source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")) or (
+            option in file.options
+        )
+
+    listen = from_file("listen", listen)
+    name = from_file("name", name)
+    seed = from_file("seed", seed)
+    data_dir = from_file("data_dir", data_dir)
+    data_dir = None if data_dir is None else Path(data_dir)
+    cluster = from_file("cluster", cluster)
+    gossip_interval = from_file("gossip_interval", gossip_interval)
+    remove_after = from_file("remove_after", remove_after)
+    log_level = from_file("log_level", log_level)
+    tombstone_grace = from_file("tombstone_grace", tombstone_grace)
+    replace = from_file("replace", replace)
+    tls_dir = from_file("tls_dir", tls_dir)
+    tls_dir = None if tls_dir is None else Path(tls_dir)
+    tls_name = from_file("tls_name", tls_name)
+    fsync = from_file("fsync", fsync)
 
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
@@ -154,21 +205,37 @@ def peer(
             if (tls_name or name) is None:
                 fail("--tls-dir needs --name (or --tls-name): the certificate to serve with")
             tls = gossipkv.TLSConfig.from_dir(tls_dir, tls_name or name)
-        config = gossipkv.GossipConfig(
-            cluster=cluster, gossip_interval=gossip_interval, remove_after=remove_after
+        # The [gossip] and [kv] tables, then the flags (or top-level keys) that were given.
+        gossip_over: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("gossip_interval", gossip_interval),
+                ("remove_after", remove_after),
+                ("cluster", cluster),
+            )
+            if given(k) or k not in file.sections.get("gossip", {})
+        }
+        gossip_config = build_section(file, "gossip", **gossip_over)
+        kv_over = (
+            {"tombstone_grace": tombstone_grace}
+            if given("tombstone_grace") or "tombstone_grace" not in file.sections.get("kv", {})
+            else {}
         )
         node = gossipkv.Node(
             name=name,
             listen=listen,
             seeds=list(seed or []),
             data_dir=data_dir,
-            cluster=cluster,
-            config=config,
+            cluster=gossip_config.cluster,
+            config=gossip_config,
             replace=replace,
             tls=tls,
-            kv=gossipkv.KVConfig(tombstone_grace=tombstone_grace),
+            kv=build_section(file, "kv", **kv_over),
+            limits=build_section(file, "limits"),
+            storage_limits=build_section(file, "storage_limits"),
+            fsync=fsync,
         )
-    except (gossipkv.GossipKVError, ValueError) as exc:
+    except (gossipkv.GossipKVError, ValueError, ConfigFileError) as exc:
         fail(str(exc))
 
     async def main() -> None:
@@ -186,7 +253,7 @@ def peer(
                     nursery.start_soon(_leave_when_orphaned, node, parent_pid)
                 print(
                     f"peer {node.name} serving on {node.address} "
-                    f"(cluster {cluster}, generation {node.generation})",
+                    f"(cluster {node.config.cluster}, generation {node.generation})",
                     flush=True,
                 )
                 received = 0

@@ -21,9 +21,11 @@ from typing import Any
 
 import trio
 
-from ._errors import RemoteError
+from ._dvv import partition_of
+from ._errors import GossipKVError, RemoteError
 from ._kv import live_values
 from .storage import StorageEngine, StorageLimits
+from .storage._base import decode_clock
 
 #: Level names ``log-level`` and ``monitor`` accept.
 LEVELS = {
@@ -39,6 +41,8 @@ LOGGER = "gossipkv"
 MAX_KEYS_PAGE = 1000
 #: The most records one page reads (tombstone-only keys are read and skipped).
 MAX_KEYS_SCANNED = 4 * MAX_KEYS_PAGE
+#: Records read together.
+_BATCH = 256
 #: Lines held for one monitor subscriber before the newest are dropped.
 MONITOR_BUFFER = 256
 #: The longest line a monitor sends (longer ones are cut).
@@ -67,7 +71,10 @@ def set_log_level(name: str) -> dict[str, object]:
     logger = logging.getLogger(LOGGER)
     previous = logging.getLevelName(logger.getEffectiveLevel()).lower()
     logger.setLevel(level)
-    return {"previous": previous, "level": logging.getLevelName(level).lower()}
+    now = logging.getLevelName(level).lower()
+    # At warning, so the change shows at any level (it says who turned the logs down).
+    logger.warning("log level set to %s (was %s) by an operator", now, previous)
+    return {"previous": previous, "level": now}
 
 
 def current_log_level() -> str:
@@ -136,10 +143,42 @@ class LogFanout(logging.Handler):
                 pass
 
 
+#: Seconds a snapshot of the replica's keys by partition serves ``keys`` pages: a scan of
+#: every partition reads the key index once, not once per page.
+KEY_SNAPSHOT_SECONDS = 10.0
+
+
+class KeySnapshot:
+    """The replica's keys grouped by partition, sorted, rebuilt at most every
+    :data:`KEY_SNAPSHOT_SECONDS` (keys written since may be missing from a page, as from any
+    scan of a changing store)."""
+
+    def __init__(self) -> None:
+        self._at = -math.inf
+        self._q = 0
+        self._parts: dict[int, list[str]] = {}
+        self._lock = trio.Lock()
+
+    async def keys(self, storage: StorageEngine, partition: int, partitions: int) -> list[str]:
+        async with self._lock:
+            now = trio.current_time()
+            if partitions != self._q or now - self._at > KEY_SNAPSHOT_SECONDS:
+                self._parts = {}  # let the old snapshot go before building the new one
+                everything = await storage.keys(0, 1)  # sorted
+                parts: dict[int, list[str]] = {}
+                for i, key in enumerate(everything):
+                    parts.setdefault(partition_of(key, partitions), []).append(key)
+                    if i % 4096 == 4095:
+                        await trio.lowlevel.checkpoint()  # hashing is a CPU loop
+                self._parts, self._q, self._at = parts, partitions, trio.current_time()
+            return self._parts.get(partition, [])
+
+
 async def keys_page(
     storage: StorageEngine,
     limits: StorageLimits,
     *,
+    snapshot: KeySnapshot | None = None,
     partition: int,
     partitions: int,
     after: str,
@@ -163,28 +202,41 @@ async def keys_page(
     for name, text in (("after", after), ("prefix", prefix)):
         if len(text.encode("utf-8", "surrogatepass")) > limits.max_key_bytes:
             raise RemoteError("bad_request", f"{name} is longer than a key may be")
-    keys = await storage.keys(partition, partitions)
+    if snapshot is not None:
+        keys = await snapshot.keys(storage, partition, partitions)
+    else:
+        keys = await storage.keys(partition, partitions)
     start = bisect.bisect_right(keys, after) if after else 0
     if prefix and prefix > (after or ""):
         start = max(start, bisect.bisect_left(keys, prefix))
     found: list[str] = []
+    i = start
     scanned = 0
-    next_key: str | None = None
-    for i in range(start, len(keys)):
-        key = keys[i]
-        if prefix and not key.startswith(prefix):
-            if key > prefix:
-                break  # sorted: no later key starts with it
-            continue
-        if len(found) >= limit or scanned >= MAX_KEYS_SCANNED:
-            next_key = keys[i - 1]
-            break
-        scanned += 1
-        if scanned % 64 == 0:
-            await trio.lowlevel.checkpoint()
-        clock = await storage.get(key)
-        if clock is not None and live_values(clock):
-            found.append(key)
+    while i < len(keys) and len(found) < limit and scanned < MAX_KEYS_SCANNED:
+        # A batch of candidates, read together (one thread hop for a log engine).
+        batch: list[str] = []
+        while i < len(keys) and len(batch) < min(_BATCH, limit - len(found)):
+            key = keys[i]
+            if prefix and not key.startswith(prefix):
+                if key > prefix:
+                    i = len(keys)  # sorted: no later key starts with it
+                    break
+                i += 1
+                continue
+            batch.append(key)
+            i += 1
+        scanned += len(batch)
+        live: set[str] = set()
+        async for key, raw in storage.records(batch):
+            try:
+                if live_values(decode_clock(raw, key, limits)):
+                    live.add(key)
+            except GossipKVError:
+                continue  # an unreadable record is the engine's to quarantine, not ours
+        found.extend(k for k in batch if k in live)
+        await trio.lowlevel.checkpoint()
+    # Resume after the last key examined; none left: the last page.
+    next_key = keys[i - 1] if i < len(keys) else None
     return {"partition": partition, "keys": found, "next": next_key}
 
 

@@ -546,6 +546,11 @@ class Client:
         """Follow the connected peer's log records at ``level`` and up, and its membership
         events; needs an ``operator`` certificate under TLS.
 
+        Args:
+          level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``; records below
+            the peer's own level are not produced at all (raise it with :meth:`set_log_level`).
+          max_buffer: items held for a slow reader.
+
         Yields:
           A receive channel of ``(kind, level, line)``: ``kind`` is ``log`` or ``event``. It
           ends when the peer closes the connection. A reader that falls ``max_buffer`` items

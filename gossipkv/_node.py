@@ -506,6 +506,7 @@ class Node:
         self._wiped = 0
         self._log_fanout = _admin.LogFanout()
         self._ping_lock = trio.Lock()
+        self._key_snapshot = _admin.KeySnapshot()
         # Back after more than tombstone_grace away: the data path stays closed until the
         # cluster's reaped_upto says whether the replica must be wiped (see gossipkv._reaper).
         self._checking_data = False
@@ -863,6 +864,9 @@ class Node:
         replica of, its own writes included. :meth:`Client.watch` sees the whole cluster.
 
         There is no timeout: bound the wait with ``trio.fail_after``.
+
+        Raises:
+          NodeClosedError: the node is not running.
         """
         await self.wait_until(lambda n: n._owns_partitions())
 
@@ -1001,6 +1005,7 @@ class Node:
         return await _admin.keys_page(
             self._service().storage,
             self._limits,
+            snapshot=self._key_snapshot,
             partition=message.partition,
             partitions=table.q,
             after=message.after,
