@@ -1,20 +1,57 @@
 """The operator's toolbox (issue 16) through real processes: one 1-peer cluster serves every
-check, so the tier pays for one start."""
+check, so the tier pays for one start. Its data dir is preloaded with 100,000 keys through the
+storage API before it starts (writing them through the data path would take minutes)."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
-from ._peers import Peers, cli, eventually, free_ports, loads, members
+from gossipkv.storage import DVVSet, Entry, Sibling, open_storage
+
+from ._peers import ENV, Peers, cli, eventually, free_ports, loads, members
 
 pytestmark = pytest.mark.proc
+
+PRELOADED = 100_000
+#: Runs the CLI and prints its peak resident set size (VmHWM, KiB) on stderr at exit.
+HWM = """
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as f:
+        hwm = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    print("HWM", hwm, file=sys.stderr)
+atexit.register(report)
+sys.argv = ["gossipkv", *sys.argv[1:]]
+runpy.run_module("gossipkv_cli", run_name="__main__")
+"""
+
+
+async def preload(data_dir: Path, n: int) -> None:
+    """``n`` keys ``pre:0000000``.. written straight into a peer's replica storage."""
+    async with open_storage(data_dir / "data", fsync="none") as engine:
+
+        async def writer(start: int) -> None:
+            for i in range(start, n, 64):
+                value = Sibling(i.to_bytes(4, "big"))
+                await engine.put(f"pre:{i:07d}", DVVSet((Entry("preload/1/0", 1, (value,)),)))
+
+        async with trio.open_nursery() as nursery:
+            for start in range(64):
+                nursery.start_soon(writer, start)
 
 
 async def solo(peers: Peers) -> str:
     [port] = free_ports(1)
-    peers.start("solo", port)
+    await preload(peers.tmp / "solo", PRELOADED)
+    peers.start("solo", port, data_dir=str(peers.tmp / "solo"))
     addr = peers.addr["solo"]
 
     async def writable() -> Any:
@@ -53,3 +90,81 @@ async def test_one_peer_cluster_through_the_cli(peers: Peers) -> None:
         out = cli(command, "--peer", solo_addr).stdout
         assert me["address"] in out and str(me["generation"]) in out, out
         assert "…" not in out
+
+    # --- keys: 100,000 of them, streamed, with the client's memory flat ------------------------
+    def hwm_kib(*args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+        out = subprocess.run(
+            [sys.executable, "-c", HWM, *args],
+            capture_output=True, text=True, timeout=120, env=ENV, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        return out, int(out.stderr.split("HWM")[-1].split()[0])
+
+    # 1,000 keys (ten pages): the client's baseline, pages and all.
+    baseline, base_kib = await trio.to_thread.run_sync(
+        lambda: hwm_kib("keys", "pre:0099", "--page", "100", "--peer", addr)
+    )
+    assert baseline.returncode == 0 and len(baseline.stdout.split()) == 1000, baseline.stderr
+    # The same command line shape as the baseline (typer's argument handling has its own cost).
+    listed, all_kib = await trio.to_thread.run_sync(lambda: hwm_kib("keys", "pre:", "--peer", addr))
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(listed.stdout.split()) == [f"pre:{i:07d}" for i in range(PRELOADED)]
+    # A streamed scan holds one page: its peak is the baseline's plus what the allocator keeps
+    # after a thousand pages (measured about 6 MiB, flat from then on), not 100,000 keys over.
+    assert all_kib - base_kib < 12 * 1024, (base_kib, all_kib)
+    some = cli("keys", "pre:00012", "--json", "--peer", addr)
+    assert sorted(json.loads(some.stdout)) == [f"pre:{i:07d}" for i in range(1200, 1300)]
+    assert cli("keys", "k", "--peer", addr).stdout.split() == ["k"]
+    assert cli("delete", "k", "--peer", addr).returncode == 0
+    assert cli("keys", "k", "--peer", addr).stdout == ""  # deleted: not listed
+
+    # --- tags, config show, log-level, ping ------------------------------------------------
+    tags = cli("tags", "set", "role=web", "zone=a", "--peer", addr, "--json")
+    assert loads(tags.stdout) == {"name": "solo", "tags": {"role": "web", "zone": "a"}}
+    tags = cli("tags", "delete", "zone", "--peer", addr)
+    assert tags.stdout.strip() == "solo tags: role=web", tags.stdout
+    assert cli("tags", "set", "novalue", "--peer", addr).stderr.startswith("error: tags must be")
+    config = loads(cli("config", "show", "--peer", addr, "--json").stdout)
+    assert config["node"]["name"] == "solo" and config["kv"]["w"] == 2
+    assert config["node"]["data_dir"] == str(peers.tmp / "solo")
+    ping = cli("ping", "--peer", addr, "--json")
+    assert ping.returncode == 0 and loads(ping.stdout) == {"self": "solo", "members": []}
+    bad = cli("log-level", "chatty", "--peer", addr)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown log level 'chatty'")
+
+    # --- monitor: a log-level change is a line in the stream -----------------------------------
+    out_path = peers.tmp / "monitor.out"
+    monitor = _popen_to(out_path, "-m", "gossipkv_cli", "monitor", "--json", "--peer", addr)
+    try:
+
+        async def subscribed() -> bool:
+            return "monitoring" in (peers.tmp / "monitor.out.err").read_text()
+
+        await eventually(subscribed, within=20, what="the monitor subscribed", peers=peers)
+        level = cli("log-level", "debug", "--peer", addr, "--json")
+        changed = [loads(level.stdout)]
+
+        async def seen_in_monitor() -> Any:
+            text = out_path.read_text()
+            return "log level set to debug" in text and text
+
+        text = await eventually(seen_in_monitor, within=20, what="the monitor line", peers=peers)
+        assert changed[0] == {"peer": addr, "previous": "info", "level": "debug"}
+        line = json.loads(next(ln for ln in text.splitlines() if "log level set" in ln))
+        assert line["kind"] == "log" and line["level"] == "warning"
+        monitor.send_signal(signal.SIGINT)
+        await trio.to_thread.run_sync(lambda: monitor.wait(timeout=20))
+        err = (peers.tmp / "monitor.out.err").read_text()
+        assert monitor.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+            monitor.wait()
+
+
+def _popen_to(path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``python ARGS`` with its stdout written to ``path`` and its stderr to ``path.err``."""
+    with open(path, "wb") as out, open(f"{path}.err", "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=ENV
+        )
