@@ -118,3 +118,30 @@ def test_bench_storage_refuses_a_peer_data_dir_and_a_full_folder(tmp_path: Path)
     assert "is not empty; bench storage needs an empty or new folder" in res.stderr
     assert sorted(p.name for p in peer_dir.iterdir()) == ["data", "membership.lock"]
     assert [p.name for p in (peer_dir / "data").iterdir()] == ["LOCK"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ('name = "a"\nbogus = 1\n', "unknown key 'bogus' (known: cluster, data_dir,"),
+        ("name = \n", "not valid TOML: Invalid value (at line 1, column 8)"),
+        ('[gossip]\nfanout = "x"\n', "[gossip] fanout must be an integer, got 'x'"),
+        ("[gossip]\nfanot = 1\n", "unknown key 'fanot' in [gossip] (known: cluster,"),
+        ("[kv]\nr = 1.5\n", "[kv] r must be an integer, got 1.5"),
+        ('seed = "127.0.0.1:1"\n', "seed must be a list, got '127.0.0.1:1'"),
+        ("[nope]\nx = 1\n", "unknown key 'nope'"),
+        ('tombstone_grace = "forever"\n', 'tombstone_grace must be seconds or "inf"'),
+    ],
+)
+def test_a_bad_config_file_is_one_line_and_starts_nothing(
+    tmp_path: Path, text: str, expect: str
+) -> None:
+    path = tmp_path / "peer.toml"
+    path.write_text(text)
+    res = runner.invoke(app, ["peer", "--config", str(path), "--listen", "127.0.0.1:1"])
+    assert res.exit_code == 1, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: config {path}: "), lines
+    assert expect in lines[0], lines
+    res = runner.invoke(app, ["peer", "--config", str(tmp_path / "missing.toml")])
+    assert res.exit_code == 1 and "No such file or directory" in res.stderr

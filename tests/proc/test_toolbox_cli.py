@@ -51,7 +51,13 @@ async def preload(data_dir: Path, n: int) -> None:
 async def solo(peers: Peers) -> str:
     [port] = free_ports(1)
     await preload(peers.tmp / "solo", PRELOADED)
-    peers.start("solo", port, data_dir=str(peers.tmp / "solo"))
+    # The file names another port and data dir: the flags win; its [gossip] table stands.
+    config = peers.tmp / "solo.toml"
+    config.write_text(
+        'listen = "127.0.0.1:1"\ndata_dir = "/nonexistent"\ntombstone_grace = "inf"\n'
+        "[gossip]\nfanout = 2\n[limits]\nmax_watches = 100\n"
+    )
+    peers.start("solo", port, data_dir=str(peers.tmp / "solo"), config=str(config))
     addr = peers.addr["solo"]
 
     async def writable() -> Any:
@@ -125,7 +131,10 @@ async def test_one_peer_cluster_through_the_cli(peers: Peers) -> None:
     assert cli("tags", "set", "novalue", "--peer", addr).stderr.startswith("error: tags must be")
     config = loads(cli("config", "show", "--peer", addr, "--json").stdout)
     assert config["node"]["name"] == "solo" and config["kv"]["w"] == 2
-    assert config["node"]["data_dir"] == str(peers.tmp / "solo")
+    assert config["node"]["data_dir"] == str(peers.tmp / "solo")  # the flag, not the file
+    assert config["node"]["listen"] == addr
+    assert config["gossip"]["fanout"] == 2 and config["limits"]["max_watches"] == 100  # file
+    assert config["kv"]["tombstone_grace"] == "inf" and config["gossip"]["down_phi"] == 8.0
     ping = cli("ping", "--peer", addr, "--json")
     assert ping.returncode == 0 and loads(ping.stdout) == {"self": "solo", "members": []}
     bad = cli("log-level", "chatty", "--peer", addr)
