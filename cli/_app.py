@@ -136,6 +136,10 @@ def peer(
         str | None, typer.Option(help="Whose certificate in --tls-dir to use (default: --name).")
     ] = None,
     fsync: Annotated[str, typer.Option(help="always, batch or none (with --data-dir).")] = "batch",
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(help="Serve Prometheus metrics at http://HOST:PORT/metrics."),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -190,6 +194,7 @@ def peer(
     tls_dir = None if tls_dir is None else Path(tls_dir)
     tls_name = from_file("tls_name", tls_name)
     fsync = from_file("fsync", fsync)
+    metrics_listen = from_file("metrics_listen", metrics_listen)
 
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
@@ -241,6 +246,10 @@ def peer(
     async def main() -> None:
         import trio
 
+        from ._metrics import open_metrics_listeners, serve_metrics
+
+        # Bound first: a metrics port in use is one line, before the peer joins anything.
+        listeners = await open_metrics_listeners(metrics_listen) if metrics_listen else []
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
 
@@ -249,6 +258,8 @@ def peer(
                     nursery.cancel_scope.cancel()
 
                 await nursery.start(run_node)
+                if listeners:
+                    await nursery.start(serve_metrics, node, listeners)
                 if parent_pid is not None:
                     nursery.start_soon(_leave_when_orphaned, node, parent_pid)
                 print(

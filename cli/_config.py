@@ -35,6 +35,7 @@ PEER_KEYS: dict[str, tuple[type, ...]] = {
     "tls_dir": (str,),
     "tls_name": (str,),
     "fsync": (str,),
+    "metrics_listen": (str,),
 }
 
 #: Section name -> the public gossipkv class whose fields it holds.

@@ -45,6 +45,8 @@ class Snapshot:
       error: one line to show in red (e.g. the watched peer is gone), or ``None``.
       notice: one line of progress (e.g. peers still starting), or ``None``; while it is set,
         ``error`` is not shown (nothing answers yet, as expected).
+      latency_ms: p50 and p99 (ms) of the gets and puts coordinated during the last interval,
+        every member's histograms added up.
       r, w: the default read and write quorums clients use (the watched member's own, when its
         statistics say).
     """
@@ -60,6 +62,8 @@ class Snapshot:
     events: Sequence[str] = ()
     error: str | None = None
     notice: str | None = None
+    #: p50 and p99 in ms of the last interval's coordinated gets and puts (cluster-wide).
+    latency_ms: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     r: int = 2
     w: int = 2
 
@@ -119,7 +123,7 @@ def frame(snap: Snapshot, *, width: int, height: int | None) -> Group:
     return Group(
         header_panel(snap, gossip_line=layout == "compact", wide=wide),
         members_panel(snap, wide=wide, max_rows=member_rows),
-        _bottom(snap, layout),
+        _bottom(snap, layout, width),
         events_panel(snap, rows=events_rows),
     )
 
@@ -283,21 +287,33 @@ def sparkline(values: Sequence[float], width: int) -> str:
     return "".join(SPARK[min(last, round(v / top * last))] for v in recent)
 
 
-def traffic_panel(snap: Snapshot, *, spark_width: int, compact: bool = False) -> Panel:
+def traffic_panel(
+    snap: Snapshot, *, spark_width: int, compact: bool = False, p50: bool = False
+) -> Panel:
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
     grid.add_column(no_wrap=True)
     grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
     for label in OPERATIONS.values():
         series = snap.history.get(label, ())
         now = f"{series[-1]:.1f}/s" if series else "-"
-        grid.add_row(label, Text(sparkline(series, spark_width), style="cyan"), now)
+        # Deletes are writes: the put histogram holds them.
+        mid, p99 = snap.latency_ms.get(label, (None, None))
+        lat = "" if label == "delete" or p99 is None else f"p99 {_ms(p99)}ms"
+        if p50 and mid is not None and label != "delete":
+            lat = f"p50 {_ms(mid)} {lat}"
+        grid.add_row(label, Text(sparkline(series, spark_width), style="cyan"), now, lat)
     total = sum(snap.ops_per_s.values()) if snap.ops_per_s else None
     all_rate = "-" if total is None else f"{total:.1f}/s"
     if compact:
         return Panel(grid, title=f"traffic: all {all_rate}", title_align="left", box=box.ROUNDED)
-    grid.add_row("all", "", all_rate)
+    grid.add_row("all", "", all_rate, "")
     return Panel(grid, title="traffic (ops/s)", title_align="left", box=box.ROUNDED)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
 def _sum(stats: Iterable[Mapping[str, Any]], key: str) -> int:
@@ -415,20 +431,26 @@ def gossip_panel(snap: Snapshot, *, compact: bool = False) -> Panel:
     return Panel(body, title="gossip", title_align="left", box=box.ROUNDED)
 
 
-def _bottom(snap: Snapshot, layout: str) -> Table | Group:
+def _bottom(snap: Snapshot, layout: str, width: int = 0) -> Table | Group:
     if layout == "wide":
+        roomy = width >= 160
         row = Table.grid(expand=True, padding=(0, 1))
         row.add_column(ratio=1)
         row.add_column(ratio=1)
         row.add_column(ratio=1)
-        row.add_row(traffic_panel(snap, spark_width=48), health_panel(snap), gossip_panel(snap))
+        row.add_row(
+            traffic_panel(snap, spark_width=24 if roomy else 10, p50=roomy),
+            health_panel(snap),
+            gossip_panel(snap),
+        )
         return row
     compact = layout == "compact"
     row = Table.grid(expand=True, padding=(0, 1))
     row.add_column(ratio=1)
     row.add_column(ratio=1)
     row.add_row(
-        traffic_panel(snap, spark_width=16, compact=compact), health_panel(snap, compact=compact)
+        traffic_panel(snap, spark_width=8 if compact else 10, compact=compact),
+        health_panel(snap, compact=compact),
     )
     if compact:
         return row

@@ -18,10 +18,17 @@ import trio
 from rich.console import Console
 from rich.live import Live
 
+from gossipkv import histogram_quantile
+
 from ._common import open_client
 from ._dashboard import OPERATIONS, Snapshot, membership_events, render
 
 HISTORY = 120
+#: The bucket bounds of gossipkv's latency histograms (the same for every peer).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 EVENTS = 50
 
 
@@ -43,6 +50,8 @@ class MemberLink:
     polled: trio.Event = field(default_factory=trio.Event)
     #: Set once two successive polls gave rates (what ``--once`` waits for).
     rated: trio.Event = field(default_factory=trio.Event)
+    #: Latency histogram counts of the last poll interval, per operation.
+    latency: dict[str, list[int]] = field(default_factory=dict)
 
     def update(self, stats: dict[str, Any], members: dict[str, Any], now: float) -> None:
         if self.prev is not None and now > self.prev[0]:
@@ -60,6 +69,7 @@ class MemberLink:
                 self.bytes_per_s = max(
                     0.0, (moved - int(old["bytes_in"]) - int(old["bytes_out"])) / dt
                 )
+                self.latency = _latency_delta(old.get("latency"), stats.get("latency"))
                 self.rated.set()
         self.prev = (now, stats)
         self.name = str(stats.get("name"))
@@ -79,6 +89,24 @@ class MemberLink:
         self.rounds_per_s = self.bytes_per_s = None
         self.polls += 1
         self.polled.set()
+
+
+def _latency_delta(old: Any, new: Any) -> dict[str, list[int]]:
+    """Per operation, the histogram counts observed between two snapshots."""
+    out: dict[str, list[int]] = {}
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return out
+    for op, snap in new.items():
+        before = old.get(op)
+        if not isinstance(snap, dict) or not isinstance(before, dict):
+            continue
+        now_counts, then_counts = snap.get("counts"), before.get("counts")
+        if isinstance(now_counts, list) and isinstance(then_counts, list):
+            if len(now_counts) == len(then_counts):
+                out[op] = [
+                    max(0, int(a) - int(b)) for a, b in zip(now_counts, then_counts, strict=True)
+                ]
+    return out
 
 
 def _one_line(exc: BaseException) -> str:
@@ -199,6 +227,17 @@ class DashboardState:
         for label, series in self.history.items():
             if any(label in lk.op_rates for lk in ok):
                 series.append(sum(lk.op_rates.get(label, 0.0) for lk in ok))
+        latency: dict[str, tuple[float | None, float | None]] = {}
+        for op in ("get", "put"):
+            rows = [lk.latency[op] for lk in ok if op in lk.latency]
+            if rows:
+                counts = [sum(col) for col in zip(*rows, strict=True)]
+                snap: dict[str, object] = {"buckets": list(LATENCY_BUCKETS), "counts": counts}
+                p50, p99 = histogram_quantile(snap, 0.5), histogram_quantile(snap, 0.99)
+                latency[op] = (
+                    None if p50 is None else p50 * 1000,
+                    None if p99 is None else p99 * 1000,
+                )
         rounds = [lk.rounds_per_s for lk in ok if lk.rounds_per_s is not None]
         moved = [lk.bytes_per_s for lk in ok if lk.bytes_per_s is not None]
         return Snapshot(
@@ -213,6 +252,7 @@ class DashboardState:
             events=tuple(self.events),
             error=self.error,
             notice=notice,
+            latency_ms=latency,
         )
 
 

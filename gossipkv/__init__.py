@@ -73,6 +73,7 @@ from ._errors import (
 from ._errors import (
     ValueTooLarge as ValueTooLarge,
 )
+from ._histogram import quantile as histogram_quantile
 from ._kv import Change as Change
 from ._kv import GetResult as GetResult
 from ._kv import KVConfig as KVConfig
@@ -147,6 +148,7 @@ __all__ = [
     "TransportError",
     "__version__",
     "members_body",
+    "histogram_quantile",
     "open_client",
     "open_node",
 ]

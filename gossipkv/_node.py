@@ -42,6 +42,7 @@ from ._errors import (
     error_from_code,
     single_error,
 )
+from ._histogram import LatencyHistogram
 from ._hlc import HybridClock
 from ._kv import Change, Clock, GetResult, KeyValueService, KVConfig, PutResult, change_of
 from ._limits import NetworkLimits
@@ -156,6 +157,9 @@ class NodeStatistics:
       read_quorum: R, the replicas a read waits for by default (capped at a partition's owners).
       write_quorum: W, the replicas a write waits for by default (capped the same way): a
         1-member cluster really runs at N=R=W=1.
+      latency: a latency histogram per operation (``get`` and ``put`` this node coordinated,
+        ``replica`` answers to them, ``gossip_round`` syn to syn-ack), each
+        ``{"buckets", "counts", "sum", "count"}`` in seconds (see :mod:`gossipkv._histogram`).
       kv_gets: reads this node coordinated.
       kv_puts: writes this node coordinated.
       kv_deletes: deletes this node coordinated.
@@ -301,6 +305,7 @@ class NodeStatistics:
     replicas_effective: int = 0
     read_quorum: int = 0
     write_quorum: int = 0
+    latency: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -507,6 +512,7 @@ class Node:
         self._log_fanout = _admin.LogFanout()
         self._ping_lock = trio.Lock()
         self._key_snapshot = _admin.KeySnapshot()
+        self._gossip_latency = LatencyHistogram()
         # Back after more than tombstone_grace away: the data path stays closed until the
         # cluster's reaped_upto says whether the replica must be wiped (see gossipkv._reaper).
         self._checking_data = False
@@ -841,6 +847,12 @@ class Node:
             replicas_effective=0 if table is None else min(len(o) for o in table.owners),
             read_quorum=kv.config.r,
             write_quorum=kv.config.w,
+            latency={
+                "get": kvc.get_latency.snapshot(),
+                "put": kvc.put_latency.snapshot(),
+                "replica": kvc.replica_latency.snapshot(),
+                "gossip_round": self._gossip_latency.snapshot(),
+            },
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
@@ -1660,11 +1672,13 @@ class Node:
 
     async def _exchange(self, addr: str, syn: Syn) -> None:
         rt = self._runtime()
+        started = trio.current_time()
         try:
             with trio.move_on_after(self._request_timeout):
                 channel = await self._channel_to(addr)
                 reply = await channel.request(syn)
                 if isinstance(reply, SynAck):
+                    self._gossip_latency.observe(trio.current_time() - started)
                     ack = rt.gossiper.on_syn_ack(reply, trio.current_time())
                     await channel.notify(ack)
         except HandshakeError as exc:

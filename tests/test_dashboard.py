@@ -238,3 +238,11 @@ async def test_state_derives_rates_events_and_follows_another_member(
         assert any("leader n1 -> n2" in e for e in snap.events)
         assert "n1" not in snap.stats
         nursery.cancel_scope.cancel()
+
+
+def test_traffic_shows_latency_percentiles() -> None:
+    snap = snapshot(3, latency_ms={"get": (0.42, 2.1), "put": (1.3, 12.5)})
+    narrow = text_of(snap, 80, height=23)
+    assert "p99 2.10ms" in narrow and "p99 12.5ms" in narrow
+    wide = text_of(snap, 200, height=49)
+    assert "p50 0.42 p99 2.10ms" in wide and "p50 1.30 p99 12.5ms" in wide

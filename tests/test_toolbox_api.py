@@ -67,6 +67,12 @@ async def test_config_log_level_ping_keys_and_monitor() -> None:
             with pytest.raises(gossipkv.RemoteError, match="limit"):
                 await client.keys_page(0, limit=0)
 
+            latency = a.statistics().latency
+            assert latency["put"]["count"] >= 251 and latency["replica"]["count"] >= 251
+            assert latency["gossip_round"]["count"] > 0
+            p99 = gossipkv.histogram_quantile(latency["put"], 0.99)
+            assert p99 is not None and p99 > 0
+
             async with client.monitor("info") as lines:
                 logging.getLogger("gossipkv.test").warning("hello from the test")
                 with trio.fail_after(10):
@@ -77,3 +83,19 @@ async def test_config_log_level_ping_keys_and_monitor() -> None:
             with pytest.raises(gossipkv.RemoteError, match="unknown log level"):
                 async with client.monitor("loud"):
                     pass
+
+
+def test_histogram_quantile_interpolates_within_a_bucket() -> None:
+    from gossipkv._histogram import BUCKETS, LatencyHistogram
+
+    h = LatencyHistogram()
+    assert gossipkv.histogram_quantile(h.snapshot(), 0.5) is None
+    for _ in range(100):
+        h.observe(0.003)  # the (0.0025, 0.005] bucket
+    snap = h.snapshot()
+    assert snap["count"] == 100 and snap["buckets"] == list(BUCKETS)
+    p50 = gossipkv.histogram_quantile(snap, 0.5)
+    assert p50 is not None and 0.0025 < p50 <= 0.005
+    h.observe(60.0)  # beyond the last bound: the unbounded bucket
+    assert gossipkv.histogram_quantile(h.snapshot(), 1.0) == BUCKETS[-1]
+    assert gossipkv.histogram_quantile({"buckets": "x"}, 0.5) is None

@@ -5,15 +5,19 @@ storage API before it starts (writing them through the data path would take minu
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
+import gossipkv
 from gossipkv.storage import DVVSet, Entry, Sibling, open_storage
 
 from ._peers import ENV, Peers, cli, eventually, free_ports, loads, members
@@ -57,7 +61,15 @@ async def solo(peers: Peers) -> str:
         'listen = "127.0.0.1:1"\ndata_dir = "/nonexistent"\ntombstone_grace = "inf"\n'
         "[gossip]\nfanout = 2\n[limits]\nmax_watches = 100\n"
     )
-    peers.start("solo", port, data_dir=str(peers.tmp / "solo"), config=str(config))
+    [metrics_port] = free_ports(1)
+    peers.start(
+        "solo",
+        port,
+        data_dir=str(peers.tmp / "solo"),
+        config=str(config),
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+    )
+    peers.metrics = f"127.0.0.1:{metrics_port}"  # type: ignore[attr-defined]
     addr = peers.addr["solo"]
 
     async def writable() -> Any:
@@ -170,6 +182,43 @@ async def test_one_peer_cluster_through_the_cli(peers: Peers) -> None:
             monitor.kill()
             monitor.wait()
 
+    # --- /metrics, parsed as Prometheus parses it; stats show p50/p99 ------------------------
+    metrics = peers.metrics  # type: ignore[attr-defined]
+    async with gossipkv.open_client([addr]) as client:
+        for i in range(20):
+            await client.put(f"m{i}", "v")
+            await client.get(f"m{i}")
+    text = await trio.to_thread.run_sync(lambda: _scrape(f"http://{metrics}/metrics"))
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    hist = families["gossipkv_request_duration_seconds"]
+    assert hist.type == "histogram"
+    counts = {s.labels["op"]: s.value for s in hist.samples if s.name.endswith("_count")}
+    assert set(counts) == {"get", "put", "replica", "gossip_round"}
+    assert counts["put"] >= 20 and counts["get"] >= 20
+    buckets = [s for s in hist.samples if s.name.endswith("_bucket") and s.labels["op"] == "put"]
+    assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == counts["put"]
+    assert families["gossipkv_is_leader"].samples[0].value == 1
+    assert families["gossipkv_kv_puts"].samples[0].value >= 20
+    # No series is labelled with something that changes with the leader or the node's status.
+    for family in families.values():
+        for sample in family.samples:
+            assert "leader" not in sample.labels, sample
+    status = {s.labels["status"]: s.value for s in families["gossipkv_node_status"].samples}
+    assert status["up"] == 1 and sum(status.values()) == 1
+    assert "replica counts" in text or "holds a replica of" in text  # partitions_owned help
+
+    stats = cli("stats", "--peer", addr)
+    line = next(ln for ln in stats.stdout.splitlines() if "put latency" in ln)
+    assert re.search(r"p50 \d+\.\d+ ms  p99 \d+\.\d+ ms", line), line
+
+    # The same port again: one line, and nothing starts.
+    [port] = free_ports(1)
+    busy = cli("peer", "--listen", f"127.0.0.1:{port}", "--metrics-listen", metrics)
+    assert busy.returncode == 1
+    assert busy.stderr.strip().splitlines() == [
+        f"error: cannot listen on {metrics} for metrics: Address already in use"
+    ]
+
 
 def _popen_to(path: Path, *args: str) -> subprocess.Popen[bytes]:
     """``python ARGS`` with its stdout written to ``path`` and its stderr to ``path.err``."""
@@ -177,3 +226,11 @@ def _popen_to(path: Path, *args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=ENV
         )
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        body: bytes = response.read()
+        return body.decode()
