@@ -12,6 +12,7 @@ import json as jsonlib
 import signal
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -189,6 +190,48 @@ def register(app: typer.Typer) -> None:
         missed = run(scan)
         if missed:
             fail(f"{missed} partition(s) could not be listed: no owner answered")
+
+    @app.command()
+    def backup(
+        directory: Annotated[Path, typer.Argument(help="A new folder for the dump.")],
+        peer: PeerOption = DEFAULT_PEER,
+        cluster: ClusterOption = "gossipkv",
+        tls_dir: TlsDirOption = None,
+        tls_name: TlsNameOption = None,
+        json: JsonOption = False,
+    ) -> None:
+        """Dump every live key with its whole clock (siblings and all) from one owner of each
+        partition into DIRECTORY (keys.jsonl, then manifest.json)."""
+        from ._backup import backup as run_backup
+
+        manifest = run(lambda: run_backup(peer, cluster, directory))
+        if json:
+            print_json(manifest)
+        else:
+            typer.echo(f"backed up {manifest['keys']} keys of {cluster} into {directory}")
+
+    @app.command()
+    def restore(
+        directory: Annotated[Path, typer.Argument(help="A folder written by gossipkv backup.")],
+        force: Annotated[
+            bool, typer.Option("--force", help="Merge into a cluster that already holds keys.")
+        ] = False,
+        peer: PeerOption = DEFAULT_PEER,
+        cluster: ClusterOption = "gossipkv",
+        tls_dir: TlsDirOption = None,
+        tls_name: TlsNameOption = None,
+        json: JsonOption = False,
+    ) -> None:
+        """Merge a backup into the cluster (operator role under TLS): each clock is synced into
+        its key's owners, so siblings stay siblings. Refused when the cluster holds keys,
+        unless --force."""
+        from ._backup import restore as run_restore
+
+        doc = run(lambda: run_restore(peer, cluster, directory, force))
+        if json:
+            print_json(doc)
+        else:
+            typer.echo(f"restored {doc['restored']} keys from {directory}")
 
     @app.command()
     def monitor(

@@ -23,7 +23,7 @@ import trio
 
 from ._dvv import partition_of
 from ._errors import GossipKVError, RemoteError
-from ._kv import live_values
+from ._kv import encode_wire_clock, live_values
 from .storage import StorageEngine, StorageLimits
 from .storage._base import decode_clock
 
@@ -41,6 +41,8 @@ LOGGER = "gossipkv"
 MAX_KEYS_PAGE = 1000
 #: The most records one page reads (tombstone-only keys are read and skipped).
 MAX_KEYS_SCANNED = 4 * MAX_KEYS_PAGE
+#: A page with clocks stops once they add up to this many bytes (frames are capped at 16 MiB).
+MAX_CLOCK_PAGE_BYTES = 4 << 20
 #: Records read together.
 _BATCH = 256
 #: Lines held for one monitor subscriber before the newest are dropped.
@@ -184,12 +186,15 @@ async def keys_page(
     after: str,
     limit: int,
     prefix: str,
+    clocks: bool = False,
 ) -> dict[str, object]:
     """One page of the live keys of ``partition`` in this replica, in key order.
 
     Returns:
       ``{"partition", "keys": [...], "next": key | None}``: ask again with ``after=next`` until
-      ``next`` is ``None``. A key holding only tombstones is skipped.
+      ``next`` is ``None``. A key holding only tombstones is skipped. With ``clocks``, also
+      ``"clocks"``: each key's whole clock as replicas exchange it, and a page stops early at
+      :data:`MAX_CLOCK_PAGE_BYTES` of them.
 
     Raises:
       RemoteError: ``bad_request`` for a partition out of range, a limit out of 1..1000, or an
@@ -210,9 +215,16 @@ async def keys_page(
     if prefix and prefix > (after or ""):
         start = max(start, bisect.bisect_left(keys, prefix))
     found: list[str] = []
+    wire: list[bytes] = []
+    wire_bytes = 0
     i = start
     scanned = 0
-    while i < len(keys) and len(found) < limit and scanned < MAX_KEYS_SCANNED:
+    while (
+        i < len(keys)
+        and len(found) < limit
+        and scanned < MAX_KEYS_SCANNED
+        and wire_bytes < MAX_CLOCK_PAGE_BYTES
+    ):
         # A batch of candidates, read together (one thread hop for a log engine).
         batch: list[str] = []
         while i < len(keys) and len(batch) < min(_BATCH, limit - len(found)):
@@ -226,18 +238,27 @@ async def keys_page(
             batch.append(key)
             i += 1
         scanned += len(batch)
-        live: set[str] = set()
+        live: dict[str, bytes] = {}
         async for key, raw in storage.records(batch):
             try:
-                if live_values(decode_clock(raw, key, limits)):
-                    live.add(key)
+                clock = decode_clock(raw, key, limits)
             except GossipKVError:
                 continue  # an unreadable record is the engine's to quarantine, not ours
-        found.extend(k for k in batch if k in live)
+            if live_values(clock):
+                live[key] = encode_wire_clock(clock) if clocks else b""
+        for k in batch:
+            if k in live:
+                found.append(k)
+                if clocks:
+                    wire.append(live[k])
+                    wire_bytes += len(live[k])
         await trio.lowlevel.checkpoint()
     # Resume after the last key examined; none left: the last page.
     next_key = keys[i - 1] if i < len(keys) else None
-    return {"partition": partition, "keys": found, "next": next_key}
+    page: dict[str, object] = {"partition": partition, "keys": found, "next": next_key}
+    if clocks:
+        page["clocks"] = wire
+    return page
 
 
 def plain_config(obj: Any) -> dict[str, object]:

@@ -48,6 +48,7 @@ from ._messages import (
     RemoveRequest,
     RepairRequest,
     Reply,
+    RestoreRequest,
     RingRequest,
     SetMetadataRequest,
     StatsRequest,
@@ -519,7 +520,13 @@ class Client:
         return await self._request(PingRequest(), retry=True)
 
     async def keys_page(
-        self, partition: int, *, after: str = "", limit: int = 1000, prefix: str = ""
+        self,
+        partition: int,
+        *,
+        after: str = "",
+        limit: int = 1000,
+        prefix: str = "",
+        clocks: bool = False,
     ) -> dict[str, object]:
         """One page of the live keys the connected peer's replica holds in ``partition``.
 
@@ -528,16 +535,38 @@ class Client:
           after: the ``next`` of the previous page (``""``: from the start).
           limit: at most this many keys (1..1000).
           prefix: only keys starting with it.
+          clocks: also each key's whole clock (opaque bytes for :meth:`restore`); such a page
+            stops early at 4 MiB of clocks.
 
         Returns:
-          ``{"partition", "keys", "next"}``; ``next`` is ``None`` after the last page.
+          ``{"partition", "keys", "next"}`` (and ``"clocks"``); ``next`` is ``None`` after the
+          last page.
 
         Raises:
           RemoteError: ``bad_request`` (a partition out of range, a bad limit) or ``not_ready``
             (no partition table yet).
           TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
         """
-        return await self._request(KeysRequest(partition, after, limit, prefix), retry=True)
+        return await self._request(KeysRequest(partition, after, limit, prefix, clocks), retry=True)
+
+    async def restore(self, key: str, clock: bytes) -> dict[str, object]:
+        """Merge a clock saved by :meth:`keys_page` (``clocks=True``) into every owner of
+        ``key``, as read repair does: siblings stay siblings and nothing newer is overwritten.
+        Needs an ``operator`` certificate under TLS. Retrying is safe (a merge is idempotent).
+
+        Args:
+          key: the key.
+          clock: its clock as saved.
+
+        Returns:
+          ``{"key", "acks", "owners"}``.
+
+        Raises:
+          RemoteError: ``invalid_clock`` or ``forbidden``.
+          Unavailable, ClusterNotReady: no owner stored it.
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(RestoreRequest(key, clock), retry=True)
 
     @asynccontextmanager
     async def monitor(

@@ -1320,6 +1320,40 @@ class KeyValueService:
             if hint_for and hint_for != self.node_id:
                 await self._store_hint(hint_for, key, merged if merged is not None else local)
 
+    async def restore(self, key: str, raw: bytes) -> dict[str, object]:
+        """Merge a whole clock (``raw``, as replicas exchange it) into every owner of ``key``
+        (stand-ins keep a hint for an unreachable owner), as read repair does: a ``sync``, so
+        siblings stay siblings and nothing newer is lost (``gossipkv restore``).
+
+        Returns:
+          ``{"key", "acks", "owners"}``: how many owners (or stand-ins) stored it.
+
+        Raises:
+          RemoteError: ``invalid_clock``. InvalidKey, KeyTooLarge, ClusterNotReady.
+          Unavailable: no owner stored it.
+        """
+        self._check_key(key)
+        clock = self._clock_from_wire(raw)
+        targets, n = self.targets(key)
+        acks = 0
+        errors: list[str] = []
+
+        async def store(member: str, hint_for: str) -> None:
+            nonlocal acks
+            try:
+                await self._replica_put(member, key, clock, hint_for)
+                acks += 1
+            except GossipKVError as exc:
+                self._count_error(exc)
+                errors.append(f"{member}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for member, hint_for in targets:
+                nursery.start_soon(store, member, hint_for)
+        if acks == 0:
+            raise Unavailable(f"no owner of {key!r} stored it: {'; '.join(errors) or 'none'}")
+        return {"key": key, "acks": acks, "owners": n}
+
     async def read_replica(self, member: str, key: str) -> Clock | None:
         """``member``'s own clock of ``key`` (this peer's when it is ``member``).
 

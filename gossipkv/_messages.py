@@ -262,6 +262,18 @@ class KeysRequest(Message):
     after: str = ""
     limit: int = 1000
     prefix: str = ""
+    clocks: bool = False  # also each key's whole clock (``gossipkv backup``)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRequest(Message):
+    """Merge ``clock`` (a whole DVVSet, as replicas exchange it) into every owner of ``key``,
+    as read repair does: siblings stay siblings, nothing newer is overwritten
+    (``gossipkv restore``; operator role)."""
+
+    TAG: ClassVar[str] = "restore"
+    key: str
+    clock: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,6 +542,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         LogLevelRequest,
         PingRequest,
         KeysRequest,
+        RestoreRequest,
         MonitorRequest,
         MonitorEvent,
         Reply,

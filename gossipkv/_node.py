@@ -71,6 +71,7 @@ from ._messages import (
     ReplicaGet,
     ReplicaPut,
     Reply,
+    RestoreRequest,
     RingRequest,
     SetMetadataRequest,
     Shutdown,
@@ -1023,6 +1024,7 @@ class Node:
             after=message.after,
             limit=message.limit,
             prefix=message.prefix,
+            clocks=message.clocks,
         )
 
     def effective_config(self) -> dict[str, object]:
@@ -2051,6 +2053,13 @@ class Node:
             return Reply({"ok": True})
         if isinstance(message, (ConfigRequest, LogLevelRequest, PingRequest, KeysRequest)):
             return Reply(await self._toolbox_request(message))
+        if isinstance(message, RestoreRequest):
+            try:
+                return Reply(await self._data_service().restore(message.key, message.clock))
+            except RemoteError:
+                raise
+            except GossipKVError as exc:
+                raise RemoteError(error_code(exc), str(exc)) from exc
         if isinstance(message, MonitorRequest):
             level = _admin.level_of(message.level)
             await self._runtime().nursery.start(self._serve_monitor, channel, level)
@@ -2203,6 +2212,7 @@ _OPERATOR_ONLY = (
     ConfigRequest,
     LogLevelRequest,
     MonitorRequest,
+    RestoreRequest,
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -234,3 +235,56 @@ def _scrape(url: str) -> str:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         body: bytes = response.read()
         return body.decode()
+
+
+async def test_backup_wipe_restore_keeps_siblings_and_clocks(peers: Peers) -> None:
+    [port] = free_ports(1)
+    data = peers.tmp / "a"
+    peers.start("a", port, data_dir=str(data))
+    addr = peers.addr["a"]
+
+    async def writable() -> Any:
+        return cli("put", "probe", "x", "--peer", addr).returncode == 0
+
+    await eventually(writable, within=30, what="a writable 1-peer cluster", peers=peers)
+    async with gossipkv.open_client([addr]) as client:
+        await client.put("cart", "apple")
+        await client.put("cart", "pear")  # no context: a sibling
+        for i in range(300):
+            await client.put(f"k{i:03d}", i)
+        before = await client.get("cart")
+        gone = await client.get("probe")
+        await client.delete("probe", context=gone.context)
+    assert sorted(before.values) == ["apple", "pear"]
+
+    dump = peers.tmp / "dump"
+    out = cli("backup", str(dump), "--peer", addr, "--json")
+    assert out.returncode == 0, out.stderr
+    assert loads(out.stdout)["keys"] == 301  # the deleted key is not dumped
+    again = cli("backup", str(dump), "--peer", addr)
+    assert again.returncode == 1 and "already holds a backup" in again.stderr
+
+    # Wipe: the same member on an empty data dir.
+    peers.signal("a", signal.SIGKILL)
+    peers.procs["a"].wait(timeout=10)
+    await trio.to_thread.run_sync(lambda: shutil.rmtree(data))
+    peers.start("a", port, data_dir=str(data))
+    await eventually(writable, within=30, what="the wiped peer writable", peers=peers)
+
+    refused = cli("restore", str(dump), "--peer", addr)  # it holds "probe" again
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: the cluster already holds keys (e.g. 'probe'): restore merges into what is "
+        "there; use --force to do it anyway"
+    ]
+    restored = cli("restore", str(dump), "--force", "--peer", addr, "--json")
+    assert restored.returncode == 0, restored.stderr
+    assert loads(restored.stdout)["restored"] == 301
+    async with gossipkv.open_client([addr]) as client:
+        after = await client.get("cart")
+        assert sorted(after.values) == ["apple", "pear"]  # siblings stay siblings
+        assert after.context == before.context  # the very same clock
+        assert (await client.get("k123")).values == [123]
+        # A write with the restored context replaces both siblings, as before the wipe.
+        merged = await client.put("cart", "apple+pear", context=after.context)
+        assert merged.values == ["apple+pear"]
