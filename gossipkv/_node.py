@@ -2052,7 +2052,12 @@ class Node:
                 raise RemoteError("bad_request", str(exc)) from exc
             return Reply({"ok": True})
         if isinstance(message, (ConfigRequest, LogLevelRequest, PingRequest, KeysRequest)):
-            return Reply(await self._toolbox_request(message))
+            try:
+                return Reply(await self._toolbox_request(message))
+            except RemoteError:
+                raise
+            except GossipKVError as exc:
+                raise RemoteError(error_code(exc), str(exc)) from exc
         if isinstance(message, RestoreRequest):
             try:
                 return Reply(await self._data_service().restore(message.key, message.clock))
