@@ -19,9 +19,11 @@ import typer
 from ._bench import bench_app
 from ._certs import certs_app
 from ._common import (
+    CONTEXT_SETTINGS,
     DEFAULT_PEER,
     ClusterOption,
     JsonOption,
+    OneLineErrors,
     PeerOption,
     TlsDirOption,
     TlsNameOption,
@@ -29,8 +31,12 @@ from ._common import (
     open_client,
     print_json,
     run,
+    stdout_console,
+    sub_app,
+    table_width,
     use_tls,
 )
+from ._toolbox import register as register_toolbox
 from ._where import register as register_where
 
 if TYPE_CHECKING:
@@ -39,15 +45,18 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(
+    cls=OneLineErrors,
+    context_settings=CONTEXT_SETTINGS,
     no_args_is_help=True,
     add_completion=True,
     help="gossipkv: a gossip-based, leaderless, eventually consistent key-value store.",
 )
-cluster_app = typer.Typer(no_args_is_help=True, help="Local clusters of peer processes.")
+cluster_app = sub_app("Local clusters of peer processes.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(certs_app, name="certs")
 register_where(app)
+register_toolbox(app)
 
 
 def _installed_version() -> str:
@@ -83,6 +92,7 @@ def _root(
 
 @app.command()
 def peer(
+    ctx: typer.Context,
     listen: Annotated[str, typer.Option(help="Address to listen on, HOST:PORT.")] = DEFAULT_PEER,
     name: Annotated[
         str | None, typer.Option(help="Stable node name (default: the listen address).")
@@ -125,6 +135,19 @@ def peer(
     tls_name: Annotated[
         str | None, typer.Option(help="Whose certificate in --tls-dir to use (default: --name).")
     ] = None,
+    fsync: Annotated[str, typer.Option(help="always, batch or none (with --data-dir).")] = "batch",
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(help="Serve Prometheus metrics at http://HOST:PORT/metrics."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A TOML file holding any of these options (data_dir, seed = [...], ...) and "
+            "the tables [gossip], [kv], [limits], [storage_limits]; flags override it.",
+        ),
+    ] = None,
     parent_pid: Annotated[
         int | None, typer.Option(hidden=True, help="Leave when this process is gone.")
     ] = None,
@@ -132,6 +155,46 @@ def peer(
     """Run a peer in the foreground. SIGTERM or Ctrl-C leaves the cluster gracefully; SIGHUP
     reloads the TLS certificates."""
     import gossipkv
+
+    from ._config import ConfigFile, ConfigFileError, build_section, load
+
+    file = ConfigFile()
+    if config is not None:
+        try:
+            file = load(config)
+        except ConfigFileError as exc:
+            fail(str(exc))
+
+    def from_file(option: str, value: Any) -> Any:
+        """The flag's value when given (command line or environment), else the file's."""
+        source = ctx.get_parameter_source(option)
+        given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        if given or option not in file.options:
+            return value
+        return file.options[option]
+
+    def given(option: str) -> bool:
+        source = ctx.get_parameter_source(option)
+        return (source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")) or (
+            option in file.options
+        )
+
+    listen = from_file("listen", listen)
+    name = from_file("name", name)
+    seed = from_file("seed", seed)
+    data_dir = from_file("data_dir", data_dir)
+    data_dir = None if data_dir is None else Path(data_dir)
+    cluster = from_file("cluster", cluster)
+    gossip_interval = from_file("gossip_interval", gossip_interval)
+    remove_after = from_file("remove_after", remove_after)
+    log_level = from_file("log_level", log_level)
+    tombstone_grace = from_file("tombstone_grace", tombstone_grace)
+    replace = from_file("replace", replace)
+    tls_dir = from_file("tls_dir", tls_dir)
+    tls_dir = None if tls_dir is None else Path(tls_dir)
+    tls_name = from_file("tls_name", tls_name)
+    fsync = from_file("fsync", fsync)
+    metrics_listen = from_file("metrics_listen", metrics_listen)
 
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
@@ -147,26 +210,46 @@ def peer(
             if (tls_name or name) is None:
                 fail("--tls-dir needs --name (or --tls-name): the certificate to serve with")
             tls = gossipkv.TLSConfig.from_dir(tls_dir, tls_name or name)
-        config = gossipkv.GossipConfig(
-            cluster=cluster, gossip_interval=gossip_interval, remove_after=remove_after
+        # The [gossip] and [kv] tables, then the flags (or top-level keys) that were given.
+        gossip_over: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("gossip_interval", gossip_interval),
+                ("remove_after", remove_after),
+                ("cluster", cluster),
+            )
+            if given(k) or k not in file.sections.get("gossip", {})
+        }
+        gossip_config = build_section(file, "gossip", **gossip_over)
+        kv_over = (
+            {"tombstone_grace": tombstone_grace}
+            if given("tombstone_grace") or "tombstone_grace" not in file.sections.get("kv", {})
+            else {}
         )
         node = gossipkv.Node(
             name=name,
             listen=listen,
             seeds=list(seed or []),
             data_dir=data_dir,
-            cluster=cluster,
-            config=config,
+            cluster=gossip_config.cluster,
+            config=gossip_config,
             replace=replace,
             tls=tls,
-            kv=gossipkv.KVConfig(tombstone_grace=tombstone_grace),
+            kv=build_section(file, "kv", **kv_over),
+            limits=build_section(file, "limits"),
+            storage_limits=build_section(file, "storage_limits"),
+            fsync=fsync,
         )
-    except (gossipkv.GossipKVError, ValueError) as exc:
+    except (gossipkv.GossipKVError, ValueError, ConfigFileError) as exc:
         fail(str(exc))
 
     async def main() -> None:
         import trio
 
+        from ._metrics import open_metrics_listeners, serve_metrics
+
+        # Bound first: a metrics port in use is one line, before the peer joins anything.
+        listeners = await open_metrics_listeners(metrics_listen) if metrics_listen else []
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
 
@@ -175,11 +258,13 @@ def peer(
                     nursery.cancel_scope.cancel()
 
                 await nursery.start(run_node)
+                if listeners:
+                    await nursery.start(serve_metrics, node, listeners)
                 if parent_pid is not None:
                     nursery.start_soon(_leave_when_orphaned, node, parent_pid)
                 print(
                     f"peer {node.name} serving on {node.address} "
-                    f"(cluster {cluster}, generation {node.generation})",
+                    f"(cluster {node.config.cluster}, generation {node.generation})",
                     flush=True,
                 )
                 received = 0
@@ -258,11 +343,10 @@ def members(
     if json:
         print_json(doc)
     else:
-        from rich.console import Console
-
         from ._render import members_table
 
-        Console().print(members_table(doc))
+        console = stdout_console()
+        console.print(members_table(doc, table_width(console)))
     _exit_if_degraded(doc)
 
 
@@ -314,6 +398,7 @@ def status(
                 "partitions": stats["partitions"],
                 "replicas": stats["replicas"],
                 "partitions_owned": stats["partitions_owned"],
+                **effective_quorum(stats),
                 "transfers": stats.get("transfers", []),
                 "under_replicated": stats.get("under_replicated", 0),
                 "tombstone_grace": stats.get("tombstone_grace"),
@@ -323,11 +408,9 @@ def status(
         )
         _exit_if_degraded(mdoc)
         return
-    from rich.console import Console
-
     from ._render import members_table
 
-    console = Console()
+    console = stdout_console()
     console.print(
         f"[bold]{stats['cluster']}[/] via {stats['name']} ({stats['address']})  "
         f"leader: [bold]{stats['leader'] or '(none)'}[/]  "
@@ -336,16 +419,17 @@ def status(
     console.print(
         "members: " + "  ".join(f"{k}:{v}" for k, v in sorted(stats["members_by_status"].items()))
     )
-    console.print(members_table(mdoc))
+    console.print(members_table(mdoc, table_width(console)))
     if stats["table_epoch"] is None:
         console.print("partition table: none yet (the cluster has not formed)")
     else:
         term, seq = stats["table_epoch"]
         owned = "  ".join(f"{k}:{v}" for k, v in stats["partitions_owned"].items())
         console.print(
-            f"partition table epoch {term}.{seq}: {stats['partitions']} partitions x "
-            f"N={stats['replicas']}   replicas owned  {owned}"
+            f"partition table epoch {term}.{seq}: {stats['partitions']} partitions   "
+            f"replicas owned  {owned}"
         )
+        console.print(quorum_line(stats))
     grace = stats.get("tombstone_grace")
     console.print(
         "tombstones: "
@@ -360,6 +444,35 @@ def status(
         f"max loop lag {stats['max_loop_lag'] * 1000:.1f} ms"
     )
     _exit_if_degraded(mdoc)
+
+
+def effective_quorum(stats: dict[str, Any]) -> dict[str, int]:
+    """N, R and W as configured and as writes really run (``effective``): a partition with
+    fewer owners than N caps R and W at its owners, so a 1-member cluster runs at N=R=W=1."""
+    n = int(stats["replicas"])
+    n_eff = int(stats.get("replicas_effective") or n)
+    r, w = int(stats.get("read_quorum") or 0), int(stats.get("write_quorum") or 0)
+    return {
+        "n": n,
+        "r": r,
+        "w": w,
+        "n_effective": min(n, n_eff),
+        "r_effective": min(r, n_eff),
+        "w_effective": min(w, n_eff),
+    }
+
+
+def quorum_line(stats: dict[str, Any]) -> str:
+    q = effective_quorum(stats)
+    line = f"quorum: N={q['n']} R={q['r']} W={q['w']}"
+    if (q["n_effective"], q["r_effective"], q["w_effective"]) != (q["n"], q["r"], q["w"]):
+        line += (
+            f"   effective N={q['n_effective']} R={q['r_effective']} W={q['w_effective']}: "
+            f"only {q['n_effective']} owner{'s' if q['n_effective'] != 1 else ''} per partition "
+            "(fewer members than N), so a write is acknowledged by "
+            f"{q['w_effective']} cop{'ies' if q['w_effective'] != 1 else 'y'}"
+        )
+    return line
 
 
 @app.command()
@@ -398,7 +511,10 @@ def leave(
     tls_dir: TlsDirOption = None,
     tls_name: TlsNameOption = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds the hand-off may take (0: the peer's default, 120).")
+        float,
+        typer.Option(
+            help="Seconds the hand-off may take (default: the peer's, 120 s).", show_default=False
+        ),
     ] = 0.0,
     force: Annotated[
         bool,
@@ -527,23 +643,60 @@ def put(
     context: Annotated[
         str | None, typer.Option(help="Context from an earlier get/put: replaces what it saw.")
     ] = None,
-    w: Annotated[int, typer.Option("--w", help="Replicas that must store it (default 2).")] = 0,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Read KEY first and write with that context: VALUE replaces every value read "
+            "(set semantics in one command; a concurrent write elsewhere still becomes a sibling).",
+        ),
+    ] = False,
+    w: Annotated[
+        int,
+        typer.Option(
+            "--w",
+            help="Replicas that must store it (default: the peer's W, 2).",
+            show_default=False,
+        ),
+    ] = 0,
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
     tls_dir: TlsDirOption = None,
     tls_name: TlsNameOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Store VALUE under KEY; prints the siblings now stored and their context."""
+    """Store VALUE under KEY; prints the siblings now stored and their context.
+
+    Without --context or --replace a put overwrites nothing: writing a key twice leaves two
+    siblings. --replace reads the key's context first, so the new value replaces what it read."""
+    if replace and context is not None:
+        fail("--replace reads the context itself: give --replace or --context, not both")
     ctx = _context_arg(context)
-    res = _with_client(peer, cluster, lambda c: c.put(key, value, context=ctx, w=w))
+
+    async def call(client: gossipkv.Client) -> gossipkv.PutResult:
+        write_ctx = ctx
+        if replace:
+            write_ctx = (await client.get(key)).context or None
+        return await client.put(key, value, context=write_ctx, w=w)
+
+    res = _with_client(peer, cluster, call)
     _print_values(res.key, None, res.values, res.context, json, res.more)
+    if not json and len(res.values) > 1 and not replace and ctx is None:
+        typer.echo(
+            f"hint: gossipkv put --replace {key} VALUE writes over the values it reads",
+            err=True,
+        )
 
 
 @app.command()
 def get(
     key: Annotated[str, typer.Argument(help="The key.")],
-    r: Annotated[int, typer.Option("--r", help="Replicas to hear from (default 2).")] = 0,
+    r: Annotated[
+        int,
+        typer.Option(
+            "--r", help="Replicas to hear from (default: the peer's R, 2).", show_default=False
+        ),
+    ] = 0,
     local: Annotated[
         bool, typer.Option("--local", help="Read only this peer's own replica (no quorum).")
     ] = False,
@@ -562,7 +715,14 @@ def get(
 def delete(
     key: Annotated[str, typer.Argument(help="The key.")],
     context: Annotated[str | None, typer.Option(help="Context from an earlier get.")] = None,
-    w: Annotated[int, typer.Option("--w", help="Replicas that must store it (default 2).")] = 0,
+    w: Annotated[
+        int,
+        typer.Option(
+            "--w",
+            help="Replicas that must store it (default: the peer's W, 2).",
+            show_default=False,
+        ),
+    ] = 0,
     peer: PeerOption = DEFAULT_PEER,
     cluster: ClusterOption = "gossipkv",
     tls_dir: TlsDirOption = None,
@@ -641,7 +801,7 @@ def watch(
 
 @cluster_app.command("up")
 def cluster_up(
-    n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 5,
+    n: Annotated[int, typer.Option("-n", min=1, max=1000, help="Number of peers.")] = 5,
     base_port: Annotated[int, typer.Option(help="Port of the first peer; the rest follow.")] = 7400,
     data_root: Annotated[
         Path | None, typer.Option(help="One data dir per peer under this folder (default: memory).")
@@ -654,13 +814,35 @@ def cluster_up(
     tls: Annotated[
         bool, typer.Option("--tls", help="Mutual TLS, with a throwaway CA made for this cluster.")
     ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Start a peer that dies again (same name, port and data dir), after a pause "
+            "that doubles per restart.",
+        ),
+    ] = False,
 ) -> None:
-    """Start a local cluster, one process per peer, until Ctrl-C (which stops them all)."""
-    from ._launcher import LocalCluster, run_until_signal
+    """Start a local cluster, one process per peer, until Ctrl-C (which stops them all).
 
-    local = LocalCluster(
-        n, host=host, base_port=base_port, data_root=data_root, cluster=cluster, tls=tls
-    )
+    A peer that dies is reported on its own line (with the last line of its log)."""
+    import gossipkv
+
+    from ._launcher import LocalCluster, check_ports, run_until_signal
+
+    try:
+        check_ports(host, base_port, n)
+        local = LocalCluster(
+            n,
+            host=host,
+            base_port=base_port,
+            data_root=data_root,
+            cluster=cluster,
+            tls=tls,
+            restart=restart,
+        )
+    except gossipkv.GossipKVError as exc:
+        fail(str(exc))
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
         _print_ready(local, doc)
@@ -724,7 +906,7 @@ def dashboard(
 
 @app.command()
 def demo(
-    n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 5,
+    n: Annotated[int, typer.Option("-n", min=1, max=50, help="Number of peers.")] = 5,
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
@@ -733,39 +915,66 @@ def demo(
         bool, typer.Option("--tls", help="Mutual TLS, with a throwaway CA made for the demo.")
     ] = False,
 ) -> None:
-    """A local in-memory cluster of 5 peers, light sample traffic and the live dashboard."""
+    """A local in-memory cluster of 5 peers, light sample traffic and the live dashboard.
+
+    The dashboard shows at once, with a progress line while the peers start."""
+    import gossipkv
+
     from ._launcher import LocalCluster, free_base_port, run_until_signal
 
     if refresh <= 0:
         fail("--refresh must be > 0")
-    base = free_base_port("127.0.0.1", n, 7400)
-    local = LocalCluster(
-        n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo", tls=tls
-    )
+    try:
+        base = free_base_port("127.0.0.1", n, 7400)
+        local = LocalCluster(
+            n, host="127.0.0.1", base_port=base, data_root=None, cluster="demo", tls=tls
+        )
+    except gossipkv.GossipKVError as exc:
+        fail(str(exc))
+    first = local.addresses()[0]
+    line: dict[str, str | None] = {"notice": f"starting {n} peers on {first}..  (0 of {n} up)"}
+    showing = [False]
+
+    def say(message: str) -> None:
+        # While the dashboard is drawn, a print would scroll it: the line goes into its header.
+        if showing[0]:
+            line["notice"] = message
+        else:
+            print(message, flush=True)
+
+    local.say = say
+
+    def progress(up: int) -> None:
+        line["notice"] = f"starting {n} peers on {first}..  ({min(up, n)} of {n} up)"
+
+    async def dashboard() -> None:
+        from ._dashboard_poll import run_dashboard
+
+        showing[0] = True
+        try:
+            await run_dashboard(
+                first, local.cluster, refresh=refresh, notice=lambda: line["notice"]
+            )
+        finally:
+            showing[0] = False
 
     async def on_ready(doc: dict[str, Any] | None) -> None:
         import random
 
-        import trio
-
-        from ._dashboard_poll import run_dashboard
         from ._demo_traffic import write_sample_traffic
 
         if doc is None:
-            _print_ready(local, doc)
+            line["notice"] = f"not every peer came up within 30 s; logs in {local.log_dir}"
             return
         tls = "" if local.tls_dir is None else f"  TLS: --tls-dir {local.tls_dir} --tls-name app"
-        local.say(
-            f"{local.n} peers up on {local.addresses()[0]}..  logs: {local.log_dir}{tls}  "
-            "Ctrl-C stops every peer"
-        )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                write_sample_traffic, local.addresses(), local.cluster, random.Random(7)
-            )
-            await run_dashboard(local.addresses()[0], local.cluster, refresh=refresh)
+        line["notice"] = f"{local.n} peers up on {first}..{tls}  Ctrl-C stops every peer"
+        await write_sample_traffic(local.addresses(), local.cluster, random.Random(7))
 
-    run(lambda: run_until_signal(local, on_ready, duration=duration))
+    run(
+        lambda: run_until_signal(
+            local, on_ready, duration=duration, on_start=dashboard, progress=progress
+        )
+    )
 
 
 def main() -> None:

@@ -6,18 +6,28 @@ runs, so ``gossipkv --help`` and shell completion never pay for them.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import ClusterOption, TlsDirOption, TlsNameOption, fail, print_json, run
+from ._common import (
+    DEFAULT_PEER,
+    ClusterOption,
+    TlsDirOption,
+    TlsNameOption,
+    fail,
+    print_json,
+    run,
+    sub_app,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers, never pass/fail).")
+bench_app = sub_app("Benchmarks (numbers, never pass/fail).")
 
 
 @bench_app.command("gossip")
@@ -44,15 +54,27 @@ def gossip(
 def kv(
     peer: Annotated[
         list[str],
-        typer.Option("--peer", help="Peer to load, HOST:PORT (repeatable; one client per peer)."),
-    ],
+        typer.Option(
+            "--peer",
+            envvar="GOSSIPKV_PEER",
+            help="Peer to load, HOST:PORT (repeatable; one client per peer).",
+        ),
+    ] = [DEFAULT_PEER],  # noqa: B006 - typer copies list defaults
     duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load.")] = 10.0,
     concurrency: Annotated[int, typer.Option(min=1, help="Concurrent request loops.")] = 16,
     ratio: Annotated[str, typer.Option(help="GET:PUT mix, e.g. 90:10.")] = "50:50",
     keys: Annotated[int, typer.Option(min=1, help="Number of distinct keys.")] = 1000,
     value_size: Annotated[int, typer.Option(min=0, help="Bytes per value (a string).")] = 100,
-    r: Annotated[int, typer.Option("--r", min=0, help="Read quorum (0: the peer's default).")] = 0,
-    w: Annotated[int, typer.Option("--w", min=0, help="Write quorum (0: the peer's default).")] = 0,
+    r: Annotated[
+        int,
+        typer.Option("--r", min=0, help="Read quorum (default: the peer's R).", show_default=False),
+    ] = 0,
+    w: Annotated[
+        int,
+        typer.Option(
+            "--w", min=0, help="Write quorum (default: the peer's W).", show_default=False
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option(help="Seed for keys, values and the op mix.")] = 1,
     cluster: ClusterOption = "gossipkv",
     tls_dir: TlsDirOption = None,
@@ -101,6 +123,17 @@ def kv(
         )
 
     result = run(body)
+    if result.get("interrupted"):
+        cleaned = result.get("keys_cleaned")
+        fail(
+            f"interrupted after {result['elapsed_s']} s and {result['ops']} ops; "
+            + (
+                "cleanup did not finish: some bench:* keys remain"
+                if cleaned == -1
+                else f"{cleaned} bench keys deleted"
+            ),
+            code=130,
+        )
     if json:
         print_json(result)
     else:
@@ -120,13 +153,11 @@ def storage(
     import json
     from dataclasses import asdict
 
-    import trio
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    from gossipkv import GossipKVError
     from gossipkv.storage import FsyncPolicy
 
-    from ._bench_storage import first_leaf, run_storage_bench
+    from ._bench_storage import StorageBenchResult, refuse_peer_data_dir, run_storage_bench
 
     policies = [p.value for p in FsyncPolicy]
     if fsync not in policies:
@@ -142,19 +173,13 @@ def storage(
             auto_refresh=False,
             transient=True,
         )
-    try:
-        if progress is not None:
-            with progress:
-                result = trio.run(run_storage_bench, keys, value_size, data_dir, fsync, progress)
-        else:
-            result = trio.run(run_storage_bench, keys, value_size, data_dir, fsync, None)
-    except GossipKVError as exc:
-        fail(str(exc))
-    except BaseExceptionGroup as group:
-        leaf = first_leaf(group)
-        if not isinstance(leaf, GossipKVError):
-            raise
-        fail(str(leaf))
+    refuse_peer_data_dir(data_dir)
+
+    async def body() -> StorageBenchResult:
+        with progress if progress is not None else contextlib.nullcontext():
+            return await run_storage_bench(keys, value_size, data_dir, fsync, progress)
+
+    result = run(body)
     if json_output:
         sys.stdout.write(json.dumps(asdict(result)) + "\n")
         return

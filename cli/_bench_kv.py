@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
 import string
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,10 +35,26 @@ _ERROR_PAUSE = 0.01  # after a failed op, so a dead peer does not turn a task in
 _PROBE_KEY = "gossipkv-bench-probe"
 
 
+#: Distinct error messages kept per error kind (the report shows what went wrong, bounded).
+_MESSAGES_PER_KIND = 3
+
+
 @dataclass
 class _Stats:
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
+    messages: dict[str, list[str]] = field(default_factory=dict)
+
+    def error(self, exc: gossipkv.GossipKVError) -> None:
+        """Count ``exc`` by kind (a remote error by its wire code) and keep a few messages."""
+        kind = type(exc).__name__
+        if isinstance(exc, gossipkv.RemoteError):
+            kind = f"{kind}({exc.code})"
+        self.errors[kind] += 1
+        seen = self.messages.setdefault(kind, [])
+        text = str(exc) or kind
+        if text not in seen and len(seen) < _MESSAGES_PER_KIND:
+            seen.append(text)
 
     def record(self, op: str, seconds: float) -> None:
         self.latencies.setdefault(op, []).append(seconds * 1000.0)
@@ -110,7 +127,7 @@ async def _drive(
             try:
                 name = await op(index, rng)
             except gossipkv.GossipKVError as exc:
-                stats.errors[type(exc).__name__] += 1
+                stats.error(exc)
                 await trio.sleep(_ERROR_PAUSE)
                 continue
             stats.record(name, trio.current_time() - t0)
@@ -139,6 +156,33 @@ async def _drive(
         progress.update(task, completed=duration)
         progress.refresh()
     return elapsed
+
+
+#: Seconds the deletion of the bench's keys may take at the end of a run.
+_CLEANUP_SECONDS = 60.0
+
+
+async def _delete_keys(client: gossipkv.Client, keys: list[str], concurrency: int) -> int:
+    """Delete ``keys`` (read each for its context, then write a tombstone over what it saw);
+    returns how many were deleted. A key that fails is left (and not counted)."""
+    done = 0
+    pending = iter(keys)
+
+    async def worker() -> None:
+        nonlocal done
+        for key in pending:
+            try:
+                got = await client.get(key)
+                if got.found:
+                    await client.delete(key, context=got.context)
+                done += 1
+            except gossipkv.GossipKVError:
+                continue
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, min(concurrency, len(keys)))):
+            nursery.start_soon(worker)
+    return done
 
 
 def _values(rng: random.Random, size: int, count: int = 16) -> list[str]:
@@ -196,6 +240,7 @@ async def _run_kv_bench(
     values = _values(rng, value_size)
     key_names = [f"bench:{i:08d}" for i in range(keys)]
     contexts: dict[str, bytes] = {}
+    written: set[str] = set()
     gets, puts = ratio
     put_share = puts / (gets + puts)
 
@@ -212,6 +257,7 @@ async def _run_kv_bench(
             key = key_names[task_rng.randrange(keys)]
             if task_rng.random() < put_share:
                 value = values[task_rng.randrange(len(values))]
+                written.add(key)  # before the call: a put that timed out may still have landed
                 put_res = await client.put(key, value, context=contexts.get(key), w=w)
                 contexts[key] = put_res.context
                 return "put"
@@ -219,7 +265,28 @@ async def _run_kv_bench(
             contexts[key] = get_res.context
             return "get"
 
-        elapsed = await _drive(concurrency, duration, kv_op, seed, stats, progress, "kv")
+        started = trio.current_time()
+        interrupted = False
+        # Ctrl-C or SIGTERM stops the load, not the run: the keys are still cleaned up.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as guard:
+                with trio.CancelScope() as load:
+
+                    async def stop_on_signal() -> None:
+                        nonlocal interrupted
+                        async for _ in signals:
+                            interrupted = True
+                            load.cancel()
+                            return
+
+                    guard.start_soon(stop_on_signal)
+                    await _drive(concurrency, duration, kv_op, seed, stats, progress, "kv")
+                guard.cancel_scope.cancel()
+        elapsed = trio.current_time() - started
+        with trio.move_on_after(_CLEANUP_SECONDS) as cleanup:
+            cleaned = await _delete_keys(clients[0], sorted(written), concurrency)
+        if cleanup.cancelled_caught:
+            cleaned = -1
 
     ops = stats.ops
     result: dict[str, Any] = {
@@ -227,6 +294,9 @@ async def _run_kv_bench(
         "ops_per_s": round(ops / elapsed, 1) if elapsed > 0 else 0.0,
         "errors": sum(stats.errors.values()),
         "errors_by_type": dict(sorted(stats.errors.items())),
+        "error_messages": dict(sorted(stats.messages.items())),
+        "keys_cleaned": cleaned,
+        "interrupted": interrupted,
         "elapsed_s": round(elapsed, 3),
         "get": _summary(stats.latencies.get("get", [])),
         "put": _summary(stats.latencies.get("put", [])),
@@ -242,7 +312,7 @@ async def _run_kv_bench(
             "clients": len(peers),
         },
     }
-    if baseline_echo:
+    if baseline_echo and not interrupted:
         result["echo"] = await _echo_bench(
             connections=len(peers),
             duration=duration,
@@ -289,6 +359,9 @@ def print_human(result: dict[str, Any]) -> None:
         f"kv: {result['ops']} ops in {result['elapsed_s']} s = {result['ops_per_s']} ops/s, "
         f"{result['errors']} errors {result['errors_by_type'] or ''}".rstrip()
     )
+    for kind, messages in result.get("error_messages", {}).items():
+        for message in messages:
+            typer.echo(f"  {kind}: {message}")
     sections = ["get", "put"] + (["echo"] if "echo" in result else [])
     for name in sections:
         s = result[name]
@@ -299,3 +372,8 @@ def print_human(result: dict[str, Any]) -> None:
         )
     if "ratio_to_echo" in result:
         typer.echo(f"kv / echo throughput: {result['ratio_to_echo']}")
+    cleaned = result.get("keys_cleaned")
+    if cleaned == -1:
+        typer.echo("bench keys: cleanup did not finish; some bench:* keys remain")
+    elif cleaned is not None:
+        typer.echo(f"bench keys: {cleaned} deleted (tombstones until the peers reap them)")

@@ -18,6 +18,8 @@ from rich.progress import Progress
 from gossipkv import GossipKVError
 from gossipkv.storage import DVVSet, Entry, Sibling, StorageEngine, open_storage
 
+from ._common import fail
+
 WRITERS = 64
 OVERWRITES = 3
 
@@ -156,7 +158,45 @@ async def run_storage_bench(
     )
 
 
-def first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
+#: What a peer keeps in its data dir (``gossipkv peer --data-dir``): the membership record and
+#: its lock, the replica's log engine and the hints' log engine.
+_PEER_MARKERS = ("membership.cbor", "membership.lock", "data", "hints")
+
+
+def refuse_peer_data_dir(path: Path) -> None:
+    """Refuse, in one line, a peer's data dir (live or not) or any folder that holds files.
+
+    The benchmark writes its own records and counts on an empty engine; in a peer's data dir
+    it would mix them into the peer's state (and a live peer holds the lock of its engines).
+    """
+    if not path.is_dir():
+        return  # a new folder, or a file: open_storage says what is wrong with a file
+    marks = [m for m in _PEER_MARKERS if (path / m).exists()]
+    if marks:
+        holder = _lock_holder(path / "data" / "LOCK") or _lock_holder(path / "membership.lock")
+        live = f", in use by pid {holder}" if holder else ""
+        fail(
+            f"--data-dir {path} is a peer's data dir ({', '.join(marks)}{live}); "
+            "bench storage needs an empty or new folder"
+        )
+    if any(path.iterdir()):
+        fail(f"--data-dir {path} is not empty; bench storage needs an empty or new folder")
+
+
+def _lock_holder(lock: Path) -> str | None:
+    """The pid written in a lock file that some process holds now (``flock``), or ``None``."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

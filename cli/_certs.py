@@ -11,9 +11,18 @@ from typing import Annotated
 
 import typer
 
-from ._common import ClusterOption, PeerOption, TlsDirOption, TlsNameOption, fail, open_client, run
+from ._common import (
+    ClusterOption,
+    PeerOption,
+    TlsDirOption,
+    TlsNameOption,
+    fail,
+    open_client,
+    run,
+    sub_app,
+)
 
-certs_app = typer.Typer(no_args_is_help=True, help="The cluster CA and its TLS certificates.")
+certs_app = sub_app("The cluster CA and its TLS certificates.")
 
 DirOption = Annotated[
     Path, typer.Option("--dir", help="The CA directory (ca.pem, ca.key, NAME.pem, NAME.key).")

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -97,6 +98,57 @@ def open_client(peers: list[str], **kwargs: Any) -> AbstractAsyncContextManager[
     return gossipkv.open_client(peers, tls=client_tls(), **kwargs)
 
 
+#: ``-h`` everywhere, as ``--help`` (subcommands inherit it from the root context).
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+
+class OneLineErrors(TyperGroup):
+    """The root group: a usage error is one line on stderr (not typer's boxed panel) and exit 2.
+
+    ``typer`` formats errors itself only in standalone mode, so this runs the command line in
+    non-standalone mode and reports what comes out; ``CliRunner`` and the console script both
+    call :meth:`main`, so tests see what users see.
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except Exception as exc:
+            # typer vendors its own click from 0.2x on: match click's exception classes by name.
+            kinds = {cls.__name__ for cls in type(exc).__mro__}
+            ctx = getattr(exc, "ctx", None)
+            if "NoArgsIsHelpError" in kinds and ctx is not None:
+                typer.echo(ctx.get_help())
+                sys.exit(0)
+            if "UsageError" in kinds:
+                where = ctx.command_path if ctx is not None else (prog_name or "gossipkv")
+                message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+                typer.echo(f"error: {message} (see '{where} -h')", err=True)
+                sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+            if "ClickException" in kinds:
+                typer.echo(f"error: {exc.format_message()}", err=True)  # type: ignore[attr-defined]
+                sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+            if "Abort" in kinds:
+                typer.echo("error: interrupted", err=True)
+                sys.exit(130)
+            raise
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def sub_app(help: str) -> typer.Typer:
+    """A command group with the root's settings (``-h``, no arguments shows the help)."""
+    return typer.Typer(no_args_is_help=True, help=help, context_settings=CONTEXT_SETTINGS)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one readable error line to stderr and exit non-zero."""
     typer.echo(f"error: {message}", err=True)
@@ -113,11 +165,15 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
         return trio.run(fn)
     except gossipkv.GossipKVError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
         for leaf in leaves:
             if isinstance(leaf, typer.Exit):
                 raise leaf from None  # fail() inside the body: its line is printed already
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            fail("interrupted", code=130)
         if leaves and all(isinstance(e, gossipkv.GossipKVError) for e in leaves):
             fail(str(leaves[0]))
         raise
@@ -131,6 +187,21 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
         else:
             out.append(exc)
     return out
+
+
+def stdout_console() -> Any:
+    """A rich console for stdout: the terminal's width on a terminal; when piped, wide enough
+    that nothing is cut or wrapped (rich would otherwise assume 80 columns)."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=4096, soft_wrap=True)
+
+
+def table_width(console: Any) -> int | None:
+    """The width a table must fit in: the terminal's, or ``None`` (no limit) when piped."""
+    return int(console.width) if sys.stdout.isatty() else None
 
 
 def print_json(value: object) -> None:

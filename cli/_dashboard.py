@@ -43,7 +43,12 @@ class Snapshot:
       gossip_rounds_per_s, gossip_bytes_per_s: cluster-wide gossip rates (``None``: unknown yet).
       events: recent membership events, oldest first (already formatted).
       error: one line to show in red (e.g. the watched peer is gone), or ``None``.
-      r, w: the default read and write quorums clients use.
+      notice: one line of progress (e.g. peers still starting), or ``None``; while it is set,
+        ``error`` is not shown (nothing answers yet, as expected).
+      latency_ms: p50 and p99 (ms) of the gets and puts coordinated during the last interval,
+        every member's histograms added up.
+      r, w: the default read and write quorums clients use (the watched member's own, when its
+        statistics say).
     """
 
     cluster: str
@@ -56,6 +61,9 @@ class Snapshot:
     gossip_bytes_per_s: float | None = None
     events: Sequence[str] = ()
     error: str | None = None
+    notice: str | None = None
+    #: p50 and p99 in ms of the last interval's coordinated gets and puts (cluster-wide).
+    latency_ms: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     r: int = 2
     w: int = 2
 
@@ -77,21 +85,45 @@ class Dashboard:
         self.height = height
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield frame(self.snapshot, width=options.max_width, height=self.height or 1_000_000)
+        yield frame(self.snapshot, width=options.max_width, height=self.height)
 
 
-def frame(snap: Snapshot, *, width: int, height: int) -> Group:
-    """The panels of one frame laid out for ``width`` x ``height`` cells."""
+#: Rows of the bottom panels: wide (three panels side by side), narrow (two, then a gossip
+#: line) and compact (two small panels; the gossip line moves into the header).
+_BOTTOM_ROWS = {"wide": 9, "narrow": 12, "compact": 5}
+#: The fewest newest events a bounded frame keeps visible.
+MIN_EVENTS = 3
+#: Events shown when the height is unbounded (``--once``).
+ONCE_EVENTS = 10
+
+
+def frame(snap: Snapshot, *, width: int, height: int | None) -> Group:
+    """The panels of one frame laid out for ``width`` x ``height`` cells (``None``: unbounded).
+
+    Every member gets a row and at least :data:`MIN_EVENTS` newest events stay visible when the
+    height allows both; a short screen (80x24) switches to the compact layout, a tall one gives
+    its spare rows to more events, a wide one spreads the members table across."""
     wide = width >= WIDE
-    events_rows = 5 if height >= 30 else 3
-    bottom = _bottom(snap, wide)
-    # header 3-4, members panel borders + table head 4, bottom panels ~7-10, events rows + 2.
-    fixed = (4 if snap.error else 3) + 4 + (7 if wide else 10) + events_rows + 2
-    member_rows = max(3, height - fixed)
+    rows = list((snap.members or {}).get("members", []))
+    members_rows = max(1, len(rows))
+    header_rows = 3 + (1 if _header_error(snap) else 0)
+    layout = "wide" if wide else "narrow"
+    if height is not None:
+        full = header_rows + 4 + members_rows + _BOTTOM_ROWS[layout] + MIN_EVENTS + 2
+        if full > height:
+            layout = "compact"
+    if layout == "compact":
+        header_rows = 4  # the gossip line joins; a notice or error moves into the border
+    if height is None:
+        member_rows, events_rows = members_rows, ONCE_EVENTS
+    else:
+        spare = height - header_rows - 4 - _BOTTOM_ROWS[layout] - 2
+        member_rows = max(3, min(members_rows, spare - MIN_EVENTS))
+        events_rows = max(1, spare - member_rows)
     return Group(
-        header_panel(snap),
+        header_panel(snap, gossip_line=layout == "compact", wide=wide),
         members_panel(snap, wide=wide, max_rows=member_rows),
-        bottom,
+        _bottom(snap, layout, width),
         events_panel(snap, rows=events_rows),
     )
 
@@ -105,18 +137,21 @@ def _watched_stats(snap: Snapshot) -> Mapping[str, Any] | None:
     return snap.stats.get(str(snap.members.get("self")))
 
 
-def header_panel(snap: Snapshot) -> Panel:
+def _header_error(snap: Snapshot) -> str | None:
+    return snap.notice or snap.error
+
+
+def header_panel(snap: Snapshot, *, gossip_line: bool = False, wide: bool = True) -> Panel:
     doc = snap.members or {}
     mine = _watched_stats(snap)
     counts = Counter(str(m.get("status")) for m in doc.get("members", []))
     line = Text()
     line.append(f"{snap.cluster}", style="bold")
-    line.append(f"  watching {doc.get('self', '?')} ({snap.watched})")
+    line.append(f"  watching {doc.get('self', '?')}" + (f" ({snap.watched})" if wide else ""))
     line.append("  leader ")
     line.append(str(doc.get("leader") or "(none)"), style="bold")
-    replicas = mine.get("replicas") if mine else None
-    line.append(f"  N/R/W {replicas if replicas is not None else '?'}/{snap.r}/{snap.w}")
-    line.append("  members ")
+    line.append(f"  N/R/W {_quorum(mine, snap)}")
+    line.append("  members " if wide else "  ")
     line.append(
         " ".join(f"{s}:{counts[s]}" for s in STATUS_ORDER if counts[s]) or "none",
     )
@@ -126,10 +161,42 @@ def header_panel(snap: Snapshot) -> Panel:
         line.append("?")
     else:
         line.append("yes" if converged else "no", style="green" if converged else "yellow")
+    line.no_wrap, line.overflow = True, "ellipsis"
     body: list[Text] = [line]
-    if snap.error:
-        body.append(Text(snap.error, style="bold red", no_wrap=True, overflow="ellipsis"))
-    return Panel(Group(*body), title="gossipkv dashboard", title_align="left", box=box.ROUNDED)
+    if gossip_line:
+        body.append(Text(_gossip_summary(snap), no_wrap=True, overflow="ellipsis"))
+    alert: Text | None = None
+    if snap.notice:
+        alert = Text(snap.notice, style="bold cyan", no_wrap=True, overflow="ellipsis")
+    elif snap.error:
+        alert = Text(snap.error, style="bold red", no_wrap=True, overflow="ellipsis")
+    title = "gossipkv dashboard" + ("" if wide else f" of {snap.watched}")
+    if alert is not None and gossip_line:
+        # The compact (80x24) layout: the alert rides in the bottom border, costing no row.
+        return Panel(
+            Group(*body),
+            title=title,
+            title_align="left",
+            subtitle=alert,
+            subtitle_align="left",
+            box=box.ROUNDED,
+        )
+    if alert is not None:
+        body.append(alert)
+    return Panel(Group(*body), title=title, title_align="left", box=box.ROUNDED)
+
+
+def _quorum(mine: Mapping[str, Any] | None, snap: Snapshot) -> str:
+    """``N/R/W`` as writes really run: a partition with fewer owners than N caps R and W."""
+    if not mine or mine.get("replicas") is None:
+        return f"?/{snap.r}/{snap.w}"
+    n = int(mine["replicas"])
+    r = int(mine.get("read_quorum") or snap.r)
+    w = int(mine.get("write_quorum") or snap.w)
+    eff = int(mine.get("replicas_effective") or n)
+    if eff < n:
+        return f"{eff}/{min(r, eff)}/{min(w, eff)} (of {n}/{r}/{w})"
+    return f"{n}/{r}/{w}"
 
 
 # --- members -------------------------------------------------------------------------------
@@ -139,7 +206,7 @@ def members_panel(snap: Snapshot, *, wide: bool, max_rows: int) -> Panel:
     doc = snap.members or {}
     leader = doc.get("leader")
     rows: list[Mapping[str, Any]] = list(doc.get("members", []))
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False, show_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=wide, show_edge=False)
     columns = (
         ["name", "address", "status", "reach", "age", "generation", "hb", "phi"]
         if wide
@@ -220,26 +287,43 @@ def sparkline(values: Sequence[float], width: int) -> str:
     return "".join(SPARK[min(last, round(v / top * last))] for v in recent)
 
 
-def traffic_panel(snap: Snapshot, *, spark_width: int) -> Panel:
+def traffic_panel(
+    snap: Snapshot, *, spark_width: int, compact: bool = False, p50: bool = False
+) -> Panel:
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
     grid.add_column(no_wrap=True)
     grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
     for label in OPERATIONS.values():
         series = snap.history.get(label, ())
         now = f"{series[-1]:.1f}/s" if series else "-"
-        grid.add_row(label, Text(sparkline(series, spark_width), style="cyan"), now)
+        # Deletes are writes: the put histogram holds them.
+        mid, p99 = snap.latency_ms.get(label, (None, None))
+        lat = "" if label == "delete" or p99 is None else f"p99 {_ms(p99)}ms"
+        if p50 and mid is not None and label != "delete":
+            lat = f"p50 {_ms(mid)} {lat}"
+        grid.add_row(label, Text(sparkline(series, spark_width), style="cyan"), now, lat)
     total = sum(snap.ops_per_s.values()) if snap.ops_per_s else None
-    grid.add_row("all", "", "-" if total is None else f"{total:.1f}/s")
+    all_rate = "-" if total is None else f"{total:.1f}/s"
+    if compact:
+        return Panel(grid, title=f"traffic: all {all_rate}", title_align="left", box=box.ROUNDED)
+    grid.add_row("all", "", all_rate, "")
     return Panel(grid, title="traffic (ops/s)", title_align="left", box=box.ROUNDED)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
 def _sum(stats: Iterable[Mapping[str, Any]], key: str) -> int:
     return sum(int(s.get(key) or 0) for s in stats)
 
 
-def health_panel(snap: Snapshot) -> Panel:
+def health_panel(snap: Snapshot, *, compact: bool = False) -> Panel:
     stats = list(snap.stats.values())
+    if compact and stats:
+        return _compact_health(stats)
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
     grid.add_column(justify="right", no_wrap=True)
@@ -262,6 +346,29 @@ def health_panel(snap: Snapshot) -> Panel:
     return Panel(grid, title="data health", title_align="left", box=box.ROUNDED)
 
 
+def _compact_health(stats: list[Mapping[str, Any]]) -> Panel:
+    """Data health in three rows of two figures (the 80x24 layout)."""
+    grid = Table.grid(padding=(0, 1))
+    for justify in ("left", "right", "left", "right"):
+        grid.add_column(no_wrap=True, justify=justify)
+    pending = _sum(stats, "hints_pending")
+    moving = sum(len(s.get("transfers") or []) for s in stats)
+    under = max((int(s.get("under_replicated") or 0) for s in stats), default=0)
+    grid.add_row(
+        "repairs", str(_sum(stats, "read_repairs")),
+        "anti-entropy", str(_sum(stats, "anti_entropy_keys_repaired")),
+    )  # fmt: skip
+    grid.add_row(
+        "hints pending", Text(str(pending), style="yellow" if pending else ""),
+        "delivered", str(_sum(stats, "hints_delivered")),
+    )  # fmt: skip
+    grid.add_row(
+        "moving/under", Text(f"{moving}/{under}", style="yellow" if moving or under else ""),
+        "siblings", str(_sum(stats, "siblings_seen")),
+    )  # fmt: skip
+    return Panel(grid, title="data health", title_align="left", box=box.ROUNDED)
+
+
 def _dropped(stats: Iterable[Mapping[str, Any]], field: str = "dropped_frames") -> Counter[str]:
     total: Counter[str] = Counter()
     for s in stats:
@@ -278,50 +385,75 @@ def _fmt_bytes(rate: float) -> str:
     return f"{rate:.1f} GiB/s"
 
 
-def gossip_panel(snap: Snapshot, *, compact: bool = False) -> Panel:
+def _gossip_figures(snap: Snapshot) -> dict[str, str]:
     stats = list(snap.stats.values())
-    rounds = "-" if snap.gossip_rounds_per_s is None else f"{snap.gossip_rounds_per_s:.1f}/s"
-    rate = "-" if snap.gossip_bytes_per_s is None else _fmt_bytes(snap.gossip_bytes_per_s)
     dropped = _dropped(stats)
-    dropped_text = ", ".join(f"{k}:{v}" for k, v in dropped.most_common(3)) if dropped else "none"
     # What members refused to protect themselves (connection caps, timeouts, watch caps).
     refused = _dropped(stats, "refusals")
-    refused_text = ", ".join(f"{k}:{v}" for k, v in refused.most_common(3)) if refused else "none"
     lag_member = max(stats, key=lambda s: float(s.get("max_loop_lag") or 0.0), default=None)
-    lag = (
-        f"{float(lag_member.get('max_loop_lag') or 0.0) * 1000:.1f} ms ({lag_member.get('name')})"
-        if lag_member
-        else "-"
+    return {
+        "rounds": "-" if snap.gossip_rounds_per_s is None else f"{snap.gossip_rounds_per_s:.1f}/s",
+        "bytes": "-" if snap.gossip_bytes_per_s is None else _fmt_bytes(snap.gossip_bytes_per_s),
+        "dropped": ", ".join(f"{k}:{v}" for k, v in dropped.most_common(3)) if dropped else "none",
+        "refused": ", ".join(f"{k}:{v}" for k, v in refused.most_common(3)) if refused else "none",
+        "lag": (
+            f"{float(lag_member.get('max_loop_lag') or 0.0) * 1000:.1f} ms ({lag_member.get('name')})"
+            if lag_member
+            else "-"
+        ),
+    }
+
+
+def _gossip_summary(snap: Snapshot) -> str:
+    g = _gossip_figures(snap)
+    return (
+        f"gossip {g['rounds']}  bytes {g['bytes']}  dropped {g['dropped']}  max loop lag {g['lag']}"
     )
+
+
+def gossip_panel(snap: Snapshot, *, compact: bool = False) -> Panel:
+    g = _gossip_figures(snap)
     if compact:
         body: Table | Text = Text(
-            f"rounds {rounds}  bytes {rate}  dropped {dropped_text}  max loop lag {lag}"
+            f"rounds {g['rounds']}  bytes {g['bytes']}  dropped {g['dropped']}  "
+            f"max loop lag {g['lag']}"
         )
     else:
         grid = Table.grid(padding=(0, 1))
         grid.add_column(no_wrap=True)
         grid.add_column(no_wrap=True, overflow="ellipsis")
-        grid.add_row("rounds", rounds)
-        grid.add_row("bytes in+out", rate)
-        grid.add_row("dropped", dropped_text)
-        grid.add_row("refused", refused_text)
-        grid.add_row("max loop lag", lag)
+        grid.add_row("rounds", g["rounds"])
+        grid.add_row("bytes in+out", g["bytes"])
+        grid.add_row("dropped", g["dropped"])
+        grid.add_row("refused", g["refused"])
+        grid.add_row("max loop lag", g["lag"])
         body = grid
     return Panel(body, title="gossip", title_align="left", box=box.ROUNDED)
 
 
-def _bottom(snap: Snapshot, wide: bool) -> Table | Group:
-    if wide:
+def _bottom(snap: Snapshot, layout: str, width: int = 0) -> Table | Group:
+    if layout == "wide":
+        roomy = width >= 160
         row = Table.grid(expand=True, padding=(0, 1))
         row.add_column(ratio=1)
         row.add_column(ratio=1)
         row.add_column(ratio=1)
-        row.add_row(traffic_panel(snap, spark_width=24), health_panel(snap), gossip_panel(snap))
+        row.add_row(
+            traffic_panel(snap, spark_width=24 if roomy else 10, p50=roomy),
+            health_panel(snap),
+            gossip_panel(snap),
+        )
         return row
+    compact = layout == "compact"
     row = Table.grid(expand=True, padding=(0, 1))
     row.add_column(ratio=1)
     row.add_column(ratio=1)
-    row.add_row(traffic_panel(snap, spark_width=16), health_panel(snap))
+    row.add_row(
+        traffic_panel(snap, spark_width=8 if compact else 10, compact=compact),
+        health_panel(snap, compact=compact),
+    )
+    if compact:
+        return row
     return Group(row, gossip_panel(snap, compact=True))
 
 

@@ -10,7 +10,7 @@ switches to another reachable member when the watched one stops answering.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +18,17 @@ import trio
 from rich.console import Console
 from rich.live import Live
 
+from gossipkv import histogram_quantile
+
 from ._common import open_client
 from ._dashboard import OPERATIONS, Snapshot, membership_events, render
 
 HISTORY = 120
+#: The bucket bounds of gossipkv's latency histograms (the same for every peer).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 EVENTS = 50
 
 
@@ -41,6 +48,10 @@ class MemberLink:
     prev: tuple[float, dict[str, Any]] | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     polled: trio.Event = field(default_factory=trio.Event)
+    #: Set once two successive polls gave rates (what ``--once`` waits for).
+    rated: trio.Event = field(default_factory=trio.Event)
+    #: Latency histogram counts of the last poll interval, per operation.
+    latency: dict[str, list[int]] = field(default_factory=dict)
 
     def update(self, stats: dict[str, Any], members: dict[str, Any], now: float) -> None:
         if self.prev is not None and now > self.prev[0]:
@@ -58,6 +69,8 @@ class MemberLink:
                 self.bytes_per_s = max(
                     0.0, (moved - int(old["bytes_in"]) - int(old["bytes_out"])) / dt
                 )
+                self.latency = _latency_delta(old.get("latency"), stats.get("latency"))
+                self.rated.set()
         self.prev = (now, stats)
         self.name = str(stats.get("name"))
         self.stats = stats
@@ -67,6 +80,7 @@ class MemberLink:
         self.polled.set()
 
     def fail(self, error: str) -> None:
+        self.rated.set()  # nothing more to wait for from this member
         self.stats = None
         self.members = None
         self.error = error
@@ -75,6 +89,24 @@ class MemberLink:
         self.rounds_per_s = self.bytes_per_s = None
         self.polls += 1
         self.polled.set()
+
+
+def _latency_delta(old: Any, new: Any) -> dict[str, list[int]]:
+    """Per operation, the histogram counts observed between two snapshots."""
+    out: dict[str, list[int]] = {}
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return out
+    for op, snap in new.items():
+        before = old.get(op)
+        if not isinstance(snap, dict) or not isinstance(before, dict):
+            continue
+        now_counts, then_counts = snap.get("counts"), before.get("counts")
+        if isinstance(now_counts, list) and isinstance(then_counts, list):
+            if len(now_counts) == len(then_counts):
+                out[op] = [
+                    max(0, int(a) - int(b)) for a, b in zip(now_counts, then_counts, strict=True)
+                ]
+    return out
 
 
 def _one_line(exc: BaseException) -> str:
@@ -169,7 +201,7 @@ class DashboardState:
     def _label(self, now: float) -> str:
         return f"t+{now - self.started:.0f}s"
 
-    def tick(self, now: float) -> Snapshot:
+    def tick(self, now: float, notice: str | None = None) -> Snapshot:
         """Derive one frame from the latest polls (call once per refresh)."""
         watched = self.links[self.watched]
         if watched.members is None and watched.error is not None:
@@ -195,6 +227,17 @@ class DashboardState:
         for label, series in self.history.items():
             if any(label in lk.op_rates for lk in ok):
                 series.append(sum(lk.op_rates.get(label, 0.0) for lk in ok))
+        latency: dict[str, tuple[float | None, float | None]] = {}
+        for op in ("get", "put"):
+            rows = [lk.latency[op] for lk in ok if op in lk.latency]
+            if rows:
+                counts = [sum(col) for col in zip(*rows, strict=True)]
+                snap: dict[str, object] = {"buckets": list(LATENCY_BUCKETS), "counts": counts}
+                p50, p99 = histogram_quantile(snap, 0.5), histogram_quantile(snap, 0.99)
+                latency[op] = (
+                    None if p50 is None else p50 * 1000,
+                    None if p99 is None else p99 * 1000,
+                )
         rounds = [lk.rounds_per_s for lk in ok if lk.rounds_per_s is not None]
         moved = [lk.bytes_per_s for lk in ok if lk.bytes_per_s is not None]
         return Snapshot(
@@ -208,6 +251,8 @@ class DashboardState:
             gossip_bytes_per_s=sum(moved) if moved else None,
             events=tuple(self.events),
             error=self.error,
+            notice=notice,
+            latency_ms=latency,
         )
 
 
@@ -219,32 +264,46 @@ async def run_dashboard(
     once: bool = False,
     console: Console | None = None,
     patience: float = 2.0,
+    notice: Callable[[], str | None] | None = None,
 ) -> None:
     """Show the dashboard of the cluster ``peer`` belongs to until cancelled (or one frame).
 
+    Args:
+      notice: called every frame; a line it returns is shown in the header (the demo's
+        "starting peers" progress). With it the first frame is drawn at once, before ``peer``
+        answers; without it ``peer`` must answer first.
+
     Raises:
-      GossipKVError, trio.TooSlowError: ``peer`` does not answer as a member of ``cluster``.
+      GossipKVError, trio.TooSlowError: ``peer`` does not answer as a member of ``cluster``
+        (only without ``notice``).
     """
-    await check_peer(peer, cluster, patience)
+    if notice is None:
+        await check_peer(peer, cluster, patience)
     console = console or Console()
     async with trio.open_nursery() as nursery:
         state = DashboardState(
             nursery, peer=peer, cluster=cluster, refresh=refresh, patience=patience
         )
         if once:
-            # Wait for the watched peer, then (boundedly) for every member it lists.
+            # Wait for the watched peer, then (boundedly) for two polls of every member it
+            # lists: rates are differences between polls.
             with trio.move_on_after(3 * patience + 1):
                 await state.links[peer].polled.wait()
             state.tick(trio.current_time())
-            with trio.move_on_after(3 * patience + 1):
+            with trio.move_on_after(refresh + 3 * patience + 1):
                 for link in list(state.links.values()):
-                    await link.polled.wait()
+                    await link.rated.wait()
             console.print(render(state.tick(trio.current_time())))
             nursery.cancel_scope.cancel()
             return
-        await trio.sleep(min(refresh, 0.5))
+
+        def snap() -> Snapshot:
+            return state.tick(trio.current_time(), notice() if notice is not None else None)
+
+        if notice is None:
+            await trio.sleep(min(refresh, 0.5))
         with Live(
-            render(state.tick(trio.current_time()), height=console.size.height - 1),
+            render(snap(), height=console.size.height - 1),
             console=console,
             auto_refresh=False,
             screen=False,
@@ -254,5 +313,4 @@ async def run_dashboard(
             while True:
                 next_at = max(next_at + refresh, trio.current_time())
                 await trio.sleep_until(next_at)
-                snap = state.tick(trio.current_time())
-                live.update(render(snap, height=console.size.height - 1), refresh=True)
+                live.update(render(snap(), height=console.size.height - 1), refresh=True)

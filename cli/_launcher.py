@@ -8,7 +8,9 @@ each peer watches its parent and leaves if the launcher itself dies, so nothing 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -31,31 +33,68 @@ class PeerProcess:
     address: str
     process: trio.Process
     log_path: Path
+    args: list[str]
     expected_exit: bool = False
+    restarts: int = 0
+
+
+#: Seconds before a dead peer is started again (``--restart``), doubling per restart up to
+#: :data:`MAX_RESTART_DELAY`, so a peer that dies at once does not spin.
+RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0
+
+
+def check_address(host: str, base_port: int, n: int) -> None:
+    """Refuse, with one line, ports out of range and a host this machine cannot bind.
+
+    Raises:
+      ConfigError: what is wrong and which option to change.
+    """
+    if not 1 <= base_port <= 65535 or base_port + n - 1 > 65535:
+        raise gossipkv.ConfigError(
+            f"--base-port {base_port} with -n {n} needs ports {base_port}..{base_port + n - 1}: "
+            "ports are 1..65535"
+        )
+    try:
+        socket.getaddrinfo(host, base_port, socket.AF_INET, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise gossipkv.ConfigError(f"--host {host}: cannot resolve it ({reason})") from None
 
 
 def free_base_port(host: str, n: int, start: int) -> int:
     """The first base port from ``start`` such that ``n`` consecutive ports are free on ``host``."""
     base = start
     while base + n < 65536:
-        if all(_port_free(host, base + i) for i in range(n)):
+        if all(_bind_error(host, base + i) is None for i in range(n)):
             return base
         base += n
     raise gossipkv.ConfigError(f"no {n} consecutive free ports on {host} from {start}")
 
 
-def _port_free(host: str, port: int) -> bool:
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be bound now, or ``None`` when it can."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc
+    return None
 
 
 def check_ports(host: str, base_port: int, n: int) -> None:
-    busy = [base_port + i for i in range(n) if not _port_free(host, base_port + i)]
+    """Refuse ports in use, or a host that is not an address of this machine, in one line."""
+    check_address(host, base_port, n)
+    errors = {base_port + i: _bind_error(host, base_port + i) for i in range(n)}
+    busy = [p for p, e in errors.items() if e is not None and e.errno == errno.EADDRINUSE]
+    other = next(
+        (e for e in errors.values() if e is not None and e.errno != errno.EADDRINUSE), None
+    )
+    if other is not None:
+        raise gossipkv.ConfigError(
+            f"cannot listen on {host}: {other.strerror or other} (pick another --host)"
+        )
     if busy:
         raise gossipkv.ConfigError(
             f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} on {host} already in use "
@@ -77,6 +116,7 @@ class LocalCluster:
         extra_args: list[str] | None = None,
         say: Callable[[str], None] = print,
         tls: bool = False,
+        restart: bool = False,
     ) -> None:
         if n < 1:
             raise gossipkv.ConfigError("-n must be at least 1")
@@ -87,15 +127,26 @@ class LocalCluster:
         self.cluster = cluster
         self.extra_args = extra_args or []
         self.say = say
+        self.restart = restart
         self.peers: list[PeerProcess] = []
-        self.log_dir = (
-            data_root
-            if data_root is not None
-            else Path(tempfile.mkdtemp(prefix="gossipkv-cluster-"))
-        )
-        #: With ``tls``: a throwaway CA with one certificate per peer, ``operator`` (this
-        #: launcher's own clients use it) and ``app`` (a client).
-        self.tls_dir = self.log_dir / "tls" if tls else None
+        self._log_dir: Path | None = data_root
+        #: The temporary folder of logs (and certificates) made when there is no ``data_root``:
+        #: removed at :meth:`stop` unless a peer failed, so its log can be read.
+        self.temp_dir: Path | None = None
+        self._tls = tls
+
+    @property
+    def log_dir(self) -> Path:
+        """Where the peers' logs go: ``data_root``, or a temporary folder made on first use."""
+        if self._log_dir is None:
+            self._log_dir = self.temp_dir = Path(tempfile.mkdtemp(prefix="gossipkv-cluster-"))
+        return self._log_dir
+
+    @property
+    def tls_dir(self) -> Path | None:
+        """With ``tls``: a throwaway CA with one certificate per peer, ``operator`` (this
+        launcher's own clients use it) and ``app`` (a client)."""
+        return self.log_dir / "tls" if self._tls else None
 
     def _make_certificates(self) -> None:
         assert self.tls_dir is not None
@@ -141,35 +192,54 @@ class LocalCluster:
             if self.tls_dir is not None:
                 args += ["--tls-dir", str(self.tls_dir)]
             log_path = self.log_dir / f"{name}.log"
-            log_fd = await trio.to_thread.run_sync(_open_log, log_path)
-            try:
-                proc = await trio.lowlevel.open_process(
-                    args,
-                    stdin=subprocess_devnull(),
-                    stdout=log_fd,
-                    stderr=log_fd,
-                )
-            finally:
-                os.close(log_fd)
-            peer = PeerProcess(name, addr, proc, log_path)
+            peer = PeerProcess(name, addr, await _spawn(args, log_path), log_path, args)
             self.peers.append(peer)
             nursery.start_soon(self._watch, peer)
 
     async def _watch(self, peer: PeerProcess) -> None:
-        code = await peer.process.wait()
-        if not peer.expected_exit:
+        """Say when a peer dies on its own; with ``restart``, start it again (same name, port
+        and data dir, so it rejoins as itself)."""
+        while True:
+            code = await peer.process.wait()
+            if peer.expected_exit:
+                return
             tail = _last_line(peer.log_path)
-            self.say(f"peer {peer.name} exited with code {code}" + (f": {tail}" if tail else ""))
+            how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+            self.say(
+                f"peer {peer.name} {how}"
+                + (f": {tail}" if tail else "")
+                + ("" if self.restart else "  (cluster up --restart starts dead peers again)")
+            )
+            if not self.restart:
+                return
+            await trio.sleep(min(MAX_RESTART_DELAY, RESTART_DELAY * 2**peer.restarts))
+            if peer.expected_exit:
+                return
+            if "--seed" not in peer.args and self.data_root is None:
+                # The first peer seeds nobody: memory-only, it would found a new cluster.
+                others = [p.address for p in self.peers if p is not peer]
+                if others:
+                    peer.args = [*peer.args, "--seed", others[0]]
+            peer.restarts += 1
+            peer.process = await _spawn(peer.args, peer.log_path)
+            self.say(
+                f"peer {peer.name} restarted (restart {peer.restarts}), pid {peer.process.pid}"
+            )
 
-    async def wait_all_up(self, within: float) -> dict[str, Any] | None:
-        """Wait until the first peer lists every peer as up; returns its members document."""
+    async def wait_all_up(
+        self, within: float, progress: Callable[[int], None] | None = None
+    ) -> dict[str, Any] | None:
+        """Wait until the first peer lists every peer as up; returns its members document.
+
+        ``progress(up)`` is called with the number of peers up each time it is checked."""
         with trio.move_on_after(within):
             while True:
                 doc = await members_of(self.addresses(), self.cluster)
-                if doc is not None:
-                    ups = [m for m in doc["members"] if m["status"] == "up"]
-                    if len(ups) >= self.n:
-                        return doc
+                ups = [] if doc is None else [m for m in doc["members"] if m["status"] == "up"]
+                if progress is not None:
+                    progress(len(ups))
+                if doc is not None and len(ups) >= self.n:
+                    return doc
                 await trio.sleep(0.2)
         return None
 
@@ -188,6 +258,22 @@ class LocalCluster:
                 with contextlib.suppress(ProcessLookupError):
                     peer.process.kill()
                 await peer.process.wait()
+        if self.temp_dir is not None:
+            if all(p.process.returncode == 0 for p in self.peers):
+                await trio.to_thread.run_sync(shutil.rmtree, self.temp_dir, True)
+            else:
+                self.say(f"peer logs kept in {self.temp_dir}")
+
+
+async def _spawn(args: list[str], log_path: Path) -> trio.Process:
+    """Start one peer process, its output appended to ``log_path``."""
+    log_fd = await trio.to_thread.run_sync(_open_log, log_path)
+    devnull = subprocess_devnull()
+    try:
+        return await trio.lowlevel.open_process(args, stdin=devnull, stdout=log_fd, stderr=log_fd)
+    finally:
+        os.close(log_fd)
+        os.close(devnull)
 
 
 def _open_log(path: Path) -> int:
@@ -221,15 +307,22 @@ async def run_until_signal(
     on_ready: Callable[[dict[str, Any] | None], Awaitable[None]],
     *,
     duration: float | None = None,
+    on_start: Callable[[], Awaitable[None]] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Start ``cluster``, call ``on_ready`` once all are up, run until Ctrl-C/SIGTERM or ``duration``."""
+    """Start ``cluster``, call ``on_ready`` once all are up, run until Ctrl-C/SIGTERM or ``duration``.
+
+    ``on_start`` runs as soon as the processes are started (the demo's dashboard), alongside;
+    ``progress`` hears how many peers are up while they start."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with trio.open_nursery() as nursery:
                 await cluster.start(nursery)
+                if on_start is not None:
+                    nursery.start_soon(on_start)
 
                 async def ready_then_wait() -> None:
-                    doc = await cluster.wait_all_up(within=30.0)
+                    doc = await cluster.wait_all_up(within=30.0, progress=progress)
                     # on_ready may run until cancelled (the demo's dashboard): time runs alongside.
                     async with trio.open_nursery() as inner:
                         inner.start_soon(on_ready, doc)

@@ -28,33 +28,63 @@ STATUS_CODE = {
 }
 
 
-def members_table(doc: dict[str, Any]) -> Table:
-    """Render a ``members --json`` document (the leader is marked with ``*``)."""
+#: Columns left out, in this order, when the table is wider than the screen: names, addresses
+#: and statuses are never cut.
+OPTIONAL_COLUMNS = ("metadata", "generation", "hb", "phi", "age")
+
+
+def members_table(doc: dict[str, Any], width: int | None = None) -> Table:
+    """Render a ``members --json`` document (the leader is marked with ``*``).
+
+    With ``width``, columns of :data:`OPTIONAL_COLUMNS` are left out until the table fits, so
+    an 80-column terminal shows every name and address whole."""
+    from rich.console import Console
+
+    drop: set[str] = set()
+    table = _members_table(doc, drop)
+    if width is None:
+        return table
+    measure = Console(width=4096)
+    for column in OPTIONAL_COLUMNS:
+        if measure.measure(table).maximum <= width:
+            break
+        drop.add(column)
+        table = _members_table(doc, drop)
+    return table
+
+
+def _members_table(doc: dict[str, Any], drop: set[str]) -> Table:
     leader = doc.get("leader")
     table = Table(
         title=f"members seen by {doc.get('self')}", title_justify="left", box=box.SIMPLE_HEAD
     )
     members = doc.get("members", [])
-    with_meta = any(m.get("metadata") for m in members)
-    for col in ("name", "address", "status", "reach", "age", "generation", "hb", "phi"):
-        table.add_column(col, no_wrap=True)
-    if with_meta:
-        table.add_column("metadata", no_wrap=True, overflow="ellipsis", max_width=40)
+    columns = ["name", "address", "status", "reach", "age", "generation", "hb", "phi"]
+    if any(m.get("metadata") for m in members):
+        columns.append("metadata")
+    columns = [c for c in columns if c not in drop]
+    for col in columns:
+        if col == "metadata":
+            table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=40)
+        else:
+            table.add_column(col, no_wrap=True)
     for m in members:
         status = str(m.get("status"))
         phi = m.get("phi")
-        meta = ", ".join(f"{k}={v}" for k, v in (m.get("metadata") or {}).items())
-        table.add_row(
-            f"{m.get('name')}{' *' if m.get('name') == leader else ''}",
-            str(m.get("address") or "-"),
-            Text(f"{STATUS_CODE.get(status, '?')} {status}", style=STATUS_STYLE.get(status, "")),
-            "yes" if m.get("reachable") else "no",
-            str(m.get("age_rank") or "-"),
-            str(m.get("generation")),
-            str(m.get("heartbeat")),
-            "-" if phi is None else f"{phi:.2f}",
-            *([meta] if with_meta else []),
-        )
+        cells: dict[str, Any] = {
+            "name": f"{m.get('name')}{' *' if m.get('name') == leader else ''}",
+            "address": str(m.get("address") or "-"),
+            "status": Text(
+                f"{STATUS_CODE.get(status, '?')} {status}", style=STATUS_STYLE.get(status, "")
+            ),
+            "reach": "yes" if m.get("reachable") else "no",
+            "age": str(m.get("age_rank") or "-"),
+            "generation": str(m.get("generation")),
+            "hb": str(m.get("heartbeat")),
+            "phi": "-" if phi is None else f"{phi:.2f}",
+            "metadata": ", ".join(f"{k}={v}" for k, v in (m.get("metadata") or {}).items()),
+        }
+        table.add_row(*(cells[c] for c in columns))
     table.caption = summary_line(doc)
     table.caption_justify = "left"
     return table

@@ -3,11 +3,17 @@ Prometheus text exposition format. No I/O: the ``stats`` command fetches, these 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from rich import box
 from rich.table import Table
@@ -91,6 +97,38 @@ GAUGES: dict[str, tuple[str, str]] = {
 }
 
 
+#: Every status a node can have itself (the one-hot ``gossipkv_node_status``).
+NODE_STATUSES = ("joining", "up", "leaving", "left", "down", "removed")
+#: The operations with a latency histogram, in display order.
+LATENCY_OPS = ("get", "put", "replica", "gossip_round")
+
+
+def percentiles(stats: dict[str, Any]) -> dict[str, tuple[float | None, float | None]]:
+    """p50 and p99 in milliseconds per operation, from the snapshot's histograms."""
+    from gossipkv import histogram_quantile
+
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for op in LATENCY_OPS:
+        snap = (stats.get("latency") or {}).get(op)
+        if not isinstance(snap, dict):
+            continue
+        p50, p99 = histogram_quantile(snap, 0.5), histogram_quantile(snap, 0.99)
+        out[op] = (
+            None if p50 is None else p50 * 1000.0,
+            None if p99 is None else p99 * 1000.0,
+        )
+    return out
+
+
+def _go_float(bound: float) -> str:
+    """A bucket bound as Prometheus writes it (``+Inf``, ``0.005``)."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 class SnapshotCollector(Collector):
     """Exposes one statistics snapshot (a plain dict) as ``gossipkv_*`` metric families."""
 
@@ -99,22 +137,35 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
+        # No label that changes while the node runs (leader, status): a new leader must not
+        # start new series. Those are gossipkv_is_leader and the one-hot gossipkv_node_status.
         info = GaugeMetricFamily(
             "gossipkv_node_info",
             "Identity of the node (value is always 1).",
-            labels=["name", "address", "cluster", "status", "leader"],
+            labels=["name", "address", "cluster"],
         )
         info.add_metric(
-            [
-                str(s.get("name", "")),
-                str(s.get("address", "")),
-                str(s.get("cluster", "")),
-                str(s.get("status", "")),
-                str(s.get("leader") or ""),
-            ],
-            1,
+            [str(s.get("name", "")), str(s.get("address", "")), str(s.get("cluster", ""))], 1
         )
         yield info
+        leader = GaugeMetricFamily(
+            "gossipkv_is_leader", "1 while this node sees itself as the leader, else 0."
+        )
+        leader.add_metric([], 1 if s.get("leader") and s.get("leader") == s.get("name") else 0)
+        yield leader
+        has_leader = GaugeMetricFamily(
+            "gossipkv_has_leader", "1 while this node sees a leader, else 0."
+        )
+        has_leader.add_metric([], 1 if s.get("leader") else 0)
+        yield has_leader
+        status = GaugeMetricFamily(
+            "gossipkv_node_status",
+            "This node's own status: 1 for the current one, 0 for the others.",
+            labels=["status"],
+        )
+        for name in NODE_STATUSES:
+            status.add_metric([name], 1 if s.get("status") == name else 0)
+        yield status
         converged = GaugeMetricFamily(
             "gossipkv_converged", "1 when every member's view agrees, else 0."
         )
@@ -131,7 +182,8 @@ class SnapshotCollector(Collector):
         yield members
         owned = GaugeMetricFamily(
             "gossipkv_partitions_owned",
-            "Partitions each member is primary for, in this node's table.",
+            "Partitions each member holds a replica of (any position in the preference list), "
+            "in this node's table.",
             labels=["member"],
         )
         for member, count in sorted((s.get("partitions_owned") or {}).items()):
@@ -145,6 +197,24 @@ class SnapshotCollector(Collector):
             for key, count in sorted((s.get(field) or {}).items()):
                 family.add_metric([str(key)], count)
             yield family
+        latency = HistogramMetricFamily(
+            "gossipkv_request_duration_seconds",
+            "Latency of reads and writes this node coordinated (get, put), of replica answers "
+            "to them (replica) and of gossip exchanges (gossip_round: syn to syn-ack).",
+            labels=["op"],
+        )
+        histograms = s.get("latency") or {}
+        for op in LATENCY_OPS:
+            snap = histograms.get(op)
+            if not isinstance(snap, dict):
+                continue
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip([*snap["buckets"], math.inf], snap["counts"], strict=True):
+                cumulative += int(count)
+                buckets.append((_go_float(bound), cumulative))
+            latency.add_metric([op], buckets, sum_value=float(snap["sum"]))
+        yield latency
 
 
 def prometheus_text(stats: dict[str, Any]) -> str:
@@ -213,6 +283,14 @@ def stats_table(stats: dict[str, Any]) -> Table:
         ),
     ]
     rows += [(field.replace("_", " "), _fmt_map(stats.get(field))) for field in LABELLED_COUNTERS]
+    for op, (p50, p99) in percentiles(stats).items():
+        count = (stats.get("latency") or {}).get(op, {}).get("count", 0)
+        rows.append(
+            (
+                f"{op.replace('_', ' ')} latency",
+                f"p50 {fmt_ms(p50)} ms  p99 {fmt_ms(p99)} ms  ({count})",
+            )
+        )
     for name, value in rows:
         table.add_row(name, value)
     return table

@@ -73,6 +73,7 @@ from ._errors import (
 from ._errors import (
     ValueTooLarge as ValueTooLarge,
 )
+from ._histogram import quantile as histogram_quantile
 from ._kv import Change as Change
 from ._kv import GetResult as GetResult
 from ._kv import KVConfig as KVConfig
@@ -143,6 +144,7 @@ __all__ = [
     "RemoteError",
     "TransportError",
     "__version__",
+    "histogram_quantile",
     "open_client",
     "open_node",
 ]

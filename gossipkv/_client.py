@@ -31,18 +31,25 @@ from ._kv import Change, GetResult, PutResult, check_count, check_request
 from ._limits import NetworkLimits
 from ._messages import (
     PROTOCOL_VERSION,
+    ConfigRequest,
     Hello,
+    KeysRequest,
     KvGet,
     KvPut,
     KvResult,
     LeaveRequest,
+    LogLevelRequest,
     MembersRequest,
     Message,
+    MonitorEvent,
+    MonitorRequest,
     OwnersRequest,
+    PingRequest,
     ReloadTlsRequest,
     RemoveRequest,
     RepairRequest,
     Reply,
+    RestoreRequest,
     RingRequest,
     SetMetadataRequest,
     StatsRequest,
@@ -480,6 +487,171 @@ class Client:
           HandshakeError, NodeClosedError: as :meth:`members`.
         """
         await self._request(SetMetadataRequest(key, value), retry=False)
+
+    async def config(self) -> dict[str, object]:
+        """The connected peer's effective configuration (``gossipkv config show``); needs an
+        ``operator`` certificate under TLS.
+
+        Returns:
+          ``{"node", "gossip", "kv", "limits", "storage_limits"}`` (see
+          :meth:`Node.effective_config`).
+
+        Raises:
+          RemoteError: ``forbidden`` (not an operator certificate).
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(ConfigRequest(), retry=True)
+
+    async def set_log_level(self, level: str) -> dict[str, object]:
+        """Set the connected peer's ``gossipkv`` log level now (not retried elsewhere); needs an
+        ``operator`` certificate under TLS.
+
+        Args:
+          level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
+
+        Returns:
+          ``{"previous", "level"}``.
+
+        Raises:
+          RemoteError: ``bad_request`` for an unknown level; ``forbidden`` as above.
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(LogLevelRequest(level), retry=False)
+
+    async def ping(self) -> dict[str, object]:
+        """Have the connected peer time a round trip to every member it knows.
+
+        Returns:
+          ``{"self", "members": [{"name", "address", "status", "reachable", "phi", "rtt_ms",
+          "error"}, ...]}``: ``rtt_ms`` is ``None`` (and ``error`` says why) for a member that
+          did not answer within the peer's request timeout.
+
+        Raises:
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(PingRequest(), retry=True)
+
+    async def keys_page(
+        self,
+        partition: int,
+        *,
+        after: str = "",
+        limit: int = 1000,
+        prefix: str = "",
+        clocks: bool = False,
+    ) -> dict[str, object]:
+        """One page of the live keys the connected peer's replica holds in ``partition``.
+
+        Args:
+          partition: a partition this peer owns (others are simply empty here).
+          after: the ``next`` of the previous page (``""``: from the start).
+          limit: at most this many keys (1..1000).
+          prefix: only keys starting with it.
+          clocks: also each key's whole clock (opaque bytes for :meth:`restore`); such a page
+            stops early at 4 MiB of clocks.
+
+        Returns:
+          ``{"partition", "keys", "next"}`` (and ``"clocks"``); ``next`` is ``None`` after the
+          last page.
+
+        Raises:
+          RemoteError: ``bad_request`` (a partition out of range, a bad limit) or ``not_ready``
+            (no partition table yet).
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(KeysRequest(partition, after, limit, prefix, clocks), retry=True)
+
+    async def restore(self, key: str, clock: bytes) -> dict[str, object]:
+        """Merge a clock saved by :meth:`keys_page` (``clocks=True``) into every owner of
+        ``key``, as read repair does: siblings stay siblings and nothing newer is overwritten.
+        Needs an ``operator`` certificate under TLS. Retrying is safe (a merge is idempotent).
+
+        Args:
+          key: the key.
+          clock: its clock as saved.
+
+        Returns:
+          ``{"key", "acks", "owners"}``.
+
+        Raises:
+          RemoteError: ``invalid_clock`` or ``forbidden``.
+          Unavailable, ClusterNotReady: no owner stored it.
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(RestoreRequest(key, clock), retry=True)
+
+    @asynccontextmanager
+    async def monitor(
+        self, level: str = "info", max_buffer: int = 256
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[tuple[str, str, str]]]:
+        """Follow the connected peer's log records at ``level`` and up, and its membership
+        events; needs an ``operator`` certificate under TLS.
+
+        Args:
+          level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``; records below
+            the peer's own level are not produced at all (raise it with :meth:`set_log_level`).
+          max_buffer: items held for a slow reader.
+
+        Yields:
+          A receive channel of ``(kind, level, line)``: ``kind`` is ``log`` or ``event``. It
+          ends when the peer closes the connection. A reader that falls ``max_buffer`` items
+          behind loses the newest (the peer bounds its own buffer the same way).
+
+        Raises:
+          RemoteError: ``bad_request`` (unknown level), ``too_many_watches`` or ``forbidden``.
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        if self._closed:
+            raise NodeClosedError("client is closed")
+        if self.connected_to is None:
+            await self.members()  # connects (and fails over) like every request
+        addr = self.connected_to
+        assert addr is not None
+        send, receive = trio.open_memory_channel[tuple[str, str, str]](max_buffer)
+
+        async def on_event(channel: Channel, message: Message) -> None:
+            if isinstance(message, MonitorEvent):
+                try:
+                    send.send_nowait((message.kind, message.level, message.line))
+                except trio.WouldBlock:
+                    self.watch_dropped += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    channel = await self._dial(addr, on_event, nursery)
+                except trio.TooSlowError:
+                    raise TransportError(f"{addr}: no answer") from None
+                try:
+                    with trio.fail_after(self._request_timeout):
+                        await channel.request(MonitorRequest(level))
+                except trio.TooSlowError:
+                    await channel.aclose()
+                    raise TransportError(f"{addr}: the monitor request timed out") from None
+                except RemoteError as exc:
+                    await channel.aclose()
+                    raise error_from_code(exc.code, str(exc)) from None
+
+                async def end_when_closed() -> None:
+                    await channel.wait_closed()
+                    send.close()
+
+                nursery.start_soon(end_when_closed)
+                try:
+                    async with receive:
+                        yield receive
+                finally:
+                    send.close()
+                    with trio.move_on_after(1.0, shield=True):
+                        await channel.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            error = single_error(group)
+            if error is None:
+                raise
+            raise error from group
 
     @asynccontextmanager
     async def watch(

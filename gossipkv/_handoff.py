@@ -97,9 +97,7 @@ class OwnershipHandoff:
         self.counters.rounds += 1
         me = kv.node_id
         trees = await kv.anti_entropy.trees(table.q)
-        digests = {
-            p: trees.root(p).to_bytes(8, "big") for p in trees.partitions() if trees.root(p)
-        }
+        digests = {p: trees.root(p).to_bytes(8, "big") for p in trees.partitions() if trees.root(p)}
         reachable = kv._reachable()
         failed: set[str] = set()  # owners that timed out this round: no partition waits on them
         budget = MAX_KEYS_PER_ROUND

@@ -48,6 +48,7 @@ from ._errors import (
     error_code,
 )
 from ._handoff import OwnershipHandoff
+from ._histogram import LatencyHistogram
 from ._messages import (
     KvGet,
     KvPut,
@@ -273,6 +274,10 @@ class KVCounters:
     contexts_clamped: int = 0
     context_catch_ups: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    #: Latencies of coordinated reads and writes and of replica answers (issue 16).
+    get_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    put_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    replica_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 def encode_context(clock: Clock) -> bytes:
@@ -345,9 +350,11 @@ class _Fanout:
         "need",
         "on_done",
         "on_enough",
+        "on_reply",
         "pending",
         "release",
         "replies",
+        "started",
     )
 
     def __init__(
@@ -372,6 +379,9 @@ class _Fanout:
         self.cancels: dict[str, Callable[[], None]] = {}
         self.on_enough = on_enough
         self.on_done = on_done
+        #: Called with each replica's answer (the replica latency histogram).
+        self.on_reply: Callable[[_Fanout, str], None] | None = None
+        self.started = trio.current_time()
         #: Gives back the fan-out's memory reservation, once, when every replica answered.
         self.release = release
         #: When set, only these members' replies count toward ``need`` (owners still pulling
@@ -389,6 +399,8 @@ class _Fanout:
             self.pending.discard(member)
             self.cancels.pop(member, None)
             self.replies[member] = clock
+            if self.on_reply is not None:
+                self.on_reply(self, member)
             self.check()
 
     def failed(self, member: str) -> None:
@@ -454,6 +466,8 @@ class _PutPlan:
     forward_to: str
     #: The request as the client sent it, for forwarding.
     request: KvPut
+    #: When the put began (its latency is measured from here).
+    started: float = 0.0
 
 
 def _deliver(
@@ -745,6 +759,7 @@ class KeyValueService:
             else partial(self._repair_if_stale, key),
             release=partial(self.admission.release, reserved),
         )
+        fan.on_reply = self._replica_answered
         table = self._table()
         filling = self._pulling(_dvv.partition_of(key, table.q)) if table is not None else set()
         if filling:
@@ -769,7 +784,13 @@ class KeyValueService:
     def _get_outcome(self, key: str, fan: _Fanout) -> GetResult:
         if fan.count() < fan.need:
             raise QuorumNotReached(fan.count(), fan.need)
-        return self._result(key, self._merge(fan.replies))
+        result = self._result(key, self._merge(fan.replies))
+        self.counters.get_latency.observe(trio.current_time() - fan.started)
+        return result
+
+    def _replica_answered(self, fan: _Fanout, member: str) -> None:
+        if member != self.node_id:
+            self.counters.replica_latency.observe(trio.current_time() - fan.started)
 
     def _track(self, fan: _Fanout) -> None:
         self._expiring.append((fan.deadline, weakref.ref(fan)))
@@ -1082,7 +1103,19 @@ class KeyValueService:
         sibling = Sibling.deleted(meta) if delete else Sibling(value, False, meta)
         # Standing in for an unreachable owner: keep a hint for it, like any other stand-in.
         hint_for = next((h for m, h in targets if m == self.node_id), "")
-        return _PutPlan(key, sibling, ctx, size, rid, targets, need, hint_for, forward_to, request)
+        return _PutPlan(
+            key,
+            sibling,
+            ctx,
+            size,
+            rid,
+            targets,
+            need,
+            hint_for,
+            forward_to,
+            request,
+            trio.current_time(),
+        )
 
     def _can_store_now(self, plan: _PutPlan) -> bool:
         return self.storage.nowait and plan.key not in self._locks and not plan.hint_for
@@ -1132,6 +1165,8 @@ class KeyValueService:
         if acks < plan.need:
             raise QuorumNotReached(acks, plan.need)
         result = PutResult(plan.key, *visible(clock, self.limits))
+        if plan.started:
+            self.counters.put_latency.observe(trio.current_time() - plan.started)
         self.counters.siblings_seen += max(0, _dvv.size(clock) - 1)
         if plan.rid:
             self._results[plan.rid] = result
@@ -1205,6 +1240,7 @@ class KeyValueService:
             on_enough=on_enough,
             release=partial(self.admission.release, reserved),
         )
+        fan.on_reply = self._replica_answered
         try:
             encoded = self._encoded(plan.key, clock) if others else b""
             for member, hint in others:
@@ -1300,6 +1336,40 @@ class KeyValueService:
             # The hint is written under the key lock too, so handoff never clears a newer one.
             if hint_for and hint_for != self.node_id:
                 await self._store_hint(hint_for, key, merged if merged is not None else local)
+
+    async def restore(self, key: str, raw: bytes) -> dict[str, object]:
+        """Merge a whole clock (``raw``, as replicas exchange it) into every owner of ``key``
+        (stand-ins keep a hint for an unreachable owner), as read repair does: a ``sync``, so
+        siblings stay siblings and nothing newer is lost (``gossipkv restore``).
+
+        Returns:
+          ``{"key", "acks", "owners"}``: how many owners (or stand-ins) stored it.
+
+        Raises:
+          RemoteError: ``invalid_clock``. InvalidKey, KeyTooLarge, ClusterNotReady.
+          Unavailable: no owner stored it.
+        """
+        self._check_key(key)
+        clock = self._clock_from_wire(raw)
+        targets, n = self.targets(key)
+        acks = 0
+        errors: list[str] = []
+
+        async def store(member: str, hint_for: str) -> None:
+            nonlocal acks
+            try:
+                await self._replica_put(member, key, clock, hint_for)
+                acks += 1
+            except GossipKVError as exc:
+                self._count_error(exc)
+                errors.append(f"{member}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for member, hint_for in targets:
+                nursery.start_soon(store, member, hint_for)
+        if acks == 0:
+            raise Unavailable(f"no owner of {key!r} stored it: {'; '.join(errors) or 'none'}")
+        return {"key": key, "acks": acks, "owners": n}
 
     async def read_replica(self, member: str, key: str) -> Clock | None:
         """``member``'s own clock of ``key`` (this peer's when it is ``member``).

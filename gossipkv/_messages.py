@@ -225,6 +225,77 @@ class SetMetadataRequest(Message):
     value: str | None
 
 
+# --- operator's toolbox (issue 16) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRequest(Message):
+    """The peer's effective configuration (``gossipkv config show``; operator role)."""
+
+    TAG: ClassVar[str] = "config"
+
+
+@dataclass(frozen=True, slots=True)
+class LogLevelRequest(Message):
+    """Set the level of the peer's ``gossipkv`` loggers now (``gossipkv log-level``; operator
+    role): ``debug``, ``info``, ``warning``, ``error`` or ``critical``."""
+
+    TAG: ClassVar[str] = "log_level"
+    level: str
+
+
+@dataclass(frozen=True, slots=True)
+class PingRequest(Message):
+    """Have the peer ask every member it knows for a small answer and report the round trips
+    (``gossipkv ping``)."""
+
+    TAG: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, slots=True)
+class KeysRequest(Message):
+    """One page of the live keys this peer's replica holds in ``partition``, in key order,
+    after ``after`` and starting with ``prefix`` (``gossipkv keys``)."""
+
+    TAG: ClassVar[str] = "keys"
+    partition: int
+    after: str = ""
+    limit: int = 1000
+    prefix: str = ""
+    clocks: bool = False  # also each key's whole clock (``gossipkv backup``)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRequest(Message):
+    """Merge ``clock`` (a whole DVVSet, as replicas exchange it) into every owner of ``key``,
+    as read repair does: siblings stay siblings, nothing newer is overwritten
+    (``gossipkv restore``; operator role)."""
+
+    TAG: ClassVar[str] = "restore"
+    key: str
+    clock: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorRequest(Message):
+    """Start a subscription on this connection to the peer's log records at ``level`` and up
+    and its membership events, sent as one-way ``MonitorEvent`` messages (``gossipkv
+    monitor``; operator role)."""
+
+    TAG: ClassVar[str] = "monitor"
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorEvent(Message):
+    """One log record or membership event: ``kind`` is ``log`` or ``event``."""
+
+    TAG: ClassVar[str] = "monitor_event"
+    kind: str
+    level: str
+    line: str
+
+
 # --- key-value path ---------------------------------------------------------------------------
 
 
@@ -467,6 +538,13 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         RepairRequest,
         SetMetadataRequest,
         ReloadTlsRequest,
+        ConfigRequest,
+        LogLevelRequest,
+        PingRequest,
+        KeysRequest,
+        RestoreRequest,
+        MonitorRequest,
+        MonitorEvent,
         Reply,
         KvGet,
         KvPut,

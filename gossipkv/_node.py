@@ -25,7 +25,7 @@ from typing import Any, ParamSpec
 
 import trio
 
-from . import _wallclock
+from . import _admin, _wallclock
 from ._connections import Admission, ConnectionTable
 from ._dvv import partition_of
 from ._dvv import values as dvv_values
@@ -45,21 +45,28 @@ from ._errors import (
     error_from_code,
     single_error,
 )
+from ._histogram import LatencyHistogram
 from ._hlc import HybridClock
 from ._kv import Change, Clock, GetResult, KeyValueService, KVConfig, PutResult, change_of
 from ._limits import NetworkLimits
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
+    ConfigRequest,
     Hello,
+    KeysRequest,
     KvGet,
     KvPut,
     KvResult,
     LeaveRequest,
+    LogLevelRequest,
     MembersRequest,
     Message,
+    MonitorEvent,
+    MonitorRequest,
     OwnersRequest,
     PartitionFetch,
+    PingRequest,
     ReloadTlsRequest,
     RemoveRequest,
     RepairRequest,
@@ -67,6 +74,7 @@ from ._messages import (
     ReplicaGet,
     ReplicaPut,
     Reply,
+    RestoreRequest,
     RingRequest,
     SetMetadataRequest,
     Shutdown,
@@ -153,6 +161,14 @@ class NodeStatistics:
       partitions: partitions in the table (0 before the first table).
       replicas: N, the owners per partition.
       partitions_owned: how many partitions each member holds a replica of.
+      replicas_effective: the owners of the partition with the fewest (0 before the first
+        table): below ``replicas`` when the cluster has fewer members than N.
+      read_quorum: R, the replicas a read waits for by default (capped at a partition's owners).
+      write_quorum: W, the replicas a write waits for by default (capped the same way): a
+        1-member cluster really runs at N=R=W=1.
+      latency: a latency histogram per operation (``get`` and ``put`` this node coordinated,
+        ``replica`` answers to them, ``gossip_round`` syn to syn-ack), each
+        ``{"buckets", "counts", "sum", "count"}`` in seconds (see :mod:`gossipkv._histogram`).
       kv_gets: reads this node coordinated.
       kv_puts: writes this node coordinated.
       kv_deletes: deletes this node coordinated.
@@ -295,6 +311,10 @@ class NodeStatistics:
     tombstones_reaped: int = 0
     hints_expired: int = 0
     replica_wiped: int = 0
+    replicas_effective: int = 0
+    read_quorum: int = 0
+    write_quorum: int = 0
+    latency: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -498,6 +518,10 @@ class Node:
         self._last_waiting_log = -math.inf
         self._log_limit = LogLimiter(60.0)
         self._wiped = 0
+        self._log_fanout = _admin.LogFanout()
+        self._ping_lock = trio.Lock()
+        self._key_snapshot = _admin.KeySnapshot()
+        self._gossip_latency = LatencyHistogram()
         # Back after more than tombstone_grace away: the data path stays closed until the
         # cluster's reaped_upto says whether the replica must be wiped (see gossipkv._reaper).
         self._checking_data = False
@@ -847,6 +871,15 @@ class Node:
             tombstones_reaped=kv.reaper.counters.reaped,
             hints_expired=kvc.hints_expired,
             replica_wiped=self._wiped,
+            replicas_effective=0 if table is None else min(len(o) for o in table.owners),
+            read_quorum=kv.config.r,
+            write_quorum=kv.config.w,
+            latency={
+                "get": kvc.get_latency.snapshot(),
+                "put": kvc.put_latency.snapshot(),
+                "replica": kvc.replica_latency.snapshot(),
+                "gossip_round": self._gossip_latency.snapshot(),
+            },
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
@@ -861,6 +894,24 @@ class Node:
         """
         while not predicate(self):
             await self._changed.wait()
+
+    async def wait_ready(self) -> None:
+        """Wait until this node is an owner in the partition table.
+
+        Until then the node stores no replica (its writes are coordinated by the owners), so
+        :meth:`watch` sees none of them; from then on it sees the changes of every key it is a
+        replica of, its own writes included. :meth:`Client.watch` sees the whole cluster.
+
+        There is no timeout: bound the wait with ``trio.fail_after``.
+
+        Raises:
+          NodeClosedError: the node is not running.
+        """
+        await self.wait_until(lambda n: n._owns_partitions())
+
+    def _owns_partitions(self) -> bool:
+        table = self._runtime().gossiper.table()
+        return table is not None and any(self.name in owners for owners in table.owners)
 
     @asynccontextmanager
     async def events(
@@ -975,6 +1026,143 @@ class Node:
                 except (ConnectionClosed, TransportError):
                     break
             nursery.cancel_scope.cancel()
+
+    # --- the operator's toolbox (issue 16; the pieces live in _admin) --------------------------
+
+    async def _toolbox_request(self, message: Message) -> dict[str, object]:
+        if isinstance(message, ConfigRequest):
+            return self.effective_config()
+        if isinstance(message, LogLevelRequest):
+            return _admin.set_log_level(message.level)
+        if isinstance(message, PingRequest):
+            async with self._ping_lock:  # one sweep at a time, however many clients ask
+                return await self._ping_members()
+        assert isinstance(message, KeysRequest)
+        table = self._runtime().gossiper.table()
+        if table is None:
+            raise RemoteError("not_ready", "no partition table yet (the cluster has not formed)")
+        return await _admin.keys_page(
+            self._service().storage,
+            self._limits,
+            snapshot=self._key_snapshot,
+            partition=message.partition,
+            partitions=table.q,
+            after=message.after,
+            limit=message.limit,
+            prefix=message.prefix,
+            clocks=message.clocks,
+        )
+
+    def effective_config(self) -> dict[str, object]:
+        """The configuration this node runs with, as a plain map (``gossipkv config show``):
+        ``node`` (name, addresses, seeds, data dir, fsync, TLS, log level), ``gossip``,
+        ``kv``, ``limits`` and ``storage_limits``."""
+        return {
+            "node": {
+                "name": self.name if self._rt is not None else self._name,
+                "listen": self._listen,
+                "address": self._rt.address if self._rt is not None else None,
+                "advertise": self._advertise,
+                "seeds": list(self._seeds),
+                "data_dir": None if self._data_dir is None else str(self._data_dir),
+                "cluster": self.config.cluster,
+                "fsync": self._fsync,
+                "tls": self._tls,
+                "log_level": _admin.current_log_level(),
+            },
+            "gossip": _admin.plain_config(self.config),
+            "kv": _admin.plain_config(self.kv_config),
+            "limits": _admin.plain_config(self.limits),
+            "storage_limits": _admin.plain_config(self._limits),
+        }
+
+    async def _ping_members(self) -> dict[str, object]:
+        """Ask every member this node knows (but itself, and members gone for good) for its
+        member list, all at once, and time each answer."""
+        g = self._runtime().gossiper
+        rows = [
+            m
+            for m in g.members(trio.current_time())
+            if m.name != g.node_id and m.address and m.status not in ("left", "removed")
+        ]
+        results: dict[str, dict[str, object]] = {}
+
+        async def ping(name: str, address: str) -> None:
+            started = trio.current_time()
+            error: str | None = None
+            try:
+                with trio.fail_after(self._request_timeout + self._connect_timeout):
+                    channel = await self._channel_to(address)
+                    await channel.request(MembersRequest())
+            except trio.TooSlowError:
+                error = "no answer in time"
+            except (ConnectionClosed, TransportError, RemoteError, DecodeError) as exc:
+                error = str(exc) or type(exc).__name__
+            rtt = trio.current_time() - started
+            results[name] = {"rtt_ms": None if error else round(rtt * 1000, 3), "error": error}
+
+        async with trio.open_nursery() as nursery:
+            for m in rows:
+                nursery.start_soon(ping, m.name, str(m.address))
+        return {
+            "self": g.node_id,
+            "members": [
+                {
+                    "name": m.name,
+                    "address": m.address,
+                    "status": m.status,
+                    "reachable": m.reachable,
+                    "phi": m.phi,
+                    **results[m.name],
+                }
+                for m in rows
+            ],
+        }
+
+    async def _serve_monitor(
+        self,
+        channel: Channel,
+        level: int,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """One ``gossipkv monitor``: log records at ``level`` and up and membership events, as
+        one-way ``MonitorEvent`` messages, until the connection closes. Counted as a watch
+        (the same caps); a slow reader loses lines (``monitor_overflow``), never blocks."""
+        refusal = self._conns.watch_refusal(channel.subscriptions)
+        if refusal is not None:
+            raise RemoteError("too_many_watches", refusal)
+        channel.subscriptions += 1
+        self._conns.watches += 1
+        send, receive = trio.open_memory_channel[tuple[str, str, str]](_admin.MONITOR_BUFFER)
+        try:
+            async with self.events() as events, trio.open_nursery() as nursery:
+
+                async def copy_events() -> None:
+                    async for event in events:
+                        line = f"{event.kind} {event.node_id} {event.detail}".rstrip()
+                        try:
+                            send.send_nowait(("event", "info", line[: _admin.MAX_MONITOR_LINE]))
+                        except trio.WouldBlock:
+                            self._counters.dropped["monitor_overflow"] += 1
+
+                async def stop_on_close() -> None:
+                    await channel.wait_closed()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(copy_events)
+                nursery.start_soon(stop_on_close)
+                with self._log_fanout.subscribe(send, level):
+                    task_status.started()
+                    async for kind, lvl, line in receive:
+                        try:
+                            await channel.notify(MonitorEvent(kind, lvl, line))
+                        except (ConnectionClosed, TransportError):
+                            break
+                nursery.cancel_scope.cancel()
+        finally:
+            channel.subscriptions -= 1
+            self._conns.watches -= 1
 
     async def remove(self, name: str) -> dict[str, object]:
         """Remove member ``name``, which the operator declares dead (``gossipkv remove``).
@@ -1512,11 +1700,13 @@ class Node:
 
     async def _exchange(self, addr: str, syn: Syn) -> None:
         rt = self._runtime()
+        started = trio.current_time()
         try:
             with trio.move_on_after(self._request_timeout):
                 channel = await self._channel_to(addr)
                 reply = await channel.request(syn)
                 if isinstance(reply, SynAck):
+                    self._gossip_latency.observe(trio.current_time() - started)
                     ack = rt.gossiper.on_syn_ack(reply, trio.current_time())
                     await channel.notify(ack)
         except HandshakeError as exc:
@@ -1887,6 +2077,24 @@ class Node:
             except ConfigError as exc:
                 raise InvalidArgument(str(exc)) from exc
             return Reply({"ok": True})
+        if isinstance(message, (ConfigRequest, LogLevelRequest, PingRequest, KeysRequest)):
+            try:
+                return Reply(await self._toolbox_request(message))
+            except RemoteError:
+                raise
+            except GossipKVError as exc:
+                raise RemoteError(error_code(exc), str(exc)) from exc
+        if isinstance(message, RestoreRequest):
+            try:
+                return Reply(await self._data_service().restore(message.key, message.clock))
+            except RemoteError:
+                raise
+            except GossipKVError as exc:
+                raise RemoteError(error_code(exc), str(exc)) from exc
+        if isinstance(message, MonitorRequest):
+            level = _admin.level_of(message.level)
+            await self._runtime().nursery.start(self._serve_monitor, channel, level)
+            return Reply({"ok": True})
         if isinstance(message, RingRequest):
             return Reply(self._ring_body())
         if isinstance(message, OwnersRequest):
@@ -2015,7 +2223,17 @@ _MEMBER_ONLY = (
 
 
 #: Operator calls: with TLS, only an ``operator`` (or ``peer``) certificate may make them.
-_OPERATOR_ONLY = (LeaveRequest, RemoveRequest, RepairRequest, SetMetadataRequest, ReloadTlsRequest)
+_OPERATOR_ONLY = (
+    LeaveRequest,
+    RemoveRequest,
+    RepairRequest,
+    SetMetadataRequest,
+    ReloadTlsRequest,
+    ConfigRequest,
+    LogLevelRequest,
+    MonitorRequest,
+    RestoreRequest,
+)
 
 
 def _refuse_member_messages(message: Message) -> str | None:

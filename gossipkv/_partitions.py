@@ -108,6 +108,7 @@ def plan(
             owners.append(pick)
             placed[p].add(pick)
             load[pick] += 1
+
     # Even out until loads differ by at most one. First re-aim replicas this plan placed (they
     # move anyway, so re-aiming one costs no extra move) from any member to one at least two
     # lighter; only when none is left, move a kept replica from the most to the least loaded.

@@ -14,6 +14,7 @@ import gossipkv
 import gossipkv.testing
 
 PUBLIC = {
+    "histogram_quantile",
     "Change", "Client", "ClusterNotReady", "ConfigError", "ConnectionClosed", "DataDirError",
     "DecodeError", "GetResult", "GossipConfig", "GossipKVError", "HandshakeError",
     "InvalidContext", "InvalidKey", "KVConfig", "KeyTooLarge", "MemberView", "MembershipEvent",

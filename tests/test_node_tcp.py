@@ -176,3 +176,14 @@ async def test_a_stopped_node_refuses_calls_instead_of_hanging() -> None:
             await node.get("k")
         with pytest.raises(gossipkv.NodeClosedError):
             await node.put("k", "v")
+
+
+async def test_wait_ready_then_watch_sees_the_nodes_own_writes() -> None:
+    async with open_node(name="solo", listen="127.0.0.1:0", config=FAST) as node:
+        with trio.fail_after(30):
+            await node.wait_ready()
+        async with node.watch("cart:") as changes:
+            await node.put("cart:1", "apple")
+            with trio.fail_after(10):
+                change = await changes.receive()
+        assert change.key == "cart:1" and change.values == ["apple"]

@@ -395,9 +395,7 @@ def check_value(value: object, limits: StorageLimits) -> int:
     except ValueError as exc:
         raise ValueNotEncodable(str(exc)) from exc
     if size > limits.max_value_bytes:
-        raise ValueTooLarge(
-            f"value is {size} bytes encoded; the limit is {limits.max_value_bytes}"
-        )
+        raise ValueTooLarge(f"value is {size} bytes encoded; the limit is {limits.max_value_bytes}")
     return size
 
 
@@ -436,9 +434,7 @@ def check_plain(value: object, max_depth: int) -> None:
         else:
             raise ValueNotEncodable(f"{kind.__name__} is not plain CBOR data")
         if depth >= max_depth:
-            raise ValueTooDeep(
-                f"value nests arrays or maps more than {max_depth} deep (the limit)"
-            )
+            raise ValueTooDeep(f"value nests arrays or maps more than {max_depth} deep (the limit)")
         stack.extend((child, depth + 1) for child in children)
 
 
@@ -455,9 +451,7 @@ def decode_clock(data: bytes, where: str, limits: StorageLimits = DEFAULT_LIMITS
         raise StorageCorrupt(f"{where}: stored clock is unreadable: {exc}") from exc
 
 
-def partition_digests(
-    items: Iterable[tuple[str, bytes]], partitions: int
-) -> dict[int, bytes]:
+def partition_digests(items: Iterable[tuple[str, bytes]], partitions: int) -> dict[int, bytes]:
     """blake2b per partition over ``(key, canonical clock bytes)`` pairs sorted by key."""
     groups: dict[int, list[tuple[str, bytes]]] = {}
     for key, data in items:

@@ -324,9 +324,7 @@ def _key_in_header(data: memoryview, pos: int, end: int) -> bytes | None:
     return key or None
 
 
-def _decode_hint(
-    raw: bytes, seg_size: int, seg_crc: int
-) -> Entries | None:
+def _decode_hint(raw: bytes, seg_size: int, seg_crc: int) -> Entries | None:
     """The hint's entries if it is intact and matches the segment's size and checksum."""
     if len(raw) < _HINT_HEAD.size + 4:
         return None

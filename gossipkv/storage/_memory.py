@@ -110,7 +110,9 @@ class MemoryEngine(StorageEngine):
         out: list[str] = []
         for i in range(0, len(snapshot), 2048):
             await trio.lowlevel.checkpoint()
-            out.extend(k for k in snapshot[i : i + 2048] if _dvv.partition_of(k, partitions) == partition)
+            out.extend(
+                k for k in snapshot[i : i + 2048] if _dvv.partition_of(k, partitions) == partition
+            )
         out.sort()
         return out
 

@@ -107,7 +107,9 @@ async def main(args: argparse.Namespace) -> None:
         up, serve = await one_run(args.peers, args.keys, seed=run)
         ups.append(up)
         serves.append(serve)
-        print(f"run {run + 1}: all up, same leader {up:.2f} s; quorum reads and writes {serve:.2f} s")
+        print(
+            f"run {run + 1}: all up, same leader {up:.2f} s; quorum reads and writes {serve:.2f} s"
+        )
     print(
         f"{args.peers} peers, {args.keys} keys, {args.runs} runs: all up median "
         f"{statistics.median(ups):.2f} s; serving median {statistics.median(serves):.2f} s "

@@ -65,7 +65,11 @@ async def main(args: argparse.Namespace) -> None:
             peers.start(names[0], ports[names[0]], data_dir=f"{tmp}/{names[0]}", remove_after="600")
             for name in names[1:n]:
                 peers.start(
-                    name, ports[name], seeds=[names[0]], data_dir=f"{tmp}/{name}", remove_after="600"
+                    name,
+                    ports[name],
+                    seeds=[names[0]],
+                    data_dir=f"{tmp}/{name}",
+                    remove_after="600",
                 )
             live = names[:n]
 

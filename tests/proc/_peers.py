@@ -32,13 +32,15 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gossipkv_cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=ENV,
+        env={**ENV, **(env or {})},
         stdin=subprocess.DEVNULL,
     )
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -9,7 +12,7 @@ import trio
 
 import gossipkv
 
-from ._peers import Peers, cli, eventually, free_ports, loads
+from ._peers import ENV, Peers, cli, eventually, free_ports, loads
 
 pytestmark = pytest.mark.proc
 
@@ -79,6 +82,55 @@ async def test_bench_kv_json_with_echo_baseline(peers: Peers) -> None:
     assert echo_keys <= set(doc["echo"])
     assert doc["echo"]["count"] > 0 and doc["echo"]["errors"] == 0
     assert doc["ratio_to_echo"] > 0
+    # The bench deletes what it wrote: no bench:* key is left with a value.
+    assert doc["keys_cleaned"] > 0 and doc["interrupted"] is False
+    assert await live_bench_keys(addrs[0], 100) == []
+
+    # GOSSIPKV_PEER names the peer, as for every other command; a peer's refusal shows its
+    # words (W=5 with N=3), not just "RemoteError".
+    env_run = await trio.to_thread.run_sync(
+        lambda: cli(
+            "bench", "kv", "--duration", "0.3", "--ratio", "0:1", "--keys", "10", "--w", "5",
+            "--json", env={"GOSSIPKV_PEER": addrs[1]},
+        )
+    )  # fmt: skip
+    assert env_run.returncode == 0, env_run.stderr
+    env_doc = loads(env_run.stdout)
+    assert env_doc["config"]["peers"] == [addrs[1]]
+    assert env_doc["errors"] > 0 and env_doc["ops"] == 0
+    [(kind, messages)] = env_doc["error_messages"].items()
+    assert kind == "RemoteError(bad_request)" and "N=3" in messages[0], env_doc
+
+    # Ctrl-C stops the load, still deletes the keys, and says so in one line (exit 130).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gossipkv_cli", "bench", "kv", "--peer", addrs[0],
+         "--duration", "120", "--keys", "20", "--ratio", "0:1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV,
+    )  # fmt: skip
+    try:
+
+        async def writing() -> Any:
+            return await live_bench_keys(addrs[0], 20)
+
+        await eventually(writing, within=30, what="bench keys written", peers=peers)
+        proc.send_signal(signal.SIGINT)
+        out, err = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=60))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted after"), lines
+    assert "bench keys deleted" in lines[0] and b"Traceback" not in err
+    assert await live_bench_keys(addrs[0], 20) == []
+
+
+async def live_bench_keys(addr: str, keys: int) -> list[str]:
+    """The bench:* keys among the first ``keys`` that still hold a value."""
+    async with gossipkv.open_client([addr], request_timeout=5.0) as client:
+        names = [f"bench:{i:08d}" for i in range(keys)]
+        return [k for k in names if (await client.get(k)).values]
 
 
 def test_bench_kv_bad_arguments_fail_with_one_line() -> None:

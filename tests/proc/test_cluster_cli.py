@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -120,8 +121,12 @@ async def test_five_peers_leader_failover_restart_and_leave(peers: Peers, tmp_pa
         assert f"event down {leaver} " not in peers.log(name), peers.log(name)
 
 
-async def test_cluster_up_and_ctrl_c_leaves_nothingis_running(tmp_path: Path) -> None:
+async def test_cluster_up_restarts_a_dead_peer_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    """``cluster up --restart``: a peer killed is reported and started again; Ctrl-C stops every
+    peer and removes the temporary log folder (every peer stopped cleanly)."""
     port = free_ports(1)[0]
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -133,13 +138,12 @@ async def test_cluster_up_and_ctrl_c_leaves_nothingis_running(tmp_path: Path) ->
             "3",
             "--base-port",
             str(port),
-            "--data-root",
-            str(tmp_path / "data"),
+            "--restart",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env=ENV,
+        env={**ENV, "TMPDIR": str(temp)},
     )
     try:
 
@@ -150,14 +154,36 @@ async def test_cluster_up_and_ctrl_c_leaves_nothingis_running(tmp_path: Path) ->
         await eventually(ready, within=30, what="3 peers up")
         children = children_of(proc.pid)
         assert len(children) == 3, children
+        n2 = next(c for c in children if "n2" in _cmdline(c))
+        os.kill(n2, signal.SIGKILL)
+
+        async def restarted() -> Any:
+            now = children_of(proc.pid)
+            return len(now) == 3 and n2 not in now and now
+
+        children = await eventually(restarted, within=30, what="n2 started again")
+
+        async def n2_back() -> Any:
+            doc = await members(f"127.0.0.1:{port + 1}")
+            return doc is not None and sum(m["status"] == "up" for m in doc["members"]) == 3
+
+        await eventually(n2_back, within=30, what="the restarted n2 up again")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
+        assert b"peer n2 was killed by signal 9" in out, out
+        assert b"peer n2 restarted (restart 1)" in out, out
         assert b"all peers stopped" in out
         assert [pid for pid in children if is_running(pid)] == []
+        assert list(temp.iterdir()) == []  # the temporary log folder is gone
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode(errors="replace")
 
 
 def test_port_in_use_is_one_line_and_nonzero() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from ._peers import ENV, Peers, children_of, cli, eventually, free_ports, is_running, members
 
@@ -49,6 +49,9 @@ async def test_once_against_three_real_peers(peers: Peers) -> None:
     for title in ("members seen by n2", "traffic", "data health", "gossip", "events"):
         assert title in out.stdout
     assert out.stderr == ""
+    # Rates are differences between two polls: --once waits for the second, so none is "-".
+    assert re.search(r"rounds \d+\.\d/s", out.stdout), out.stdout
+    assert re.search(r"bytes \d+ (B|KiB|MiB)/s", out.stdout), out.stdout
 
 
 def test_once_against_a_closed_port_is_one_line_and_exit_1() -> None:
@@ -83,34 +86,97 @@ async def test_once_with_the_wrong_cluster_is_one_line(peers: Peers) -> None:
     assert out.stderr.count("\n") == 1 and "cluster" in out.stderr, out.stderr
 
 
-async def test_demo_ctrl_c_exits_0_and_leaves_no_process() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gossipkv_cli", "demo", "--duration", "8", "--refresh", "0.5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=ENV,
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+async def test_demo_in_80x24_then_200x50_and_ctrl_c(tmp_path: Path) -> None:
+    """The demo in a real 80x24 terminal: a first frame with a progress line while the peers
+    start, then every member and the newest events on one screen; resized to 200x50 it uses
+    the width; a killed peer shows as an event; Ctrl-C exits 0 and leaves no process behind."""
+    sock = f"gossipkv-demo-{os.getpid()}"
+    tmux = ["tmux", "-L", sock]
+    command = f"echo PID=$$; exec {shlex.quote(sys.executable)} -m gossipkv_cli demo --refresh 0.5"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    subprocess.run(
+        [*tmux, "-f", "/dev/null", "new-session", "-d", "-x", "80", "-y", "24", command],
+        check=True,
+        env={**ENV, "TERM": "xterm-256color", "TMPDIR": str(temp)},
     )
+    subprocess.run([*tmux, "set-option", "-g", "remain-on-exit", "on"], check=False)
+
+    def screen() -> str:
+        out = subprocess.run(
+            [*tmux, "capture-pane", "-p"], capture_output=True, text=True, check=False
+        )
+        return out.stdout
+
+    async def shows(*needles: str) -> Any:
+        text = screen()
+        return text if all(n in text for n in needles) else None
+
     try:
+        # The first frame comes before any peer answers (the peers take seconds to start).
+        first = await eventually(
+            lambda: shows("gossipkv dashboard", "starting 5 peers"),
+            within=20,
+            what="a first frame with the start-up progress line",
+        )
+        assert "of 5 up" in first
+        assert "PID=" in first, first
+        pid = int(first.split("PID=")[1].split()[0])
+        text = await eventually(
+            lambda: shows("5 peers up", "converged yes", "│ n5"),
+            within=40,
+            what="every peer up, with its events",
+        )
+        lines = text.rstrip("\n").splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        for i in range(1, 6):
+            assert re.search(rf"│ n{i}\b", text), (i, text)
+        assert "more" not in text, text
+        children = children_of(pid)
+        assert len(children) == 5
+        n5 = next(c for c in children if "n5" in _cmdline(c))
+        os.kill(n5, signal.SIGKILL)
 
-        async def five_children() -> Any:
-            kids = children_of(proc.pid)
-            return kids if len(kids) == 5 else None
+        async def n5_down() -> Any:
+            text = screen()
+            events = text.split("─ events ─")[-1]
+            return text if "n5 up -> down" in events else None
 
-        children = await eventually(five_children, within=20, what="5 demo peers started")
-        await trio.sleep(3.0)  # peers up, traffic and a few dashboard frames
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=40)
-        assert proc.returncode == 0, out.decode(errors="replace")
-        assert b"all peers stopped" in out
-        assert b"Traceback" not in out
-        assert children_of(proc.pid) == []
-        assert [pid for pid in children if is_running(pid)] == []
+        text = await eventually(n5_down, within=30, what="the n5 down event at 80x24")
+        assert all(re.search(rf"│ n{i}\b", text) for i in range(1, 6)), text
+        # The launcher's word on it rides in the header's border, not printed over the frame.
+        assert "╰─ peer n5 was killed by signal 9" in await eventually(
+            lambda: shows("peer n5 was killed"), within=10, what="the launcher's line"
+        )
+
+        subprocess.run([*tmux, "resize-window", "-x", "200", "-y", "50"], check=True)
+
+        async def wide() -> Any:
+            text = screen()
+            rows = [ln for ln in text.splitlines() if re.search(r"│ n\d", ln)]
+            return text if len(rows) == 5 and all(len(r.rstrip()) > 150 for r in rows) else None
+
+        wide_text = await eventually(wide, within=15, what="the members table across 200 columns")
+        assert "127.0.0.1:" in wide_text and "generation" in wide_text
+        subprocess.run([*tmux, "send-keys", "C-c"], check=True)
+        stopped = await eventually(
+            lambda: shows("all peers stopped"), within=40, what="Ctrl-C stops"
+        )
+        assert f"peer logs kept in {temp}" in stopped.replace("\n", "")  # n5 died: its log stays
+        assert "Traceback" not in screen()
+
+        async def demo_gone() -> bool:
+            return not is_running(pid)
+
+        await eventually(demo_gone, within=15, what="the demo exits")
+        assert [c for c in children if is_running(c)] == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

@@ -222,9 +222,7 @@ async def test_a_replacement_takes_over_a_dead_members_partitions(
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     peers.start("p5", ports["p5"], seeds=["p1"], data_dir=str(tmp_path / "p5"), replace="p4")
     survivors = ["p1", "p2", "p3", "p5"]
-    await eventually(
-        lambda: up_everywhere(peers, survivors), within=60, what="p5 up", peers=peers
-    )
+    await eventually(lambda: up_everywhere(peers, survivors), within=60, what="p5 up", peers=peers)
     async with gossipkv.open_client([peers.addr["p1"]]) as client:
         after = (await client.ring())["owners"]
         expected = [["p5" if o == "p4" else o for o in row] for row in before]  # type: ignore[union-attr]

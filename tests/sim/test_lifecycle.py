@@ -212,8 +212,10 @@ async def test_operator_removal_of_two_dead_members_of_three(
                 await c.start(name, seeds=["n1"])
             await c.wait_until(lambda: all_up(c, ["n1", "n4", "n5"]))
             await c.wait_until(
-                lambda: tables_agree(c, ["n1", "n4", "n5"])
-                and all(service(n).transfers.filled() for n in c.nodes.values())
+                lambda: (
+                    tables_agree(c, ["n1", "n4", "n5"])
+                    and all(service(n).transfers.filled() for n in c.nodes.values())
+                )
             )
             missing = await lacking(c, keys)
             assert missing == [], f"seed={seed}: {missing[:5]}\n{describe(c)}"
@@ -297,4 +299,6 @@ async def test_a_replacement_takes_exactly_the_dead_members_partitions(
         assert missing == [], f"seed={seed}: n5 serves without {missing[:5]}"
         assert owners_of(c, "n1") == expected, f"seed={seed}: a partition moved again"
         statuses = {m.name: m.status for m in c.nodes["n1"].members()}
-        assert statuses.get("n4") == "removed" and statuses.get("n5") == "up", f"seed={seed}: {statuses}"
+        assert statuses.get("n4") == "removed" and statuses.get("n5") == "up", (
+            f"seed={seed}: {statuses}"
+        )

@@ -107,8 +107,10 @@ async def test_unreadable_records_are_quarantined_and_repaired(
                 # ... and n3's own replica is restored by the repair rounds. (Those reads return
                 # after R replies, so n3 may still be reading, and quarantining, its own.)
                 await c.wait_until(
-                    lambda: node.statistics().quarantined_records == 5
-                    and node.statistics().quarantine_pending == 0
+                    lambda: (
+                        node.statistics().quarantined_records == 5
+                        and node.statistics().quarantine_pending == 0
+                    )
                 )
                 for key in keys:
                     got = await node.get(key, local=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,32 @@ def test_bench_storage_bad_input(tmp_path: Path) -> None:
     proc = _bench("--keys", "3", "--value-size", big, "--data-dir", str(tmp_path / "v"))
     assert proc.returncode == 1
     assert "exceeds the 1048576-byte limit" in proc.stderr
+
+
+@pytest.mark.proc
+def test_bench_storage_ctrl_c_is_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "bench"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gossipkv_cli", "bench", "storage", "--keys", "5000000",
+         "--data-dir", str(data_dir), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        # Writing has begun once a segment holds records (the lock file comes first).
+        while not any(p.name != "LOCK" and p.stat().st_size > 0 for p in _files(data_dir)):
+            assert time.monotonic() < deadline, "the bench never started writing"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.decode().strip().splitlines() == ["error: interrupted"]
+    assert out == b""
+
+
+def _files(path: Path) -> list[Path]:
+    return [p for p in path.iterdir() if p.is_file()] if path.is_dir() else []

@@ -212,9 +212,7 @@ def clock(transport_kind: str) -> trio.testing.MockClock | None:
 
 
 @pytest.fixture
-async def harness(
-    transport_kind: str, nursery: trio.Nursery, pki: Path
-) -> AsyncIterator[Harness]:
+async def harness(transport_kind: str, nursery: trio.Nursery, pki: Path) -> AsyncIterator[Harness]:
     if transport_kind == "tcp":
         yield TcpHarness(nursery)
     elif transport_kind == "tls":

@@ -167,6 +167,27 @@ def test_roles_decide_what_a_connection_may_send() -> None:
     assert _refusal_for(_hello("a"), TLSIdentity("a", "peer")) is None
 
 
+def test_the_toolbox_operator_calls_need_the_operator_role() -> None:
+    from gossipkv._messages import (
+        ConfigRequest,
+        KeysRequest,
+        LogLevelRequest,
+        MonitorRequest,
+        PingRequest,
+        RestoreRequest,
+    )
+
+    client = _refusal_for(_hello("client"), TLSIdentity("app", "client"))
+    operator = _refusal_for(_hello("client"), TLSIdentity("ops", "operator"))
+    assert client is not None and operator is not None
+    for message in (ConfigRequest(), LogLevelRequest("debug"), MonitorRequest(),
+                    RestoreRequest("k", b"")):  # fmt: skip
+        assert client(message) == "operator_message_from_client", message
+        assert operator(message) is None
+    for message in (PingRequest(), KeysRequest(0)):  # reads, as get and stats are
+        assert client(message) is None
+
+
 # --- in-process TLS peers over loopback -----------------------------------------------------
 
 
