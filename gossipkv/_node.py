@@ -1492,7 +1492,8 @@ class Node:
                 reply = await channel.request(syn)
                 if isinstance(reply, SynAck):
                     ack = rt.gossiper.on_syn_ack(reply, trio.current_time())
-                    await channel.notify(ack)
+                    if ack.delta or ack.wanted:
+                        await channel.notify(ack)
         except HandshakeError as exc:
             # Another cluster or protocol at a seed is a configuration error: say so, once a
             # minute (the refusal is retried every round).
@@ -1950,7 +1951,11 @@ class Node:
             # Clients may not gossip or announce shutdowns on a member's behalf.
             self._counters.dropped["unexpected_oneway"] += 1
         elif isinstance(message, Ack):
-            g.on_ack(message, trio.current_time())
+            answer = g.on_ack(message, trio.current_time())
+            if answer is not None:
+                # What the round's initiator asked for: the last leg of its exchange.
+                with trio.move_on_after(self._request_timeout):
+                    await channel.notify(answer)
         elif isinstance(message, Shutdown):
             g.on_shutdown(message, trio.current_time(), sender=channel.remote.node_id)
         else:

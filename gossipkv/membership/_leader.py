@@ -212,9 +212,9 @@ class Decisions:
         if table is not None:
             known = {*self.grants, *other.grants, *self.replacing, *other.replacing}
             mine = self.table
-            if (
-                mine is not None and (table.q != mine.q or table.n != mine.n)
-            ) or not all(o in known for row in table.owners for o in row):
+            if (mine is not None and (table.q != mine.q or table.n != mine.n)) or not all(
+                o in known for row in table.owners for o in row
+            ):
                 reasons.append("table_invalid")
                 other.table = None
         return reasons
