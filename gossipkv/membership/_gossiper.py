@@ -46,8 +46,8 @@ META_PREFIX = "meta:"
 class GossipConfig:
     """Membership tuning. Durations are seconds of ``trio.current_time()``.
 
-    With the defaults (0.2 s rounds, phi down at 8 in log10 units) a silent member is declared
-    down after about 18 mean heartbeat intervals, i.e. roughly 3.7 s.
+    With the defaults (0.2 s rounds to two members, phi down at 7 in log10 units) a silent
+    member is declared down after about 16 mean heartbeat intervals, i.e. roughly 3.5 s.
 
     Attributes:
       cluster: the cluster name (:class:`Node`'s ``cluster`` argument overrides it).
@@ -87,12 +87,12 @@ class GossipConfig:
 
     cluster: str = "gossipkv"
     gossip_interval: float = 0.2
-    fanout: int = 3
+    fanout: int = 2
     max_delta_bytes: int = 60 * 1024
     max_digest_bytes: int = 4 * 1024
     digest_buckets: int = 16
     suspect_phi: float = 5.0
-    down_phi: float = 8.0
+    down_phi: float = 7.0
     detector_window: int = 1000
     max_interval: float = 10.0
     local_pause_threshold: float = 1.0
@@ -289,6 +289,8 @@ class Gossiper:
         self._changes = 0
         self._evaluated: tuple[int, int, tuple[int, int]] | None = None
         self._next_full_evaluation = now
+        #: The bucket count of the summary in this peer's SYNs (the replies refer to it).
+        self._syn_buckets = 1
         #: Where the next heartbeat sample starts in the sorted member names.
         self._sample_at = 0
         self._leader = _LeaderState()
@@ -457,11 +459,15 @@ class Gossiper:
                 targets.append(rng.choice(unreached))
         elif unreached and rng.random() < len(unreached) / (len(live) + len(unreached) + 1):
             targets.append(rng.choice(unreached))
+        # About eight members a bucket, up to ``digest_buckets``: a small cluster's summary
+        # stays smaller than its digest would be.
+        wanted = max(1, len(self._namespaces) // 8)
+        self._syn_buckets = min(self.config.digest_buckets, 1 << (wanted - 1).bit_length())
         syn = Syn(
             self.node_id,
             self.generation,
             self.heartbeat_sample(),
-            view=self.view_buckets(),
+            view=self.view_buckets(self._syn_buckets),
         )
         return [(addr, syn) for addr in dict.fromkeys(targets)]
 
@@ -476,8 +482,15 @@ class Gossiper:
         differ = [b for b in range(len(mine)) if mine[b] != syn.view[b]]
         if count and not mine:
             differ = []  # a malformed view: answer the sample only
-        sample = self.heartbeat_sample()
-        listed: list[DigestEntry] = list(sample)
+        # Our sample, less what the sender's own sample shows it knows as well as we do.
+        listed: list[DigestEntry] = [
+            e
+            for e in self.heartbeat_sample()
+            if (t := theirs.get(e.node_id)) is None
+            or t.generation != e.generation
+            or t.heartbeat < e.heartbeat
+            or t.max_version < e.max_version
+        ]
         covered: list[int] = []
         if differ:
             by_bucket: dict[int, list[DigestEntry]] = {b: [] for b in differ}
@@ -521,7 +534,7 @@ class Gossiper:
         for what it knows better."""
         self.apply_delta(msg.delta, now)
         theirs = self._filter_digest(msg.digest, now)
-        count = self.config.digest_buckets
+        count = self._syn_buckets
         covered = {b for b in msg.buckets if 0 <= b < count}
         # In a covered bucket the replier listed every member it knows; elsewhere only the
         # sample's members can be compared.
