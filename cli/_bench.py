@@ -32,22 +32,45 @@ bench_app = sub_app("Benchmarks (numbers, never pass/fail).")
 
 @bench_app.command("gossip")
 def gossip(
-    n: Annotated[int, typer.Option("-n", help="Number of peers.")] = 10,
-    busy_seconds: Annotated[
-        float, typer.Option(help="Length of the loaded-machine window.")
+    n: Annotated[int, typer.Option("-n", min=2, help="Number of peers.")] = 10,
+    window: Annotated[
+        float,
+        typer.Option(
+            min=5.0,
+            max=300.0,
+            help="Seconds of the quiet window in which CPU, bytes and false downs are measured.",
+        ),
     ] = 60.0,
+    spacing: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between the starts of two peers.")
+    ] = 0.02,
+    compare_serf: Annotated[
+        bool,
+        typer.Option(
+            "--compare-serf", help="Run the same with Serf agents (serf on PATH), side by side."
+        ),
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for the choice of victim.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for the choice of the peer killed.")] = 1,
 ) -> None:
-    """Join, failure-detection and false-down timings of N real peers on loopback."""
+    """Membership at scale on N real peers on loopback: time to a full view, CPU and bytes per
+    peer at rest, false downs, SIGKILL detection (optionally beside Serf)."""
     from ._bench_gossip import bench_gossip
 
-    result = run(lambda: bench_gossip(n, busy_seconds, seed, quiet=json))
+    result = run(
+        lambda: bench_gossip(n, window, spacing, seed, compare_serf=compare_serf, quiet=json)
+    )
     if json:
         print_json(result)
-    else:
-        for key, value in result.items():
-            typer.echo(f"{key:>34}: {value}")
+        return
+    systems = [k for k in ("gossipkv", "serf") if isinstance(result.get(k), dict)]
+    keys = list(dict.fromkeys(k for s in systems for k in result[s] if k != "system"))
+    typer.echo(f"{'':>26}" + "".join(f"{s:>22}" for s in systems))
+    for key in keys:
+        row = "".join(f"{result[s].get(key, '')!s:>22}" for s in systems)
+        typer.echo(f"{key:>26}{row}")
+    if "cpu_ratio_gossipkv_to_serf" in result:
+        typer.echo(f"{'cpu ratio gossipkv/serf':>26}{result['cpu_ratio_gossipkv_to_serf']:>22}")
 
 
 @bench_app.command("kv")

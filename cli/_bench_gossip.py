@@ -1,8 +1,11 @@
-"""``gossipkv bench gossip``: membership timings measured on real peer processes on loopback.
+"""``gossipkv bench gossip``: membership at scale, measured on real peer processes on loopback.
 
-Peers log every membership event with a millisecond wall-clock timestamp; the benchmark starts
-them, acts (start one more, SIGKILL one, load the machine) and reads the timings back from the
-logs, so measuring adds no traffic of its own.
+N peers start ``--spacing`` apart, all seeded by the first (a join storm). The benchmark reports
+the time until every peer lists every other (from the peers' own event logs, so measuring adds no
+traffic), the CPU each peer then uses at rest (``/proc``), the bytes each sends per second (the
+peers' statistics), the false downs over a quiet window, and how long a SIGKILL takes to be seen
+by every survivor. ``--compare-serf`` runs the same with HashiCorp Serf agents (``serf`` on PATH)
+and prints both side by side. Numbers only, never a verdict.
 """
 
 from __future__ import annotations
@@ -11,170 +14,275 @@ import datetime as dt
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
-import typer
 
-from ._launcher import LocalCluster, free_base_port
+from ._common import open_client
+from ._launcher import free_base_port
 
-_EVENT = re.compile(r"^(\S+ \S+) INFO gossipkv\.node: event (\w+) (\S+) ")
+# "2026-11-28 21:00:00,123 INFO gossipkv.node: event up n5 gen=..."
+_GOSSIPKV_EVENT = re.compile(r"^(\S+ \S+) INFO gossipkv\.node: event (\w+) (\S+) ")
+# "    2026/11/28 21:00:00 [INFO] serf: EventMemberJoin: s5 127.0.0.1"
+_SERF_EVENT = re.compile(r"^\s*(\S+ \S+) \[INFO\] serf: EventMember(\w+): (\S+) ")
+_SERF_KINDS = {"Join": "up", "Failed": "down"}
 
 
 @dataclass(frozen=True)
 class Event:
     at: dt.datetime
-    kind: str
+    kind: str  # "up" (listed as a live member) or "down"
     node: str
 
 
-def read_events(path: Path) -> list[Event]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        m = _EVENT.match(line)
-        if m:
-            at = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-            out.append(Event(at, m.group(2), m.group(3)))
+def read_events(path: Path, serf: bool) -> list[Event]:
+    """The membership events one peer logged, oldest first."""
+    out: list[Event] = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if serf:
+            m = _SERF_EVENT.match(line)
+            if m and m.group(2) in _SERF_KINDS:
+                at = dt.datetime.strptime(m.group(1), "%Y/%m/%d %H:%M:%S")
+                out.append(Event(at, _SERF_KINDS[m.group(2)], m.group(3)))
+        else:
+            m = _GOSSIPKV_EVENT.match(line)
+            if m and m.group(2) in ("up", "down"):
+                at = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                out.append(Event(at, m.group(2), m.group(3)))
     return out
 
 
-def first(events: list[Event], kind: str, node: str, after: dt.datetime) -> dt.datetime | None:
+@dataclass
+class Fleet:
+    """N processes of one system (gossipkv peers or Serf agents) and their logs."""
+
+    system: str
+    n: int
+    log_dir: Path
+    names: list[str] = field(default_factory=list)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def serf(self) -> bool:
+        return self.system == "serf"
+
+    def command(self, i: int, base: int) -> list[str]:
+        name = self.names[i]
+        if self.serf:
+            args = [
+                "serf",
+                "agent",
+                "-node",
+                name,
+                "-bind",
+                f"127.0.0.1:{base + i}",
+                "-rpc-addr",
+                f"127.0.0.1:{base + self.n + i}",
+            ]
+            return args + ([] if i == 0 else ["-join", f"127.0.0.1:{base}"])
+        args = [
+            sys.executable,
+            "-m",
+            "gossipkv_cli",
+            "peer",
+            "--name",
+            name,
+            "--listen",
+            self.addresses[name],
+            "--cluster",
+            "bench",
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        return args + ([] if i == 0 else ["--seed", self.addresses[self.names[0]]])
+
+    async def start(self, spacing: float) -> dt.datetime:
+        prefix = "s" if self.serf else "n"
+        self.names = [f"{prefix}{i}" for i in range(self.n)]
+        ports = 2 * self.n if self.serf else self.n
+        base = free_base_port("127.0.0.1", ports, 17700 if self.serf else 7700)
+        self.addresses = {x: f"127.0.0.1:{base + i}" for i, x in enumerate(self.names)}
+        started = dt.datetime.now()
+        for i, name in enumerate(self.names):
+            with open(self.log_dir / f"{name}.log", "wb") as log:  # noqa: ASYNC230 (a create)
+                # Popen forks and execs; it does not wait for the child.
+                self.procs[name] = subprocess.Popen(  # noqa: ASYNC220
+                    self.command(i, base), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+                )
+            await trio.sleep(spacing)
+        return started
+
+    async def events(self, names: list[str]) -> dict[str, list[Event]]:
+        def read() -> dict[str, list[Event]]:
+            return {x: read_events(self.log_dir / f"{x}.log", self.serf) for x in names}
+
+        return await trio.to_thread.run_sync(read)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, proc in self.procs.items():
+            try:
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[name] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
+    async def bytes_out(self) -> dict[str, int]:
+        if self.serf:
+            return {}  # Serf reports no byte counters over its RPC
+        out: dict[str, int] = {}
+
+        async def one(name: str) -> None:
+            try:
+                with trio.move_on_after(5):
+                    async with open_client([self.addresses[name]], cluster="bench") as client:
+                        stats = await client.statistics()
+                        out[name] = int(stats["bytes_out"])  # type: ignore[call-overload]
+            except Exception:  # a peer that does not answer is left out of the mean
+                return
+
+        async with trio.open_nursery() as nursery:
+            for name in self.names:
+                nursery.start_soon(one, name)
+        return out
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs.values():
+            proc.wait()
+
+
+def _first(events: list[Event], kind: str, node: str, after: dt.datetime) -> dt.datetime | None:
     for e in events:
         if e.kind == kind and e.node == node and e.at >= after:
             return e.at
     return None
 
 
-def seconds(a: dt.datetime, b: dt.datetime | None) -> float | None:
-    return None if b is None else round((b - a).total_seconds(), 3)
+def _full_view_at(evs: dict[str, list[Event]], names: list[str]) -> dt.datetime | None:
+    """When the last peer came to list the last other peer as live (``None``: not yet)."""
+    last = dt.datetime.min
+    for p in names:
+        seen: dict[str, dt.datetime] = {}
+        for e in evs[p]:
+            if e.kind == "up":
+                seen.setdefault(e.node, e.at)
+        missing = [q for q in names if q != p and q not in seen]
+        if missing:
+            return None
+        last = max([last, *(seen[q] for q in names if q != p)])
+    return last
 
 
-async def bench_gossip(n: int, busy_seconds: float, seed: int, *, quiet: bool) -> dict[str, Any]:
+async def measure(
+    system: str, n: int, window: float, spacing: float, seed: int, say: Callable[[str], None]
+) -> dict[str, Any]:
+    log_dir = Path(tempfile.mkdtemp(prefix=f"gossipkv-bench-{system}-"))
+    fleet = Fleet(system, n, log_dir)
+    out: dict[str, Any] = {"system": system, "peers": n, "logs": str(log_dir)}
+    try:
+        started = await fleet.start(spacing)
+        say(f"{system}: {n} processes started, waiting for every one to list every other")
+        names = fleet.names
+        full: dt.datetime | None = None
+        with trio.move_on_after(120 + 2 * n):
+            while full is None:
+                await trio.sleep(2.0)
+                full = _full_view_at(await fleet.events(names), names)
+        if full is None:
+            evs = await fleet.events(names)
+            counts = sorted(len({e.node for e in evs[p] if e.kind == "up"}) for p in names)
+            out["full_view_s"] = None
+            out["listed_counts_min_median"] = [counts[0], counts[len(counts) // 2]]
+            say(f"{system}: no full view (fewest listed: {counts[0]})")
+            return out
+        out["full_view_s"] = round((full - started).total_seconds(), 1)
+        say(
+            f"{system}: full view after {out['full_view_s']} s; settling, then {window:.0f} s quiet"
+        )
+        await trio.sleep(10.0)
+
+        quiet_from = dt.datetime.now()
+        cpu0, bytes0, t0 = fleet.cpu_seconds(), await fleet.bytes_out(), trio.current_time()
+        await trio.sleep(window)
+        cpu1, bytes1, t1 = fleet.cpu_seconds(), await fleet.bytes_out(), trio.current_time()
+        cpu = [(cpu1[x] - cpu0[x]) / (t1 - t0) * 100 for x in names if x in cpu0 and x in cpu1]
+        out["cpu_percent_per_peer"] = round(sum(cpu) / len(cpu), 3)
+        out["cpu_percent_total"] = round(sum(cpu), 1)
+        sent = [(bytes1[x] - bytes0[x]) / (t1 - t0) for x in names if x in bytes0 and x in bytes1]
+        out["bytes_per_peer_per_s"] = round(sum(sent) / len(sent)) if sent else None
+        evs = await fleet.events(names)
+        false = [
+            (p, e.node) for p in names for e in evs[p] if e.kind == "down" and e.at >= quiet_from
+        ]
+        out["quiet_window_s"] = window
+        out["false_downs"] = len(false)
+
+        victim = random.Random(seed).choice(names[1:])
+        killed = dt.datetime.now()
+        fleet.kill(victim)
+        survivors = [x for x in names if x != victim]
+        say(f"{system}: SIGKILL {victim}")
+        downs: list[dt.datetime | None] = []
+        with trio.move_on_after(90):
+            while True:
+                await trio.sleep(1.0)
+                evs = await fleet.events(survivors)
+                downs = [_first(evs[p], "down", victim, killed) for p in survivors]
+                if all(downs):
+                    break
+        seen = [d for d in downs if d is not None]
+        out["sigkill_down_at_all_s"] = (
+            round((max(seen) - killed).total_seconds(), 1) if len(seen) == len(survivors) else None
+        )
+        out["sigkill_seen_by"] = f"{len(seen)}/{len(survivors)}"
+        return out
+    finally:
+        fleet.stop()
+
+
+async def bench_gossip(
+    n: int,
+    window: float,
+    spacing: float,
+    seed: int,
+    *,
+    compare_serf: bool,
+    quiet: bool,
+) -> dict[str, Any]:
     def say(message: str) -> None:
         if not quiet:
             print(message, file=sys.stderr, flush=True)
 
-    base = free_base_port("127.0.0.1", n + 1, 7700)
-    local = LocalCluster(
-        n, host="127.0.0.1", base_port=base, data_root=None, cluster="bench", say=say
-    )
-    logs = local.log_dir
-    names = [f"n{i}" for i in range(1, n + 1)]
-    result: dict[str, Any] = {"peers": n}
-    extra: subprocess.Popen[bytes] | None = None
-    burners: list[subprocess.Popen[bytes]] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            started = dt.datetime.now()
-            await local.start(nursery)
-            doc = await local.wait_all_up(within=60.0)
-            if doc is None:
-                raise typer.Exit(1)
-            await trio.sleep(3.0)
-            ev = {name: read_events(logs / f"{name}.log") for name in names}
-            last_up = max(
-                first(ev[p], "up", q, started) or dt.datetime.max
-                for p in names
-                for q in names
-                if p != q
-            )
-            result["all_up_after_start_s"] = seconds(started, last_up)
-            say(f"all {n} peers up")
-
-            # One more peer: how long until everyone lists it, and sees it up.
-            await trio.sleep(5.0)
-            extra_name = f"n{n + 1}"
-            extra_addr = f"127.0.0.1:{base + n}"
-            log_file = open(logs / f"{extra_name}.log", "ab")  # noqa: SIM115, ASYNC230
-            spawned = dt.datetime.now()
-            # Popen only forks and execs; it does not wait, so it does not stall the loop.
-            extra = subprocess.Popen(  # noqa: ASYNC220
-                [
-                    sys.executable,
-                    "-m",
-                    "gossipkv_cli",
-                    "peer",
-                    "--name",
-                    extra_name,
-                    "--listen",
-                    extra_addr,
-                    "--seed",
-                    local.addresses()[0],
-                    "--cluster",
-                    "bench",
-                ],
-                stdout=log_file,
-                stderr=log_file,
-                stdin=subprocess.DEVNULL,
-            )
-            log_file.close()
-            await trio.sleep(6.0)
-            ev = {name: read_events(logs / f"{name}.log") for name in names}
-            listed = [first(ev[p], "joined", extra_name, spawned) for p in names]
-            upped = [first(ev[p], "up", extra_name, spawned) for p in names]
-            result["new_peer_listed_by_all_s"] = (
-                None if None in listed else seconds(spawned, max(t for t in listed if t))
-            )
-            result["new_peer_up_at_all_s"] = (
-                None if None in upped else seconds(spawned, max(t for t in upped if t))
-            )
-            say("new peer measured")
-
-            # SIGKILL one peer that is not the leader: how long until every other sees it down.
-            await trio.sleep(10.0)
-            victim = random.Random(seed).choice(names[1:])
-            proc = next(p for p in local.peers if p.name == victim)
-            proc.expected_exit = True
-            killed = dt.datetime.now()
-            proc.process.send_signal(signal.SIGKILL)
-            await trio.sleep(15.0)
-            survivors = [p for p in names if p != victim] + [extra_name]
-            ev = {name: read_events(logs / f"{name}.log") for name in survivors}
-            downs = [first(ev[p], "down", victim, killed) for p in survivors]
-            result["sigkill_down_at_all_s"] = (
-                None if None in downs else seconds(killed, max(t for t in downs if t))
-            )
-            result["sigkill_down_first_s"] = (
-                None if None in downs else seconds(killed, min(t for t in downs if t))
-            )
-            say(f"{victim} killed and detected")
-
-            # Load the machine and count false downs among the live peers.
-            cores = os.cpu_count() or 2
-            burners = [
-                subprocess.Popen([sys.executable, "-c", "while True: pass"])  # noqa: ASYNC220
-                for _ in range(cores)
-            ]
-            busy_from = dt.datetime.now()
-            await trio.sleep(busy_seconds)
-            for b in burners:
-                b.kill()
-            ev = {name: read_events(logs / f"{name}.log") for name in survivors}
-            false = [
-                f"{p} saw {e.node} down"
-                for p in survivors
-                for e in ev[p]
-                if e.kind == "down" and e.at >= busy_from and e.node != victim
-            ]
-            result["busy_seconds"] = busy_seconds
-            result["busy_burner_processes"] = cores
-            result["false_downs_while_busy"] = len(false)
-            if false:
-                result["false_down_examples"] = false[:5]
-            nursery.cancel_scope.cancel()
-    finally:
-        for b in burners:
-            if b.poll() is None:
-                b.kill()
-        if extra is not None and extra.poll() is None:
-            extra.kill()
-            extra.wait()
-        with trio.move_on_after(30, shield=True):
-            await local.stop(grace=2.0)
-    result["logs"] = str(logs)
+    result: dict[str, Any] = {"gossipkv": await measure("gossipkv", n, window, spacing, seed, say)}
+    if compare_serf:
+        if shutil.which("serf") is None:
+            result["serf"] = {"error": "serf is not on PATH (Debian/Ubuntu: apt-get install serf)"}
+        else:
+            result["serf"] = await measure("serf", n, window, spacing, seed, say)
+            ours = result["gossipkv"].get("cpu_percent_per_peer")
+            theirs = result["serf"].get("cpu_percent_per_peer")
+            if ours is not None and theirs:
+                result["cpu_ratio_gossipkv_to_serf"] = round(ours / theirs, 2)
     return result

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import ClassVar, NamedTuple
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 class Kind(enum.IntEnum):
@@ -106,30 +106,41 @@ class NodeDelta:
 
 @dataclass(frozen=True, slots=True)
 class Syn(Message):
-    """Start of a gossip round: the sender's digest of everyone it knows."""
+    """Start of a gossip round: a summary of what the sender knows, and a heartbeat sample.
+
+    ``view`` holds one hash per bucket of members (see ``membership._state.bucket_hashes``);
+    ``digest`` is a byte-bounded sample of entries, the sender's own first, rotating over the
+    others from round to round, so heartbeats reach everyone at any cluster size.
+    """
 
     TAG: ClassVar[str] = "syn"
     sender: str
     generation: int
     digest: tuple[DigestEntry, ...]
     hlc: int = 0
+    view: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class SynAck(Message):
-    """Reply to a Syn: what the replier wants (its digest) and what the sender lacks (delta)."""
+    """Reply to a Syn: the replier's entries for the buckets whose hashes differ (``buckets``
+    names them, each listed whole) plus its own heartbeat sample in ``digest``, and ``delta``,
+    what the sample showed the sender lacks."""
 
     TAG: ClassVar[str] = "syn_ack"
     digest: tuple[DigestEntry, ...]
     delta: tuple[NodeDelta, ...]
+    buckets: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Ack(Message):
-    """End of a gossip round: what the replier asked for."""
+    """What the replier lacks (``delta``), and what the sender lacks (``wanted``: its digest
+    entries for the members the replier knows better; answered with one more Ack)."""
 
     TAG: ClassVar[str] = "ack"
     delta: tuple[NodeDelta, ...]
+    wanted: tuple[DigestEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,9 @@
 
 A :class:`Node` binds its listen address, derives its generation (Generation Clock) from the data
 dir and the wall clock, then runs: the gossip loop (one scuttlebutt round every
-``gossip_interval``), the evaluation loop (failure detection, leader duties, persistence), a watchdog
-that measures event-loop lag (the local-pause guard), and one task per connection.
+``gossip_interval``), the evaluation loop (failure detection, leader duties, persistence; the lag
+of its own wake-ups is the event-loop lag the local-pause guard reads), and one task per
+connection.
 """
 
 from __future__ import annotations
@@ -1633,7 +1634,6 @@ class Node:
                 await self._claim_replacement(gossiper.replaces, seeds)
             nursery.start_soon(self._gossip_loop)
             nursery.start_soon(self._evaluate_loop)
-            nursery.start_soon(self._watchdog)
             log.info(
                 "%s listening on %s (generation %d, %s)",
                 name,
@@ -1701,14 +1701,21 @@ class Node:
     async def _exchange(self, addr: str, syn: Syn) -> None:
         rt = self._runtime()
         started = trio.current_time()
+        # A joiner knows only its seeds: an exchange it abandons is one the seed answered for
+        # nothing, and the next round's attempt (on a new connection, if the handshake was cut
+        # short) queues behind it. A busy seed's late answer is still worth waiting for; only
+        # one exchange per address is ever in flight.
+        joining = rt.gossiper.status == "joining"
+        timeout = self._request_timeout * (_JOIN_PATIENCE if joining else 1)
         try:
-            with trio.move_on_after(self._request_timeout):
+            with trio.move_on_after(timeout):
                 channel = await self._channel_to(addr)
                 reply = await channel.request(syn)
                 if isinstance(reply, SynAck):
                     self._gossip_latency.observe(trio.current_time() - started)
                     ack = rt.gossiper.on_syn_ack(reply, trio.current_time())
-                    await channel.notify(ack)
+                    if ack.delta or ack.wanted:
+                        await channel.notify(ack)
         except HandshakeError as exc:
             # Another cluster or protocol at a seed is a configuration error: say so, once a
             # minute (the refusal is retried every round).
@@ -1733,11 +1740,18 @@ class Node:
 
     async def _evaluate_loop(self) -> None:
         rt = self._runtime()
-        interval = min(0.1, self.config.gossip_interval / 2)
+        # One timer for failure detection and the event-loop watchdog: a peer idles on few
+        # wake-ups. The lag of this loop's own wake-ups is the loop lag (a stall of this peer).
+        interval = min(0.2, self.config.gossip_interval / 2)
         next_at = trio.current_time()
         while True:
             next_at = max(next_at + interval, trio.current_time())
             await trio.sleep_until(next_at)
+            now = trio.current_time()
+            lag = now - next_at
+            self._lag.last = lag
+            self._lag.max = max(self._lag.max, lag)
+            rt.gossiper.note_loop_lag(lag, now)
             await self._transport.wait_runnable()
             g = rt.gossiper
             g.evaluate(trio.current_time(), self._wall())
@@ -1869,19 +1883,6 @@ class Node:
         except Exception as exc:
             g.decisions_dirty = True
             log.error("cannot persist membership state: %s", exc)
-
-    async def _watchdog(self) -> None:
-        rt = self._runtime()
-        period = 0.05
-        next_at = trio.current_time() + period
-        while True:
-            await trio.sleep_until(next_at)
-            now = trio.current_time()
-            lag = now - next_at
-            self._lag.last = lag
-            self._lag.max = max(self._lag.max, lag)
-            rt.gossiper.note_loop_lag(lag, now)
-            next_at = now + period
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -2143,7 +2144,14 @@ class Node:
         self, channel: Channel, message: Message, respond: Callable[[Message | BaseException], None]
     ) -> Message | Deferred | None:
         """The data path without a task per request: replica requests an in-memory replica
-        answers at once, and client reads and writes whose replies are gathered by callbacks."""
+        answers at once, client reads and writes whose replies are gathered by callbacks, and
+        gossip SYNs (pure computation: a task for each would be most of an idle peer's work)."""
+        if isinstance(message, Syn):
+            if channel.remote.node_id == "client" or not self._transport.runnable():
+                return None  # refused (or held while paused) on the task path
+            if message.hlc:
+                self._hlc.update(message.hlc)
+            return self._runtime().gossiper.on_syn(message, trio.current_time())
         if not isinstance(message, (ReplicaGet, ReplicaPut, KvGet, KvPut)):
             return None
         if not self._transport.runnable() or self._checking_data:
@@ -2173,11 +2181,19 @@ class Node:
             # Clients may not gossip or announce shutdowns on a member's behalf.
             self._counters.dropped["unexpected_oneway"] += 1
         elif isinstance(message, Ack):
-            g.on_ack(message, trio.current_time())
+            answer = g.on_ack(message, trio.current_time())
+            if answer is not None:
+                # What the round's initiator asked for: the last leg of its exchange.
+                with trio.move_on_after(self._request_timeout):
+                    await channel.notify(answer)
         elif isinstance(message, Shutdown):
             g.on_shutdown(message, trio.current_time(), sender=channel.remote.node_id)
         else:
             self._counters.dropped["unexpected_oneway"] += 1
+
+
+#: How many request timeouts a joining peer waits for one gossip exchange (see ``_exchange``).
+_JOIN_PATIENCE = 5
 
 
 class LogLimiter:

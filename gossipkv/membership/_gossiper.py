@@ -18,12 +18,23 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .._messages import Ack, DigestEntry, NodeDelta, Shutdown, Syn, SynAck, encoded_size
+from .._messages import Ack, DigestEntry, NodeDelta, Shutdown, Syn, SynAck
 from .._partitions import DEFAULT_PARTITIONS, DEFAULT_REPLICAS, PartitionTable, plan
 from .._types import Address
 from ._detector import ArrivalWindow, DetectorConfig
 from ._leader import MAX_COUNTER, Age, Decisions, Grant, has_majority, view_hash
-from ._state import Namespace, build_delta, wanted_digest
+from ._state import (
+    Namespace,
+    bucket_hashes,
+    bucket_of,
+    build_delta,
+    digest_entry_size,
+    wanted_digest,
+)
+
+#: Seconds between evaluations of the view and the leader's duties when nothing changed
+#: (timeouts such as ``remove_after`` and ``leave_timeout`` are checked at this pace).
+_FULL_EVALUATION = 1.0
 
 Liveness = Literal["alive", "suspect", "down"]
 SelfStatus = Literal["joining", "up", "leaving", "left"]
@@ -35,14 +46,20 @@ META_PREFIX = "meta:"
 class GossipConfig:
     """Membership tuning. Durations are seconds of ``trio.current_time()``.
 
-    With the defaults (0.2 s rounds, phi down at 8 in log10 units) a silent member is declared
-    down after about 18 mean heartbeat intervals, i.e. roughly 3.7 s.
+    With the defaults (0.2 s rounds to two members, phi down at 7 in log10 units) a silent
+    member is declared down after about 16 mean heartbeat intervals, i.e. roughly 3.5 s.
 
     Attributes:
       cluster: the cluster name (:class:`Node`'s ``cluster`` argument overrides it).
       gossip_interval: seconds between gossip rounds.
       fanout: live members gossiped with per round.
       max_delta_bytes: the byte budget of one gossip delta (at least 1024).
+      max_digest_bytes: the byte budget of the digest entries one gossip message lists (at
+        least 256): its heartbeat sample, and in a reply, the entries of the buckets whose
+        hashes differ. With it, what a member sends per round does not grow with the cluster:
+        above about ``max_digest_bytes / 22`` members a message carries a rotating sample of
+        heartbeats rather than all of them.
+      digest_buckets: members are summarised in this many bucket hashes per SYN (1..256).
       suspect_phi: phi at which a member is suspect (log10 units, as Cassandra).
       down_phi: phi at which a member is down.
       detector_window: heartbeat intervals the failure detector remembers per member.
@@ -70,10 +87,12 @@ class GossipConfig:
 
     cluster: str = "gossipkv"
     gossip_interval: float = 0.2
-    fanout: int = 3
+    fanout: int = 2
     max_delta_bytes: int = 60 * 1024
+    max_digest_bytes: int = 4 * 1024
+    digest_buckets: int = 16
     suspect_phi: float = 5.0
-    down_phi: float = 8.0
+    down_phi: float = 7.0
     detector_window: int = 1000
     max_interval: float = 10.0
     local_pause_threshold: float = 1.0
@@ -121,6 +140,10 @@ class GossipConfig:
             raise ValueError("need 0 < suspect_phi <= down_phi")
         if self.max_delta_bytes < 1024:
             raise ValueError("max_delta_bytes must be at least 1024")
+        if self.max_digest_bytes < 256:
+            raise ValueError("max_digest_bytes must be at least 256")
+        if not 1 <= self.digest_buckets <= 256:
+            raise ValueError(f"digest_buckets must be 1..256, got {self.digest_buckets}")
         if not self.cluster or len(self.cluster) > 128:
             raise ValueError("cluster name must be 1..128 characters")
         if not 1 <= self.partitions <= 4096:
@@ -261,6 +284,17 @@ class Gossiper:
         self.needs_reincarnation = False
         self._peers: dict[str, _Peer] = {}
         self._namespaces: dict[str, Namespace] = {}
+        #: The other members' names, sorted (``None``: to be recomputed after a change).
+        self._others: list[str] | None = None
+        #: Bumped by every event and every entry learned: evaluations in between skip the work
+        #: that only such a change (or time, see ``_FULL_EVALUATION``) can make necessary.
+        self._changes = 0
+        self._evaluated: tuple[int, int, tuple[int, int]] | None = None
+        self._next_full_evaluation = now
+        #: The bucket count of the summary in this peer's SYNs (the replies refer to it).
+        self._syn_buckets = 1
+        #: Where the next heartbeat sample starts in the sorted member names.
+        self._sample_at = 0
         self._leader = _LeaderState()
         self._last_eval = now
         self._guard_until = now
@@ -295,6 +329,7 @@ class Gossiper:
         ns.set("status", "joining")
         ns.set("up", 0)
         self._namespaces[self.node_id] = ns
+        self._others = None
         return ns
 
     def _bootstrap(self) -> None:
@@ -360,7 +395,35 @@ class Gossiper:
     # --- gossip rounds ---------------------------------------------------------------------------
 
     def digest(self) -> tuple[DigestEntry, ...]:
+        """Every member's digest entry (sorted by name)."""
         return tuple(ns.digest() for _, ns in sorted(self._namespaces.items()))
+
+    def heartbeat_sample(self) -> tuple[DigestEntry, ...]:
+        """This peer's own entry, then the next members in name order (rotating from one call to
+        the next) as far as ``max_digest_bytes`` allows: in a small cluster, everyone."""
+        own = self._self.digest()
+        out = [own]
+        left = self.config.max_digest_bytes - digest_entry_size(own)
+        others = self._others
+        if others is None:
+            others = self._others = sorted(n for n in self._namespaces if n != self.node_id)
+        count = len(others)
+        start = self._sample_at % count if count else 0
+        taken = 0
+        for i in range(count):
+            entry = self._namespaces[others[(start + i) % count]].digest()
+            size = digest_entry_size(entry)
+            if size > left:
+                break
+            left -= size
+            out.append(entry)
+            taken += 1
+        self._sample_at = start + taken
+        return tuple(out)
+
+    def view_buckets(self, buckets: int | None = None) -> tuple[int, ...]:
+        """The bucket hashes summarising every member's generation and newest version."""
+        return bucket_hashes(self._namespaces.values(), buckets or self.config.digest_buckets)
 
     def tick(self, now: float, rng: random.Random) -> list[tuple[str, Syn]]:
         """Start a gossip round: bump the heartbeat and pick targets.
@@ -398,33 +461,113 @@ class Gossiper:
                 targets.append(rng.choice(unreached))
         elif unreached and rng.random() < len(unreached) / (len(live) + len(unreached) + 1):
             targets.append(rng.choice(unreached))
-        syn = Syn(self.node_id, self.generation, self.digest())
+        # About eight members a bucket, up to ``digest_buckets``: a small cluster's summary
+        # stays smaller than its digest would be.
+        wanted = max(1, len(self._namespaces) // 8)
+        self._syn_buckets = min(self.config.digest_buckets, 1 << (wanted - 1).bit_length())
+        syn = Syn(
+            self.node_id,
+            self.generation,
+            self.heartbeat_sample(),
+            view=self.view_buckets(self._syn_buckets),
+        )
         return [(addr, syn) for addr in dict.fromkeys(targets)]
 
     def on_syn(self, syn: Syn, now: float) -> SynAck:
-        """Answer a round: ask for what the sender knows better, send what it lacks."""
+        """Answer a round: list our entries of the buckets whose hashes differ (the sender then
+        pushes what we lack and asks for what it lacks), our heartbeat sample, and what the
+        sender's sample shows it lacks."""
         self.counters.syns_received += 1
         theirs = self._filter_digest(syn.digest, now)
-        wanted = wanted_digest(self._namespaces, theirs.values())
-        budget = self.config.max_delta_bytes - encoded_size(wanted) - 16
-        delta = build_delta(self._namespaces, theirs, budget)
-        self._note_truncation(delta, theirs)
-        return SynAck(wanted, delta)
+        count = len(syn.view)
+        mine = self.view_buckets(count) if 0 < count <= 256 else ()
+        differ = [b for b in range(len(mine)) if mine[b] != syn.view[b]]
+        if count and not mine:
+            differ = []  # a malformed view: answer the sample only
+        # Our sample, less what the sender's own sample shows it knows as well as we do.
+        listed: list[DigestEntry] = [
+            e
+            for e in self.heartbeat_sample()
+            if (t := theirs.get(e.node_id)) is None
+            or t.generation != e.generation
+            or t.heartbeat < e.heartbeat
+            or t.max_version < e.max_version
+        ]
+        covered: list[int] = []
+        if differ:
+            by_bucket: dict[int, list[DigestEntry]] = {b: [] for b in differ}
+            for node_id, ns in self._namespaces.items():
+                entries = by_bucket.get(bucket_of(node_id, count))
+                if entries is not None:
+                    entries.append(ns.digest())
+            left = self.config.max_digest_bytes
+            # Start where the sample left off, so a budget too small for every differing
+            # bucket still covers each of them in turn.
+            first = self._sample_at % len(differ)
+            for b in differ[first:] + differ[:first]:
+                entries = by_bucket[b]
+                size = sum(digest_entry_size(e) for e in entries)
+                if size > left:
+                    continue
+                left -= size
+                covered.append(b)
+                listed.extend(entries)
+            if len(covered) < len(differ):
+                self.counters.budget_truncations += 1
+        budget = self.config.max_delta_bytes - 16
+        lacking = {
+            n: e
+            for n, e in theirs.items()
+            if (have := self._namespaces.get(n)) is not None
+            and (
+                e.generation < have.generation
+                or (e.generation == have.generation and e.max_version < have.max_version)
+            )
+        }
+        delta = (
+            build_delta({n: self._namespaces[n] for n in lacking}, lacking, budget)
+            if lacking
+            else ()
+        )
+        return SynAck(tuple(listed), delta, tuple(sorted(covered)))
 
     def on_syn_ack(self, msg: SynAck, now: float) -> Ack:
-        """Apply the reply's delta and send back what it asked for."""
+        """Apply the reply's delta; push what the replier lacks in the buckets it listed, and ask
+        for what it knows better."""
         self.apply_delta(msg.delta, now)
-        theirs = {e.node_id: e for e in msg.digest}
-        delta = build_delta(
-            {k: v for k, v in self._namespaces.items() if k in theirs},
-            theirs,
-            self.config.max_delta_bytes - 16,
-        )
-        self._note_truncation(delta, theirs, asked_only=True)
-        return Ack(delta)
+        theirs = self._filter_digest(msg.digest, now)
+        count = self._syn_buckets
+        covered = {b for b in msg.buckets if 0 <= b < count}
+        # In a covered bucket the replier listed every member it knows; elsewhere only the
+        # sample's members can be compared.
+        mine = {
+            n: ns
+            for n, ns in self._namespaces.items()
+            if n in theirs or (covered and bucket_of(n, count) in covered)
+        }
+        delta = build_delta(mine, theirs, self.config.max_delta_bytes - 16)
+        self._note_truncation(delta, mine, theirs)
+        wanted = wanted_digest(self._namespaces, theirs.values())
+        return Ack(delta, wanted[: self._max_entries()])
 
-    def on_ack(self, msg: Ack, now: float) -> None:
+    def on_ack(self, msg: Ack, now: float) -> Ack | None:
+        """Apply an Ack's delta; answer what it asked for (``None``: it asked for nothing)."""
         self.apply_delta(msg.delta, now)
+        if not msg.wanted:
+            return None
+        theirs = {
+            e.node_id: e
+            for e in msg.wanted[: self._max_entries()]
+            if not self.decisions.is_removed(e.node_id, e.generation)
+        }
+        mine = {n: ns for n, ns in self._namespaces.items() if n in theirs}
+        delta = build_delta(mine, theirs, self.config.max_delta_bytes - 16)
+        self._note_truncation(delta, mine, theirs)
+        return Ack(delta) if delta else None
+
+    def _max_entries(self) -> int:
+        # The most digest entries one message may ask with (the smallest entry is 8 bytes).
+        return self.config.max_digest_bytes // 8
 
     def on_shutdown(self, msg: Shutdown, now: float, *, sender: str) -> None:
         """A member announced it is stopping now: stop waiting for the detector.
@@ -450,27 +593,22 @@ class Gossiper:
     def _note_truncation(
         self,
         delta: tuple[NodeDelta, ...],
+        mine: dict[str, Namespace],
         theirs: dict[str, DigestEntry],
-        *,
-        asked_only: bool = False,
     ) -> None:
-        # Count rounds where the budget kept something back (the next round continues). A SYN's
-        # digest lists every member the sender knows; a SYN-ACK's lists only what it asked for
-        # (``asked_only``): the rest is not wanted (counting it made every round a truncation).
-        wanted_nodes = sum(
+        # Count exchanges where the budget kept back something the other side lacks (the next
+        # round continues).
+        lacking = sum(
             1
-            for node_id, ns in self._namespaces.items()
-            if (not asked_only or node_id in theirs)
-            and (
-                (e := theirs.get(node_id)) is None
-                or e.generation < ns.generation
-                or e.max_version < ns.max_version
-            )
+            for node_id, ns in mine.items()
+            if (e := theirs.get(node_id)) is None
+            or e.generation < ns.generation
+            or (e.generation == ns.generation and e.max_version < ns.max_version)
         )
         complete = sum(
             1 for nd in delta if nd.max_version >= self._namespaces[nd.node_id].max_version
         )
-        if complete < wanted_nodes:
+        if complete < lacking:
             self.counters.budget_truncations += 1
 
     def _filter_digest(self, digest: tuple[DigestEntry, ...], now: float) -> dict[str, DigestEntry]:
@@ -525,6 +663,7 @@ class Gossiper:
             restarted = ns is not None
             ns = Namespace(nd.node_id, nd.generation)
             self._namespaces[nd.node_id] = ns
+            self._others = None
             # A new incarnation replaces the old one completely, detector history included.
             self._peers[nd.node_id] = _Peer(ArrivalWindow(self._detector, now))
             self._event(
@@ -541,7 +680,8 @@ class Gossiper:
             for entry in nd.entries:
                 item = ns.entries.get(entry.key)
                 if item is None or entry.version > item[1]:
-                    ns.entries[entry.key] = (entry.value, entry.version)
+                    ns.put(entry.key, entry.value, entry.version)
+                    self._changes += 1
                     if entry.key == "decisions":
                         self._merge_decisions(entry.value)
             ns.max_version = max(ns.max_version, nd.max_version)
@@ -832,11 +972,18 @@ class Gossiper:
         self._last_eval = now
         self._wall_ms = max(self._wall_ms, wall_ms)
         self._evaluate_liveness(now)
+        if self._stamp() == self._evaluated and now < self._next_full_evaluation:
+            return  # nothing changed: the view, the leader and its duties are as they were
+        self._next_full_evaluation = now + _FULL_EVALUATION
         self._apply_decisions(now)
         self._evaluate_self(now)
         self._publish_view()
         self._track_view()
         self._leader_duties(now, wall_ms)
+        self._evaluated = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, tuple[int, int]]:
+        return (self._changes, self._self.max_version, self.decisions.epoch())
 
     def _evaluate_liveness(self, now: float) -> None:
         guarded = now < self._guard_until
@@ -863,6 +1010,7 @@ class Gossiper:
         for node_id, ns in list(self._namespaces.items()):
             if node_id != self.node_id and self._voided(node_id, ns):
                 del self._namespaces[node_id]
+                self._others = None
                 del self._peers[node_id]
                 self._event(now, "removed", node_id, ns.generation)
 
@@ -1168,6 +1316,7 @@ class Gossiper:
     def _event(
         self, now: float, kind: str, node_id: str, generation: int, detail: str = ""
     ) -> None:
+        self._changes += 1
         self.events.append(MembershipEvent(now, kind, node_id, generation, detail))
 
 

@@ -4,10 +4,17 @@ Each member owns one namespace: string keys, each holding a value and the owner'
 the time of the write. Only the owner writes; everyone else learns newer entries through deltas.
 A delta for one member carries every key whose version lies in ``(floor, max_version]``, so a delta
 cut short by the byte budget is still a contiguous prefix and applying it is idempotent.
+
+Digests summarise: a SYN carries one hash per bucket of members (of each member's generation and
+newest version, never its heartbeat), so two peers that agree exchange no per-member versions at
+all; entries are listed only for the buckets that differ, and heartbeats travel as a sample of
+digest entries bounded in bytes (see :func:`bucket_hashes`, :func:`digest_entry_size`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +30,10 @@ class Namespace:
     heartbeat: int = 0
     max_version: int = 0
     entries: dict[str, tuple[object, int]] = field(default_factory=dict)
+    #: Encoded size of each entry as a :class:`VersionedEntry` (deltas are cut to a byte budget
+    #: for every exchange; sizing an entry once per write, not once per exchange, keeps a
+    #: member's cost per round independent of how big the namespaces are).
+    sizes: dict[str, int] = field(default_factory=dict)
 
     def get(self, key: str) -> object:
         item = self.entries.get(key)
@@ -34,8 +45,20 @@ class Namespace:
         if item is not None and item[0] == value:
             return False
         self.max_version += 1
-        self.entries[key] = (value, self.max_version)
+        self.put(key, value, self.max_version)
         return True
+
+    def put(self, key: str, value: object, version: int) -> None:
+        """Store an entry as it was written (by the owner, at ``version``)."""
+        self.entries[key] = (value, version)
+        self.sizes.pop(key, None)
+
+    def entry_size(self, key: str) -> int:
+        size = self.sizes.get(key)
+        if size is None:
+            value, version = self.entries[key]
+            size = self.sizes[key] = encoded_size(VersionedEntry(key, value, version))
+        return size
 
     def digest(self) -> DigestEntry:
         return DigestEntry(self.node_id, self.generation, self.heartbeat, self.max_version)
@@ -54,12 +77,11 @@ class Namespace:
         chosen: list[VersionedEntry] = []
         top = floor
         for version, key, value in newer:
-            entry = VersionedEntry(key, value, version)
-            size = encoded_size(entry)
+            size = self.entry_size(key)
             if used + size > budget:
                 break
             used += size
-            chosen.append(entry)
+            chosen.append(VersionedEntry(key, value, version))
             top = version
         if not newer:
             top = self.max_version
@@ -72,7 +94,7 @@ def staleness_order(
     """What the other side lacks, as ``(namespace, floor)``: unknown members first, then stalest.
 
     A member is lacking when the other side does not know it, knows an older generation, or has a
-    lower ``max_version`` or heartbeat. ``floor`` is the version the other side already has (0 when it
+    lower ``max_version`` (heartbeats travel in digests, never as deltas). ``floor`` is the version the other side already has (0 when it
     needs the whole namespace).
     """
     unknown: list[tuple[Namespace, int]] = []
@@ -81,9 +103,7 @@ def staleness_order(
         seen = theirs.get(node_id)
         if seen is None or seen.generation < ns.generation:
             unknown.append((ns, 0))
-        elif seen.generation == ns.generation and (
-            seen.max_version < ns.max_version or seen.heartbeat < ns.heartbeat
-        ):
+        elif seen.generation == ns.generation and seen.max_version < ns.max_version:
             floor = min(seen.max_version, ns.max_version)
             stale.append((-(ns.max_version - floor), node_id, ns, floor))
     unknown.sort(key=lambda item: item[0].node_id)
@@ -118,8 +138,51 @@ def wanted_digest(
         ns = mine.get(entry.node_id)
         if ns is None or ns.generation < entry.generation:
             out.append(DigestEntry(entry.node_id, 0, 0, 0))
-        elif ns.generation == entry.generation and (
-            ns.max_version < entry.max_version or ns.heartbeat < entry.heartbeat
-        ):
+        elif ns.generation == entry.generation and ns.max_version < entry.max_version:
             out.append(ns.digest())
     return tuple(out)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+@functools.lru_cache(maxsize=16384)
+def bucket_of(node_id: str, buckets: int) -> int:
+    """The bucket of a member: a stable hash of its name (every peer computes the same)."""
+    digest = hashlib.blake2b(node_id.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % buckets
+
+
+@functools.lru_cache(maxsize=16384)
+def _version_hash(node_id: str, generation: int, max_version: int) -> int:
+    raw = f"{node_id}\x00{generation}\x00{max_version}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+
+def bucket_hashes(namespaces: Iterable[Namespace], buckets: int) -> tuple[int, ...]:
+    """One 64-bit hash per bucket of what is known of its members: ``(node_id, generation,
+    max_version)`` summed modulo 2**64, so the order members were learned in does not matter.
+    Heartbeats are left out: they change every round and travel in digest samples instead."""
+    out = [0] * buckets
+    for ns in namespaces:
+        b = bucket_of(ns.node_id, buckets)
+        out[b] = (out[b] + _version_hash(ns.node_id, ns.generation, ns.max_version)) & _MASK64
+    return tuple(out)
+
+
+def _head(n: int) -> int:
+    return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 1 << 32 else 9
+
+
+def digest_entry_size(entry: DigestEntry) -> int:
+    """Encoded size of one digest entry (what :func:`encoded_size` would say, computed directly:
+    digests are sized entry by entry for every message)."""
+    name = len(entry.node_id.encode("utf-8", "surrogatepass"))
+    return (
+        1
+        + _head(name)
+        + name
+        + _head(entry.generation)
+        + _head(entry.heartbeat)
+        + _head(entry.max_version)
+    )

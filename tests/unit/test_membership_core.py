@@ -124,8 +124,12 @@ def test_truncated_delta_is_a_contiguous_prefix_and_applies_idempotently() -> No
     for _ in range(30):
         syn = b.tick(now, random.Random(1))[0][1]
         reply = a.on_syn(syn, now)
-        b.on_syn_ack(reply, now)
+        ack = b.on_syn_ack(reply, now)
         b.on_syn_ack(reply, now)  # a duplicate changes nothing
+        answer = a.on_ack(ack, now)  # what b asked for (b knew nothing of a)
+        if answer is not None:
+            b.on_ack(answer, now)
+            b.on_ack(answer, now)
     seen = {m.name: m.metadata for m in b.members(now)}
     assert len(seen["a"]) == 40
 
