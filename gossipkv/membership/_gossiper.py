@@ -39,6 +39,8 @@ _FULL_EVALUATION = 1.0
 Liveness = Literal["alive", "suspect", "down"]
 SelfStatus = Literal["joining", "up", "leaving", "left"]
 _SELF_STATUSES = ("joining", "up", "leaving", "left")
+#: How far above a forged version of itself a member writes its own entries again.
+_REFUTE_MARGIN = 1 << 16
 META_PREFIX = "meta:"
 
 
@@ -713,7 +715,10 @@ class Gossiper:
             "forged_self", f"our incarnation at version {max_version}, heartbeat {heartbeat}"
         )
         own.heartbeat = max(own.heartbeat, heartbeat) + 1
-        own.max_version = max(own.max_version, max_version)
+        # Far above the claim: the first claim seen need not be the highest forged (one peer may
+        # hold version 16 while another reports 11), and an entry forged at a version this peer
+        # later reaches by its own writes would never be replaced.
+        own.max_version = max(own.max_version, max_version) + _REFUTE_MARGIN
         for key, (value, _) in sorted(own.entries.items(), key=lambda item: item[1][1]):
             own.max_version += 1
             own.entries[key] = (value, own.max_version)
