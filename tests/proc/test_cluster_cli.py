@@ -124,34 +124,30 @@ async def test_five_peers_leader_failover_restart_and_leave(peers: Peers, tmp_pa
 async def test_cluster_up_restarts_a_dead_peer_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     """``cluster up --restart``: a peer killed is reported and started again; Ctrl-C stops every
     peer and removes the temporary log folder (every peer stopped cleanly)."""
-    port = free_ports(1)[0]
+    port = consecutive_free_ports(3)
     temp = tmp_path / "tmp"
     temp.mkdir()
-    proc = subprocess.Popen(
+    log = tmp_path / "launcher.out"
+    proc = _popen_logged(
         [
-            sys.executable,
-            "-m",
-            "gossipkv_cli",
-            "cluster",
-            "up",
-            "-n",
-            "3",
-            "--base-port",
-            str(port),
-            "--restart",
+            sys.executable, "-m", "gossipkv_cli", "cluster", "up",
+            "-n", "3", "--base-port", str(port), "--restart",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**ENV, "TMPDIR": str(temp)},
-    )
+        log,
+        {**ENV, "TMPDIR": str(temp)},
+    )  # fmt: skip
+
+    def output() -> str:
+        return log.read_text(errors="replace")
+
     try:
 
         async def ready() -> Any:
             doc = await members(f"127.0.0.1:{port}")
-            return doc is not None and sum(m["status"] == "up" for m in doc["members"]) == 3
+            up = doc is not None and sum(m["status"] == "up" for m in doc["members"]) == 3
+            return up or (proc.poll() is not None and output())
 
-        await eventually(ready, within=30, what="3 peers up")
+        assert await eventually(ready, within=60, what="3 peers up") is True, output()
         children = children_of(proc.pid)
         assert len(children) == 3, children
         n2 = next(c for c in children if "n2" in _cmdline(c))
@@ -169,16 +165,46 @@ async def test_cluster_up_restarts_a_dead_peer_and_ctrl_c_leaves_nothing(tmp_pat
 
         await eventually(n2_back, within=30, what="the restarted n2 up again")
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        await trio.to_thread.run_sync(lambda: proc.wait(timeout=30))
+        out = output()
         assert proc.returncode == 0, out
-        assert b"peer n2 was killed by signal 9" in out, out
-        assert b"peer n2 restarted (restart 1)" in out, out
-        assert b"all peers stopped" in out
+        assert "peer n2 was killed by signal 9" in out, out
+        assert "peer n2 restarted (restart 1)" in out, out
+        assert "all peers stopped" in out
         assert [pid for pid in children if is_running(pid)] == []
         assert list(temp.iterdir()) == []  # the temporary log folder is gone
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+
+
+def _popen_logged(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+
+
+def consecutive_free_ports(n: int) -> int:
+    """A port P such that P..P+n-1 are free now (the launcher takes consecutive ports)."""
+    for _ in range(100):
+        base = free_ports(1)[0]
+        if base + n > 65535:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError(f"no {n} consecutive free ports")
 
 
 def _cmdline(pid: int) -> str:

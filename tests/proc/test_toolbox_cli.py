@@ -11,12 +11,15 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from gossipkv_cli._app import app
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 import gossipkv
 from gossipkv.storage import DVVSet, Entry, Sibling, open_storage
@@ -37,6 +40,25 @@ atexit.register(report)
 sys.argv = ["gossipkv", *sys.argv[1:]]
 runpy.run_module("gossipkv_cli", run_name="__main__")
 """
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(*args: str) -> Ran:
+    """The CLI in this process (in a worker thread: each command runs its own ``trio.run``),
+    for the commands that install no signal handler: a real peer answers, without paying for
+    a Python start per command."""
+
+    def invoke() -> Ran:
+        res = CliRunner().invoke(app, list(args))
+        return Ran(res.exit_code, res.stdout, res.stderr)
+
+    return await trio.to_thread.run_sync(invoke)
 
 
 async def preload(data_dir: Path, n: int) -> None:
@@ -75,7 +97,9 @@ async def solo(peers: Peers) -> str:
 
     async def writable() -> Any:
         doc = await members(addr)
-        return doc is not None and cli("put", "probe", "x", "--peer", addr).returncode == 0
+        return (
+            doc is not None and (await run_cli("put", "probe", "x", "--peer", addr)).returncode == 0
+        )
 
     await eventually(writable, within=30, what="a writable 1-peer cluster", peers=peers)
     return addr
@@ -85,28 +109,28 @@ async def test_one_peer_cluster_through_the_cli(peers: Peers) -> None:
     addr = solo_addr = await solo(peers)
 
     # put twice: two siblings, and a hint; put --replace: one value.
-    assert cli("put", "k", "a", "--peer", addr).returncode == 0
-    twice = cli("put", "k", "b", "--peer", addr)
+    assert (await run_cli("put", "k", "a", "--peer", addr)).returncode == 0
+    twice = await run_cli("put", "k", "b", "--peer", addr)
     assert "k: 2 siblings" in twice.stdout, twice.stdout
     assert "put --replace k VALUE" in twice.stderr
-    replaced = cli("put", "k", "c", "--replace", "--peer", addr, "--json")
+    replaced = await run_cli("put", "k", "c", "--replace", "--peer", addr, "--json")
     assert replaced.returncode == 0, replaced.stderr
     assert loads(replaced.stdout)["values"] == ["c"]
-    got = loads(cli("get", "k", "--peer", addr, "--json").stdout)
+    got = loads((await run_cli("get", "k", "--peer", addr, "--json")).stdout)
     assert got["values"] == ["c"]
 
     # status says what a 1-peer cluster really runs at.
-    status = cli("status", "--peer", addr)
+    status = await run_cli("status", "--peer", addr)
     assert status.returncode == 0, status.stderr
     assert "quorum: N=3 R=2 W=2   effective N=1 R=1 W=1" in status.stdout, status.stdout
-    sdoc = loads(cli("status", "--peer", addr, "--json").stdout)
+    sdoc = loads((await run_cli("status", "--peer", addr, "--json")).stdout)
     assert (sdoc["n"], sdoc["w"], sdoc["n_effective"], sdoc["w_effective"]) == (3, 2, 1, 1)
 
     # Piped, nothing is cut: the whole address and generation, no ellipsis.
-    doc = loads(cli("members", "--peer", addr, "--json").stdout)
+    doc = loads((await run_cli("members", "--peer", addr, "--json")).stdout)
     [me] = doc["members"]
     for command in ("members", "status"):
-        out = cli(command, "--peer", solo_addr).stdout
+        out = (await run_cli(command, "--peer", solo_addr)).stdout
         assert me["address"] in out and str(me["generation"]) in out, out
         assert "…" not in out
 
@@ -130,27 +154,29 @@ async def test_one_peer_cluster_through_the_cli(peers: Peers) -> None:
     # A streamed scan holds one page: its peak is the baseline's plus what the allocator keeps
     # after a thousand pages (measured about 6 MiB, flat from then on), not 100,000 keys over.
     assert all_kib - base_kib < 12 * 1024, (base_kib, all_kib)
-    some = cli("keys", "pre:00012", "--json", "--peer", addr)
+    some = await run_cli("keys", "pre:00012", "--json", "--peer", addr)
     assert sorted(json.loads(some.stdout)) == [f"pre:{i:07d}" for i in range(1200, 1300)]
-    assert cli("keys", "k", "--peer", addr).stdout.split() == ["k"]
-    assert cli("delete", "k", "--peer", addr).returncode == 0
-    assert cli("keys", "k", "--peer", addr).stdout == ""  # deleted: not listed
+    assert (await run_cli("keys", "k", "--peer", addr)).stdout.split() == ["k"]
+    assert (await run_cli("delete", "k", "--peer", addr)).returncode == 0
+    assert (await run_cli("keys", "k", "--peer", addr)).stdout == ""  # deleted: not listed
 
     # --- tags, config show, log-level, ping ------------------------------------------------
-    tags = cli("tags", "set", "role=web", "zone=a", "--peer", addr, "--json")
+    tags = await run_cli("tags", "set", "role=web", "zone=a", "--peer", addr, "--json")
     assert loads(tags.stdout) == {"name": "solo", "tags": {"role": "web", "zone": "a"}}
-    tags = cli("tags", "delete", "zone", "--peer", addr)
+    tags = await run_cli("tags", "delete", "zone", "--peer", addr)
     assert tags.stdout.strip() == "solo tags: role=web", tags.stdout
-    assert cli("tags", "set", "novalue", "--peer", addr).stderr.startswith("error: tags must be")
-    config = loads(cli("config", "show", "--peer", addr, "--json").stdout)
+    assert (await run_cli("tags", "set", "novalue", "--peer", addr)).stderr.startswith(
+        "error: tags must be"
+    )
+    config = loads((await run_cli("config", "show", "--peer", addr, "--json")).stdout)
     assert config["node"]["name"] == "solo" and config["kv"]["w"] == 2
     assert config["node"]["data_dir"] == str(peers.tmp / "solo")  # the flag, not the file
     assert config["node"]["listen"] == addr
     assert config["gossip"]["fanout"] == 2 and config["limits"]["max_watches"] == 100  # file
     assert config["kv"]["tombstone_grace"] == "inf" and config["gossip"]["down_phi"] == 8.0
-    ping = cli("ping", "--peer", addr, "--json")
+    ping = await run_cli("ping", "--peer", addr, "--json")
     assert ping.returncode == 0 and loads(ping.stdout) == {"self": "solo", "members": []}
-    bad = cli("log-level", "chatty", "--peer", addr)
+    bad = await run_cli("log-level", "chatty", "--peer", addr)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown log level 'chatty'")
 
     # --- monitor: a log-level change is a line in the stream -----------------------------------
@@ -162,7 +188,7 @@ async def test_one_peer_cluster_through_the_cli(peers: Peers) -> None:
             return "monitoring" in (peers.tmp / "monitor.out.err").read_text()
 
         await eventually(subscribed, within=20, what="the monitor subscribed", peers=peers)
-        level = cli("log-level", "debug", "--peer", addr, "--json")
+        level = await run_cli("log-level", "debug", "--peer", addr, "--json")
         changed = [loads(level.stdout)]
 
         async def seen_in_monitor() -> Any:
@@ -208,7 +234,7 @@ async def test_one_peer_cluster_through_the_cli(peers: Peers) -> None:
     assert status["up"] == 1 and sum(status.values()) == 1
     assert "replica counts" in text or "holds a replica of" in text  # partitions_owned help
 
-    stats = cli("stats", "--peer", addr)
+    stats = await run_cli("stats", "--peer", addr)
     line = next(ln for ln in stats.stdout.splitlines() if "put latency" in ln)
     assert re.search(r"p50 \d+\.\d+ ms  p99 \d+\.\d+ ms", line), line
 
@@ -244,7 +270,7 @@ async def test_backup_wipe_restore_keeps_siblings_and_clocks(peers: Peers) -> No
     addr = peers.addr["a"]
 
     async def writable() -> Any:
-        return cli("put", "probe", "x", "--peer", addr).returncode == 0
+        return (await run_cli("put", "probe", "x", "--peer", addr)).returncode == 0
 
     await eventually(writable, within=30, what="a writable 1-peer cluster", peers=peers)
     async with gossipkv.open_client([addr]) as client:
@@ -258,10 +284,10 @@ async def test_backup_wipe_restore_keeps_siblings_and_clocks(peers: Peers) -> No
     assert sorted(before.values) == ["apple", "pear"]
 
     dump = peers.tmp / "dump"
-    out = cli("backup", str(dump), "--peer", addr, "--json")
+    out = await run_cli("backup", str(dump), "--peer", addr, "--json")
     assert out.returncode == 0, out.stderr
     assert loads(out.stdout)["keys"] == 301  # the deleted key is not dumped
-    again = cli("backup", str(dump), "--peer", addr)
+    again = await run_cli("backup", str(dump), "--peer", addr)
     assert again.returncode == 1 and "already holds a backup" in again.stderr
 
     # Wipe: the same member on an empty data dir.
@@ -271,13 +297,13 @@ async def test_backup_wipe_restore_keeps_siblings_and_clocks(peers: Peers) -> No
     peers.start("a", port, data_dir=str(data))
     await eventually(writable, within=30, what="the wiped peer writable", peers=peers)
 
-    refused = cli("restore", str(dump), "--peer", addr)  # it holds "probe" again
+    refused = await run_cli("restore", str(dump), "--peer", addr)  # it holds "probe" again
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
         "error: the cluster already holds keys (e.g. 'probe'): restore merges into what is "
         "there; use --force to do it anyway"
     ]
-    restored = cli("restore", str(dump), "--force", "--peer", addr, "--json")
+    restored = await run_cli("restore", str(dump), "--force", "--peer", addr, "--json")
     assert restored.returncode == 0, restored.stderr
     assert loads(restored.stdout)["restored"] == 301
     async with gossipkv.open_client([addr]) as client:
