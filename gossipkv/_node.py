@@ -1927,9 +1927,13 @@ class Node:
                 raise TransportError(f"connect to {addr} timed out")
             try:
                 remote = await self._handshake(conn, initiator=True)
-            except BaseException:
+            except BaseException as exc:
                 with trio.move_on_after(0.5, shield=True):
                     await conn.aclose()
+                if isinstance(exc, trio.TooSlowError):
+                    # A peer that accepts but does not answer (stopped, overloaded) is one we
+                    # cannot reach: the data path's callers handle that, not a bare timeout.
+                    raise TransportError(f"{addr} did not complete the handshake in time") from None
                 raise
             channel = self._make_channel(conn, remote)
             self._channels[addr] = channel

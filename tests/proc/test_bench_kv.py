@@ -99,7 +99,7 @@ async def test_bench_kv_json_with_echo_baseline(peers: Peers) -> None:
     assert env_doc["config"]["peers"] == [addrs[1]]
     assert env_doc["errors"] > 0 and env_doc["ops"] == 0
     [(kind, messages)] = env_doc["error_messages"].items()
-    assert kind == "RemoteError(bad_request)" and "N=3" in messages[0], env_doc
+    assert kind == "InvalidArgument(bad_request)" and "N=3" in messages[0], env_doc
 
     # Ctrl-C stops the load, still deletes the keys, and says so in one line (exit 130).
     proc = subprocess.Popen(

@@ -21,6 +21,7 @@ import trio
 import gossipkv
 from gossipkv._messages import (
     Ack,
+    DigestEntry,
     NodeDelta,
     PartitionFetch,
     ReplicaPut,
@@ -299,8 +300,10 @@ async def test_forgeries_against_a_tls_cluster_are_refused_and_change_nothing(
             await raw_channel(a, mallory, "b", nursery)
         # Mallory's own name: what it gossips is vetted.
         channel = await raw_channel(a, mallory, "mallory", nursery, generation=1)
+        # A sample saying it knows nothing of the members gets their whole namespaces back.
+        nothing = tuple(DigestEntry(name, 0, 0, 0) for name in "abc")
         with trio.fail_after(10):
-            reply = await channel.request(Syn("mallory", 1, ()))
+            reply = await channel.request(Syn("mallory", 1, nothing))
         assert isinstance(reply, SynAck)
         spaces = {nd.node_id: nd for nd in reply.delta}
         real = next(e.value for e in spaces["a"].entries if e.key == "decisions")

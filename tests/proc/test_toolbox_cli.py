@@ -173,7 +173,10 @@ async def test_one_peer_cluster_through_the_cli(peers: Peers) -> None:
     assert config["node"]["data_dir"] == str(peers.tmp / "solo")  # the flag, not the file
     assert config["node"]["listen"] == addr
     assert config["gossip"]["fanout"] == 2 and config["limits"]["max_watches"] == 100  # file
-    assert config["kv"]["tombstone_grace"] == "inf" and config["gossip"]["down_phi"] == 8.0
+    assert (
+        config["kv"]["tombstone_grace"] == "inf"
+        and config["gossip"]["down_phi"] == gossipkv.GossipConfig().down_phi
+    )
     ping = await run_cli("ping", "--peer", addr, "--json")
     assert ping.returncode == 0 and loads(ping.stdout) == {"self": "solo", "members": []}
     bad = await run_cli("log-level", "chatty", "--peer", addr)
