@@ -41,7 +41,7 @@ async def _start_at(c: SimCluster, name: str, at: float) -> None:
     await c.start(name, seeds=["n1"])
 
 
-async def test_two_hundred_peers_join_at_once_through_one_seed(
+async def test_peers_joining_at_once_through_one_seed_all_come_up(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     config = GossipConfig()
