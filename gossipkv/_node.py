@@ -1721,8 +1721,8 @@ class Node:
             # minute (the refusal is retried every round).
             if self._log_limit.allow(("refused by", addr, exc.reason), trio.current_time()):
                 log.error("%s refuses this peer: %s", addr, exc)
-        except (TransportError, RemoteError, DecodeError) as exc:
-            log.debug("gossip with %s failed: %s", addr, exc)
+        except (TransportError, RemoteError, DecodeError, trio.TooSlowError) as exc:
+            log.debug("gossip with %s failed: %r", addr, exc)
         except Exception as exc:
             # Whatever a peer sent us (an address that does not parse, say) must not stop the node.
             self._counters.dropped["exchange_error"] += 1
@@ -1950,7 +1950,13 @@ class Node:
         # Only small frames until the hello is done, both ways: a stranger's first frame cannot
         # make this node read (or decode) megabytes.
         conn.max_frame = min(conn.max_frame, self.limits.max_hello_frame)
-        with trio.fail_after(self._request_timeout):
+        timeout = self._request_timeout
+        if initiator and self._rt is not None and self._rt.gossiper.status == "joining":
+            # A joiner's connection to a busy seed waits in the seed's accept queue: cutting it
+            # off after request_timeout and dialling again only queues another one behind it,
+            # until every hello arrives after its sender gave up (what stalled issue 15's joins).
+            timeout *= _JOIN_PATIENCE
+        with trio.fail_after(timeout):
             hello = await handshake(
                 conn,
                 self._hello(),

@@ -91,7 +91,7 @@ class GossipConfig:
     gossip_interval: float = 0.2
     fanout: int = 2
     max_delta_bytes: int = 60 * 1024
-    max_digest_bytes: int = 4 * 1024
+    max_digest_bytes: int = 1024
     digest_buckets: int = 16
     suspect_phi: float = 5.0
     down_phi: float = 7.0
@@ -1066,7 +1066,15 @@ class Gossiper:
         return out
 
     def _publish_view(self) -> None:
-        entries = [(n, ns.generation, _status_of(ns), _up_of(ns)) for n, ns in self._visible()]
+        # Joiners are left out: convergence is about the members, and a join storm would
+        # otherwise change every view each time any peer hears of one more joiner, so the
+        # leader, which admits on convergence, would wait for every peer to know every joiner
+        # (then again for their admission to spread) before admitting anyone.
+        entries = [
+            (n, ns.generation, status, _up_of(ns))
+            for n, ns in self._visible()
+            if (status := _status_of(ns)) != "joining"
+        ]
         self._self.set("view", view_hash(entries))
 
     # --- leader ----------------------------------------------------------------------------------

@@ -80,12 +80,13 @@ async def scenario(n: int, seed: int, config: GossipConfig) -> dict[str, object]
 
         await _until(c, all_up, interval)
         out["join_storm_all_up_s"] = round(trio.current_time() - storm_at, 2)
-        await trio.sleep(5.0)
+        out["join_storm_all_up_rounds"] = round((trio.current_time() - storm_at) / interval, 1)
+        await trio.sleep(2.0)
 
         # 1. Steady-state traffic.
         before = {x: c.nodes[x].statistics().bytes_out for x in alive}
         t0 = trio.current_time()
-        await trio.sleep(10.0)
+        await trio.sleep(4.0)
         rounds = (trio.current_time() - t0) / interval
         sent = sorted((c.nodes[x].statistics().bytes_out - before[x]) / rounds for x in alive)
         out["bytes_per_peer_per_round_mean"] = round(sum(sent) / len(sent))

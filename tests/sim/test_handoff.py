@@ -118,7 +118,9 @@ async def test_keys_reach_the_new_owners_after_a_join(
             assert handoff_activity(c) == quiet, f"seed={seed}: {quiet} -> {handoff_activity(c)}"
         partitions, sent, errors = quiet
         assert partitions > 0 and sent >= 10 and errors == 0, f"seed={seed}: {quiet}"
-        stats = [c.nodes[n].statistics() for n in names(5)]
+        # Every running peer: a joiner admitted before the other may own a partition for one
+        # table and hand it on to the second.
+        stats = [node.statistics() for node in c.nodes.values()]
         assert sum(s.ownership_handoff_keys for s in stats) == sent, f"seed={seed}"
         assert sum(s.ownership_handoff_partitions for s in stats) == partitions, f"seed={seed}"
         assert sum(service(n).counters.read_repairs for n in c.nodes.values()) == 0, f"seed={seed}"

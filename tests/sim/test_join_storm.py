@@ -1,5 +1,8 @@
 """A join storm (issue 15): 200 peers start within one second, all through one seed.
 
+The 200-peer storm runs with the first seed; the other seeds run 50-peer storms, which vary the
+timings as much for a fraction of the cost (a 200-peer simulation is most of a minute of CPU).
+
 Every peer must list every other as up within a bounded number of gossip rounds: the seed answers
 each joiner with a bounded digest (never the whole state in one reply), joiners learn the other
 members from it and spread the load, and the leader admits all joiners it sees in one decision.
@@ -14,7 +17,10 @@ import trio.testing
 from gossipkv import GossipConfig
 from gossipkv.testing import SimCluster, open_sim_cluster
 
+from .conftest import SEEDS
+
 STORM = 200
+SMALL_STORM = 50
 #: Gossip rounds after the last peer started by which every peer lists every other as up.
 ROUNDS = 40
 
@@ -35,27 +41,28 @@ async def _start_at(c: SimCluster, name: str, at: float) -> None:
     await c.start(name, seeds=["n1"])
 
 
-async def test_two_hundred_peers_join_at_once_through_one_seed(
+async def test_peers_joining_at_once_through_one_seed_all_come_up(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     config = GossipConfig()
     interval = config.gossip_interval
-    names = [f"n{i}" for i in range(1, STORM + 1)]
+    storm = STORM if seed == SEEDS[0] else SMALL_STORM
+    names = [f"n{i}" for i in range(1, storm + 1)]
     async with open_sim_cluster(1, seed=seed, config=config) as c:
         begin = trio.current_time()
         async with trio.open_nursery() as nursery:
             for i, name in enumerate(names[1:]):
-                nursery.start_soon(_start_at, c, name, begin + i / (STORM - 1))
+                nursery.start_soon(_start_at, c, name, begin + i / (storm - 1))
         last_started = trio.current_time()
         with trio.move_on_after(ROUNDS * interval):
-            await c.wait_until(lambda: not _lagging(c, names), poll=interval)
+            await c.wait_until(lambda: not _lagging(c, names), poll=1.0)
         lagging = _lagging(c, names)
         assert not lagging, (
-            f"seed={seed}: {len(lagging)} of {STORM} peers do not list all {STORM} as up "
+            f"seed={seed}: {len(lagging)} of {storm} peers do not list all {storm} as up "
             f"{ROUNDS} rounds after the last start (up counts: "
             f"{dict(sorted(lagging.items())[:10])})"
         )
         rounds = (trio.current_time() - last_started) / interval
-        print(f"seed={seed}: all {STORM} up at every peer {rounds:.0f} rounds after the last start")
+        print(f"seed={seed}: all {storm} up at every peer {rounds:.0f} rounds after the last start")
         leaders = {node.leader() for node in c.nodes.values()}
         assert leaders == {"n1"}, f"seed={seed}: leaders {leaders}"
