@@ -34,6 +34,7 @@ from ._common import (
     stdout_console,
     sub_app,
     table_width,
+    until_interrupted,
     use_tls,
 )
 from ._toolbox import register as register_toolbox
@@ -759,39 +760,31 @@ def watch(
     """Print one line per change of a key under PREFIX, anywhere in the cluster, until Ctrl-C."""
     import json as jsonlib
 
+    async def follow() -> None:
+        async with (
+            open_client([peer], cluster=cluster) as client,
+            client.watch(prefix) as changes,
+        ):
+            # On stderr, so --json output stays one JSON document per line.
+            print(f"watching {prefix!r} (Ctrl-C stops)", file=sys.stderr, flush=True)
+            async for change in changes:
+                if json:
+                    line = jsonlib.dumps(
+                        {
+                            "key": change.key,
+                            "values": change.values,
+                            "context": change.context.hex(),
+                        }
+                    )
+                elif not change.values:
+                    line = f"{change.key}: deleted  context {change.context.hex()}"
+                else:
+                    shown = ", ".join(repr(v) for v in change.values)
+                    line = f"{change.key} = {shown}  context {change.context.hex()}"
+                print(line, flush=True)
+
     async def main() -> None:
-        import trio
-
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(stop_on_signal)
-                async with (
-                    open_client([peer], cluster=cluster) as client,
-                    client.watch(prefix) as changes,
-                ):
-                    # On stderr, so --json output stays one JSON document per line.
-                    print(f"watching {prefix!r} (Ctrl-C stops)", file=sys.stderr, flush=True)
-                    async for change in changes:
-                        if json:
-                            line = jsonlib.dumps(
-                                {
-                                    "key": change.key,
-                                    "values": change.values,
-                                    "context": change.context.hex(),
-                                }
-                            )
-                        elif not change.values:
-                            line = f"{change.key}: deleted  context {change.context.hex()}"
-                        else:
-                            shown = ", ".join(repr(v) for v in change.values)
-                            line = f"{change.key} = {shown}  context {change.context.hex()}"
-                        print(line, flush=True)
-                nursery.cancel_scope.cancel()
+        await until_interrupted(follow)
 
     run(main)
 
@@ -887,17 +880,9 @@ def dashboard(
         from ._dashboard_poll import run_dashboard
 
         try:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-
-                    async def show() -> None:
-                        await run_dashboard(peer, cluster, refresh=refresh, once=once)
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(show)
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-                        break
+            await until_interrupted(
+                lambda: run_dashboard(peer, cluster, refresh=refresh, once=once)
+            )
         except* trio.TooSlowError:
             fail(f"{peer}: no answer within the timeout")
 

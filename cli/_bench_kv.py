@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import signal
 import string
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,7 +28,7 @@ from rich.progress import Progress
 import gossipkv
 from gossipkv.testing import open_echo_client, open_echo_server_process
 
-from ._common import fail, open_client
+from ._common import fail, open_client, until_interrupted
 
 _ERROR_PAUSE = 0.01  # after a failed op, so a dead peer does not turn a task into a busy loop
 _PROBE_KEY = "gossipkv-bench-probe"
@@ -266,22 +265,10 @@ async def _run_kv_bench(
             return "get"
 
         started = trio.current_time()
-        interrupted = False
         # Ctrl-C or SIGTERM stops the load, not the run: the keys are still cleaned up.
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as guard:
-                with trio.CancelScope() as load:
-
-                    async def stop_on_signal() -> None:
-                        nonlocal interrupted
-                        async for _ in signals:
-                            interrupted = True
-                            load.cancel()
-                            return
-
-                    guard.start_soon(stop_on_signal)
-                    await _drive(concurrency, duration, kv_op, seed, stats, progress, "kv")
-                guard.cancel_scope.cancel()
+        interrupted = await until_interrupted(
+            lambda: _drive(concurrency, duration, kv_op, seed, stats, progress, "kv")
+        )
         elapsed = trio.current_time() - started
         with trio.move_on_after(_CLEANUP_SECONDS) as cleanup:
             cleaned = await _delete_keys(clients[0], sorted(written), concurrency)

@@ -179,6 +179,33 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
         raise
 
 
+async def until_interrupted(body: Callable[[], Awaitable[object]]) -> bool:
+    """Run ``body`` until it returns or SIGINT/SIGTERM arrives (which cancels it).
+
+    Returns:
+      Whether a signal stopped it.
+    """
+    import signal
+
+    import trio
+
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            await body()
+            nursery.cancel_scope.cancel()
+    return interrupted
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     out: list[BaseException] = []
     for exc in group.exceptions:

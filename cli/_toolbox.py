@@ -9,7 +9,6 @@ stream: they print as pages and lines arrive and hold no more than one page.
 from __future__ import annotations
 
 import json as jsonlib
-import signal
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -29,6 +28,7 @@ from ._common import (
     print_json,
     run,
     sub_app,
+    until_interrupted,
 )
 
 if TYPE_CHECKING:
@@ -249,29 +249,21 @@ def register(app: typer.Typer) -> None:
         if level.lower() not in LEVELS:
             fail(f"unknown log level {level!r}: one of {', '.join(LEVELS)}", code=2)
 
+        async def follow() -> None:
+            async with (
+                _client(peer, cluster) as client,
+                client.monitor(level.lower()) as lines,
+            ):
+                print(f"monitoring {peer} (Ctrl-C stops)", file=sys.stderr, flush=True)
+                async for kind, lvl, line in lines:
+                    if json:
+                        out = jsonlib.dumps({"kind": kind, "level": lvl, "line": line})
+                    else:
+                        out = line if kind == "log" else f"event: {line}"
+                    print(out, flush=True)
+
         async def main() -> None:
-            import trio
-
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-
-                    async def stop_on_signal() -> None:
-                        async for _ in signals:
-                            nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(stop_on_signal)
-                    async with (
-                        _client(peer, cluster) as client,
-                        client.monitor(level.lower()) as lines,
-                    ):
-                        print(f"monitoring {peer} (Ctrl-C stops)", file=sys.stderr, flush=True)
-                        async for kind, lvl, line in lines:
-                            if json:
-                                out = jsonlib.dumps({"kind": kind, "level": lvl, "line": line})
-                            else:
-                                out = line if kind == "log" else f"event: {line}"
-                            print(out, flush=True)
-                    nursery.cancel_scope.cancel()
+            await until_interrupted(follow)
 
         run(main)
 
