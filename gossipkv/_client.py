@@ -11,6 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import TypeVar
 
 import trio
 
@@ -634,19 +635,8 @@ class Client:
                     await channel.aclose()
                     raise error_from_code(exc.code, str(exc)) from None
 
-                async def end_when_closed() -> None:
-                    await channel.wait_closed()
-                    send.close()
-
-                nursery.start_soon(end_when_closed)
-                try:
-                    async with receive:
-                        yield receive
-                finally:
-                    send.close()
-                    with trio.move_on_after(1.0, shield=True):
-                        await channel.aclose()
-                    nursery.cancel_scope.cancel()
+                async with _stream(nursery, [channel], send, receive):
+                    yield receive
         except BaseExceptionGroup as group:
             error = single_error(group)
             if error is None:
@@ -744,22 +734,8 @@ class Client:
                 if not channels:
                     nursery.cancel_scope.cancel()
                 else:
-
-                    async def end_when_all_closed() -> None:
-                        for channel in channels:
-                            await channel.wait_closed()
-                        send.close()
-
-                    nursery.start_soon(end_when_all_closed)
-                    try:
-                        async with receive:
-                            yield receive
-                    finally:
-                        send.close()
-                        with trio.move_on_after(1.0, shield=True):
-                            for channel in channels:
-                                await channel.aclose()
-                        nursery.cancel_scope.cancel()
+                    async with _stream(nursery, channels, send, receive):
+                        yield receive
         except BaseExceptionGroup as group:
             error = single_error(group)
             if error is None:
@@ -919,3 +895,33 @@ async def open_client(
         if error is None:
             raise
         raise error from group
+
+
+_Item = TypeVar("_Item")
+
+
+@asynccontextmanager
+async def _stream(
+    nursery: trio.Nursery,
+    channels: list[Channel],
+    send: trio.MemorySendChannel[_Item],
+    receive: trio.MemoryReceiveChannel[_Item],
+) -> AsyncIterator[None]:
+    """Hand ``receive`` to the caller's body while ``channels`` feed ``send``: the stream ends
+    when every channel closed; leaving the body closes them and ends ``nursery``."""
+
+    async def end_when_all_closed() -> None:
+        for channel in channels:
+            await channel.wait_closed()
+        send.close()
+
+    nursery.start_soon(end_when_all_closed)
+    try:
+        async with receive:
+            yield
+    finally:
+        send.close()
+        with trio.move_on_after(1.0, shield=True):
+            for channel in channels:
+                await channel.aclose()
+        nursery.cancel_scope.cancel()
