@@ -33,7 +33,8 @@ def _client(peer: str, cluster: str) -> Any:
     return open_client([peer], cluster=cluster, request_timeout=30.0)
 
 
-async def _owners(entry: gossipkv.Client) -> tuple[list[list[str]], dict[str, str]]:
+async def partition_owners(entry: gossipkv.Client) -> tuple[list[list[str]], dict[str, str]]:
+    """Each partition's owners, and the address of each member that may answer."""
     ring: dict[str, Any] = await entry.ring()
     if ring.get("epoch") is None:
         fail("no partition table yet (the cluster has not formed)")
@@ -55,7 +56,7 @@ async def backup(peer: str, cluster: str, directory: Path) -> dict[str, Any]:
     count = 0
     missed: list[int] = []
     async with _client(peer, cluster) as entry:
-        owners, address = await _owners(entry)
+        owners, address = await partition_owners(entry)
         clients: dict[str, gossipkv.Client] = {}
         out = await trio.open_file(keys_path, "w", encoding="utf-8")
         async with out, trio.open_nursery() as nursery:
@@ -169,7 +170,7 @@ async def _numbered(f: Any) -> Any:
 
 async def _any_key(entry: gossipkv.Client, cluster: str) -> str | None:
     """A live key held by an owner of any partition, or ``None`` (the cluster is empty)."""
-    owners, address = await _owners(entry)
+    owners, address = await partition_owners(entry)
     async with trio.open_nursery() as nursery:
         clients: dict[str, gossipkv.Client] = {}
         try:

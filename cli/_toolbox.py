@@ -297,6 +297,8 @@ async def _scan_keys(peer: str, cluster: str, prefix: str, page: int, json: bool
     """Print every live key, one owner per partition; returns the partitions no owner listed."""
     import gossipkv
 
+    from ._backup import partition_owners
+
     out = sys.stdout
     first = True
     if json:
@@ -304,15 +306,7 @@ async def _scan_keys(peer: str, cluster: str, prefix: str, page: int, json: bool
     missed = 0
     async with AsyncExitStack() as stack:
         entry = await stack.enter_async_context(_client(peer, cluster))
-        ring: dict[str, Any] = await entry.ring()
-        if ring.get("epoch") is None:
-            fail("no partition table yet (the cluster has not formed)")
-        doc: dict[str, Any] = await entry.members()
-        address = {
-            m["name"]: m["address"]
-            for m in doc.get("members", [])
-            if m.get("address") and m.get("status") not in ("left", "removed")
-        }
+        table, address = await partition_owners(entry)
         clients: dict[str, gossipkv.Client] = {}
 
         async def client_for(addr: str) -> gossipkv.Client:
@@ -322,7 +316,7 @@ async def _scan_keys(peer: str, cluster: str, prefix: str, page: int, json: bool
                 clients[addr] = await stack.enter_async_context(_client(addr, cluster))
             return clients[addr]
 
-        for partition, owners in enumerate(ring.get("owners") or []):
+        for partition, owners in enumerate(table):
             after = ""
             done = False
             for owner in owners:
