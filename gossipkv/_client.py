@@ -28,7 +28,7 @@ from ._errors import (
     error_from_code,
     single_error,
 )
-from ._kv import Change, GetResult, PutResult, check_count, check_request
+from ._kv import Change, GetResult, PutResult, check_request
 from ._limits import NetworkLimits
 from ._messages import (
     PROTOCOL_VERSION,
@@ -58,6 +58,7 @@ from ._messages import (
     WatchRequest,
 )
 from ._peer import Channel, OnewayHandler, TransportCounters, handshake, verify_certificate
+from ._replication import check_count
 from ._types import Address
 from .storage._base import MAX_VALUE_DEPTH, check_plain
 from .transport._base import Transport

@@ -27,7 +27,7 @@ import trio
 from . import _codec, _dvv
 from ._admission import ByteBudget
 from ._antientropy import AntiEntropy
-from ._dvv import DVVSet, Entry, Sibling
+from ._dvv import DVVSet, Sibling
 from ._errors import (
     ClusterNotReady,
     DecodeError,
@@ -36,7 +36,6 @@ from ._errors import (
     InvalidClock,
     InvalidContext,
     InvalidKey,
-    QuorumNotReached,
     RecordTooLarge,
     RemoteError,
     StorageError,
@@ -64,6 +63,20 @@ from ._messages import (
 from ._partitions import PartitionTable
 from ._reaper import TombstoneReaper, hint_age, with_hint_age
 from ._repair import QuarantineRepair
+from ._replication import (
+    Progress,
+    PutPlan,
+    Tally,
+    Target,
+    plan_put,
+    preference_list,
+    quorum_size,
+    read_plan,
+    read_result,
+    resolve,
+    stale_replicas,
+    write_acks,
+)
 from ._transfer import Transfers, TransferSource
 from .storage import DEFAULT_LIMITS, StorageEngine, StorageLimits
 from .storage._base import check_value, encode_key
@@ -313,12 +326,6 @@ def decode_context(
         raise InvalidContext(f"malformed context: {exc}") from exc
 
 
-def check_count(value: object, what: str) -> None:
-    """``r`` or ``w`` must be an int (range checks need N: the coordinator does them)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidArgument(f"{what} must be 0 (the default) or 1..N, got {value!r}")
-
-
 def check_request(key: object, context: object = None) -> None:
     """The type checks a :class:`~gossipkv.Client` makes before sending, with the errors a
     :class:`~gossipkv.Node` raises for the same call (the peer checks lengths and contents)."""
@@ -329,10 +336,12 @@ def check_request(key: object, context: object = None) -> None:
 
 
 class _Fanout:
-    """One request's answers from several replicas, collected as they arrive (no task each).
+    """The runtime around one request's :class:`~gossipkv._replication.Tally`: the events a
+    waiting task needs, the callbacks the fast path needs, the cancels of requests still out,
+    the deadline and the memory reservation.
 
-    ``enough`` is set (and ``on_enough`` runs, once) when ``need`` replicas answered or when
-    every one answered or failed, so an error can say how many did; ``done`` is set (and
+    ``enough`` is set (and ``on_enough`` runs, once) when the tally has enough answers or every
+    replica answered or failed, so an error can say how many did; ``done`` is set (and
     ``on_done`` runs) once every replica answered or failed. Whatever has not answered by
     ``deadline`` fails then (the service's expiry task calls :meth:`expire`). Call :meth:`check`
     after starting every request: with ``need`` 0 or no replicas at all, that is when it fires.
@@ -343,18 +352,13 @@ class _Fanout:
         "_done_event",
         "_enough_event",
         "cancels",
-        "counted",
         "deadline",
-        "done",
-        "enough",
-        "need",
         "on_done",
         "on_enough",
         "on_reply",
-        "pending",
         "release",
-        "replies",
         "started",
+        "tally",
     )
 
     def __init__(
@@ -363,16 +367,13 @@ class _Fanout:
         need: int,
         deadline: float,
         *,
+        counted: set[str] | None = None,
         on_enough: Callable[[_Fanout], None] | None = None,
         on_done: Callable[[_Fanout], None] | None = None,
         release: Callable[[], None] | None = None,
     ) -> None:
-        self.pending = set(members)
-        self.replies: dict[str, Clock | None] = {}
-        self.need = need
+        self.tally = Tally(members, need, counted)
         self.deadline = deadline
-        self.enough = False
-        self.done = False
         # Events only for a task that waits (callers that pass callbacks never need one).
         self._enough_event: trio.Event | None = None
         self._done_event: trio.Event | None = None
@@ -384,61 +385,59 @@ class _Fanout:
         self.started = trio.current_time()
         #: Gives back the fan-out's memory reservation, once, when every replica answered.
         self.release = release
-        #: When set, only these members' replies count toward ``need`` (owners still pulling
-        #: the partition are asked, but a read does not rest on them).
-        self.counted: set[str] | None = None
 
-    def count(self) -> int:
-        """Replies that count toward ``need``."""
-        if self.counted is None:
-            return len(self.replies)
-        return sum(1 for m in self.replies if m in self.counted)
+    @property
+    def replies(self) -> dict[str, Clock | None]:
+        return self.tally.replies
+
+    @property
+    def done(self) -> bool:
+        return self.tally.done
 
     def answered(self, member: str, clock: Clock | None) -> None:
-        if member in self.pending:
-            self.pending.discard(member)
-            self.cancels.pop(member, None)
-            self.replies[member] = clock
-            if self.on_reply is not None:
-                self.on_reply(self, member)
-            self.check()
+        if member not in self.tally.pending:
+            return  # not asked, answered already, or given up on
+        self.cancels.pop(member, None)
+        progress = self.tally.answered(member, clock)
+        if self.on_reply is not None:
+            self.on_reply(self, member)
+        self._fire(progress)
 
     def failed(self, member: str) -> None:
-        if member in self.pending:
-            self.pending.discard(member)
-            self.cancels.pop(member, None)
-            self.check()
+        self.cancels.pop(member, None)
+        self._fire(self.tally.failed(member))
 
     def expire(self) -> None:
         """Give up on every replica that has not answered yet."""
         for cancel in list(self.cancels.values()):
             cancel()
-        for member in list(self.pending):
+        for member in list(self.tally.pending):
             self.failed(member)
 
     async def wait_enough(self) -> None:
-        if self.enough:
+        if self.tally.enough:
             await trio.lowlevel.checkpoint()
             return
         self._enough_event = self._enough_event or trio.Event()
         await self._enough_event.wait()
 
     async def wait_done(self) -> None:
-        if self.done:
+        if self.tally.done:
             await trio.lowlevel.checkpoint()
             return
         self._done_event = self._done_event or trio.Event()
         await self._done_event.wait()
 
     def check(self) -> None:
-        if not self.enough and (self.count() >= self.need or not self.pending):
-            self.enough = True
+        self._fire(self.tally.check())
+
+    def _fire(self, progress: Progress) -> None:
+        if Progress.ENOUGH in progress:
             if self._enough_event is not None:
                 self._enough_event.set()
             if self.on_enough is not None:
                 self.on_enough(self)
-        if not self.pending and not self.done:
-            self.done = True
+        if Progress.DONE in progress:
             if self._done_event is not None:
                 self._done_event.set()
             release, self.release = self.release, None
@@ -446,28 +445,6 @@ class _Fanout:
                 release()
             if self.on_done is not None:
                 self.on_done(self)
-
-
-@dataclass(frozen=True, slots=True)
-class _PutPlan:
-    """A put that passed every check: what to store and where to replicate it."""
-
-    key: str
-    sibling: Sibling
-    ctx: dict[str, int] | None
-    #: The value's encoded size (0 for a tombstone).
-    size: int
-    rid: str
-    targets: list[tuple[str, str]]
-    need: int
-    #: The owner this peer stands in for (a hint to keep), or "".
-    hint_for: str
-    #: The replica to forward to when this peer is not one, or "".
-    forward_to: str
-    #: The request as the client sent it, for forwarding.
-    request: KvPut
-    #: When the put began (its latency is measured from here).
-    started: float = 0.0
 
 
 def _deliver(
@@ -655,40 +632,16 @@ class KeyValueService:
 
     # --- routing -------------------------------------------------------------------------------
 
-    def targets(self, key: str) -> tuple[list[tuple[str, str]], int]:
-        """The sloppy preference list: ``(member, hint_for)`` pairs and N.
-
-        Reachable owners come first in table order; each unreachable owner is stood in for by the
-        next reachable non-owner (``hint_for`` names the owner), when sloppy quorums are on.
+    def targets(self, key: str) -> tuple[list[Target], int]:
+        """The sloppy preference list of ``key`` as this peer sees it now (see
+        :func:`~gossipkv._replication.preference_list`).
 
         Raises:
           ClusterNotReady: no partition table yet.
         """
-        table = self._table()
-        if table is None or not table.owners:
-            raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
-        p = _dvv.partition_of(key, table.q)
-        owners = table.owners[p]
-        if not owners:
-            raise Unavailable(f"partition {p} of {key!r} has no owner in the table")
-        reachable = self._reachable()
-        out = [(o, "") for o in owners if o in reachable]
-        missing = [o for o in owners if o not in reachable]
-        if missing and self.config.sloppy_quorum:
-            members = sorted({m for row in table.owners for m in row} | reachable)
-            start = p % len(members)
-            ring = members[start:] + members[:start]
-            fallbacks = [m for m in ring if m not in owners and m in reachable]
-            out.extend(zip(fallbacks, missing, strict=False))
-        return out, len(owners)
-
-    def _quorum(self, asked: int, n: int, what: str) -> int:
-        check_count(asked, what)
-        if asked == 0:
-            return getattr(self.config, what)  # type: ignore[no-any-return]
-        if not 1 <= asked <= n:
-            raise InvalidArgument(f"{what} must be between 1 and N={n}, got {asked}")
-        return asked
+        return preference_list(
+            self._table(), key, self._reachable(), sloppy=self.config.sloppy_quorum
+        )
 
     # --- client operations ---------------------------------------------------------------------
 
@@ -735,9 +688,10 @@ class KeyValueService:
         try:
             self._check_key(key)
             targets, n = self.targets(key)
-            need = min(self._quorum(r, n, "r"), n)
-            if len(targets) < need:
-                raise QuorumNotReached(len(targets), need)
+            need = quorum_size(r, n, "r", self.config.r)
+            table = self._table()
+            filling = self._pulling(_dvv.partition_of(key, table.q)) if table else set()
+            asked, counted = read_plan(targets, need, filling)
         except BaseException:
             if reserved is not None:
                 self.admission.release(reserved)
@@ -748,9 +702,10 @@ class KeyValueService:
                 return None
         self.counters.gets += 1
         fan = _Fanout(
-            [m for m, _ in targets],
+            asked,
             need,
             trio.current_time() + self.config.replica_timeout,
+            counted=counted,
             on_enough=None
             if on_result is None
             else partial(_deliver, partial(self._get_outcome, key), on_result),
@@ -760,14 +715,8 @@ class KeyValueService:
             release=partial(self.admission.release, reserved),
         )
         fan.on_reply = self._replica_answered
-        table = self._table()
-        filling = self._pulling(_dvv.partition_of(key, table.q)) if table is not None else set()
-        if filling:
-            settled = {m for m, _ in targets if m not in filling}
-            if len(settled) >= need:
-                fan.counted = settled
         self._track(fan)
-        for member, _ in targets:
+        for member in asked:
             if member == self.node_id and self.storage.nowait:
                 try:
                     fan.answered(member, self.storage.get_nowait(key))
@@ -782,9 +731,8 @@ class KeyValueService:
         return fan
 
     def _get_outcome(self, key: str, fan: _Fanout) -> GetResult:
-        if fan.count() < fan.need:
-            raise QuorumNotReached(fan.count(), fan.need)
-        result = self._result(key, self._merge(fan.replies))
+        clock = read_result(fan.tally, last_write_wins=self.config.last_write_wins)
+        result = self._result(key, clock)
         self.counters.get_latency.observe(trio.current_time() - fan.started)
         return result
 
@@ -875,21 +823,8 @@ class KeyValueService:
         else:
             fan.answered(member, clock)
 
-    def _merge(self, replies: dict[str, Clock | None]) -> Clock | None:
-        """The ``sync`` of every clock received (``None`` when every replica said not-found)."""
-        clocks = [c for c in replies.values() if c is not None]
-        if not clocks:
-            return None
-        first = clocks[0]
-        if not first.anonymous and all(_dvv.equal(c, first) for c in clocks[1:]):
-            return self._resolve(first)  # the usual case: every replica holds the same version
-        return self._resolve(_dvv.sync_all(clocks))
-
     def _stale(self, replies: dict[str, Clock | None]) -> tuple[Clock | None, list[str]]:
-        final = self._merge(replies)
-        if final is None:
-            return None, []
-        return final, [m for m, c in replies.items() if c is None or not _dvv.equal(c, final)]
+        return stale_replicas(replies, last_write_wins=self.config.last_write_wins)
 
     def _repair_if_stale(self, key: str, fan: _Fanout) -> None:
         """Called once every replica of a read answered (or timed out): repair the stale ones."""
@@ -952,7 +887,7 @@ class KeyValueService:
             return plan
         return await self._put_planned(plan)
 
-    async def _put_planned(self, plan: _PutPlan) -> PutResult:
+    async def _put_planned(self, plan: PutPlan) -> PutResult:
         """Carry out a planned put: forward it, or store it and wait for W copies."""
         reserved = self._estimate(plan.key, plan.size)
         await self.admission.acquire(reserved)
@@ -969,7 +904,7 @@ class KeyValueService:
         await fan.wait_enough()
         return self._put_outcome(plan, clock, fan)
 
-    async def _forward(self, plan: _PutPlan) -> PutResult:
+    async def _forward(self, plan: PutPlan) -> PutResult:
         """Hand a put to a replica of its key (this peer is none): the first reachable one, and
         the next when it cannot be reached (a dead owner not yet detected) or answers that it
         reaches no replica, within the same request.
@@ -996,7 +931,7 @@ class KeyValueService:
             failures.append(f"{target}: no answer in time")
         raise Unavailable(f"no replica of {key!r} took the write: {'; '.join(failures)}")
 
-    async def _store_and_replicate(self, plan: _PutPlan, reserved: int) -> tuple[Clock, _Fanout]:
+    async def _store_and_replicate(self, plan: PutPlan, reserved: int) -> tuple[Clock, _Fanout]:
         """Store a put here and start replicating it (the fan-out keeps ``reserved``)."""
         key = plan.key
         stored = self._store_now(plan) if self._can_store_now(plan) else None
@@ -1051,7 +986,7 @@ class KeyValueService:
         self._nursery_or_fail().start_soon(self._finish_put, plan, on_result)
 
     async def _finish_put(
-        self, plan: _PutPlan, on_result: Callable[[PutResult | GossipKVError], None]
+        self, plan: PutPlan, on_result: Callable[[PutResult | GossipKVError], None]
     ) -> None:
         try:
             result: PutResult | GossipKVError = await self._put_planned(plan)
@@ -1072,55 +1007,40 @@ class KeyValueService:
         copies = (table.n if table is not None else 3) + 1
         return 2 * copies * (max(self.storage.stored_bytes(key) or 0, 1024) + written)
 
-    def _plan_put(self, request: KvPut) -> _PutPlan | PutResult:
+    def _plan_put(self, request: KvPut) -> PutPlan | PutResult:
         """Check a put and decide where it runs; a retried request gets its first result."""
         self.counters.put_plans += 1
-        key, value, context, w = request.key, request.value, request.context, request.w
-        client_id, seq, delete = request.client_id, request.seq, request.delete
+        key = request.key
         try:
             self._check_key(key)
-            ctx = decode_context(context, self.limits)
-            size = 0 if delete else check_value(value, self.limits)
+            ctx = decode_context(request.context, self.limits)
+            size = 0 if request.delete else check_value(request.value, self.limits)
         except (InvalidKey, InvalidContext, ValueTooLarge, ValueNotEncodable) as exc:
             self.refusals[error_code(exc)] += 1
             raise
-        rid = f"{client_id}:{seq}" if client_id else ""
+        rid = f"{request.client_id}:{request.seq}" if request.client_id else ""
         if rid and rid in self._results:
             self.counters.idempotent_hits += 1
             self._results.move_to_end(rid)
             return self._results[rid]
         targets, n = self.targets(key)
-        need = min(self._quorum(w, n, "w"), n)
-        if not targets:
-            raise Unavailable(f"no replica of {key!r} is reachable")
-        forward_to = ""
-        if not request.forwarded and all(m != self.node_id for m, _ in targets):
-            forward_to = targets[0][0]
-        meta: dict[str, object] = {"rid": rid} if rid else {}
-        if (self.config.last_write_wins or delete) and not forward_to:
-            # A tombstone's stamp is its age for reaping (see ``tombstone_grace``).
-            meta["ts"] = self._stamp()
-        sibling = Sibling.deleted(meta) if delete else Sibling(value, False, meta)
-        # Standing in for an unreachable owner: keep a hint for it, like any other stand-in.
-        hint_for = next((h for m, h in targets if m == self.node_id), "")
-        return _PutPlan(
-            key,
-            sibling,
-            ctx,
-            size,
-            rid,
-            targets,
-            need,
-            hint_for,
-            forward_to,
+        stamped = self.config.last_write_wins or request.delete
+        return plan_put(
             request,
-            trio.current_time(),
+            node_id=self.node_id,
+            ctx=ctx,
+            size=size,
+            targets=targets,
+            n=n,
+            default_w=self.config.w,
+            stamp=self._stamp if stamped else None,
+            started=trio.current_time(),
         )
 
-    def _can_store_now(self, plan: _PutPlan) -> bool:
+    def _can_store_now(self, plan: PutPlan) -> bool:
         return self.storage.nowait and plan.key not in self._locks and not plan.hint_for
 
-    def _store_now(self, plan: _PutPlan) -> Clock | None:
+    def _store_now(self, plan: PutPlan) -> Clock | None:
         """Store without the lock: nothing waits between reading and writing, so it is atomic.
 
         Returns ``None`` (having done nothing) when the context claims dots this replica does
@@ -1154,16 +1074,14 @@ class KeyValueService:
         self._changed(key, merged)
         return merged
 
-    def _count_put(self, plan: _PutPlan) -> None:
+    def _count_put(self, plan: PutPlan) -> None:
         if plan.sibling.tombstone:
             self.counters.deletes += 1
         else:
             self.counters.puts += 1
 
-    def _put_outcome(self, plan: _PutPlan, clock: Clock, fan: _Fanout) -> PutResult:
-        acks = 1 + len(fan.replies)
-        if acks < plan.need:
-            raise QuorumNotReached(acks, plan.need)
+    def _put_outcome(self, plan: PutPlan, clock: Clock, fan: _Fanout) -> PutResult:
+        write_acks(fan.tally, plan.need)
         result = PutResult(plan.key, *visible(clock, self.limits))
         if plan.started:
             self.counters.put_latency.observe(trio.current_time() - plan.started)
@@ -1174,7 +1092,7 @@ class KeyValueService:
                 self._results.popitem(last=False)
         return result
 
-    def _update(self, plan: _PutPlan, local: Clock | None) -> Clock:
+    def _update(self, plan: PutPlan, local: Clock | None) -> Clock:
         """The clock a put stores: ``update`` with the context clamped to what this replica
         knows, refused (changing nothing) if it breaks a per-key limit.
 
@@ -1209,7 +1127,7 @@ class KeyValueService:
             raise
         return clock
 
-    def _check_record_size(self, plan: _PutPlan, clock: Clock) -> None:
+    def _check_record_size(self, plan: PutPlan, clock: Clock) -> None:
         # The stored size plus the new value bounds the new clock's size (the value's dot and
         # metadata add little): encode it only when that bound is over the limit.
         limit = self.limits.max_record_bytes
@@ -1225,14 +1143,14 @@ class KeyValueService:
 
     def _replicate(
         self,
-        plan: _PutPlan,
+        plan: PutPlan,
         clock: Clock,
         reserved: int,
         on_enough: Callable[[_Fanout], None] | None = None,
     ) -> _Fanout:
         """Send ``clock`` to the other replicas; ``enough`` once W-1 acked (or all answered).
         The fan-out gives back the ``reserved`` memory once every replica answered."""
-        others = [(m, hint) for m, hint in plan.targets if m != self.node_id]
+        others = plan.others
         fan = _Fanout(
             [m for m, _ in others],
             max(plan.need - 1, 0),
@@ -1673,26 +1591,7 @@ class KeyValueService:
         raise TransportError(f"{member} did not acknowledge in time")
 
     def _resolve(self, clock: Clock) -> Clock:
-        """Under ``last_write_wins``, drop every sibling but the newest (by HLC stamp, actor)."""
-        if not self.config.last_write_wins or _dvv.size(clock) <= 1:
-            return clock
-        best: tuple[tuple[int, str], str, Sibling] | None = None
-        for e in clock.entries:
-            for sib in e.values:
-                ts = sib.meta.get("ts")
-                rank = (ts if isinstance(ts, int) else 0, e.actor)
-                if best is None or rank > best[0]:
-                    best = (rank, e.actor, sib)
-        if best is None:
-            return clock
-        _, actor, winner = best
-        return DVVSet(
-            tuple(
-                Entry(e.actor, e.counter, (winner,) if e.actor == actor else ())
-                for e in clock.entries
-            ),
-            (),
-        )
+        return resolve(clock, last_write_wins=self.config.last_write_wins)
 
     def _clock_from_wire(self, raw: bytes) -> Clock:
         # Replicas of a key usually send the very same bytes (and a hot key's version is read
