@@ -285,8 +285,7 @@ def resolve(clock: Clock, *, last_write_wins: bool) -> Clock:
     _, actor, winner = best
     return DVVSet(
         tuple(
-            Entry(e.actor, e.counter, (winner,) if e.actor == actor else ())
-            for e in clock.entries
+            Entry(e.actor, e.counter, (winner,) if e.actor == actor else ()) for e in clock.entries
         ),
         (),
     )
