@@ -76,7 +76,6 @@ from ._errors import (
 from ._histogram import quantile as histogram_quantile
 from ._kv import Change as Change
 from ._kv import GetResult as GetResult
-from ._kv import KVConfig as KVConfig
 from ._kv import PutResult as PutResult
 from ._limits import NetworkLimits as NetworkLimits
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
@@ -89,6 +88,7 @@ from ._node import (
 from ._node import (
     open_node as open_node,
 )
+from ._replica_store import KVConfig as KVConfig
 from ._version import __version__ as __version__
 from .membership._gossiper import (
     GossipConfig as GossipConfig,

@@ -80,7 +80,7 @@ async def run_jittered(
 
 
 if TYPE_CHECKING:
-    from ._kv import KeyValueService
+    from ._replica_store import ReplicaStore
 
 log = logging.getLogger("gossipkv.antientropy")
 
@@ -145,7 +145,7 @@ class AntiEntropy:
       rng: randomness for the jitter, the starting partition and the choice of the other owner.
     """
 
-    def __init__(self, service: KeyValueService, rng: random.Random) -> None:
+    def __init__(self, service: ReplicaStore, rng: random.Random) -> None:
         self._kv = service
         self._rng = rng
         self._cursor: int | None = None
@@ -173,7 +173,7 @@ class AntiEntropy:
         Returns:
           The partitions whose trees were wrong.
         """
-        table = self._kv._table()
+        table = self._kv.table()
         if table is None or not table.owners:
             return 0
         q = table.q
@@ -234,7 +234,7 @@ class AntiEntropy:
 
     def _round_failed(self, exc: GossipKVError) -> None:
         self.counters.errors += 1
-        self._kv._count_error(exc)
+        self._kv.count_error(exc)
         log.debug("anti-entropy round failed: %s", exc)
 
     async def round(self) -> None:
@@ -244,7 +244,7 @@ class AntiEntropy:
           GossipKVError: the other owner failed or did not answer in time (nothing is lost:
             the keys repaired before the failure stay repaired).
         """
-        table = self._kv._table()
+        table = self._kv.table()
         if table is None or not table.owners:
             return
         me = self._kv.node_id
@@ -256,7 +256,7 @@ class AntiEntropy:
         cursor = self._cursor
         self._cursor += 1
         partition = owned[cursor % len(owned)]
-        reachable = self._kv._reachable()
+        reachable = self._kv.reachable()
         others = [o for o in table.owners[partition] if o != me and o in reachable]
         if not others:
             return
@@ -307,7 +307,7 @@ class AntiEntropy:
                 if isinstance(exc, TransportError):
                     raise
                 self.counters.errors += 1
-                self._kv._count_error(exc)
+                self._kv.count_error(exc)
                 continue
             repaired += 1
             self.counters.keys_repaired += 1
@@ -369,12 +369,12 @@ class AntiEntropy:
     async def _repair(self, peer: str, key: str) -> None:
         """Fetch ``peer``'s clock of ``key`` and ``sync`` it here, then send ours back to it."""
         kv = self._kv
-        theirs = await kv._replica_get(peer, key)
+        theirs = await kv.read_replica(peer, key)
         if theirs is not None:
             await kv.apply(key, theirs)
         ours = await kv.storage.get(key)
         if ours is not None and (theirs is None or not _dvv.equal(ours, theirs)):
-            await kv._replica_put(peer, key, ours, "")
+            await kv.write_replica(peer, key, ours, "")
 
     async def _hashes(self, peer: str, message: Message, count: int) -> list[int]:
         reply = await self._ask(peer, message, TreeHashes)
@@ -388,7 +388,7 @@ class AntiEntropy:
 
     async def _ask(self, peer: str, message: Message, expected: type[_Reply]) -> _Reply:
         with trio.move_on_after(self._kv.config.replica_timeout):
-            reply = await self._kv._send(peer, message)
+            reply = await self._kv.send(peer, message)
             if not isinstance(reply, expected):
                 raise Unavailable(f"unexpected reply {reply.TAG} from {peer}")
             return reply
@@ -407,7 +407,7 @@ class AntiEntropy:
         """
         if not isinstance(message, (TreeRoot, TreeBranches, TreeSegments, TreeKeys)):
             raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
-        table = self._kv._table()
+        table = self._kv.table()
         if table is None or not table.owners:
             raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
         if message.q != table.q:

@@ -27,7 +27,10 @@ from ._antientropy import run_jittered
 from ._errors import GossipKVError, TransportError
 
 if TYPE_CHECKING:
-    from ._kv import KeyValueService
+    from collections.abc import Awaitable, Callable
+
+    from ._merkle import MerkleTrees
+    from ._replica_store import ReplicaStore
 
 log = logging.getLogger("gossipkv.handoff")
 
@@ -51,10 +54,18 @@ class OwnershipHandoff:
     Args:
       service: this peer's data path (its storage, table, reachability and replica calls).
       rng: randomness for the jitter.
+      trees: this peer's anti-entropy Merkle trees for a partition count (their roots tell
+        whether a partition changed since it was last handed off).
     """
 
-    def __init__(self, service: KeyValueService, rng: random.Random) -> None:
+    def __init__(
+        self,
+        service: ReplicaStore,
+        rng: random.Random,
+        trees: Callable[[int], Awaitable[MerkleTrees]],
+    ) -> None:
         self._kv = service
+        self._trees = trees
         self._rng = rng
         #: partition -> (its owners, digest of what this peer held) when last handed off whole.
         self._done: dict[int, tuple[tuple[str, ...], bytes]] = {}
@@ -74,7 +85,7 @@ class OwnershipHandoff:
 
     def _round_failed(self, exc: GossipKVError) -> None:
         self.counters.errors += 1
-        self._kv._count_error(exc)
+        self._kv.count_error(exc)
         log.debug("ownership handoff round failed: %s", exc)
 
     async def round(self) -> int:
@@ -88,7 +99,7 @@ class OwnershipHandoff:
             partition for this round; it is counted in ``errors``).
         """
         kv = self._kv
-        table = kv._table()
+        table = kv.table()
         if table is None or not table.owners:
             return 0
         changes = kv.changes
@@ -96,9 +107,9 @@ class OwnershipHandoff:
             return 0  # nothing was stored here and the table is the same: nothing new to send
         self.counters.rounds += 1
         me = kv.node_id
-        trees = await kv.anti_entropy.trees(table.q)
+        trees = await self._trees(table.q)
         digests = {p: trees.root(p).to_bytes(8, "big") for p in trees.partitions() if trees.root(p)}
-        reachable = kv._reachable()
+        reachable = kv.reachable()
         failed: set[str] = set()  # owners that timed out this round: no partition waits on them
         budget = MAX_KEYS_PER_ROUND
         pending = False
@@ -155,10 +166,10 @@ class OwnershipHandoff:
             current = await kv.storage.get(key)  # the newest, not the scan's snapshot
             for owner in owners:
                 try:
-                    await kv._replica_put(owner, key, current or clock, "")
+                    await kv.write_replica(owner, key, current or clock, "")
                 except GossipKVError as exc:
                     self.counters.errors += 1
-                    kv._count_error(exc)
+                    kv.count_error(exc)
                     log.debug("handoff of %r to %s failed: %s", key, owner, exc)
                     if isinstance(exc, TransportError):
                         # The owner is away or slow: stop here, resume from this key later.

@@ -63,6 +63,7 @@ from ._messages import (
 from ._partitions import PartitionTable
 from ._reaper import TombstoneReaper, hint_age, with_hint_age
 from ._repair import QuarantineRepair
+from ._replica_store import KVConfig
 from ._replication import (
     Progress,
     PutPlan,
@@ -95,95 +96,6 @@ _HINT_SEP = "\x1f"
 _R = TypeVar("_R")
 _DECODED_CACHE = 1024  # distinct wire clocks remembered decoded...
 _DECODED_MAX_BYTES = 4096  # ...if small (the cache holds at most 4 MiB of keys)
-
-
-@dataclass(frozen=True, slots=True)
-class KVConfig:
-    """Defaults of the data path. ``r`` and ``w`` may be overridden per request (1..N).
-
-    ``Node(kv=KVConfig(r=1, w=3))``; :class:`Node` refuses ``r`` or ``w`` above
-    ``GossipConfig.replicas`` (N) with :exc:`ConfigError`.
-
-    Attributes:
-      r: replicas a read waits for.
-      w: replicas that must store a write before it is acknowledged.
-      sloppy_quorum: stand in for an unreachable owner with the next reachable member, which
-        keeps a durable hint and hands the value over when the owner is back.
-      blocking_read_repair: a read waits for its repairs, so successive quorum reads never go
-        backwards (by default repairs run after the read returns, at most
-        ``max_pending_repairs`` at a time; more are skipped and counted).
-      replica_timeout: seconds a coordinator waits for one replica's answer.
-      max_pending_repairs: background read repairs in flight at once.
-      idempotency_cache: client writes remembered by ``(client id, sequence)``, so a retry
-        returns the first result instead of writing a second sibling.
-      handoff_interval: seconds between attempts to hand hinted writes to their owners.
-      last_write_wins: lossy, opt-in, for comparison only: the newest write replaces every
-        sibling, so concurrent writes are silently lost.
-      anti_entropy_interval: seconds (jittered) between anti-entropy rounds; each round compares
-        one partition this peer owns with one other owner and repairs what differs. Partitions a
-        new table gives this peer are pulled from their other owners at once (every
-        ``handoff_interval``), not a round at a time. 0 disables both.
-      anti_entropy_rebuild_interval: seconds (jittered) between checks of the anti-entropy
-        Merkle trees against the records read back from the store (every key is read once a
-        check); a tree that disagrees is logged, counted and replaced. 0 disables the checks
-        (as does an ``anti_entropy_interval`` of 0).
-      ownership_handoff_interval: seconds (jittered) between ownership handoff rounds; each round
-        sends a bounded batch of the keys this peer holds for partitions it no longer owns to
-        their current owners (by ``sync``). 0 disables it.
-      max_inflight_bytes: the memory budget of the reads and writes this peer coordinates at
-        once, with the replies queued for clients that have not read them yet: each operation
-        reserves an estimate of what it will hold (twice N+1 copies of the key's stored size,
-        plus the value written) until its replicas answered; more work waits, and its
-        connection is not read meanwhile (backpressure). One larger operation runs alone.
-      tombstone_grace: seconds a deleted key's tombstone is kept at least; after it, the
-        tombstone is reaped once every owner of its partition holds it (see
-        :mod:`gossipkv._reaper`), hints held longer are dropped, and a member that was down
-        longer wipes its replica before serving. ``inf`` keeps every tombstone. It must exceed
-        the longest outage you will repair by handoff instead of rebuilding the member.
-    """
-
-    r: int = 2
-    w: int = 2
-    sloppy_quorum: bool = True
-    blocking_read_repair: bool = False
-    replica_timeout: float = 1.0
-    max_pending_repairs: int = 256
-    idempotency_cache: int = 10_000
-    handoff_interval: float = 1.0
-    #: Lossy, opt-in, for comparison only: a put ignores its context and replaces every stored
-    #: sibling, and replicas keep just the value with the newest (HLC stamp, actor). Concurrent
-    #: writes are silently lost; a Jepsen-style test uses it as the control that must show losses.
-    last_write_wins: bool = False
-    anti_entropy_interval: float = 10.0
-    anti_entropy_rebuild_interval: float = 4 * 3600.0
-    ownership_handoff_interval: float = 5.0
-    max_inflight_bytes: int = 64 * 1024 * 1024
-    tombstone_grace: float = 3600.0
-
-    def validate(self) -> None:
-        """Check the settings on their own (``r``/``w`` against N is :class:`Node`'s check).
-
-        Raises:
-          ValueError: naming the first bad setting.
-        """
-        if self.r < 1 or self.w < 1:
-            raise ValueError("r and w must be at least 1")
-        if self.replica_timeout <= 0 or self.handoff_interval <= 0:
-            raise ValueError("timeouts must be > 0")
-        if self.anti_entropy_interval < 0:
-            raise ValueError("anti_entropy_interval must be >= 0 (0 disables anti-entropy)")
-        if self.anti_entropy_rebuild_interval < 0:
-            raise ValueError(
-                "anti_entropy_rebuild_interval must be >= 0 (0 disables the tree checks)"
-            )
-        if self.ownership_handoff_interval < 0:
-            raise ValueError(
-                "ownership_handoff_interval must be >= 0 (0 disables ownership handoff)"
-            )
-        if self.max_inflight_bytes < 64 * 1024:
-            raise ValueError("max_inflight_bytes must be at least 64 KiB")
-        if not self.tombstone_grace > 0:  # NaN too
-            raise ValueError("tombstone_grace must be > 0 seconds (inf keeps every tombstone)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,7 +477,9 @@ class KeyValueService:
         self.anti_entropy = AntiEntropy(self, random.Random(background_seed))
         #: Background ownership handoff (started by :meth:`run`), with its own randomness stream
         #: (derived, so the draws from ``rng`` stay what they were before handoff existed).
-        self.ownership_handoff = OwnershipHandoff(self, random.Random(background_seed ^ 0x5A5A))
+        self.ownership_handoff = OwnershipHandoff(
+            self, random.Random(background_seed ^ 0x5A5A), self.anti_entropy.trees
+        )
         #: Clocks stored here that differed from what was held (ownership handoff's change mark).
         self.changes = 0
         #: Forgets tombstones every owner holds once they are older than the grace.
@@ -595,6 +509,9 @@ class KeyValueService:
             # Transfers are anti-entropy aimed at what a table change moved: off with it.
             interval=config.handoff_interval if config.anti_entropy_interval > 0 else 0.0,
             rng=random.Random(background_seed ^ 0x3C3C),
+        )
+        self.reaper.transferring = lambda p: any(
+            t.partition == p for t in self.transfers.in_flight()
         )
         #: Answers other members' transfers of partitions this peer holds.
         self.transfer_source = TransferSource(
@@ -631,6 +548,18 @@ class KeyValueService:
             await trio.sleep_forever()
 
     # --- routing -------------------------------------------------------------------------------
+
+    def table(self) -> PartitionTable | None:
+        """The newest partition table this peer accepted."""
+        return self._table()
+
+    def reachable(self) -> set[str]:
+        """The members this peer can send to now (itself included)."""
+        return self._reachable()
+
+    async def send(self, member: str, message: Message) -> Message:
+        """Send one request to ``member`` and return its answer (bounded by the caller)."""
+        return await self._send(member, message)
 
     def targets(self, key: str) -> tuple[list[Target], int]:
         """The sloppy preference list of ``key`` as this peer sees it now (see
@@ -721,7 +650,7 @@ class KeyValueService:
                 try:
                     fan.answered(member, self.storage.get_nowait(key))
                 except GossipKVError as exc:
-                    self._count_error(exc)
+                    self.count_error(exc)
                     fan.failed(member)
             elif member == self.node_id or not self._start_replica(
                 fan, member, ReplicaGet(key), self._on_get_reply
@@ -795,14 +724,14 @@ class KeyValueService:
         try:
             fan.answered(member, self._clock_of_reply(member, reply))
         except GossipKVError as exc:
-            self._count_error(exc)
+            self.count_error(exc)
             fan.failed(member)
 
     def _on_put_reply(self, fan: _Fanout, member: str, reply: Message | BaseException) -> None:
         try:
             self._clock_of_reply(member, reply)
         except GossipKVError as exc:
-            self._count_error(exc)
+            self.count_error(exc)
             fan.failed(member)
         else:
             fan.answered(member, None)
@@ -818,7 +747,7 @@ class KeyValueService:
         try:
             clock = await self._replica_get(member, key)
         except GossipKVError as exc:
-            self._count_error(exc)
+            self.count_error(exc)
             fan.failed(member)
         else:
             fan.answered(member, clock)
@@ -856,10 +785,10 @@ class KeyValueService:
 
     async def _repair_one(self, member: str, key: str, clock: Clock) -> None:
         try:
-            await self._replica_put(member, key, clock, "")
+            await self.write_replica(member, key, clock, "")
             self.counters.read_repairs += 1
         except GossipKVError as exc:
-            self._count_error(exc)
+            self.count_error(exc)
 
     async def put(
         self,
@@ -937,7 +866,7 @@ class KeyValueService:
         stored = self._store_now(plan) if self._can_store_now(plan) else None
         if stored is None:
             self._count_put(plan)
-            async with self._lock(key):
+            async with self.lock(key):
                 local = await self.storage.get(key)
                 if not _dvv.context_within(plan.ctx, local):
                     local = await self._catch_up(key, local)
@@ -1179,9 +1108,9 @@ class KeyValueService:
         self, fan: _Fanout, member: str, key: str, clock: Clock, hint_for: str
     ) -> None:
         try:
-            await self._replica_put(member, key, clock, hint_for)
+            await self.write_replica(member, key, clock, hint_for)
         except GossipKVError as exc:
-            self._count_error(exc)
+            self.count_error(exc)
             fan.failed(member)
         else:
             fan.answered(member, None)
@@ -1245,7 +1174,7 @@ class KeyValueService:
 
     async def apply(self, key: str, clock: Clock, *, hint_for: str = "") -> None:
         """Store ``clock`` by ``sync`` with the local clock (never an overwrite, never a new dot)."""
-        async with self._lock(key):
+        async with self.lock(key):
             local = await self.storage.get(key)
             merged = self._synced(clock, local)
             if merged is not None:
@@ -1276,10 +1205,10 @@ class KeyValueService:
         async def store(member: str, hint_for: str) -> None:
             nonlocal acks
             try:
-                await self._replica_put(member, key, clock, hint_for)
+                await self.write_replica(member, key, clock, hint_for)
                 acks += 1
             except GossipKVError as exc:
-                self._count_error(exc)
+                self.count_error(exc)
                 errors.append(f"{member}: {exc}")
 
         async with trio.open_nursery() as nursery:
@@ -1305,7 +1234,7 @@ class KeyValueService:
             try:
                 replies[member] = await self._replica_get(member, key)
             except GossipKVError as exc:
-                self._count_error(exc)
+                self.count_error(exc)
 
         async with trio.open_nursery() as nursery:
             for member in members:
@@ -1397,7 +1326,7 @@ class KeyValueService:
                 self._check_key(key)
                 checked.append((key, self._clock_from_wire(raw)))
             except GossipKVError as exc:
-                self._count_error(exc)
+                self.count_error(exc)
                 raise RemoteError("bad_reply", f"invalid item {str(key)[:64]!r}: {exc}") from exc
         failed: list[GossipKVError] = []
 
@@ -1405,7 +1334,7 @@ class KeyValueService:
             try:
                 await self.apply(key, clock)
             except GossipKVError as exc:
-                self._count_error(exc)
+                self.count_error(exc)
                 failed.append(exc)
 
         async with trio.open_nursery() as nursery:
@@ -1433,7 +1362,7 @@ class KeyValueService:
     async def rewrite_hint(self, owner: str, key: str) -> None:
         """Keep a hint for ``owner`` again from this replica's own copy of ``key`` (after the
         hint's record was quarantined)."""
-        async with self._lock(key):
+        async with self.lock(key):
             await self._store_hint(owner, key, await self.storage.get(key))
 
     def _hint_quarantined(self, hint_key: str) -> None:
@@ -1450,7 +1379,7 @@ class KeyValueService:
         try:
             await self.hints.put(f"{owner}{_HINT_SEP}{key}", with_hint_age(clock, stored_ms))
         except GossipKVError as exc:  # a key too long to hint is still a stored copy
-            self._count_error(exc)
+            self.count_error(exc)
             return
         self._pending_hints[(owner, key)] = stored_ms
         self.counters.hints_stored += 1
@@ -1466,7 +1395,7 @@ class KeyValueService:
         """Drop an expired hint, and this peer's own copy of the key when it does not own it
         (that copy is the stand-in write itself, as old as the hint: ownership handoff would
         otherwise deliver it). The owner gets the key from the other owners."""
-        async with self._lock(key):
+        async with self.lock(key):
             await self.hints.delete(f"{owner}{_HINT_SEP}{key}")
             table = self._table()
             if table is not None and table.owners:
@@ -1504,8 +1433,8 @@ class KeyValueService:
                         _, hinted = hint_age(clock)
                         current = await self.storage.get(key)
                         payload = hinted if current is None else _dvv.sync(hinted, current)
-                        await self._replica_put(owner, key, payload, "")
-                    async with self._lock(key):
+                        await self.write_replica(owner, key, payload, "")
+                    async with self.lock(key):
                         latest = await self.hints.get(hint_key)
                         if (
                             latest is not None
@@ -1515,7 +1444,7 @@ class KeyValueService:
                             continue  # a newer hinted write arrived meanwhile: deliver it next round
                         await self.hints.delete(hint_key)
                 except GossipKVError as exc:
-                    self._count_error(exc)
+                    self.count_error(exc)
                     continue
                 self._pending_hints.pop((owner, key), None)
                 self.counters.hints_delivered += 1
@@ -1535,7 +1464,7 @@ class KeyValueService:
                 if self._hint_expired(owner, key):
                     await self._expire_hint(owner, key)
                     continue
-                async with self._lock(key):
+                async with self.lock(key):
                     clock = await self.hints.get(hint_key)
                     if clock is not None and clock.entries:
                         _, hinted = hint_age(clock)
@@ -1546,16 +1475,16 @@ class KeyValueService:
                         delivered = 0
                         for member in owners:
                             try:
-                                await self._replica_put(member, key, payload, "")
+                                await self.write_replica(member, key, payload, "")
                             except GossipKVError as exc:
-                                self._count_error(exc)
+                                self.count_error(exc)
                                 continue
                             delivered += 1
                         if not delivered:
                             continue
                     await self.hints.delete(hint_key)
             except GossipKVError as exc:
-                self._count_error(exc)
+                self.count_error(exc)
                 continue
             self._pending_hints.pop((owner, key), None)
             self.counters.hints_delivered += 1
@@ -1581,7 +1510,7 @@ class KeyValueService:
             return None if reply.clock is None else self._clock_from_wire(reply.clock)
         raise TransportError(f"{member} did not answer in time")
 
-    async def _replica_put(self, member: str, key: str, clock: Clock, hint_for: str) -> None:
+    async def write_replica(self, member: str, key: str, clock: Clock, hint_for: str) -> None:
         if member == self.node_id:
             await self.apply(key, clock, hint_for=hint_for)
             return
@@ -1634,7 +1563,7 @@ class KeyValueService:
         if self.on_change is not None:
             self.on_change(key, clock)
 
-    def _count_error(self, exc: BaseException) -> None:
+    def count_error(self, exc: BaseException) -> None:
         kind = type(exc).__name__
         self.counters.errors[kind] = self.counters.errors.get(kind, 0) + 1
         if isinstance(exc, StorageError):
@@ -1646,7 +1575,7 @@ class KeyValueService:
         return self._nursery
 
     @asynccontextmanager
-    async def _lock(self, key: str) -> AsyncIterator[None]:
+    async def lock(self, key: str) -> AsyncIterator[None]:
         # One read-modify-write per key at a time on this replica, or two puts could mint on the
         # same base and one would silently lose the other's dot.
         lock = self._locks.setdefault(key, trio.Lock())

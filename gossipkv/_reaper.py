@@ -84,7 +84,7 @@ from ._errors import (
 from ._messages import Message, TombstoneCheck, TombstoneState
 
 if TYPE_CHECKING:
-    from ._kv import KeyValueService
+    from ._replica_store import ReplicaStore
 
 log = logging.getLogger("gossipkv.reaper")
 
@@ -139,11 +139,12 @@ class TombstoneReaper:
     Attributes:
       pulling: the members still pulling a partition (set by the node from gossip).
       gone: whether a member was removed or left (set by the node).
+      transferring: whether a partition is being pulled here (set by the data path).
     """
 
     def __init__(
         self,
-        service: KeyValueService,
+        service: ReplicaStore,
         rng: random.Random,
         *,
         grace: float,
@@ -155,6 +156,8 @@ class TombstoneReaper:
         self._wall_ms = wall_ms
         self.pulling: Callable[[int], set[str]] = lambda partition: set()
         self.gone: Callable[[str], bool] = lambda member: False
+        #: Whether a partition is being pulled to this peer right now (set by the data path).
+        self.transferring: Callable[[int], bool] = lambda partition: False
         #: Called (and awaited) with ``reaped_upto`` before a record is deleted: the node
         #: publishes and persists it.
         self.on_reaped_upto: Callable[[int], Awaitable[None]] | None = None
@@ -195,7 +198,7 @@ class TombstoneReaper:
 
     def _round_failed(self, exc: GossipKVError) -> None:
         self.counters.errors += 1
-        self._kv._count_error(exc)
+        self._kv.count_error(exc)
 
     def _ripe(self, q: int, me: str, owners: tuple[tuple[str, ...], ...]) -> dict[int, list[str]]:
         """Keys old enough to reap, by partition: of the partitions this peer coordinates (it
@@ -218,13 +221,13 @@ class TombstoneReaper:
           The keys reaped here this round.
         """
         kv = self._kv
-        table = kv._table()
+        table = kv.table()
         if table is None or not table.owners or not self._candidates:
             return 0
         self.counters.rounds += 1
         before = self.counters.reaped
         for p, keys in sorted(self._ripe(table.q, kv.node_id, table.owners).items()):
-            if kv._table() is not table:
+            if kv.table() is not table:
                 break  # the owners changed: start again from the new table next round
             if kv.node_id in table.owners[p]:
                 await self._reap_partition(p, table.q, table.owners[p], sorted(keys))
@@ -235,12 +238,12 @@ class TombstoneReaper:
     def _blocked(self, partition: int, owners: tuple[str, ...]) -> bool:
         """Whether an owner is away, gone, or still pulling the partition (nothing is reaped)."""
         kv = self._kv
-        reachable = kv._reachable()
+        reachable = kv.reachable()
         if any(o not in reachable or self.gone(o) for o in owners):
             return True
         if self.pulling(partition) & set(owners):
             return True
-        return any(t.partition == partition for t in kv.transfers.in_flight())
+        return self.transferring(partition)
 
     async def _reap_partition(
         self, partition: int, q: int, owners: tuple[str, ...], keys: list[str]
@@ -311,7 +314,7 @@ class TombstoneReaper:
                 continue
             try:
                 for owner in owners:
-                    await kv._replica_put(owner, key, clock, "")
+                    await kv.write_replica(owner, key, clock, "")
             except GossipKVError as exc:
                 self.counters.errors += 1
                 log.debug("handing tombstone %r to the owners failed: %s", key, exc)
@@ -322,7 +325,7 @@ class TombstoneReaper:
         kv = self._kv
         with trio.move_on_after(kv.config.replica_timeout * 5):
             try:
-                reply = await kv._send(owner, message)
+                reply = await kv.send(owner, message)
             except (TransportError, Unavailable, RemoteError, ClusterNotReady) as exc:
                 self.counters.errors += 1
                 log.debug("tombstone check with %s failed: %s", owner, exc)
@@ -337,7 +340,7 @@ class TombstoneReaper:
     async def reap_if(self, key: str, raw: bytes) -> bool:
         """Forget ``key`` here if its stored clock is exactly ``raw`` and tombstone-only."""
         kv = self._kv
-        async with kv._lock(key):
+        async with kv.lock(key):
             clock = await kv.storage.get(key)
             written = None if clock is None else tombstone_time(clock)
             if clock is None or written is None:
@@ -362,7 +365,7 @@ class TombstoneReaper:
         if not isinstance(message, TombstoneCheck):
             raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
         kv = self._kv
-        table = kv._table()
+        table = kv.table()
         if table is None or not table.owners:
             raise ClusterNotReady("the cluster has no partition table yet; retry shortly")
         p = message.partition
@@ -374,7 +377,7 @@ class TombstoneReaper:
             raise InvalidArgument("keys and clocks must pair up (at most 512)")
         if any(_dvv.partition_of(k, table.q) != p for k in message.keys):
             raise InvalidArgument(f"a key listed is not in partition {p}")
-        if not self.enabled or any(t.partition == p for t in kv.transfers.in_flight()):
+        if not self.enabled or self.transferring(p):
             # Still filling the partition (or never reaping): hold on to everything.
             return TombstoneState(tuple(False for _ in message.keys))
         flags: list[bool] = []

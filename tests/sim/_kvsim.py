@@ -9,9 +9,10 @@ import trio
 
 from gossipkv import GossipConfig, StorageLimits
 from gossipkv._dvv import DVVSet, Sibling, partition_of, size
-from gossipkv._kv import KeyValueService, KVConfig, decode_context
+from gossipkv._kv import KeyValueService, decode_context
 from gossipkv._node import Node
 from gossipkv._partitions import PartitionTable
+from gossipkv._replica_store import KVConfig
 from gossipkv.testing import SimCluster, open_sim_cluster
 
 from ._checks import describe, settle
