@@ -48,7 +48,7 @@ from ._errors import (
 )
 from ._histogram import LatencyHistogram
 from ._hlc import HybridClock
-from ._kv import Change, Clock, GetResult, KeyValueService, KVConfig, PutResult, change_of
+from ._kv import Change, Clock, GetResult, KeyValueService, PutResult, change_of
 from ._limits import NetworkLimits
 from ._messages import (
     PROTOCOL_VERSION,
@@ -93,13 +93,15 @@ from ._messages import (
 from ._partitions import PartitionTable
 from ._peer import DEFERRED, Channel, Deferred, TransportCounters, handshake, verify_certificate
 from ._persist import FileNodeStore, NodeStore, PeerRecord
+from ._replica_store import KVConfig
+from ._router import Audience, Respond, Route, Router, route
 from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
 from .membership._leader import Decisions
 from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, StorageLimits, open_storage
 from .storage._base import encode_key
 from .transport._base import Connection, ReceiveBudget, Transport
-from .transport._tls import TLSConfig, TLSIdentity
+from .transport._tls import TLSConfig
 
 log = logging.getLogger("gossipkv.node")
 
@@ -530,6 +532,10 @@ class Node:
         self._alive_before = 0
         self._alive_saved_at = -math.inf
         self._reaped_saved = 0
+        #: Every message this peer accepts, who may send it and what answers it.
+        self._router = Router(
+            self._routes(), gate=transport.wait_runnable, dropped=self._counters.dropped
+        )
 
     # --- public surface ------------------------------------------------------------------------
 
@@ -1988,19 +1994,20 @@ class Node:
                 del self._channels[addr]
 
     def _make_channel(self, conn: Connection, remote: Hello) -> Channel:
+        identity = conn.tls_identity if self._tls else None
         if remote.hlc:
             self._hlc.update(remote.hlc)
         return Channel(
             conn,
             remote,
-            on_request=self._on_request,
-            on_oneway=self._on_oneway,
-            on_request_nowait=self._on_request_nowait,
+            on_request=self._router.request,
+            on_oneway=self._router.oneway,
+            on_request_nowait=self._router.request_nowait,
             max_frame=self._max_frame(),
             counters=self._counters,
             max_outbound_bytes=self.limits.max_outbound_bytes,
             idle_timeout=self.limits.idle_timeout,
-            refuse=_refusal_for(remote, conn.tls_identity if self._tls else None),
+            refuse=self._router.refusal(remote.node_id, identity.role if identity else None),
         )
 
     async def _handle_connection(self, conn: Connection) -> None:
@@ -2051,155 +2058,182 @@ class Node:
             if addr and self._channels.get(addr) is channel:
                 del self._channels[addr]
 
-    async def _on_request(self, channel: Channel, message: Message) -> Message:
-        await self._transport.wait_runnable()
-        g = self._runtime().gossiper
-        now = trio.current_time()
-        if isinstance(message, Syn):
-            if channel.remote.node_id == "client":
-                raise InvalidArgument("clients do not gossip")
-            if message.hlc:
-                self._hlc.update(message.hlc)
-            return g.on_syn(message, now)
-        if isinstance(message, MembersRequest):
-            return Reply(members_body(g.node_id, g.leader(), g.members(now)))
-        if isinstance(message, (KvGet, KvPut, ReplicaGet, ReplicaPut)):
-            try:
-                return await self._data_service().handle(message)
-            except RemoteError:
-                raise
-            except GossipKVError as exc:
-                raise RemoteError(error_code(exc), str(exc)) from exc
-        if isinstance(message, StatsRequest):
-            return Reply(statistics_body(self.statistics()))
-        if isinstance(message, WatchRequest):
-            # RemoteError("too_many_watches") when over a watch cap.
-            await self._runtime().nursery.start(self._serve_watch, channel, message.prefix)
-            return Reply({"ok": True})
-        if isinstance(message, SetMetadataRequest):
-            g.set_metadata(message.key, message.value)
-            return Reply({"ok": True})
-        if isinstance(message, RemoveRequest):
-            return Reply(await self._operator_remove(message.name))
-        if isinstance(message, ReloadTlsRequest):
-            try:
-                # Reading the files is disk I/O: off the event loop.
-                await trio.to_thread.run_sync(self.reload_tls)
-            except ConfigError as exc:
-                raise InvalidArgument(str(exc)) from exc
-            return Reply({"ok": True})
-        if isinstance(message, (ConfigRequest, LogLevelRequest, PingRequest, KeysRequest)):
-            try:
-                return Reply(await self._toolbox_request(message))
-            except RemoteError:
-                raise
-            except GossipKVError as exc:
-                raise RemoteError(error_code(exc), str(exc)) from exc
-        if isinstance(message, RestoreRequest):
-            try:
-                return Reply(await self._data_service().restore(message.key, message.clock))
-            except RemoteError:
-                raise
-            except GossipKVError as exc:
-                raise RemoteError(error_code(exc), str(exc)) from exc
-        if isinstance(message, MonitorRequest):
-            level = _admin.level_of(message.level)
-            await self._runtime().nursery.start(self._serve_monitor, channel, level)
-            return Reply({"ok": True})
-        if isinstance(message, RingRequest):
-            return Reply(self._ring_body())
-        if isinstance(message, OwnersRequest):
-            return Reply(await self._owners_body(message.key))
-        if isinstance(message, RepairRequest):
-            return Reply(await self._data_service().repair_partition(message.partition))
-        if isinstance(message, ReplaceRequest):
-            return Reply(await self._operator_replace(message))
-        if isinstance(message, LeaveRequest):
-            if self._closing or self._leave_task:
-                return Reply({"ok": True, "status": g.status})
-            if not message.force and g.reachable_members() <= {g.node_id}:
-                raise InvalidArgument(
-                    "no other member is in reach to hand this node's data to; leaving would "
-                    "lose it (use --force to leave anyway)",
-                )
-            within = message.timeout if message.timeout > 0 else None
-            self._runtime().nursery.start_soon(self._leave_quietly, within, message.force)
-            return Reply({"ok": True, "status": "leaving"})
-        if isinstance(message, PartitionFetch):
-            try:
-                return await self._data_service().transfer_source.handle(
-                    channel.remote.node_id, message
-                )
-            except RemoteError:
-                raise
-            except GossipKVError as exc:
-                raise RemoteError(error_code(exc), str(exc)) from exc
-        if isinstance(message, TombstoneCheck):
-            try:
-                return await self._data_service().reaper.handle(message)
-            except RemoteError:
-                raise
-            except GossipKVError as exc:
-                raise RemoteError(error_code(exc), str(exc)) from exc
-        if isinstance(message, (TreeRoot, TreeBranches, TreeSegments, TreeKeys)):
-            try:
-                return await self._data_service().anti_entropy.handle(message)
-            except RemoteError:
-                raise
-            except GossipKVError as exc:
-                raise RemoteError(error_code(exc), str(exc)) from exc
-        raise RemoteError("unsupported", f"unsupported request {message.TAG!r}")
+    # --- the request router: one table -----------------------------------------------------------
 
-    def _on_request_nowait(
-        self, channel: Channel, message: Message, respond: Callable[[Message | BaseException], None]
+    def _routes(self) -> dict[type[Message], Route]:
+        """Every message this peer accepts: who may send it and what answers it."""
+        anyone, operator, member = Audience.ANYONE, Audience.OPERATOR, Audience.MEMBER
+        data = self._serve_data
+        data_nowait = self._serve_data_nowait
+        toolbox = self._serve_toolbox
+        return dict(
+            [
+                # Gossip: SYNs are answered in the reader (pure computation).
+                route(Syn, member, request=self._serve_syn, nowait=self._serve_syn_nowait),
+                route(Ack, member, oneway=self._serve_ack),
+                route(Shutdown, member, oneway=self._serve_shutdown),
+                # The data path: replica calls and client reads and writes, in the reader
+                # when nothing needs to wait.
+                route(KvGet, anyone, request=data, nowait=data_nowait),
+                route(KvPut, anyone, request=data, nowait=data_nowait),
+                route(ReplicaGet, member, request=data, nowait=data_nowait),
+                route(ReplicaPut, member, request=data, nowait=data_nowait),
+                route(PartitionFetch, member, request=self._serve_partition_fetch),
+                route(TombstoneCheck, member, request=self._serve_tombstone_check),
+                route(TreeRoot, member, request=self._serve_tree),
+                route(TreeBranches, member, request=self._serve_tree),
+                route(TreeSegments, member, request=self._serve_tree),
+                route(TreeKeys, member, request=self._serve_tree),
+                route(ReplaceRequest, member, request=self._serve_replace),
+                # What anyone may ask.
+                route(MembersRequest, anyone, request=self._serve_members),
+                route(StatsRequest, anyone, request=self._serve_stats),
+                route(WatchRequest, anyone, request=self._serve_watch_request),
+                route(RingRequest, anyone, request=self._serve_ring),
+                route(OwnersRequest, anyone, request=self._serve_owners),
+                route(PingRequest, anyone, request=toolbox),
+                route(KeysRequest, anyone, request=toolbox),
+                # Operator calls.
+                route(ConfigRequest, operator, request=toolbox),
+                route(LogLevelRequest, operator, request=toolbox),
+                route(MonitorRequest, operator, request=self._serve_monitor_request),
+                route(SetMetadataRequest, operator, request=self._serve_set_metadata),
+                route(RemoveRequest, operator, request=self._serve_remove),
+                route(ReloadTlsRequest, operator, request=self._serve_reload_tls),
+                route(RestoreRequest, operator, request=self._serve_restore),
+                route(RepairRequest, operator, request=self._serve_repair),
+                route(LeaveRequest, operator, request=self._serve_leave),
+            ]
+        )
+
+    async def _serve_syn(self, channel: Channel, message: Syn) -> Message:
+        if channel.remote.node_id == "client":
+            raise InvalidArgument("clients do not gossip")
+        if message.hlc:
+            self._hlc.update(message.hlc)
+        return self._runtime().gossiper.on_syn(message, trio.current_time())
+
+    def _serve_syn_nowait(self, channel: Channel, message: Syn, respond: Respond) -> Message | None:
+        if channel.remote.node_id == "client" or not self._transport.runnable():
+            return None  # refused (or held while paused) on the task path
+        if message.hlc:
+            self._hlc.update(message.hlc)
+        return self._runtime().gossiper.on_syn(message, trio.current_time())
+
+    async def _serve_ack(self, channel: Channel, message: Ack) -> None:
+        answer = self._runtime().gossiper.on_ack(message, trio.current_time())
+        if answer is not None:
+            # What the round's initiator asked for: the last leg of its exchange.
+            with trio.move_on_after(self._request_timeout):
+                await channel.notify(answer)
+
+    async def _serve_shutdown(self, channel: Channel, message: Shutdown) -> None:
+        g = self._runtime().gossiper
+        g.on_shutdown(message, trio.current_time(), sender=channel.remote.node_id)
+
+    async def _serve_data(
+        self, channel: Channel, message: KvGet | KvPut | ReplicaGet | ReplicaPut
+    ) -> Message:
+        return await self._data_service().handle(message)
+
+    def _serve_data_nowait(
+        self,
+        channel: Channel,
+        message: KvGet | KvPut | ReplicaGet | ReplicaPut,
+        respond: Respond,
     ) -> Message | Deferred | None:
         """The data path without a task per request: replica requests an in-memory replica
-        answers at once, client reads and writes whose replies are gathered by callbacks, and
-        gossip SYNs (pure computation: a task for each would be most of an idle peer's work)."""
-        if isinstance(message, Syn):
-            if channel.remote.node_id == "client" or not self._transport.runnable():
-                return None  # refused (or held while paused) on the task path
-            if message.hlc:
-                self._hlc.update(message.hlc)
-            return self._runtime().gossiper.on_syn(message, trio.current_time())
-        if not isinstance(message, (ReplicaGet, ReplicaPut, KvGet, KvPut)):
-            return None
+        answers at once, and client reads and writes whose replies are gathered by callbacks."""
         if not self._transport.runnable() or self._checking_data:
             return None
         kv = self._service()
-        try:
-            if isinstance(message, KvGet):
-                if message.local:
-                    return None
-                fan = kv.start_get(
-                    message.key, r=message.r, on_result=partial(_answer_get, respond)
-                )
-                return DEFERRED if fan is not None else None
-            if isinstance(message, KvPut):
-                kv.start_put(message, partial(_answer_put, respond))
-                return DEFERRED
-            return kv.handle_nowait(message)
-        except RemoteError:
-            raise
-        except GossipKVError as exc:
-            raise RemoteError(error_code(exc), str(exc)) from exc
+        if isinstance(message, KvGet):
+            if message.local:
+                return None
+            fan = kv.start_get(message.key, r=message.r, on_result=partial(_answer_get, respond))
+            return DEFERRED if fan is not None else None
+        if isinstance(message, KvPut):
+            kv.start_put(message, partial(_answer_put, respond))
+            return DEFERRED
+        return kv.handle_nowait(message)
 
-    async def _on_oneway(self, channel: Channel, message: Message) -> None:
-        await self._transport.wait_runnable()
+    async def _serve_partition_fetch(self, channel: Channel, message: PartitionFetch) -> Message:
+        return await self._data_service().transfer_source.handle(channel.remote.node_id, message)
+
+    async def _serve_tombstone_check(self, channel: Channel, message: TombstoneCheck) -> Message:
+        return await self._data_service().reaper.handle(message)
+
+    async def _serve_tree(
+        self, channel: Channel, message: TreeRoot | TreeBranches | TreeSegments | TreeKeys
+    ) -> Message:
+        return await self._data_service().anti_entropy.handle(message)
+
+    async def _serve_replace(self, channel: Channel, message: ReplaceRequest) -> Message:
+        return Reply(await self._operator_replace(message))
+
+    async def _serve_members(self, channel: Channel, message: MembersRequest) -> Message:
         g = self._runtime().gossiper
-        if channel.remote.node_id == "client":
-            # Clients may not gossip or announce shutdowns on a member's behalf.
-            self._counters.dropped["unexpected_oneway"] += 1
-        elif isinstance(message, Ack):
-            answer = g.on_ack(message, trio.current_time())
-            if answer is not None:
-                # What the round's initiator asked for: the last leg of its exchange.
-                with trio.move_on_after(self._request_timeout):
-                    await channel.notify(answer)
-        elif isinstance(message, Shutdown):
-            g.on_shutdown(message, trio.current_time(), sender=channel.remote.node_id)
-        else:
-            self._counters.dropped["unexpected_oneway"] += 1
+        return Reply(members_body(g.node_id, g.leader(), g.members(trio.current_time())))
+
+    async def _serve_stats(self, channel: Channel, message: StatsRequest) -> Message:
+        return Reply(statistics_body(self.statistics()))
+
+    async def _serve_watch_request(self, channel: Channel, message: WatchRequest) -> Message:
+        # RemoteError("too_many_watches") when over a watch cap.
+        await self._runtime().nursery.start(self._serve_watch, channel, message.prefix)
+        return Reply({"ok": True})
+
+    async def _serve_ring(self, channel: Channel, message: RingRequest) -> Message:
+        return Reply(self._ring_body())
+
+    async def _serve_owners(self, channel: Channel, message: OwnersRequest) -> Message:
+        return Reply(await self._owners_body(message.key))
+
+    async def _serve_toolbox(
+        self,
+        channel: Channel,
+        message: ConfigRequest | LogLevelRequest | PingRequest | KeysRequest,
+    ) -> Message:
+        return Reply(await self._toolbox_request(message))
+
+    async def _serve_monitor_request(self, channel: Channel, message: MonitorRequest) -> Message:
+        level = _admin.level_of(message.level)
+        await self._runtime().nursery.start(self._serve_monitor, channel, level)
+        return Reply({"ok": True})
+
+    async def _serve_set_metadata(self, channel: Channel, message: SetMetadataRequest) -> Message:
+        self._runtime().gossiper.set_metadata(message.key, message.value)
+        return Reply({"ok": True})
+
+    async def _serve_remove(self, channel: Channel, message: RemoveRequest) -> Message:
+        return Reply(await self._operator_remove(message.name))
+
+    async def _serve_reload_tls(self, channel: Channel, message: ReloadTlsRequest) -> Message:
+        try:
+            # Reading the files is disk I/O: off the event loop.
+            await trio.to_thread.run_sync(self.reload_tls)
+        except ConfigError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        return Reply({"ok": True})
+
+    async def _serve_restore(self, channel: Channel, message: RestoreRequest) -> Message:
+        return Reply(await self._data_service().restore(message.key, message.clock))
+
+    async def _serve_repair(self, channel: Channel, message: RepairRequest) -> Message:
+        return Reply(await self._data_service().repair_partition(message.partition))
+
+    async def _serve_leave(self, channel: Channel, message: LeaveRequest) -> Message:
+        g = self._runtime().gossiper
+        if self._closing or self._leave_task:
+            return Reply({"ok": True, "status": g.status})
+        if not message.force and g.reachable_members() <= {g.node_id}:
+            raise InvalidArgument(
+                "no other member is in reach to hand this node's data to; leaving would "
+                "lose it (use --force to leave anyway)",
+            )
+        within = message.timeout if message.timeout > 0 else None
+        self._runtime().nursery.start_soon(self._leave_quietly, within, message.force)
+        return Reply({"ok": True, "status": "leaving"})
 
 
 #: How many request timeouts a joining peer waits for one gossip exchange (see ``_exchange``).
@@ -2225,64 +2259,6 @@ class LogLimiter:
         if len(self._last) > self._max_keys:
             del self._last[next(iter(self._last))]
         return True
-
-
-#: What only members may send: gossip, replica traffic, transfers and membership claims. A
-#: connection whose hello says it is a client and sends one of these is closed (and counted as
-#: the refusal ``member_message_from_client``): a client cannot erase data with forged replica
-#: clocks, list keys, or speak for a member (TLS identities, issue 13, make the hello's claim
-#: itself trustworthy).
-_MEMBER_ONLY = (
-    Syn,
-    Ack,
-    Shutdown,
-    ReplicaGet,
-    ReplicaPut,
-    TreeBranches,
-    TreeKeys,
-    TreeRoot,
-    TreeSegments,
-    PartitionFetch,
-    ReplaceRequest,
-    TombstoneCheck,
-)
-
-
-#: Operator calls: with TLS, only an ``operator`` (or ``peer``) certificate may make them.
-_OPERATOR_ONLY = (
-    LeaveRequest,
-    RemoveRequest,
-    RepairRequest,
-    SetMetadataRequest,
-    ReloadTlsRequest,
-    ConfigRequest,
-    LogLevelRequest,
-    MonitorRequest,
-    RestoreRequest,
-)
-
-
-def _refuse_member_messages(message: Message) -> str | None:
-    return "member_message_from_client" if isinstance(message, _MEMBER_ONLY) else None
-
-
-def _refuse_client_messages(message: Message) -> str | None:
-    if isinstance(message, _MEMBER_ONLY):
-        return "member_message_from_client"
-    if isinstance(message, _OPERATOR_ONLY):
-        return "operator_message_from_client"
-    return None
-
-
-def _refusal_for(
-    remote: Hello, identity: TLSIdentity | None
-) -> Callable[[Message], str | None] | None:
-    """What a channel refuses from the other end: by its hello, and with TLS by its role."""
-    if identity is not None and identity.role == "client":
-        return _refuse_client_messages
-    if remote.node_id == "client":
-        return _refuse_member_messages
-    return None
 
 
 #: Names a member may not take: ``client`` is what every client says in its hello.
