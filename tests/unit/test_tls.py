@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ssl
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import trio
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+import gossipkv
 from gossipkv import (
     ConfigError,
     GossipConfig,
@@ -29,17 +31,25 @@ from gossipkv import (
 from gossipkv._messages import (
     Hello,
     LeaveRequest,
+    Message,
     ReplicaGet,
     ReplicaPut,
     StatsRequest,
 )
-from gossipkv._node import _refusal_for
 from gossipkv.transport import TLSIdentity
 from gossipkv.transport._tls import identity_of
 
 from .._wire import raw_channel
 
 FAST = GossipConfig(gossip_interval=0.05, leave_timeout=2.0)
+
+
+def _refusal_for(
+    remote: Hello, identity: TLSIdentity | None
+) -> Callable[[Message], str | None] | None:
+    """What a node's channel refuses from ``remote`` (the node's own routing table decides)."""
+    router = gossipkv.Node(name="a", listen="127.0.0.1:0")._router
+    return router.refusal(remote.node_id, identity.role if identity else None)
 GUARD = 10  # seconds; a guard against hangs, no assertion depends on it
 # Under traffic, a loaded machine can stall a replica or a reply past the default timeouts; a
 # certificate refused in a rotation fails at once instead (a handshake error), so patience
