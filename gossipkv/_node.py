@@ -27,7 +27,7 @@ from typing import Any, ParamSpec
 import trio
 
 from . import _admin, _wallclock
-from ._connections import Admission, ConnectionTable
+from ._connections import ConnectionTable
 from ._dvv import partition_of
 from ._dvv import values as dvv_values
 from ._errors import (
@@ -43,7 +43,6 @@ from ._errors import (
     TransportError,
     Unavailable,
     error_code,
-    error_from_code,
     single_error,
 )
 from ._histogram import LatencyHistogram
@@ -91,8 +90,9 @@ from ._messages import (
     WatchRequest,
 )
 from ._partitions import PartitionTable
-from ._peer import DEFERRED, Channel, Deferred, TransportCounters, handshake, verify_certificate
+from ._peer import DEFERRED, Channel, Deferred, TransportCounters
 from ._persist import FileNodeStore, NodeStore, PeerRecord
+from ._pool import JOIN_PATIENCE, ConnectionPool
 from ._replica_store import KVConfig
 from ._router import Audience, Respond, Route, Router, route
 from ._types import Address
@@ -100,7 +100,7 @@ from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, Membe
 from .membership._leader import Decisions
 from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, StorageLimits, open_storage
 from .storage._base import encode_key
-from .transport._base import Connection, ReceiveBudget, Transport
+from .transport._base import ReceiveBudget, Transport
 from .transport._tls import TLSConfig
 
 log = logging.getLogger("gossipkv.node")
@@ -500,10 +500,6 @@ class Node:
         self._refusals: Counter[str] = Counter()
         self._counters = TransportCounters(self._refusals)
         self._conns = ConnectionTable(self.limits, self._refusals)
-        self._channels: dict[str, Channel] = {}
-        # member -> (the address it announced, the channel to it): the data path's fast lookup.
-        self._member_channels: dict[str, tuple[object, Channel]] = {}
-        self._connect_locks: dict[str, trio.Lock] = {}
         self._inflight: set[str] = set()
         self._changed = trio.Event()
         self._ready = trio.Event()
@@ -535,6 +531,26 @@ class Node:
         #: Every message this peer accepts, who may send it and what answers it.
         self._router = Router(
             self._routes(), gate=transport.wait_runnable, dropped=self._counters.dropped
+        )
+        #: One channel per peer address, dialled on demand, and every inbound connection.
+        self._pool = ConnectionPool(
+            transport=transport,
+            limits=self.limits,
+            conns=self._conns,
+            counters=self._counters,
+            refusals=self._refusals,
+            hlc=self._hlc,
+            router=self._router,
+            tls=self._tls,
+            hello=self._hello,
+            own_name=lambda: self.name,
+            joining=lambda: self._rt is not None and self._rt.gossiper.status == "joining",
+            gossiper=lambda: self._runtime().gossiper,
+            nursery=lambda: self._runtime().nursery,
+            ready=self._ready,
+            log_limit=self._log_limit,
+            request_timeout=request_timeout,
+            connect_timeout=connect_timeout,
         )
 
     # --- public surface ------------------------------------------------------------------------
@@ -712,58 +728,6 @@ class Node:
                 "data with the cluster before serving it; retry shortly"
             )
         return kv
-
-    async def _send_to_member(self, member: str, message: Message) -> Message:
-        addr = self._runtime().gossiper.address_of(member)
-        if addr is None:
-            raise Unavailable(f"no address known for {member}")
-        channel = await self._channel_to(addr)
-        self._check_member(channel, member)
-        try:
-            return await channel.request(message)
-        except RemoteError as exc:
-            raise error_from_code(exc.code, str(exc)) from exc
-
-    def _check_member(self, channel: Channel, member: str) -> None:
-        """Refuse to send ``member``'s requests to whoever answers at its address under another
-        name (with TLS, the name its certificate proves): gossip that moved a member's address
-        must not divert its replicas' traffic."""
-        if channel.remote.node_id != member:
-            self._refusals["wrong_member"] += 1
-            raise Unavailable(
-                f"{channel.remote.node_id!r} answers at the address of {member}; not sending"
-            )
-
-    def _start_to_member(
-        self, member: str, message: Message, callback: Callable[[Message | BaseException], None]
-    ) -> Callable[[], None] | None:
-        """Start a request over an open channel to ``member`` without waiting (data path)."""
-        gossiper = self._runtime().gossiper
-        announced = gossiper.announced_address(member)
-        cached = self._member_channels.get(member)
-        if cached is not None and cached[0] == announced and not cached[1].closed:
-            channel = cached[1]
-        else:
-            addr = gossiper.address_of(member)
-            found = None if addr is None else self._channels.get(addr)
-            if found is None or found.closed:
-                self._member_channels.pop(member, None)
-                return None
-            if found.remote.node_id != member:
-                return None  # the waiting fallback refuses (and counts) it
-            channel = found
-            self._member_channels[member] = (announced, channel)
-
-        def on_reply(reply: Message | BaseException) -> None:
-            if isinstance(reply, RemoteError):
-                reply = error_from_code(reply.code, str(reply))
-            callback(reply)
-
-        try:
-            request_id = channel.request_nowait(message, on_reply)
-        except (ConnectionClosed, trio.WouldBlock):
-            return None  # the caller falls back to a task that waits for room (or times out)
-        return partial(channel.cancel, request_id)
 
     def hlc(self) -> int:
         """A fresh hybrid logical clock timestamp (``ms << 16 | counter``), merged from peers."""
@@ -1099,7 +1063,7 @@ class Node:
             error: str | None = None
             try:
                 with trio.fail_after(self._request_timeout + self._connect_timeout):
-                    channel = await self._channel_to(address)
+                    channel = await self._pool.channel_to(address)
                     await channel.request(MembersRequest())
             except trio.TooSlowError:
                 error = "no answer in time"
@@ -1255,7 +1219,7 @@ class Node:
         if leader is None:
             raise RemoteError("unavailable", "no leader in reach to remove the member")
         if leader != g.node_id:
-            reply = await self._send_to_member(leader, RemoveRequest(name))
+            reply = await self._pool.send_to_member(leader, RemoveRequest(name))
             if not isinstance(reply, Reply):
                 raise RemoteError("internal", f"unexpected reply {reply.TAG} from {leader}")
             return reply.body
@@ -1364,7 +1328,7 @@ class Node:
             for addr in seeds:
                 try:
                     with trio.fail_after(self._request_timeout * 3):
-                        channel = await self._channel_to(addr)
+                        channel = await self._pool.channel_to(addr)
                         reply = await channel.request(request)
                 except RemoteError as exc:
                     if exc.code == "bad_request":
@@ -1389,7 +1353,7 @@ class Node:
         if leader is None:
             raise RemoteError("unavailable", "no leader in reach to hand over the partitions")
         if leader != g.node_id:
-            reply = await self._send_to_member(leader, request)
+            reply = await self._pool.send_to_member(leader, request)
             if not isinstance(reply, Reply):
                 raise RemoteError("internal", f"unexpected reply {reply.TAG} from {leader}")
             return reply.body
@@ -1525,7 +1489,7 @@ class Node:
         self._conns.fit_descriptor_limit(*_descriptor_use())
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(
-                self._transport.serve, self._listen, self._handle_connection
+                self._transport.serve, self._listen, self._pool.handle_connection
             )
             address = self._advertise or _advertised(bound)
             name = self._name or (record.node_id if record else None) or address
@@ -1597,8 +1561,8 @@ class Node:
                 hints=hints,
                 table=gossiper.table,
                 reachable=gossiper.reachable_members,
-                send=self._send_to_member,
-                start=self._start_to_member,
+                send=self._pool.send_to_member,
+                start=self._pool.start_to_member,
                 rng=self._rng,
                 config=self.kv_config,
                 limits=self._limits,
@@ -1712,10 +1676,10 @@ class Node:
         # short) queues behind it. A busy seed's late answer is still worth waiting for; only
         # one exchange per address is ever in flight.
         joining = rt.gossiper.status == "joining"
-        timeout = self._request_timeout * (_JOIN_PATIENCE if joining else 1)
+        timeout = self._request_timeout * (JOIN_PATIENCE if joining else 1)
         try:
             with trio.move_on_after(timeout):
-                channel = await self._channel_to(addr)
+                channel = await self._pool.channel_to(addr)
                 reply = await channel.request(syn)
                 if isinstance(reply, SynAck):
                     self._gossip_latency.observe(trio.current_time() - started)
@@ -1738,7 +1702,7 @@ class Node:
 
     async def _notify_quietly(self, addr: str, message: Message) -> None:
         try:
-            channel = await self._channel_to(addr)
+            channel = await self._pool.channel_to(addr)
             await channel.notify(message)
             await channel.flush()
         except Exception as exc:  # best effort by design
@@ -1910,153 +1874,6 @@ class Node:
             self.address,
             hlc=self._hlc.now(),
         )
-
-    async def _channel_to(self, addr: str) -> Channel:
-        existing = self._channels.get(addr)
-        if existing is not None and not existing.closed:
-            return existing
-        lock = self._connect_locks.setdefault(addr, trio.Lock())
-        try:
-            return await self._connect_locked(addr, lock)
-        finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._connect_locks.pop(addr, None)
-
-    async def _connect_locked(self, addr: str, lock: trio.Lock) -> Channel:
-        async with lock:
-            existing = self._channels.get(addr)
-            if existing is not None and not existing.closed:
-                return existing
-            with trio.move_on_after(self._connect_timeout) as scope:
-                conn = await self._transport.connect(addr)
-            if scope.cancelled_caught:
-                raise TransportError(f"connect to {addr} timed out")
-            try:
-                remote = await self._handshake(conn, initiator=True)
-            except BaseException as exc:
-                with trio.move_on_after(0.5, shield=True):
-                    await conn.aclose()
-                if isinstance(exc, trio.TooSlowError):
-                    # A peer that accepts but does not answer (stopped, overloaded) is one we
-                    # cannot reach: the data path's callers handle that, not a bare timeout.
-                    raise TransportError(f"{addr} did not complete the handshake in time") from None
-                raise
-            channel = self._make_channel(conn, remote)
-            self._channels[addr] = channel
-            await self._runtime().nursery.start(self._run_channel, channel, addr)
-            return channel
-
-    async def _handshake(
-        self,
-        conn: Connection,
-        *,
-        initiator: bool,
-        admit: Callable[[Hello], bool] | None = None,
-    ) -> Hello:
-        # Only small frames until the hello is done, both ways: a stranger's first frame cannot
-        # make this node read (or decode) megabytes.
-        conn.max_frame = min(conn.max_frame, self.limits.max_hello_frame)
-        timeout = self._request_timeout
-        if initiator and self._rt is not None and self._rt.gossiper.status == "joining":
-            # A joiner's connection to a busy seed waits in the seed's accept queue: cutting it
-            # off after request_timeout and dialling again only queues another one behind it,
-            # until every hello arrives after its sender gave up (what stalled issue 15's joins).
-            timeout *= _JOIN_PATIENCE
-        with trio.fail_after(timeout):
-            hello = await handshake(
-                conn,
-                self._hello(),
-                initiator=initiator,
-                max_frame=conn.max_frame,
-                counters=self._counters,
-                own_node_id=self.name,
-                admit=admit,
-                verify=partial(verify_certificate, conn, initiator) if self._tls else None,
-            )
-        conn.max_frame = self._max_frame()
-        return hello
-
-    def _max_frame(self) -> int:
-        return min(self._transport.max_frame, self.limits.max_frame)
-
-    async def _run_channel(
-        self,
-        channel: Channel,
-        addr: str,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            with self._conns.channel(member=True):
-                await channel.run(task_status=task_status)
-        finally:
-            if self._channels.get(addr) is channel:
-                del self._channels[addr]
-
-    def _make_channel(self, conn: Connection, remote: Hello) -> Channel:
-        identity = conn.tls_identity if self._tls else None
-        if remote.hlc:
-            self._hlc.update(remote.hlc)
-        return Channel(
-            conn,
-            remote,
-            on_request=self._router.request,
-            on_oneway=self._router.oneway,
-            on_request_nowait=self._router.request_nowait,
-            max_frame=self._max_frame(),
-            counters=self._counters,
-            max_outbound_bytes=self.limits.max_outbound_bytes,
-            idle_timeout=self.limits.idle_timeout,
-            refuse=self._router.refusal(remote.node_id, identity.role if identity else None),
-        )
-
-    async def _handle_connection(self, conn: Connection) -> None:
-        admission = self._conns.accept(conn.remote_address)
-        if admission is None:
-            return  # over a cap: closed before anything is read (counted)
-        try:
-            await self._serve_connection(conn, admission)
-        finally:
-            self._conns.release(admission)
-
-    async def _serve_connection(self, conn: Connection, admission: Admission) -> None:
-        await self._ready.wait()
-
-        def admit(hello: Hello) -> bool:
-            # Before our hello goes back: a member name over its cap gets no answer.
-            known = hello.node_id != "client" and (
-                self._runtime().gossiper.address_of(hello.node_id) is not None
-            )
-            return self._conns.identify(admission, hello.node_id, known_member=known)
-
-        try:
-            remote = await self._handshake(conn, initiator=False, admit=admit)
-        except HandshakeError as exc:
-            host = conn.remote_address.rsplit(":", 1)[0]
-            if self._log_limit.allow(("refused", host, exc.reason), trio.current_time()):
-                log.warning("refused connection from %s: %s", conn.remote_address, exc)
-            return
-        except DecodeError as exc:
-            self._counters.count_decode_error(exc)
-            return
-        except trio.TooSlowError:
-            self._refusals["hello_timeout"] += 1
-            return
-        except (ConnectionClosed, TransportError):
-            self._counters.dropped["handshake_failed"] += 1
-            return
-        member = remote.node_id != "client"
-        channel = self._make_channel(conn, remote)
-        addr = remote.address if member else ""
-        if addr and addr not in self._channels:
-            # Reuse the inbound connection for our own requests to this peer (Single Socket Channel).
-            self._channels[addr] = channel
-        try:
-            with self._conns.channel(member=member):
-                await channel.run()
-        finally:
-            if addr and self._channels.get(addr) is channel:
-                del self._channels[addr]
 
     # --- the request router: one table -----------------------------------------------------------
 
@@ -2234,10 +2051,6 @@ class Node:
         within = message.timeout if message.timeout > 0 else None
         self._runtime().nursery.start_soon(self._leave_quietly, within, message.force)
         return Reply({"ok": True, "status": "leaving"})
-
-
-#: How many request timeouts a joining peer waits for one gossip exchange (see ``_exchange``).
-_JOIN_PATIENCE = 5
 
 
 class LogLimiter:
