@@ -325,8 +325,9 @@ async def _leave_when_orphaned(node: gossipkv.Node, parent_pid: int) -> None:
 async def _members_doc(peer_addr: str, cluster: str) -> dict[str, Any]:
 
     async with open_client([peer_addr], cluster=cluster) as client:
-        doc: dict[str, Any] = await client.members()
-        return doc
+        from ._render import members_doc
+
+        return members_doc(await client.members())
 
 
 @app.command()
@@ -378,9 +379,15 @@ def status(
     Exits 3 when a member is down or unreachable."""
 
     async def fetch() -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from ._render import members_doc
 
         async with open_client([peer], cluster=cluster) as client:
-            return {"members": await client.members(), "stats": await client.statistics()}
+            return {
+                "members": members_doc(await client.members()),
+                "stats": asdict(await client.statistics()),
+            }
 
     doc = run(fetch)
     stats: dict[str, Any] = doc["stats"]
@@ -490,7 +497,9 @@ def stats(
     """Counters and gauges of one peer: a table, --json, or --prometheus text."""
     if json and prometheus:
         fail("--json and --prometheus are exclusive")
-    doc = _with_client(peer, cluster, lambda c: c.statistics())
+    from dataclasses import asdict
+
+    doc = asdict(_with_client(peer, cluster, lambda c: c.statistics()))
     if json:
         print_json(doc)
         return
@@ -544,7 +553,7 @@ def leave(
                 except (gossipkv.GossipKVError, trio.TooSlowError):
                     typer.echo(f"{peer}: left")
                     return
-                state: dict[str, Any] = stats.get("leave") or {}  # type: ignore[assignment]
+                state = stats.leave
                 line = (
                     f"{peer}: {state.get('state', 'leaving')}: "
                     f"{state.get('partitions_left', 0)} of {state.get('partitions_total', 0)} "

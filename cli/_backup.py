@@ -38,11 +38,10 @@ async def partition_owners(entry: gossipkv.Client) -> tuple[list[list[str]], dic
     ring: dict[str, Any] = await entry.ring()
     if ring.get("epoch") is None:
         fail("no partition table yet (the cluster has not formed)")
-    doc: dict[str, Any] = await entry.members()
     address = {
-        m["name"]: m["address"]
-        for m in doc.get("members", [])
-        if m.get("address") and m.get("status") not in ("left", "removed")
+        m.name: m.address
+        for m in await entry.members()
+        if m.address and m.status not in ("left", "removed")
     }
     return list(ring.get("owners") or []), address
 

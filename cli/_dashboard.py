@@ -19,6 +19,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gossipkv import NodeStatistics
+
 from ._render import STATUS_CODE, STATUS_STYLE
 
 #: Operations whose rates the traffic panel draws (statistics counter -> label).
@@ -316,7 +318,13 @@ def _ms(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
+#: The declared statistics the panels read, by name (an undeclared name is a KeyError).
+DECLARED = {d.name: d for d in NodeStatistics.declarations()}
+
+
 def _sum(stats: Iterable[Mapping[str, Any]], key: str) -> int:
+    """A declared counter or gauge added up over the members that answered."""
+    assert DECLARED[key].kind in ("counter", "gauge"), key
     return sum(int(s.get(key) or 0) for s in stats)
 
 
@@ -370,6 +378,7 @@ def _compact_health(stats: list[Mapping[str, Any]]) -> Panel:
 
 
 def _dropped(stats: Iterable[Mapping[str, Any]], field: str = "dropped_frames") -> Counter[str]:
+    assert DECLARED[field].kind == "counters", field
     total: Counter[str] = Counter()
     for s in stats:
         for reason, n in (s.get(field) or {}).items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import trio
@@ -22,6 +22,7 @@ from gossipkv import histogram_quantile
 
 from ._common import open_client
 from ._dashboard import OPERATIONS, Snapshot, membership_events, render
+from ._render import members_doc
 
 HISTORY = 120
 #: The bucket bounds of gossipkv's latency histograms (the same for every peer).
@@ -132,7 +133,7 @@ async def poll_member(link: MemberLink, cluster: str, interval: float, patience:
                     with trio.fail_after(2 * patience):
                         stats = await client.statistics()
                         members = await client.members()
-                    link.update(dict(stats), dict(members), trio.current_time())
+                    link.update(asdict(stats), members_doc(members), trio.current_time())
                     next_at = max(next_at + interval, trio.current_time())
                     await trio.sleep_until(next_at)
         # A dashboard outlives any one member: every failure (refused, closed, timed out, wrong
@@ -148,7 +149,7 @@ async def check_peer(peer: str, cluster: str, patience: float) -> dict[str, Any]
         async with open_client(
             [peer], cluster=cluster, connect_timeout=patience, request_timeout=patience
         ) as client:
-            doc: dict[str, Any] = await client.members()
+            doc = members_doc(await client.members())
             await client.statistics()
             return doc
 

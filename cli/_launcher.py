@@ -296,8 +296,9 @@ async def members_of(addresses: list[str], cluster: str) -> dict[str, Any] | Non
     """The members document of the first answering address, or ``None``."""
     try:
         async with open_client(addresses, cluster=cluster, connect_timeout=0.5) as client:
-            doc: dict[str, Any] = await client.members()
-            return doc
+            from ._render import members_doc
+
+            return members_doc(await client.members())
     except gossipkv.GossipKVError:
         return None
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from rich import box
 from rich.table import Table
 from rich.text import Text
+
+from gossipkv import MemberView
 
 STATUS_STYLE = {
     "up": "green",
@@ -26,6 +29,35 @@ STATUS_CODE = {
     "down": "DN",
     "removed": "R",
 }
+
+
+def members_doc(rows: Sequence[MemberView]) -> dict[str, Any]:
+    """The ``members --json`` document of a membership table (``Client.members()``).
+
+    Returns:
+      ``{"self", "leader", "members": [{"name", "address", "status", "reachable", "up_number",
+      "age_rank", "generation", "heartbeat", "phi", "metadata"}, ...]}`` (stable; documented in
+      the README): ``self`` and ``leader`` are the rows marked ``is_self`` and ``is_leader``.
+    """
+    return {
+        "self": next((r.name for r in rows if r.is_self), None),
+        "leader": next((r.name for r in rows if r.is_leader), None),
+        "members": [
+            {
+                "name": r.name,
+                "address": r.address,
+                "status": r.status,
+                "reachable": r.reachable,
+                "up_number": r.up_number,
+                "age_rank": r.age_rank,
+                "generation": r.generation,
+                "heartbeat": r.heartbeat,
+                "phi": r.phi,
+                "metadata": r.metadata,
+            }
+            for r in rows
+        ],
+    }
 
 
 #: Columns left out, in this order, when the table is wider than the screen: names, addresses

@@ -18,83 +18,19 @@ from prometheus_client.registry import Collector
 from rich import box
 from rich.table import Table
 
-# Monotonic counters of the snapshot: field -> help text. Exposed as ``gossipkv_<field>_total``.
-COUNTERS: dict[str, str] = {
-    "gossip_rounds": "Gossip rounds started by this node.",
-    "syns_received": "Gossip syns received.",
-    "deltas_applied": "Gossip deltas applied.",
-    "budget_truncations": "Gossip deltas cut short by the byte budget.",
-    "pause_guards": "Failure-detector pause guards triggered.",
-    "frames_in": "Frames received.",
-    "frames_out": "Frames sent.",
-    "bytes_in": "Bytes received.",
-    "bytes_out": "Bytes sent.",
-    "kv_gets": "Key-value reads.",
-    "kv_puts": "Key-value writes coordinated here.",
-    "kv_deletes": "Key-value deletes coordinated here.",
-    "kv_forwarded": "Writes forwarded to a replica.",
-    "read_repairs": "Read repairs sent.",
-    "hints_stored": "Hinted writes stored for unreachable owners.",
-    "hints_delivered": "Hinted writes delivered to their owner.",
-    "siblings_seen": "Concurrent siblings seen by writes.",
-    "anti_entropy_rounds": "Anti-entropy rounds started (one partition, one other owner).",
-    "anti_entropy_partitions_compared": "Partitions compared by anti-entropy (tree roots).",
-    "anti_entropy_partitions_differing": "Compared partitions whose tree roots differed.",
-    "anti_entropy_keys_repaired": "Keys exchanged by anti-entropy because their clocks differed.",
-    "anti_entropy_errors": "Anti-entropy rounds or key repairs that failed.",
-    "anti_entropy_tree_roots_compared": "Merkle tree roots compared by anti-entropy.",
-    "anti_entropy_branches_exchanged": "Tree branches whose segment hashes were fetched.",
-    "anti_entropy_segments_exchanged": "Tree segments whose keys were fetched.",
-    "anti_entropy_trees_checked": "Partition trees checked against the store (rebuilds).",
-    "anti_entropy_tree_mismatches": "Checked trees that disagreed with the store (replaced).",
-    "ownership_handoff_rounds": "Ownership handoff rounds that looked for keys to send.",
-    "ownership_handoff_partitions": "Partitions no longer owned, handed off completely.",
-    "ownership_handoff_keys": "Keys sent to the current owners of their partition.",
-    "ownership_handoff_errors": "Ownership handoff sends or rounds that failed.",
-    "contexts_clamped": "Writes whose context claimed dots this replica did not hold.",
-    "context_catch_ups": "Writes that fetched the other owners' state to check a context.",
-    "quarantined_records": "Unreadable records moved aside (then repaired from replicas).",
-    "quarantine_repairs": "Quarantined keys and hints restored from the other replicas.",
-    "admission_waits": "Reads and writes that waited for room in the in-flight memory budget.",
-    "partitions_filled": "Gained partitions pulled completely from their other owners.",
-    "keys_filled": "Keys pulled into gained partitions.",
-    "transfer_errors": "Transfer pages that failed (source unreachable, or it refused).",
-    "transfer_bad_pages": "Transfer pages refused whole: the source sent invalid data.",
-    "tombstones_reaped": "Tombstones forgotten: every owner held them past tombstone_grace.",
-    "hints_expired": "Hints dropped undelivered: kept longer than tombstone_grace.",
-    "replica_wiped": "Keys dropped at start: back after more than tombstone_grace away.",
-}
-# Per-reason counters: field -> (label name, help text).
-LABELLED_COUNTERS: dict[str, tuple[str, str]] = {
-    "dropped_frames": ("reason", "Frames or events dropped, by reason."),
-    "refused_handshakes": ("reason", "Handshakes refused, by reason."),
-    "refusals": (
-        "reason",
-        "Connections, frames, subscriptions and writes refused by a limit, by reason.",
-    ),
-    "kv_errors": ("kind", "Data-path errors, by kind."),
-}
-# Point-in-time gauges: field -> (metric suffix, help text).
-GAUGES: dict[str, tuple[str, str]] = {
-    "generation": ("generation", "This node's generation (incarnation)."),
-    "connections": ("connections", "Open connections (members and clients, both ways)."),
-    "peer_connections": ("peer_connections", "Open connections to and from other members."),
-    "client_connections": ("client_connections", "Open connections from clients."),
-    "max_loop_lag": ("max_loop_lag_seconds", "Largest event-loop lag seen."),
-    "last_loop_lag": ("last_loop_lag_seconds", "Most recent event-loop lag."),
-    "partitions": ("partitions", "Partitions in the table (0: no table yet)."),
-    "replicas": ("replicas", "Replicas per partition (N)."),
-    "hints_pending": ("hints_pending", "Hinted writes waiting for delivery."),
-    "storage_keys": ("storage_keys", "Keys in this replica's storage."),
-    "quarantine_pending": ("quarantine_pending", "Quarantined keys and hints awaiting repair."),
-    "inflight_bytes": ("inflight_bytes", "Memory reserved by coordinated reads and writes."),
-    "partitions_filling": ("partitions_filling", "Partitions moved here not pulled in yet."),
-    "under_replicated": (
-        "under_replicated_partitions",
-        "Partitions with an owner unreachable or still pulling them.",
-    ),
-    "tombstones_pending": ("tombstones_pending", "Deleted keys whose tombstone is still held."),
-}
+from gossipkv import NodeStatistics, Statistic
+
+#: What each statistic is (kind, unit, help text, metric name), in the order tables show them.
+DECLARATIONS = NodeStatistics.declarations()
+#: Statistics the Prometheus exposition renders its own way (identity and state, not numbers).
+_IDENTITY = ("name", "address", "cluster", "leader", "status")
+#: Statistics the table shows in its first, composed rows; every other one gets a row of its own.
+COMPOSED = (
+    "name", "address", "cluster", "status", "generation", "leader", "converged",
+    "members_by_status", "table_epoch", "partitions", "replicas", "partitions_owned",
+    "connections", "peer_connections", "client_connections", "max_loop_lag", "last_loop_lag",
+    "tombstone_grace", "tombstones_pending", "latency",
+)  # fmt: skip
 
 
 #: Every status a node can have itself (the one-hot ``gossipkv_node_status``).
@@ -166,55 +102,38 @@ class SnapshotCollector(Collector):
         for name in NODE_STATUSES:
             status.add_metric([name], 1 if s.get("status") == name else 0)
         yield status
-        converged = GaugeMetricFamily(
-            "gossipkv_converged", "1 when every member's view agrees, else 0."
-        )
-        converged.add_metric([], 1 if s.get("converged") else 0)
-        yield converged
-        for field, (suffix, text) in GAUGES.items():
-            if field in s:
-                yield GaugeMetricFamily(f"gossipkv_{suffix}", text, value=float(s[field] or 0))
-        members = GaugeMetricFamily(
-            "gossipkv_members", "Members this node sees, by status.", labels=["status"]
-        )
-        for status, count in sorted((s.get("members_by_status") or {}).items()):
-            members.add_metric([str(status)], count)
-        yield members
-        owned = GaugeMetricFamily(
-            "gossipkv_partitions_owned",
-            "Partitions each member holds a replica of (any position in the preference list), "
-            "in this node's table.",
-            labels=["member"],
-        )
-        for member, count in sorted((s.get("partitions_owned") or {}).items()):
-            owned.add_metric([str(member)], count)
-        yield owned
-        for field, text in COUNTERS.items():
-            if field in s:
-                yield CounterMetricFamily(f"gossipkv_{field}", text, value=float(s[field] or 0))
-        for field, (label, text) in LABELLED_COUNTERS.items():
-            family = CounterMetricFamily(f"gossipkv_{field}", text, labels=[label])
-            for key, count in sorted((s.get(field) or {}).items()):
+        for d in DECLARATIONS:
+            if d.name not in _IDENTITY:
+                yield from self._families(d, s.get(d.name))
+
+    @staticmethod
+    def _families(d: Statistic, value: Any) -> Iterator[Metric]:
+        """The metric family of one declared statistic (none for ``info`` and absent values)."""
+        name = f"gossipkv_{d.metric}"
+        if d.kind in ("counter", "gauge") and value is not None:
+            kind = CounterMetricFamily if d.kind == "counter" else GaugeMetricFamily
+            yield kind(name, d.help, value=float(value))
+        elif d.kind in ("counters", "gauges"):
+            # A map nothing has counted yet still has its family (no sample).
+            family = (CounterMetricFamily if d.kind == "counters" else GaugeMetricFamily)(
+                name, d.help, labels=[d.label]
+            )
+            for key, count in sorted((value or {}).items()):
                 family.add_metric([str(key)], count)
             yield family
-        latency = HistogramMetricFamily(
-            "gossipkv_request_duration_seconds",
-            "Latency of reads and writes this node coordinated (get, put), of replica answers "
-            "to them (replica) and of gossip exchanges (gossip_round: syn to syn-ack).",
-            labels=["op"],
-        )
-        histograms = s.get("latency") or {}
-        for op in LATENCY_OPS:
-            snap = histograms.get(op)
-            if not isinstance(snap, dict):
-                continue
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            for bound, count in zip([*snap["buckets"], math.inf], snap["counts"], strict=True):
-                cumulative += int(count)
-                buckets.append((_go_float(bound), cumulative))
-            latency.add_metric([op], buckets, sum_value=float(snap["sum"]))
-        yield latency
+        elif d.kind == "histograms":
+            hist = HistogramMetricFamily(name, d.help, labels=[d.label])
+            for op in LATENCY_OPS:
+                snap = (value or {}).get(op)
+                if not isinstance(snap, dict):
+                    continue
+                cumulative = 0
+                buckets: list[tuple[str, float]] = []
+                for bound, count in zip([*snap["buckets"], math.inf], snap["counts"], strict=True):
+                    cumulative += int(count)
+                    buckets.append((_go_float(bound), cumulative))
+                hist.add_metric([op], buckets, sum_value=float(snap["sum"]))
+            yield hist
 
 
 def prometheus_text(stats: dict[str, Any]) -> str:
@@ -228,6 +147,18 @@ def _fmt_map(value: Any) -> str:
     if not value:
         return "-"
     return "  ".join(f"{k}:{v}" for k, v in sorted(value.items()))
+
+
+def _fmt_value(kind: str, unit: str, value: Any) -> str:
+    if kind in ("counters", "gauges") or isinstance(value, dict):
+        return _fmt_map(value)
+    if isinstance(value, list):  # transfers in flight
+        return f"{len(value)} in flight" if value else "-"
+    if unit == "seconds" and isinstance(value, (int, float)):
+        return f"{value:g} s"
+    if unit == "bytes":
+        return f"{value} B"
+    return str(value) if value != "" else "-"
 
 
 def stats_table(stats: dict[str, Any]) -> Table:
@@ -266,12 +197,7 @@ def stats_table(stats: dict[str, Any]) -> Table:
             f"max {float(stats.get('max_loop_lag') or 0) * 1000:.1f} ms",
         ),
     ]
-    rows += [
-        (field.replace("_", " "), str(stats.get(field))) for field in COUNTERS if field in stats
-    ]
-    rows += [
-        ("hints pending", str(stats.get("hints_pending"))),
-        ("storage keys", str(stats.get("storage_keys"))),
+    rows.append(
         (
             "tombstones",
             f"pending {stats.get('tombstones_pending', 0)}, grace "
@@ -280,9 +206,13 @@ def stats_table(stats: dict[str, Any]) -> Table:
                 if stats.get("tombstone_grace") is not None
                 else "none (kept)"
             ),
-        ),
+        )
+    )
+    rows += [
+        (d.title, _fmt_value(d.kind, d.unit, stats[d.name]))
+        for d in DECLARATIONS
+        if d.name not in COMPOSED and d.name in stats
     ]
-    rows += [(field.replace("_", " "), _fmt_map(stats.get(field))) for field in LABELLED_COUNTERS]
     for op, (p50, p99) in percentiles(stats).items():
         count = (stats.get("latency") or {}).get(op, {}).get("count", 0)
         rows.append(

@@ -281,8 +281,9 @@ def _change_tags(peer: str, cluster: str, items: list[tuple[str, str | None]], j
         async with _client(peer, cluster) as client:
             for key, value in items:
                 await client.set_metadata(key, value)
-            doc: dict[str, Any] = await client.members()
-            return doc
+            from ._render import members_doc
+
+            return members_doc(await client.members())
 
     doc = run(call)
     tags = _own_tags(doc)

@@ -6,9 +6,12 @@ with ``--json``; errors are one line and a non-zero exit (``_common.run``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    import gossipkv
 
 from ._common import (
     DEFAULT_PEER,
@@ -120,17 +123,17 @@ def register(app: typer.Typer) -> None:
             import gossipkv
 
             async with _client(peer, cluster) as client:
-                doc = await client.members()
+                rows: list[gossipkv.MemberView] = await client.members()
             out: list[dict[str, Any]] = []
-            for member in doc["members"]:
-                if not member.get("reachable") or not member.get("address"):
+            for member in rows:
+                if not member.reachable or not member.address:
                     continue
                 try:
-                    async with _client(str(member["address"]), cluster) as client:
-                        stats = await client.statistics()
+                    async with _client(member.address, cluster) as client:
+                        stats: gossipkv.NodeStatistics = await client.statistics()
                 except gossipkv.GossipKVError:
                     continue
-                out.extend(stats.get("transfers") or [])
+                out.extend(stats.transfers)
             return out
 
         rows = run(fetch)
@@ -168,8 +171,8 @@ def register(app: typer.Typer) -> None:
                 ring_doc = await client.ring()
                 if ring_doc.get("epoch") is None:
                     fail("no partition table yet (the cluster has not formed)")
-                stats = await client.statistics()
-                me = stats["name"]
+                stats: gossipkv.NodeStatistics = await client.statistics()
+                me = stats.name
                 owned = [p for p, row in enumerate(ring_doc["owners"]) if me in row]
                 if partition is not None:
                     total = int(ring_doc["partitions"])

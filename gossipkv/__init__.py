@@ -89,6 +89,7 @@ from ._node import (
     open_node as open_node,
 )
 from ._replica_store import KVConfig as KVConfig
+from ._statistics import Statistic as Statistic
 from ._version import __version__ as __version__
 from .membership._gossiper import (
     GossipConfig as GossipConfig,
@@ -124,6 +125,7 @@ __all__ = [
     "ValueTooLarge",
     "ValueTooDeep",
     "RecordTooLarge",
+    "Statistic",
     "StorageLimits",
     "TLSConfig",
     "create_ca",

@@ -59,7 +59,9 @@ from ._messages import (
 )
 from ._peer import Channel, OnewayHandler, TransportCounters, handshake, verify_certificate
 from ._replication import check_count
+from ._statistics import NodeStatistics, statistics_from_body
 from ._types import Address
+from .membership._gossiper import MemberView
 from .storage._base import MAX_VALUE_DEPTH, check_plain
 from .transport._base import Transport
 from .transport._tls import TLSConfig
@@ -257,18 +259,20 @@ class Client:
                     late.channel.cancel(late.request_id)
                     late.finish(trio.TooSlowError())
 
-    async def members(self) -> dict[str, object]:
-        """The ``members --json`` document of the peer we are connected to.
+    async def members(self) -> list[MemberView]:
+        """The membership table of the peer we are connected to, as :meth:`gossipkv.Node.members`.
 
         Returns:
-          ``{"self", "leader", "members": [...]}`` as documented in the README.
+          One :class:`MemberView` per member that peer knows of, sorted by name: the row with
+          ``is_self`` is the peer itself, the one with ``is_leader`` the leader it sees.
 
         Raises:
           TransportError: no listed peer answered.
           HandshakeError: the peer is in another cluster or speaks another protocol version.
+          DecodeError: the peer's answer is not a membership table.
           NodeClosedError: the client is closed.
         """
-        return await self._request(MembersRequest(), retry=True)
+        return _member_views(await self._request(MembersRequest(), retry=True))
 
     async def get(self, key: str, *, r: int = 0, local: bool = False) -> GetResult:
         """Read ``key`` through the connected peer (retried on another peer if it fails).
@@ -362,16 +366,18 @@ class Client:
         reply = _kv_result(await self._call(msg, retry=True))
         return PutResult(reply.key, list(reply.values), reply.context, reply.more)
 
-    async def statistics(self) -> dict[str, object]:
-        """The statistics snapshot of the connected peer (the ``stats --json`` shape).
+    async def statistics(self) -> NodeStatistics:
+        """The statistics snapshot of the connected peer, as :meth:`gossipkv.Node.statistics`.
 
         Returns:
-          The fields of :class:`gossipkv.NodeStatistics` as a plain map.
+          A :class:`NodeStatistics` (fields a peer of an older version does not send take their
+          defaults).
 
         Raises:
+          DecodeError: the peer's answer is not a statistics snapshot.
           TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
         """
-        return await self._request(StatsRequest(), retry=True)
+        return statistics_from_body(await self._request(StatsRequest(), retry=True))
 
     async def leave(
         self, *, handoff_seconds: float = 0.0, force: bool = False
@@ -672,20 +678,15 @@ class Client:
           TransportError: no member could be watched.
           HandshakeError: the peer asked for the member list is in another cluster or speaks
             another protocol version.
+          DecodeError: that peer's member list is malformed.
           NodeClosedError: the client is closed.
         """
         if self._closed:
             raise NodeClosedError("client is closed")
-        doc = await self.members()
-        rows = doc.get("members")
         addrs: list[str] = []
-        if isinstance(rows, list):
-            for row in rows:
-                if not isinstance(row, dict) or row.get("status") in ("left", "removed"):
-                    continue
-                addr = row.get("address")
-                if isinstance(addr, str) and addr and addr not in addrs:
-                    addrs.append(addr)
+        for row in await self.members():
+            if row.status not in ("left", "removed") and row.address and row.address not in addrs:
+                addrs.append(row.address)
         if not addrs and self.connected_to is not None:
             addrs.append(self.connected_to)
         send, receive = trio.open_memory_channel[Change](max_buffer)
@@ -926,3 +927,53 @@ async def _stream(
             for channel in channels:
                 await channel.aclose()
         nursery.cancel_scope.cancel()
+
+
+def _member_views(body: dict[str, object]) -> list[MemberView]:
+    """The rows of a ``members`` reply (``{"self", "leader", "members": [...]}``), checked.
+
+    Raises:
+      DecodeError: ``bad_field``: not that shape, or a row with a field of the wrong type.
+    """
+    me, leader, rows = body.get("self"), body.get("leader"), body.get("members")
+    if not isinstance(me, str) or not (leader is None or isinstance(leader, str)):
+        raise DecodeError("bad_field", "members: self or leader is not a name")
+    if not isinstance(rows, list):
+        raise DecodeError("bad_field", "members: no list of members")
+    out: list[MemberView] = []
+    for row in rows:
+        match row:
+            case {
+                "name": str(name),
+                "address": str() | None as address,
+                "status": str(status),
+                "reachable": bool(reachable),
+                "up_number": int() | None as up_number,
+                "age_rank": int() | None as age_rank,
+                "generation": int(generation),
+                "heartbeat": int(heartbeat),
+                "phi": float() | int() | None as phi,
+                "metadata": dict(metadata),
+            } if all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+                pass
+            case _:
+                raise DecodeError("bad_field", f"members: malformed row {row!r:.120}")
+        if any(isinstance(v, bool) for v in (up_number, age_rank, generation, heartbeat, phi)):
+            raise DecodeError("bad_field", f"members: malformed row {row!r:.120}")
+        out.append(
+            MemberView(
+                name=name,
+                address=address,
+                status=status,
+                reachable=reachable,
+                up_number=up_number,
+                age_rank=age_rank,
+                generation=generation,
+                heartbeat=heartbeat,
+                phi=None if phi is None else float(phi),
+                metadata=dict(metadata),
+                is_leader=name == leader,
+                is_self=name == me,
+            )
+        )
+    return out

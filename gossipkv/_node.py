@@ -95,6 +95,8 @@ from ._persist import FileNodeStore, NodeStore, PeerRecord
 from ._pool import JOIN_PATIENCE, ConnectionPool
 from ._replica_store import KVConfig
 from ._router import Audience, Respond, Route, Router, route
+from ._statistics import NodeStatistics as NodeStatistics
+from ._statistics import statistics_body as statistics_body
 from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
 from .membership._leader import Decisions
@@ -106,218 +108,6 @@ from .transport._tls import TLSConfig
 log = logging.getLogger("gossipkv.node")
 
 WallClock = Callable[[], int]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatistics:
-    """A frozen snapshot of one node's state and counters (see :meth:`Node.statistics`).
-
-    The same fields, as a plain map, are the ``gossipkv stats --json`` shape. Counters only grow
-    while the node runs; maps keyed by a reason or an error name hold only the keys seen so far.
-
-    Attributes:
-      name: this node's name.
-      address: the address it advertises.
-      cluster: the cluster name.
-      generation: this incarnation's generation.
-      status: this node's own lifecycle status (``joining``, ``up``, ``leaving``, ``left``).
-      leader: the emergent leader as this node sees it, or ``None``.
-      converged: whether every reachable up member publishes this node's membership view.
-      members_by_status: how many members this node lists in each status.
-      gossip_rounds: gossip rounds this node started.
-      syns_received: gossip rounds other members started with it.
-      deltas_applied: per-member deltas from gossip that this node applied.
-      budget_truncations: deltas cut short by the ``max_delta_bytes`` budget.
-      pause_guards: times the local-pause guard suspended failure verdicts.
-      frames_in: frames received, every connection included.
-      frames_out: frames sent.
-      bytes_in: bytes received in frames.
-      bytes_out: bytes sent in frames.
-      dropped_frames: frames (and events) dropped, by reason: ``too_large``, ``bad_cbor``,
-        ``events_overflow``, ``watch_overflow``, ...
-      refused_handshakes: ``hello`` frames refused, by reason (``cluster``, ``protocol``,
-        ``identity``).
-      connections: open connections (channels past the ``hello``), inbound and outbound, to
-        members and from clients.
-      peer_connections: the open connections to and from other members.
-      client_connections: the open connections from clients.
-      refusals: what this node refused to protect itself, by reason (see
-        :class:`NetworkLimits`): ``connection_limit``, ``source_limit`` and ``peer_limit``
-        (accepted connections over ``max_connections``, ``max_connections_per_source``,
-        ``max_connections_per_peer``: closed at once), ``hello_timeout`` (an accepted connection
-        that did not complete its ``hello`` within ``request_timeout``), ``frame_timeout`` (a
-        frame body slower than ``frame_timeout``), ``send_timeout`` (a connection that stopped
-        reading: a write made no progress for ``frame_timeout``), ``idle_timeout`` (closed
-        after ``idle_timeout`` with nothing to do), ``watch_limit`` (a watch over
-        ``max_watches_per_connection`` or ``max_watches``); and writes refused by a
-        :class:`StorageLimits` limit, by error code (``value_too_large``, ``value_too_deep``,
-        ``record_too_large``, ``too_many_siblings``, ``invalid_context``, ``key_too_large``,
-        ``invalid_key``, ``value_not_encodable``): a refused write changed nothing. Also
-        ``member_message_from_client`` and ``operator_message_from_client`` (a role sent what
-        only a member or an operator may), ``wrong_member`` (another name answered at a
-        member's address: nothing was sent), and ``gossip_<reason>`` (gossip no honest member
-        could have sent; see :meth:`Decisions.vet`, plus ``generation_ahead``,
-        ``shutdown_not_own`` and ``forged_self``).
-      max_loop_lag: the largest event-loop lag measured so far, in seconds.
-      last_loop_lag: the latest event-loop lag measured, in seconds.
-      table_epoch: the partition table's epoch ``[term, seq]``, or ``None`` before the first table.
-      partitions: partitions in the table (0 before the first table).
-      replicas: N, the owners per partition.
-      partitions_owned: how many partitions each member holds a replica of.
-      replicas_effective: the owners of the partition with the fewest (0 before the first
-        table): below ``replicas`` when the cluster has fewer members than N.
-      read_quorum: R, the replicas a read waits for by default (capped at a partition's owners).
-      write_quorum: W, the replicas a write waits for by default (capped the same way): a
-        1-member cluster really runs at N=R=W=1.
-      latency: a latency histogram per operation (``get`` and ``put`` this node coordinated,
-        ``replica`` answers to them, ``gossip_round`` syn to syn-ack), each
-        ``{"buckets", "counts", "sum", "count"}`` in seconds (see :mod:`gossipkv._histogram`).
-      kv_gets: reads this node coordinated.
-      kv_puts: writes this node coordinated.
-      kv_deletes: deletes this node coordinated.
-      kv_forwarded: writes it forwarded to a replica of the key.
-      read_repairs: replicas brought up to date by read repair.
-      hints_pending: hinted writes waiting for their owner.
-      hints_stored: hinted writes stored for unreachable owners.
-      hints_delivered: hinted writes handed over to their owner.
-      siblings_seen: extra siblings found by this node's writes.
-      kv_errors: failed replica calls, repairs and handoffs, by exception name.
-      storage_keys: keys in this node's replica.
-      anti_entropy_rounds: anti-entropy rounds this node started (one partition, one other owner).
-      anti_entropy_partitions_compared: partitions compared with another owner (by their
-        Merkle tree roots).
-      anti_entropy_partitions_differing: compared partitions whose roots differed.
-      anti_entropy_keys_repaired: keys whose clocks differed and were exchanged (both ways, by
-        ``sync``) by this node's anti-entropy.
-      anti_entropy_errors: anti-entropy rounds or key repairs that failed (kinds in
-        ``kv_errors``).
-      anti_entropy_tree_roots_compared: Merkle tree roots compared (one per partition pair in
-        sync).
-      anti_entropy_branches_exchanged: tree branches whose segment hashes were fetched (their
-        hashes differed).
-      anti_entropy_segments_exchanged: tree segments whose keys were fetched (their hashes
-        differed); with k differing keys at most k per partition compared.
-      anti_entropy_trees_checked: partition trees checked against the store by the scheduled
-        rebuild (``anti_entropy_rebuild_interval``).
-      anti_entropy_tree_mismatches: checked trees that disagreed with the store (replaced).
-      ownership_handoff_rounds: ownership handoff rounds that looked for keys to send.
-      ownership_handoff_partitions: partitions this node no longer owns whose keys it sent
-        completely to their current owners.
-      ownership_handoff_keys: keys it sent (each to every current owner, by ``sync``).
-      ownership_handoff_errors: handoff sends or rounds that failed (kinds in ``kv_errors``).
-      leave: the progress of a decommission (empty when none): ``state`` (``handing_off``,
-        ``failed``, ``leaving``), ``partitions_left`` of ``partitions_total`` not yet pulled by
-        all their current owners, ``hints_left``, and ``reason`` (what it waits for).
-      contexts_clamped: writes whose context claimed dots this replica did not hold, honoured
-        only as far as it could check them (forged, or written after a read it had not seen).
-      context_catch_ups: writes that first fetched the other owners' state to check a context.
-      quarantined_records: unreadable records (data and hints) moved aside into the data dir's
-        ``quarantine/`` folders since start; each key is repaired from the other replicas.
-      quarantine_repairs: quarantined keys restored from the other replicas (and hints
-        written again).
-      quarantine_pending: quarantined keys and hints still waiting for repair.
-      inflight_bytes: memory reserved now by the reads and writes this node coordinates
-        (bounded by ``KVConfig.max_inflight_bytes``).
-      admission_waits: reads and writes that waited for room in that budget.
-      partitions_filling: partitions a table change moved to this node that it has not pulled
-        completely yet.
-      partitions_filled: such partitions pulled completely.
-      keys_filled: keys stored by transfers into this node.
-      transfer_errors: transfer pages that failed (the source unreachable, or it refused).
-      transfer_bad_pages: transfer pages refused whole because the source sent invalid data
-        (keys out of order or of another partition, undecodable clocks); nothing of them is
-        stored, and the page is asked for again later.
-      transfers: the transfers into this node in flight: ``{"partition", "from", "to",
-        "keys_done", "keys_total", "rate", "error"}`` each (``rate`` in keys per second;
-        ``error`` says why the last page failed, or is ``None``).
-      under_replicated: partitions of the table with an owner that is unreachable or still
-        pulling it (as this node sees it): fewer than N full copies are certain there.
-      tombstone_grace: ``KVConfig.tombstone_grace`` in seconds (``None``: tombstones are kept).
-      tombstones_pending: deleted keys this replica still holds a tombstone for.
-      tombstones_reaped: tombstones this replica forgot (every owner held them past the grace).
-      hints_expired: hints dropped undelivered because they were held longer than the grace.
-      replica_wiped: keys this member dropped at start because it was away longer than the
-        grace (or removed meanwhile), to be filled again from the other owners.
-    """
-
-    name: str
-    address: str
-    cluster: str
-    generation: int
-    status: str
-    leader: str | None
-    converged: bool
-    members_by_status: dict[str, int]
-    gossip_rounds: int
-    syns_received: int
-    deltas_applied: int
-    budget_truncations: int
-    pause_guards: int
-    frames_in: int
-    frames_out: int
-    bytes_in: int
-    bytes_out: int
-    dropped_frames: dict[str, int]
-    refused_handshakes: dict[str, int]
-    connections: int
-    max_loop_lag: float
-    last_loop_lag: float
-    table_epoch: list[int] | None
-    partitions: int
-    replicas: int
-    partitions_owned: dict[str, int]
-    kv_gets: int
-    kv_puts: int
-    kv_deletes: int
-    kv_forwarded: int
-    read_repairs: int
-    hints_pending: int
-    hints_stored: int
-    hints_delivered: int
-    siblings_seen: int
-    kv_errors: dict[str, int]
-    storage_keys: int
-    anti_entropy_rounds: int = 0
-    anti_entropy_partitions_compared: int = 0
-    anti_entropy_partitions_differing: int = 0
-    anti_entropy_keys_repaired: int = 0
-    anti_entropy_errors: int = 0
-    anti_entropy_tree_roots_compared: int = 0
-    anti_entropy_branches_exchanged: int = 0
-    anti_entropy_segments_exchanged: int = 0
-    anti_entropy_trees_checked: int = 0
-    anti_entropy_tree_mismatches: int = 0
-    ownership_handoff_rounds: int = 0
-    ownership_handoff_partitions: int = 0
-    ownership_handoff_keys: int = 0
-    ownership_handoff_errors: int = 0
-    peer_connections: int = 0
-    client_connections: int = 0
-    leave: dict[str, object] = field(default_factory=dict)
-    refusals: dict[str, int] = field(default_factory=dict)
-    contexts_clamped: int = 0
-    context_catch_ups: int = 0
-    quarantined_records: int = 0
-    quarantine_repairs: int = 0
-    quarantine_pending: int = 0
-    inflight_bytes: int = 0
-    admission_waits: int = 0
-    partitions_filling: int = 0
-    partitions_filled: int = 0
-    keys_filled: int = 0
-    transfer_errors: int = 0
-    transfer_bad_pages: int = 0
-    transfers: list[dict[str, object]] = field(default_factory=list)
-    under_replicated: int = 0
-    tombstone_grace: float | None = 3600.0
-    tombstones_pending: int = 0
-    tombstones_reaped: int = 0
-    hints_expired: int = 0
-    replica_wiped: int = 0
-    replicas_effective: int = 0
-    read_quorum: int = 0
-    write_quorum: int = 0
-    latency: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -751,6 +541,7 @@ class Node:
         table = g.table()
         kv = self._service()
         kvc = kv.counters
+        store = kv.storage.statistics()
         return NodeStatistics(
             name=g.node_id,
             address=self.address,
@@ -783,7 +574,7 @@ class Node:
             table_epoch=None if table is None else list(table.epoch),
             partitions=0 if table is None else table.q,
             replicas=self.config.replicas if table is None else table.n,
-            partitions_owned={} if table is None else dict(sorted(table.primaries().items())),
+            partitions_owned={} if table is None else dict(sorted(table.replica_counts().items())),
             kv_gets=kvc.gets,
             kv_puts=kvc.puts,
             kv_deletes=kvc.deletes,
@@ -794,7 +585,7 @@ class Node:
             hints_delivered=kvc.hints_delivered,
             siblings_seen=kvc.siblings_seen,
             kv_errors=dict(kvc.errors),
-            storage_keys=kv.storage.statistics().keys,
+            storage_keys=store.keys,
             anti_entropy_rounds=kv.anti_entropy.counters.rounds,
             anti_entropy_partitions_compared=kv.anti_entropy.counters.partitions_compared,
             anti_entropy_partitions_differing=kv.anti_entropy.counters.partitions_differing,
@@ -812,7 +603,7 @@ class Node:
             leave=dict(self._leave_state),
             contexts_clamped=kvc.contexts_clamped,
             context_catch_ups=kvc.context_catch_ups,
-            quarantined_records=kv.storage.statistics().quarantined_records
+            quarantined_records=store.quarantined_records
             + kv.hints.statistics().quarantined_records,
             quarantine_repairs=kv.repair.counters.keys_repaired
             + kv.repair.counters.hints_rewritten,
@@ -851,6 +642,37 @@ class Node:
                 "replica": kvc.replica_latency.snapshot(),
                 "gossip_round": self._gossip_latency.snapshot(),
             },
+            accepted_connections=self._conns.accepted,
+            watches=self._conns.watches,
+            outbound_queued_bytes=self._counters.queued_bytes,
+            gossip_stale_ignored=c.stale_ignored,
+            gossip_from_removed=c.quarantined,
+            gossip_bad_values=c.bad_values,
+            identity_conflicts=c.identity_conflicts,
+            kv_put_requests=kvc.put_plans,
+            idempotent_hits=kvc.idempotent_hits,
+            read_repairs_skipped=kvc.read_repairs_skipped,
+            storage_engine=store.engine,
+            storage_disk_bytes=store.disk_bytes,
+            storage_live_bytes=store.live_bytes,
+            storage_segments=store.segments,
+            storage_pending_writes=store.pending_writes,
+            storage_delete_markers=store.delete_markers,
+            storage_fsyncs=store.fsyncs,
+            storage_compactions=store.compactions,
+            storage_compaction_errors=store.compaction_errors,
+            storage_bytes_reclaimed=store.bytes_reclaimed,
+            storage_corrupt_records_skipped=store.corrupt_records_skipped,
+            storage_torn_tail_truncations=store.torn_tail_truncations,
+            storage_recovery_seconds=store.recovery_seconds,
+            quarantine_dropped=kv.repair.counters.dropped,
+            quarantine_repair_errors=kv.repair.counters.errors,
+            tombstone_reaper_rounds=kv.reaper.counters.rounds,
+            tombstones_checked=kv.reaper.counters.checked,
+            tombstones_blocked=kv.reaper.counters.blocked,
+            tombstone_reaper_errors=kv.reaper.counters.errors,
+            transfer_pages=kv.transfers.counters.pages,
+            transfer_pages_sent=kv.transfer_source.pages_sent,
         )
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
@@ -2127,13 +1949,6 @@ def members_body(self_name: str, leader: str | None, rows: list[MemberView]) -> 
             for r in rows
         ],
     }
-
-
-def statistics_body(stats: NodeStatistics) -> dict[str, object]:
-    """A statistics snapshot as a plain map (the ``stats --json`` shape)."""
-    from dataclasses import asdict
-
-    return asdict(stats)
 
 
 async def _delete_all(engine: StorageEngine) -> list[str]:

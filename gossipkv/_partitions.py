@@ -36,7 +36,7 @@ class PartitionTable:
     def owned_by(self, node_id: str) -> list[int]:
         return [p for p, owners in enumerate(self.owners) if node_id in owners]
 
-    def primaries(self) -> Counter[str]:
+    def replica_counts(self) -> Counter[str]:
         """How many partitions each member owns a replica of."""
         return Counter(o for owners in self.owners for o in owners)
 

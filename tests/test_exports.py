@@ -20,7 +20,7 @@ PUBLIC = {
     "InvalidContext", "InvalidKey", "KVConfig", "KeyTooLarge", "MemberView", "MembershipEvent",
     "NetworkLimits", "Node", "NodeClosedError", "NodeStatistics", "InvalidArgument",
     "PROTOCOL_VERSION", "PutResult", "QuorumNotReached", "RecordTooLarge", "RemoteError",
-    "StorageError", "StorageLimits", "TLSConfig", "TooManySiblings", "TransportError", "Unavailable",
+    "Statistic", "StorageError", "StorageLimits", "TLSConfig", "TooManySiblings", "TransportError", "Unavailable",
     "ValueNotEncodable", "ValueTooDeep", "ValueTooLarge", "__version__",
     "create_ca", "issue_certificate", "open_client", "open_node",
 }  # fmt: skip

@@ -49,8 +49,9 @@ async def test_embedded_nodes_form_a_cluster_and_share_metadata() -> None:
                 )
             assert a.leader() == b.leader() == "a"
             async with open_client([b.address]) as client:
-                doc = await client.members()
-            assert doc["self"] == "b" and doc["leader"] == "a"
+                rows = await client.members()
+            assert [m.name for m in rows if m.is_self] == ["b"]
+            assert [m.name for m in rows if m.is_leader] == ["a"]
         # Leaving b's context made it leave gracefully.
         with trio.fail_after(10):
             await a.wait_until(lambda n: {m.name: m.status for m in n.members()}["b"] == "left")
@@ -73,7 +74,7 @@ async def test_bad_frames_after_hello_close_one_connection_and_count(
         await _send_and_drain(port, await _hello_bytes() + _frame(payload))
         assert a.statistics().dropped_frames.get(reason, 0) == 1, a.statistics().dropped_frames
         async with open_client([a.address]) as client:
-            assert (await client.members())["self"] == "a"
+            assert [m.name for m in await client.members() if m.is_self] == ["a"]
 
 
 async def test_deep_nesting_and_oversize_prefix_are_counted() -> None:

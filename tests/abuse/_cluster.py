@@ -14,11 +14,12 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
+from gossipkv_cli._render import members_doc
 
 import gossipkv
 
@@ -57,8 +58,7 @@ async def stats_of(addr: str) -> dict[str, Any] | None:
     """The ``stats --json`` document of one peer, or ``None`` if it does not answer."""
     try:
         async with client_of(addr, request_timeout=5.0) as c:
-            doc: dict[str, Any] = await c.statistics()
-            return doc
+            return asdict(await c.statistics())
     except gossipkv.GossipKVError:
         return None
 
@@ -317,7 +317,7 @@ class MembershipWatch:
         while True:
             try:
                 with trio.fail_after(2.0):
-                    doc = await client.members()
+                    doc = members_doc(await client.members())
             except (gossipkv.GossipKVError, trio.TooSlowError):
                 self.unanswered[name] = self.unanswered.get(name, 0) + 1
             else:

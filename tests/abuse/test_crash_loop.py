@@ -103,7 +103,7 @@ async def test_hostile_hint_never_makes_the_stand_in_fatal(cluster4: Cluster) ->
             stats = await c.statistics()
         print(
             f"\n[abuse] crash loop: owner {owner} frozen, stand-in {stand_in}: {outcomes}; "
-            f"hints stored {stats['hints_stored']}, kv_errors {stats['kv_errors']}"
+            f"hints stored {stats.hints_stored}, kv_errors {stats.kv_errors}"
         )
 
         # The stand-in leaves gracefully and starts again on its data dir: it must serve.

@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ async def stats_of(addrs: list[str]) -> list[dict[str, Any]] | None:
     for addr in addrs:
         try:
             async with gossipkv.open_client([addr], request_timeout=10.0) as client:
-                out.append(await client.statistics())
+                out.append(asdict(await client.statistics()))
         except gossipkv.GossipKVError:
             return None
     return out

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from gossipkv_cli._render import members_doc
 
 import gossipkv
 
@@ -87,8 +88,7 @@ class Peers:
 async def members(addr: str) -> dict[str, Any] | None:
     try:
         async with gossipkv.open_client([addr], connect_timeout=0.5, request_timeout=2.0) as c:
-            doc: dict[str, Any] = await c.members()
-            return doc
+            return members_doc(await c.members())
     except gossipkv.GossipKVError:
         return None
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from gossipkv_cli._render import members_doc
 
 from ._peers import (
     ENV,
@@ -273,7 +274,7 @@ async def _members_in(addr: str, cluster: str) -> Any:
 
     try:
         async with gossipkv.open_client([addr], cluster=cluster, connect_timeout=0.5) as c:
-            return await c.members()
+            return members_doc(await c.members())
     except gossipkv.GossipKVError:
         return None
 

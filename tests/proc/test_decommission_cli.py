@@ -25,11 +25,11 @@ async def formed(peers: Peers) -> Any:
         for name in NAMES:
             async with gossipkv.open_client([peers.addr[name]]) as client:
                 ring: Any = await client.ring()
-                stats: Any = await client.statistics()
+                stats = await client.statistics()
             owners = ring.get("owners") or []
             if not owners or {m for row in owners for m in row} != set(NAMES):
                 return None
-            if any(len(row) < 3 for row in owners) or stats.get("under_replicated") != 0:
+            if any(len(row) < 3 for row in owners) or stats.under_replicated != 0:
                 return None
     except (gossipkv.GossipKVError, ValueError):
         return None

@@ -38,8 +38,8 @@ async def table_everywhere(peers: Peers, names: list[str]) -> bool:
                 stats = await client.statistics()
         except gossipkv.GossipKVError:
             return False
-        owned = stats.get("partitions_owned") or {}
-        if stats.get("table_epoch") is None or sorted(owned) != sorted(names):  # type: ignore[arg-type]
+        owned = stats.partitions_owned
+        if stats.table_epoch is None or sorted(owned) != sorted(names):
             return False
     return True
 

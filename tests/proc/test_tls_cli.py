@@ -74,7 +74,7 @@ async def wait_up(peers: Peers, names: list[str], tls: Path | None) -> None:
                 await client.put("ready", "yes")  # a partition table exists
         except gossipkv.GossipKVError:
             return False
-        return sorted(m["name"] for m in doc["members"] if m["status"] == "up") == names
+        return sorted(m.name for m in doc if m.status == "up") == names
 
     await eventually(all_up, within=30, what=f"{names} up and writable", peers=peers)
 
@@ -232,7 +232,7 @@ async def test_cluster_up_tls_makes_a_throwaway_ca(tmp_path: Path) -> None:
                     doc = await c.members()
             except gossipkv.GossipKVError:
                 return False
-            return sum(m["status"] == "up" for m in doc["members"]) == 2
+            return sum(m.status == "up" for m in doc) == 2
 
         await eventually(ready, within=30, what="2 TLS peers up")
         refused(cli("members", "--peer", addr), "requires TLS")
@@ -275,13 +275,9 @@ async def test_forgeries_against_a_tls_cluster_are_refused_and_change_nothing(
                 doc = await client.members()
                 stats = await client.statistics()
             # Mallory itself may appear as joining: a peer certificate may join.
-            members = sorted(
-                (m["name"], m["status"], m["generation"])
-                for m in doc["members"]
-                if m["name"] != "mallory"
-            )
-            owners = sorted(n for n, count in stats["partitions_owned"].items() if count)
-            out[name] = {"members": members, "epoch": stats["table_epoch"], "owners": owners}
+            members = sorted((m.name, m.status, m.generation) for m in doc if m.name != "mallory")
+            owners = sorted(n for n, count in stats.partitions_owned.items() if count)
+            out[name] = {"members": members, "epoch": stats.table_epoch, "owners": owners}
         return out
 
     async def settled() -> Any:
@@ -339,7 +335,7 @@ async def test_forgeries_against_a_tls_cluster_are_refused_and_change_nothing(
 
     async def all_refused() -> Any:
         async with gossipkv.open_client([a], tls=ops) as client:
-            refusals = (await client.statistics())["refusals"]
+            refusals = (await client.statistics()).refusals
         assert isinstance(refusals, dict)
         seen = {r: refusals.get(f"gossip_{r}", 0) for r in want}
         return all(seen.values()) and refusals.get("member_message_from_client", 0) >= 3 and seen

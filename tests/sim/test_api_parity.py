@@ -11,7 +11,15 @@ import pytest
 import trio
 import trio.testing
 
-from gossipkv import GetResult, Node, PutResult, open_client
+from gossipkv import (
+    DecodeError,
+    GetResult,
+    MemberView,
+    Node,
+    NodeStatistics,
+    PutResult,
+    open_client,
+)
 from gossipkv.testing import open_sim_cluster
 
 Call = Callable[[Any], Awaitable[Any] | Any]
@@ -85,3 +93,58 @@ async def test_the_data_operations_return_the_same_types(both: tuple[Node, Any])
         gone = await api.delete(key, context=again.context)
         assert type(gone) is PutResult and gone.values == []
         assert (await api.get(key)).found is False
+
+
+async def test_members_and_statistics_return_the_same_types(both: tuple[Node, Any]) -> None:
+    node, client = both
+    on_node, on_client = node.members(), await client.members()
+    assert type(on_node) is type(on_client) is list
+    assert all(type(m) is MemberView for m in on_node + on_client)
+
+    # The same table, up to what moves between two looks (heartbeats, suspicion).
+    def still(rows: list[MemberView]) -> list[tuple[object, ...]]:
+        return [(m.name, m.address, m.status, m.generation, m.is_self, m.is_leader) for m in rows]
+
+    assert still(on_client) == still(on_node)
+    assert [m.name for m in on_client if m.is_self] == ["n1"]
+    stats_node, stats_client = node.statistics(), await client.statistics()
+    assert type(stats_node) is type(stats_client) is NodeStatistics
+    assert (stats_client.name, stats_client.table_epoch) == (
+        stats_node.name,
+        stats_node.table_epoch,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"self": "n1", "leader": None, "members": "n1"},
+        {"self": "n1", "leader": None, "members": [{"name": "n1"}]},
+        {"self": 1, "leader": None, "members": []},
+    ],
+    ids=repr,
+)
+async def test_a_malformed_members_reply_is_a_decode_error(
+    both: tuple[Node, Any], body: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = both
+
+    async def reply(*args: object, **kwargs: object) -> dict[str, object]:
+        return body
+
+    monkeypatch.setattr(client, "_request", reply)
+    with pytest.raises(DecodeError):
+        await client.members()
+    with pytest.raises(DecodeError):
+        await client.statistics()
+
+
+async def test_the_cli_members_json_is_the_wire_shape(both: tuple[Node, Any]) -> None:
+    from gossipkv_cli._render import members_doc
+
+    from gossipkv._node import members_body
+
+    node, _ = both
+    rows = node.members()
+    assert members_doc(rows) == members_body(node.name, node.leader(), rows)
