@@ -47,7 +47,7 @@ from ._errors import (
 )
 from ._histogram import LatencyHistogram
 from ._hlc import HybridClock
-from ._kv import Change, Clock, GetResult, KeyValueService, PutResult, change_of
+from ._kv import Change, GetResult, KeyValueService, PutResult
 from ._limits import NetworkLimits
 from ._messages import (
     PROTOCOL_VERSION,
@@ -62,7 +62,6 @@ from ._messages import (
     LogLevelRequest,
     MembersRequest,
     Message,
-    MonitorEvent,
     MonitorRequest,
     OwnersRequest,
     PartitionFetch,
@@ -86,7 +85,6 @@ from ._messages import (
     TreeKeys,
     TreeRoot,
     TreeSegments,
-    WatchEvent,
     WatchRequest,
 )
 from ._partitions import PartitionTable
@@ -97,6 +95,7 @@ from ._replica_store import KVConfig
 from ._router import Audience, Respond, Route, Router, route
 from ._statistics import NodeStatistics as NodeStatistics
 from ._statistics import statistics_body as statistics_body
+from ._subscriptions import Subscriptions
 from ._types import Address
 from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
 from .membership._leader import Decisions
@@ -297,8 +296,6 @@ class Node:
         self._stopped = False
         self._closing = False
         self._lag = _LoopLag()
-        self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
-        self._watchers: list[tuple[str, trio.MemorySendChannel[Change]]] = []
         self._record: PeerRecord | None = None
         self._leave_table: PartitionTable | None = None
         self._leave_began = math.inf
@@ -308,6 +305,13 @@ class Node:
         self._log_limit = LogLimiter(60.0)
         self._wiped = 0
         self._log_fanout = _admin.LogFanout()
+        #: Membership events, key watches and log monitors, local and remote.
+        self._subs = Subscriptions(
+            limits=self._limits,
+            conns=self._conns,
+            dropped=self._counters.dropped,
+            log_fanout=self._log_fanout,
+        )
         self._ping_lock = trio.Lock()
         self._key_snapshot = _admin.KeySnapshot()
         self._gossip_latency = LatencyHistogram()
@@ -706,10 +710,9 @@ class Node:
         table = self._runtime().gossiper.table()
         return table is not None and any(self.name in owners for owners in table.owners)
 
-    @asynccontextmanager
-    async def events(
+    def events(
         self, max_buffer: int = 256
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[MembershipEvent]]:
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[MembershipEvent]]:
         """Subscribe to membership events (joins, ups, downs, leaves, removals, leader changes).
 
         ``async with node.events() as events: async for event in events: ...``
@@ -724,19 +727,11 @@ class Node:
         A subscriber that falls ``max_buffer`` events behind loses the newest ones (counted as
         dropped frames ``events_overflow``): membership must never wait on a slow reader.
         """
-        send, receive = trio.open_memory_channel[MembershipEvent](max_buffer)
-        self._subscribers.append(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self._subscribers.remove(send)
-            send.close()
+        return self._subs.events(max_buffer)
 
-    @asynccontextmanager
-    async def watch(
+    def watch(
         self, prefix: str = "", max_buffer: int = 256
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[Change]]:
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Change]]:
         """Subscribe to changes this node's replica stores for keys starting with ``prefix``.
 
         State Watch: a :class:`Change` each time the stored state of such a key changes, from a
@@ -754,71 +749,7 @@ class Node:
         changes behind loses the newest ones (counted as dropped frames ``watch_overflow``):
         writes never wait on a slow reader.
         """
-        send, receive = trio.open_memory_channel[Change](max_buffer)
-        entry = (prefix, send)
-        self._watchers.append(entry)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self._watchers.remove(entry)
-            send.close()
-
-    def _on_kv_change(self, key: str, clock: Clock) -> None:
-        matching = [send for prefix, send in self._watchers if key.startswith(prefix)]
-        if not matching:
-            return
-        change = change_of(key, clock, self._limits)
-        for send in matching:
-            try:
-                send.send_nowait(change)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._counters.dropped["watch_overflow"] += 1
-
-    async def _serve_watch(
-        self,
-        channel: Channel,
-        prefix: str,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """One remote subscription: forward changes as one-way ``WatchEvent`` messages until the
-        connection closes (its bounded buffer drops the newest, like :meth:`watch`).
-
-        Raises:
-          RemoteError: ``too_many_watches`` (before ``started``), over a watch cap.
-        """
-        # Checked and counted with no checkpoint between: concurrent requests cannot overshoot.
-        refusal = self._conns.watch_refusal(channel.subscriptions)
-        if refusal is not None:
-            raise RemoteError("too_many_watches", refusal)
-        channel.subscriptions += 1
-        self._conns.watches += 1
-        try:
-            await self._forward_changes(channel, prefix, task_status)
-        finally:
-            channel.subscriptions -= 1
-            self._conns.watches -= 1
-
-    async def _forward_changes(
-        self, channel: Channel, prefix: str, task_status: trio.TaskStatus[None]
-    ) -> None:
-        async with self.watch(prefix) as changes, trio.open_nursery() as nursery:
-
-            async def stop_on_close() -> None:
-                await channel.wait_closed()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(stop_on_close)
-            task_status.started()
-            async for change in changes:
-                try:
-                    await channel.notify(
-                        WatchEvent(change.key, tuple(change.values), change.context, change.more)
-                    )
-                except (ConnectionClosed, TransportError):
-                    break
-            nursery.cancel_scope.cancel()
+        return self._subs.watch(prefix, max_buffer)
 
     # --- the operator's toolbox (issue 16; the pieces live in _admin) --------------------------
 
@@ -911,51 +842,6 @@ class Node:
                 for m in rows
             ],
         }
-
-    async def _serve_monitor(
-        self,
-        channel: Channel,
-        level: int,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """One ``gossipkv monitor``: log records at ``level`` and up and membership events, as
-        one-way ``MonitorEvent`` messages, until the connection closes. Counted as a watch
-        (the same caps); a slow reader loses lines (``monitor_overflow``), never blocks."""
-        refusal = self._conns.watch_refusal(channel.subscriptions)
-        if refusal is not None:
-            raise RemoteError("too_many_watches", refusal)
-        channel.subscriptions += 1
-        self._conns.watches += 1
-        send, receive = trio.open_memory_channel[tuple[str, str, str]](_admin.MONITOR_BUFFER)
-        try:
-            async with self.events() as events, trio.open_nursery() as nursery:
-
-                async def copy_events() -> None:
-                    async for event in events:
-                        line = f"{event.kind} {event.node_id} {event.detail}".rstrip()
-                        try:
-                            send.send_nowait(("event", "info", line[: _admin.MAX_MONITOR_LINE]))
-                        except trio.WouldBlock:
-                            self._counters.dropped["monitor_overflow"] += 1
-
-                async def stop_on_close() -> None:
-                    await channel.wait_closed()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(copy_events)
-                nursery.start_soon(stop_on_close)
-                with self._log_fanout.subscribe(send, level):
-                    task_status.started()
-                    async for kind, lvl, line in receive:
-                        try:
-                            await channel.notify(MonitorEvent(kind, lvl, line))
-                        except (ConnectionClosed, TransportError):
-                            break
-                nursery.cancel_scope.cancel()
-        finally:
-            channel.subscriptions -= 1
-            self._conns.watches -= 1
 
     async def remove(self, name: str) -> dict[str, object]:
         """Remove member ``name``, which the operator declares dead (``gossipkv remove``).
@@ -1289,10 +1175,7 @@ class Node:
             self._closing = True
             self._stopped = True
             self._done.set()
-            for send in self._subscribers:
-                send.close()
-            for _, watcher in self._watchers:
-                watcher.close()
+            self._subs.close()
             with trio.move_on_after(2.0, shield=True):
                 await self._store.close()
 
@@ -1406,7 +1289,7 @@ class Node:
             away_ms = self._wall() - self._alive_before
             self._checking_data = self._alive_before > 0 and away_ms > grace_ms
             self._rejoins = bool(seeds)
-            self._kv.on_change = self._on_kv_change
+            self._kv.on_change = self._subs.on_change
             self._counters.on_drain = self._kv.admission.wake
             if self._checking_data:
                 log.warning(
@@ -1595,11 +1478,7 @@ class Node:
             log.info(
                 "event %s %s gen=%s %s", event.kind, event.node_id, event.generation, event.detail
             )
-            for send in self._subscribers:
-                try:
-                    send.send_nowait(event)
-                except (trio.WouldBlock, trio.BrokenResourceError):
-                    self._counters.dropped["events_overflow"] += 1
+            self._subs.publish(event)
 
     async def _publish_reaped_upto(self, wall_ms: int) -> None:
         """The reaper is about to delete tombstones written up to ``wall_ms``: gossip it and
@@ -1819,7 +1698,7 @@ class Node:
 
     async def _serve_watch_request(self, channel: Channel, message: WatchRequest) -> Message:
         # RemoteError("too_many_watches") when over a watch cap.
-        await self._runtime().nursery.start(self._serve_watch, channel, message.prefix)
+        await self._runtime().nursery.start(self._subs.serve_watch, channel, message.prefix)
         return Reply({"ok": True})
 
     async def _serve_ring(self, channel: Channel, message: RingRequest) -> Message:
@@ -1837,7 +1716,7 @@ class Node:
 
     async def _serve_monitor_request(self, channel: Channel, message: MonitorRequest) -> Message:
         level = _admin.level_of(message.level)
-        await self._runtime().nursery.start(self._serve_monitor, channel, level)
+        await self._runtime().nursery.start(self._subs.serve_monitor, channel, level)
         return Reply({"ok": True})
 
     async def _serve_set_metadata(self, channel: Channel, message: SetMetadataRequest) -> Message:
