@@ -50,6 +50,8 @@ def _refusal_for(
     """What a node's channel refuses from ``remote`` (the node's own routing table decides)."""
     router = gossipkv.Node(name="a", listen="127.0.0.1:0")._router
     return router.refusal(remote.node_id, identity.role if identity else None)
+
+
 GUARD = 10  # seconds; a guard against hangs, no assertion depends on it
 # Under traffic, a loaded machine can stall a replica or a reply past the default timeouts; a
 # certificate refused in a rotation fails at once instead (a handshake error), so patience
