@@ -19,7 +19,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec
@@ -45,10 +45,10 @@ from ._errors import (
     error_code,
     single_error,
 )
-from ._histogram import LatencyHistogram
 from ._hlc import HybridClock
 from ._kv import Change, GetResult, KeyValueService, PutResult
 from ._limits import NetworkLimits
+from ._membership_runtime import MembershipRuntime
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -79,7 +79,6 @@ from ._messages import (
     Shutdown,
     StatsRequest,
     Syn,
-    SynAck,
     TombstoneCheck,
     TreeBranches,
     TreeKeys,
@@ -90,7 +89,7 @@ from ._messages import (
 from ._partitions import PartitionTable
 from ._peer import DEFERRED, Channel, Deferred, TransportCounters
 from ._persist import FileNodeStore, NodeStore, PeerRecord
-from ._pool import JOIN_PATIENCE, ConnectionPool
+from ._pool import ConnectionPool
 from ._replica_store import KVConfig
 from ._router import Audience, Respond, Route, Router, route
 from ._statistics import NodeStatistics as NodeStatistics
@@ -114,13 +113,6 @@ class _Runtime:
     gossiper: Gossiper
     nursery: trio.Nursery
     address: str
-
-
-@dataclass(slots=True)
-class _LoopLag:
-    last: float = 0.0
-    max: float = 0.0
-    samples: list[float] = field(default_factory=list)
 
 
 class Node:
@@ -289,19 +281,16 @@ class Node:
         self._refusals: Counter[str] = Counter()
         self._counters = TransportCounters(self._refusals)
         self._conns = ConnectionTable(self.limits, self._refusals)
-        self._inflight: set[str] = set()
         self._changed = trio.Event()
         self._ready = trio.Event()
         self._done = trio.Event()
         self._stopped = False
         self._closing = False
-        self._lag = _LoopLag()
         self._record: PeerRecord | None = None
         self._leave_table: PartitionTable | None = None
         self._leave_began = math.inf
         self._leave_state: dict[str, object] = {}
         self._leave_task = False
-        self._last_waiting_log = -math.inf
         self._log_limit = LogLimiter(60.0)
         self._wiped = 0
         self._log_fanout = _admin.LogFanout()
@@ -314,7 +303,6 @@ class Node:
         )
         self._ping_lock = trio.Lock()
         self._key_snapshot = _admin.KeySnapshot()
-        self._gossip_latency = LatencyHistogram()
         # Back after more than tombstone_grace away: the data path stays closed until the
         # cluster's reaped_upto says whether the replica must be wiped (see gossipkv._reaper).
         self._checking_data = False
@@ -325,6 +313,26 @@ class Node:
         #: Every message this peer accepts, who may send it and what answers it.
         self._router = Router(
             self._routes(), gate=transport.wait_runnable, dropped=self._counters.dropped
+        )
+        #: The gossip and evaluation loops around the membership core.
+        self._membership = MembershipRuntime(
+            gossiper=lambda: self._runtime().gossiper,
+            nursery=lambda: self._runtime().nursery,
+            kv=lambda: self._kv,
+            transport=transport,
+            channel_to=lambda addr: self._pool.channel_to(addr),
+            hlc=self._hlc,
+            rng=self._rng,
+            wall=self._wall,
+            interval=self.config.gossip_interval,
+            request_timeout=request_timeout,
+            log_limit=self._log_limit,
+            dropped=self._counters.dropped,
+            publish=self._subs.publish,
+            persist=self._persist,
+            wipe=self._wipe,
+            tend_data=self._tend_data,
+            evaluated=self._evaluated,
         )
         #: One channel per peer address, dialled on demand, and every inbound connection.
         self._pool = ConnectionPool(
@@ -573,8 +581,8 @@ class Node:
                 **self._refusals,
                 **{f"gossip_{k}": v for k, v in g.counters.refused.items()},
             },
-            max_loop_lag=self._lag.max,
-            last_loop_lag=self._lag.last,
+            max_loop_lag=self._membership.lag.max,
+            last_loop_lag=self._membership.lag.last,
             table_epoch=None if table is None else list(table.epoch),
             partitions=0 if table is None else table.q,
             replicas=self.config.replicas if table is None else table.n,
@@ -644,7 +652,7 @@ class Node:
                 "get": kvc.get_latency.snapshot(),
                 "put": kvc.put_latency.snapshot(),
                 "replica": kvc.replica_latency.snapshot(),
-                "gossip_round": self._gossip_latency.snapshot(),
+                "gossip_round": self._membership.gossip_latency.snapshot(),
             },
             accepted_connections=self._conns.accepted,
             watches=self._conns.watches,
@@ -942,7 +950,7 @@ class Node:
             generation,
             "; the survivors are a minority" if minority else "",
         )
-        self._publish_events()
+        self._membership.publish_events()
         await self._persist()
         return {
             "removed": name,
@@ -1082,7 +1090,7 @@ class Node:
                 request.replacement,
                 request.replaced,
             )
-            self._publish_events()
+            self._membership.publish_events()
             await self._persist()
         return {"replaced": request.replaced, "by": request.replacement, "leader": g.node_id}
 
@@ -1307,8 +1315,8 @@ class Node:
                 await self._persist()
             if gossiper.replaces is not None:
                 await self._claim_replacement(gossiper.replaces, seeds)
-            nursery.start_soon(self._gossip_loop)
-            nursery.start_soon(self._evaluate_loop)
+            nursery.start_soon(self._membership.gossip_loop)
+            nursery.start_soon(self._membership.evaluate_loop)
             log.info(
                 "%s listening on %s (generation %d, %s)",
                 name,
@@ -1340,71 +1348,6 @@ class Node:
             raise NodeClosedError("node is not running (use open_node or nursery.start(node.run))")
         return self._rt
 
-    async def _gossip_loop(self) -> None:
-        rt = self._runtime()
-        interval = self.config.gossip_interval
-        next_at = trio.current_time() + self._rng.random() * interval
-        while True:
-            await trio.sleep_until(next_at)
-            await self._transport.wait_runnable()
-            now = trio.current_time()
-            for addr, syn in rt.gossiper.tick(now, self._rng):
-                if addr not in self._inflight:
-                    self._inflight.add(addr)
-                    stamped = replace(syn, hlc=self._hlc.now())
-                    rt.nursery.start_soon(self._exchange, addr, stamped)
-            self._log_join_wait(now)
-            next_at = max(next_at + interval, now)
-
-    def _log_join_wait(self, now: float) -> None:
-        g = self._runtime().gossiper
-        if g.status != "joining" or now - self._last_waiting_log < 5.0:
-            return
-        if now - g._started < 2.0:
-            return
-        self._last_waiting_log = now
-        others = [m.name for m in g.members(now) if not m.is_self]
-        if not others:
-            log.warning(
-                "%s: still trying to reach seeds %s", g.node_id, ", ".join(g.seeds) or "(none)"
-            )
-        else:
-            log.warning(
-                "%s: waiting for the leader to admit it (knows %d members)", g.node_id, len(others)
-            )
-
-    async def _exchange(self, addr: str, syn: Syn) -> None:
-        rt = self._runtime()
-        started = trio.current_time()
-        # A joiner knows only its seeds: an exchange it abandons is one the seed answered for
-        # nothing, and the next round's attempt (on a new connection, if the handshake was cut
-        # short) queues behind it. A busy seed's late answer is still worth waiting for; only
-        # one exchange per address is ever in flight.
-        joining = rt.gossiper.status == "joining"
-        timeout = self._request_timeout * (JOIN_PATIENCE if joining else 1)
-        try:
-            with trio.move_on_after(timeout):
-                channel = await self._pool.channel_to(addr)
-                reply = await channel.request(syn)
-                if isinstance(reply, SynAck):
-                    self._gossip_latency.observe(trio.current_time() - started)
-                    ack = rt.gossiper.on_syn_ack(reply, trio.current_time())
-                    if ack.delta or ack.wanted:
-                        await channel.notify(ack)
-        except HandshakeError as exc:
-            # Another cluster or protocol at a seed is a configuration error: say so, once a
-            # minute (the refusal is retried every round).
-            if self._log_limit.allow(("refused by", addr, exc.reason), trio.current_time()):
-                log.error("%s refuses this peer: %s", addr, exc)
-        except (TransportError, RemoteError, DecodeError, trio.TooSlowError) as exc:
-            log.debug("gossip with %s failed: %r", addr, exc)
-        except Exception as exc:
-            # Whatever a peer sent us (an address that does not parse, say) must not stop the node.
-            self._counters.dropped["exchange_error"] += 1
-            log.warning("gossip with %s failed unexpectedly: %r", addr, exc)
-        finally:
-            self._inflight.discard(addr)
-
     async def _notify_quietly(self, addr: str, message: Message) -> None:
         try:
             channel = await self._pool.channel_to(addr)
@@ -1413,72 +1356,9 @@ class Node:
         except Exception as exc:  # best effort by design
             log.debug("notice to %s failed: %r", addr, exc)
 
-    async def _evaluate_loop(self) -> None:
-        rt = self._runtime()
-        # One timer for failure detection and the event-loop watchdog: a peer idles on few
-        # wake-ups. The lag of this loop's own wake-ups is the loop lag (a stall of this peer).
-        interval = min(0.2, self.config.gossip_interval / 2)
-        next_at = trio.current_time()
-        while True:
-            next_at = max(next_at + interval, trio.current_time())
-            await trio.sleep_until(next_at)
-            now = trio.current_time()
-            lag = now - next_at
-            self._lag.last = lag
-            self._lag.max = max(self._lag.max, lag)
-            rt.gossiper.note_loop_lag(lag, now)
-            await self._transport.wait_runnable()
-            g = rt.gossiper
-            g.evaluate(trio.current_time(), self._wall())
-            if self._kv is not None:
-                transfers = self._kv.transfers
-                transfers.notice()
-                g.set_pulling(sorted({t.partition for t in transfers.in_flight()}))
-                table = g.table()
-                if (
-                    g.replaces is not None
-                    and g.status == "joining"
-                    and table is not None
-                    and table.owned_by(g.node_id)
-                    and transfers.filled()
-                ):
-                    g.mark_filled()
-            self._publish_events()
-            while g.refusal_notes:
-                reason, detail = g.refusal_notes.popleft()
-                if self._log_limit.allow(("gossip refused", reason), trio.current_time()):
-                    log.warning(
-                        "%s: refused gossip (%s): %s; counted in stats refusals as gossip_%s",
-                        g.node_id,
-                        reason,
-                        detail,
-                        reason,
-                    )
-            if g.needs_reincarnation:
-                generation = g.next_generation(self._wall())
-                log.warning(
-                    "%s was removed by the leader; rejoining as generation %d",
-                    g.node_id,
-                    generation,
-                )
-                g.reincarnate(generation, trio.current_time())
-                await self._persist()
-                # Its old replica is no one's now and may predate reaped tombstones.
-                await self._wipe(f"{g.node_id} was removed while away")
-            await self._tend_data(g)
-            if g.decisions_dirty:
-                await self._persist()
-            self._changed.set()
-            self._changed = trio.Event()
-
-    def _publish_events(self) -> None:
-        events = self._runtime().gossiper.events
-        while events:
-            event = events.popleft()
-            log.info(
-                "event %s %s gen=%s %s", event.kind, event.node_id, event.generation, event.detail
-            )
-            self._subs.publish(event)
+    def _evaluated(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def _publish_reaped_upto(self, wall_ms: int) -> None:
         """The reaper is about to delete tombstones written up to ``wall_ms``: gossip it and
