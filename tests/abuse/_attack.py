@@ -19,7 +19,7 @@ import trio
 
 from gossipkv import _codec
 from gossipkv._messages import PROTOCOL_VERSION, Hello, Kind, Message
-from gossipkv.storage import _log
+from gossipkv.storage import _log_format
 
 ATTACK_SOURCE = "127.0.0.2"
 
@@ -202,11 +202,11 @@ def plant_records(engine_dir: Path, records: dict[str, bytes]) -> Path:
     segs = sorted(p for p in engine_dir.glob("*.seg"))
     max_seq = 0
     for seg in segs:
-        entries = _log.scan_segment(seg.read_bytes()).entries
+        entries = _log_format.scan_segment(seg.read_bytes()).entries
         max_seq = max([max_seq, *entries.seqs])
     number = max([0, *(int(p.stem) for p in segs)]) + 1
     body = b"".join(
-        _log.encode_record(max_seq + 1 + i, key.encode("utf-8"), value)
+        _log_format.encode_record(max_seq + 1 + i, key.encode("utf-8"), value)
         for i, (key, value) in enumerate(records.items())
     )
     path = engine_dir / f"{number:08d}.seg"

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from gossipkv import KVConfig, _codec
-from gossipkv.storage import _log, open_log_engine
+from gossipkv.storage import _keydir, _log_format, open_log_engine
 from gossipkv.testing import SimCluster
 
 from ._kvsim import kv_cluster, names, service
@@ -39,9 +39,9 @@ def seed(request: pytest.FixtureRequest) -> int:
 
 def flip_record(data_dir: Path, loc: int) -> None:
     """Flip a byte inside a record's value: its checksum no longer matches."""
-    path = data_dir / _log._seg_name(_log._seg_of(loc))
+    path = data_dir / _log_format.seg_name(_keydir.seg_of(loc))
     with open(path, "r+b") as f:
-        f.seek(_log._off_of(loc) + _log._len_of(loc) - 2)
+        f.seek(_keydir.off_of(loc) + _keydir.len_of(loc) - 2)
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
@@ -51,8 +51,8 @@ def plant_record(data_dir: Path, key: str, value: bytes) -> None:
     """A record with a valid checksum and the newest sequence number that is not a clock."""
     segs = sorted(int(p.stem) for p in data_dir.glob("*.seg"))
     seg = (segs[-1] if segs else 0) + 1
-    record = _log.encode_record(10**12 + seg, key.encode(), value)
-    (data_dir / _log._seg_name(seg)).write_bytes(record)
+    record = _log_format.encode_record(10**12 + seg, key.encode(), value)
+    (data_dir / _log_format.seg_name(seg)).write_bytes(record)
 
 
 def seen_by_all(c: SimCluster) -> bool:

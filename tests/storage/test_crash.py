@@ -18,7 +18,7 @@ import trio
 from _helpers import clock_of, digest
 
 from gossipkv._dvv import DVVSet, Sibling
-from gossipkv.storage import _log, open_log_engine
+from gossipkv.storage import _log_format, open_log_engine
 
 WRITER = Path(__file__).with_name("_writer.py")
 KILLS = 20
@@ -149,7 +149,7 @@ def test_truncated_at_random_offsets(
     _copy(src, data_dir)
     seg = _only_segment(data_dir)
     data = seg.read_bytes()
-    entries = _log.scan_segment(data).entries
+    entries = _log_format.scan_segment(data).entries
     cut = rng.randrange(1, len(data))
     with open(seg, "r+b") as f:
         f.truncate(cut)
@@ -171,7 +171,7 @@ def test_flipped_bits_skip_only_the_damaged_record(
     _copy(src, data_dir)
     seg = _only_segment(data_dir)
     data = bytearray(seg.read_bytes())
-    entries = _log.scan_segment(bytes(data)).entries
+    entries = _log_format.scan_segment(bytes(data)).entries
     # damage one record that is not the last (the last one would look like a torn tail)
     kb, _, off, length = entries[rng.randrange(len(entries) - 1)]
     pos = off + rng.randrange(length)

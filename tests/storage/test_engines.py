@@ -30,7 +30,9 @@ from gossipkv.storage import (
     LogEngine,
     StorageEngine,
     StorageLimits,
-    _log,
+    _commit,
+    _keydir,
+    _log_format,
     open_log_engine,
     open_storage,
     partition_of,
@@ -245,7 +247,7 @@ async def test_low_water_mark_keeps_segments_pinned_by_reads(tmp_path: Path) -> 
         # Pin a segment with a read that has not run yet, then compact it away underneath.
         assert isinstance(eng, LogEngine)
         loc = eng._keydir["k1"]
-        pinned_seg = _log._seg_of(loc)
+        pinned_seg = _keydir.seg_of(loc)
         async with trio.open_nursery() as nursery:
             result: list[bytes] = []
 
@@ -258,7 +260,7 @@ async def test_low_water_mark_keeps_segments_pinned_by_reads(tmp_path: Path) -> 
             nursery.start_soon(eng.compact)
         assert result and result[0]
         assert seg_files_before  # sanity
-        assert pinned_seg not in eng._seg_bytes or eng._seg_live.get(pinned_seg, 0) >= 0
+        assert pinned_seg not in eng._index.seg_bytes or eng._index.seg_live.get(pinned_seg, 0) >= 0
 
 
 async def test_second_open_is_refused(tmp_path: Path) -> None:
@@ -286,7 +288,7 @@ async def test_unusable_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             raise OSError(errno.EROFS, "Read-only file system")
         return real_open(path, flags, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("gossipkv.storage._log.os.open", read_only)
+    monkeypatch.setattr("gossipkv.storage._recovery.os.open", read_only)
     with pytest.raises(DataDirError, match="Read-only"):
         async with open_log_engine(tmp_path / "ro"):
             pass
@@ -297,7 +299,7 @@ async def test_disk_full_is_typed_and_loses_nothing(
 ) -> None:
     async with open_log_engine(tmp_path) as eng:
         await eng.put("a", clock_of(1))
-        real = _log._write_all
+        real = _commit.write_all
         calls = {"n": 0}
 
         def full(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -306,10 +308,10 @@ async def test_disk_full_is_typed_and_loses_nothing(
             real(fd, bytes(data)[:7], offset)
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(_log, "_write_all", full)
+        monkeypatch.setattr(_commit, "write_all", full)
         with pytest.raises(StorageFull, match="full"):
             await eng.put("b", clock_of(2))
-        monkeypatch.setattr(_log, "_write_all", real)
+        monkeypatch.setattr(_commit, "write_all", real)
         assert await eng.get("a") == clock_of(1)
         assert await eng.get("b") is None
         await eng.put("c", clock_of(3))
@@ -325,8 +327,8 @@ def plant_record(data_dir: Path, key: str, value: bytes) -> None:
     as a peer of an older version (or a bit flip its checksum cannot see) might have left it."""
     segs = sorted(int(p.stem) for p in data_dir.glob("*.seg"))
     seg = (segs[-1] if segs else 0) + 1
-    record = _log.encode_record(10**12 + seg, key.encode(), value)
-    (data_dir / _log._seg_name(seg)).write_bytes(record)
+    record = _log_format.encode_record(10**12 + seg, key.encode(), value)
+    (data_dir / _log_format.seg_name(seg)).write_bytes(record)
 
 
 def _nested(depth: int) -> object:
@@ -354,8 +356,8 @@ async def test_a_record_failing_its_checksum_is_quarantined(tmp_path: Path) -> N
         await eng.put("b", clock_of("fine"))
         assert isinstance(eng, LogEngine)
         loc = eng._keydir["a"]
-        seg, off = _log._seg_of(loc), _log._off_of(loc)
-        _flip(tmp_path / _log._seg_name(seg), off + _log.HEADER_SIZE + 2)
+        seg, off = _keydir.seg_of(loc), _keydir.off_of(loc)
+        _flip(tmp_path / _log_format.seg_name(seg), off + _log_format.HEADER_SIZE + 2)
         # Never served as data: moved aside, counted, reported, and the key reads as absent.
         assert await eng.get("a") is None
         assert seen == ["a"]

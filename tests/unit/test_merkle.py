@@ -213,7 +213,7 @@ async def test_memory_and_log_engines_keep_equal_record_hashes(tmp_path: Path) -
 async def test_a_quarantined_record_leaves_the_trees(tmp_path: Path) -> None:
     """A record that fails its checksum when read back (the scheduled check reads every one) is
     quarantined, and its hash leaves the record hashes and the trees with it."""
-    from gossipkv.storage import _log
+    from gossipkv.storage import _keydir, _log
 
     async with open_storage(tmp_path / "log") as eng:
         assert isinstance(eng, _log.LogEngine)
@@ -226,7 +226,7 @@ async def test_a_quarantined_record_leaves_the_trees(tmp_path: Path) -> None:
         victim = names[17]
         loc = eng._keydir.get(victim)
         assert loc is not None
-        seg, off, length = _log._seg_of(loc), _log._off_of(loc), _log._len_of(loc)
+        seg, off, length = _keydir.seg_of(loc), _keydir.off_of(loc), _keydir.len_of(loc)
         path = tmp_path / "log" / f"{seg:08d}.seg"
         raw = bytearray(path.read_bytes())
         raw[off + length - 1] ^= 0xFF  # the last byte of its value

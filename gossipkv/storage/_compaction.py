@@ -1,0 +1,226 @@
+"""Compaction of sealed segments: planned on the event loop, copied in a worker thread, and
+handed back as a result the engine applies on the loop.
+
+For each victim segment the loop takes a snapshot of what is still live in it (the records that
+are still the newest of their key, the delete markers that must stay) and lays the copies out in
+output segments, allocating their ids. A worker thread then copies exactly those records from the
+segment file into the outputs; it reads only the segment files and the plan it was handed, and
+touches no engine state. The outputs stay ``.tmp`` files until all of them are written, fsynced
+and hinted, then are renamed together. Only then does the engine apply the :class:`Compacted`
+result through :meth:`LogIndex.apply_moves`, compare-and-set per key, so a put or delete that
+raced the compaction wins, and a failure (or crash) at any point before leaves the key directory
+as it was and no output behind (recovery removes ``.tmp`` files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from ._keydir import OFF_BITS, SEG_SHIFT, SEQ_SHIFT, LogIndex, Moves, pack, seg_of
+from ._log_format import HEADER_SIZE, HINT_ENTRY, TMP_SUFFIX, Entries, hint_name, seg_name
+from ._segment_files import fsync_dir, read_segment, write_all, write_hint
+
+_CHECKPOINT_EVERY = 2048
+_FLUSH_BYTES = 1 << 20
+# Give up cleaning after a failure rather than hang a closing engine; recovery removes leftovers.
+_ABORT_SECONDS = 30
+
+
+@dataclass
+class Compacted:
+    """What a compaction did, for the engine to apply on the event loop."""
+
+    victims: list[int]
+    #: Where each copied record now lies (``new``), or 0 for a dropped delete marker.
+    moves: Moves
+    #: The new segments: ``seg -> (size, records, lowest seq)``.
+    outputs: dict[int, tuple[int, int, int]]
+    #: A read descriptor per new segment; the engine takes them over.
+    read_fds: dict[int, int]
+
+
+async def compact_segments(
+    path: Path,
+    victims: list[int],
+    index: LogIndex,
+    segment_bytes: int,
+    alloc_segment_id: Callable[[], int],
+) -> Compacted:
+    """Copy the live records of ``victims`` into new segments; returns the result, unapplied.
+
+    Raises:
+      OSError: if a file operation failed; no output is left behind.
+    """
+    drop_below = {seg: index.droppable_below(seg) for seg in victims}
+    plan = _Plan(segment_bytes, alloc_segment_id)
+    copier = _Copier(path)
+    try:
+        for seg in victims:
+            data, entries = await trio.to_thread.run_sync(read_segment, path, seg)
+            picks, news = await plan.take(seg, entries, index, drop_below[seg])
+            await trio.to_thread.run_sync(copier.copy, data, entries, picks, news)
+            del data, entries
+        read_fds = await trio.to_thread.run_sync(copier.finish)
+    except BaseException:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + _ABORT_SECONDS
+            await trio.to_thread.run_sync(copier.abort)
+        raise
+    outputs = {seg: (size, records, low) for seg, (size, records, low) in plan.outputs.items()}
+    return Compacted(victims, plan.moves, outputs, read_fds)
+
+
+class _Plan:
+    """The event-loop side: what to copy and where it goes."""
+
+    def __init__(self, segment_bytes: int, alloc_segment_id: Callable[[], int]) -> None:
+        self._segment_bytes = segment_bytes
+        self._alloc = alloc_segment_id
+        self.moves = Moves()
+        self.outputs: dict[int, list[int]] = {}  # seg -> [size, records, lowest seq]
+        self._seg = -1
+        self._size = 0
+
+    async def take(
+        self, seg: int, entries: Entries, index: LogIndex, drop_below: int
+    ) -> tuple[list[int], list[int]]:
+        """The records of ``seg`` to copy (indexes into ``entries``) and their new locations;
+        dropped markers go straight into the moves."""
+        keydir, markers = index.keydir, index.markers
+        moves = self.moves
+        picks: list[int] = []
+        news: list[int] = []
+        seg_shift = seg << SEG_SHIFT
+        keys, seqs, offs, lens = entries.keys, entries.seqs, entries.offs, entries.lens
+        for i in range(len(keys)):
+            if i % _CHECKPOINT_EVERY == 0:
+                await trio.lowlevel.checkpoint()
+            kb, seq, length = keys[i], seqs[i], lens[i]
+            key = kb.decode("utf-8", "surrogateescape")
+            old = (seq << SEQ_SHIFT) | seg_shift | (offs[i] << OFF_BITS) | length
+            if length == HEADER_SIZE + len(kb):
+                if markers.get(key) != old:
+                    continue  # a marker superseded by a later put or marker
+                if seq <= drop_below:
+                    moves.keys.append(key)  # dropped: no older record of the key is left
+                    moves.olds.append(old)
+                    moves.news.append(0)
+                    continue
+            elif keydir.get(key) != old:
+                continue  # superseded
+            if self._seg < 0 or self._size >= self._segment_bytes:
+                self._seg, self._size = self._alloc(), 0
+                self.outputs[self._seg] = [0, 0, seq]
+            new = pack(seq, self._seg, self._size, length)
+            picks.append(i)
+            news.append(new)
+            moves.keys.append(key)
+            moves.olds.append(old)
+            moves.news.append(new)
+            self._size += length
+            out = self.outputs[self._seg]
+            out[0] += length
+            out[1] += 1
+            out[2] = min(out[2], seq)
+        return picks, news
+
+
+class _Copier:
+    """The worker-thread side: writes the planned copies (one thread call at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._seg = -1
+        self._fd = -1
+        self._size = 0
+        self._crc = 0
+        self._hint = bytearray()
+        self._buf: list[bytes] = []
+        self._buffered = 0
+        self._size_written = 0
+        self._outputs: list[int] = []  # every output created, in order
+        self._renamed: list[int] = []
+        self._read_fds: dict[int, int] = {}
+
+    def _tmp(self, seg: int) -> Path:
+        return self._path / (seg_name(seg) + TMP_SUFFIX)
+
+    def copy(self, data: bytes, entries: Entries, picks: list[int], news: list[int]) -> None:
+        keys, seqs, offs, lens = entries.keys, entries.seqs, entries.offs, entries.lens
+        for i, new in zip(picks, news, strict=True):
+            seg = seg_of(new)
+            if seg != self._seg:
+                self._seal()
+                self._open(seg)
+            kb, off, length = keys[i], offs[i], lens[i]
+            rec = data[off : off + length]
+            self._buf.append(rec)
+            self._buffered += length
+            if self._buffered >= _FLUSH_BYTES:
+                self._flush()
+            self._crc = zlib.crc32(rec, self._crc)
+            self._hint += HINT_ENTRY.pack(seqs[i], self._size, length, len(kb))
+            self._hint += kb
+            self._size += length
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            data = b"".join(self._buf)
+            write_all(self._fd, data, self._size_written)
+            self._size_written += len(data)
+            self._buf, self._buffered = [], 0
+
+    def _open(self, seg: int) -> None:
+        tmp = self._tmp(seg)
+        self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._seg = seg
+        self._outputs.append(seg)
+        # The read descriptor survives the rename; the engine reads moved keys through it.
+        self._read_fds[seg] = os.open(tmp, os.O_RDONLY)
+        self._size, self._crc, self._size_written = 0, 0, 0
+        self._hint = bytearray()
+
+    def _seal(self) -> None:
+        if self._fd < 0:
+            return
+        self._flush()
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        write_hint(self._path, self._seg, self._size, self._crc, self._hint)
+        self._hint = bytearray()
+
+    def finish(self) -> dict[int, int]:
+        """Seal the last output, rename every output into place; returns the read descriptors."""
+        self._seal()
+        for seg in self._outputs:
+            os.replace(self._tmp(seg), self._path / seg_name(seg))
+            self._renamed.append(seg)
+        fsync_dir(self._path)
+        read_fds, self._read_fds = self._read_fds, {}
+        return read_fds
+
+    def abort(self) -> None:
+        """Close and remove every output (best effort: recovery removes ``.tmp`` leftovers)."""
+        fds = [self._fd, *self._read_fds.values()] if self._fd >= 0 else [*self._read_fds.values()]
+        self._fd, self._read_fds = -1, {}
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for seg in self._outputs:
+            paths = [self._tmp(seg), self._path / hint_name(seg)]
+            if seg in self._renamed:
+                paths.append(self._path / seg_name(seg))
+            for p in paths:
+                with contextlib.suppress(OSError):
+                    p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            fsync_dir(self._path)

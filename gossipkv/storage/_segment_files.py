@@ -1,0 +1,92 @@
+"""Blocking file operations on the log engine's data dir (worker threads only, never trio).
+
+Shared by the committer, recovery, compaction and quarantine: whole writes, directory fsyncs,
+hint files written atomically, records kept aside, and ``OSError`` translated once into the
+storage errors callers see.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import zlib
+from pathlib import Path
+
+from gossipkv._errors import StorageError, StorageFull
+
+from ._log_format import (
+    QUARANTINE_DIR,
+    TMP_SUFFIX,
+    Entries,
+    decode_hint,
+    hint_frame,
+    hint_name,
+    scan_segment,
+    seg_name,
+)
+
+
+def storage_error(exc: OSError, what: str) -> StorageError:
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return StorageFull(f"{what}: the data dir's file system is full ({exc.strerror})")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageError(f"{what}: the data dir is read-only ({exc.strerror})")
+    return StorageError(f"{what}: {exc.strerror or exc}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def write_hint(path: Path, seg: int, size: int, crc: int, entries_body: bytes | bytearray) -> None:
+    """Write segment ``seg``'s hint file (fsynced, then renamed into place)."""
+    final = path / hint_name(seg)
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    head, trailer = hint_frame(size, crc, entries_body)
+    with open(tmp, "wb") as f:
+        f.write(head)
+        f.write(entries_body)
+        f.write(trailer)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def read_segment(path: Path, seg: int) -> tuple[bytes, Entries]:
+    """A sealed segment's bytes and its record index (from its hint when that is intact)."""
+    data = (path / seg_name(seg)).read_bytes()
+    hint = path / hint_name(seg)
+    if hint.exists():
+        entries = decode_hint(hint.read_bytes(), len(data), zlib.crc32(data))
+        if entries is not None:
+            return data, entries
+    return data, scan_segment(data).entries
+
+
+def keep_aside(path: Path, name: str, raw: bytes) -> str:
+    """Copy an unreadable record into ``quarantine/`` (fsynced); returns where."""
+    where = path / QUARANTINE_DIR
+    where.mkdir(exist_ok=True)
+    target = where / name
+    tmp = target.with_suffix(TMP_SUFFIX)
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(out, raw, 0)
+        os.fsync(out)
+    finally:
+        os.close(out)
+    os.replace(tmp, target)
+    fsync_dir(where)
+    return str(target)

@@ -1,0 +1,103 @@
+"""Compaction racing writes and failing halfway: the engine applies a compaction's result on the
+event loop, per key only where the location it copied is still the current one, and a compaction
+that fails leaves nothing behind that could bring a key back after a restart."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+from _helpers import clock_of
+
+from gossipkv._dvv import DVVSet, Sibling
+from gossipkv._errors import StorageFull
+from gossipkv.storage import StorageEngine, open_log_engine
+
+VALUE = "v" * 100  # records of ~150 bytes: several per 1 KiB segment
+
+
+async def _fill(eng: StorageEngine, keys: int) -> None:
+    for i in range(keys):
+        await eng.put(f"k{i}", clock_of(VALUE, i))
+    for i in range(0, keys, 2):  # superseded records in every segment: all are victims
+        await eng.put(f"k{i}", clock_of(VALUE, i, "again"))
+
+
+def _expected(i: int) -> DVVSet[Sibling]:
+    return clock_of(VALUE, i, "again") if i % 2 == 0 else clock_of(VALUE, i)
+
+
+async def test_a_failed_compaction_leaves_no_output_that_brings_deleted_keys_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_replace = os.replace
+    renamed: list[str] = []
+
+    def full_on_second_output(src: object, dst: object) -> None:
+        if str(src).endswith(".seg.tmp"):
+            if renamed:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            renamed.append(str(dst))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    async with open_log_engine(tmp_path, segment_bytes=1024, compact_below=0.0) as eng:
+        await _fill(eng, 40)
+        monkeypatch.setattr(os, "replace", full_on_second_output)
+        with pytest.raises(StorageFull):
+            await eng.compact()
+        monkeypatch.setattr(os, "replace", real_replace)
+        assert renamed  # one output was complete when the next one failed
+        for i in range(40):
+            assert await eng.get(f"k{i}") == _expected(i)
+        for i in range(40):
+            assert await eng.delete(f"k{i}") is True
+        await eng.compact()  # drops the markers: no older record of their keys is tracked
+        assert eng.statistics().keys == 0
+    async with open_log_engine(tmp_path, segment_bytes=1024, compact_below=0.0) as eng:
+        back = [i for i in range(40) if await eng.get(f"k{i}") is not None]
+        assert back == []
+        assert eng.statistics().keys == 0
+
+
+async def test_writes_that_race_a_compaction_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_replace = os.replace
+    copying = threading.Event()  # the worker is inside the compaction, holding its copies
+    resume = threading.Event()
+
+    def pause_on_first_output(src: object, dst: object) -> None:
+        if str(src).endswith(".seg.tmp") and not copying.is_set():
+            copying.set()
+            resume.wait(10)
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    async with open_log_engine(tmp_path, segment_bytes=1024, compact_below=0.0) as eng:
+        await _fill(eng, 40)
+        monkeypatch.setattr(os, "replace", pause_on_first_output)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(eng.compact)
+            await trio.to_thread.run_sync(copying.wait, 10)
+            # k1 and k3 were copied (live when the compaction looked): overwrite one, delete
+            # the other while the copies are in flight.
+            await eng.put("k1", clock_of("newer"))
+            assert await eng.delete("k3") is True
+            resume.set()
+        monkeypatch.setattr(os, "replace", real_replace)
+        assert eng.statistics().compactions >= 1
+        assert await eng.get("k1") == clock_of("newer")
+        assert await eng.get("k3") is None
+        for i in range(4, 40):
+            assert await eng.get(f"k{i}") == _expected(i)
+        await eng.compact()
+        assert await eng.get("k1") == clock_of("newer")
+        assert await eng.get("k3") is None
+    async with open_log_engine(tmp_path, segment_bytes=1024, compact_below=0.0) as eng:
+        assert await eng.get("k1") == clock_of("newer")
+        assert await eng.get("k3") is None
+        for i in range(4, 40):
+            assert await eng.get(f"k{i}") == _expected(i)
