@@ -47,6 +47,7 @@ from ._errors import (
     error_code,
 )
 from ._handoff import OwnershipHandoff
+from ._hints import HintedHandoff
 from ._histogram import LatencyHistogram
 from ._messages import (
     KvGet,
@@ -61,7 +62,7 @@ from ._messages import (
     encoded_size,
 )
 from ._partitions import PartitionTable
-from ._reaper import TombstoneReaper, hint_age, with_hint_age
+from ._reaper import TombstoneReaper
 from ._repair import QuarantineRepair
 from ._replica_store import KVConfig
 from ._replication import (
@@ -92,7 +93,6 @@ ReplyCallback = Callable[[Message | BaseException], None]
 #: falls back to ``SendRequest`` in a task). The callback gets the reply or the exception.
 StartRequest = Callable[[str, Message, ReplyCallback], Callable[[], None] | None]
 
-_HINT_SEP = "\x1f"
 _R = TypeVar("_R")
 _DECODED_CACHE = 1024  # distinct wire clocks remembered decoded...
 _DECODED_MAX_BYTES = 4096  # ...if small (the cache holds at most 4 MiB of keys)
@@ -461,8 +461,6 @@ class KeyValueService:
         self._repairs = trio.Semaphore(config.max_pending_repairs)
         #: The memory budget of coordinated reads and writes (see ``KVConfig``).
         self.admission = ByteBudget(config.max_inflight_bytes, queued_bytes)
-        #: (owner, key) -> when the hint was first kept (wall-clock ms).
-        self._pending_hints: dict[tuple[str, str], int] = {}
         # Fan-outs to expire, oldest first, held weakly: a finished one (and the clocks it
         # collected) is freed as soon as its caller is done with it, not at its deadline.
         self._expiring: deque[tuple[float, weakref.ref[_Fanout]]] = deque()
@@ -496,6 +494,15 @@ class KeyValueService:
             interval=config.handoff_interval,
             rng=random.Random(background_seed ^ 0xA5A5),
         )
+        #: Writes kept for unreachable owners, delivered when they are back.
+        self.hinted = HintedHandoff(
+            self,
+            hints,
+            counters=self.counters,
+            wall_ms=self._wall_ms,
+            forget=self.reaper.forget,
+            on_quarantined=self.repair.hint_quarantined,
+        )
         #: Pulls what a table change moved to this peer, from the members that held it.
         self.transfers = Transfers(
             node_id=node_id,
@@ -518,26 +525,20 @@ class KeyValueService:
             table=table, keys=storage.keys, clocks=self._clock_bytes
         )
         storage.on_quarantine = self.repair.key_quarantined
-        hints.on_quarantine = self._hint_quarantined
+        hints.on_quarantine = self.hinted.quarantined
         for key in storage.damaged_at_open():
             self.repair.key_quarantined(key)
         for key in hints.damaged_at_open():
-            self._hint_quarantined(key)
+            self.hinted.quarantined(key)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the background work (read repairs, handoff) until cancelled."""
-        now_ms = self._wall_ms()
-        async for key, clock in self.hints.scan(0, 1):
-            stored_ms, clock = hint_age(clock)
-            if _dvv.size(clock) or clock.entries:
-                owner, _, real = key.partition(_HINT_SEP)
-                # A hint kept before ages were recorded counts from now.
-                self._pending_hints[(owner, real)] = stored_ms or now_ms
+        await self.hinted.load()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._handoff_loop)
+            nursery.start_soon(self.hinted.run)
             nursery.start_soon(self._expire_loop)
             nursery.start_soon(self.anti_entropy.run)
             nursery.start_soon(self.ownership_handoff.run)
@@ -874,7 +875,7 @@ class KeyValueService:
                 await self.storage.put(key, stored)
                 self._changed(key, stored)
                 if plan.hint_for:
-                    await self._store_hint(plan.hint_for, key, stored)
+                    await self.hinted.store(plan.hint_for, key, stored)
         return stored, self._replicate(plan, stored, reserved)
 
     def start_put(
@@ -1182,7 +1183,7 @@ class KeyValueService:
                 self._changed(key, merged)
             # The hint is written under the key lock too, so handoff never clears a newer one.
             if hint_for and hint_for != self.node_id:
-                await self._store_hint(hint_for, key, merged if merged is not None else local)
+                await self.hinted.store(hint_for, key, merged if merged is not None else local)
 
     async def restore(self, key: str, raw: bytes) -> dict[str, object]:
         """Merge a whole clock (``raw``, as replicas exchange it) into every owner of ``key``
@@ -1360,143 +1361,21 @@ class KeyValueService:
         return [None if c is None else encode_wire_clock(c) for c in clocks]
 
     async def rewrite_hint(self, owner: str, key: str) -> None:
-        """Keep a hint for ``owner`` again from this replica's own copy of ``key`` (after the
-        hint's record was quarantined)."""
-        async with self.lock(key):
-            await self._store_hint(owner, key, await self.storage.get(key))
-
-    def _hint_quarantined(self, hint_key: str) -> None:
-        owner, _, key = hint_key.partition(_HINT_SEP)
-        self._pending_hints.pop((owner, key), None)
-        self.repair.hint_quarantined(owner, key)
-
-    async def _store_hint(self, owner: str, key: str, clock: Clock | None) -> None:
-        """Keep ``clock`` for ``owner`` until the handoff loop delivers it (under the key lock),
-        with the time the hint was first kept (see :func:`gossipkv._reaper.with_hint_age`)."""
-        if clock is None:
-            return
-        stored_ms = self._pending_hints.get((owner, key)) or self._wall_ms()
-        try:
-            await self.hints.put(f"{owner}{_HINT_SEP}{key}", with_hint_age(clock, stored_ms))
-        except GossipKVError as exc:  # a key too long to hint is still a stored copy
-            self.count_error(exc)
-            return
-        self._pending_hints[(owner, key)] = stored_ms
-        self.counters.hints_stored += 1
-
-    def _hint_expired(self, owner: str, key: str) -> bool:
-        """Whether the hint was kept longer than ``tombstone_grace``: delivering it could bring
-        back a value whose tombstone the owners have reaped since."""
-        stored_ms = self._pending_hints.get((owner, key))
-        grace_ms = self.config.tombstone_grace * 1000
-        return stored_ms is not None and self._wall_ms() - stored_ms > grace_ms
-
-    async def _expire_hint(self, owner: str, key: str) -> None:
-        """Drop an expired hint, and this peer's own copy of the key when it does not own it
-        (that copy is the stand-in write itself, as old as the hint: ownership handoff would
-        otherwise deliver it). The owner gets the key from the other owners."""
-        async with self.lock(key):
-            await self.hints.delete(f"{owner}{_HINT_SEP}{key}")
-            table = self._table()
-            if table is not None and table.owners:
-                if self.node_id not in table.owners[_dvv.partition_of(key, table.q)]:
-                    if await self.storage.delete(key):
-                        self.reaper.forget(key)
-        self._pending_hints.pop((owner, key), None)
-        self.counters.hints_expired += 1
-        log.warning(
-            "dropped the hint of %r for %s: kept longer than tombstone_grace (%.0fs)",
-            key,
-            owner,
-            self.config.tombstone_grace,
-        )
-
-    async def _handoff_loop(self) -> None:
-        next_at = trio.current_time()
-        while True:
-            next_at += self.config.handoff_interval
-            await trio.sleep_until(next_at)
-            if not self._pending_hints:
-                continue
-            reachable = self._reachable()
-            for owner, key in list(self._pending_hints):
-                hint_key = f"{owner}{_HINT_SEP}{key}"
-                try:
-                    if self._hint_expired(owner, key):
-                        await self._expire_hint(owner, key)
-                        continue
-                    if owner not in reachable:
-                        continue
-                    clock = await self.hints.get(hint_key)
-                    if clock is not None and clock.entries:
-                        # Deliver what this replica holds now (it may have moved on since).
-                        _, hinted = hint_age(clock)
-                        current = await self.storage.get(key)
-                        payload = hinted if current is None else _dvv.sync(hinted, current)
-                        await self.write_replica(owner, key, payload, "")
-                    async with self.lock(key):
-                        latest = await self.hints.get(hint_key)
-                        if (
-                            latest is not None
-                            and clock is not None
-                            and not _dvv.equal(latest, clock)
-                        ):
-                            continue  # a newer hinted write arrived meanwhile: deliver it next round
-                        await self.hints.delete(hint_key)
-                except GossipKVError as exc:
-                    self.count_error(exc)
-                    continue
-                self._pending_hints.pop((owner, key), None)
-                self.counters.hints_delivered += 1
+        """Keep a hint for ``owner`` again from this replica's own copy of ``key``."""
+        await self.hinted.rewrite(owner, key)
 
     async def flush_hints(self) -> int:
-        """Hand every pending hint to the reachable current owners of its key, now: a leaving
-        member cannot wait for the owner it stood in for to come back. A hint that reached at
-        least one owner is dropped (read repair and anti-entropy bring the owner it was for up
-        to date when it returns). A hint kept longer than ``tombstone_grace`` is dropped.
-
-        Returns:
-          The hints still pending (no owner of their key is reachable).
-        """
-        for owner, key in list(self._pending_hints):
-            hint_key = f"{owner}{_HINT_SEP}{key}"
-            try:
-                if self._hint_expired(owner, key):
-                    await self._expire_hint(owner, key)
-                    continue
-                async with self.lock(key):
-                    clock = await self.hints.get(hint_key)
-                    if clock is not None and clock.entries:
-                        _, hinted = hint_age(clock)
-                        current = await self.storage.get(key)
-                        payload = hinted if current is None else _dvv.sync(hinted, current)
-                        targets, _ = self.targets(key)
-                        owners = [m for m, hint in targets if not hint and m != self.node_id]
-                        delivered = 0
-                        for member in owners:
-                            try:
-                                await self.write_replica(member, key, payload, "")
-                            except GossipKVError as exc:
-                                self.count_error(exc)
-                                continue
-                            delivered += 1
-                        if not delivered:
-                            continue
-                    await self.hints.delete(hint_key)
-            except GossipKVError as exc:
-                self.count_error(exc)
-                continue
-            self._pending_hints.pop((owner, key), None)
-            self.counters.hints_delivered += 1
-        return len(self._pending_hints)
+        """Hand every pending hint to the reachable owners now (see
+        :meth:`HintedHandoff.flush`); returns the hints still pending."""
+        return await self.hinted.flush()
 
     def drop_pending_hints(self) -> None:
         """Forget every pending hint (the hint store was emptied)."""
-        self._pending_hints.clear()
+        self.hinted.drop_pending()
 
     @property
     def hints_pending(self) -> int:
-        return len(self._pending_hints)
+        return self.hinted.pending
 
     # --- helpers -------------------------------------------------------------------------------
 
