@@ -718,9 +718,10 @@ class Node:
         table = self._runtime().gossiper.table()
         return table is not None and any(self.name in owners for owners in table.owners)
 
-    def events(
+    @asynccontextmanager
+    async def events(
         self, max_buffer: int = 256
-    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[MembershipEvent]]:
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[MembershipEvent]]:
         """Subscribe to membership events (joins, ups, downs, leaves, removals, leader changes).
 
         ``async with node.events() as events: async for event in events: ...``
@@ -735,11 +736,13 @@ class Node:
         A subscriber that falls ``max_buffer`` events behind loses the newest ones (counted as
         dropped frames ``events_overflow``): membership must never wait on a slow reader.
         """
-        return self._subs.events(max_buffer)
+        async with self._subs.events(max_buffer) as receive:
+            yield receive
 
-    def watch(
+    @asynccontextmanager
+    async def watch(
         self, prefix: str = "", max_buffer: int = 256
-    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Change]]:
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Change]]:
         """Subscribe to changes this node's replica stores for keys starting with ``prefix``.
 
         State Watch: a :class:`Change` each time the stored state of such a key changes, from a
@@ -757,7 +760,8 @@ class Node:
         changes behind loses the newest ones (counted as dropped frames ``watch_overflow``):
         writes never wait on a slow reader.
         """
-        return self._subs.watch(prefix, max_buffer)
+        async with self._subs.watch(prefix, max_buffer) as receive:
+            yield receive
 
     # --- the operator's toolbox (issue 16; the pieces live in _admin) --------------------------
 
