@@ -12,6 +12,7 @@ import enum
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from gossipkv import _dvv
 from gossipkv._codec import dumps_canonical, loads_value
@@ -23,6 +24,7 @@ from gossipkv._errors import (
     KeyTooLarge,
     RecordTooLarge,
     StorageCorrupt,
+    StorageError,
     ValueNotEncodable,
     ValueTooDeep,
     ValueTooLarge,
@@ -294,6 +296,19 @@ class StorageEngine(abc.ABC):
     async def compact(self) -> None:
         """Reclaim the space of superseded records now (the log engine also does it in the
         background). Never blocks reads or writes."""
+
+    async def snapshot(self, dest: Path) -> tuple[int, int]:
+        """Write a consistent copy of the store into ``dest`` (a directory that must not exist
+        yet), openable as a data dir of its own; returns ``(files, bytes)``.
+
+        Raises:
+          StorageError: this engine keeps nothing on disk (the memory engine), ``dest`` exists,
+            or the copy failed.
+        """
+        raise StorageError(
+            f"the {type(self).__name__} keeps nothing on disk to snapshot (a peer without "
+            "--data-dir): use `gossipkv backup` for a dump of the cluster's keys"
+        )
 
     @abc.abstractmethod
     async def aclose(self) -> None:

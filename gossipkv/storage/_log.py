@@ -77,7 +77,7 @@ from ._compaction import Compacted, compact_segments
 from ._keydir import KeyDir, LogIndex, len_of, off_of, seg_of
 from ._log_format import HEADER_SIZE, Unreadable, hint_name, record_at, seg_name
 from ._recovery import Recovered, open_data_dir
-from ._segment_files import fsync_dir, keep_aside, storage_error
+from ._segment_files import fsync_dir, keep_aside, link_snapshot, storage_error
 
 _log = logging.getLogger("gossipkv.storage")
 
@@ -420,6 +420,24 @@ class LogEngine(StorageEngine):
                 else:
                     pairs.append((key, raw))
         return await trio.to_thread.run_sync(partition_digests, pairs, partitions)
+
+    # --- snapshot --------------------------------------------------------------------------------
+
+    async def snapshot(self, dest: Path) -> tuple[int, int]:
+        """Hard-link a consistent copy of the store into ``dest`` (see
+        :meth:`StorageEngine.snapshot`): the active segment is sealed first, so the copy holds
+        every write acknowledged before the call; compaction waits meanwhile, so no segment the
+        copy needs is replaced or deleted under it."""
+        self._check_usable()
+        async with self._compact_lock:
+            await self._writes.roll()
+            active = self._writes.active
+            obsolete = self._index.obsolete
+            segs = sorted(s for s in self._read_fds if s != active and s not in obsolete)
+            try:
+                return await trio.to_thread.run_sync(link_snapshot, self._path, dest, segs)
+            except OSError as exc:
+                raise storage_error(exc, f"snapshot into {dest}") from exc
 
     # --- compaction ------------------------------------------------------------------------------
 

@@ -90,3 +90,36 @@ def keep_aside(path: Path, name: str, raw: bytes) -> str:
     os.replace(tmp, target)
     fsync_dir(where)
     return str(target)
+
+
+def link_snapshot(path: Path, dest: Path, segs: list[int]) -> tuple[int, int]:
+    """Hard-link the sealed segments ``segs`` and their hint files from ``path`` into a new
+    directory ``dest``; returns ``(files, bytes)``. Sealed segments never change, so the links
+    are a consistent copy that costs no space until compaction deletes the originals (as
+    ``nodetool snapshot`` does with SSTables). A failure removes what was linked.
+
+    Raises:
+      OSError: ``dest`` exists, or it is on another file system (hard links cannot cross one).
+    """
+    dest.mkdir(parents=True, exist_ok=False)
+    files = size = 0
+    try:
+        for seg in segs:
+            for name in (seg_name(seg), hint_name(seg)):
+                source = path / name
+                try:
+                    os.link(source, dest / name)
+                except FileNotFoundError:
+                    if name == hint_name(seg):
+                        continue  # no hint yet: recovery scans the segment instead
+                    raise
+                files += 1
+                size += (dest / name).stat().st_size
+        fsync_dir(dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        for entry in dest.iterdir():
+            entry.unlink(missing_ok=True)
+        dest.rmdir()
+        raise
+    return files, size
