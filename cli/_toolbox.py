@@ -211,6 +211,35 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"backed up {manifest['keys']} keys of {cluster} into {directory}")
 
     @app.command()
+    def snapshot(
+        tag: Annotated[
+            str, typer.Argument(help="The snapshot's name (default: the current UTC time).")
+        ] = "",
+        peer: PeerOption = DEFAULT_PEER,
+        cluster: ClusterOption = "gossipkv",
+        tls_dir: TlsDirOption = None,
+        tls_name: TlsNameOption = None,
+        json: JsonOption = False,
+    ) -> None:
+        """Hard-link a consistent copy of one peer's log engine into DATA_DIR/snapshots/TAG
+        (operator role under TLS; like nodetool snapshot). To restore it, stop the peer and
+        put the snapshot's data and hints folders in place of the peer's."""
+
+        async def call() -> dict[str, Any]:
+            async with _client(peer, cluster) as client:
+                doc: dict[str, Any] = await client.snapshot(tag)
+                return doc
+
+        doc = run(call)
+        if json:
+            print_json({"peer": peer, **doc})
+        else:
+            typer.echo(
+                f"{peer}: snapshot {doc['tag']} of {doc['keys']} keys in {doc['path']} "
+                f"({doc['files']} files, {doc['bytes']} bytes, hard-linked)"
+            )
+
+    @app.command()
     def restore(
         directory: Annotated[Path, typer.Argument(help="A folder written by gossipkv backup.")],
         force: Annotated[

@@ -53,6 +53,7 @@ from ._messages import (
     RestoreRequest,
     RingRequest,
     SetMetadataRequest,
+    SnapshotRequest,
     StatsRequest,
     WatchEvent,
     WatchRequest,
@@ -451,6 +452,24 @@ class Client:
           TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
         """
         return await self._request(RepairRequest(partition), retry=False)
+
+    async def snapshot(self, tag: str = "") -> dict[str, object]:
+        """Have the connected peer hard-link a consistent copy of its log engine under its data
+        dir (see :meth:`gossipkv.Node.snapshot`). Not retried on another peer.
+
+        Args:
+          tag: the snapshot's name; the current UTC time when empty.
+
+        Returns:
+          ``{"tag", "path", "files", "bytes", "keys"}``.
+
+        Raises:
+          InvalidArgument: a bad or taken tag, or a peer without a data dir.
+          RemoteError: the copy failed on the peer (``storage``), or an operator certificate
+            is needed (TLS).
+          TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
+        """
+        return await self._request(SnapshotRequest(tag), retry=False)
 
     async def remove(self, name: str) -> dict[str, object]:
         """Have the cluster remove member ``name``, declared dead (see

@@ -223,6 +223,15 @@ class RepairRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotRequest(Message):
+    """Hard-link a consistent copy of the peer's log engine under its data dir
+    (``gossipkv snapshot``)."""
+
+    TAG: ClassVar[str] = "snapshot"
+    tag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ReloadTlsRequest(Message):
     """Read the peer's TLS certificate, key and CA bundle again (``gossipkv certs reload``)."""
 
@@ -547,6 +556,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         RingRequest,
         OwnersRequest,
         RepairRequest,
+        SnapshotRequest,
         SetMetadataRequest,
         ReloadTlsRequest,
         ConfigRequest,

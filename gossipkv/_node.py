@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import inspect
 import logging
 import math
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -77,6 +79,7 @@ from ._messages import (
     RingRequest,
     SetMetadataRequest,
     Shutdown,
+    SnapshotRequest,
     StatsRequest,
     Syn,
     TombstoneCheck,
@@ -877,6 +880,57 @@ class Node:
         """
         return await self._operator_remove(name)
 
+    async def snapshot(self, tag: str = "") -> dict[str, object]:
+        """Hard-link a consistent copy of this node's log engine into
+        ``<data dir>/snapshots/<tag>/`` (``gossipkv snapshot``, like ``nodetool snapshot``).
+
+        The copy holds every write this replica acknowledged before the call (the active
+        segment is sealed first) and opens as a data dir of its own: to restore it, stop the
+        node and put its ``data`` and ``hints`` folders in place of the node's (see the README).
+        It costs no disk space until compaction deletes the originals. Hints are copied just
+        after the data, so a write between the two may be in one copy only.
+
+        Args:
+          tag: the snapshot's name (letters, digits, ``.``, ``_``, ``-``; at most 64); the
+            current UTC time (``20261129-001500``) when empty.
+
+        Returns:
+          ``{"tag", "path", "files", "bytes", "keys"}``.
+
+        Raises:
+          InvalidArgument: a bad or taken tag, or a node with no data dir (use ``gossipkv
+            backup`` for a dump of the cluster's keys instead).
+          StorageError: the copy failed (it leaves nothing behind).
+          NodeClosedError: the node is not running.
+        """
+        kv = self._data_service()
+        if self._data_dir is None:
+            raise InvalidArgument(
+                f"{self.name} keeps its data in memory (no --data-dir): nothing to snapshot; "
+                "use `gossipkv backup` for a dump of the cluster's keys"
+            )
+        if not tag:
+            stamp = datetime.datetime.fromtimestamp(self._wall() / 1000, tz=datetime.UTC)
+            tag = stamp.strftime("%Y%m%d-%H%M%S")
+        if not _SNAPSHOT_TAG.fullmatch(tag):
+            raise InvalidArgument(
+                f"snapshot tag {tag[:80]!r}: use 1 to 64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        root = Path(self._data_dir) / "snapshots" / tag
+        if await trio.to_thread.run_sync(root.exists):
+            raise InvalidArgument(f"snapshot {tag!r} exists already ({root})")
+        files, size = await kv.storage.snapshot(root / "data")
+        hint_files, hint_size = await kv.hints.snapshot(root / "hints")
+        log.info("%s: snapshot %s: %d files, %d bytes", self.name, root, files, size)
+        return {
+            "tag": tag,
+            "path": str(root),
+            "files": files + hint_files,
+            "bytes": size + hint_size,
+            "keys": kv.storage.statistics().keys,
+        }
+
     def _ring_body(self) -> dict[str, object]:
         """The ``ring --json`` shape: the table, and the partitions members are still pulling."""
         g = self._runtime().gossiper
@@ -1242,12 +1296,19 @@ class Node:
                         decisions = None
             known = record.known_peers if record else []
             seeds = [s for s in dict.fromkeys([*self._seeds, *known]) if s != address]
-            # Only a peer that never belonged to a cluster (no record: an empty data dir, or
-            # none) may start a new one. A restarted member resumes its admission, or rejoins
-            # through the members it remembers, even without --seed.
-            bootstrap = (
-                self._bootstrap if self._bootstrap is not None else not seeds and record is None
-            )
+            # A peer with nothing to join through starts a new cluster: one that never belonged
+            # to a cluster (no record), or one that left its cluster (or was removed) knowing no
+            # other member, as the only member of a cluster does. A restarted member resumes its
+            # admission (that wins over bootstrapping), or rejoins through the members it
+            # remembers, even without --seed.
+            bootstrap = self._bootstrap if self._bootstrap is not None else not seeds
+            if bootstrap and self._bootstrap is None and record is not None:
+                if decisions is None or decisions.admission(name) is None:
+                    log.warning(
+                        "%s left its cluster (or was removed) and knows no member to rejoin "
+                        "through: it starts a new cluster (give --seed to join one instead)",
+                        name,
+                    )
             self._record = PeerRecord(
                 name,
                 generation,
@@ -1504,6 +1565,7 @@ class Node:
                 route(ReloadTlsRequest, operator, request=self._serve_reload_tls),
                 route(RestoreRequest, operator, request=self._serve_restore),
                 route(RepairRequest, operator, request=self._serve_repair),
+                route(SnapshotRequest, operator, request=self._serve_snapshot),
                 route(LeaveRequest, operator, request=self._serve_leave),
             ]
         )
@@ -1624,6 +1686,9 @@ class Node:
     async def _serve_repair(self, channel: Channel, message: RepairRequest) -> Message:
         return Reply(await self._data_service().repair_partition(message.partition))
 
+    async def _serve_snapshot(self, channel: Channel, message: SnapshotRequest) -> Message:
+        return Reply(await self.snapshot(message.tag))
+
     async def _serve_leave(self, channel: Channel, message: LeaveRequest) -> Message:
         g = self._runtime().gossiper
         if self._closing or self._leave_task:
@@ -1658,6 +1723,9 @@ class LogLimiter:
             del self._last[next(iter(self._last))]
         return True
 
+
+#: What ``gossipkv snapshot`` accepts as a tag (it names a folder under the data dir).
+_SNAPSHOT_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 #: Names a member may not take: ``client`` is what every client says in its hello.
 RESERVED_NAMES = frozenset({"client"})

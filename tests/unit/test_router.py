@@ -119,7 +119,7 @@ async def test_a_nodes_table_keeps_peer_traffic_to_members_and_operator_calls_to
     assert operator == {
         "LeaveRequest", "RemoveRequest", "RepairRequest", "SetMetadataRequest",
         "ReloadTlsRequest", "ConfigRequest", "LogLevelRequest", "MonitorRequest",
-        "RestoreRequest",
+        "RestoreRequest", "SnapshotRequest",
     }  # fmt: skip
     # Every route answers something: a request, a nowait answer, or a one-way notice.
     assert all(r.request or r.oneway for r in routes.values())
