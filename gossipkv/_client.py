@@ -71,19 +71,29 @@ from .transport._tls import TLSConfig
 class _Pending:
     """A request waiting for its reply (or for its deadline)."""
 
-    __slots__ = ("channel", "deadline", "event", "reply", "request_id")
+    __slots__ = ("channel", "deadline", "done", "event", "reply", "request_id")
 
     def __init__(self, deadline: float, channel: Channel) -> None:
         self.deadline = deadline
         self.channel = channel
         self.request_id = 0
         self.event = trio.Event()
+        self.done = False
+        #: The answer, until the waiting caller takes it: the expiry queue keeps a finished
+        #: request until its deadline comes round, and must not keep its reply that long (a
+        #: scan of large pages held every page of the last ``request_timeout``).
         self.reply: Message | BaseException | None = None
 
     def finish(self, reply: Message | BaseException) -> None:
-        if self.reply is None:
+        if not self.done:
+            self.done = True
             self.reply = reply
             self.event.set()
+
+    def take(self) -> Message | BaseException:
+        reply, self.reply = self.reply, None
+        assert reply is not None
+        return reply
 
 
 class Client:
@@ -234,12 +244,16 @@ class Client:
         try:
             await pending.event.wait()
         finally:
-            if pending.reply is None:  # cancelled while waiting
+            if not pending.done:  # cancelled while waiting
                 channel.cancel(pending.request_id)
-        if isinstance(pending.reply, BaseException):
-            raise pending.reply
-        assert pending.reply is not None
-        return pending.reply
+        reply = pending.take()
+        # Finished requests at the head leave the expiry queue now, not at their deadline.
+        queue = self._pending
+        while queue and queue[0].done:
+            queue.popleft()
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     async def _expire_loop(self) -> None:
         """Fail requests that got no answer within the request timeout (oldest first)."""
@@ -249,14 +263,14 @@ class Client:
                 await self._expiry_lot.park()
                 continue
             head = self._pending[0]
-            if head.reply is None:
+            if not head.done:
                 await trio.sleep_until(head.deadline + slack)
             now = trio.current_time()
             while self._pending and (
-                self._pending[0].reply is not None or self._pending[0].deadline <= now
+                self._pending[0].done or self._pending[0].deadline <= now
             ):
                 late = self._pending.popleft()
-                if late.reply is None:
+                if not late.done:
                     late.channel.cancel(late.request_id)
                     late.finish(trio.TooSlowError())
 
