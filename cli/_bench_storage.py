@@ -7,6 +7,7 @@ every millisecond records the worst event-loop stall. Numbers, never pass/fail.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ async def run_storage_bench(
     keys: int, value_size: int, data_dir: Path, fsync: str, progress: Progress | None
 ) -> StorageBenchResult:
     """Run the benchmark in the current Trio run (see the module docstring)."""
+    gc.freeze()  # as a peer does once it serves (see ``gossipkv peer``)
     lag = _LoopLag()
     payload = os.urandom(value_size)
     total_ops = keys * (1 + OVERWRITES) + keys
