@@ -266,9 +266,7 @@ class Client:
             if not head.done:
                 await trio.sleep_until(head.deadline + slack)
             now = trio.current_time()
-            while self._pending and (
-                self._pending[0].done or self._pending[0].deadline <= now
-            ):
+            while self._pending and (self._pending[0].done or self._pending[0].deadline <= now):
                 late = self._pending.popleft()
                 if not late.done:
                     late.channel.cancel(late.request_id)
