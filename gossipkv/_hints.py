@@ -150,10 +150,7 @@ class HintedHandoff:
                         continue
                     clock = await self._hints.get(hint_key)
                     if clock is not None and clock.entries:
-                        # Deliver what this replica holds now (it may have moved on since).
-                        _, hinted = hint_age(clock)
-                        current = await self._kv.storage.get(key)
-                        payload = hinted if current is None else _dvv.sync(hinted, current)
+                        payload = await self._payload(key, clock)
                         await self._kv.write_replica(owner, key, payload, "")
                     async with self._kv.lock(key):
                         latest = await self._hints.get(hint_key)
@@ -169,6 +166,13 @@ class HintedHandoff:
                     continue
                 self._pending.pop((owner, key), None)
                 self._counters.hints_delivered += 1
+
+    async def _payload(self, key: str, hint: Clock) -> Clock:
+        """What a hint delivers: the hinted clock synced with what this replica holds now (it
+        may have moved on since)."""
+        _, hinted = hint_age(hint)
+        current = await self._kv.storage.get(key)
+        return hinted if current is None else _dvv.sync(hinted, current)
 
     async def flush(self) -> int:
         """Hand every pending hint to the reachable current owners of its key, now: a leaving
@@ -188,9 +192,7 @@ class HintedHandoff:
                 async with self._kv.lock(key):
                     clock = await self._hints.get(hint_key)
                     if clock is not None and clock.entries:
-                        _, hinted = hint_age(clock)
-                        current = await self._kv.storage.get(key)
-                        payload = hinted if current is None else _dvv.sync(hinted, current)
+                        payload = await self._payload(key, clock)
                         targets, _ = preference_list(
                             self._kv.table(),
                             key,

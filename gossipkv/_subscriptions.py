@@ -68,20 +68,7 @@ class Subscriptions:
     async def events(
         self, max_buffer: int = 256
     ) -> AsyncIterator[trio.MemoryReceiveChannel[MembershipEvent]]:
-        """Subscribe to membership events (joins, ups, downs, leaves, removals, leader changes).
-
-        ``async with node.events() as events: async for event in events: ...``
-
-        Args:
-          max_buffer: events held for a slow reader.
-
-        Yields:
-          A receive channel of :class:`MembershipEvent`, as this node sees them, from the time
-          of subscribing. It ends when the node stops.
-
-        A subscriber that falls ``max_buffer`` events behind loses the newest ones (counted as
-        dropped frames ``events_overflow``): membership must never wait on a slow reader.
-        """
+        """Subscribe to membership events (see :meth:`gossipkv.Node.events`)."""
         send, receive = trio.open_memory_channel[MembershipEvent](max_buffer)
         self._subscribers.append(send)
         try:
@@ -95,23 +82,7 @@ class Subscriptions:
     async def watch(
         self, prefix: str = "", max_buffer: int = 256
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Change]]:
-        """Subscribe to changes this node's replica stores for keys starting with ``prefix``.
-
-        State Watch: a :class:`Change` each time the stored state of such a key changes, from a
-        local put, a replica write, read repair or hinted handoff.
-
-        Args:
-          prefix: only keys starting with it (``""``: every key).
-          max_buffer: changes held for a slow reader.
-
-        Yields:
-          A receive channel of :class:`Change`; it ends when the node stops.
-
-        Only keys this node is a replica (or stand-in) for are seen; :meth:`Client.watch` merges
-        every member's stream for the whole cluster. A subscriber that falls ``max_buffer``
-        changes behind loses the newest ones (counted as dropped frames ``watch_overflow``):
-        writes never wait on a slow reader.
-        """
+        """Subscribe to changes of keys under ``prefix`` (see :meth:`gossipkv.Node.watch`)."""
         send, receive = trio.open_memory_channel[Change](max_buffer)
         entry = (prefix, send)
         self._watchers.append(entry)
