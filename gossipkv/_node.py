@@ -1305,8 +1305,9 @@ class Node:
             if bootstrap and self._bootstrap is None and record is not None:
                 if decisions is None or decisions.admission(name) is None:
                     log.warning(
-                        "%s left its cluster (or was removed) and knows no member to rejoin "
-                        "through: it starts a new cluster (give --seed to join one instead)",
+                        "%s holds no admission (it left, was removed, or was never admitted) "
+                        "and knows no member to rejoin through: it starts a new cluster (give "
+                        "--seed to join one instead)",
                         name,
                     )
             self._record = PeerRecord(
