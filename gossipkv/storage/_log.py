@@ -75,9 +75,9 @@ from ._base import (
 from ._commit import GroupCommit
 from ._compaction import Compacted, compact_segments
 from ._keydir import KeyDir, LogIndex, len_of, off_of, seg_of
-from ._log_format import HEADER_SIZE, Unreadable, hint_name, record_at, seg_name
+from ._log_format import HEADER_SIZE, Unreadable, record_at
 from ._recovery import Recovered, open_data_dir
-from ._segment_files import fsync_dir, keep_aside, link_snapshot, storage_error
+from ._segment_files import delete_segments, keep_aside, link_snapshot, storage_error
 
 _log = logging.getLogger("gossipkv.storage")
 
@@ -508,15 +508,18 @@ class LogEngine(StorageEngine):
         if not ready:
             return
         fds = [self._read_fds.pop(seg) for seg in ready if seg in self._read_fds]
-        await trio.to_thread.run_sync(self._delete_sync, ready, fds)
+        try:
+            await trio.to_thread.run_sync(self._delete_sync, ready, fds)
+        except OSError as exc:
+            # Still obsolete: the next compaction (or the next open, from the obsolete list)
+            # deletes them. Forgetting them here would leave old records on disk untracked.
+            self._index.obsolete.update(ready)
+            raise storage_error(exc, "deleting compacted segments") from exc
 
     def _delete_sync(self, segs: list[int], fds: list[int]) -> None:
         for fd in fds:
             os.close(fd)
-        for seg in segs:
-            (self._path / seg_name(seg)).unlink(missing_ok=True)
-            (self._path / hint_name(seg)).unlink(missing_ok=True)
-        fsync_dir(self._path)
+        delete_segments(self._path, segs)
 
     # --- closing and statistics ------------------------------------------------------------------
 

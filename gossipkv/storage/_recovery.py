@@ -29,7 +29,7 @@ from ._log_format import (
     scan_segment,
     seg_name,
 )
-from ._segment_files import fsync_dir, keep_aside, write_hint
+from ._segment_files import finish_deletions, fsync_dir, keep_aside, write_hint
 
 
 @dataclass
@@ -120,6 +120,7 @@ def start_segment(path: Path, seg: int) -> tuple[int, int]:
 def _recover(path: Path, lock_fd: int) -> tuple[Recovered, int]:
     for leftover in path.glob(f"*{TMP_SUFFIX}"):
         leftover.unlink()  # an unfinished compaction output; its inputs are still there
+    finish_deletions(path)  # segments a compaction replaced, listed but not all deleted
     segs = sorted(int(p.name[: -len(SEG_SUFFIX)]) for p in path.glob(f"*{SEG_SUFFIX}"))
     keydir = KeyDir()
     shards = keydir.shards

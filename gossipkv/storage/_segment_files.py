@@ -123,3 +123,61 @@ def link_snapshot(path: Path, dest: Path, segs: list[int]) -> tuple[int, int]:
         dest.rmdir()
         raise
     return files, size
+
+
+#: The segments a compaction made obsolete, listed before their files are deleted: recovery
+#: finishes the deletion, so a failure or crash part way through never leaves an old segment
+#: on disk untracked (its records, whose delete markers compaction dropped, would come back).
+OBSOLETE_LIST = "obsolete"
+
+
+def read_obsolete(path: Path) -> list[int]:
+    """The segments listed obsolete by a deletion that did not finish (``[]`` when none).
+
+    Raises:
+      OSError: the list is unreadable or malformed (it is written atomically, so never torn):
+        opening refuses rather than guess which segments to delete.
+    """
+    try:
+        text = (path / OBSOLETE_LIST).read_text("ascii")
+    except FileNotFoundError:
+        return []
+    try:
+        return [int(line) for line in text.split()]
+    except ValueError:
+        raise OSError(errno.EINVAL, f"malformed list of obsolete segments in {path}") from None
+
+
+def delete_segments(path: Path, segs: list[int]) -> None:
+    """Delete obsolete segments and their hint files, crash-safely: their ids (with any an
+    earlier attempt left) go to the obsolete list first (fsynced, renamed into place), the
+    files go, and the list goes last. What a failure leaves, recovery deletes.
+
+    Raises:
+      OSError: a step failed; the list names every segment not known deleted.
+    """
+    todo = sorted(set(segs) | set(read_obsolete(path)))
+    final = path / OBSOLETE_LIST
+    tmp = final.with_name(OBSOLETE_LIST + TMP_SUFFIX)
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write("".join(f"{seg}\n" for seg in todo))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(path)
+    for seg in todo:
+        (path / seg_name(seg)).unlink(missing_ok=True)
+        (path / hint_name(seg)).unlink(missing_ok=True)
+    fsync_dir(path)
+    final.unlink()
+    fsync_dir(path)
+
+
+def finish_deletions(path: Path) -> int:
+    """At open: delete what an unfinished deletion listed; returns how many segments."""
+    listed = read_obsolete(path)
+    if listed:
+        delete_segments(path, [])
+    else:
+        (path / OBSOLETE_LIST).unlink(missing_ok=True)
+    return len(listed)
