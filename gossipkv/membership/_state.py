@@ -147,8 +147,10 @@ _MASK64 = (1 << 64) - 1
 
 
 @functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=16384)
 def bucket_of(node_id: str, buckets: int) -> int:
-    """The bucket of a member: a stable hash of its name (every peer computes the same)."""
+    """The bucket of a member: a stable hash of its name (every peer computes the same).
+    Cached: every SYN sent and received sums the whole view into buckets."""
     digest = hashlib.blake2b(node_id.encode("utf-8", "surrogatepass"), digest_size=4).digest()
     return int.from_bytes(digest, "big") % buckets
 
@@ -174,10 +176,15 @@ def _head(n: int) -> int:
     return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 1 << 32 else 9
 
 
+@functools.lru_cache(maxsize=16384)
+def _name_bytes(node_id: str) -> int:
+    return len(node_id.encode("utf-8", "surrogatepass"))
+
+
 def digest_entry_size(entry: DigestEntry) -> int:
     """Encoded size of one digest entry (what :func:`encoded_size` would say, computed directly:
     digests are sized entry by entry for every message)."""
-    name = len(entry.node_id.encode("utf-8", "surrogatepass"))
+    name = _name_bytes(entry.node_id)
     return (
         1
         + _head(name)
