@@ -14,8 +14,8 @@ import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -24,7 +24,7 @@ from ._histogram import LatencyHistogram
 from ._hlc import HybridClock
 from ._messages import Syn, SynAck
 from ._peer import Channel
-from ._pool import JOIN_PATIENCE
+from ._pool import JOIN_PATIENCE, RateLimit
 from .membership._gossiper import Gossiper, MembershipEvent
 from .transport._base import Transport
 
@@ -34,17 +34,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipkv.node")
 
 
-class RateLimit(Protocol):
-    def allow(self, key: object, now: float) -> bool: ...
-
-
 @dataclass(slots=True)
 class LoopLag:
     """How late the evaluation loop woke up: the last time and the worst so far (seconds)."""
 
     last: float = 0.0
     max: float = 0.0
-    samples: list[float] = field(default_factory=list)
 
 
 class MembershipRuntime:

@@ -317,26 +317,6 @@ class Node:
         self._router = Router(
             self._routes(), gate=transport.wait_runnable, dropped=self._counters.dropped
         )
-        #: The gossip and evaluation loops around the membership core.
-        self._membership = MembershipRuntime(
-            gossiper=lambda: self._runtime().gossiper,
-            nursery=lambda: self._runtime().nursery,
-            kv=lambda: self._kv,
-            transport=transport,
-            channel_to=lambda addr: self._pool.channel_to(addr),
-            hlc=self._hlc,
-            rng=self._rng,
-            wall=self._wall,
-            interval=self.config.gossip_interval,
-            request_timeout=request_timeout,
-            log_limit=self._log_limit,
-            dropped=self._counters.dropped,
-            publish=self._subs.publish,
-            persist=self._persist,
-            wipe=self._wipe,
-            tend_data=self._tend_data,
-            evaluated=self._evaluated,
-        )
         #: One channel per peer address, dialled on demand, and every inbound connection.
         self._pool = ConnectionPool(
             transport=transport,
@@ -356,6 +336,26 @@ class Node:
             log_limit=self._log_limit,
             request_timeout=request_timeout,
             connect_timeout=connect_timeout,
+        )
+        #: The gossip and evaluation loops around the membership core.
+        self._membership = MembershipRuntime(
+            gossiper=lambda: self._runtime().gossiper,
+            nursery=lambda: self._runtime().nursery,
+            kv=lambda: self._kv,
+            transport=transport,
+            channel_to=self._pool.channel_to,
+            hlc=self._hlc,
+            rng=self._rng,
+            wall=self._wall,
+            interval=self.config.gossip_interval,
+            request_timeout=request_timeout,
+            log_limit=self._log_limit,
+            dropped=self._counters.dropped,
+            publish=self._subs.publish,
+            persist=self._persist,
+            wipe=self._wipe,
+            tend_data=self._tend_data,
+            evaluated=self._evaluated,
         )
 
     # --- public surface ------------------------------------------------------------------------
@@ -1574,13 +1574,14 @@ class Node:
     async def _serve_syn(self, channel: Channel, message: Syn) -> Message:
         if channel.remote.node_id == "client":
             raise InvalidArgument("clients do not gossip")
-        if message.hlc:
-            self._hlc.update(message.hlc)
-        return self._runtime().gossiper.on_syn(message, trio.current_time())
+        return self._answer_syn(message)
 
     def _serve_syn_nowait(self, channel: Channel, message: Syn, respond: Respond) -> Message | None:
         if channel.remote.node_id == "client" or not self._transport.runnable():
             return None  # refused (or held while paused) on the task path
+        return self._answer_syn(message)
+
+    def _answer_syn(self, message: Syn) -> Message:
         if message.hlc:
             self._hlc.update(message.hlc)
         return self._runtime().gossiper.on_syn(message, trio.current_time())

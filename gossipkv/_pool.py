@@ -43,6 +43,8 @@ JOIN_PATIENCE = 5
 
 
 class RateLimit(Protocol):
+    """Whether a log line keyed ``key`` may be written now (see ``LogLimiter``)."""
+
     def allow(self, key: object, now: float) -> bool: ...
 
 

@@ -9,8 +9,8 @@ connection) counts against the connection caps on watches and ends when its conn
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import trio
 
@@ -117,6 +117,16 @@ class Subscriptions:
         Raises:
           RemoteError: ``too_many_watches`` (before ``started``), over a watch cap.
         """
+        with self._counted(channel):
+            await self._forward_changes(channel, prefix, task_status)
+
+    @contextmanager
+    def _counted(self, channel: Channel) -> Iterator[None]:
+        """Hold one of the connection's (and the peer's) watch slots: a watch or a monitor.
+
+        Raises:
+          RemoteError: ``too_many_watches``, at once, over a cap.
+        """
         # Checked and counted with no checkpoint between: concurrent requests cannot overshoot.
         refusal = self._conns.watch_refusal(channel.subscriptions)
         if refusal is not None:
@@ -124,7 +134,7 @@ class Subscriptions:
         channel.subscriptions += 1
         self._conns.watches += 1
         try:
-            await self._forward_changes(channel, prefix, task_status)
+            yield
         finally:
             channel.subscriptions -= 1
             self._conns.watches -= 1
@@ -159,13 +169,8 @@ class Subscriptions:
         """One ``gossipkv monitor``: log records at ``level`` and up and membership events, as
         one-way ``MonitorEvent`` messages, until the connection closes. Counted as a watch
         (the same caps); a slow reader loses lines (``monitor_overflow``), never blocks."""
-        refusal = self._conns.watch_refusal(channel.subscriptions)
-        if refusal is not None:
-            raise RemoteError("too_many_watches", refusal)
-        channel.subscriptions += 1
-        self._conns.watches += 1
         send, receive = trio.open_memory_channel[tuple[str, str, str]](_admin.MONITOR_BUFFER)
-        try:
+        with self._counted(channel):
             async with self.events() as events, trio.open_nursery() as nursery:
 
                 async def copy_events() -> None:
@@ -190,6 +195,3 @@ class Subscriptions:
                         except (ConnectionClosed, TransportError):
                             break
                 nursery.cancel_scope.cancel()
-        finally:
-            channel.subscriptions -= 1
-            self._conns.watches -= 1
