@@ -347,13 +347,13 @@ async def test_k_diverged_keys_are_found_with_o_k_exchanges(
         keys = await _seed_in_sync(c, 3000)
         anti = service(c.nodes[victim]).anti_entropy
         sent: list[str] = []
-        real_send = service(c.nodes[victim])._send
+        real_send = service(c.nodes[victim]).send
 
         async def counting_send(peer: str, message: Message) -> Message:
             sent.append(message.TAG)
             return await real_send(peer, message)
 
-        monkeypatch.setattr(service(c.nodes[victim]), "_send", counting_send)
+        monkeypatch.setattr(service(c.nodes[victim]), "send", counting_send)
         repaired: list[str] = []
         real_repair = anti._repair
 
