@@ -26,10 +26,11 @@ import gossipkv
 
 
 async def _all_up(nodes: list[gossipkv.Node]) -> None:
-    while not all(
-        sum(1 for m in node.members() if m.status == "up") == len(nodes) for node in nodes
-    ):
-        await trio.sleep(0.1)
+    def all_up(node: gossipkv.Node) -> bool:
+        return sum(1 for m in node.members() if m.status == "up") == len(nodes)
+
+    for node in nodes:
+        await node.wait_until(all_up)
 
 
 async def measure(ops: int, port: int, profile: str | None) -> dict[str, object]:
