@@ -70,7 +70,7 @@ async def measure(ops: int, port: int, profile: str | None) -> dict[str, object]
             async with trio.open_nursery() as nursery:
                 for index in range(32):
                     nursery.start_soon(worker, index)
-            if profiler is not None:
+            if profiler is not None and profile:
                 profiler.disable()
                 profiler.dump_stats(profile)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
