@@ -10,9 +10,7 @@ connection.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
-import inspect
 import logging
 import math
 import os
@@ -20,11 +18,11 @@ import random
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ParamSpec
+from typing import Unpack
 
 import trio
 
@@ -49,7 +47,6 @@ from ._errors import (
 )
 from ._hlc import HybridClock
 from ._kv import Change, GetResult, KeyValueService, PutResult
-from ._limits import NetworkLimits
 from ._membership_runtime import MembershipRuntime
 from ._messages import (
     PROTOCOL_VERSION,
@@ -89,26 +86,23 @@ from ._messages import (
     TreeSegments,
     WatchRequest,
 )
+from ._node_config import NodeConfig, NodeOptions, effective_config, node_config
 from ._partitions import PartitionTable
 from ._peer import DEFERRED, Channel, Deferred, TransportCounters
 from ._persist import FileNodeStore, NodeStore, PeerRecord
 from ._pool import ConnectionPool
-from ._replica_store import KVConfig
 from ._router import Audience, Respond, Route, Router, route
 from ._statistics import NodeStatistics as NodeStatistics
 from ._statistics import statistics_body as statistics_body
 from ._subscriptions import Subscriptions
 from ._types import Address
-from .membership._gossiper import GossipConfig, Gossiper, MembershipEvent, MemberView
+from .membership._gossiper import Gossiper, MembershipEvent, MemberView
 from .membership._leader import Decisions
-from .storage import DEFAULT_LIMITS, FsyncPolicy, StorageEngine, StorageLimits, open_storage
+from .storage import StorageEngine, open_storage
 from .storage._base import encode_key
-from .transport._base import ReceiveBudget, Transport
-from .transport._tls import TLSConfig
+from .transport._base import ReceiveBudget
 
 log = logging.getLogger("gossipkv.node")
-
-WallClock = Callable[[], int]
 
 
 @dataclass(slots=True)
@@ -125,50 +119,15 @@ class Node:
         await nursery.start(node.run)
 
     Args:
-      name: stable node id, 1..128 characters. Defaults to the name persisted in ``data_dir``,
-        else the advertised ``host:port``.
-      listen: ``host:port`` to bind (port 0 picks a free port).
-      seeds: addresses to join through. With none, the node starts a new cluster; with some, it
-        keeps trying them until it joins (it never forms a second cluster by itself).
-      data_dir: where the identity, generation, accepted decisions (``membership.cbor``), the data
-        (``data/``) and the hints (``hints/``) are kept. ``None``: everything in memory.
-      cluster: cluster name; peers and clients of another cluster are refused.
-      config: membership tuning (:class:`GossipConfig`); its ``cluster`` is overridden by ``cluster``.
-      transport: defaults to TCP; tests pass a ``gossipkv.testing.SimNetwork`` transport.
-      advertise: the address others should use, when it differs from ``listen``.
-      rng: randomness for target choice (seeded in simulation).
-      wall_clock: milliseconds since the epoch (faked in simulation).
-      store: where to persist the peer record (overrides ``data_dir``).
-      bootstrap: start a new cluster even with seeds (default: only when there are none).
-      request_timeout: seconds a gossip exchange or a handshake may take.
-      connect_timeout: seconds a connection attempt to another member may take.
-      kv: data-path defaults (:class:`KVConfig`); ``r`` and ``w`` may not exceed
-        ``config.replicas``.
-      fsync: the data dir's fsync policy: ``"batch"`` (default: concurrent writes share one fsync
-        and are acknowledged after it), ``"always"`` (one fsync per write) or ``"none"``
-        (acknowledged once the OS has the bytes: survives ``kill -9``, not a power cut).
-      storage: the replica's storage engine, instead of one opened in ``data_dir``.
-      hints: the hinted-handoff storage engine, instead of one opened in ``data_dir``.
-      limits: connection, frame and subscription limits (:class:`NetworkLimits`); the frame
-        deadline and receive budget are applied to ``transport``.
-      storage_limits: what one write may store and one read returns (key and value size,
-        value nesting, siblings, bytes per key; :class:`StorageLimits`). Every peer of a
-        cluster should use the same limits.
-      tls: mutual TLS on every connection (:class:`TLSConfig`, e.g.
-        ``TLSConfig.from_dir(d, name)``); ``None``: plaintext. With TLS a member's certificate
-        must name it and carry the ``peer`` role, clients may not send member messages, and
-        operator calls (leave, remove, repair, set_metadata, certificate reload) need the
-        ``operator`` or ``peer`` role.
-      replace: the name of a dead member this new one takes over (``gossipkv peer
-        --replace``): the leader hands it exactly that member's partitions (no other partition
-        moves) and removes the dead one; it fills them from the other owners and serves once
-        they are full. Refused (:exc:`ConfigError` from :meth:`run`) when that member is
-        unknown or alive. Ignored by a member restarted with its data dir.
+      settings: the whole configuration (:class:`NodeConfig`; default: ``NodeConfig()``).
+      **overrides: fields of :class:`NodeConfig` that replace those of ``settings``
+        (``Node(name="a", listen=...)`` is ``Node(NodeConfig(name="a", listen=...))``).
 
     Attributes:
-      config: the membership settings in force.
-      kv_config: the data-path settings in force.
-      limits: the network limits in force.
+      settings: the configuration in force (:class:`NodeConfig`).
+      config: the membership settings in force (``settings.config``).
+      kv_config: the data-path settings in force (``settings.kv``).
+      limits: the network limits in force (``settings.limits``).
 
     Raises:
       ConfigError: at construction, for a bad address, seed list or setting.
@@ -178,103 +137,38 @@ class Node:
     """
 
     def __init__(
-        self,
-        *,
-        name: str | None = None,
-        listen: str = "127.0.0.1:7400",
-        seeds: list[str] | tuple[str, ...] = (),
-        data_dir: str | os.PathLike[str] | None = None,
-        cluster: str = "gossipkv",
-        config: GossipConfig | None = None,
-        transport: Transport | None = None,
-        advertise: str | None = None,
-        rng: random.Random | None = None,
-        wall_clock: WallClock | None = None,
-        store: NodeStore | None = None,
-        bootstrap: bool | None = None,
-        request_timeout: float = 2.0,
-        connect_timeout: float = 1.0,
-        kv: KVConfig | None = None,
-        fsync: str = "batch",
-        storage: StorageEngine | None = None,
-        hints: StorageEngine | None = None,
-        limits: NetworkLimits | None = None,
-        storage_limits: StorageLimits | None = None,
-        replace: str | None = None,
-        tls: TLSConfig | None = None,
+        self, settings: NodeConfig | None = None, /, **overrides: Unpack[NodeOptions]
     ) -> None:
-        if isinstance(seeds, str):
-            raise ConfigError("seeds must be a list of 'host:port' strings, not one string")
-        try:
-            Address.parse(listen)
-            for seed in seeds:
-                Address.parse(seed)
-            if advertise is not None:
-                Address.parse(advertise)
-            cfg = GossipConfig(cluster=cluster) if config is None else config
-            if config is not None and cluster != cfg.cluster:
-                cfg = dataclasses.replace(cfg, cluster=cluster)
-            cfg.validate()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        if name is not None:
-            check_member_name(name)
-        if listen in seeds and not listen.endswith(":0"):
-            raise ConfigError(f"seed {listen} is this peer's own listen address")
-        if replace is not None:
-            check_member_name(replace)
-            if replace == name:
-                raise ConfigError("a member cannot replace itself")
-            if not seeds:
-                raise ConfigError("--replace needs --seed: the cluster to join")
-        self._replace = replace
-        if not (request_timeout > 0 and connect_timeout > 0):
-            raise ConfigError("timeouts must be > 0")
-        self.limits = NetworkLimits() if limits is None else limits
-        try:
-            self.limits.validate()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        self.kv_config = kv if kv is not None else KVConfig()
-        self._limits = storage_limits if storage_limits is not None else DEFAULT_LIMITS
-        try:
-            self.kv_config.validate()
-            self._limits.validate()
-            FsyncPolicy(fsync)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        if self.kv_config.r > cfg.replicas or self.kv_config.w > cfg.replicas:
-            raise ConfigError(
-                f"r={self.kv_config.r} and w={self.kv_config.w} must not exceed N={cfg.replicas}"
-            )
-        self._fsync = fsync
-        self._data_dir = data_dir
-        self._storage_given = storage
-        self._hints_given = hints
+        settings = node_config(settings, overrides)
+        self.settings = settings
+        self.config = settings.config
+        self.kv_config = settings.kv
+        self.limits = settings.limits
+        self._limits = settings.storage_limits
         self._kv: KeyValueService | None = None
-        self.config = cfg
-        self._name = name
-        self._listen = listen
-        self._advertise = advertise
-        self._seeds = list(seeds)
-        self._bootstrap = bootstrap
+        request_timeout = settings.request_timeout
+        connect_timeout = settings.connect_timeout
+        transport = settings.transport
         if transport is None:
             from .transport._tcp import TcpTransport
 
-            transport = TcpTransport(max_frame=self.limits.max_frame, tls=tls)
-        elif tls is not None:
-            raise ConfigError("pass tls to the transport you give, not to the node")
+            transport = TcpTransport(max_frame=self.limits.max_frame, tls=settings.tls)
         # Identities come from certificates when the transport speaks TLS (issue 13).
         self._tls = getattr(transport, "tls", None) is not None
         # The frame deadline and the receive budget are enforced where frames are read.
         transport.frame_timeout = self.limits.frame_timeout
         transport.receive_budget = ReceiveBudget(self.limits.max_receive_buffer)
         self._transport = transport
-        self._rng = rng if rng is not None else random.Random()
-        self._wall = wall_clock if wall_clock is not None else _wallclock.wall_ms
+        self._rng = settings.rng if settings.rng is not None else random.Random()
+        self._wall = settings.wall_clock if settings.wall_clock is not None else _wallclock.wall_ms
         self._hlc = HybridClock(self._wall)
+        data_dir = settings.data_dir
         self._store: NodeStore = (
-            store if store is not None else FileNodeStore(data_dir) if data_dir else NodeStore()
+            settings.store
+            if settings.store is not None
+            else FileNodeStore(data_dir)
+            if data_dir
+            else NodeStore()
         )
         self._request_timeout = request_timeout
         self._connect_timeout = connect_timeout
@@ -796,24 +690,12 @@ class Node:
         """The configuration this node runs with, as a plain map (``gossipkv config show``):
         ``node`` (name, addresses, seeds, data dir, fsync, TLS, log level), ``gossip``,
         ``kv``, ``limits`` and ``storage_limits``."""
-        return {
-            "node": {
-                "name": self.name if self._rt is not None else self._name,
-                "listen": self._listen,
-                "address": self._rt.address if self._rt is not None else None,
-                "advertise": self._advertise,
-                "seeds": list(self._seeds),
-                "data_dir": None if self._data_dir is None else str(self._data_dir),
-                "cluster": self.config.cluster,
-                "fsync": self._fsync,
-                "tls": self._tls,
-                "log_level": _admin.current_log_level(),
-            },
-            "gossip": _admin.plain_config(self.config),
-            "kv": _admin.plain_config(self.kv_config),
-            "limits": _admin.plain_config(self.limits),
-            "storage_limits": _admin.plain_config(self._limits),
-        }
+        return effective_config(
+            self.settings,
+            name=self.name if self._rt is not None else self.settings.name,
+            address=self._rt.address if self._rt is not None else None,
+            tls=self._tls,
+        )
 
     async def _ping_members(self) -> dict[str, object]:
         """Ask every member this node knows (but itself, and members gone for good) for its
@@ -904,7 +786,7 @@ class Node:
           NodeClosedError: the node is not running.
         """
         kv = self._data_service()
-        if self._data_dir is None:
+        if self.settings.data_dir is None:
             raise InvalidArgument(
                 f"{self.name} keeps its data in memory (no --data-dir): nothing to snapshot; "
                 "use `gossipkv backup` for a dump of the cluster's keys"
@@ -917,7 +799,7 @@ class Node:
                 f"snapshot tag {tag[:80]!r}: use 1 to 64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
-        root = Path(self._data_dir) / "snapshots" / tag
+        root = Path(self.settings.data_dir) / "snapshots" / tag
         if await trio.to_thread.run_sync(root.exists):
             raise InvalidArgument(f"snapshot {tag!r} exists already ({root})")
         files, size = await kv.storage.snapshot(root / "data")
@@ -1221,15 +1103,19 @@ class Node:
         record = await self._store.open()
         try:
             async with contextlib.AsyncExitStack() as stack:
-                storage = self._storage_given
+                storage = self.settings.storage
                 if storage is None:
                     storage = await stack.enter_async_context(
-                        open_storage(self._sub_dir("data"), fsync=self._fsync, limits=self._limits)
+                        open_storage(
+                            self._sub_dir("data"), fsync=self.settings.fsync, limits=self._limits
+                        )
                     )
-                hints = self._hints_given
+                hints = self.settings.hints
                 if hints is None:
                     hints = await stack.enter_async_context(
-                        open_storage(self._sub_dir("hints"), fsync=self._fsync, limits=self._limits)
+                        open_storage(
+                            self._sub_dir("hints"), fsync=self.settings.fsync, limits=self._limits
+                        )
                     )
                 await self._run(record, storage, hints, task_status)
         except BaseExceptionGroup as group:
@@ -1246,7 +1132,7 @@ class Node:
                 await self._store.close()
 
     def _sub_dir(self, name: str) -> Path | None:
-        return None if self._data_dir is None else Path(self._data_dir) / name
+        return None if self.settings.data_dir is None else Path(self.settings.data_dir) / name
 
     async def _run(
         self,
@@ -1260,17 +1146,18 @@ class Node:
         self._conns.fit_descriptor_limit(*_descriptor_use())
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(
-                self._transport.serve, self._listen, self._pool.handle_connection
+                self._transport.serve, self.settings.listen, self._pool.handle_connection
             )
-            address = self._advertise or _advertised(bound)
-            name = self._name or (record.node_id if record else None) or address
+            address = self.settings.advertise or _advertised(bound)
+            name = self.settings.name or (record.node_id if record else None) or address
             if record is not None and record.node_id != name:
                 raise DataDirError(
-                    f"data dir {self._data_dir} belongs to member {record.node_id!r}, not "
+                    f"data dir {self.settings.data_dir} belongs to member {record.node_id!r}, not "
                     f"{name!r}: start it as --name {record.node_id} or use another data dir"
                 )
-            if self._seeds and set(self._seeds) <= {address, self._listen}:
-                raise ConfigError(f"--seed {self._seeds[0]} is this peer's own address")
+            given = self.settings.seeds
+            if given and set(given) <= {address, self.settings.listen}:
+                raise ConfigError(f"--seed {given[0]} is this peer's own address")
             stored_gen = record.generation if record else 0
             generation = max(stored_gen + 1, self._wall())
             decisions = Decisions.from_plain(record.decisions) if record else None
@@ -1295,14 +1182,15 @@ class Node:
                     if not decisions.term:
                         decisions = None
             known = record.known_peers if record else []
-            seeds = [s for s in dict.fromkeys([*self._seeds, *known]) if s != address]
+            seeds = [s for s in dict.fromkeys([*self.settings.seeds, *known]) if s != address]
             # A peer with nothing to join through starts a new cluster: one that never belonged
             # to a cluster (no record), or one that left its cluster (or was removed) knowing no
             # other member, as the only member of a cluster does. A restarted member resumes its
             # admission (that wins over bootstrapping), or rejoins through the members it
             # remembers, even without --seed.
-            bootstrap = self._bootstrap if self._bootstrap is not None else not seeds
-            if bootstrap and self._bootstrap is None and record is not None:
+            chosen = self.settings.bootstrap
+            bootstrap = chosen if chosen is not None else not seeds
+            if bootstrap and chosen is None and record is not None:
                 if decisions is None or decisions.admission(name) is None:
                     log.warning(
                         "%s holds no admission (it left, was removed, or was never admitted) "
@@ -1331,7 +1219,7 @@ class Node:
                 now=trio.current_time(),
                 decisions=decisions,
                 bootstrap=bootstrap,
-                replaces=self._replace,
+                replaces=self.settings.replace,
             )
             self._rt = _Runtime(gossiper, nursery, address)
             self._kv = KeyValueService(
@@ -1729,27 +1617,6 @@ class LogLimiter:
 #: What ``gossipkv snapshot`` accepts as a tag (it names a folder under the data dir).
 _SNAPSHOT_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-#: Names a member may not take: ``client`` is what every client says in its hello.
-RESERVED_NAMES = frozenset({"client"})
-
-
-def check_member_name(name: str) -> None:
-    """Refuse a member name that could not work: empty or over 128 characters, reserved, or
-    holding a character that separates fields in actor ids (``/``) or hint keys, or a control
-    character.
-
-    Raises:
-      ConfigError: naming the problem.
-    """
-    if not isinstance(name, str) or not 0 < len(name) <= 128:
-        raise ConfigError("a member name must be 1..128 characters")
-    if name in RESERVED_NAMES:
-        raise ConfigError(f"{name!r} is a reserved name (clients use it); choose another --name")
-    if "/" in name or not name.isprintable() or name != name.strip():
-        raise ConfigError(
-            f"member name {name!r} must be printable, without '/' or surrounding spaces"
-        )
-
 
 def members_body(self_name: str, leader: str | None, rows: list[MemberView]) -> dict[str, object]:
     """The ``members --json`` shape (stable; documented in the README).
@@ -1852,43 +1719,18 @@ def _answer_put(
         )
 
 
-P = ParamSpec("P")
-
-
-def _typed_like(
-    cls: Callable[P, Node],
-) -> Callable[
-    [Callable[..., AbstractAsyncContextManager[Node]]],
-    Callable[P, AbstractAsyncContextManager[Node]],
-]:
-    """Give ``open_node`` the parameters of ``Node`` for type checkers and ``help()``, without
-    writing them twice."""
-
-    def wrap(
-        fn: Callable[..., AbstractAsyncContextManager[Node]],
-    ) -> Callable[P, AbstractAsyncContextManager[Node]]:
-        fn.__signature__ = inspect.signature(cls).replace(  # type: ignore[attr-defined]
-            return_annotation="AbstractAsyncContextManager[Node]"
-        )
-        # The Args of the class, in place of the one line that points to them.
-        args = (cls.__doc__ or "").split("    Args:\n", 1)[1].split("\n\n", 1)[0]
-        fn.__doc__ = (fn.__doc__ or "").replace(
-            "      **kwargs: the keyword arguments of :class:`Node`.\n", args + "\n"
-        )
-        return fn
-
-    return wrap
-
-
-@_typed_like(Node)
 @asynccontextmanager
-async def open_node(**kwargs: Any) -> AsyncIterator[Node]:
+async def open_node(
+    settings: NodeConfig | None = None, /, **overrides: Unpack[NodeOptions]
+) -> AsyncIterator[Node]:
     """Start a :class:`Node` (same arguments) and leave the cluster gracefully on exit.
 
-    ``async with open_node(name="a", listen="127.0.0.1:7400", seeds=[...]) as node: ...``
+    ``async with open_node(name="a", listen="127.0.0.1:7400", seeds=[...]) as node: ...``, or
+    ``async with open_node(NodeConfig(...)) as node: ...``.
 
     Args:
-      **kwargs: the keyword arguments of :class:`Node`.
+      settings: the node's configuration (:class:`NodeConfig`; default: ``NodeConfig()``).
+      **overrides: fields of :class:`NodeConfig` that replace those of ``settings``.
 
     Yields:
       The running :class:`Node`, once it serves.
@@ -1902,7 +1744,7 @@ async def open_node(**kwargs: Any) -> AsyncIterator[Node]:
     body raised or was cancelled it simply stops. A single gossipkv error from inside is raised
     as itself (``from`` the exception group the node's nursery made).
     """
-    node = Node(**kwargs)
+    node = Node(settings, **overrides)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
