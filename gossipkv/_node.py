@@ -1,69 +1,24 @@
-"""The node runtime: owns the nursery, the connections and the loops around the sans-IO core.
+"""The public face of a gossipkv peer: :class:`Node` and :func:`open_node`.
 
-A :class:`Node` binds its listen address, derives its generation (Generation Clock) from the data
-dir and the wall clock, then runs: the gossip loop (one scuttlebutt round every
-``gossip_interval``), the evaluation loop (failure detection, leader duties, persistence; the lag
-of its own wake-ups is the event-loop lag the local-pause guard reads), and one task per
-connection.
+A :class:`Node` is a facade: every call is documented here and carried out by the part that
+owns it, which :class:`~gossipkv._node_runtime.NodeRuntime` builds and runs (the membership
+core and loops, the data path, subscriptions, the operator's calls, the decommission).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import random
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Unpack
 
 import trio
 
-from . import _admin, _wallclock
-from ._connections import ConnectionTable
-from ._decommission import Decommission
-from ._errors import (
-    ConfigError,
-    InvalidArgument,
-    NodeClosedError,
-    Unavailable,
-    single_error,
-)
-from ._handlers import RequestHandlers
-from ._hlc import HybridClock
-from ._incarnation import Incarnation, plan_start
+from ._errors import InvalidArgument, single_error
 from ._kv import Change, GetResult, KeyValueService, PutResult
-from ._membership_runtime import MembershipRuntime
-from ._messages import (
-    PROTOCOL_VERSION,
-    Hello,
-)
-from ._node_config import NodeConfig, NodeOptions, effective_config, node_config
-from ._node_statistics import node_statistics
-from ._operator import Operator
-from ._peer import TransportCounters
-from ._persist import FileNodeStore, NodeStore, PeerRecord
-from ._pool import ConnectionPool
-from ._router import Router
+from ._node_config import NodeConfig, NodeOptions, node_config
+from ._node_runtime import NodeRuntime, Running
 from ._statistics import NodeStatistics as NodeStatistics
-from ._subscriptions import Subscriptions
-from ._toolbox import Toolbox
-from ._types import Address
-from .membership._gossiper import Gossiper, MembershipEvent, MemberView
-from .storage import StorageEngine, open_storage
-from .transport._base import ReceiveBudget
-
-log = logging.getLogger("gossipkv.node")
-
-
-@dataclass(slots=True)
-class _Runtime:
-    gossiper: Gossiper
-    nursery: trio.Nursery
-    address: str
+from .membership._gossiper import MembershipEvent, MemberView
 
 
 class Node:
@@ -98,158 +53,8 @@ class Node:
         self.config = settings.config
         self.kv_config = settings.kv
         self.limits = settings.limits
-        self._limits = settings.storage_limits
-        self._kv: KeyValueService | None = None
-        request_timeout = settings.request_timeout
-        connect_timeout = settings.connect_timeout
-        transport = settings.transport
-        if transport is None:
-            from .transport._tcp import TcpTransport
-
-            transport = TcpTransport(max_frame=self.limits.max_frame, tls=settings.tls)
-        # Identities come from certificates when the transport speaks TLS (issue 13).
-        self._tls = getattr(transport, "tls", None) is not None
-        # The frame deadline and the receive budget are enforced where frames are read.
-        transport.frame_timeout = self.limits.frame_timeout
-        transport.receive_budget = ReceiveBudget(self.limits.max_receive_buffer)
-        self._transport = transport
-        self._rng = settings.rng if settings.rng is not None else random.Random()
-        self._wall = settings.wall_clock if settings.wall_clock is not None else _wallclock.wall_ms
-        self._hlc = HybridClock(self._wall)
-        data_dir = settings.data_dir
-        self._store: NodeStore = (
-            settings.store
-            if settings.store is not None
-            else FileNodeStore(data_dir)
-            if data_dir
-            else NodeStore()
-        )
-        self._request_timeout = request_timeout
-        self._connect_timeout = connect_timeout
-        self._rt: _Runtime | None = None
-        # What this node refused to protect itself, by reason (limits on connections, frames,
-        # subscriptions and writes; the data path adds its own).
-        self._refusals: Counter[str] = Counter()
-        self._counters = TransportCounters(self._refusals)
-        self._conns = ConnectionTable(self.limits, self._refusals)
-        self._changed = trio.Event()
-        self._ready = trio.Event()
-        self._stopped = False
-        self._log_limit = LogLimiter(60.0)
-        self._log_fanout = _admin.LogFanout()
-        gossiper = lambda: self._runtime().gossiper  # noqa: E731 (each part asks when it needs)
-        nursery = lambda: self._runtime().nursery  # noqa: E731
-        #: Membership events, key watches and log monitors, local and remote.
-        self._subs = Subscriptions(
-            limits=self._limits,
-            conns=self._conns,
-            dropped=self._counters.dropped,
-            log_fanout=self._log_fanout,
-        )
-        #: This incarnation's record, and the guard on a replica back from a long absence.
-        self._incarnation = Incarnation(
-            gossiper=gossiper,
-            kv=lambda: self._kv,
-            service=self._service,
-            nursery=nursery,
-            store=self._store,
-            wall=self._wall,
-            tombstone_grace=self.kv_config.tombstone_grace,
-        )
-        # The parts below dial through the connection pool, which is made after the router
-        # that answers its connections: they reach it when they dial.
-        #: The operator's read-only views.
-        self._toolbox = Toolbox(
-            gossiper=gossiper,
-            service=self._service,
-            channel_to=lambda address: self._pool.channel_to(address),
-            storage_limits=self._limits,
-            replicas=self.config.replicas,
-            ping_timeout=request_timeout + connect_timeout,
-        )
-        #: The operator's calls: remove, replace, snapshot.
-        self._operator = Operator(
-            gossiper=gossiper,
-            data_service=self._data_service,
-            send_to_member=lambda member, message: self._pool.send_to_member(member, message),
-            channel_to=lambda address: self._pool.channel_to(address),
-            wall=self._wall,
-            request_timeout=request_timeout,
-            data_dir=settings.data_dir,
-            publish_events=lambda: self._membership.publish_events(),
-            persist=self._incarnation.save,
-        )
-        #: Hand-off, leave and stop.
-        self._decommission = Decommission(
-            gossiper=gossiper,
-            service=self._service,
-            nursery=nursery,
-            config=self.config,
-            next_evaluation=self._next_evaluation,
-            channel_to=lambda address: self._pool.channel_to(address),
-        )
-        handlers = RequestHandlers(
-            gossiper=gossiper,
-            nursery=nursery,
-            hlc=self._hlc,
-            transport=transport,
-            service=self._service,
-            data_service=self._data_service,
-            checking=lambda: self._incarnation.checking,
-            subscriptions=self._subs,
-            statistics=self.statistics,
-            effective_config=self.effective_config,
-            reload_tls=self.reload_tls,
-            toolbox=self._toolbox,
-            operator=self._operator,
-            decommission=self._decommission,
-            request_timeout=request_timeout,
-        )
-        #: Every message this peer accepts, who may send it and what answers it.
-        #: Every message this peer accepts, who may send it and what answers it.
-        self._router = Router(
-            handlers.table(), gate=transport.wait_runnable, dropped=self._counters.dropped
-        )
-        #: One channel per peer address, dialled on demand, and every inbound connection.
-        self._pool: ConnectionPool = ConnectionPool(
-            transport=transport,
-            limits=self.limits,
-            conns=self._conns,
-            counters=self._counters,
-            refusals=self._refusals,
-            hlc=self._hlc,
-            router=self._router,
-            tls=self._tls,
-            hello=self._hello,
-            own_name=lambda: self.name,
-            joining=lambda: self._rt is not None and self._rt.gossiper.status == "joining",
-            gossiper=gossiper,
-            nursery=nursery,
-            ready=self._ready,
-            log_limit=self._log_limit,
-            request_timeout=request_timeout,
-            connect_timeout=connect_timeout,
-        )
-        #: The gossip and evaluation loops around the membership core.
-        self._membership: MembershipRuntime = MembershipRuntime(
-            gossiper=gossiper,
-            nursery=nursery,
-            kv=lambda: self._kv,
-            transport=transport,
-            channel_to=self._pool.channel_to,
-            hlc=self._hlc,
-            rng=self._rng,
-            wall=self._wall,
-            interval=self.config.gossip_interval,
-            request_timeout=request_timeout,
-            log_limit=self._log_limit,
-            dropped=self._counters.dropped,
-            publish=self._subs.publish,
-            persist=self._incarnation.save,
-            wipe=self._incarnation.wipe,
-            tend_data=self._incarnation.tend,
-            evaluated=self._evaluated,
-        )
+        #: The parts this node is made of, and its life (the facade delegates to them).
+        self._rt = NodeRuntime(settings)
 
     # --- public surface ------------------------------------------------------------------------
 
@@ -410,32 +215,24 @@ class Node:
         """
         return await self._data_service().put(key, None, context=context, w=w, delete=True)
 
+    def _runtime(self) -> Running:
+        return self._rt.running()
+
     def _service(self) -> KeyValueService:
-        self._runtime()
-        if self._stopped:
-            raise NodeClosedError("node has stopped")
-        assert self._kv is not None
-        return self._kv
+        return self._rt.service()
 
     def _data_service(self) -> KeyValueService:
-        """The data path, refused while this member checks whether its replica is stale."""
-        kv = self._service()
-        if self._incarnation.checking:
-            raise Unavailable(
-                f"{self.name} is back after more than tombstone_grace away and checks its "
-                "data with the cluster before serving it; retry shortly"
-            )
-        return kv
+        return self._rt.data_service()
 
     def hlc(self) -> int:
         """A fresh hybrid logical clock timestamp (``ms << 16 | counter``), merged from peers."""
-        return self._hlc.now()
+        return self._rt.hlc.now()
 
     @property
     def outbound_queued_bytes(self) -> int:
         """Bytes queued for sending on all of this node's connections together (replies and
         requests not yet written): what admission control can weigh new work against."""
-        return self._counters.queued_bytes
+        return self._rt.counters.queued_bytes
 
     def statistics(self) -> NodeStatistics:
         """A frozen snapshot of this node's state and counters (what ``gossipkv stats`` shows).
@@ -443,19 +240,7 @@ class Node:
         Returns:
           A new :class:`NodeStatistics`; it does not change as the node goes on.
         """
-        return node_statistics(
-            g=self._runtime().gossiper,
-            kv=self._service(),
-            config=self.config,
-            address=self.address,
-            counters=self._counters,
-            conns=self._conns,
-            lag=self._membership.lag,
-            gossip_latency=self._membership.gossip_latency,
-            leave=self._decommission.progress,
-            wiped=self._incarnation.wiped,
-            now=trio.current_time(),
-        )
+        return self._rt.statistics()
 
     async def wait_until(self, predicate: Callable[[Node], bool]) -> None:
         """Wait until ``predicate(node)`` holds; it is re-checked after every evaluation tick.
@@ -468,7 +253,7 @@ class Node:
         ``predicate`` propagates.
         """
         while not predicate(self):
-            await self._next_evaluation()
+            await self._rt.next_evaluation()
 
     async def wait_ready(self) -> None:
         """Wait until this node is an owner in the partition table.
@@ -506,7 +291,7 @@ class Node:
         A subscriber that falls ``max_buffer`` events behind loses the newest ones (counted as
         dropped frames ``events_overflow``): membership must never wait on a slow reader.
         """
-        async with self._subs.events(max_buffer) as receive:
+        async with self._rt.subs.events(max_buffer) as receive:
             yield receive
 
     @asynccontextmanager
@@ -530,7 +315,7 @@ class Node:
         changes behind loses the newest ones (counted as dropped frames ``watch_overflow``):
         writes never wait on a slow reader.
         """
-        async with self._subs.watch(prefix, max_buffer) as receive:
+        async with self._rt.subs.watch(prefix, max_buffer) as receive:
             yield receive
 
     # --- the operator's calls (issue 16) -----------------------------------------------------
@@ -539,12 +324,7 @@ class Node:
         """The configuration this node runs with, as a plain map (``gossipkv config show``):
         ``node`` (name, addresses, seeds, data dir, fsync, TLS, log level), ``gossip``,
         ``kv``, ``limits`` and ``storage_limits``."""
-        return effective_config(
-            self.settings,
-            name=self.name if self._rt is not None else self.settings.name,
-            address=self._rt.address if self._rt is not None else None,
-            tls=self._tls,
-        )
+        return self._rt.effective_config()
 
     async def remove(self, name: str) -> dict[str, object]:
         """Remove member ``name``, which the operator declares dead (``gossipkv remove``).
@@ -566,7 +346,7 @@ class Node:
             ``unavailable``: no leader in reach).
           NodeClosedError: the node is not running.
         """
-        return await self._operator.remove(name)
+        return await self._rt.operator.remove(name)
 
     async def snapshot(self, tag: str = "") -> dict[str, object]:
         """Hard-link a consistent copy of this node's log engine into
@@ -591,7 +371,7 @@ class Node:
           StorageError: the copy failed (it leaves nothing behind).
           NodeClosedError: the node is not running.
         """
-        return await self._operator.snapshot(tag)
+        return await self._rt.operator.snapshot(tag)
 
     async def leave(self, *, handoff_seconds: float | None = None, force: bool = False) -> None:
         """Decommission this node: hand off its data, leave the cluster gracefully, and stop.
@@ -617,7 +397,7 @@ class Node:
             waits again.
           NodeClosedError: the node is not running.
         """
-        await self._decommission.leave(handoff_seconds, force)
+        await self._rt.decommission.leave(handoff_seconds, force)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -634,111 +414,7 @@ class Node:
           TransportError: the listen address cannot be bound.
           RuntimeError: the node already ran once (create a new :class:`Node` to restart).
         """
-        if self._rt is not None:
-            raise RuntimeError("a Node can only run once; create a new one to restart")
-        record = await self._store.open()
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                storage = self.settings.storage
-                if storage is None:
-                    storage = await stack.enter_async_context(
-                        open_storage(
-                            self._sub_dir("data"), fsync=self.settings.fsync, limits=self._limits
-                        )
-                    )
-                hints = self.settings.hints
-                if hints is None:
-                    hints = await stack.enter_async_context(
-                        open_storage(
-                            self._sub_dir("hints"), fsync=self.settings.fsync, limits=self._limits
-                        )
-                    )
-                await self._run(record, storage, hints, task_status)
-        except BaseExceptionGroup as group:
-            error = single_error(group)
-            if error is None:
-                raise
-            raise error from group
-        finally:
-            self._stopped = True
-            self._decommission.stopped()
-            self._subs.close()
-            with trio.move_on_after(2.0, shield=True):
-                await self._store.close()
-
-    def _sub_dir(self, name: str) -> Path | None:
-        return None if self.settings.data_dir is None else Path(self.settings.data_dir) / name
-
-    async def _run(
-        self,
-        record: PeerRecord | None,
-        storage: StorageEngine,
-        hints: StorageEngine,
-        task_status: trio.TaskStatus[Node],
-    ) -> None:
-        # Inline, not in a thread: listing /proc/self/fd touches no disk, and waiting for a
-        # thread would let a simulation's MockClock jump while this node starts.
-        self._conns.fit_descriptor_limit(*_descriptor_use())
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(
-                self._transport.serve, self.settings.listen, self._pool.handle_connection
-            )
-            address = self.settings.advertise or _advertised(bound)
-            start = plan_start(self.settings, record, address, self._wall())
-            # Generation Clock: the new generation is durable before the first gossip.
-            await self._store.save(start.record)
-            name, decisions, seeds = start.name, start.decisions, start.seeds
-            gossiper = Gossiper(
-                self.config,
-                node_id=name,
-                address=address,
-                generation=start.generation,
-                seeds=seeds,
-                now=trio.current_time(),
-                decisions=decisions,
-                bootstrap=start.bootstrap,
-                replaces=self.settings.replace,
-            )
-            self._rt = _Runtime(gossiper, nursery, address)
-            self._kv = KeyValueService(
-                node_id=name,
-                storage=storage,
-                hints=hints,
-                table=gossiper.table,
-                reachable=gossiper.reachable_members,
-                send=self._pool.send_to_member,
-                start=self._pool.start_to_member,
-                rng=self._rng,
-                config=self.kv_config,
-                limits=self._limits,
-                stamp=self._hlc.now,
-                refusals=self._refusals,
-                queued_bytes=lambda: self._counters.queued_bytes,
-                known_table=decisions.table if decisions is not None else None,
-                gone=gossiper.is_gone,
-                wall_ms=self._wall,
-            )
-            self._kv.reaper.pulling = gossiper.pulling
-            self._kv.reaper.gone = gossiper.is_gone
-            self._kv.on_change = self._subs.on_change
-            self._counters.on_drain = self._kv.admission.wake
-            if self._incarnation.begin(self._kv, record, rejoins=bool(seeds)):
-                await nursery.start(self._kv.run)
-            self._ready.set()
-            if gossiper.decisions_dirty:
-                await self._incarnation.save()
-            if gossiper.replaces is not None:
-                await self._operator.claim_replacement(gossiper.replaces, seeds)
-            nursery.start_soon(self._membership.gossip_loop)
-            nursery.start_soon(self._membership.evaluate_loop)
-            log.info(
-                "%s listening on %s (generation %d, %s)",
-                name,
-                address,
-                start.generation,
-                "new cluster" if start.bootstrap else f"joining via {', '.join(seeds) or 'nobody'}",
-            )
-            task_status.started(self)
+        await self._rt.run(lambda: task_status.started(self))
 
     def reload_tls(self) -> None:
         """Read the TLS certificate, key and CA bundle again (SIGHUP, ``gossipkv certs reload``).
@@ -751,77 +427,7 @@ class Node:
           ConfigError: this node runs without TLS, or the files do not load (the ones in use
             stay in force).
         """
-        reload = getattr(self._transport, "reload_tls", None)
-        if not self._tls or reload is None:
-            raise ConfigError("TLS is not enabled on this peer")
-        reload()
-        log.info("reloaded the TLS certificate and CA bundle")
-
-    def _runtime(self) -> _Runtime:
-        if self._rt is None:
-            raise NodeClosedError("node is not running (use open_node or nursery.start(node.run))")
-        return self._rt
-
-    def _evaluated(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def _next_evaluation(self) -> None:
-        await self._changed.wait()
-
-    def _hello(self) -> Hello:
-        g = self._runtime().gossiper
-        return Hello(
-            PROTOCOL_VERSION,
-            self.config.cluster,
-            g.node_id,
-            g.generation,
-            self.address,
-            hlc=self._hlc.now(),
-        )
-
-
-class LogLimiter:
-    """Lets a repeated log line through once per ``interval`` seconds per key (a bounded set of
-    keys: the oldest is forgotten first), so a peer that is refused or refuses five times a
-    second says so once a minute."""
-
-    def __init__(self, interval: float, max_keys: int = 1024) -> None:
-        self._interval = interval
-        self._max_keys = max_keys
-        self._last: dict[object, float] = {}
-
-    def allow(self, key: object, now: float) -> bool:
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            return False
-        self._last.pop(key, None)
-        self._last[key] = now
-        if len(self._last) > self._max_keys:
-            del self._last[next(iter(self._last))]
-        return True
-
-
-def _descriptor_use() -> tuple[int | None, int]:
-    """The soft ``RLIMIT_NOFILE`` (``None``: unlimited or unknown) and the descriptors open now."""
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, OSError, ValueError):
-        return None, 0
-    try:
-        open_fds = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        open_fds = 0
-    return (None if soft == resource.RLIM_INFINITY else soft), open_fds
-
-
-def _advertised(bound: str) -> str:
-    addr = Address.parse(bound)
-    if addr.host in ("0.0.0.0", "::", ""):
-        return str(Address("127.0.0.1", addr.port))
-    return str(addr)
+        self._rt.reload_tls()
 
 
 @asynccontextmanager

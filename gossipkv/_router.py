@@ -16,8 +16,8 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from types import MappingProxyType
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from ._errors import GossipKVError, RemoteError, error_code
