@@ -88,6 +88,7 @@ from ._node import (
 from ._node import (
     open_node as open_node,
 )
+from ._node_config import NodeConfig as NodeConfig
 from ._replica_store import KVConfig as KVConfig
 from ._statistics import Statistic as Statistic
 from ._version import __version__ as __version__
@@ -142,6 +143,7 @@ __all__ = [
     "NetworkLimits",
     "Node",
     "NodeClosedError",
+    "NodeConfig",
     "NodeStatistics",
     "RemoteError",
     "TransportError",

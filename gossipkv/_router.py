@@ -17,6 +17,7 @@ import enum
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from ._errors import GossipKVError, RemoteError, error_code
@@ -85,6 +86,11 @@ class Router:
         self._dropped = dropped
         self._member_only = frozenset(k for k, r in routes.items() if r.who is Audience.MEMBER)
         self._operator_only = frozenset(k for k, r in routes.items() if r.who is Audience.OPERATOR)
+
+    @property
+    def table(self) -> Mapping[type[Message], Route]:
+        """The table it dispatches by (read-only)."""
+        return MappingProxyType(self._routes)
 
     def refusal(self, remote_name: str, role: str | None) -> Callable[[Message], str | None] | None:
         """What a channel refuses from the other end: by its hello (``client``), and with TLS

@@ -18,7 +18,7 @@ PUBLIC = {
     "Change", "Client", "ClusterNotReady", "ConfigError", "ConnectionClosed", "DataDirError",
     "DecodeError", "GetResult", "GossipConfig", "GossipKVError", "HandshakeError",
     "InvalidContext", "InvalidKey", "KVConfig", "KeyTooLarge", "MemberView", "MembershipEvent",
-    "NetworkLimits", "Node", "NodeClosedError", "NodeStatistics", "InvalidArgument",
+    "NetworkLimits", "Node", "NodeClosedError", "NodeConfig", "NodeStatistics", "InvalidArgument",
     "PROTOCOL_VERSION", "PutResult", "QuorumNotReached", "RecordTooLarge", "RemoteError",
     "Statistic", "StorageError", "StorageLimits", "TLSConfig", "TooManySiblings", "TransportError", "Unavailable",
     "ValueNotEncodable", "ValueTooDeep", "ValueTooLarge", "__version__",

@@ -86,7 +86,7 @@ async def half_sent_frames(node: Node) -> dict[str, object]:
             nursery.start_soon(feed, stream)
     await trio.sleep(0.5)
     held = _traced() - before
-    budget = node._transport.receive_budget
+    budget = node._rt.transport.receive_budget
     reserved = 0 if budget is None else budget.reserved
     _, peak = tracemalloc.get_traced_memory()
     for stream in streams:

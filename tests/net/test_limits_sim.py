@@ -81,7 +81,7 @@ async def test_watches_are_capped_per_connection_and_per_node(
             await first.aclose()
             await second.aclose()
             with trio.fail_after(30):
-                await n1.wait_until(lambda n: n._conns.watches == 0)
+                await n1.wait_until(lambda n: n.statistics().watches == 0)
             nursery.cancel_scope.cancel()
 
 
@@ -160,7 +160,7 @@ async def test_total_connection_cap(seed: int, autojump_clock: trio.testing.Mock
                         opened.append(await client._dial(address, _ignore, nursery))
                     except TransportError:
                         break
-            assert n1._conns.accepted == 6, f"seed={seed}"
+            assert n1.statistics().accepted_connections == 6, f"seed={seed}"
             assert refused(n1, "connection_limit") == 1, f"seed={seed}"
             with trio.fail_after(30):
                 assert (await client.get("k")).values == ["v"], f"seed={seed}"
@@ -180,7 +180,9 @@ async def test_a_slow_body_is_cut_at_the_frame_deadline(
             with trio.fail_after(300), pytest.raises(TransportError):
                 await client.put("big", "x" * 100_000)
             assert refused(n1, "frame_timeout") >= 1, f"seed={seed}"
-            budget = n1._transport.receive_budget
+            transport = n1.settings.transport
+            assert transport is not None
+            budget = transport.receive_budget
             assert budget is not None and budget.reserved == 0, f"seed={seed}"
             c.net.set_link("slow:1", c.address("n1"), bandwidth=10e6)
             with trio.fail_after(60):
@@ -202,7 +204,7 @@ async def test_the_connection_statistics_count_every_channel(
         # Members: every channel the node runs (inbound and outbound) is one connection.
         _, peers, clients = counts()
         assert clients == 0 and peers >= 2, f"seed={seed}: {counts()}"
-        assert peers == n1._conns.peer_channels, f"seed={seed}"
+        assert peers == n1._rt.conns.peer_channels, f"seed={seed}"
         async with open_client([address], transport=c.net.transport("client:1")) as one:
             with trio.fail_after(30):
                 await one.get("k")

@@ -106,7 +106,7 @@ async def test_a_bomb_after_the_hello_is_refused_before_it_is_decoded() -> None:
 async def test_a_half_sent_frame_is_closed_at_its_deadline_and_returns_its_budget() -> None:
     limits = NetworkLimits(frame_timeout=0.5)
     async with one_node(limits) as node:
-        budget = node._transport.receive_budget
+        budget = node._rt.transport.receive_budget
         assert budget is not None
         stream = await _connect(node)
         # A 1 MiB frame of which 100 KiB arrive; the rest never does.

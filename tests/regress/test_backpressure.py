@@ -31,7 +31,7 @@ async def test_a_stuck_replica_connection_does_not_queue_frames_without_bound(
             await coordinator.put(key, "v", w=3)
         addr = coordinator._runtime().gossiper.address_of(o3)
         assert addr is not None
-        ch = coordinator._pool.channels[addr]
+        ch = coordinator._rt.pool.channels[addr]
 
         async def stuck(payloads: list[bytes]) -> None:
             await trio.sleep_forever()

@@ -13,7 +13,7 @@ from ..sim._kvsim import find_key, kv_cluster, names, owners, service
 def _channel(node: Node, member: str):  # type: ignore[no-untyped-def]
     addr = node._runtime().gossiper.address_of(member)
     assert addr is not None
-    return node._pool.channels.get(addr)
+    return node._rt.pool.channels.get(addr)
 
 
 async def test_cancelled_get_does_not_leave_waiters_behind(

@@ -242,13 +242,13 @@ async def test_malformed_tree_requests_get_a_typed_error(
         with trio.fail_after(30):
             for message in bad:
                 with pytest.raises(RemoteError) as info:
-                    await c.nodes["n1"]._pool.send_to_member("n2", message)
+                    await c.nodes["n1"]._rt.pool.send_to_member("n2", message)
                 assert info.value.code == "bad_request", f"seed={seed}: {message}: {info.value}"
             # n2 keeps serving: every level of the tree, and the data path.
             put = await c.nodes["n2"].put("after-bad", "v", w=3)
             p = partition_of("after-bad", q)
             holder = next(o for o in owners(c, "after-bad") if o != "n1")
-            send = c.nodes["n1"]._pool.send_to_member
+            send = c.nodes["n1"]._rt.pool.send_to_member
             root = await send(holder, TreeRoot(p, q))
             assert isinstance(root, TreeHashes) and len(root.hashes) == 8, f"seed={seed}"
             assert root.hashes != bytes(8), f"seed={seed}: empty root"

@@ -143,7 +143,7 @@ async def test_a_malformed_members_reply_is_a_decode_error(
 async def test_the_cli_members_json_is_the_wire_shape(both: tuple[Node, Any]) -> None:
     from gossipkv_cli._render import members_doc
 
-    from gossipkv._node import members_body
+    from gossipkv._handlers import members_body
 
     node, _ = both
     rows = node.members()

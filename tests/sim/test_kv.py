@@ -392,7 +392,7 @@ async def test_a_replica_refuses_a_malformed_clock_and_keeps_its_own(
             ]
             for raw in bad_clocks:
                 with pytest.raises(InvalidClock):  # the typed error, rebuilt from the reply
-                    await c.nodes[o1]._pool.send_to_member(o2, ReplicaPut(key, raw, ""))
+                    await c.nodes[o1]._rt.pool.send_to_member(o2, ReplicaPut(key, raw, ""))
             assert await stored(c, o2, key) == before, f"seed={seed}: a bad clock changed it"
             got = await c.nodes[o2].get(key, r=3)
             assert got.values == ["good"] and got.context == put.context, f"seed={seed}: {got}"
@@ -445,7 +445,7 @@ async def test_replaying_a_replica_put_leaves_identical_state(
             message = ReplicaPut(key, encode_wire_clock(clock), "")
             states = []
             for _ in range(5):
-                await c.nodes[o1]._pool.send_to_member(o2, message)
+                await c.nodes[o1]._rt.pool.send_to_member(o2, message)
                 states.append(await stored(c, o2, key))
         assert all(s == states[0] for s in states), f"seed={seed}: {states}"
         assert sorted(map(str, live(states[0]))) == ["v2", "x"], f"seed={seed}: {states[0]}"
@@ -494,7 +494,7 @@ async def test_client_retry_over_the_wire_is_idempotent(
         with trio.fail_after(30):
             msg = KvPut(key, {"cart": [1]}, None, 0, "wire-client", 41)
             sender = c.nodes[next(n for n in names(5) if n != own[0])]
-            replies = [await sender._pool.send_to_member(m, msg) for m in (own[0], own[0])]
+            replies = [await sender._rt.pool.send_to_member(m, msg) for m in (own[0], own[0])]
             assert all(isinstance(r, KvResult) for r in replies), f"seed={seed}: {replies}"
             assert replies[0] == replies[1], f"seed={seed}: {replies}"
             clock = await wait_replicas_equal(c, key, own, within=5, seed=seed)

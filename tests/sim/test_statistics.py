@@ -265,8 +265,8 @@ async def test_every_counter_reaches_the_snapshot(autojump_clock: trio.testing.M
             TransferCounters: kv.transfers.counters,
             RepairCounters: kv.repair.counters,
             ReaperCounters: kv.reaper.counters,
-            TransportCounters: node._counters,
-            ConnectionTable: node._conns,
+            TransportCounters: node._rt.counters,
+            ConnectionTable: node._rt.conns,
             TransferSource: kv.transfer_source,
             ByteBudget: kv.admission,
         }

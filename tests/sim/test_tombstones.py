@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from gossipkv import GossipConfig, GossipKVError, KVConfig
+from gossipkv import GossipConfig, GossipKVError, KVConfig, Node, Unavailable
 from gossipkv.testing import SimCluster
 
 from ._checks import describe
@@ -179,6 +179,16 @@ async def _reap_behind(c: SimCluster, seed: int, away: str) -> str:
     return key
 
 
+async def _wait_serving(node: Node, key: str) -> None:
+    """Until ``node``'s own replica answers a read (``Unavailable`` while it checks its data)."""
+    while True:
+        try:
+            await node.get(key, local=True)
+            return
+        except Unavailable:
+            await trio.sleep(0.05)
+
+
 async def _never_found(c: SimCluster, key: str, seed: int, *, watch: float) -> None:
     """Reads at R=N on every member find nothing for ``watch`` seconds, and no replica stores
     a live value."""
@@ -257,8 +267,9 @@ async def test_a_hint_older_than_the_grace_is_dropped(
         assert await stored(c, stand_in, key) is None, f"seed={seed}"
         with trio.fail_after(60):
             await c.restart("n5", seeds=["n1"], kv=KV)
-            # Away longer than the grace: it checks its data with the cluster first.
-            await c.wait_until(lambda: not c.nodes["n5"]._checking_data)
+            # Away longer than the grace: it checks its data with the cluster first, and its
+            # data path answers Unavailable meanwhile.
+            await _wait_serving(c.nodes["n5"], key)
             await c.wait_until(lambda: "n5" in service(c.nodes["n1"])._reachable())
         assert kv.counters.hints_delivered == 0, f"seed={seed}"
         # Nothing was reaped meanwhile: n5 keeps its replica, and gets the value from the owners.

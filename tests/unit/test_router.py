@@ -108,7 +108,7 @@ async def test_a_nodes_table_keeps_peer_traffic_to_members_and_operator_calls_to
 ) -> None:
     # The node's own table: what issue 13 fixed must hold for every message type.
     node = gossipkv.Node(name="a", listen="127.0.0.1:0", data_dir=None)
-    routes = node._routes()
+    routes = node._rt.router.table
     member_only = {k.__name__ for k, r in routes.items() if r.who is Audience.MEMBER}
     operator = {k.__name__ for k, r in routes.items() if r.who is Audience.OPERATOR}
     assert member_only == {

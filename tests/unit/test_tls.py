@@ -48,7 +48,7 @@ def _refusal_for(
     remote: Hello, identity: TLSIdentity | None
 ) -> Callable[[Message], str | None] | None:
     """What a node's channel refuses from ``remote`` (the node's own routing table decides)."""
-    router = gossipkv.Node(name="a", listen="127.0.0.1:0")._router
+    router = gossipkv.Node(name="a", listen="127.0.0.1:0")._rt.router
     return router.refusal(remote.node_id, identity.role if identity else None)
 
 
