@@ -88,7 +88,7 @@ class KVConfig:
     tombstone_grace: float = 3600.0
 
     def validate(self) -> None:
-        """Check the settings on their own (``r``/``w`` against N is :class:`Node`'s check).
+        """Check the settings on their own (``r``/``w`` against N is checked by :class:`NodeConfig`).
 
         Raises:
           ValueError: naming the first bad setting.
