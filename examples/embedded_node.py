@@ -55,7 +55,9 @@ async def main() -> None:
             await nursery.start(node.run)
             print(f"node {node.name} serving at {node.address}")
             await app(node)
-            await node.leave()  # graceful: run() returns and the nursery closes
+            # A lone node has no one to hand its data to: leaving must be forced (a node
+            # in a cluster calls leave() and hands its partitions off first).
+            await node.leave(force=True)  # run() returns and the nursery closes
     print("EMBEDDED NODE DONE: node left, app exiting")
 
 

@@ -100,6 +100,22 @@ class Decommission:
         self._done.set()
         nursery.cancel_scope.cancel()
 
+    def check_leave(self, force: bool) -> None:
+        """Refuse to start a leave that would lose data: no other member is in reach to hand
+        this node's data to, and ``force`` is off. A leave already under way is never refused.
+
+        Raises:
+          InvalidArgument: alone, and not forced.
+        """
+        g = self._gossiper()
+        if self.closing or self._handing_off or force:
+            return
+        if g.reachable_members() <= {g.node_id}:
+            raise InvalidArgument(
+                "no other member is in reach to hand this node's data to; leaving would "
+                "lose it (use --force to leave anyway)",
+            )
+
     def request(self, message: LeaveRequest) -> dict[str, object]:
         """Start the leave an operator asked for over the wire (``gossipkv leave``); it runs in
         the node's nursery and its outcome shows in :attr:`progress`.
@@ -110,11 +126,7 @@ class Decommission:
         g = self._gossiper()
         if self.closing or self._handing_off:
             return {"ok": True, "status": g.status}
-        if not message.force and g.reachable_members() <= {g.node_id}:
-            raise InvalidArgument(
-                "no other member is in reach to hand this node's data to; leaving would "
-                "lose it (use --force to leave anyway)",
-            )
+        self.check_leave(message.force)
         within = message.timeout if message.timeout > 0 else None
         self._nursery().start_soon(self._leave_quietly, within, message.force)
         return {"ok": True, "status": "leaving"}

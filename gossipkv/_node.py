@@ -315,6 +315,8 @@ class Node:
         changes behind loses the newest ones (counted as dropped frames ``watch_overflow``):
         writes never wait on a slow reader.
         """
+        if not isinstance(prefix, str):
+            raise InvalidArgument(f"a watch prefix must be a string, got {type(prefix).__name__}")
         async with self._rt.subs.watch(prefix, max_buffer) as receive:
             yield receive
 
@@ -371,9 +373,13 @@ class Node:
           StorageError: the copy failed (it leaves nothing behind).
           NodeClosedError: the node is not running.
         """
+        if not isinstance(tag, str):
+            raise InvalidArgument(f"a snapshot tag must be a string, got {type(tag).__name__}")
         return await self._rt.operator.snapshot(tag)
 
-    async def leave(self, *, handoff_seconds: float | None = None, force: bool = False) -> None:
+    async def leave(
+        self, *, handoff_seconds: float | None = None, force: bool = False
+    ) -> dict[str, object]:
         """Decommission this node: hand off its data, leave the cluster gracefully, and stop.
 
         Announces ``leaving``; the leader publishes a partition table without this node; every
@@ -388,16 +394,34 @@ class Node:
           handoff_seconds: how long the hand-off may take (default:
             ``GossipConfig.handoff_timeout``): a protocol deadline, not a cancellation: when it
             passes the node stays up (or, with ``force``, leaves).
-          force: leave when the time is up even if the hand-off is incomplete (what only this
-            node held may be lost).
+          force: leave when the time is up even if the hand-off is incomplete, or when no
+            other member is in reach to hand the data to (what only this node held may be lost).
+
+        Returns:
+          ``{"ok": True, "status": "left"}``, as :meth:`Client.leave` answers (with the status
+          the peer had when asked).
 
         Raises:
+          InvalidArgument: ``handoff_seconds`` is not a number or ``force`` not a bool; or no
+            other member is in reach to hand the data to and ``force`` is off (checked before
+            anything is announced).
           Unavailable: the hand-off did not finish in time (and ``force`` was not given): the
             node stays up, ``leaving`` and still serving as a source; calling ``leave`` again
             waits again.
           NodeClosedError: the node is not running.
         """
-        await self._rt.decommission.leave(handoff_seconds, force)
+        if handoff_seconds is not None and (
+            isinstance(handoff_seconds, bool) or not isinstance(handoff_seconds, int | float)
+        ):
+            raise InvalidArgument(
+                f"handoff_seconds must be a number, got {type(handoff_seconds).__name__}"
+            )
+        if not isinstance(force, bool):
+            raise InvalidArgument(f"force must be True or False, got {type(force).__name__}")
+        decommission = self._rt.decommission
+        decommission.check_leave(force)
+        await decommission.leave(handoff_seconds, force)
+        return {"ok": True, "status": "left"}
 
     # --- running -------------------------------------------------------------------------------
 

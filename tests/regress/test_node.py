@@ -15,13 +15,15 @@ async def test_open_node_exit_after_an_explicit_leave() -> None:
     soon as the body ran one checkpoint after its own leave."""
     with trio.fail_after(20):
         async with open_node(name="solo", listen="127.0.0.1:0", config=FAST) as node:
-            await node.leave()
+            await node.leave(force=True)
             await trio.sleep(0.1)  # anything that yields: run() finishes meanwhile
 
 
 async def test_leave_called_twice() -> None:
     with trio.fail_after(20):
         async with open_node(name="solo", listen="127.0.0.1:0", config=FAST) as node:
-            await node.leave()
+            await node.leave(force=True)
             await trio.sleep(0.1)
-            await node.leave()  # "Calling it again ... waits for the first call to finish"
+            await node.leave(
+                force=True
+            )  # "Calling it again ... waits for the first call to finish"
