@@ -133,7 +133,7 @@ async def test_a_malformed_members_reply_is_a_decode_error(
     async def reply(*args: object, **kwargs: object) -> dict[str, object]:
         return body
 
-    monkeypatch.setattr(client, "_request", reply)
+    monkeypatch.setattr(client._connection, "request", reply)
     with pytest.raises(DecodeError):
         await client.members()
     with pytest.raises(DecodeError):
