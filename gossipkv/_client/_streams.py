@@ -16,6 +16,7 @@ from .._errors import (
     ConnectionClosed,
     DecodeError,
     HandshakeError,
+    InvalidArgument,
     NodeClosedError,
     RemoteError,
     TransportError,
@@ -134,6 +135,7 @@ class StreamCalls:
           A receive channel of :class:`Change`.
 
         Raises:
+          InvalidArgument: ``prefix`` is not a string.
           RemoteError: every member refused the watch (``code == "too_many_watches"``: each
             peer serves at most ``NetworkLimits.max_watches`` watches).
           TransportError: no member could be watched.
@@ -144,6 +146,8 @@ class StreamCalls:
         """
         if self._connection.closed:
             raise NodeClosedError("client is closed")
+        if not isinstance(prefix, str):  # every peer would close the connection instead
+            raise InvalidArgument(f"a watch prefix must be a string, got {type(prefix).__name__}")
         addrs: list[str] = []
         rows = member_views(await self._connection.request(MembersRequest(), retry=True))
         for row in rows:

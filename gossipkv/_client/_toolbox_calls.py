@@ -5,6 +5,7 @@ peer. Under TLS most need an ``operator`` certificate."""
 
 from __future__ import annotations
 
+from .._errors import ConfigError, InvalidArgument
 from .._messages import (
     ConfigRequest,
     KeysRequest,
@@ -48,10 +49,16 @@ class ToolboxCalls:
           or left).
 
         Raises:
-          RemoteError: ``bad_request`` when no other member is in reach and ``force`` is off.
+          InvalidArgument: ``handoff_seconds`` is not a number or ``force`` not a bool (checked
+            before sending); the peer's ``bad_request`` when no other member is in reach and
+            ``force`` is off.
           TransportError: the connected peer did not answer.
           HandshakeError, NodeClosedError: as :meth:`members`.
         """
+        if isinstance(handoff_seconds, bool) or not isinstance(handoff_seconds, int | float):
+            raise InvalidArgument(f"handoff_seconds must be a number, got {_kind(handoff_seconds)}")
+        if not isinstance(force, bool):
+            raise InvalidArgument(f"force must be True or False, got {_kind(force)}")
         return await self._connection.request(LeaveRequest(handoff_seconds, force), retry=False)
 
     async def ring(self) -> dict[str, object]:
@@ -117,6 +124,8 @@ class ToolboxCalls:
             is needed (TLS).
           TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
         """
+        if not isinstance(tag, str):  # the peer could not even read it
+            raise InvalidArgument(f"a snapshot tag must be a string, got {_kind(tag)}")
         return await self._connection.request(SnapshotRequest(tag), retry=False)
 
     async def remove(self, name: str) -> dict[str, object]:
@@ -135,6 +144,8 @@ class ToolboxCalls:
           TransportError: the peer could not be reached.
           NodeClosedError: the client is closed.
         """
+        if not isinstance(name, str):  # what a node answers; the peer could not even read it
+            raise InvalidArgument(f"no member named {name!r}")
         return await self._connection.request(RemoveRequest(name), retry=False)
 
     async def reload_tls(self) -> None:
@@ -142,11 +153,16 @@ class ToolboxCalls:
         retried elsewhere); needs an ``operator`` certificate.
 
         Raises:
-          RemoteError: ``bad_request`` (the peer runs without TLS, or its files do not load;
-            the ones in use stay in force) or ``forbidden`` (not an operator certificate).
+          ConfigError: the peer runs without TLS, or its files do not load (the ones in use
+            stay in force), as :meth:`gossipkv.Node.reload_tls`.
+          RemoteError: ``forbidden`` (not an operator certificate).
           TransportError: the connected peer did not answer.
         """
-        await self._connection.request(ReloadTlsRequest(), retry=False)
+        try:
+            await self._connection.request(ReloadTlsRequest(), retry=False)
+        except InvalidArgument as exc:
+            # The node's ConfigError, which travels as bad_request: the error a node raises.
+            raise ConfigError(str(exc)) from None
 
     async def set_metadata(self, key: str, value: str | None) -> None:
         """Set a metadata key on the connected peer (not retried elsewhere).
@@ -156,11 +172,18 @@ class ToolboxCalls:
           value: a string (at most 512 UTF-8 bytes by default), or ``None`` to delete the key.
 
         Raises:
-          InvalidArgument: the peer refused the key or value (as
-            :meth:`gossipkv.Node.set_metadata`).
+          InvalidArgument: the key or value is not a string (checked before sending), or the
+            peer refused it (as :meth:`gossipkv.Node.set_metadata`).
           TransportError: the connected peer did not answer.
           HandshakeError, NodeClosedError: as :meth:`members`.
         """
+        # What the peer could not even read is refused here, with the node's words.
+        if not isinstance(key, str):
+            raise InvalidArgument(
+                "metadata key must be a non-empty string of at most 128 characters"
+            )
+        if value is not None and not isinstance(value, str):
+            raise InvalidArgument("metadata value must be a string or None")
         await self._connection.request(SetMetadataRequest(key, value), retry=False)
 
     async def config(self) -> dict[str, object]:
@@ -256,3 +279,7 @@ class ToolboxCalls:
           TransportError, HandshakeError, NodeClosedError: as :meth:`members`.
         """
         return await self._connection.request(RestoreRequest(key, clock), retry=True)
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
