@@ -1,6 +1,7 @@
-"""The calls a :class:`~gossipkv.Node` answers too, through a client: reads, writes and deletes,
-the membership table and the statistics snapshot. Each checks what it can before sending, so a
-bad argument raises the same error as on a node; the answer is read into the node's types."""
+"""A client's data calls: reads, writes and deletes, and the two views anyone may ask for (the
+membership table and the statistics snapshot). Each checks what it can before sending, so a bad
+argument raises the same error as on a :class:`~gossipkv.Node`, and reads the answer into the
+node's types; reads and writes are retried on another peer (writes carry an idempotency id)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ._replies import kv_result, member_views
 
 
 class DataCalls:
-    """:class:`~gossipkv.Client`'s share of the node's API (one of its bases)."""
+    """:class:`~gossipkv.Client`'s data calls (one of its bases)."""
 
     _connection: FailoverConnection
 

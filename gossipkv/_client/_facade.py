@@ -2,8 +2,9 @@
 
 ``Client`` is a facade over rooms of one concept each: :class:`~._connection.FailoverConnection`
 (the peer in use and the failover to the next, with the in-flight requests timed by
-``_expiry``), and its calls in three bases: the node's own API (``_data_calls``), the operator's
-toolbox (``_toolbox_calls``) and the streams (``_streams``). Replies are read by ``_replies``.
+``_expiry``), and its calls in three bases: reads, writes and the views anyone may ask for
+(``_data_calls``), the operator's toolbox (``_toolbox_calls``) and the streams, watch and
+monitor (``_streams``). Replies are read by ``_replies``.
 """
 
 from __future__ import annotations
