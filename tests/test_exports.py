@@ -86,14 +86,19 @@ def _public_objects() -> Iterator[tuple[str, Any]]:
 
 
 def _public_callables() -> Iterator[tuple[str, Any]]:
-    """Every public function and class, and the public methods and properties of the classes."""
+    """Every public function and class, and the public methods and properties of the classes
+    (those a class inherits from gossipkv's own bases too: ``Client`` gets its calls from
+    three)."""
     for qualname, obj in _public_objects():
         yield qualname, obj
         if not isinstance(obj, type) or issubclass(obj, BaseException):
             continue
-        for name, attr in vars(obj).items():
-            if name.startswith("_"):
+        seen: set[str] = set()
+        own = [k for k in obj.__mro__ if k.__module__.split(".")[0] == "gossipkv"]
+        for name, attr in [item for klass in own for item in vars(klass).items()]:
+            if name.startswith("_") or name in seen:
                 continue
+            seen.add(name)
             if isinstance(attr, property):
                 yield f"{qualname}.{name}", attr.fget
             elif isinstance(attr, (staticmethod, classmethod)):

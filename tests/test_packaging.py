@@ -51,7 +51,12 @@ def test_only_gossipkv_and_gossipkv_cli_are_top_level(wheel: zipfile.ZipFile) ->
 def test_wheel_ships_the_type_marker_and_the_cli_modules(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
     assert "gossipkv/py.typed" in names
-    assert {"gossipkv/testing/__init__.py", "gossipkv/storage/__init__.py"} <= names
+    assert {
+        "gossipkv/testing/__init__.py",
+        "gossipkv/storage/__init__.py",
+        "gossipkv/_client/__init__.py",
+        "gossipkv/_client/_connection.py",
+    } <= names
     # `python -m gossipkv_cli` and the console script's target.
     assert {"gossipkv_cli/__main__.py", "gossipkv_cli/_app.py"} <= names
 

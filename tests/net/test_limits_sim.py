@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from gossipkv import NetworkLimits, RemoteError, TransportError, open_client
-from gossipkv._client import _ignore
+from gossipkv._client._connection import ignore_oneway
 from gossipkv._codec import encode
 from gossipkv._messages import PROTOCOL_VERSION, Hello, Kind, WatchRequest
 
@@ -58,8 +58,8 @@ async def test_watches_are_capped_per_connection_and_per_node(
             open_client([c.address("n1")], transport=c.net.transport("client:1")) as client,
             trio.open_nursery() as nursery,
         ):
-            first = await client._dial(c.address("n1"), _ignore, nursery)
-            second = await client._dial(c.address("n1"), _ignore, nursery)
+            first = await client._connection.dial(c.address("n1"), ignore_oneway, nursery)
+            second = await client._connection.dial(c.address("n1"), ignore_oneway, nursery)
             with trio.fail_after(30):
                 for _ in range(2):
                     await first.request(WatchRequest(""))
@@ -116,9 +116,13 @@ async def test_connection_caps_refuse_and_count_while_the_rest_works(
         ):
             with trio.fail_after(30):
                 await client.put("k", "v")  # the client's own connection: 1 from client:1
-                extra = [await client._dial(address, _ignore, nursery) for _ in range(2)]
+                extra = [
+                    await client._connection.dial(address, ignore_oneway, nursery) for _ in range(2)
+                ]
                 with pytest.raises(TransportError):
-                    await client._dial(address, _ignore, nursery)  # 4 from one source
+                    await client._connection.dial(
+                        address, ignore_oneway, nursery
+                    )  # 4 from one source
             assert refused(n1, "source_limit") == 1, f"seed={seed}"
             # Hellos claiming one member name (from another source): at most 2 connections.
             transport = c.net.transport("rogue:1")
@@ -157,7 +161,9 @@ async def test_total_connection_cap(seed: int, autojump_clock: trio.testing.Mock
             with trio.fail_after(60):
                 while True:
                     try:
-                        opened.append(await client._dial(address, _ignore, nursery))
+                        opened.append(
+                            await client._connection.dial(address, ignore_oneway, nursery)
+                        )
                     except TransportError:
                         break
             assert n1.statistics().accepted_connections == 6, f"seed={seed}"

@@ -54,7 +54,7 @@ async def test_a_gossiped_address_that_does_not_parse_is_ignored(
             (VersionedEntry("addr", "no-port-here", 1), VersionedEntry("status", "up", 2)),
         )
         async with open_client(["n1:7400"], transport=c.net.transport("evil:7400")) as client:
-            channel = await client._connect()
+            channel = await client._connection.connect()
             await channel.notify(Ack((ghost,)))  # clients may not gossip: closed and counted
         await trio.sleep(5)
         assert sorted(c.nodes) == FIVE[:3], f"seed={seed}"
