@@ -6,7 +6,7 @@ node's types; reads and writes are retried on another peer (writes carry an idem
 from __future__ import annotations
 
 from .._errors import DecodeError, ValueNotEncodable
-from .._kv import GetResult, PutResult, check_request
+from .._kv_model import GetResult, PutResult, check_request
 from .._messages import KvGet, KvPut, MembersRequest, StatsRequest
 from .._replication import check_count
 from .._statistics import NodeStatistics, statistics_from_body

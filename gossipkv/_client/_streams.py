@@ -23,7 +23,7 @@ from .._errors import (
     error_from_code,
     single_error,
 )
-from .._kv import Change
+from .._kv_model import Change
 from .._messages import (
     MembersRequest,
     Message,

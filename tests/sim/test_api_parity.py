@@ -4,8 +4,7 @@ the same types, whether it goes through an embedded :class:`Node` or a :class:`C
 
 Every operation both have is here: ``get``, ``put``, ``delete``, ``members``, ``statistics``,
 ``set_metadata``, ``remove``, ``snapshot``, ``reload_tls``, ``watch`` and ``leave`` (and the
-client's ``config``, the node's ``effective_config``). What still differs is marked ``xfail``
-(strict: it fails once fixed) with the reason."""
+client's ``config``, the node's ``effective_config``)."""
 
 from __future__ import annotations
 
@@ -67,22 +66,10 @@ BAD: dict[str, Call] = {
     "snapshot: no data dir": lambda api: api.snapshot("t1"),
     "reload_tls: no TLS": lambda api: api.reload_tls(),
     "watch: max_buffer negative": lambda api: api.watch("k", max_buffer=-1),
-}
-
-#: Bad input a node does not check yet (gossipkv/_node.py), so a node and a client still differ.
-NODE_UNCHECKED: dict[str, tuple[Call, str]] = {
-    "snapshot: tag not a string": (
-        lambda api: api.snapshot(5),
-        "Node.snapshot checks its data dir first, then raises TypeError for the tag",
-    ),
-    "leave: handoff_seconds not a number": (
-        lambda api: api.leave(handoff_seconds="x"),
-        "Node.leave announces leaving, then raises TypeError",
-    ),
-    "watch: prefix not a string": (
-        lambda api: api.watch(5),
-        "Node.watch accepts any prefix",
-    ),
+    "watch: prefix not a string": lambda api: api.watch(5),
+    "snapshot: tag not a string": lambda api: api.snapshot(5),
+    "leave: handoff_seconds not a number": lambda api: api.leave(handoff_seconds="x"),
+    "leave: force not a bool": lambda api: api.leave(force="yes"),
 }
 
 
@@ -118,22 +105,6 @@ async def test_bad_input_raises_the_same_error_from_a_node_and_a_client(
     on_node = await _outcome(node, BAD[case])
     on_client = await _outcome(client, BAD[case])
     assert on_node[0] != "returned", f"{case}: the node accepted it"
-    assert on_node == on_client, f"{case}: node {on_node} but client {on_client}"
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=r))
-        for c, (_, r) in NODE_UNCHECKED.items()
-    ],
-)
-async def test_bad_input_a_node_does_not_check_yet(both: tuple[Node, Any], case: str) -> None:
-    node, client = both
-    call = NODE_UNCHECKED[case][0]
-    on_client = await _outcome(client, call)
-    assert on_client[0] == "InvalidArgument", f"{case}: client {on_client}"
-    on_node = await _outcome(node, call)
     assert on_node == on_client, f"{case}: node {on_node} but client {on_client}"
 
 
@@ -198,11 +169,6 @@ async def test_remove_returns_the_same_shape(autojump_clock: trio.testing.MockCl
     assert (on_node["removed"], on_client["removed"]) == ("n4", "n5")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="API decision: Client.leave returns the peer's answer at once ({ok, status}); "
-    "Node.leave waits for the hand-off and returns None",
-)
 async def test_leave_returns_the_same_type(autojump_clock: trio.testing.MockClock) -> None:
     async with open_sim_cluster(4, seed=4) as c:
         with trio.fail_after(60):
@@ -211,14 +177,11 @@ async def test_leave_returns_the_same_type(autojump_clock: trio.testing.MockCloc
             with trio.fail_after(120):
                 on_client = await client.leave()
                 on_node = await c.nodes["n3"].leave()
-    assert type(on_node) is type(on_client)
+    assert type(on_node) is type(on_client) is dict
+    assert sorted(on_node) == sorted(on_client) == ["ok", "status"]
+    assert (on_node["status"], on_client["status"]) == ("left", "leaving")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Node.leave lets a lone member leave (its data lost); a peer asked by a client "
-    "refuses with InvalidArgument unless forced",
-)
 async def test_a_lone_member_refuses_to_leave_unforced(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
