@@ -33,7 +33,15 @@ from ._log_format import (
     hint_name,
     seg_name,
 )
-from ._segment_files import SegmentWindow, fsync_dir, read_index, write_all, write_hint
+from ._segment_files import (
+    YIELD_EVERY,
+    SegmentWindow,
+    fsync_dir,
+    read_index,
+    write_all,
+    write_hint,
+    yield_gil,
+)
 
 # Records planned between checkpoints: each is a few dict lookups, so 2048 held the loop for
 # 10-17 ms on this machine; 256 keeps a step near 1 ms.
@@ -164,6 +172,8 @@ class _Copier:
             new_segs, new_offs = moves.new_segs, moves.new_offs
             pack_entry = HINT_ENTRY.pack
             for i in range(first, len(moves)):
+                if i % YIELD_EVERY == 0:
+                    yield_gil()
                 seg = new_segs[i]
                 if not seg:
                     continue  # a dropped delete marker

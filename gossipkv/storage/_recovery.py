@@ -33,12 +33,14 @@ from ._log_format import (
     seg_name,
 )
 from ._segment_files import (
+    YIELD_EVERY,
     SegmentWindow,
     finish_deletions,
     fsync_dir,
     keep_aside,
     segment_crc,
     write_hint,
+    yield_gil,
 )
 
 
@@ -151,7 +153,8 @@ def _recover(path: Path, lock_fd: int) -> tuple[Recovered, int]:
             entries: Entries | None = None
             if hint_path.exists():
                 # The segment is streamed for its checksum, never held whole.
-                entries = decode_hint(hint_path.read_bytes(), size, segment_crc(fd, size))
+                raw = hint_path.read_bytes()
+                entries = decode_hint(raw, size, segment_crc(fd, size), yield_gil)
                 if entries is not None:
                     hints += 1
             if entries is None:
@@ -213,7 +216,7 @@ def _recover(path: Path, lock_fd: int) -> tuple[Recovered, int]:
 def _scan(path: Path, seg: int, data: bytes) -> tuple[ScanResult, int, int]:
     """Scan a segment with no usable hint: keep its damaged records aside, truncate a torn tail
     and write its hint. Returns the scan, the segment's size now, and 1 if its tail was torn."""
-    scanned = scan_segment(data)
+    scanned = scan_segment(data, yield_gil)
     for start, end, _ in scanned.damaged:
         # Damage inside the segment (not a torn tail): keep the bytes for inspection, and
         # have the key repaired from the other replicas.
@@ -245,7 +248,9 @@ def _index_segment(
     seg_shift = seg << SEG_SHIFT
     body, unpack = entries.body, HINT_ENTRY.unpack_from
     low = 1 << 64
-    for pos in entries.starts:
+    for n, pos in enumerate(entries.starts):
+        if n % YIELD_EVERY == 0:
+            yield_gil()
         seq, off, length, klen = unpack(body, pos)
         kb = body[pos + HINT_ENTRY_SIZE : pos + HINT_ENTRY_SIZE + klen]
         loc = (seq << SEQ_SHIFT) | seg_shift | (off << OFF_BITS) | length

@@ -25,6 +25,20 @@ from ._log_format import (
     seg_name,
 )
 
+#: Records a worker-thread loop handles between giving the GIL away (a few hundred microseconds).
+YIELD_EVERY = 256
+
+
+def yield_gil() -> None:
+    """Let another thread, the event loop's above all, take the GIL now.
+
+    A thread running Python keeps the GIL until the switch interval (5 ms) forces it out, so while
+    a compaction or a recovery ran its per-record loops every event-loop wake-up waited about
+    5 ms, and far longer when the holder was itself waiting for a CPU. Worker-thread loops call
+    this every :data:`YIELD_EVERY` records, as loop code calls ``trio.lowlevel.checkpoint()``.
+    """
+    os.sched_yield()
+
 
 def storage_error(exc: OSError, what: str) -> StorageError:
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
@@ -116,10 +130,10 @@ def read_index(path: Path, seg: int) -> Entries:
             raw = (path / hint_name(seg)).read_bytes()
         except FileNotFoundError:
             raw = b""
-        entries = decode_hint(raw, size, segment_crc(fd, size)) if raw else None
+        entries = decode_hint(raw, size, segment_crc(fd, size), yield_gil) if raw else None
         if entries is not None:
             return entries
-        return scan_segment(os.pread(fd, size, 0)).entries
+        return scan_segment(os.pread(fd, size, 0), yield_gil).entries
     finally:
         os.close(fd)
 
