@@ -142,9 +142,6 @@ class Moves:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def key_bytes(self, i: int) -> memoryview:
-        return memoryview(self.keys)[self.key_ends[i - 1] if i else 0 : self.key_ends[i]]
-
 
 class LogIndex:
     """The key directory, delete markers, record hashes and per-segment accounting."""

@@ -9,6 +9,7 @@ keeps the newest record of each key by ``seq`` wherever it lies (original or com
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import zlib
@@ -33,8 +34,8 @@ from ._log_format import (
     seg_name,
 )
 from ._segment_files import (
+    WINDOW,
     YIELD_EVERY,
-    SegmentWindow,
     finish_deletions,
     fsync_dir,
     keep_aside,
@@ -173,7 +174,7 @@ def _recover(path: Path, lock_fd: int) -> tuple[Recovered, int]:
             seg_bytes[seg] = size
             seg_records[seg] = len(entries)
             max_seq, low = _index_segment(
-                seg, entries, SegmentWindow(fd), shards, marker_locs, record_hashes, max_seq
+                seg, fd, entries, shards, marker_locs, record_hashes, max_seq
             )
             if entries:
                 seg_min_seq[seg] = low
@@ -236,18 +237,24 @@ def _scan(path: Path, seg: int, data: bytes) -> tuple[ScanResult, int, int]:
 
 def _index_segment(
     seg: int,
+    fd: int,
     entries: Entries,
-    window: SegmentWindow,
     shards: list[dict[str, int]],
     marker_locs: dict[str, int],
     record_hashes: RecordHashes,
     max_seq: int,
 ) -> tuple[int, int]:
     """Enter one segment's records into the key directory where they are the newest of their
-    key; returns the highest ``seq`` seen so far and the segment's lowest."""
+    key; returns the highest ``seq`` seen so far and the segment's lowest.
+
+    The record hashes are rebuilt from the records themselves (never trusted from a hint file),
+    read through a window of the segment file (:class:`SegmentWindow`'s, inlined: a call per
+    record made recovery ~15% slower).
+    """
     seg_shift = seg << SEG_SHIFT
     body, unpack = entries.body, HINT_ENTRY.unpack_from
     low = 1 << 64
+    buf, lo, hi = b"", 0, 0
     for n, pos in enumerate(entries.starts):
         if n % YIELD_EVERY == 0:
             yield_gil()
@@ -258,12 +265,18 @@ def _index_segment(
         shard = shards[hash(key) & SHARD_MASK]
         if loc > shard.get(key, 0):
             shard[key] = loc
-            # The record hashes are rebuilt from the records themselves, never trusted
-            # from a hint file.
-            value = window.read(off, length)[HEADER_SIZE + klen :]
+            end = off + length
+            if off < lo or end > hi:
+                buf, lo = os.pread(fd, max(length, WINDOW), off), off
+                hi = off + len(buf)
+                if end > hi:
+                    raise OSError(errno.EIO, f"a record at {off} runs past the segment's end")
+            value = buf[off - lo + HEADER_SIZE + klen : end - lo]
             record_hashes.set(key, record_hash(kb, value), kb)
         if length == HEADER_SIZE + klen:  # a delete marker (an empty value)
             marker_locs[key] = max(loc, marker_locs.get(key, 0))
-        max_seq = max(max_seq, seq)
-        low = min(low, seq)
+        if seq > max_seq:
+            max_seq = seq
+        if seq < low:
+            low = seq
     return max_seq, low

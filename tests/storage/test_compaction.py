@@ -15,7 +15,7 @@ from _helpers import clock_of
 
 from gossipkv._dvv import DVVSet, Sibling
 from gossipkv._errors import StorageError, StorageFull
-from gossipkv.storage import StorageEngine, _segment_files, open_log_engine
+from gossipkv.storage import StorageEngine, _recovery, _segment_files, open_log_engine
 
 VALUE = "v" * 100  # records of ~150 bytes: several per 1 KiB segment
 
@@ -153,6 +153,7 @@ async def test_compaction_and_recovery_stream_segments_through_a_window(
     # are larger than one. No read holds more than the window or one record, so a compaction
     # or a recovery never holds a segment whole.
     monkeypatch.setattr(_segment_files, "WINDOW", 256)
+    monkeypatch.setattr(_recovery, "WINDOW", 256)
     real_pread = os.pread
     largest = [0]
 
