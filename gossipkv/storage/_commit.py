@@ -1,9 +1,8 @@
 """Group commit for the log engine: many puts, one write and one fsync, acknowledged after it.
 
 :class:`GroupCommit` owns the active segment and the batch being filled. Writers append a record
-to the pending batch and wait; a batch closes at ``_BATCH_RECORDS`` records and the next one
-starts. The committer task takes the oldest closed batch (else the pending one), reserves its place
-at the end of the active segment and writes it in a worker thread (Request Batch). Up to two batches are
+to the pending batch and wait; the committer task takes the whole batch, reserves its place at the
+end of the active segment and writes it in a worker thread (Request Batch). Up to two batches are
 on their way to the disk at once (Request Pipeline): the bytes reach the file strictly in offset
 order, only the fsyncs overlap, and batches are installed into the :class:`LogIndex` and
 acknowledged strictly in offset order. A failed write cuts the segment back to where it failed
@@ -17,7 +16,6 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +32,6 @@ from ._recovery import start_segment
 from ._segment_files import storage_error, write_all, write_hint
 
 _MAX_COMMITS_IN_FLIGHT = 2
-# A batch closes at this many records and the next one starts. Writers that wait on one batch
-# come back together and would all refill the next: one batch in flight at a time, the loop idle
-# during each fsync and the disk idle while the loop prepares the next batch. Two smaller
-# batches alternate instead (bench storage's 64 writers: 11k durable puts/s in one batch, 16k in
-# batches of 32, on a ~4 ms flush).
-_BATCH_RECORDS = 32
 
 
 @dataclass
@@ -85,8 +77,6 @@ class GroupCommit:
         self._active_crc = 0
         self._active_hint = bytearray()  # hint entries of the active segment, pre-encoded
         self._pending = _Batch()
-        #: Closed batches waiting for the committer, oldest first (written in this order).
-        self._closed: deque[_Batch] = deque()
         self._has_work = trio.Event()
         self._max_pending = max_pending_writes
         self._in_flight = 0
@@ -118,7 +108,7 @@ class GroupCommit:
 
     @property
     def pending_writes(self) -> int:
-        return len(self._pending.records) + sum(len(b.records) for b in self._closed)
+        return len(self._pending.records)
 
     def wake(self) -> None:
         self._has_work.set()
@@ -136,9 +126,6 @@ class GroupCommit:
             seq = self._seq
             self._seq += 1
             batch = self._pending
-            if len(batch.records) >= _BATCH_RECORDS:
-                self._closed.append(batch)
-                batch = self._pending = _Batch()
             batch.keys.append(key)
             batch.kbs.append(kb)
             batch.seqs.append(seq)
@@ -211,11 +198,7 @@ class GroupCommit:
                     await self._has_work.wait()
                     self._has_work = trio.Event()
                     await self._repair_after_failure()
-                    if self._closed:
-                        batch = self._closed.popleft()
-                        self._has_work.set()  # the pending batch (or another closed one) next
-                    else:
-                        batch, self._pending = self._pending, _Batch()
+                    batch, self._pending = self._pending, _Batch()
                     if self._active_size >= self._segment_bytes or (
                         batch.roll and self._active_size > 0
                     ):
@@ -242,7 +225,7 @@ class GroupCommit:
                         if self.failed is not None and batch.records:
                             batch.error = self.failed
                         batch.done.set()
-                    if self.closing and not self._pending.records and not self._closed:
+                    if self.closing and not self._pending.records:
                         await self._wait_commits(0)
                         await self._repair_after_failure()
                         return

@@ -59,8 +59,7 @@ async def _snapshot(data_dir: Path) -> tuple[dict[str, str], int, int]:
         return got, st.torn_tail_truncations, st.corrupt_records_skipped
 
 
-# 64 writers fill batches past the size at which one closes: several batches are queued or on
-# their way to the disk at the kill.
+# 64 writers make batches of up to 64 records, two of them on their way to the disk at a kill.
 @pytest.mark.parametrize(("fsync", "writers"), [("always", 8), ("batch", 8), ("batch", 64)])
 async def test_sigkill_at_random_moments(fsync: str, writers: int, tmp_path: Path) -> None:
     seed = random.randrange(2**32)
