@@ -32,10 +32,13 @@ YIELD_EVERY = 256
 def yield_gil() -> None:
     """Let another thread, the event loop's above all, take the GIL now.
 
-    A thread running Python keeps the GIL until the switch interval (5 ms) forces it out, so while
-    a compaction or a recovery ran its per-record loops every event-loop wake-up waited about
-    5 ms, and far longer when the holder was itself waiting for a CPU. Worker-thread loops call
-    this every :data:`YIELD_EVERY` records, as loop code calls ``trio.lowlevel.checkpoint()``.
+    A thread running Python keeps the GIL until the switch interval (5 ms by default) forces it
+    out, so while a compaction or a recovery ran its per-record loops every event-loop wake-up
+    waited about that long, and far longer when the holder was itself waiting for a CPU.
+    Worker-thread loops call this every :data:`YIELD_EVERY` records, as loop code calls
+    ``trio.lowlevel.checkpoint()``. Measured with a 1 ms ticker during a 200k-key recovery in a
+    thread: late by 5.3 ms at the median without it, 0.8-1.0 ms with it (p99 2.5 ms with the
+    1 ms switch interval a serving peer sets).
     """
     os.sched_yield()
 
