@@ -268,6 +268,10 @@ def peer(
                 # out of the collector's sight, a full collection walks only newer objects
                 # (11 ms for the CLI's imports alone, paid as an event-loop stall each time).
                 gc.freeze()
+                # Disk I/O runs in worker threads; one running Python (a compaction, a large
+                # scan) keeps the GIL until the switch interval forces it out: 1 ms, not 5,
+                # is what the event loop waits for it each time.
+                sys.setswitchinterval(0.001)
                 print(
                     f"peer {node.name} serving on {node.address} "
                     f"(cluster {node.config.cluster}, generation {node.generation})",

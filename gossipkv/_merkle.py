@@ -44,7 +44,7 @@ _RECORD_MASK = (1 << 60) - 1
 _PERSON = b"gossipkv-rec"
 
 
-def key_digest(kb: bytes) -> int:
+def key_digest(kb: bytes | bytearray | memoryview) -> int:
     """The 64-bit blake2b of a key's UTF-8 bytes; modulo the partition count it is the key's
     partition, its top 12 bits are the key's segment."""
     return int.from_bytes(hashlib.blake2b(kb, digest_size=8).digest(), "big")
@@ -55,7 +55,7 @@ def segment_of(digest: int) -> int:
     return digest >> _SEGMENT_SHIFT
 
 
-def record_hash(kb: bytes, clock: bytes) -> int:
+def record_hash(kb: bytes | bytearray | memoryview, clock: bytes | memoryview) -> int:
     """The record hash of a key (UTF-8 bytes) holding a clock (canonical CBOR): never 0,
     which stands for "no record"."""
     h = hashlib.blake2b(digest_size=8, person=_PERSON)
@@ -241,7 +241,7 @@ class RecordHashes:
         """The record hash of ``key`` (``None``: not stored)."""
         return self._buckets[segment_of(key_digest(key.encode("utf-8")))].get(key)
 
-    def set(self, key: str, h: int, kb: bytes | None = None) -> None:
+    def set(self, key: str, h: int, kb: bytes | bytearray | memoryview | None = None) -> None:
         """``key`` now holds a record with hash ``h`` (``kb``: its UTF-8 bytes, if at hand)."""
         digest = key_digest(key.encode("utf-8") if kb is None else kb)
         bucket = self._buckets[digest >> _SEGMENT_SHIFT]

@@ -151,46 +151,35 @@ class GroupCommit:
     def _write_sync(
         self,
         fd: int,
-        seg: int,
         start: int,
         batch: _Batch,
         prev_written: threading.Event,
         written: threading.Event,
-    ) -> tuple[list[int], int]:
-        """Write one batch at its reserved offset (worker thread); returns locations, fsyncs.
+    ) -> int:
+        """Write one batch at its reserved offset (worker thread); returns the fsyncs done.
 
         The bytes go to the file strictly in offset order (``prev_written``), so a crash leaves
         a prefix of the log, never a hole followed by later records; only the fsyncs overlap.
+        The locations are computed on the loop: a worker thread holding the GIL for Python work
+        that a busy CPU preempts holds up the event loop with it.
         """
         prev_written.wait()
         try:
-            return self._write_ordered(fd, seg, start, batch, written)
+            if self._fsync is FsyncPolicy.ALWAYS:
+                off = start
+                for rec in batch.records:
+                    write_all(fd, rec, off)
+                    os.fdatasync(fd)
+                    off += len(rec)
+                return len(batch.records)
+            write_all(fd, b"".join(batch.records), start)
+            written.set()  # the next batch may write now, while this one waits for its fsync
+            if self._fsync is FsyncPolicy.BATCH:
+                os.fdatasync(fd)
+                return 1
+            return 0
         finally:
             written.set()
-
-    def _write_ordered(
-        self, fd: int, seg: int, start: int, batch: _Batch, written: threading.Event
-    ) -> tuple[list[int], int]:
-        locs: list[int] = []
-        fsyncs = 0
-        off = start
-        if self._fsync is FsyncPolicy.ALWAYS:
-            for seq, rec in zip(batch.seqs, batch.records, strict=True):
-                write_all(fd, rec, off)
-                os.fdatasync(fd)
-                fsyncs += 1
-                locs.append(pack(seq, seg, off, len(rec)))
-                off += len(rec)
-            return locs, fsyncs
-        for seq, rec in zip(batch.seqs, batch.records, strict=True):
-            locs.append(pack(seq, seg, off, len(rec)))
-            off += len(rec)
-        write_all(fd, b"".join(batch.records), start)
-        written.set()  # the next batch may write now, while this one waits for its fsync
-        if self._fsync is FsyncPolicy.BATCH:
-            os.fdatasync(fd)
-            fsyncs += 1
-        return locs, fsyncs
 
     async def run(self) -> None:
         """The committer task: take what is pending, reserve its place in the segment, write it.
@@ -291,16 +280,14 @@ class GroupCommit:
         try:
             error: OSError | None = None
             locs: list[int] = []
+            seg, off = self.active, start
+            for seq, rec in zip(batch.seqs, batch.records, strict=True):
+                locs.append(pack(seq, seg, off, len(rec)))
+                off += len(rec)
             fsyncs = 0
             try:
-                locs, fsyncs = await trio.to_thread.run_sync(
-                    self._write_sync,
-                    self._active_fd,
-                    self.active,
-                    start,
-                    batch,
-                    prev_written,
-                    written,
+                fsyncs = await trio.to_thread.run_sync(
+                    self._write_sync, self._active_fd, start, batch, prev_written, written
                 )
             except OSError as exc:
                 error = exc

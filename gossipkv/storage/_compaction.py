@@ -20,13 +20,28 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from ._keydir import OFF_BITS, SEG_SHIFT, SEQ_SHIFT, LogIndex, Moves, pack, seg_of
-from ._log_format import HEADER_SIZE, HINT_ENTRY, TMP_SUFFIX, Entries, hint_name, seg_name
-from ._segment_files import fsync_dir, read_segment, write_all, write_hint
+from ._keydir import OFF_BITS, SEG_SHIFT, SEQ_SHIFT, LogIndex, Moves
+from ._log_format import (
+    HEADER_SIZE,
+    HINT_ENTRY,
+    HINT_ENTRY_SIZE,
+    TMP_SUFFIX,
+    Entries,
+    hint_name,
+    seg_name,
+)
+from ._segment_files import (
+    YIELD_EVERY,
+    SegmentWindow,
+    fsync_dir,
+    read_index,
+    write_all,
+    write_hint,
+    yield_gil,
+)
 
 # Records planned between checkpoints: each is a few dict lookups, so 2048 held the loop for
 # 10-17 ms on this machine; 256 keeps a step near 1 ms.
@@ -66,13 +81,13 @@ async def compact_segments(
     copier = _Copier(path)
     try:
         for seg in victims:
-            data, entries = await trio.to_thread.run_sync(read_segment, path, seg)
-            picks, news = await plan.take(seg, entries, index, drop_below[seg])
-            # The worker drops the segment's bytes and entries (a 64 MiB segment's entries are
-            # a few hundred thousand objects: freeing them on the loop stalled it for ~10 ms).
-            held = [data, entries]
-            del data, entries
-            await trio.to_thread.run_sync(_copy_and_drop, copier, held, picks, news)
+            # Only the segment's index is held (its hint's bytes); the copier streams the
+            # records it needs from the file.
+            entries = await trio.to_thread.run_sync(read_index, path, seg)
+            first = len(plan.moves)
+            await plan.take(seg, entries, index, drop_below[seg])
+            del entries
+            await trio.to_thread.run_sync(copier.copy, seg, plan.moves, first)
         read_fds = await trio.to_thread.run_sync(copier.finish)
     except BaseException:
         with trio.CancelScope(shield=True) as scope:
@@ -94,54 +109,37 @@ class _Plan:
         self._seg = -1
         self._size = 0
 
-    async def take(
-        self, seg: int, entries: Entries, index: LogIndex, drop_below: int
-    ) -> tuple[list[int], list[int]]:
-        """The records of ``seg`` to copy (indexes into ``entries``) and their new locations;
-        dropped markers go straight into the moves."""
+    async def take(self, seg: int, entries: Entries, index: LogIndex, drop_below: int) -> None:
+        """Add the records of ``seg`` to copy, with their new places, and the delete markers
+        to drop, to the moves."""
         keydir, markers = index.keydir, index.markers
-        moves = self.moves
-        picks: list[int] = []
-        news: list[int] = []
+        add = self.moves.add
         seg_shift = seg << SEG_SHIFT
-        keys, seqs, offs, lens = entries.keys, entries.seqs, entries.offs, entries.lens
-        for i in range(len(keys)):
-            if i % _CHECKPOINT_EVERY == 0:
+        body, unpack = entries.body, HINT_ENTRY.unpack_from
+        for n, pos in enumerate(entries.starts):
+            if n % _CHECKPOINT_EVERY == 0:
                 await trio.lowlevel.checkpoint()
-            kb, seq, length = keys[i], seqs[i], lens[i]
-            key = kb.decode("utf-8", "surrogateescape")
-            old = (seq << SEQ_SHIFT) | seg_shift | (offs[i] << OFF_BITS) | length
-            if length == HEADER_SIZE + len(kb):
+            seq, off, length, klen = unpack(body, pos)
+            kb = body[pos + HINT_ENTRY_SIZE : pos + HINT_ENTRY_SIZE + klen]
+            key = str(kb, "utf-8", "surrogateescape")
+            old = (seq << SEQ_SHIFT) | seg_shift | (off << OFF_BITS) | length
+            if length == HEADER_SIZE + klen:
                 if markers.get(key) != old:
                     continue  # a marker superseded by a later put or marker
                 if seq <= drop_below:
-                    moves.keys.append(key)  # dropped: no older record of the key is left
-                    moves.olds.append(old)
-                    moves.news.append(0)
+                    add(kb, seq, seg, off, length, 0, 0)  # dropped: no older record is left
                     continue
             elif keydir.get(key) != old:
                 continue  # superseded
             if self._seg < 0 or self._size >= self._segment_bytes:
                 self._seg, self._size = self._alloc(), 0
                 self.outputs[self._seg] = [0, 0, seq]
-            new = pack(seq, self._seg, self._size, length)
-            picks.append(i)
-            news.append(new)
-            moves.keys.append(key)
-            moves.olds.append(old)
-            moves.news.append(new)
+            add(kb, seq, seg, off, length, self._seg, self._size)
             self._size += length
             out = self.outputs[self._seg]
             out[0] += length
             out[1] += 1
             out[2] = min(out[2], seq)
-        return picks, news
-
-
-def _copy_and_drop(copier: _Copier, held: list[Any], picks: list[int], news: list[int]) -> None:
-    data, entries = held
-    held.clear()
-    copier.copy(data, entries, picks, news)
 
 
 class _Copier:
@@ -154,7 +152,7 @@ class _Copier:
         self._size = 0
         self._crc = 0
         self._hint = bytearray()
-        self._buf: list[bytes] = []
+        self._buf: list[bytes | memoryview] = []
         self._buffered = 0
         self._size_written = 0
         self._outputs: list[int] = []  # every output created, in order
@@ -164,24 +162,40 @@ class _Copier:
     def _tmp(self, seg: int) -> Path:
         return self._path / (seg_name(seg) + TMP_SUFFIX)
 
-    def copy(self, data: bytes, entries: Entries, picks: list[int], news: list[int]) -> None:
-        keys, seqs, offs, lens = entries.keys, entries.seqs, entries.offs, entries.lens
-        for i, new in zip(picks, news, strict=True):
-            seg = seg_of(new)
-            if seg != self._seg:
-                self._seal()
-                self._open(seg)
-            kb, off, length = keys[i], offs[i], lens[i]
-            rec = data[off : off + length]
-            self._buf.append(rec)
-            self._buffered += length
-            if self._buffered >= _FLUSH_BYTES:
-                self._flush()
-            self._crc = zlib.crc32(rec, self._crc)
-            self._hint += HINT_ENTRY.pack(seqs[i], self._size, length, len(kb))
-            self._hint += kb
-            self._size += length
-        self._flush()
+    def copy(self, victim: int, moves: Moves, first: int) -> None:
+        """Copy the records ``moves[first:]`` planned from segment ``victim``."""
+        src = os.open(self._path / seg_name(victim), os.O_RDONLY)
+        try:
+            window = SegmentWindow(src)
+            keys, ends = memoryview(moves.keys), moves.key_ends
+            seqs, offs, lens = moves.seqs, moves.old_offs, moves.lens
+            new_segs, new_offs = moves.new_segs, moves.new_offs
+            pack_entry = HINT_ENTRY.pack
+            for i in range(first, len(moves)):
+                if i % YIELD_EVERY == 0:
+                    yield_gil()
+                seg = new_segs[i]
+                if not seg:
+                    continue  # a dropped delete marker
+                if seg != self._seg:
+                    self._seal()
+                    self._open(seg)
+                length = lens[i]
+                if new_offs[i] != self._size:
+                    raise AssertionError("compaction's copy strayed from its plan")
+                rec = window.read(offs[i], length)
+                self._buf.append(rec)
+                self._buffered += length
+                if self._buffered >= _FLUSH_BYTES:
+                    self._flush()
+                self._crc = zlib.crc32(rec, self._crc)
+                kb = keys[ends[i - 1] if i else 0 : ends[i]]
+                self._hint += pack_entry(seqs[i], self._size, length, len(kb))
+                self._hint += kb
+                self._size += length
+            self._flush()
+        finally:
+            os.close(src)
 
     def _flush(self) -> None:
         if self._buf:

@@ -34,24 +34,23 @@ for the markers the first one had to keep.
 
 All file I/O and fsync runs in worker threads (``trio.to_thread.run_sync``); the event loop only
 changes the in-memory state. Worker threads are handed immutable inputs and return results that the
-loop applies (the reader thread also looks up the read descriptors of the segments its batch pins). :class:`LogEngine` is the coordinator that owns the mechanisms:
+loop applies. :class:`LogEngine` is the coordinator that owns the mechanisms:
 
 - :mod:`._log_format`: records, segment scanning, hint-file codec (pure);
 - :mod:`._keydir`: :class:`LogIndex`, the key directory and per-segment accounting (loop only);
 - :mod:`._recovery`: open and recover a data dir, returning a ``Recovered`` value;
 - :mod:`._commit`: :class:`GroupCommit`, the active segment and the committer task;
+- :mod:`._reads`: :class:`SegmentReads`, the read descriptors and the batching reader task;
 - :mod:`._compaction`: plan, copy in a thread, hand back a ``Compacted`` result;
-- this module: reads (batched, one reader task), quarantine, closing and statistics.
+- this module: the engine's operations, quarantine, applying compactions, closing and statistics.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -74,10 +73,11 @@ from ._base import (
 )
 from ._commit import GroupCommit
 from ._compaction import Compacted, compact_segments
-from ._keydir import KeyDir, LogIndex, len_of, off_of, seg_of
-from ._log_format import HEADER_SIZE, Unreadable, record_at
+from ._keydir import KeyDir, LogIndex, len_of
+from ._log_format import HEADER_SIZE, Unreadable
+from ._reads import SegmentReads
 from ._recovery import Recovered, open_data_dir
-from ._segment_files import delete_segments, keep_aside, link_snapshot, storage_error
+from ._segment_files import delete_segments, link_snapshot, storage_error
 
 _log = logging.getLogger("gossipkv.storage")
 
@@ -88,15 +88,6 @@ DEFAULT_COMPACT_BELOW = 0.5
 _CHECKPOINT_EVERY = 2048
 # Compaction's moves applied between checkpoints (2048 held the loop for 6 ms).
 _APPLY_EVERY = 512
-
-
-@dataclass
-class _Reads:
-    """Gets waiting for one batched read."""
-
-    locs: list[int] = field(default_factory=list)
-    results: list[bytes | Unreadable | BaseException] = field(default_factory=list)
-    done: trio.Event = field(default_factory=trio.Event)
 
 
 class LogEngine(StorageEngine):
@@ -127,10 +118,7 @@ class LogEngine(StorageEngine):
         # The index's own key directory and hashes (never replaced): one lookup less on a get.
         self._keydir: KeyDir = self._index.keydir
         self.record_hashes: RecordHashes = self._index.record_hashes
-        # The index's pins and obsolete set, for the read path (also never replaced).
-        self._pins = self._index.pins
-        self._obsolete = self._index.obsolete
-        self._read_fds: dict[int, int] = {}
+        self._reads = SegmentReads(path, self._index.pins, self._wake_if_obsolete)
         self._next_seg = 1
         self._writes = GroupCommit(
             path,
@@ -141,8 +129,6 @@ class LogEngine(StorageEngine):
             alloc_segment_id=self._alloc_segment_id,
             on_new_segment=self._on_new_segment,
         )
-        self._reads = _Reads()
-        self._has_reads = trio.Event()
         self._compact_lock = trio.Lock()
         self._compact_wanted = trio.Event()
         self._closing = False
@@ -168,7 +154,7 @@ class LogEngine(StorageEngine):
         """Take over what recovery found and the files it opened (event loop)."""
         index = self._index
         self._lock_fd = rec.lock_fd
-        self._read_fds = rec.read_fds
+        self._reads.fds = rec.read_fds
         index.keydir.shards = rec.keydir.shards
         index.record_hashes = self.record_hashes = rec.record_hashes
         index.markers = rec.markers
@@ -186,6 +172,10 @@ class LogEngine(StorageEngine):
         self._torn = rec.torn
         self._hints_loaded = rec.hints_loaded
 
+    def _wake_if_obsolete(self) -> None:
+        if self._index.obsolete:
+            self._compact_wanted.set()  # the compactor deletes what is now unreferenced
+
     def _alloc_segment_id(self) -> int:
         # Event loop only (the committer's roll and compaction's plan), so no lock.
         seg = self._next_seg
@@ -193,15 +183,13 @@ class LogEngine(StorageEngine):
         return seg
 
     def _on_new_segment(self, seg: int, read_fd: int) -> None:
-        self._read_fds[seg] = read_fd
+        self._reads.fds[seg] = read_fd
         self._index.register(seg)
         self._compact_wanted.set()  # a segment was sealed
 
     def _close_files_sync(self) -> None:
         self._writes.close_files_sync()
-        for fd in self._read_fds.values():
-            os.close(fd)
-        self._read_fds.clear()
+        self._reads.close_sync()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
@@ -234,7 +222,7 @@ class LogEngine(StorageEngine):
         self._deletes += 1
         return True
 
-    # --- reads: batched --------------------------------------------------------------------------
+    # --- reads --------------------------------------------------------------------------
 
     def stored_bytes(self, key: str) -> int | None:
         loc = self._keydir.get(key)
@@ -256,7 +244,7 @@ class LogEngine(StorageEngine):
         if loc is None:
             await trio.lowlevel.checkpoint()
             return None
-        raw = (await self._read_many([loc]))[0]
+        raw = (await self._reads.read_many([loc]))[0]
         return await self._decoded(key, loc, raw)
 
     async def _decoded(self, key: str, loc: int, raw: bytes | Unreadable) -> Clock | None:
@@ -274,14 +262,7 @@ class LogEngine(StorageEngine):
     async def _quarantine(self, key: str, loc: int, reason: str) -> None:
         """Copy an unreadable record aside and forget it, unless a newer record of ``key`` was
         installed meanwhile (compare-and-set on the key directory, as compaction does)."""
-        seg = seg_of(loc)
-        self._pins[seg] = self._pins.get(seg, 0) + 1  # the copy reads the segment
-        try:
-            kept = await trio.to_thread.run_sync(self._copy_aside_sync, loc)
-        except OSError as exc:
-            kept = f"(not kept: {exc.strerror or exc})"
-        finally:
-            self._pins[seg] -= 1
+        kept = await self._reads.copy_aside(loc)
         if not self._index.forget(key, loc):
             return  # superseded by a newer write: nothing to forget
         self._quarantined += 1
@@ -293,77 +274,6 @@ class LogEngine(StorageEngine):
         """Keys whose record was found damaged inside a segment when the engine opened (kept
         in ``quarantine/``; the key now reads as an older version or as absent here)."""
         return list(self._damaged_at_open)
-
-    def _copy_aside_sync(self, loc: int) -> str:
-        seg, off, length = seg_of(loc), off_of(loc), len_of(loc)
-        fd = self._read_fds.get(seg)
-        if fd is None:
-            raise OSError(errno.ENOENT, f"segment {seg} is gone")
-        return keep_aside(self._path, f"{seg:08d}-{off:010d}.rec", os.pread(fd, length, off))
-
-    async def _read_many(self, locs: list[int]) -> list[bytes | Unreadable]:
-        # Pin the segments now, in the same step as the key-directory lookup that produced the
-        # locations, so compaction cannot delete them before the read runs (Low-Water Mark).
-        segs = {seg_of(loc) for loc in locs}
-        pins = self._pins
-        for seg in segs:
-            pins[seg] = pins.get(seg, 0) + 1
-        try:
-            reads = self._reads
-            first = len(reads.locs)
-            reads.locs.extend(locs)
-            self._has_reads.set()
-            await reads.done.wait()
-        finally:
-            for seg in segs:
-                pins[seg] -= 1
-            if self._obsolete:
-                self._compact_wanted.set()  # the compactor deletes what is now unreferenced
-        got = reads.results[first : first + len(locs)]
-        if len(got) != len(locs):
-            raise StorageClosed(f"the storage engine on {self._path} closed during a read")
-        out: list[bytes | Unreadable] = []
-        for item in got:
-            if isinstance(item, BaseException):
-                raise item
-            out.append(item)
-        return out
-
-    def _read_sync(self, locs: list[int]) -> list[bytes | Unreadable | BaseException]:
-        out: list[bytes | Unreadable | BaseException] = []
-        for loc in locs:
-            seg, off, length = seg_of(loc), off_of(loc), len_of(loc)
-            fd = self._read_fds.get(seg)
-            if fd is None:
-                out.append(StorageError(f"segment {seg} is gone (engine closing?)"))
-                continue
-            try:
-                raw = os.pread(fd, length, off)
-            except OSError as exc:
-                out.append(storage_error(exc, f"read of segment {seg}"))
-                continue
-            rec = record_at(raw, 0) if len(raw) == length else None
-            if rec is None:
-                out.append(Unreadable(f"record at segment {seg} offset {off} failed its checksum"))
-                continue
-            klen = rec[0]
-            out.append(raw[HEADER_SIZE + len(klen) :])
-        return out
-
-    async def _reader(self) -> None:
-        while True:
-            await self._has_reads.wait()
-            self._has_reads = trio.Event()
-            reads, self._reads = self._reads, _Reads()
-            if not reads.locs:
-                reads.done.set()
-                continue
-            try:
-                reads.results = await trio.to_thread.run_sync(self._read_sync, reads.locs)
-            except Exception as exc:
-                reads.results = [StorageError(f"read failed: {exc!r}")] * len(reads.locs)
-            finally:
-                reads.done.set()
 
     async def keys(self, partition: int, partitions: int) -> list[str]:
         self._check_usable()
@@ -391,7 +301,7 @@ class LogEngine(StorageEngine):
         for i in range(0, len(keys), 256):
             chunk = [(k, self._keydir.get(k)) for k in keys[i : i + 256]]
             present = [(k, loc) for k, loc in chunk if loc is not None]
-            raws = await self._read_many([loc for _, loc in present])
+            raws = await self._reads.read_many([loc for _, loc in present])
             for (key, loc), raw in zip(present, raws, strict=True):
                 clock = await self._decoded(key, loc, raw)
                 if clock is not None:
@@ -402,7 +312,7 @@ class LogEngine(StorageEngine):
         for i in range(0, len(keys), 256):
             chunk = [(k, self._keydir.get(k)) for k in keys[i : i + 256]]
             present = [(k, loc) for k, loc in chunk if loc is not None]
-            raws = await self._read_many([loc for _, loc in present])
+            raws = await self._reads.read_many([loc for _, loc in present])
             for (key, loc), raw in zip(present, raws, strict=True):
                 if isinstance(raw, Unreadable):
                     await self._quarantine(key, loc, raw.reason)
@@ -415,7 +325,7 @@ class LogEngine(StorageEngine):
         pairs: list[tuple[str, bytes]] = []
         for i in range(0, len(items), 1024):
             chunk = items[i : i + 1024]
-            raws = await self._read_many([loc for _, loc in chunk])
+            raws = await self._reads.read_many([loc for _, loc in chunk])
             for (key, loc), raw in zip(chunk, raws, strict=True):
                 if isinstance(raw, Unreadable):
                     await self._quarantine(key, loc, raw.reason)
@@ -435,7 +345,7 @@ class LogEngine(StorageEngine):
             await self._writes.roll()
             active = self._writes.active
             obsolete = self._index.obsolete
-            segs = sorted(s for s in self._read_fds if s != active and s not in obsolete)
+            segs = sorted(s for s in self._reads.fds if s != active and s not in obsolete)
             try:
                 return await trio.to_thread.run_sync(link_snapshot, self._path, dest, segs)
             except OSError as exc:
@@ -489,7 +399,7 @@ class LogEngine(StorageEngine):
     async def _apply(self, done: Compacted) -> None:
         """Apply a compaction's result on the event loop (compare-and-set per key)."""
         index = self._index
-        self._read_fds.update(done.read_fds)
+        self._reads.fds.update(done.read_fds)
         index.add_outputs(done.outputs)
         moves = done.moves
         for start in range(0, len(moves), _APPLY_EVERY):
@@ -507,7 +417,7 @@ class LogEngine(StorageEngine):
         ready = self._index.take_deletable()
         if not ready:
             return
-        fds = [self._read_fds.pop(seg) for seg in ready if seg in self._read_fds]
+        fds = self._reads.take(ready)
         try:
             await trio.to_thread.run_sync(self._delete_sync, ready, fds)
         except OSError as exc:
@@ -622,7 +532,7 @@ async def open_log_engine(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(engine._writes.run)
-            nursery.start_soon(engine._reader)
+            nursery.start_soon(engine._reads.run)
             nursery.start_soon(engine._compactor)
             try:
                 yield engine

@@ -9,6 +9,7 @@ keeps the newest record of each key by ``seq`` wherever it lies (original or com
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import zlib
@@ -21,15 +22,27 @@ from gossipkv._merkle import RecordHashes, record_hash
 from ._keydir import OFF_BITS, SEG_SHIFT, SEQ_SHIFT, SHARD_MASK, KeyDir, len_of, seg_of
 from ._log_format import (
     HEADER_SIZE,
+    HINT_ENTRY,
+    HINT_ENTRY_SIZE,
     SEG_SUFFIX,
     TMP_SUFFIX,
     Entries,
+    ScanResult,
     decode_hint,
     hint_name,
     scan_segment,
     seg_name,
 )
-from ._segment_files import finish_deletions, fsync_dir, keep_aside, write_hint
+from ._segment_files import (
+    WINDOW,
+    YIELD_EVERY,
+    finish_deletions,
+    fsync_dir,
+    keep_aside,
+    segment_crc,
+    write_hint,
+    yield_gil,
+)
 
 
 @dataclass
@@ -124,8 +137,6 @@ def _recover(path: Path, lock_fd: int) -> tuple[Recovered, int]:
     segs = sorted(int(p.name[: -len(SEG_SUFFIX)]) for p in path.glob(f"*{SEG_SUFFIX}"))
     keydir = KeyDir()
     shards = keydir.shards
-    # The record hashes are rebuilt from the records themselves (the segment is in memory
-    # for its checksum anyway), never trusted from a hint file.
     record_hashes = RecordHashes()
     seg_bytes: dict[int, int] = {}
     seg_records: dict[int, int] = {}
@@ -136,57 +147,39 @@ def _recover(path: Path, lock_fd: int) -> tuple[Recovered, int]:
     max_seq = 0
     for seg in segs:
         seg_path = path / seg_name(seg)
-        data = seg_path.read_bytes()
-        crc = zlib.crc32(data)
-        entries: Entries | None = None
         hint_path = path / hint_name(seg)
-        if hint_path.exists():
-            entries = decode_hint(hint_path.read_bytes(), len(data), crc)
-            if entries is not None:
-                hints += 1
-        if entries is None:
-            scanned = scan_segment(data)
-            entries = scanned.entries
-            corrupt += scanned.corrupt
-            for start, end, kb in scanned.damaged:
-                # Damage inside the segment (not a torn tail): keep the bytes for
-                # inspection, and have the key repaired from the other replicas.
-                keep_aside(path, f"{seg:08d}-{start:010d}.rec", data[start:end])
-                if kb is not None:
-                    damaged_keys.append(kb.decode("utf-8"))
-            if scanned.valid_end < len(data):
-                # A torn tail: the crash cut a write short (nothing after it was acked).
-                torn += 1
-                with open(seg_path, "r+b") as f:
-                    f.truncate(scanned.valid_end)
-                    f.flush()
-                    os.fsync(f.fileno())
-                data = data[: scanned.valid_end]
-                crc = zlib.crc32(data)
-            write_hint(path, seg, len(data), crc, entries.hint_body())
-        if not entries and not data:
-            seg_path.unlink()
-            hint_path.unlink(missing_ok=True)
-            continue
-        seg_bytes[seg] = len(data)
-        seg_records[seg] = len(entries)
-        if entries:
-            seg_min_seq[seg] = min(entries.seqs)
-        seg_shift = seg << SEG_SHIFT
-        for kb, seq, off, length in zip(
-            entries.keys, entries.seqs, entries.offs, entries.lens, strict=True
-        ):
-            loc = (seq << SEQ_SHIFT) | seg_shift | (off << OFF_BITS) | length
-            key = kb.decode("utf-8", "surrogateescape")
-            shard = shards[hash(key) & SHARD_MASK]
-            if loc > shard.get(key, 0):
-                shard[key] = loc
-                value = data[off + HEADER_SIZE + len(kb) : off + length]
-                record_hashes.set(key, record_hash(kb, value), kb)
-            if length == HEADER_SIZE + len(kb):  # a delete marker (an empty value)
-                marker_locs[key] = max(loc, marker_locs.get(key, 0))
-            if seq > max_seq:
-                max_seq = seq
+        fd = os.open(seg_path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            entries: Entries | None = None
+            if hint_path.exists():
+                # The segment is streamed for its checksum, never held whole.
+                raw = hint_path.read_bytes()
+                entries = decode_hint(raw, size, segment_crc(fd, size), yield_gil)
+                if entries is not None:
+                    hints += 1
+            if entries is None:
+                scanned, size, cut = _scan(path, seg, os.pread(fd, size, 0))
+                entries = scanned.entries
+                corrupt += scanned.corrupt
+                torn += cut
+                damaged_keys.extend(
+                    kb.decode("utf-8") for _, _, kb in scanned.damaged if kb is not None
+                )
+                del scanned
+            if not entries and not size:
+                seg_path.unlink()
+                hint_path.unlink(missing_ok=True)
+                continue
+            seg_bytes[seg] = size
+            seg_records[seg] = len(entries)
+            max_seq, low = _index_segment(
+                seg, fd, entries, shards, marker_locs, record_hashes, max_seq
+            )
+            if entries:
+                seg_min_seq[seg] = low
+        finally:
+            os.close(fd)
     # A key whose newest record is a delete marker is not stored: keep only the marker.
     markers: dict[str, int] = {}
     for key, loc in marker_locs.items():
@@ -219,3 +212,71 @@ def _recover(path: Path, lock_fd: int) -> tuple[Recovered, int]:
         damaged_keys=damaged_keys,
     )
     return recovered, max(segs, default=0)
+
+
+def _scan(path: Path, seg: int, data: bytes) -> tuple[ScanResult, int, int]:
+    """Scan a segment with no usable hint: keep its damaged records aside, truncate a torn tail
+    and write its hint. Returns the scan, the segment's size now, and 1 if its tail was torn."""
+    scanned = scan_segment(data, yield_gil)
+    for start, end, _ in scanned.damaged:
+        # Damage inside the segment (not a torn tail): keep the bytes for inspection, and
+        # have the key repaired from the other replicas.
+        keep_aside(path, f"{seg:08d}-{start:010d}.rec", data[start:end])
+    torn = 0
+    if scanned.valid_end < len(data):
+        # A torn tail: the crash cut a write short (nothing after it was acknowledged).
+        torn = 1
+        with open(path / seg_name(seg), "r+b") as f:
+            f.truncate(scanned.valid_end)
+            f.flush()
+            os.fsync(f.fileno())
+        data = data[: scanned.valid_end]
+    write_hint(path, seg, len(data), zlib.crc32(data), scanned.entries.hint_body())
+    return scanned, len(data), torn
+
+
+def _index_segment(
+    seg: int,
+    fd: int,
+    entries: Entries,
+    shards: list[dict[str, int]],
+    marker_locs: dict[str, int],
+    record_hashes: RecordHashes,
+    max_seq: int,
+) -> tuple[int, int]:
+    """Enter one segment's records into the key directory where they are the newest of their
+    key; returns the highest ``seq`` seen so far and the segment's lowest.
+
+    The record hashes are rebuilt from the records themselves (never trusted from a hint file),
+    read through a window of the segment file (:class:`SegmentWindow`'s, inlined: a call per
+    record made recovery ~15% slower).
+    """
+    seg_shift = seg << SEG_SHIFT
+    body, unpack = entries.body, HINT_ENTRY.unpack_from
+    low = 1 << 64
+    buf, lo, hi = b"", 0, 0
+    for n, pos in enumerate(entries.starts):
+        if n % YIELD_EVERY == 0:
+            yield_gil()
+        seq, off, length, klen = unpack(body, pos)
+        kb = body[pos + HINT_ENTRY_SIZE : pos + HINT_ENTRY_SIZE + klen]
+        loc = (seq << SEQ_SHIFT) | seg_shift | (off << OFF_BITS) | length
+        key = str(kb, "utf-8", "surrogateescape")
+        shard = shards[hash(key) & SHARD_MASK]
+        if loc > shard.get(key, 0):
+            shard[key] = loc
+            end = off + length
+            if off < lo or end > hi:
+                buf, lo = os.pread(fd, max(length, WINDOW), off), off
+                hi = off + len(buf)
+                if end > hi:
+                    raise OSError(errno.EIO, f"a record at {off} runs past the segment's end")
+            value = buf[off - lo + HEADER_SIZE + klen : end - lo]
+            record_hashes.set(key, record_hash(kb, value), kb)
+        if length == HEADER_SIZE + klen:  # a delete marker (an empty value)
+            marker_locs[key] = max(loc, marker_locs.get(key, 0))
+        if seq > max_seq:
+            max_seq = seq
+        if seq < low:
+            low = seq
+    return max_seq, low

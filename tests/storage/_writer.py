@@ -1,8 +1,8 @@
 """Crash-test writer: opens a LogEngine and writes until it is killed.
 
-Usage: python _writer.py DATA_DIR FSYNC SEED
+Usage: python _writer.py DATA_DIR FSYNC SEED [WRITERS]
 
-Eight concurrent writers, each owning its own keys (so each key has at most one write in flight).
+WRITERS (8 unless given) concurrent writers, each owning its own keys (so each key has at most one write in flight).
 Before a put it prints ``BEGIN key digest``; after the put returns (acknowledged) it prints
 ``ACK key digest``; every line is flushed, so the test knows what was acknowledged at the kill.
 """
@@ -22,7 +22,7 @@ from _helpers import digest, next_clock
 from gossipkv.storage import open_log_engine
 
 
-async def main(data_dir: str, fsync: str, seed: int) -> None:
+async def main(data_dir: str, fsync: str, seed: int, writers: int) -> None:
     rng = random.Random(seed)
     out = sys.stdout
     async with open_log_engine(data_dir, fsync=fsync, segment_bytes=16 * 1024) as eng:
@@ -41,9 +41,9 @@ async def main(data_dir: str, fsync: str, seed: int) -> None:
 
         print("READY", flush=True)
         async with trio.open_nursery() as nursery:
-            for w in range(8):
+            for w in range(writers):
                 nursery.start_soon(writer, w)
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), int((sys.argv[4:] or ["8"])[0]))

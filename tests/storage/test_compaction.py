@@ -15,7 +15,7 @@ from _helpers import clock_of
 
 from gossipkv._dvv import DVVSet, Sibling
 from gossipkv._errors import StorageError, StorageFull
-from gossipkv.storage import StorageEngine, open_log_engine
+from gossipkv.storage import StorageEngine, _recovery, _segment_files, open_log_engine
 
 VALUE = "v" * 100  # records of ~150 bytes: several per 1 KiB segment
 
@@ -144,3 +144,65 @@ async def test_a_failed_deletion_of_compacted_segments_is_finished_not_forgotten
         assert [i for i in range(40) if await eng.get(f"k{i}") is not None] == []
         assert await eng.get("late") is None
         assert eng.statistics().keys == 0
+
+
+async def test_compaction_and_recovery_stream_segments_through_a_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Records of 60 to 900 bytes read through a 256-byte window: some span two windows, some
+    # are larger than one. No read holds more than the window or one record, so a compaction
+    # or a recovery never holds a segment whole.
+    monkeypatch.setattr(_segment_files, "WINDOW", 256)
+    monkeypatch.setattr(_recovery, "WINDOW", 256)
+    real_pread = os.pread
+    largest = [0]
+
+    def watched_pread(fd: int, n: int, off: int) -> bytes:
+        largest[0] = max(largest[0], n)
+        return real_pread(fd, n, off)
+
+    values = {f"k{i}": "w" * ((i * 37) % 900) for i in range(60)}
+    async with open_log_engine(tmp_path, segment_bytes=4096, compact_below=0.0) as eng:
+        for key, value in values.items():
+            await eng.put(key, clock_of(value))
+        for i in range(0, 60, 3):
+            values[f"k{i}"] += "!"
+            await eng.put(f"k{i}", clock_of(values[f"k{i}"]))
+        assert await eng.delete("k1") is True
+        del values["k1"]
+        monkeypatch.setattr(os, "pread", watched_pread)
+        await eng.compact()
+        monkeypatch.setattr(os, "pread", real_pread)
+        assert eng.statistics().compactions >= 1
+        assert 0 < largest[0] < 4096
+        for key, value in values.items():
+            assert await eng.get(key) == clock_of(value), key
+        assert await eng.get("k1") is None
+    largest[0] = 0
+    monkeypatch.setattr(os, "pread", watched_pread)
+    async with open_log_engine(tmp_path, segment_bytes=4096, compact_below=0.0) as eng:
+        monkeypatch.setattr(os, "pread", real_pread)
+        assert eng.statistics().hint_files_loaded == eng.statistics().segments - 1
+        assert 0 < largest[0] < 4096
+        got = {key: clock async for key, clock in eng.scan(0, 1)}
+        assert got == {key: clock_of(value) for key, value in values.items()}
+
+
+async def test_compacting_a_segment_whose_hint_is_gone_scans_it(tmp_path: Path) -> None:
+    async with open_log_engine(tmp_path, segment_bytes=1024, compact_below=0.0) as eng:
+        await _fill(eng, 40)
+        await eng.compact()  # seals the active segment: every segment has its hint now
+        for i in range(0, 40, 4):
+            await eng.put(f"k{i}", clock_of(VALUE, i, "third"))
+        hints = sorted(tmp_path.glob("*.hint"))  # noqa: ASYNC240 - a test's look
+        for hint in hints[::2]:
+            hint.unlink()
+        hints[1].write_bytes(b"not a hint")
+        await eng.compact()
+        for i in range(40):
+            want = clock_of(VALUE, i, "third") if i % 4 == 0 else _expected(i)
+            assert await eng.get(f"k{i}") == want, i
+    async with open_log_engine(tmp_path, segment_bytes=1024, compact_below=0.0) as eng:
+        for i in range(40):
+            want = clock_of(VALUE, i, "third") if i % 4 == 0 else _expected(i)
+            assert await eng.get(f"k{i}") == want, i

@@ -24,9 +24,9 @@ WRITER = Path(__file__).with_name("_writer.py")
 KILLS = 20
 
 
-def _start(data_dir: Path, fsync: str, seed: int) -> subprocess.Popen[bytes]:
+def _start(data_dir: Path, fsync: str, seed: int, writers: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, str(WRITER), str(data_dir), fsync, str(seed)],
+        [sys.executable, str(WRITER), str(data_dir), fsync, str(seed), str(writers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         # Unbuffered: readline() of READY must not swallow later lines into a buffer that
@@ -59,15 +59,16 @@ async def _snapshot(data_dir: Path) -> tuple[dict[str, str], int, int]:
         return got, st.torn_tail_truncations, st.corrupt_records_skipped
 
 
-@pytest.mark.parametrize("fsync", ["always", "batch"])
-async def test_sigkill_at_random_moments(fsync: str, tmp_path: Path) -> None:
+# 64 writers make batches of up to 64 records, two of them on their way to the disk at a kill.
+@pytest.mark.parametrize(("fsync", "writers"), [("always", 8), ("batch", 8), ("batch", 64)])
+async def test_sigkill_at_random_moments(fsync: str, writers: int, tmp_path: Path) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     data_dir = tmp_path / "data"
     must: dict[str, str] = {}  # acked across all runs (a later run may overwrite it)
     total_acked = 0
     for kill in range(KILLS):
-        proc = _start(data_dir, fsync, seed + kill)
+        proc = _start(data_dir, fsync, seed + kill, writers)
         assert proc.stdout is not None
         first = await trio.to_thread.run_sync(proc.stdout.readline)
         assert first.strip() == b"READY", (first, proc.stderr.read() if proc.stderr else b"")
@@ -77,7 +78,7 @@ async def test_sigkill_at_random_moments(fsync: str, tmp_path: Path) -> None:
         acked, inflight = _parse(out)
         total_acked += len(acked)
         got, _, corrupt = await _snapshot(data_dir)
-        where = f"(seed={seed}, kill {kill}, fsync={fsync})"
+        where = f"(seed={seed}, kill {kill}, fsync={fsync}, writers={writers})"
         assert corrupt == 0, f"acked data damaged {where}"
         for key, dig in {**must, **acked}.items():
             ok = {acked.get(key, dig), inflight.get(key)}

@@ -252,7 +252,7 @@ async def test_low_water_mark_keeps_segments_pinned_by_reads(tmp_path: Path) -> 
             result: list[bytes] = []
 
             async def slow_read() -> None:
-                result.extend(await eng._read_many([loc]))
+                result.extend(await eng._reads.read_many([loc]))
 
             for i in range(60, 70):
                 await eng.put(f"k{i % 5}", clock_of(i))

@@ -1,0 +1,151 @@
+"""The log engine's read side: a read descriptor per segment and one reader task that batches gets.
+
+Pattern: *Request Batch* on the read path. Gets that arrive together are served by one worker-thread
+call that ``pread``\\ s each record and checks its checksum, so a burst of gets costs one thread
+hand-off, not one each. A read pins the segments it reads (a *Low-Water Mark*: compaction deletes
+no segment while a read of it is pending) in the same event-loop step as the key-directory lookup
+that produced its locations, until the read is done.
+
+The descriptors are opened by recovery, the committer (a new segment) and compaction (its outputs),
+and closed when compaction deletes a segment or the engine closes; the reader thread looks up the
+descriptors of the segments its batch pins (so none of them is closed meanwhile). A record that
+fails its checksum comes back as :class:`Unreadable`, for the engine to quarantine.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from gossipkv._errors import StorageClosed, StorageError
+
+from ._keydir import len_of, off_of, seg_of
+from ._log_format import HEADER_SIZE, Unreadable, record_at
+from ._segment_files import keep_aside, storage_error
+
+
+@dataclass
+class _Batch:
+    """Gets waiting for one batched read."""
+
+    locs: list[int] = field(default_factory=list)
+    results: list[bytes | Unreadable | BaseException] = field(default_factory=list)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class SegmentReads:
+    """Read descriptors per segment, and the reader task that serves gets in batches."""
+
+    def __init__(self, path: Path, pins: dict[int, int], on_unpinned: Callable[[], None]) -> None:
+        self._path = path
+        #: The engine's pins per segment (its :class:`LogIndex`'s, never replaced).
+        self._pins = pins
+        #: Called on the loop after a read lets go of its segments (compaction may now delete
+        #: what it was waiting for).
+        self._on_unpinned = on_unpinned
+        #: A read descriptor per segment on disk.
+        self.fds: dict[int, int] = {}
+        self._batch = _Batch()
+        self._has_reads = trio.Event()
+
+    def take(self, segs: list[int]) -> list[int]:
+        """Forget the descriptors of ``segs`` (about to be deleted); returns them to close."""
+        return [self.fds.pop(seg) for seg in segs if seg in self.fds]
+
+    async def read_many(self, locs: list[int]) -> list[bytes | Unreadable]:
+        """The record bytes (the value) at each location, or :class:`Unreadable`.
+
+        Raises:
+          StorageError: an I/O error. StorageClosed: the engine closed during the read.
+        """
+        # Pin the segments now, in the same step as the key-directory lookup that produced the
+        # locations, so compaction cannot delete them before the read runs (Low-Water Mark).
+        segs = {seg_of(loc) for loc in locs}
+        pins = self._pins
+        for seg in segs:
+            pins[seg] = pins.get(seg, 0) + 1
+        try:
+            batch = self._batch
+            first = len(batch.locs)
+            batch.locs.extend(locs)
+            self._has_reads.set()
+            await batch.done.wait()
+        finally:
+            for seg in segs:
+                pins[seg] -= 1
+            self._on_unpinned()
+        got = batch.results[first : first + len(locs)]
+        if len(got) != len(locs):
+            raise StorageClosed(f"the storage engine on {self._path} closed during a read")
+        out: list[bytes | Unreadable] = []
+        for item in got:
+            if isinstance(item, BaseException):
+                raise item
+            out.append(item)
+        return out
+
+    async def run(self) -> None:
+        """The reader task: one worker-thread call per batch of gets."""
+        while True:
+            await self._has_reads.wait()
+            self._has_reads = trio.Event()
+            batch, self._batch = self._batch, _Batch()
+            if not batch.locs:
+                batch.done.set()
+                continue
+            try:
+                batch.results = await trio.to_thread.run_sync(self._read_sync, batch.locs)
+            except Exception as exc:
+                batch.results = [StorageError(f"read failed: {exc!r}")] * len(batch.locs)
+            finally:
+                batch.done.set()
+
+    def _read_sync(self, locs: list[int]) -> list[bytes | Unreadable | BaseException]:
+        out: list[bytes | Unreadable | BaseException] = []
+        for loc in locs:
+            seg, off, length = seg_of(loc), off_of(loc), len_of(loc)
+            fd = self.fds.get(seg)
+            if fd is None:
+                out.append(StorageError(f"segment {seg} is gone (engine closing?)"))
+                continue
+            try:
+                raw = os.pread(fd, length, off)
+            except OSError as exc:
+                out.append(storage_error(exc, f"read of segment {seg}"))
+                continue
+            rec = record_at(raw, 0) if len(raw) == length else None
+            if rec is None:
+                out.append(Unreadable(f"record at segment {seg} offset {off} failed its checksum"))
+                continue
+            klen = rec[0]
+            out.append(raw[HEADER_SIZE + len(klen) :])
+        return out
+
+    async def copy_aside(self, loc: int) -> str:
+        """Copy the record at ``loc`` into ``quarantine/``; returns where (or why not)."""
+        seg = seg_of(loc)
+        self._pins[seg] = self._pins.get(seg, 0) + 1  # the copy reads the segment
+        try:
+            return await trio.to_thread.run_sync(self._copy_aside_sync, loc)
+        except OSError as exc:
+            return f"(not kept: {exc.strerror or exc})"
+        finally:
+            self._pins[seg] -= 1
+
+    def _copy_aside_sync(self, loc: int) -> str:
+        seg, off, length = seg_of(loc), off_of(loc), len_of(loc)
+        fd = self.fds.get(seg)
+        if fd is None:
+            raise OSError(errno.ENOENT, f"segment {seg} is gone")
+        return keep_aside(self._path, f"{seg:08d}-{off:010d}.rec", os.pread(fd, length, off))
+
+    def close_sync(self) -> None:
+        """Close every descriptor (worker thread, or the loop once nothing runs)."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
