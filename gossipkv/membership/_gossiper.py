@@ -25,7 +25,7 @@ from ._detector import ArrivalWindow, DetectorConfig
 from ._leader import MAX_COUNTER, Age, Decisions, Grant, has_majority, view_hash
 from ._state import (
     Namespace,
-    bucket_hashes,
+    ViewSummary,
     bucket_of,
     build_delta,
     digest_entry_size,
@@ -286,6 +286,12 @@ class Gossiper:
         self.needs_reincarnation = False
         self._peers: dict[str, _Peer] = {}
         self._namespaces: dict[str, Namespace] = {}
+        #: Bucket hashes of the view, kept current as namespaces change.
+        self._summary = ViewSummary()
+        #: ``(changes, live, down)``: gossip targets as of that many changes (see ``tick``).
+        self._targets: tuple[int, list[str], list[str]] | None = None
+        #: ``((changes, own version), value)``: the cluster's reaped_upto as of then.
+        self._reaped: tuple[tuple[int, int], int] | None = None
         #: The other members' names, sorted (``None``: to be recomputed after a change).
         self._others: list[str] | None = None
         #: Bumped by every event and every entry learned: evaluations in between skip the work
@@ -327,12 +333,23 @@ class Gossiper:
 
     def _new_self(self, generation: int) -> Namespace:
         ns = Namespace(self.node_id, generation)
+        self._add_namespace(ns)
         ns.set("addr", self.address)
         ns.set("status", "joining")
         ns.set("up", 0)
-        self._namespaces[self.node_id] = ns
-        self._others = None
         return ns
+
+    def _add_namespace(self, ns: Namespace) -> None:
+        """Hold ``ns`` as what is known of its member (replacing any older incarnation)."""
+        self._namespaces[ns.node_id] = ns
+        ns.watcher = self._summary
+        self._summary.update(ns.node_id, ns.generation, ns.max_version)
+        self._others = None
+
+    def _drop_namespace(self, node_id: str) -> None:
+        del self._namespaces[node_id]
+        self._summary.drop(node_id)
+        self._others = None
 
     def _bootstrap(self) -> None:
         self.decisions.begin_term()
@@ -425,17 +442,13 @@ class Gossiper:
 
     def view_buckets(self, buckets: int | None = None) -> tuple[int, ...]:
         """The bucket hashes summarising every member's generation and newest version."""
-        return bucket_hashes(self._namespaces.values(), buckets or self.config.digest_buckets)
+        return self._summary.buckets(buckets or self.config.digest_buckets)
 
-    def tick(self, now: float, rng: random.Random) -> list[tuple[str, Syn]]:
-        """Start a gossip round: bump the heartbeat and pick targets.
-
-        Returns:
-          ``(address, Syn)`` pairs to send: ``fanout`` live peers, maybe one down peer, and a seed
-          when none was picked (so partitions heal).
-        """
-        self.counters.rounds += 1
-        self._self.heartbeat += 1
+    def _gossip_targets(self) -> tuple[list[str], list[str]]:
+        """Addresses of the live and of the down members (sorted), recomputed after a change."""
+        cached = self._targets
+        if cached is not None and cached[0] == self._changes:
+            return cached[1], cached[2]
         live: list[str] = []
         down: list[str] = []
         for node_id, ns in self._namespaces.items():
@@ -448,6 +461,19 @@ class Gossiper:
             (down if peer.liveness == "down" else live).append(addr)
         live.sort()
         down.sort()
+        self._targets = (self._changes, live, down)
+        return live, down
+
+    def tick(self, now: float, rng: random.Random) -> list[tuple[str, Syn]]:
+        """Start a gossip round: bump the heartbeat and pick targets.
+
+        Returns:
+          ``(address, Syn)`` pairs to send: ``fanout`` live peers, maybe one down peer, and a seed
+          when none was picked (so partitions heal).
+        """
+        self.counters.rounds += 1
+        self._self.heartbeat += 1
+        live, down = self._gossip_targets()
         targets = rng.sample(live, min(self.config.fanout, len(live)))
         if down and rng.random() < len(down) / (len(live) + 1):
             targets.append(rng.choice(down))
@@ -664,8 +690,7 @@ class Gossiper:
                 return
             restarted = ns is not None
             ns = Namespace(nd.node_id, nd.generation)
-            self._namespaces[nd.node_id] = ns
-            self._others = None
+            self._add_namespace(ns)
             # A new incarnation replaces the old one completely, detector history included.
             self._peers[nd.node_id] = _Peer(ArrivalWindow(self._detector, now))
             self._event(
@@ -686,7 +711,7 @@ class Gossiper:
                     self._changes += 1
                     if entry.key == "decisions":
                         self._merge_decisions(entry.value)
-            ns.max_version = max(ns.max_version, nd.max_version)
+            ns.raise_max(nd.max_version)
             self.counters.deltas_applied += 1
         else:
             self.counters.stale_ignored += 1
@@ -718,10 +743,10 @@ class Gossiper:
         # Far above the claim: the first claim seen need not be the highest forged (one peer may
         # hold version 16 while another reports 11), and an entry forged at a version this peer
         # later reaches by its own writes would never be replaced.
-        own.max_version = max(own.max_version, max_version) + _REFUTE_MARGIN
+        top = max(own.max_version, max_version) + _REFUTE_MARGIN
         for key, (value, _) in sorted(own.entries.items(), key=lambda item: item[1][1]):
-            own.max_version += 1
-            own.entries[key] = (value, own.max_version)
+            top += 1
+            own.put(key, value, top)
 
     def _merge_decisions(self, raw: object) -> None:
         other = Decisions.from_plain(raw)
@@ -917,11 +942,16 @@ class Gossiper:
 
     def reaped_upto(self) -> int:
         """The newest tombstone write time any known member published as reaped (0: none)."""
+        cached = self._reaped
+        stamp = (self._changes, self._self.max_version)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         out = 0
         for ns in self._namespaces.values():
             value = ns.get("reaped_upto")
             if type(value) is int and value > out:
                 out = value
+        self._reaped = (stamp, out)
         return out
 
     def pulling(self, partition: int) -> set[str]:
@@ -1014,8 +1044,7 @@ class Gossiper:
     def _apply_decisions(self, now: float) -> None:
         for node_id, ns in list(self._namespaces.items()):
             if node_id != self.node_id and self._voided(node_id, ns):
-                del self._namespaces[node_id]
-                self._others = None
+                self._drop_namespace(node_id)
                 del self._peers[node_id]
                 self._event(now, "removed", node_id, ns.generation)
 
