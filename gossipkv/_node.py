@@ -68,6 +68,7 @@ from ._messages import (
     OwnersRequest,
     PartitionFetch,
     PingRequest,
+    ProbeRequest,
     ReloadTlsRequest,
     RemoveRequest,
     RepairRequest,
@@ -1536,6 +1537,7 @@ class Node:
                 route(Syn, member, request=self._serve_syn, nowait=self._serve_syn_nowait),
                 route(Ack, member, oneway=self._serve_ack),
                 route(Shutdown, member, oneway=self._serve_shutdown),
+                route(ProbeRequest, member, request=self._serve_probe),
                 # The data path: replica calls and client reads and writes, in the reader
                 # when nothing needs to wait.
                 route(KvGet, anyone, request=data, nowait=data_nowait),
@@ -1592,6 +1594,9 @@ class Node:
             # What the round's initiator asked for: the last leg of its exchange.
             with trio.move_on_after(self._request_timeout):
                 await channel.notify(answer)
+
+    async def _serve_probe(self, channel: Channel, message: ProbeRequest) -> Message:
+        return await self._membership.serve_probe(message)
 
     async def _serve_shutdown(self, channel: Channel, message: Shutdown) -> None:
         g = self._runtime().gossiper
