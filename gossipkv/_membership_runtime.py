@@ -245,6 +245,10 @@ class MembershipRuntime:
             except (TransportError, RemoteError, DecodeError, HandshakeError) as exc:
                 log.debug("indirect probe of %s through %s failed: %r", node_id, addr, exc)
                 return
+            except Exception as exc:
+                self._dropped["exchange_error"] += 1
+                log.warning("indirect probe through %s failed unexpectedly: %r", addr, exc)
+                return
             if isinstance(reply, ProbeResult) and reply.ok:
                 answered = True
                 cancel.cancel()

@@ -51,7 +51,7 @@ class Suspicion:
 
     since: float
     version: int  # the member's newest version known then
-    reprobe_at: float  # inf while a probe of it is under way
+    reprobe_at: float
     failures: int = 0  # probes that failed since
 
 
@@ -96,7 +96,8 @@ class FailureDetector:
                 out.append(target)
         for node_id, suspicion in self._suspects.items():
             if now >= suspicion.reprobe_at and node_id not in out:
-                suspicion.reprobe_at = math.inf  # until this probe's outcome is in
+                # Not again until this probe's outcome is in (or surely overdue).
+                suspicion.reprobe_at = now + 4 * self._t.config.probe_timeout + self._interval
                 out.append(node_id)
         if self._urgent:
             live = len(self._t.targets()[0])

@@ -10,7 +10,9 @@ The work is done in rooms, one concept each, around the shared :class:`MemberTab
 * :mod:`._intake` -- vetting and applying what gossip brings;
 * :mod:`._detector` -- SWIM failure detection (probes, suspicions, verdicts, the pause guard);
 * :mod:`._own` -- this peer's own entry: lifecycle, metadata, refutation of forgeries;
-* :mod:`._duties` -- the emergent leader: convergence, majority, decisions.
+* :mod:`._duties` -- the emergent leader: convergence, majority, decisions;
+* :mod:`._operator` -- removals and replacements on an operator's word;
+* :mod:`._progress` -- replica progress members publish for the data path.
 
 Statuses: each member reports its own lifecycle (``joining -> up -> leaving -> left``) in its
 namespace; reachability (``alive``/``suspect``/``down``) is this peer's opinion, from its probes
@@ -32,8 +34,10 @@ from ._detector import FailureDetector
 from ._duties import LeaderDuties
 from ._exchange import Exchange
 from ._intake import Intake
-from ._leader import Age, Decisions
+from ._leader import Decisions
+from ._operator import OperatorActions
 from ._own import OwnEntry
+from ._progress import ReplicaProgress
 from ._records import GossipCounters, MembershipEvent, MemberView, ProbeCounters
 from ._rounds import RoundPlan, Rounds
 from ._state import Namespace
@@ -42,10 +46,7 @@ from ._table import (
     MemberTable,
     SelfStatus,
     addr_of,
-    gone,
-    metadata_of,
     status_of,
-    up_of,
 )
 
 #: Seconds between evaluations of the view and the leader's duties when nothing changed
@@ -100,9 +101,10 @@ class Gossiper:
             now,
         )
         self._duties = LeaderDuties(t, self._own, self._detector, now)
+        self._operator = OperatorActions(t, self._duties)
+        self._progress = ReplicaProgress(t)
         self._evaluated: tuple[int, int, tuple[int, int]] | None = None
         self._next_full_evaluation = now
-        self._reaped: tuple[tuple[int, int], int] | None = None
         self._started = now
         grant = t.decisions.admission(node_id)
         if grant is not None:
@@ -204,14 +206,6 @@ class Gossiper:
         """What to send now and when to ask again (see :class:`Rounds`)."""
         return self._rounds.plan(now, rng, joining=self.status == "joining")
 
-    def tick(self, now: float, rng: random.Random) -> list[tuple[str, Syn]]:
-        """Plan now and return every exchange to start, as ``(address, Syn)`` pairs."""
-        plan = self.plan(now, rng)
-        if plan.syn is None:
-            return []
-        addrs = list(plan.gossip) + [a for _, a in plan.probes]
-        return [(a, plan.syn) for a in dict.fromkeys(addrs)]
-
     def syn(self) -> Syn:
         """A SYN to start an exchange with (the runtime's indirect probes)."""
         return self._exchange.syn()
@@ -230,10 +224,6 @@ class Gossiper:
 
     def _merge_decisions(self, raw: object) -> None:
         self._intake.merge_decisions(raw)
-
-    def view_buckets(self, buckets: int | None = None) -> tuple[int, ...]:
-        """The bucket hashes summarising every member's generation and newest version."""
-        return self._table.summary.buckets(buckets or self.config.digest_buckets)
 
     # --- failure detection -----------------------------------------------------------------------
 
@@ -325,74 +315,28 @@ class Gossiper:
         self._own.reincarnate(generation, now)
         self._detector.republish()
 
+    # --- what members publish for the data path (see ReplicaProgress) ----------------------
+
     def set_pulling(self, partitions: list[int]) -> None:
-        """Publish the partitions this member is still pulling (a transfer in flight), so every
-        peer can tell which partitions have fewer than N full copies."""
-        if self._table.me.get("pulling") != partitions:
-            self._table.write("pulling", partitions)
+        self._progress.set_pulling(partitions)
 
     def set_reaped_upto(self, wall_ms: int) -> None:
-        """Publish the write time of the newest tombstone this member reaped (wall-clock ms):
-        a member back from a longer absence wipes its replica if anyone reaped a tombstone
-        written after it was last alive (see ``gossipkv._reaper``)."""
-        if wall_ms > 0 and self._table.me.get("reaped_upto") != wall_ms:
-            self._table.write("reaped_upto", wall_ms)
+        self._progress.set_reaped_upto(wall_ms)
 
     def mark_filled(self) -> None:
-        """This replacement has filled every partition it took over: the leader may admit it."""
-        if self._table.me.get("filled") is not True:
-            self._table.write("filled", True)
-
-    # --- what others published -------------------------------------------------------------------
+        self._progress.mark_filled()
 
     def reaped_upto(self) -> int:
-        """The newest tombstone write time any known member published as reaped (0: none)."""
-        t = self._table
-        stamp = (t.changes, t.me.max_version)
-        if self._reaped is not None and self._reaped[0] == stamp:
-            return self._reaped[1]
-        out = 0
-        for ns in t.namespaces.values():
-            value = ns.get("reaped_upto")
-            if type(value) is int and value > out:
-                out = value
-        self._reaped = (stamp, out)
-        return out
+        return self._progress.reaped_upto()
 
     def pulling(self, partition: int) -> set[str]:
-        """The members still pulling ``partition`` (a transfer into them is in flight)."""
-        out = set()
-        for node_id, ns in self._table.namespaces.items():
-            value = ns.get("pulling")
-            if isinstance(value, list) and partition in value:
-                out.add(node_id)
-        return out
+        return self._progress.pulling(partition)
 
     def under_replicated(self) -> int:
-        """Partitions with an owner that is unreachable from here or still pulling them."""
-        table = self.table()
-        if table is None:
-            return 0
-        reachable = self.reachable_members()
-        pulling: dict[str, set[int]] = {}
-        for node_id, ns in self._table.namespaces.items():
-            value = ns.get("pulling")
-            if isinstance(value, list):
-                pulling[node_id] = {p for p in value if isinstance(p, int)}
-        return sum(
-            1
-            for p, row in enumerate(table.owners)
-            if len(row) < table.n or any(o not in reachable or p in pulling.get(o, ()) for o in row)
-        )
+        return self._progress.under_replicated(self.reachable_members())
 
     def is_gone(self, node_id: str) -> bool:
-        """Whether ``node_id`` will not serve again: removed (and not admitted again), or it
-        left (its decommission finished)."""
-        t = self._table
-        if node_id in t.decisions.removed and t.decisions.admission(node_id) is None:
-            return True
-        ns = t.namespaces.get(node_id)
-        return ns is not None and node_id != self.node_id and gone(t.peers.get(node_id), ns)
+        return self._progress.is_gone(node_id)
 
     # --- the leader ------------------------------------------------------------------------------
 
@@ -409,144 +353,20 @@ class Gossiper:
         return self._table.decisions.table
 
     def operator_remove(self, node_id: str, now: float, wall_ms: int) -> tuple[int, bool]:
-        """Remove ``node_id`` on an operator's word (``gossipkv remove``): its incarnation is
-        removed and its partitions go to the members that remain, at once.
-
-        The operator's word stands in for the majority the leader otherwise needs: with 2 of 5
-        members left, the 3 dead ones can still be removed. It is refused while this peer (the
-        leader) can reach the member, which must be stopped or declared dead first.
-
-        Returns:
-          The removed generation, and whether the survivors were short of a majority.
-
-        Raises:
-          ValueError: this peer is not the leader, the member is this peer or unknown, or it
-            is reachable and not leaving.
-        """
-        d = self._table.decisions
-        if node_id in d.removed and d.admission(node_id) is None:
-            if node_id not in self._table.namespaces and self.leader() == self.node_id:
-                return d.removed[node_id][0], False  # removed already
-        generation = self._removable(node_id)
-        minority = not self._duties.has_majority()
-        self._duties.remove_now(node_id, generation, now, wall_ms)
-        return generation, minority
-
-    def _removable(self, node_id: str) -> int:
-        """The generation to remove of a member an operator declares dead.
-
-        Raises:
-          ValueError: as :meth:`operator_remove`.
-        """
-        if node_id == self.node_id:
-            raise ValueError("a member cannot remove itself: use gossipkv leave")
-        if self.leader() != self.node_id:
-            raise ValueError(f"only the leader can remove members (the leader is {self.leader()})")
-        t = self._table
-        ns = t.namespaces.get(node_id)
-        grant = t.decisions.admission(node_id)
-        if ns is None and grant is None:
-            raise ValueError(f"no member named {node_id!r}")
-        peer = t.peers.get(node_id)
-        if ns is not None and peer is not None and peer.liveness != "down" and not gone(peer, ns):
-            raise ValueError(
-                f"{node_id} is reachable and {status_of(ns)}: stop it first (or use leave)"
-            )
-        return max(ns.generation if ns is not None else 0, grant.generation if grant else 0)
+        """Remove ``node_id`` on an operator's word (see :meth:`OperatorActions.remove`)."""
+        return self._operator.remove(node_id, now, wall_ms)
 
     def operator_replace(
         self, replaced: str, replacement: str, generation: int, now: float, wall_ms: int
     ) -> bool:
-        """Hand every partition of dead member ``replaced`` to the new member ``replacement``
-        (``gossipkv peer --replace``), moving no other partition: ``replaced`` is removed and
-        ``replacement`` takes its place in every preference list. ``replacement`` is admitted
-        (up, serving reads) only once it has filled those partitions from the other owners;
-        until then reads go to them and its writes are hinted. Like an operator removal this
-        needs no majority. Asking again (a replacement that restarted) changes nothing.
-
-        Returns:
-          Whether it was done now (False: it had been done already).
-
-        Raises:
-          ValueError: this peer is not the leader; ``replaced`` is unknown, this peer, or
-            reachable and up; ``replacement`` is already a member.
-        """
-        d = self._table.decisions
-        if self.leader() != self.node_id:
-            raise ValueError(f"only the leader can replace members (the leader is {self.leader()})")
-        if d.replacing.get(replacement, ("", -1))[0] == replaced and replaced in d.removed:
-            d.replacing[replacement] = (replaced, max(generation, d.replacing[replacement][1]))
-            self._table.decisions_dirty = True
-            return False
-        known = self._table.namespaces.get(replacement)
-        if d.admission(replacement) is not None or (
-            known is not None and status_of(known) != "joining"
-        ):
-            raise ValueError(f"{replacement} is already a member; it cannot replace {replaced}")
-        removed_generation = self._removable(replaced)
-        d.replacing[replacement] = (replaced, generation)
-        table = self.table()
-        if table is not None:
-            # The replacement takes the replaced member's place in every preference list.
-            owners = tuple(
-                tuple(replacement if o == replaced else o for o in row) for row in table.owners
-            )
-            term, seq = d.next_epoch()
-            d.table = PartitionTable(term, seq, table.n, owners)
-        self._duties.remove_now(replaced, removed_generation, now, wall_ms)
-        return True
+        """Hand a dead member's partitions to a new one (see :meth:`OperatorActions.replace`)."""
+        return self._operator.replace(replaced, replacement, generation, now, wall_ms)
 
     # --- views for the API -----------------------------------------------------------------------
 
     def members(self, now: float) -> list[MemberView]:
         """This peer's membership table (sorted by name), including removed incarnations."""
-        t = self._table
-        leader = self.leader()
-        ranked = sorted(
-            Age(up_of(ns), ns.generation, n)
-            for n, ns in t.visible()
-            if status_of(ns) in ("up", "leaving") and up_of(ns) > 0
-        )
-        rank = {age.node_id: i + 1 for i, age in enumerate(ranked)}
-        rows: list[MemberView] = []
-        for node_id, ns in sorted(t.namespaces.items()):
-            status: str = status_of(ns)
-            peer = t.peers.get(node_id)
-            phi: float | None = None
-            reachable = True
-            if peer is not None:
-                phi = self._detector.level(node_id, now)
-                reachable = peer.liveness != "down"
-                if gone(peer, ns):
-                    status = "left"
-                elif peer.liveness == "down":
-                    status = "down"
-            up = up_of(ns)
-            rows.append(
-                MemberView(
-                    name=node_id,
-                    address=addr_of(ns),
-                    status=status,
-                    reachable=reachable,
-                    up_number=up or None,
-                    age_rank=rank.get(node_id),
-                    generation=ns.generation,
-                    heartbeat=ns.heartbeat,
-                    phi=phi,
-                    metadata=metadata_of(ns),
-                    is_leader=node_id == leader,
-                    is_self=node_id == self.node_id,
-                )
-            )
-        for node_id, (gen, _) in sorted(t.decisions.removed.items()):
-            if node_id not in t.namespaces:
-                rows.append(
-                    MemberView(
-                        node_id, None, "removed", False, None, None, gen, 0, None, {}, False, False
-                    )
-                )
-        rows.sort(key=lambda r: r.name)
-        return rows
+        return self._table.rows(self.leader(), lambda n: self._detector.level(n, now))
 
     def member_generations(self) -> dict[str, int]:
         return {n: ns.generation for n, ns in self._table.namespaces.items()}

@@ -93,8 +93,10 @@ class Rounds:
             for node_id in due:
                 ns = t.namespaces.get(node_id)
                 addr = addr_of(ns) if ns is not None else None
-                if addr is not None and addr not in gossip:
+                if addr is not None:
                     probes.append((node_id, addr))
+            probed = {addr for _, addr in probes}
+            gossip = [a for a in gossip if a not in probed]  # a probe is an exchange too
         if any_round:
             t.counters.rounds += 1
             t.me.heartbeat += 1

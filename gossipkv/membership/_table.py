@@ -18,8 +18,8 @@ from typing import Literal
 
 from .._types import Address
 from ._config import GossipConfig
-from ._leader import MAX_COUNTER, Decisions
-from ._records import GossipCounters, MembershipEvent
+from ._leader import MAX_COUNTER, Age, Decisions
+from ._records import GossipCounters, MembershipEvent, MemberView
 from ._state import Namespace, ViewSummary
 
 Liveness = Literal["alive", "suspect", "down"]
@@ -169,6 +169,58 @@ class MemberTable:
         return self.decisions.is_removed(node_id, ns.generation) or (
             admitted is not None and self.decisions.is_removed(node_id, admitted)
         )
+
+    # --- rows for the API ---------------------------------------------------------------------
+
+    def rows(self, leader: str | None, level: Callable[[str], float]) -> list[MemberView]:
+        """The membership table as the API shows it (sorted by name), removed incarnations
+        included; ``level`` gives the failure detector's suspicion of a member (``phi``)."""
+        t = self
+        ranked = sorted(
+            Age(up_of(ns), ns.generation, n)
+            for n, ns in t.visible()
+            if status_of(ns) in ("up", "leaving") and up_of(ns) > 0
+        )
+        rank = {age.node_id: i + 1 for i, age in enumerate(ranked)}
+        rows: list[MemberView] = []
+        for node_id, ns in sorted(t.namespaces.items()):
+            status: str = status_of(ns)
+            peer = t.peers.get(node_id)
+            phi: float | None = None
+            reachable = True
+            if peer is not None:
+                phi = level(node_id)
+                reachable = peer.liveness != "down"
+                if gone(peer, ns):
+                    status = "left"
+                elif peer.liveness == "down":
+                    status = "down"
+            up = up_of(ns)
+            rows.append(
+                MemberView(
+                    name=node_id,
+                    address=addr_of(ns),
+                    status=status,
+                    reachable=reachable,
+                    up_number=up or None,
+                    age_rank=rank.get(node_id),
+                    generation=ns.generation,
+                    heartbeat=ns.heartbeat,
+                    phi=phi,
+                    metadata=metadata_of(ns),
+                    is_leader=node_id == leader,
+                    is_self=node_id == self.node_id,
+                )
+            )
+        for node_id, (gen, _) in sorted(t.decisions.removed.items()):
+            if node_id not in t.namespaces:
+                rows.append(
+                    MemberView(
+                        node_id, None, "removed", False, None, None, gen, 0, None, {}, False, False
+                    )
+                )
+        rows.sort(key=lambda r: r.name)
+        return rows
 
 
 def gone(peer: Peer | None, ns: Namespace) -> bool:
