@@ -87,8 +87,7 @@ class Namespace:
             for key, (value, version) in self.entries.items()
             if version > floor
         )
-        head = NodeDelta(self.node_id, self.generation, self.heartbeat, floor, floor, ())
-        used = encoded_size(head)
+        used = self._head_size(floor, floor)
         if used > budget:
             return None
         chosen: list[VersionedEntry] = []
@@ -103,6 +102,20 @@ class Namespace:
         if not newer:
             top = self.max_version
         return NodeDelta(self.node_id, self.generation, self.heartbeat, floor, top, tuple(chosen))
+
+    def delta_size(self, nd: NodeDelta) -> int:
+        """The encoded size of ``nd``, one of this namespace's deltas (from the cached entry
+        sizes: a delta is sized once per exchange, its entries once per write)."""
+        n = len(nd.entries)
+        head = self._head_size(nd.floor, nd.max_version) - 1 + _head(n)
+        return head + sum(self.entry_size(e.key) for e in nd.entries)
+
+    def _head_size(self, floor: int, top: int) -> int:
+        """The encoded size of a delta of this namespace from ``floor`` to ``top`` without
+        entries: what :func:`encoded_size` says, computed directly (deltas are sized often)."""
+        name = _name_bytes(self.node_id)
+        ints = _head(self.generation) + _head(self.heartbeat) + _head(floor) + _head(top)
+        return 1 + _head(name) + name + ints + 1
 
 
 def staleness_order(
@@ -138,7 +151,7 @@ def build_delta(
         nd = ns.delta_since(floor, left)
         if nd is None:
             continue
-        size = encoded_size(nd)
+        size = ns.delta_size(nd)
         if size > left:
             continue
         out.append(nd)

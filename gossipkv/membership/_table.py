@@ -74,6 +74,7 @@ class MemberTable:
         self.wall_ms = 0
         self._others: list[str] | None = None
         self._targets: tuple[int, list[str], list[str]] | None = None
+        self._visible: tuple[tuple[int, int], list[tuple[str, Namespace]]] | None = None
 
     # --- namespaces ------------------------------------------------------------------------------
 
@@ -152,7 +153,11 @@ class MemberTable:
         return live, down
 
     def visible(self) -> list[tuple[str, Namespace]]:
-        """Members this peer considers present: itself and every remote member not down or gone."""
+        """Members this peer considers present: itself and every remote member not down or gone
+        (the same list until the next change: do not modify it)."""
+        stamp = (self.changes, self.me.max_version)
+        if self._visible is not None and self._visible[0] == stamp:
+            return self._visible[1]
         out = []
         for node_id, ns in self.namespaces.items():
             if node_id != self.node_id:
@@ -160,6 +165,7 @@ class MemberTable:
                 if peer.liveness == "down" or gone(peer, ns):
                     continue
             out.append((node_id, ns))
+        self._visible = (stamp, out)
         return out
 
     def voided(self, node_id: str, ns: Namespace) -> bool:
@@ -229,14 +235,16 @@ def gone(peer: Peer | None, ns: Namespace) -> bool:
 
 
 def status_of(ns: Namespace) -> SelfStatus:
-    value = ns.get("status")
-    if isinstance(value, str) and value in _SELF_STATUSES:
+    item = ns.entries.get("status")  # ns.get, inlined: leader duties ask this of every member
+    value = None if item is None else item[0]
+    if type(value) is str and value in _SELF_STATUSES:
         return value  # type: ignore[return-value]
     return "joining"
 
 
 def up_of(ns: Namespace) -> int:
-    value = ns.get("up")
+    item = ns.entries.get("up")
+    value = None if item is None else item[0]
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_COUNTER:
         return value
     return 0
