@@ -10,7 +10,7 @@ leaves as a typed :class:`~gossipkv.RemoteError` in the router.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
@@ -35,6 +35,8 @@ from ._messages import (
     OwnersRequest,
     PartitionFetch,
     PingRequest,
+    ProbeRequest,
+    ProbeResult,
     ReloadTlsRequest,
     RemoveRequest,
     RepairRequest,
@@ -85,6 +87,8 @@ class RequestHandlers:
       toolbox: the operator's read-only views.
       operator: the operator's calls.
       decommission: the leave an operator asks for.
+      probe: probes a member for another one whose own probe went unanswered (SWIM's
+        indirect probe).
       request_timeout: seconds the last leg of a gossip exchange may take to send.
     """
 
@@ -105,6 +109,7 @@ class RequestHandlers:
         toolbox: Toolbox,
         operator: Operator,
         decommission: Decommission,
+        probe: Callable[[ProbeRequest], Awaitable[ProbeResult]],
         request_timeout: float,
     ) -> None:
         self._gossiper = gossiper
@@ -121,6 +126,7 @@ class RequestHandlers:
         self._toolbox = toolbox
         self._operator = operator
         self._decommission = decommission
+        self._probe = probe
         self._request_timeout = request_timeout
 
     def table(self) -> dict[type[Message], Route]:
@@ -134,6 +140,7 @@ class RequestHandlers:
                 route(Syn, member, request=self._serve_syn, nowait=self._serve_syn_nowait),
                 route(Ack, member, oneway=self._serve_ack),
                 route(Shutdown, member, oneway=self._serve_shutdown),
+                route(ProbeRequest, member, request=self._serve_probe),
                 # The data path: replica calls and client reads and writes, in the reader
                 # when nothing needs to wait.
                 route(KvGet, anyone, request=data, nowait=data_nowait),
@@ -190,6 +197,9 @@ class RequestHandlers:
             # What the round's initiator asked for: the last leg of its exchange.
             with trio.move_on_after(self._request_timeout):
                 await channel.notify(answer)
+
+    async def _serve_probe(self, channel: Channel, message: ProbeRequest) -> Message:
+        return await self._probe(message)
 
     async def _serve_shutdown(self, channel: Channel, message: Shutdown) -> None:
         g = self._gossiper()

@@ -1,10 +1,13 @@
 """The membership runtime: the loops that drive the sans-IO membership core.
 
-Two loops per peer: the gossip loop (one scuttlebutt round every ``gossip_interval``: the core
-picks whom to send SYNs to, each exchange runs in a task of its own, one per address at a
-time) and the evaluation loop (failure detection, leader duties, the event-loop watchdog,
-refusal logs, reincarnation after a removal; then the node tends its data and persists what
-changed). The core decides; this module only sends, waits and hands on what it decided.
+Two loops per peer, each sleeping until the core says there is something to do or until news
+(the core's ``on_news``) wakes it: the gossip loop (the core plans each round: eager gossip while
+there is news, failure-detection probes always; each exchange runs in a task of its own, one per
+address at a time, and a probe that goes unanswered asks a few members to try) and the
+evaluation loop (verdicts, leader duties, the event-loop watchdog, refusal logs, reincarnation
+after a removal; then the node tends its data and persists what changed). This module also
+answers other members' indirect probes. The core decides; this module only sends, waits and
+hands on what it decided.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import trio
 from ._errors import DecodeError, HandshakeError, RemoteError, TransportError
 from ._histogram import LatencyHistogram
 from ._hlc import HybridClock
-from ._messages import Syn, SynAck
+from ._messages import ProbeRequest, ProbeResult, Syn, SynAck
 from ._peer import Channel
 from ._pool import JOIN_PATIENCE, RateLimit
 from .membership._gossiper import Gossiper, MembershipEvent
@@ -105,25 +108,48 @@ class MembershipRuntime:
         self._evaluated = evaluated
         self._inflight: set[str] = set()
         self._last_waiting_log = -math.inf
+        #: Set on news: wake the gossip loop (to start eager rounds) and the evaluation loop.
+        self._gossip_news = trio.Event()
+        self._evaluate_news = trio.Event()
+        self._gossip_until = math.inf  # when the gossip loop wakes anyway
         #: The evaluation loop's lateness: this peer's event-loop stalls.
         self.lag = LoopLag()
         #: Round trips of gossip exchanges.
         self.gossip_latency = LatencyHistogram()
 
+    def _on_news(self) -> None:
+        # The evaluation loop looks at every change; the gossip loop only needs waking when it
+        # would otherwise sleep past the next eager round.
+        self._evaluate_news.set()
+        if self._gossip_until > trio.current_time() + self._interval:
+            self._gossip_news.set()
+
     async def gossip_loop(self) -> None:
-        interval = self._interval
-        next_at = trio.current_time() + self._rng.random() * interval
+        self._gossiper().on_news(self._on_news)
+        next_at = trio.current_time() + self._rng.random() * self._interval
         while True:
-            await trio.sleep_until(next_at)
+            self._gossip_until = next_at
+            with trio.move_on_at(next_at):
+                await self._gossip_news.wait()
+            self._gossip_news = trio.Event()
+            self._gossip_until = math.inf
             await self._transport.wait_runnable()
             now = trio.current_time()
-            for addr, syn in self._gossiper().tick(now, self._rng):
-                if addr not in self._inflight:
-                    self._inflight.add(addr)
-                    stamped = replace(syn, hlc=self._hlc.now())
-                    self._nursery().start_soon(self._exchange, addr, stamped)
+            g = self._gossiper()
+            g.on_news(self._on_news)  # a new incarnation's core keeps waking us
+            plan = g.plan(now, self._rng)
+            if plan.syn is not None:
+                syn = replace(plan.syn, hlc=self._hlc.now())
+                nursery = self._nursery()
+                for addr in plan.gossip:
+                    if addr not in self._inflight:
+                        self._inflight.add(addr)
+                        nursery.start_soon(self._gossip, addr, syn)
+                for node_id, addr in plan.probes:
+                    nursery.start_soon(self._probe, node_id, addr, syn, now)
             self._log_join_wait(now)
-            next_at = max(next_at + interval, now)
+            # Never spin: whatever the plan says, the next look is a moment away at least.
+            next_at = max(plan.next_at, now + min(0.05, self._interval / 4))
 
     def _log_join_wait(self, now: float) -> None:
         g = self._gossiper()
@@ -142,23 +168,33 @@ class MembershipRuntime:
                 "%s: waiting for the leader to admit it (knows %d members)", g.node_id, len(others)
             )
 
-    async def _exchange(self, addr: str, syn: Syn) -> None:
-        started = trio.current_time()
+    async def _gossip(self, addr: str, syn: Syn) -> None:
+        """An exchange of a gossip round (one per address at a time: the caller marked it in
+        flight), bounded by the request timeout."""
         # A joiner knows only its seeds: an exchange it abandons is one the seed answered for
         # nothing, and the next round's attempt (on a new connection, if the handshake was cut
         # short) queues behind it. A busy seed's late answer is still worth waiting for; only
         # one exchange per address is ever in flight.
         joining = self._gossiper().status == "joining"
-        timeout = self._request_timeout * (JOIN_PATIENCE if joining else 1)
         try:
-            with trio.move_on_after(timeout):
-                channel = await self._channel_to(addr)
-                reply = await channel.request(syn)
-                if isinstance(reply, SynAck):
-                    self.gossip_latency.observe(trio.current_time() - started)
-                    ack = self._gossiper().on_syn_ack(reply, trio.current_time())
-                    if ack.delta or ack.wanted:
-                        await channel.notify(ack)
+            with trio.move_on_after(self._request_timeout * (JOIN_PATIENCE if joining else 1)):
+                await self._exchange(addr, syn)
+        finally:
+            self._inflight.discard(addr)
+
+    async def _exchange(self, addr: str, syn: Syn) -> bool:
+        """One exchange with ``addr`` (callers bound it); returns whether it answered."""
+        started = trio.current_time()
+        try:
+            channel = await self._channel_to(addr)
+            reply = await channel.request(syn)
+            if not isinstance(reply, SynAck):
+                return False
+            self.gossip_latency.observe(trio.current_time() - started)
+            ack = self._gossiper().on_syn_ack(reply, trio.current_time(), syn)
+            if ack.delta or ack.wanted:
+                await channel.notify(ack)
+            return True
         except HandshakeError as exc:
             # Another cluster or protocol at a seed is a configuration error: say so, once a
             # minute (the refusal is retried every round).
@@ -170,25 +206,91 @@ class MembershipRuntime:
             # Whatever a peer sent us (an address that does not parse, say) must not stop the node.
             self._dropped["exchange_error"] += 1
             log.warning("gossip with %s failed unexpectedly: %r", addr, exc)
-        finally:
-            self._inflight.discard(addr)
+        return False
+
+    async def _reach(self, addr: str, syn: Syn) -> bool:
+        """Whether ``addr`` answers an exchange, tried twice within ``probe_timeout`` (one lost
+        message is no failure). Runs beside any other exchange with it."""
+        attempt = self._gossiper().config.probe_timeout / 2
+        for _ in range(2):
+            with trio.move_on_after(attempt):
+                if await self._exchange(addr, syn):
+                    return True
+        return False
+
+    async def _probe(self, node_id: str, addr: str, syn: Syn, started: float) -> None:
+        """SWIM's probe: an exchange with ``node_id``, then, unanswered, the same through a few
+        other members; the core hears the outcome."""
+        ok = await self._reach(addr, syn)
+        if not ok:
+            helpers = self._gossiper().probe_helpers(node_id, self._rng)
+            ok = bool(helpers) and await self._probe_through(node_id, helpers)
+        await self._transport.wait_runnable()
+        g = self._gossiper()
+        if ok:
+            g.probe_ok(node_id, trio.current_time())
+        else:
+            g.probe_failed(node_id, started, trio.current_time())
+
+    async def _probe_through(self, node_id: str, helpers: list[str]) -> bool:
+        """Whether any of ``helpers`` reached ``node_id`` (each tries as :meth:`_reach` does;
+        they are given twice ``probe_timeout``)."""
+        answered = False
+
+        async def ask(addr: str, cancel: trio.CancelScope) -> None:
+            nonlocal answered
+            try:
+                channel = await self._channel_to(addr)
+                reply = await channel.request(ProbeRequest(node_id))
+            except (TransportError, RemoteError, DecodeError, HandshakeError) as exc:
+                log.debug("indirect probe of %s through %s failed: %r", node_id, addr, exc)
+                return
+            except Exception as exc:
+                self._dropped["exchange_error"] += 1
+                log.warning("indirect probe through %s failed unexpectedly: %r", addr, exc)
+                return
+            if isinstance(reply, ProbeResult) and reply.ok:
+                answered = True
+                cancel.cancel()
+
+        with trio.move_on_after(2 * self._gossiper().config.probe_timeout):
+            async with trio.open_nursery() as nursery:
+                for addr in helpers:
+                    nursery.start_soon(ask, addr, nursery.cancel_scope)
+        return answered
+
+    async def serve_probe(self, request: ProbeRequest) -> ProbeResult:
+        """Probe ``request.target`` for the member that asked (its own probe went unanswered)."""
+        g = self._gossiper()
+        addr = g.address_of(request.target)
+        if addr is None or request.target == g.node_id:
+            return ProbeResult(False)
+        return ProbeResult(await self._reach(addr, replace(g.syn(), hlc=self._hlc.now())))
 
     async def evaluate_loop(self) -> None:
-        # One timer for failure detection and the event-loop watchdog: a peer idles on few
-        # wake-ups. The lag of this loop's own wake-ups is the loop lag (a stall of this peer).
-        interval = min(0.2, self._interval / 2)
-        next_at = trio.current_time()
+        # One timer for verdicts, leader duties and the event-loop watchdog, set for when the
+        # core next has something to do (a second at most) or woken by news: a quiet peer idles
+        # on one wake-up a second. How late a wake-up runs is the loop lag (a stall of this
+        # peer; a paused simulated peer is held in wait_runnable, which counts too).
+        spacing = min(0.1, self._interval / 2)
+        last = trio.current_time()
         while True:
-            next_at = max(next_at + interval, trio.current_time())
-            await trio.sleep_until(next_at)
-            now = trio.current_time()
-            lag = now - next_at
+            due = max(self._gossiper().next_evaluation(), last + spacing)
+            with trio.move_on_at(due):
+                await self._evaluate_news.wait()
+            woke = trio.current_time()
+            if woke < last + spacing:
+                await trio.sleep_until(last + spacing)  # news: at most one look per spacing
+            self._evaluate_news = trio.Event()
+            scheduled = min(due, max(woke, last + spacing))
+            await self._transport.wait_runnable()
+            now = last = trio.current_time()
+            lag = now - scheduled
             self.lag.last = lag
             self.lag.max = max(self.lag.max, lag)
-            self._gossiper().note_loop_lag(lag, now)
-            await self._transport.wait_runnable()
             g = self._gossiper()
-            g.evaluate(trio.current_time(), self._wall())
+            g.note_loop_lag(lag, now)
+            g.evaluate(now, self._wall())
             kv = self._kv()
             if kv is not None:
                 transfers = kv.transfers

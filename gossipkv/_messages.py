@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import ClassVar, NamedTuple
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 
 class Kind(enum.IntEnum):
@@ -106,11 +106,11 @@ class NodeDelta:
 
 @dataclass(frozen=True, slots=True)
 class Syn(Message):
-    """Start of a gossip round: a summary of what the sender knows, and a heartbeat sample.
+    """Start of a gossip exchange (and a failure-detection probe): a summary of what the
+    sender knows.
 
-    ``view`` holds one hash per bucket of members (see ``membership._state.bucket_hashes``);
-    ``digest`` is a byte-bounded sample of entries, the sender's own first, rotating over the
-    others from round to round, so heartbeats reach everyone at any cluster size.
+    ``view`` holds one hash per bucket of members (see ``membership._state.ViewSummary``);
+    ``digest`` holds the sender's own entry.
     """
 
     TAG: ClassVar[str] = "syn"
@@ -124,8 +124,8 @@ class Syn(Message):
 @dataclass(frozen=True, slots=True)
 class SynAck(Message):
     """Reply to a Syn: the replier's entries for the buckets whose hashes differ (``buckets``
-    names them, each listed whole) plus its own heartbeat sample in ``digest``, and ``delta``,
-    what the sample showed the sender lacks."""
+    names them, each listed whole) in ``digest``, and ``delta``, what the Syn's digest showed
+    the sender lacks."""
 
     TAG: ClassVar[str] = "syn_ack"
     digest: tuple[DigestEntry, ...]
@@ -141,6 +141,23 @@ class Ack(Message):
     TAG: ClassVar[str] = "ack"
     delta: tuple[NodeDelta, ...]
     wanted: tuple[DigestEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest(Message):
+    """Ask a member to probe ``target`` (another member, by name) for the sender, whose own
+    probe of it went unanswered (SWIM's indirect probe); answered with a :class:`ProbeResult`."""
+
+    TAG: ClassVar[str] = "probe"
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult(Message):
+    """Whether ``target`` of a :class:`ProbeRequest` answered its prober."""
+
+    TAG: ClassVar[str] = "probe_result"
+    ok: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,6 +564,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Syn,
         SynAck,
         Ack,
+        ProbeRequest,
+        ProbeResult,
         Shutdown,
         MembersRequest,
         StatsRequest,

@@ -170,6 +170,7 @@ class NodeRuntime:
             toolbox=self.toolbox,
             operator=self.operator,
             decommission=self.decommission,
+            probe=lambda request: self.membership.serve_probe(request),
             request_timeout=request_timeout,
         )
         #: Every message this peer accepts, who may send it and what answers it.

@@ -1,72 +1,368 @@
-"""Phi-accrual failure detection (HeartBeat), one arrival window per member.
+"""SWIM failure detection: probes, suspicions and verdicts, published in members' namespaces.
 
-phi is in Cassandra's units: ``phi = elapsed / mean_interval / ln(10)``, so a threshold of 8 means
-a silence of about 18.4 mean heartbeat intervals, 5 about 11.5. The mean is smoothed with a prior
-(``prior_mean`` weighted as ``prior_weight`` samples) so a member we barely know is neither
-convicted early nor trusted blindly, and gaps above ``max_interval`` are not learned (a partition
-must not teach the detector to be slow). Time is a parameter: this module never reads a clock.
+Every ``probe_interval`` a peer probes the next member of a shuffled round robin (the runtime
+does it with a gossip exchange), so each member is probed about once an interval by someone,
+whatever the cluster's size. When that fails, ``indirect_probes`` other members try for it: a
+lossy or broken link between two members is no failure of either. When they fail too, the
+member is *suspect* here. This peer publishes the suspicion in its own namespace (key
+``verdicts``) and re-probes the member every half interval; a few of the peers that learn of it
+probe the member too and publish what they find, which confirms it. A suspicion that outlasts the
+suspicion timeout (shorter the more it is confirmed, as in Lifeguard) and whose three re-probes
+failed as well becomes a *down* verdict, published the same way, which every peer adopts as soon
+as it learns of it.
+
+Each report names the member's newest version the reporter knew. The member refutes a report
+about it by writing a newer version (see ``_own``), and a peer that knows a newer version than a
+report's ignores the report, so a member that answers again is alive everywhere once its
+refutation has spread. A successful probe ends this peer's own suspicion.
+
+A peer that was stalled itself (a paused process finds everyone silent) drops its suspicions and
+passes no verdict for ``pause_guard`` seconds after it notices. Pure: no clock, no I/O; time and
+randomness are arguments.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
+import random
 from dataclasses import dataclass
 
-_LN10 = math.log(10.0)
+from ._leader import MAX_COUNTER
+from ._records import ProbeCounters
+from ._table import MemberTable, addr_of, gone
+
+SUSPECT = 1
+DOWN = 2
+#: The key of a member's namespace holding its reports: ``{member: [generation, version, level]}``.
+VERDICTS = "verdicts"
+#: Peers (in expectation) that probe a member when they learn someone suspects it.
+_CONFIRMERS = 4
+#: Confirmations after which a suspicion runs the shortest timeout.
+_CONFIRMATIONS = 2
+#: Probes of a suspect, after the one that made it suspect, that must fail before a verdict.
+_REPROBES = 3
+
+Report = tuple[int, int, int]  # (generation, version, level)
 
 
-@dataclass(frozen=True, slots=True)
-class DetectorConfig:
-    """Tuning of the phi-accrual detector; thresholds are in Cassandra's log10 units."""
+@dataclass(slots=True)
+class Suspicion:
+    """This peer's own suspicion of a member (its probes, direct and indirect, failed)."""
 
-    window: int = 1000
-    max_interval: float = 10.0
-    prior_mean: float = 0.5
-    prior_weight: int = 5
-    suspect_phi: float = 5.0
-    down_phi: float = 8.0
+    since: float
+    version: int  # the member's newest version known then
+    reprobe_at: float
+    failures: int = 0  # probes that failed since
 
 
-class ArrivalWindow:
-    """Heartbeat arrival history of one member (one incarnation)."""
+class FailureDetector:
+    """SWIM probing, suspicion and verdicts over one peer's :class:`MemberTable`.
 
-    __slots__ = ("_config", "_intervals", "_sum", "arrivals", "last_arrival")
+    Args:
+      table: the members.
+      now: current ``trio.current_time()``.
+    """
 
-    def __init__(self, config: DetectorConfig, now: float) -> None:
-        self._config = config
-        self._intervals: deque[float] = deque(maxlen=config.window)
-        self._sum = 0.0
-        # The first sighting counts as an arrival: a member heard of once and never again
-        # must still be convicted eventually.
-        self.last_arrival = now
-        self.arrivals = 0
+    def __init__(self, table: MemberTable, now: float) -> None:
+        self._t = table
+        self._interval = table.config.probe_interval
+        self._order: list[str] = []  # the rest of this cycle of the round robin, next last
+        self._next_probe_at = now
+        self._suspects: dict[str, Suspicion] = {}
+        #: Members some report says are suspect, which this peer may probe to confirm.
+        self._urgent: dict[str, None] = {}
+        #: This peer's published reports.
+        self._own: dict[str, Report] = {}
+        #: Every other member's reports, by the member reported on, then by reporter.
+        self._about: dict[str, dict[str, Report]] = {}
+        self._by: dict[str, set[str]] = {}  # reporter -> the members it reports on
+        self._guard_until = now
+        self._stall_noticed = -math.inf
+        self.counters = ProbeCounters()
 
-    def heartbeat(self, now: float) -> None:
-        """Record that a newer heartbeat of this member was observed at ``now``."""
-        interval = now - self.last_arrival
-        if self.arrivals > 0 and 0.0 <= interval <= self._config.max_interval:
-            if len(self._intervals) == self._intervals.maxlen:
-                self._sum -= self._intervals[0]
-            self._intervals.append(interval)
-            self._sum += interval
-        self.arrivals += 1
-        self.last_arrival = now
+    # --- probing ----------------------------------------------------------------------------------
 
-    def rebase(self, now: float) -> None:
-        """Start the silence count afresh at ``now`` without learning the gap (after a local stall)."""
-        self.last_arrival = now
-        self.arrivals = 0
+    def due(self, now: float, rng: random.Random) -> tuple[list[str], bool]:
+        """The members to probe now: the next of the round robin once an interval, suspects
+        every half interval, and a random few of the members reported suspect; and whether an
+        interval passed (a quiet peer's gossip round, see ``_rounds``)."""
+        out: list[str] = []
+        ticked = now >= self._next_probe_at
+        if ticked:
+            # No burst of catch-up probes after a stall: the next one is an interval away.
+            self._next_probe_at = max(self._next_probe_at + self._interval, now)
+            target = self._next_in_order(rng)
+            if target is not None:
+                out.append(target)
+        for node_id, suspicion in self._suspects.items():
+            if now >= suspicion.reprobe_at and node_id not in out:
+                # Not again until this probe's outcome is in (or surely overdue).
+                suspicion.reprobe_at = now + 4 * self._t.config.probe_timeout + self._interval
+                out.append(node_id)
+        if self._urgent:
+            live = len(self._t.targets()[0])
+            chance = min(1.0, _CONFIRMERS / max(1, live - 1))
+            for node_id in self._urgent:
+                if node_id not in out and self._probeable(node_id) and rng.random() < chance:
+                    out.append(node_id)
+            self._urgent.clear()
+        self.counters.probes += len(out)
+        return out, ticked
 
-    def mean(self) -> float:
-        """Smoothed mean inter-arrival time."""
-        c = self._config
-        return (self._sum + c.prior_mean * c.prior_weight) / (len(self._intervals) + c.prior_weight)
+    def next_due(self) -> float:
+        """When :meth:`due` next has something (``-inf``: now)."""
+        if self._urgent:
+            return -math.inf
+        return min([self._next_probe_at, *(s.reprobe_at for s in self._suspects.values())])
 
-    def phi(self, now: float) -> float:
-        """Suspicion level at ``now`` (0 right after an arrival, growing with silence)."""
-        elapsed = max(0.0, now - self.last_arrival)
-        return elapsed / self.mean() / _LN10
+    def _next_in_order(self, rng: random.Random) -> str | None:
+        for _ in range(2):
+            while self._order:
+                node_id = self._order.pop()
+                if self._probeable(node_id) and node_id not in self._suspects:
+                    return node_id
+            cycle = [n for n in self._t.others() if self._probeable(n)]
+            rng.shuffle(cycle)
+            self._order = cycle
+        return None
 
-    def sample_count(self) -> int:
-        return len(self._intervals)
+    def _probeable(self, node_id: str) -> bool:
+        ns = self._t.namespaces.get(node_id)
+        peer = self._t.peers.get(node_id)
+        return (
+            ns is not None
+            and peer is not None
+            and peer.liveness != "down"
+            and not gone(peer, ns)
+            and addr_of(ns) is not None
+        )
+
+    def helpers(self, node_id: str, rng: random.Random) -> list[str]:
+        """Addresses of up to ``indirect_probes`` live members to probe ``node_id`` for us."""
+        ns = self._t.namespaces.get(node_id)
+        target = addr_of(ns) if ns is not None else None
+        pool = [a for a in self._t.targets()[0] if a != target]
+        self.counters.indirect_probes += 1
+        return rng.sample(pool, min(self._t.config.indirect_probes, len(pool)))
+
+    def probe_ok(self, node_id: str, now: float) -> None:
+        """A probe of ``node_id`` (direct or indirect) was answered."""
+        if self._suspects.pop(node_id, None) is None:
+            return
+        peer = self._t.peers.get(node_id)
+        ns = self._t.namespaces.get(node_id)
+        if peer is not None and ns is not None and peer.liveness == "suspect":
+            peer.liveness = "alive"
+            self._t.event(now, "alive", node_id, ns.generation, "answered a probe")
+        self._retract(node_id)
+
+    def probe_failed(self, node_id: str, started: float, now: float) -> None:
+        """Neither ``node_id`` nor the members asked to try for it answered a probe begun at
+        ``started``."""
+        self.counters.probes_failed += 1
+        suspicion = self._suspects.get(node_id)
+        if suspicion is not None:
+            # Re-probed soon, so that a member that is really gone (refusing connections)
+            # is found down as soon as the suspicion timeout allows.
+            suspicion.reprobe_at = now + self._interval / 2
+        if started <= self._stall_noticed or now < self._guard_until:
+            return  # this peer may have been the one stalled
+        peer = self._t.peers.get(node_id)
+        ns = self._t.namespaces.get(node_id)
+        if peer is None or ns is None or gone(peer, ns):
+            return
+        if suspicion is not None:
+            suspicion.failures += 1
+            self._conclude(node_id, suspicion, now)
+            return
+        if peer.liveness != "alive":
+            return
+        peer.liveness = "suspect"
+        self._suspects[node_id] = Suspicion(now, ns.max_version, now + self._interval / 2)
+        self.counters.suspicions += 1
+        self._t.event(now, "suspect", node_id, ns.generation, "no answer to probes")
+        self._publish(node_id, (ns.generation, ns.max_version, SUSPECT))
+
+    # --- verdicts ---------------------------------------------------------------------------------
+
+    def evaluate(self, now: float) -> None:
+        """Turn suspicions that ran their timeout into down verdicts."""
+        for node_id, suspicion in list(self._suspects.items()):
+            self._conclude(node_id, suspicion, now)
+
+    def _conclude(self, node_id: str, suspicion: Suspicion, now: float) -> None:
+        """A suspicion becomes a down verdict once it ran its timeout and the re-probes of it
+        failed too (a lossy network fails single probes, rarely four in a row)."""
+        ns = self._t.namespaces.get(node_id)
+        if ns is None:
+            del self._suspects[node_id]
+            return
+        if now < self._guard_until or suspicion.failures < _REPROBES:
+            return
+        timeout = self._timeout(node_id, ns.generation, suspicion.version)
+        if now - suspicion.since < timeout:
+            return
+        del self._suspects[node_id]
+        self.counters.verdicts += 1
+        self._down(node_id, suspicion.version, now, f"no answer for {now - suspicion.since:.1f}s")
+        self._publish(node_id, (ns.generation, suspicion.version, DOWN))
+
+    def next_deadline(self) -> float:
+        """When the first suspicion whose re-probes failed runs out (``inf``: none; the others
+        are concluded as their probes fail)."""
+        out = math.inf
+        for node_id, suspicion in self._suspects.items():
+            ns = self._t.namespaces.get(node_id)
+            if ns is not None and suspicion.failures >= _REPROBES:
+                timeout = self._timeout(node_id, ns.generation, suspicion.version)
+                out = min(out, suspicion.since + timeout)
+        return max(out, self._guard_until) if out < math.inf else out
+
+    def _timeout(self, node_id: str, generation: int, version: int) -> float:
+        shortest, longest = self._t.config.suspicion_timeouts(len(self._t.namespaces))
+        live = len(self._t.targets()[0])
+        needed = min(_CONFIRMATIONS, max(0, live - 1))
+        if needed == 0:
+            return shortest
+        confirmed = 0
+        for reporter, (gen, ver, level) in self._about.get(node_id, {}).items():
+            peer = self._t.peers.get(reporter)
+            if gen == generation and ver >= version and level and peer and peer.liveness != "down":
+                confirmed += 1
+        # Lifeguard: from the longest down to the shortest as confirmations come in.
+        done = math.log(min(confirmed, needed) + 1) / math.log(needed + 1)
+        return max(shortest, longest - (longest - shortest) * done)
+
+    def level(self, node_id: str, now: float) -> float:
+        """How far this peer's suspicion of ``node_id`` has run (see ``MemberView.phi``)."""
+        peer = self._t.peers.get(node_id)
+        if peer is not None and peer.liveness == "down":
+            return 1.0
+        suspicion = self._suspects.get(node_id)
+        ns = self._t.namespaces.get(node_id)
+        if suspicion is None or ns is None:
+            return 0.0
+        timeout = self._timeout(node_id, ns.generation, suspicion.version)
+        return round(min(1.0, (now - suspicion.since) / timeout), 3)
+
+    def reported(self, reporter: str, raw: object, now: float) -> int | None:
+        """``reporter`` published ``raw`` as its reports. Adopts the down verdicts, marks the
+        suspicions for a confirming probe, and returns the highest version any report claims
+        of this peer's own incarnation (``None``: none), which the own entry refutes."""
+        reports = _parse(raw)
+        if reports is None:
+            self._t.counters.bad_values += 1
+            reports = {}
+        for about in self._by.pop(reporter, set()):
+            self._about.get(about, {}).pop(reporter, None)
+        self._by[reporter] = set(reports)
+        claim: int | None = None
+        me = self._t.me
+        for about, report in reports.items():
+            generation, version, level = report
+            if about == self._t.node_id:
+                if generation == me.generation:
+                    claim = max(claim or 0, version)
+                continue
+            self._about.setdefault(about, {})[reporter] = report
+            ns = self._t.namespaces.get(about)
+            peer = self._t.peers.get(about)
+            if (
+                ns is None
+                or peer is None
+                or ns.generation != generation
+                or ns.max_version > version
+                or gone(peer, ns)
+            ):
+                continue  # another incarnation, or refuted already
+            if level == DOWN and peer.liveness != "down":
+                self._down(about, version, now, f"found down by {reporter}")
+            elif level == SUSPECT and peer.liveness == "alive":
+                self._urgent[about] = None
+        return claim
+
+    def advanced(self, node_id: str, now: float) -> None:
+        """``node_id``'s newest known version rose: a report older than it no longer holds."""
+        peer = self._t.peers.get(node_id)
+        ns = self._t.namespaces.get(node_id)
+        if peer is None or ns is None:
+            return
+        version = ns.max_version
+        suspicion = self._suspects.get(node_id)
+        if suspicion is not None and version > suspicion.version:
+            del self._suspects[node_id]
+            if peer.liveness == "suspect":
+                peer.liveness = "alive"
+                self._t.event(now, "alive", node_id, ns.generation, "refuted the suspicion")
+        if peer.liveness == "down" and version > peer.down_version:
+            peer.liveness = "alive"
+            peer.down_since = None
+            self._t.event(now, "alive", node_id, ns.generation, "refuted the verdict")
+        own = self._own.get(node_id)
+        if own is not None and version > own[1]:
+            self._retract(node_id)
+
+    def _down(self, node_id: str, version: int, now: float, detail: str) -> None:
+        peer = self._t.peers[node_id]
+        peer.liveness = "down"
+        peer.down_since = now
+        peer.down_version = version
+        self._suspects.pop(node_id, None)
+        self._t.event(now, "down", node_id, self._t.namespaces[node_id].generation, detail)
+
+    def forget(self, node_id: str) -> None:
+        """``node_id``'s incarnation is gone (removed, or replaced by a newer one)."""
+        self._suspects.pop(node_id, None)
+        self._urgent.pop(node_id, None)
+        self._about.pop(node_id, None)
+        for about in self._by.pop(node_id, set()):
+            self._about.get(about, {}).pop(node_id, None)
+        self._retract(node_id)
+
+    def pause_guard(self, now: float) -> None:
+        """This peer was stalled: what it concluded meanwhile is void, and for ``pause_guard``
+        seconds it passes no verdict."""
+        self._guard_until = now + self._t.config.pause_guard
+        self._stall_noticed = now
+        for node_id in list(self._suspects):
+            del self._suspects[node_id]
+            peer = self._t.peers.get(node_id)
+            ns = self._t.namespaces.get(node_id)
+            if peer is not None and ns is not None and peer.liveness == "suspect":
+                peer.liveness = "alive"
+                self._t.event(now, "alive", node_id, ns.generation, "suspected during a stall")
+            self._retract(node_id)
+
+    # --- this peer's reports ------------------------------------------------------------------------
+
+    def _publish(self, node_id: str, report: Report) -> None:
+        self._own[node_id] = report
+        self.republish()
+
+    def _retract(self, node_id: str) -> None:
+        if self._own.pop(node_id, None) is not None:
+            self.republish()
+
+    def republish(self) -> None:
+        """Write this peer's reports into its namespace (a new incarnation's too)."""
+        if self._own or self._t.me.get(VERDICTS) is not None:
+            plain = {n: list(r) for n, r in sorted(self._own.items())}
+            self._t.write(VERDICTS, plain)
+
+
+def _parse(raw: object) -> dict[str, Report] | None:
+    """A member's published reports, or ``None`` if they are malformed."""
+    if not isinstance(raw, dict):
+        return None
+    out: dict[str, Report] = {}
+    for key, value in raw.items():
+        if (
+            not isinstance(key, str)
+            or not isinstance(value, list)
+            or len(value) != 3
+            or not all(type(v) is int and 0 <= v < MAX_COUNTER for v in value)
+            or value[2] not in (SUSPECT, DOWN)
+        ):
+            return None
+        out[key] = (value[0], value[1], value[2])
+    return out

@@ -17,8 +17,15 @@ import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .._messages import DigestEntry, NodeDelta, VersionedEntry, encoded_size
+
+
+class Watcher(Protocol):
+    """Told whenever a namespace's newest version moves (see :class:`ViewSummary`)."""
+
+    def update(self, node_id: str, generation: int, max_version: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -34,6 +41,8 @@ class Namespace:
     #: for every exchange; sizing an entry once per write, not once per exchange, keeps a
     #: member's cost per round independent of how big the namespaces are).
     sizes: dict[str, int] = field(default_factory=dict)
+    #: Told of every change of ``max_version`` (the view's summary), if any.
+    watcher: Watcher | None = None
 
     def get(self, key: str) -> object:
         item = self.entries.get(key)
@@ -44,14 +53,22 @@ class Namespace:
         item = self.entries.get(key)
         if item is not None and item[0] == value:
             return False
-        self.max_version += 1
-        self.put(key, value, self.max_version)
+        self.put(key, value, self.max_version + 1)
         return True
 
     def put(self, key: str, value: object, version: int) -> None:
         """Store an entry as it was written (by the owner, at ``version``)."""
         self.entries[key] = (value, version)
         self.sizes.pop(key, None)
+        if version > self.max_version:
+            self.raise_max(version)
+
+    def raise_max(self, version: int) -> None:
+        """Note that versions up to ``version`` are known (a delta's top may exceed its entries)."""
+        if version > self.max_version:
+            self.max_version = version
+            if self.watcher is not None:
+                self.watcher.update(self.node_id, self.generation, version)
 
     def entry_size(self, key: str) -> int:
         size = self.sizes.get(key)
@@ -70,8 +87,7 @@ class Namespace:
             for key, (value, version) in self.entries.items()
             if version > floor
         )
-        head = NodeDelta(self.node_id, self.generation, self.heartbeat, floor, floor, ())
-        used = encoded_size(head)
+        used = self._head_size(floor, floor)
         if used > budget:
             return None
         chosen: list[VersionedEntry] = []
@@ -86,6 +102,20 @@ class Namespace:
         if not newer:
             top = self.max_version
         return NodeDelta(self.node_id, self.generation, self.heartbeat, floor, top, tuple(chosen))
+
+    def delta_size(self, nd: NodeDelta) -> int:
+        """The encoded size of ``nd``, one of this namespace's deltas (from the cached entry
+        sizes: a delta is sized once per exchange, its entries once per write)."""
+        n = len(nd.entries)
+        head = self._head_size(nd.floor, nd.max_version) - 1 + _head(n)
+        return head + sum(self.entry_size(e.key) for e in nd.entries)
+
+    def _head_size(self, floor: int, top: int) -> int:
+        """The encoded size of a delta of this namespace from ``floor`` to ``top`` without
+        entries: what :func:`encoded_size` says, computed directly (deltas are sized often)."""
+        name = _name_bytes(self.node_id)
+        ints = _head(self.generation) + _head(self.heartbeat) + _head(floor) + _head(top)
+        return 1 + _head(name) + name + ints + 1
 
 
 def staleness_order(
@@ -121,7 +151,7 @@ def build_delta(
         nd = ns.delta_since(floor, left)
         if nd is None:
             continue
-        size = encoded_size(nd)
+        size = ns.delta_size(nd)
         if size > left:
             continue
         out.append(nd)
@@ -147,7 +177,6 @@ _MASK64 = (1 << 64) - 1
 
 
 @functools.lru_cache(maxsize=16384)
-@functools.lru_cache(maxsize=16384)
 def bucket_of(node_id: str, buckets: int) -> int:
     """The bucket of a member: a stable hash of its name (every peer computes the same).
     Cached: every SYN sent and received sums the whole view into buckets."""
@@ -155,7 +184,6 @@ def bucket_of(node_id: str, buckets: int) -> int:
     return int.from_bytes(digest, "big") % buckets
 
 
-@functools.lru_cache(maxsize=16384)
 def _version_hash(node_id: str, generation: int, max_version: int) -> int:
     raw = f"{node_id}\x00{generation}\x00{max_version}".encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
@@ -170,6 +198,71 @@ def bucket_hashes(namespaces: Iterable[Namespace], buckets: int) -> tuple[int, .
         b = bucket_of(ns.node_id, buckets)
         out[b] = (out[b] + _version_hash(ns.node_id, ns.generation, ns.max_version)) & _MASK64
     return tuple(out)
+
+
+class ViewSummary:
+    """The bucket hashes of a view (see :func:`bucket_hashes`), kept current as it changes.
+
+    Each member's contribution is remembered, so a change of one member moves one bucket sum
+    per bucket count in use, and a SYN sent or answered costs the bucket count, not the view's
+    size. Sums are kept for the few bucket counts asked for most recently.
+    """
+
+    __slots__ = ("_counts", "_hashes", "_sums", "_tuples")
+
+    #: Bucket counts whose sums are kept up to date (a peer asks for its own count and, while
+    #: the cluster grows, its neighbours' counts).
+    KEPT = 4
+
+    def __init__(self) -> None:
+        self._hashes: dict[str, int] = {}
+        self._sums: dict[int, list[int]] = {}
+        self._tuples: dict[int, tuple[int, ...]] = {}
+        self._counts: list[int] = []  # most recently asked for last
+
+    def update(self, node_id: str, generation: int, max_version: int) -> None:
+        """Set (or replace) what is known of ``node_id``."""
+        self._move(node_id, _version_hash(node_id, generation, max_version))
+
+    def drop(self, node_id: str) -> None:
+        """Forget ``node_id`` (it left the view)."""
+        if node_id in self._hashes:
+            self._move(node_id, None)
+
+    def _move(self, node_id: str, new: int | None) -> None:
+        old = self._hashes.get(node_id, 0)
+        if new is None:
+            del self._hashes[node_id]
+        else:
+            self._hashes[node_id] = new
+        delta = (new or 0) - old
+        if not delta:
+            return
+        for count, sums in self._sums.items():
+            b = bucket_of(node_id, count)
+            sums[b] = (sums[b] + delta) & _MASK64
+        self._tuples.clear()
+
+    def buckets(self, count: int) -> tuple[int, ...]:
+        """The bucket hashes for ``count`` buckets (``1 <= count``)."""
+        cached = self._tuples.get(count)
+        if cached is not None:
+            return cached
+        sums = self._sums.get(count)
+        if sums is None:
+            sums = [0] * count
+            for node_id, h in self._hashes.items():
+                b = bucket_of(node_id, count)
+                sums[b] = (sums[b] + h) & _MASK64
+            self._sums[count] = sums
+            self._counts.append(count)
+            if len(self._counts) > self.KEPT:
+                del self._sums[self._counts.pop(0)]
+        elif self._counts[-1] != count:
+            self._counts.remove(count)
+            self._counts.append(count)
+        out = self._tuples[count] = tuple(sums)
+        return out
 
 
 def _head(n: int) -> int:

@@ -42,8 +42,8 @@ def _sees_up(c: SimCluster, name: str, others: list[str]) -> bool:
     for other in others:
         if other == name:
             continue
-        ns = g._namespaces.get(other)
-        peer = g._peers.get(other)
+        ns = g._table.namespaces.get(other)
+        peer = g._table.peers.get(other)
         if ns is None or peer is None or peer.liveness != "alive" or ns.get("status") != "up":
             return False
     return True
@@ -51,7 +51,9 @@ def _sees_up(c: SimCluster, name: str, others: list[str]) -> bool:
 
 def _sees_down(c: SimCluster, name: str, gone: list[str]) -> bool:
     g = _gossiper(c, name)
-    return all((peer := g._peers.get(x)) is not None and peer.liveness == "down" for x in gone)
+    return all(
+        (peer := g._table.peers.get(x)) is not None and peer.liveness == "down" for x in gone
+    )
 
 
 async def _until(c: SimCluster, predicate: Callable[[], bool], poll: float) -> float:
@@ -65,7 +67,7 @@ async def scenario(n: int, seed: int, config: GossipConfig) -> dict[str, object]
     out: dict[str, object] = {"peers": n, "seed": seed, "gossip_interval": interval}
     out["max_digest_bytes"] = config.max_digest_bytes
     out["fanout"] = config.fanout
-    out["down_phi"] = config.down_phi
+    out["probe_interval"] = config.probe_interval
     async with open_sim_cluster(0, seed=seed, config=config) as c:
         await c.start("n1")
         names = [f"n{i}" for i in range(1, n + 1)]
@@ -97,7 +99,7 @@ async def scenario(n: int, seed: int, config: GossipConfig) -> dict[str, object]
 
         def everyone_sees() -> bool:
             return all(
-                _gossiper(c, x)._namespaces[names[-1]].get("meta:probe") == "1" for x in alive
+                _gossiper(c, x)._table.namespaces[names[-1]].get("meta:probe") == "1" for x in alive
             )
 
         spread = await _until(c, everyone_sees, interval / 4)
@@ -158,13 +160,12 @@ def main() -> None:
     defaults = GossipConfig()
     parser.add_argument("--digest-bytes", type=int, default=defaults.max_digest_bytes)
     parser.add_argument("--fanout", type=int, default=defaults.fanout)
-    parser.add_argument("--down-phi", type=float, default=defaults.down_phi)
+    parser.add_argument("--probe-interval", type=float, default=defaults.probe_interval)
     args = parser.parse_args()
     config = GossipConfig(
         max_digest_bytes=args.digest_bytes,
         fanout=args.fanout,
-        suspect_phi=min(defaults.suspect_phi, args.down_phi),
-        down_phi=args.down_phi,
+        probe_interval=args.probe_interval,
         remove_after=3600.0,
     )
     started = time.perf_counter()

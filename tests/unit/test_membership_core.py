@@ -1,10 +1,12 @@
-"""The sans-IO membership core, without any network: detector, namespaces, deltas, decisions."""
+"""The sans-IO membership core, without any network: detector, summary, namespaces, deltas,
+decisions."""
 
 from __future__ import annotations
 
 import math
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,42 +14,179 @@ from gossipkv import _codec
 from gossipkv._hlc import HybridClock, unpack
 from gossipkv._messages import DigestEntry, Kind, SynAck
 from gossipkv._partitions import PartitionTable
-from gossipkv.membership._detector import ArrivalWindow, DetectorConfig
+from gossipkv.membership._detector import DOWN, SUSPECT, VERDICTS, FailureDetector
 from gossipkv.membership._gossiper import GossipConfig, Gossiper
 from gossipkv.membership._leader import Decisions, Grant, view_hash
-from gossipkv.membership._state import Namespace, build_delta
+from gossipkv.membership._own import OwnEntry
+from gossipkv.membership._state import Namespace, ViewSummary, bucket_hashes, build_delta
+from gossipkv.membership._table import MemberTable, Peer
 
-# --- phi accrual -------------------------------------------------------------------------------
-
-
-def test_phi_is_in_log10_units_of_the_mean_interval() -> None:
-    cfg = DetectorConfig(prior_mean=1.0, prior_weight=1)
-    w = ArrivalWindow(cfg, now=0.0)
-    for t in range(1, 101):
-        w.heartbeat(float(t))
-    assert math.isclose(w.mean(), 1.0)
-    # 18.42 mean intervals of silence is phi 8 (Cassandra's convention).
-    assert math.isclose(w.phi(100.0 + 8 * math.log(10)), 8.0, rel_tol=1e-9)
+# --- failure detection (SWIM) ------------------------------------------------------------------
 
 
-def test_long_gaps_are_not_learned_and_rebase_forgets_a_stall() -> None:
-    cfg = DetectorConfig(prior_mean=1.0, prior_weight=1, max_interval=10.0)
-    w = ArrivalWindow(cfg, now=0.0)
-    for t in range(1, 11):
-        w.heartbeat(float(t))
-    w.heartbeat(60.0)  # a partition-sized gap
-    assert math.isclose(w.mean(), 1.0)
-    w.rebase(100.0)
-    assert w.phi(100.0) == 0.0
-    w.heartbeat(106.0)  # the gap spanning the stall is not learned either
-    assert math.isclose(w.mean(), 1.0)
+def _table(*others: str) -> tuple[MemberTable, OwnEntry, FailureDetector]:
+    """A peer ``me`` that knows ``others`` (each up, at version 3), with its detector."""
+    table = MemberTable(GossipConfig(), "me", Decisions())
+    own = OwnEntry(table, "me:1", generation=100)
+    for i, name in enumerate(others):
+        ns = Namespace(name, generation=10 + i)
+        for key, value in (("addr", f"{name}:1"), ("status", "up"), ("up", i + 2)):
+            ns.set(key, value)
+        table.add(ns)
+        table.peers[name] = Peer()
+    return table, own, FailureDetector(table, now=0.0)
 
 
-def test_member_heard_of_once_is_convicted_eventually() -> None:
-    cfg = DetectorConfig(prior_mean=0.4)
-    w = ArrivalWindow(cfg, now=0.0)
-    assert w.phi(0.0) == 0.0
-    assert w.phi(10.0) > cfg.down_phi
+def _reports(table: MemberTable) -> dict[str, list[int]]:
+    value = table.me.get(VERDICTS)
+    assert isinstance(value, dict)
+    return value
+
+
+def _reprobe(
+    detector: FailureDetector, node_id: str, times: int, at: float, step: float = 1.0
+) -> None:
+    rng = random.Random(1)
+    for i in range(times):
+        assert node_id in detector.due(at + i * step, rng)[0], "a suspect is re-probed"
+        detector.probe_failed(node_id, started=at + i * step, now=at + i * step)
+
+
+def test_an_unanswered_probe_is_published_and_becomes_a_verdict_after_the_timeout() -> None:
+    table, _, detector = _table("x")
+    detector.probe_failed("x", started=1.0, now=1.5)
+    assert table.peers["x"].liveness == "suspect"
+    assert _reports(table) == {"x": [10, 3, SUSPECT]}
+    detector.evaluate(100.0)
+    assert table.peers["x"].liveness == "suspect", "not before three re-probes failed too"
+    _reprobe(detector, "x", 2, at=2.0)
+    detector.evaluate(100.0)
+    assert table.peers["x"].liveness == "suspect"
+    _reprobe(detector, "x", 1, at=4.0)
+    assert table.peers["x"].liveness == "down", "no confirmer exists: the shortest timeout"
+    assert _reports(table) == {"x": [10, 3, DOWN]}
+    assert [e.kind for e in table.events] == ["suspect", "down"]
+
+
+def test_a_suspicion_whose_reprobes_failed_waits_for_its_timeout() -> None:
+    table, _, detector = _table("x")
+    detector.probe_failed("x", started=1.0, now=1.0)
+    _reprobe(detector, "x", 3, at=1.25, step=0.25)  # refused: each fails at once
+    shortest, _ = table.config.suspicion_timeouts(2)
+    assert table.peers["x"].liveness == "suspect"
+    assert detector.next_deadline() == 1.0 + shortest
+    detector.evaluate(1.0 + shortest)
+    assert table.peers["x"].liveness == "down"
+
+
+def test_an_answered_probe_ends_this_peers_suspicion_and_its_report() -> None:
+    table, _, detector = _table("x", "y")
+    detector.probe_failed("x", started=1.0, now=1.5)
+    detector.probe_ok("x", now=2.0)
+    assert table.peers["x"].liveness == "alive" and _reports(table) == {}
+    assert detector.next_deadline() == math.inf
+
+
+def test_a_newer_version_refutes_a_verdict_and_the_report_is_retracted() -> None:
+    table, _, detector = _table("x")
+    detector.probe_failed("x", started=1.0, now=1.5)
+    _reprobe(detector, "x", 3, at=2.0)
+    detector.evaluate(100.0)
+    assert table.peers["x"].liveness == "down"
+    table.namespaces["x"].set("alive", 1)  # what the member writes when it learns of it
+    detector.advanced("x", now=101.0)
+    assert table.peers["x"].liveness == "alive" and _reports(table) == {}
+
+
+def test_confirmations_shorten_a_suspicion_as_in_lifeguard() -> None:
+    table, _, detector = _table("x", "y", "z", "w")
+    shortest, longest = table.config.suspicion_timeouts(5)
+    detector.probe_failed("x", started=1.0, now=1.0)
+    _reprobe(detector, "x", 3, at=1.25, step=0.25)
+    detector.evaluate(1.0 + shortest)
+    assert table.peers["x"].liveness == "suspect", "unconfirmed: the longest timeout"
+    for reporter in ("y", "z"):
+        detector.reported(reporter, {"x": [10, 3, SUSPECT]}, now=2.0)
+    assert detector.next_deadline() == 1.0 + shortest
+    detector.evaluate(1.0 + shortest)
+    assert table.peers["x"].liveness == "down"
+    assert longest > shortest
+
+
+def test_reports_are_adopted_unless_older_than_what_is_known() -> None:
+    table, _, detector = _table("x", "y", "z")
+    claim = detector.reported("y", {"x": [10, 3, DOWN], "me": [100, 7, SUSPECT]}, now=1.0)
+    assert table.peers["x"].liveness == "down" and claim == 7
+    table.namespaces["z"].set("alive", 1)  # z is at version 4 here
+    detector.reported("y", {"z": [11, 3, DOWN]}, now=2.0)
+    assert table.peers["z"].liveness == "alive", "a report older than what is known is void"
+    assert detector.reported("y", {"x": ["bad"]}, now=3.0) is None
+    assert table.counters.bad_values == 1
+
+
+def test_a_stall_voids_the_suspicions_and_guards_against_verdicts() -> None:
+    table, _, detector = _table("x", "y")
+    detector.probe_failed("x", started=1.0, now=1.5)
+    detector.pause_guard(now=8.0)
+    assert table.peers["x"].liveness == "alive" and _reports(table) == {}
+    detector.probe_failed("y", started=7.0, now=8.5)  # begun before the stall was noticed
+    detector.probe_failed("y", started=8.2, now=8.5)  # within the guard
+    assert table.peers["y"].liveness == "alive"
+
+
+def test_the_round_robin_probes_every_member_once_a_cycle() -> None:
+    table, _, detector = _table(*[f"m{i}" for i in range(7)])
+    rng = random.Random(3)
+    interval = table.config.probe_interval
+    seen = [t for k in range(14) for t in detector.due(k * interval, rng)[0]]
+    assert sorted(seen[:7]) == sorted(seen[7:]) == [f"m{i}" for i in range(7)]
+
+
+def test_a_report_about_this_peer_is_refuted_with_a_newer_version() -> None:
+    table, own, _ = _table()
+    version = table.me.max_version
+    assert own.refute_report(version) and table.me.max_version == version + 1
+    assert not own.refute_report(version), "our newer version answers an older report"
+    assert own.refute_report(version + 50) and table.me.max_version > version + 50
+    assert table.counters.refused == {"forged_self": 1}
+
+
+# --- the view's summary ------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    changes=st.lists(
+        st.tuples(st.integers(0, 30), st.integers(0, 3), st.integers(0, 50)), max_size=80
+    ),
+    count=st.sampled_from([1, 2, 4, 16, 64]),
+)
+def test_the_summary_kept_current_equals_one_computed_afresh(
+    changes: list[tuple[int, int, int]], count: int
+) -> None:
+    summary = ViewSummary()
+    spaces: dict[str, Namespace] = {}
+    summary.buckets(count)
+    for member, generation, version in changes:
+        name = f"m{member}"
+        if generation == 0:
+            spaces.pop(name, None)
+            summary.drop(name)
+            continue
+        ns = Namespace(name, generation, max_version=version)
+        spaces[name] = ns
+        summary.update(name, generation, version)
+        assert summary.buckets(count) == bucket_hashes(spaces.values(), count)
+    for other in (1, 8, count):
+        assert summary.buckets(other) == bucket_hashes(spaces.values(), other)
+
+
+@pytest.mark.parametrize("n", [1, 10, 100, 1000, 100_000])
+def test_a_syn_summary_stays_within_the_digest_budget(n: int) -> None:
+    config = GossipConfig()
+    count = config.syn_buckets(n)
+    assert 1 <= count <= config.digest_buckets and count * 9 <= config.max_digest_bytes
+    assert count & (count - 1) == 0
 
 
 # --- namespaces and deltas ---------------------------------------------------------------------
@@ -122,7 +261,7 @@ def test_truncated_delta_is_a_contiguous_prefix_and_applies_idempotently() -> No
         now=now,
     )
     for _ in range(30):
-        syn = b.tick(now, random.Random(1))[0][1]
+        syn = b.syn()
         reply = a.on_syn(syn, now)
         ack = b.on_syn_ack(reply, now)
         b.on_syn_ack(reply, now)  # a duplicate changes nothing
