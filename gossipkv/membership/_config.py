@@ -92,19 +92,31 @@ class GossipConfig:
     def suspicion_timeouts(self, members: int) -> tuple[float, float]:
         """The shortest (confirmed) and longest (unconfirmed) suspicion of a cluster of
         ``members``: SWIM's (memberlist's) ``mult * interval * max(1, log10 N)``, so a verdict
-        waits for the suspicion to reach the member (which refutes it) in O(log N) rounds."""
+        waits for the suspicion to reach the member (which refutes it) in O(log N) rounds.
+
+        Args:
+          members: the cluster's size as this peer sees it.
+        """
         shortest = self.suspicion_mult * self.probe_interval * max(1.0, math.log10(members or 1))
         return shortest, 4 * shortest
 
     def eager_rounds(self, members: int) -> int:
         """Rounds a peer gossips eagerly after news: enough for an epidemic with this fanout
-        to reach every member with high probability (``log2 N`` plus a margin)."""
+        to reach every member with high probability (``log2 N`` plus a margin).
+
+        Args:
+          members: the cluster's size as this peer sees it.
+        """
         return max(3, math.ceil(math.log2(members + 1)) + 1)
 
     def syn_buckets(self, members: int) -> int:
         """Bucket hashes in a SYN: a power of two near ``members / 8`` (so a differing bucket
         lists about eight entries), at most ``digest_buckets`` and what ``max_digest_bytes``
-        holds (a hash is at most 9 encoded bytes)."""
+        holds (a hash is at most 9 encoded bytes).
+
+        Args:
+          members: the cluster's size as this peer sees it.
+        """
         cap = min(self.digest_buckets, max(1, self.max_digest_bytes // 9))
         cap = 1 << (cap.bit_length() - 1)
         wanted = max(1, members // 8)
