@@ -275,7 +275,9 @@ class MembershipRuntime:
         spacing = min(0.1, self._interval / 2)
         last = trio.current_time()
         while True:
-            due = max(self._gossiper().next_evaluation(), last + spacing)
+            # At least once a second: the watchdog's look at this peer's own stalls, and the
+            # node's data-side duties.
+            due = min(max(self._gossiper().next_evaluation(), last + spacing), last + 1.0)
             with trio.move_on_at(due):
                 await self._evaluate_news.wait()
             woke = trio.current_time()

@@ -180,7 +180,7 @@ async def test_one_peer_cluster_through_the_cli(peers: Peers) -> None:
     assert config["gossip"]["fanout"] == 2 and config["limits"]["max_watches"] == 100  # file
     assert (
         config["kv"]["tombstone_grace"] == "inf"
-        and config["gossip"]["down_phi"] == gossipkv.GossipConfig().down_phi
+        and config["gossip"]["probe_interval"] == gossipkv.GossipConfig().probe_interval
     )
     ping = await run_cli("ping", "--peer", addr, "--json")
     assert ping.returncode == 0 and loads(ping.stdout) == {"self": "solo", "members": []}
