@@ -121,9 +121,7 @@ async def test_an_idle_cluster_suspects_nobody_for_ten_minutes(
             await trio.sleep(600)
             nursery.cancel_scope.cancel()
         assert downs == [], f"seed={seed}: false downs {downs}\n{describe(c)}"
-        suspicions = {
-            n: k for n, node in c.nodes.items() if (k := _probes(node).suspicions)
-        }
+        suspicions = {n: k for n, node in c.nodes.items() if (k := _probes(node).suspicions)}
         assert suspicions == {}, f"seed={seed}: suspicions in an idle cluster {suspicions}"
         probes = [_probes(node).probes for node in c.nodes.values()]
         assert min(probes) > 600, f"seed={seed}: every peer kept probing {probes}"
