@@ -18,8 +18,9 @@ class GossipConfig:
     """Membership tuning. Durations are seconds of ``trio.current_time()``.
 
     Failure detection is SWIM's: every ``probe_interval`` a peer probes the next member of a
-    shuffled round robin with a gossip exchange; when that fails, ``indirect_probes`` other
-    members try for it; when they fail too, the member is suspect, which the peer publishes.
+    shuffled round robin with a gossip exchange; when that fails, it tries again while
+    ``indirect_probes`` other members try for it; when all fail, the member is suspect, which the
+    peer publishes.
     Peers that hear of a suspicion probe the member too and publish what they find; a suspicion
     confirmed by two others that lasts the suspicion timeout (``suspicion_mult`` probe intervals
     times ``max(1, log10 N)``: 1.5 s up to 10 members, 3 s at 100) becomes a down verdict, which
@@ -37,7 +38,9 @@ class GossipConfig:
       fanout: members gossiped with per eager round.
       probe_interval: seconds between failure-detection probes (each an exchange with the
         next member of the round robin, which also repairs any difference of views).
-      probe_timeout: seconds a probe, and each indirect probe, waits for its answer.
+      probe_timeout: seconds one probe exchange waits for its answer. A crashed member refuses
+        at once; this is how long a slow one (a saturated machine) is given, and then as long
+        and half as much again for a second exchange and the indirect probes, together.
       indirect_probes: members asked to probe a member this peer could not reach (0: none).
       suspicion_mult: the suspicion timeout, in probe intervals, at 10 members or fewer (times
         ``log10 N`` above); unconfirmed suspicions wait four times as long.
@@ -72,7 +75,7 @@ class GossipConfig:
     gossip_interval: float = 0.2
     fanout: int = 2
     probe_interval: float = 0.5
-    probe_timeout: float = 0.5
+    probe_timeout: float = 1.0
     indirect_probes: int = 3
     suspicion_mult: float = 3.0
     max_delta_bytes: int = 60 * 1024

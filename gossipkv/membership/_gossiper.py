@@ -260,8 +260,14 @@ class Gossiper:
                 peer.left_since = now
             t.event(now, "left", msg.node_id, msg.generation, "shutdown notice")
 
+    def probe_timeout(self) -> float:
+        """How long one probe attempt waits now (longer while this peer is slow)."""
+        return self._detector.probe_timeout()
+
     def note_loop_lag(self, lag: float, now: float) -> None:
-        """Report an event-loop stall measured by the runtime's watchdog."""
+        """Report the event-loop lag measured by the runtime's watchdog (a stall above
+        ``local_pause_threshold``; a slow peer above a tenth of a second)."""
+        self._detector.note_lag(lag)
         if lag > self.config.local_pause_threshold:
             self._table.counters.pause_guards += 1
             self._detector.pause_guard(now)
