@@ -208,23 +208,22 @@ class MembershipRuntime:
             log.warning("gossip with %s failed unexpectedly: %r", addr, exc)
         return False
 
-    async def _reach(self, addr: str, syn: Syn) -> bool:
-        """Whether ``addr`` answers an exchange, tried twice within ``probe_timeout`` (one lost
-        message is no failure). Runs beside any other exchange with it."""
-        attempt = self._gossiper().config.probe_timeout / 2
-        for _ in range(2):
-            with trio.move_on_after(attempt):
-                if await self._exchange(addr, syn):
-                    return True
+    async def _attempt(self, addr: str, syn: Syn) -> bool:
+        """Whether ``addr`` answers one exchange within the probe timeout (which runs beside any
+        other exchange with it)."""
+        with trio.move_on_after(self._gossiper().probe_timeout()):
+            return await self._exchange(addr, syn)
         return False
 
     async def _probe(self, node_id: str, addr: str, syn: Syn, started: float) -> None:
-        """SWIM's probe: an exchange with ``node_id``, then, unanswered, the same through a few
-        other members; the core hears the outcome."""
-        ok = await self._reach(addr, syn)
+        """SWIM's probe: an exchange with ``node_id``; unanswered, a second one together with the
+        same through a few other members (a lost message, or a broken link between two members,
+        is no failure of either). The core hears the outcome. A crashed member refuses at once,
+        so only a member that is slow or cut off makes a probe wait its timeouts."""
+        ok = await self._attempt(addr, syn)
         if not ok:
             helpers = self._gossiper().probe_helpers(node_id, self._rng)
-            ok = bool(helpers) and await self._probe_through(node_id, helpers)
+            ok = await self._second_chance(node_id, addr, syn, helpers)
         await self._transport.wait_runnable()
         g = self._gossiper()
         if ok:
@@ -232,31 +231,38 @@ class MembershipRuntime:
         else:
             g.probe_failed(node_id, started, trio.current_time())
 
-    async def _probe_through(self, node_id: str, helpers: list[str]) -> bool:
-        """Whether any of ``helpers`` reached ``node_id`` (each tries as :meth:`_reach` does;
-        they are given twice ``probe_timeout``)."""
+    async def _second_chance(self, node_id: str, addr: str, syn: Syn, helpers: list[str]) -> bool:
+        """Whether ``node_id`` answers a second exchange, or any of ``helpers`` reaches it (each
+        with one exchange of its own), within one and a half probe timeouts."""
         answered = False
 
-        async def ask(addr: str, cancel: trio.CancelScope) -> None:
+        async def direct(cancel: trio.CancelScope) -> None:
+            nonlocal answered
+            if await self._exchange(addr, syn):
+                answered = True
+                cancel.cancel()
+
+        async def ask(helper: str, cancel: trio.CancelScope) -> None:
             nonlocal answered
             try:
-                channel = await self._channel_to(addr)
+                channel = await self._channel_to(helper)
                 reply = await channel.request(ProbeRequest(node_id))
             except (TransportError, RemoteError, DecodeError, HandshakeError) as exc:
-                log.debug("indirect probe of %s through %s failed: %r", node_id, addr, exc)
+                log.debug("indirect probe of %s through %s failed: %r", node_id, helper, exc)
                 return
             except Exception as exc:
                 self._dropped["exchange_error"] += 1
-                log.warning("indirect probe through %s failed unexpectedly: %r", addr, exc)
+                log.warning("indirect probe through %s failed unexpectedly: %r", helper, exc)
                 return
             if isinstance(reply, ProbeResult) and reply.ok:
                 answered = True
                 cancel.cancel()
 
-        with trio.move_on_after(2 * self._gossiper().config.probe_timeout):
+        with trio.move_on_after(1.5 * self._gossiper().probe_timeout()):
             async with trio.open_nursery() as nursery:
-                for addr in helpers:
-                    nursery.start_soon(ask, addr, nursery.cancel_scope)
+                nursery.start_soon(direct, nursery.cancel_scope)
+                for helper in helpers:
+                    nursery.start_soon(ask, helper, nursery.cancel_scope)
         return answered
 
     async def serve_probe(self, request: ProbeRequest) -> ProbeResult:
@@ -265,7 +271,7 @@ class MembershipRuntime:
         addr = g.address_of(request.target)
         if addr is None or request.target == g.node_id:
             return ProbeResult(False)
-        return ProbeResult(await self._reach(addr, replace(g.syn(), hlc=self._hlc.now())))
+        return ProbeResult(await self._attempt(addr, replace(g.syn(), hlc=self._hlc.now())))
 
     async def evaluate_loop(self) -> None:
         # One timer for verdicts, leader duties and the event-loop watchdog, set for when the
@@ -275,7 +281,9 @@ class MembershipRuntime:
         spacing = min(0.1, self._interval / 2)
         last = trio.current_time()
         while True:
-            due = max(self._gossiper().next_evaluation(), last + spacing)
+            # At least once a second: the watchdog's look at this peer's own stalls, and the
+            # node's data-side duties.
+            due = min(max(self._gossiper().next_evaluation(), last + spacing), last + 1.0)
             with trio.move_on_at(due):
                 await self._evaluate_news.wait()
             woke = trio.current_time()

@@ -17,8 +17,13 @@ report's ignores the report, so a member that answers again is alive everywhere 
 refutation has spread. A successful probe ends this peer's own suspicion.
 
 A peer that was stalled itself (a paused process finds everyone silent) drops its suspicions and
-passes no verdict for ``pause_guard`` seconds after it notices. Pure: no clock, no I/O; time and
-randomness are arguments.
+passes no verdict for ``pause_guard`` seconds after it notices. A peer that is merely slow (its
+event loop late, members finding it unreachable: a saturated machine) probes less often and waits
+longer, as Lifeguard's local health multiplier has it: its :attr:`FailureDetector.awareness` rises
+with each sign of slowness and falls with each probe answered, and stretches the probe interval
+and timeouts (and the runtime's eager rounds) up to eightfold, so an overloaded cluster sheds load
+instead of accusing itself into more of it. Pure: no clock, no I/O; time and randomness are
+arguments.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ _CONFIRMERS = 4
 _CONFIRMATIONS = 2
 #: Probes of a suspect, after the one that made it suspect, that must fail before a verdict.
 _REPROBES = 3
+#: The highest local health score: probes and their timeouts stretch up to this plus one times.
+MAX_AWARENESS = 7
+#: Event-loop lag (seconds) that counts as a sign of this peer's own slowness.
+_SLOW_LAG = 0.1
 
 Report = tuple[int, int, int]  # (generation, version, level)
 
@@ -78,7 +87,29 @@ class FailureDetector:
         self._by: dict[str, set[str]] = {}  # reporter -> the members it reports on
         self._guard_until = now
         self._stall_noticed = -math.inf
+        #: Lifeguard's local health: 0 when this peer keeps up, up to MAX_AWARENESS when slow.
+        self.awareness = 0
         self.counters = ProbeCounters()
+
+    # --- local health -----------------------------------------------------------------------------
+
+    @property
+    def stretch(self) -> int:
+        """How many times the configured probe interval and timeouts this peer uses now."""
+        return 1 + self.awareness
+
+    def probe_timeout(self) -> float:
+        """How long one probe attempt waits now."""
+        return self._t.config.probe_timeout * self.stretch
+
+    def note_lag(self, lag: float) -> None:
+        """The runtime measured this peer's event-loop lag: a late loop is a slow peer."""
+        if lag > _SLOW_LAG:
+            self.awareness = min(MAX_AWARENESS, self.awareness + 1)
+
+    def refuting(self) -> None:
+        """Someone found this peer unreachable: most likely it is slow (or its links are)."""
+        self.awareness = min(MAX_AWARENESS, self.awareness + 1)
 
     # --- probing ----------------------------------------------------------------------------------
 
@@ -90,14 +121,14 @@ class FailureDetector:
         ticked = now >= self._next_probe_at
         if ticked:
             # No burst of catch-up probes after a stall: the next one is an interval away.
-            self._next_probe_at = max(self._next_probe_at + self._interval, now)
+            self._next_probe_at = max(self._next_probe_at + self._interval * self.stretch, now)
             target = self._next_in_order(rng)
             if target is not None:
                 out.append(target)
         for node_id, suspicion in self._suspects.items():
             if now >= suspicion.reprobe_at and node_id not in out:
                 # Not again until this probe's outcome is in (or surely overdue).
-                suspicion.reprobe_at = now + 4 * self._t.config.probe_timeout + self._interval
+                suspicion.reprobe_at = now + 6 * self.probe_timeout() + self._interval
                 out.append(node_id)
         if self._urgent:
             live = len(self._t.targets()[0])
@@ -147,6 +178,7 @@ class FailureDetector:
 
     def probe_ok(self, node_id: str, now: float) -> None:
         """A probe of ``node_id`` (direct or indirect) was answered."""
+        self.awareness = max(0, self.awareness - 1)
         if self._suspects.pop(node_id, None) is None:
             return
         peer = self._t.peers.get(node_id)
@@ -164,7 +196,7 @@ class FailureDetector:
         if suspicion is not None:
             # Re-probed soon, so that a member that is really gone (refusing connections)
             # is found down as soon as the suspicion timeout allows.
-            suspicion.reprobe_at = now + self._interval / 2
+            suspicion.reprobe_at = now + self._interval * self.stretch / 2
         if started <= self._stall_noticed or now < self._guard_until:
             return  # this peer may have been the one stalled
         peer = self._t.peers.get(node_id)
@@ -178,7 +210,9 @@ class FailureDetector:
         if peer.liveness != "alive":
             return
         peer.liveness = "suspect"
-        self._suspects[node_id] = Suspicion(now, ns.max_version, now + self._interval / 2)
+        self._suspects[node_id] = Suspicion(
+            now, ns.max_version, now + self._interval * self.stretch / 2
+        )
         self.counters.suspicions += 1
         self._t.event(now, "suspect", node_id, ns.generation, "no answer to probes")
         self._publish(node_id, (ns.generation, ns.max_version, SUSPECT))

@@ -12,6 +12,7 @@ replace a dead member without that majority.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .._partitions import PartitionTable, plan
@@ -247,6 +248,23 @@ class LeaderDuties:
         term, seq = d.next_epoch()
         d.table = PartitionTable(term, seq, n, owners)
         return True
+
+    def next_deadline(self) -> float:
+        """When a removal this peer would make as leader falls due without any other change
+        (``inf``: none): a member down or gone ``remove_after`` ago, or, ``remove_after`` after
+        this peer started, the admitted members it never heard from."""
+        t = self._t
+        if self.leader() != t.node_id:
+            return math.inf
+        remove_after = t.config.remove_after
+        out = math.inf
+        if t.decisions.admitted() - set(t.namespaces):
+            out = self._started + remove_after
+        for node_id, peer in t.peers.items():
+            since = peer.left_since if gone(peer, t.namespaces[node_id]) else peer.down_since
+            if since is not None:
+                out = min(out, since + remove_after)
+        return out
 
     def _remove_gone(self, now: float, wall_ms: int) -> bool:
         t = self._t

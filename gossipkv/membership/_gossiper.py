@@ -22,6 +22,7 @@ cannot resurrect an incarnation.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -48,10 +49,6 @@ from ._table import (
     addr_of,
     status_of,
 )
-
-#: Seconds between evaluations of the view and the leader's duties when nothing changed
-#: (timeouts such as ``remove_after`` and ``leave_timeout`` are checked at this pace).
-_FULL_EVALUATION = 1.0
 
 
 class Gossiper:
@@ -104,7 +101,9 @@ class Gossiper:
         self._operator = OperatorActions(t, self._duties)
         self._progress = ReplicaProgress(t)
         self._evaluated: tuple[int, int, tuple[int, int]] | None = None
+        #: When the view and the leader's duties must be looked at again without any change.
         self._next_full_evaluation = now
+        self._reachable: tuple[tuple[int, int], set[str]] | None = None
         self._started = now
         grant = t.decisions.admission(node_id)
         if grant is not None:
@@ -167,7 +166,9 @@ class Gossiper:
 
     @hold_leave.setter
     def hold_leave(self, value: bool) -> None:
-        self._own.hold_leave = value
+        if value != self._own.hold_leave:
+            self._own.hold_leave = value
+            self._table.changes += 1  # the leave may finish now: evaluate again
 
     def on_news(self, callback: Callable[[], None]) -> None:
         """Have ``callback()`` called whenever this peer learns or writes something new."""
@@ -259,8 +260,14 @@ class Gossiper:
                 peer.left_since = now
             t.event(now, "left", msg.node_id, msg.generation, "shutdown notice")
 
+    def probe_timeout(self) -> float:
+        """How long one probe attempt waits now (longer while this peer is slow)."""
+        return self._detector.probe_timeout()
+
     def note_loop_lag(self, lag: float, now: float) -> None:
-        """Report an event-loop stall measured by the runtime's watchdog."""
+        """Report the event-loop lag measured by the runtime's watchdog (a stall above
+        ``local_pause_threshold``; a slow peer above a tenth of a second)."""
+        self._detector.note_lag(lag)
         if lag > self.config.local_pause_threshold:
             self._table.counters.pause_guards += 1
             self._detector.pause_guard(now)
@@ -274,19 +281,22 @@ class Gossiper:
         self._detector.evaluate(now)
         if self._stamp() == self._evaluated and now < self._next_full_evaluation:
             return  # nothing changed: the view, the leader and its duties are as they were
-        self._next_full_evaluation = now + _FULL_EVALUATION
         self._duties.apply_decisions(now)
         self._own.evaluate(now, voided=t.voided(self.node_id, t.me))
         self._duties.publish_view()
         self._duties.track_view()
         self._duties.act(now, wall_ms)
         self._evaluated = self._stamp()
+        # Without a change, only a deadline can give the view or the duties more to do.
+        leave = self._own.next_deadline()
+        self._next_full_evaluation = min(
+            self._duties.next_deadline(), math.inf if leave is None else leave
+        )
 
     def next_evaluation(self) -> float:
-        """When :meth:`evaluate` next has something to do even without news."""
-        out = min(self._next_full_evaluation, self._detector.next_deadline())
-        leave = self._own.next_deadline()
-        return out if leave is None else min(out, leave)
+        """When :meth:`evaluate` next has something to do even without news (``inf``: not
+        until something changes)."""
+        return min(self._next_full_evaluation, self._detector.next_deadline())
 
     def _stamp(self) -> tuple[int, int, tuple[int, int]]:
         t = self._table
@@ -383,7 +393,13 @@ class Gossiper:
 
     def reachable_members(self) -> set[str]:
         """Names of the up/leaving members this peer can reach, itself included when up."""
-        return {n for n, ns in self._table.visible() if status_of(ns) in ("up", "leaving")}
+        t = self._table
+        # The data path asks for every request it plans: recomputed only after a change.
+        stamp = (t.changes, t.me.max_version)
+        if self._reachable is None or self._reachable[0] != stamp:
+            members = {n for n, ns in t.visible() if status_of(ns) in ("up", "leaving")}
+            self._reachable = (stamp, members)
+        return set(self._reachable[1])
 
     def live_addresses(self) -> list[str]:
         """Addresses of the remote members this peer considers reachable (for shutdown notices)."""

@@ -113,6 +113,7 @@ class Intake:
                 claim = self._detector.reported(nd.node_id, reports, now)
                 if claim is not None and self._own.refute_report(claim):
                     self._detector.counters.refuted += 1
+                    self._detector.refuting()
         else:
             t.counters.stale_ignored += 1
         if nd.heartbeat > ns.heartbeat:

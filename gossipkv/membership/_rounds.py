@@ -80,7 +80,8 @@ class Rounds:
         gossip: list[str] = []
         any_round = False
         if eager and now >= self._next_round_at:
-            self._next_round_at = now + config.gossip_interval
+            # A slow peer (see the detector's local health) gossips less often too.
+            self._next_round_at = now + config.gossip_interval * self._detector.stretch
             self._eager_left = max(0, self._eager_left - 1)
             gossip = rng.sample(live, min(config.fanout, len(live)))
             any_round = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import random
 import time
@@ -154,6 +155,7 @@ async def _start_at(c: SimCluster, name: str, at: float) -> None:
 
 
 def main() -> None:
+    logging.disable(logging.WARNING)  # joiners waiting for admission say so, at length
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)

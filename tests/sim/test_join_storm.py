@@ -16,9 +16,9 @@ from gossipkv import GossipConfig
 from gossipkv.testing import SimCluster, open_sim_cluster
 
 STORM = 200
-#: Gossip rounds after the last peer started by which every peer lists every other as up (the
-#: three seeds take 25, 40 and 30: the leader admits in batches, each once the view converged).
-ROUNDS = 50
+#: Gossip rounds after the last peer started by which every peer lists every other as up (each
+#: seed takes about 10: the leader admits in batches, each once the view converged).
+ROUNDS = 25
 
 
 def _lagging(c: SimCluster, names: list[str]) -> dict[str, int]:
