@@ -71,7 +71,8 @@ def test_an_unanswered_probe_is_published_and_becomes_a_verdict_after_the_timeou
 def test_a_suspicion_whose_reprobes_failed_waits_for_its_timeout() -> None:
     table, _, detector = _table("x")
     detector.probe_failed("x", started=1.0, now=1.0)
-    _reprobe(detector, "x", 3, at=1.25, step=0.25)  # refused: each fails at once
+    half = table.config.probe_interval / 2  # a suspect is re-probed every half interval
+    _reprobe(detector, "x", 3, at=1.0 + half, step=half)  # refused: each fails at once
     shortest, _ = table.config.suspicion_timeouts(2)
     assert table.peers["x"].liveness == "suspect"
     assert detector.next_deadline() == 1.0 + shortest
@@ -102,7 +103,8 @@ def test_confirmations_shorten_a_suspicion_as_in_lifeguard() -> None:
     table, _, detector = _table("x", "y", "z", "w")
     shortest, longest = table.config.suspicion_timeouts(5)
     detector.probe_failed("x", started=1.0, now=1.0)
-    _reprobe(detector, "x", 3, at=1.25, step=0.25)
+    half = table.config.probe_interval / 2
+    _reprobe(detector, "x", 3, at=1.0 + half, step=half)
     detector.evaluate(1.0 + shortest)
     assert table.peers["x"].liveness == "suspect", "unconfirmed: the longest timeout"
     for reporter in ("y", "z"):
