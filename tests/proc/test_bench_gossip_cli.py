@@ -1,0 +1,63 @@
+"""``gossipkv bench gossip``: its event-log parsing, and a small real run (shape only, no timings)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from gossipkv_cli._bench_gossip import Event, _full_view_at, read_events
+
+from ._peers import cli, loads
+
+pytestmark = pytest.mark.proc
+
+
+def test_events_are_read_from_both_systems_logs(tmp_path: Path) -> None:
+    ours = tmp_path / "n0.log"
+    ours.write_text(
+        "2026-11-28 21:00:00,123 INFO gossipkv.node: event up n5 gen=17 \n"
+        "2026-11-28 21:00:01,500 INFO gossipkv.node: event suspect n5 gen=17 no answer\n"
+        "2026-11-28 21:00:02,000 INFO gossipkv.node: event down n5 gen=17 found down by n2\n"
+        "peer n0 serving on 127.0.0.1:7700\n"
+        "garbage \xff line\n"
+    )
+    assert [(e.kind, e.node) for e in read_events(ours, serf=False)] == [
+        ("up", "n5"),
+        ("down", "n5"),
+    ]
+    theirs = tmp_path / "s0.log"
+    theirs.write_text(
+        "    2026/11/28 21:00:00 [INFO] serf: EventMemberJoin: s5 127.0.0.1\n"
+        "    2026/11/28 21:00:03 [INFO] serf: EventMemberFailed: s5 127.0.0.1\n"
+        "    2026/11/28 21:00:04 [INFO] serf: EventMemberUpdate: s5 127.0.0.1\n"
+    )
+    events = read_events(theirs, serf=True)
+    assert [(e.kind, e.node) for e in events] == [("up", "s5"), ("down", "s5")]
+    assert events[1].at - events[0].at == dt.timedelta(seconds=3)
+    assert read_events(tmp_path / "missing.log", serf=False) == []
+
+
+def test_the_full_view_is_when_the_last_peer_listed_the_last_other() -> None:
+    t = dt.datetime(2026, 11, 28, 21)
+
+    def up(second: int, node: str) -> Event:
+        return Event(t + dt.timedelta(seconds=second), "up", node)
+
+    names = ["a", "b", "c"]
+    evs = {"a": [up(1, "b"), up(2, "c")], "b": [up(1, "a"), up(5, "c")], "c": [up(3, "a")]}
+    assert _full_view_at(evs, names) is None, "c does not list b yet"
+    evs["c"].append(up(4, "b"))
+    assert _full_view_at(evs, names) == t + dt.timedelta(seconds=5)
+
+
+def test_a_small_run_reports_every_figure() -> None:
+    out = cli("bench", "gossip", "-n", "3", "--window", "5", "--json", timeout=240)
+    assert out.returncode == 0, out.stderr
+    ours = loads(out.stdout)["gossipkv"]
+    assert ours["peers"] == 3
+    assert ours["full_view_s"] is not None, ours
+    assert ours["cpu_percent_per_peer"] >= 0 and ours["bytes_per_peer_per_s"] > 0
+    assert ours["false_downs"] == 0, ours
+    assert ours["sigkill_seen_by"] == "2/2" and ours["sigkill_down_at_all_s"] is not None
+    assert "serf" not in loads(out.stdout)
