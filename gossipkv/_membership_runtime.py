@@ -208,39 +208,52 @@ class MembershipRuntime:
             log.warning("gossip with %s failed unexpectedly: %r", addr, exc)
         return False
 
-    async def _attempt(self, addr: str, syn: Syn) -> bool:
-        """Whether ``addr`` answers one exchange within the probe timeout (which runs beside any
-        other exchange with it)."""
+    async def _attempt(self, addr: str, syn: Syn) -> bool | None:
+        """One exchange with ``addr`` within the probe timeout (beside any other exchange with
+        it): True if answered, False if it failed at once (refused: nothing listens there),
+        None if no answer came in time."""
         with trio.move_on_after(self._gossiper().probe_timeout()):
             return await self._exchange(addr, syn)
-        return False
+        return None
 
     async def _probe(self, node_id: str, addr: str, syn: Syn, started: float) -> None:
         """SWIM's probe: an exchange with ``node_id``; unanswered, a second one together with the
         same through a few other members (a lost message, or a broken link between two members,
-        is no failure of either). The core hears the outcome. A crashed member refuses at once,
-        so only a member that is slow or cut off makes a probe wait its timeouts."""
-        ok = await self._attempt(addr, syn)
+        is no failure of either). The core hears the outcome: answered, refused (a crashed
+        member refuses at once) or silent; or nothing, when the outcome came in so late that
+        this peer's own loop must have been the slow one."""
+        timeout = self._gossiper().probe_timeout()
+        first = await self._attempt(addr, syn)
+        ok, refused = first is True, first is False
         if not ok:
             helpers = self._gossiper().probe_helpers(node_id, self._rng)
-            ok = await self._second_chance(node_id, addr, syn, helpers)
+            ok, again = await self._second_chance(node_id, addr, syn, helpers)
+            refused = refused and again
         await self._transport.wait_runnable()
         g = self._gossiper()
+        now = trio.current_time()
         if ok:
-            g.probe_ok(node_id, trio.current_time())
+            g.probe_ok(node_id, now)
+        elif not refused and now - started > 3.5 * timeout:
+            g.probe_inconclusive(node_id)  # its timeouts fired, but this peer ran late
         else:
-            g.probe_failed(node_id, started, trio.current_time())
+            g.probe_failed(node_id, started, now, refused=refused)
 
-    async def _second_chance(self, node_id: str, addr: str, syn: Syn, helpers: list[str]) -> bool:
+    async def _second_chance(
+        self, node_id: str, addr: str, syn: Syn, helpers: list[str]
+    ) -> tuple[bool, bool]:
         """Whether ``node_id`` answers a second exchange, or any of ``helpers`` reaches it (each
-        with one exchange of its own), within one and a half probe timeouts."""
-        answered = False
+        with one exchange of its own), within one and a half probe timeouts; and whether the
+        second exchange was refused at once."""
+        answered = refused = False
 
         async def direct(cancel: trio.CancelScope) -> None:
-            nonlocal answered
+            nonlocal answered, refused
             if await self._exchange(addr, syn):
                 answered = True
                 cancel.cancel()
+            else:
+                refused = True
 
         async def ask(helper: str, cancel: trio.CancelScope) -> None:
             nonlocal answered
@@ -263,7 +276,7 @@ class MembershipRuntime:
                 nursery.start_soon(direct, nursery.cancel_scope)
                 for helper in helpers:
                     nursery.start_soon(ask, helper, nursery.cancel_scope)
-        return answered
+        return answered, refused
 
     async def serve_probe(self, request: ProbeRequest) -> ProbeResult:
         """Probe ``request.target`` for the member that asked (its own probe went unanswered)."""
@@ -271,7 +284,8 @@ class MembershipRuntime:
         addr = g.address_of(request.target)
         if addr is None or request.target == g.node_id:
             return ProbeResult(False)
-        return ProbeResult(await self._attempt(addr, replace(g.syn(), hlc=self._hlc.now())))
+        answered = await self._attempt(addr, replace(g.syn(), hlc=self._hlc.now()))
+        return ProbeResult(answered is True)
 
     async def evaluate_loop(self) -> None:
         # One timer for verdicts, leader duties and the event-loop watchdog, set for when the

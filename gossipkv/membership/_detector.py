@@ -1,29 +1,31 @@
-"""SWIM failure detection: probes, suspicions and verdicts, published in members' namespaces.
+"""SWIM failure detection: probes, suspicions, and down verdicts published in members' namespaces.
 
 Every ``probe_interval`` a peer probes the next member of a shuffled round robin (the runtime
 does it with a gossip exchange), so each member is probed about once an interval by someone,
-whatever the cluster's size. When that fails, ``indirect_probes`` other members try for it: a
-lossy or broken link between two members is no failure of either. When they fail too, the
-member is *suspect* here. This peer publishes the suspicion in its own namespace (key
-``verdicts``) and re-probes the member every half interval; a few of the peers that learn of it
-probe the member too and publish what they find, which confirms it. A suspicion that outlasts the
-suspicion timeout (shorter the more it is confirmed, as in Lifeguard) and whose three re-probes
-failed as well becomes a *down* verdict, published the same way, which every peer adopts as soon
-as it learns of it.
+whatever the cluster's size. When that fails, the runtime tries again while ``indirect_probes``
+other members try for it: a lost message, or a broken link between two members, is no failure of
+either. When all fail, the member is *suspect* here, and re-probed every half interval. The
+suspicion becomes a *down* verdict once three re-probes failed as well and it has lasted the
+suspicion timeout: the short one (``suspicion_timeouts``) when every probe was refused at once (no
+process listens there: it crashed), the long one, four times as long, when probes only went
+unanswered (a slow member, or one cut off, is not to be confused with a dead one). The verdict
+is published in this peer's namespace (key ``verdicts``) and every peer adopts it as soon as it
+learns of it. Suspicions stay local: publishing them, and having other peers probe to confirm
+them, piles load on a member that is merely slow, which on a saturated machine makes it slower.
 
-Each report names the member's newest version the reporter knew. The member refutes a report
-about it by writing a newer version (see ``_own``), and a peer that knows a newer version than a
-report's ignores the report, so a member that answers again is alive everywhere once its
-refutation has spread. A successful probe ends this peer's own suspicion.
+Each verdict names the member's newest version the reporter knew. The member refutes it by
+writing a newer version (see ``_own``), and a peer that knows a newer version than a verdict's
+ignores the verdict, so a member that answers again is alive everywhere once its refutation has
+spread. A successful probe ends this peer's own suspicion.
 
-A peer that was stalled itself (a paused process finds everyone silent) drops its suspicions and
-passes no verdict for ``pause_guard`` seconds after it notices. A peer that is merely slow (its
-event loop late, members finding it unreachable: a saturated machine) probes less often and waits
-longer, as Lifeguard's local health multiplier has it: its :attr:`FailureDetector.awareness` rises
-with each sign of slowness and falls with each probe answered, and stretches the probe interval
-and timeouts (and the runtime's eager rounds) up to eightfold, so an overloaded cluster sheds load
-instead of accusing itself into more of it. Pure: no clock, no I/O; time and randomness are
-arguments.
+The observer may be the slow one. A probe whose outcome came in much later than its timeouts
+allow is inconclusive (this peer's own loop was late), and a peer that was stalled outright drops
+its suspicions and passes no verdict for ``pause_guard`` seconds after it notices. A peer that is
+merely slow (its loop late, members finding it unreachable) probes less often and waits longer, as
+Lifeguard's local health multiplier has it: its :attr:`FailureDetector.awareness` rises with each
+sign of slowness and falls with each probe answered, and stretches the probe interval and timeouts
+(and the eager gossip rounds) up to eightfold, so an overloaded cluster sheds load instead of
+accusing itself into more of it. Pure: no clock, no I/O; time and randomness are arguments.
 """
 
 from __future__ import annotations
@@ -36,14 +38,9 @@ from ._leader import MAX_COUNTER
 from ._records import ProbeCounters
 from ._table import MemberTable, addr_of, gone
 
-SUSPECT = 1
 DOWN = 2
-#: The key of a member's namespace holding its reports: ``{member: [generation, version, level]}``.
+#: The key of a member's namespace holding its verdicts: ``{member: [generation, version, 2]}``.
 VERDICTS = "verdicts"
-#: Peers (in expectation) that probe a member when they learn someone suspects it.
-_CONFIRMERS = 4
-#: Confirmations after which a suspicion runs the shortest timeout.
-_CONFIRMATIONS = 2
 #: Probes of a suspect, after the one that made it suspect, that must fail before a verdict.
 _REPROBES = 3
 #: The highest local health score: probes and their timeouts stretch up to this plus one times.
@@ -61,6 +58,7 @@ class Suspicion:
     since: float
     version: int  # the member's newest version known then
     reprobe_at: float
+    refused: bool  # every failed probe was refused at once (nothing listens there)
     failures: int = 0  # probes that failed since
 
 
@@ -78,13 +76,8 @@ class FailureDetector:
         self._order: list[str] = []  # the rest of this cycle of the round robin, next last
         self._next_probe_at = now
         self._suspects: dict[str, Suspicion] = {}
-        #: Members some report says are suspect, which this peer may probe to confirm.
-        self._urgent: dict[str, None] = {}
-        #: This peer's published reports.
+        #: This peer's published verdicts.
         self._own: dict[str, Report] = {}
-        #: Every other member's reports, by the member reported on, then by reporter.
-        self._about: dict[str, dict[str, Report]] = {}
-        self._by: dict[str, set[str]] = {}  # reporter -> the members it reports on
         self._guard_until = now
         self._stall_noticed = -math.inf
         #: Lifeguard's local health: 0 when this peer keeps up, up to MAX_AWARENESS when slow.
@@ -99,24 +92,27 @@ class FailureDetector:
         return 1 + self.awareness
 
     def probe_timeout(self) -> float:
-        """How long one probe attempt waits now."""
+        """How long one probe exchange waits now."""
         return self._t.config.probe_timeout * self.stretch
 
     def note_lag(self, lag: float) -> None:
         """The runtime measured this peer's event-loop lag: a late loop is a slow peer."""
         if lag > _SLOW_LAG:
-            self.awareness = min(MAX_AWARENESS, self.awareness + 1)
+            self._slower()
 
     def refuting(self) -> None:
         """Someone found this peer unreachable: most likely it is slow (or its links are)."""
+        self._slower()
+
+    def _slower(self) -> None:
         self.awareness = min(MAX_AWARENESS, self.awareness + 1)
 
     # --- probing ----------------------------------------------------------------------------------
 
     def due(self, now: float, rng: random.Random) -> tuple[list[str], bool]:
-        """The members to probe now: the next of the round robin once an interval, suspects
-        every half interval, and a random few of the members reported suspect; and whether an
-        interval passed (a quiet peer's gossip round, see ``_rounds``)."""
+        """The members to probe now: the next of the round robin once an interval and suspects
+        every half interval; and whether an interval passed (a quiet peer's gossip round, see
+        ``_rounds``)."""
         out: list[str] = []
         ticked = now >= self._next_probe_at
         if ticked:
@@ -130,20 +126,11 @@ class FailureDetector:
                 # Not again until this probe's outcome is in (or surely overdue).
                 suspicion.reprobe_at = now + 6 * self.probe_timeout() + self._interval
                 out.append(node_id)
-        if self._urgent:
-            live = len(self._t.targets()[0])
-            chance = min(1.0, _CONFIRMERS / max(1, live - 1))
-            for node_id in self._urgent:
-                if node_id not in out and self._probeable(node_id) and rng.random() < chance:
-                    out.append(node_id)
-            self._urgent.clear()
         self.counters.probes += len(out)
         return out, ticked
 
     def next_due(self) -> float:
-        """When :meth:`due` next has something (``-inf``: now)."""
-        if self._urgent:
-            return -math.inf
+        """When :meth:`due` next has something."""
         return min([self._next_probe_at, *(s.reprobe_at for s in self._suspects.values())])
 
     def _next_in_order(self, rng: random.Random) -> str | None:
@@ -186,11 +173,17 @@ class FailureDetector:
         if peer is not None and ns is not None and peer.liveness == "suspect":
             peer.liveness = "alive"
             self._t.event(now, "alive", node_id, ns.generation, "answered a probe")
-        self._retract(node_id)
 
-    def probe_failed(self, node_id: str, started: float, now: float) -> None:
+    def probe_inconclusive(self, node_id: str) -> None:
+        """A probe of ``node_id`` ended so late that this peer's own loop was the slow one."""
+        self._slower()
+        suspicion = self._suspects.get(node_id)
+        if suspicion is not None:
+            suspicion.reprobe_at = 0.0  # again at the next look
+
+    def probe_failed(self, node_id: str, started: float, now: float, *, refused: bool) -> None:
         """Neither ``node_id`` nor the members asked to try for it answered a probe begun at
-        ``started``."""
+        ``started``; ``refused``: every exchange with it failed at once (nothing listens)."""
         self.counters.probes_failed += 1
         suspicion = self._suspects.get(node_id)
         if suspicion is not None:
@@ -205,24 +198,29 @@ class FailureDetector:
             return
         if suspicion is not None:
             suspicion.failures += 1
+            suspicion.refused = suspicion.refused and refused
             self._conclude(node_id, suspicion, now)
             return
         if peer.liveness != "alive":
             return
         peer.liveness = "suspect"
         self._suspects[node_id] = Suspicion(
-            now, ns.max_version, now + self._interval * self.stretch / 2
+            now, ns.max_version, now + self._interval * self.stretch / 2, refused
         )
         self.counters.suspicions += 1
-        self._t.event(now, "suspect", node_id, ns.generation, "no answer to probes")
-        self._publish(node_id, (ns.generation, ns.max_version, SUSPECT))
+        why = "refuses connections" if refused else "no answer to probes"
+        self._t.event(now, "suspect", node_id, ns.generation, why)
 
     # --- verdicts ---------------------------------------------------------------------------------
 
     def evaluate(self, now: float) -> None:
-        """Turn suspicions that ran their timeout into down verdicts."""
+        """Turn suspicions that ran their course into down verdicts."""
         for node_id, suspicion in list(self._suspects.items()):
             self._conclude(node_id, suspicion, now)
+
+    def _timeout(self, suspicion: Suspicion) -> float:
+        shortest, longest = self._t.config.suspicion_timeouts(len(self._t.namespaces))
+        return shortest if suspicion.refused else longest
 
     def _conclude(self, node_id: str, suspicion: Suspicion, now: float) -> None:
         """A suspicion becomes a down verdict once it ran its timeout and the re-probes of it
@@ -233,8 +231,7 @@ class FailureDetector:
             return
         if now < self._guard_until or suspicion.failures < _REPROBES:
             return
-        timeout = self._timeout(node_id, ns.generation, suspicion.version)
-        if now - suspicion.since < timeout:
+        if now - suspicion.since < self._timeout(suspicion):
             return
         del self._suspects[node_id]
         self.counters.verdicts += 1
@@ -245,27 +242,10 @@ class FailureDetector:
         """When the first suspicion whose re-probes failed runs out (``inf``: none; the others
         are concluded as their probes fail)."""
         out = math.inf
-        for node_id, suspicion in self._suspects.items():
-            ns = self._t.namespaces.get(node_id)
-            if ns is not None and suspicion.failures >= _REPROBES:
-                timeout = self._timeout(node_id, ns.generation, suspicion.version)
-                out = min(out, suspicion.since + timeout)
+        for suspicion in self._suspects.values():
+            if suspicion.failures >= _REPROBES:
+                out = min(out, suspicion.since + self._timeout(suspicion))
         return max(out, self._guard_until) if out < math.inf else out
-
-    def _timeout(self, node_id: str, generation: int, version: int) -> float:
-        shortest, longest = self._t.config.suspicion_timeouts(len(self._t.namespaces))
-        live = len(self._t.targets()[0])
-        needed = min(_CONFIRMATIONS, max(0, live - 1))
-        if needed == 0:
-            return shortest
-        confirmed = 0
-        for reporter, (gen, ver, level) in self._about.get(node_id, {}).items():
-            peer = self._t.peers.get(reporter)
-            if gen == generation and ver >= version and level and peer and peer.liveness != "down":
-                confirmed += 1
-        # Lifeguard: from the longest down to the shortest as confirmations come in.
-        done = math.log(min(confirmed, needed) + 1) / math.log(needed + 1)
-        return max(shortest, longest - (longest - shortest) * done)
 
     def level(self, node_id: str, now: float) -> float:
         """How far this peer's suspicion of ``node_id`` has run (see ``MemberView.phi``)."""
@@ -273,32 +253,25 @@ class FailureDetector:
         if peer is not None and peer.liveness == "down":
             return 1.0
         suspicion = self._suspects.get(node_id)
-        ns = self._t.namespaces.get(node_id)
-        if suspicion is None or ns is None:
+        if suspicion is None:
             return 0.0
-        timeout = self._timeout(node_id, ns.generation, suspicion.version)
-        return round(min(1.0, (now - suspicion.since) / timeout), 3)
+        return round(min(1.0, (now - suspicion.since) / self._timeout(suspicion)), 3)
 
     def reported(self, reporter: str, raw: object, now: float) -> int | None:
-        """``reporter`` published ``raw`` as its reports. Adopts the down verdicts, marks the
-        suspicions for a confirming probe, and returns the highest version any report claims
-        of this peer's own incarnation (``None``: none), which the own entry refutes."""
+        """``reporter`` published ``raw`` as its verdicts. Adopts them, and returns the highest
+        version any of them claims of this peer's own incarnation (``None``: none), which the
+        own entry refutes."""
         reports = _parse(raw)
         if reports is None:
             self._t.counters.bad_values += 1
-            reports = {}
-        for about in self._by.pop(reporter, set()):
-            self._about.get(about, {}).pop(reporter, None)
-        self._by[reporter] = set(reports)
+            return None
         claim: int | None = None
         me = self._t.me
-        for about, report in reports.items():
-            generation, version, level = report
+        for about, (generation, version, _) in reports.items():
             if about == self._t.node_id:
                 if generation == me.generation:
                     claim = max(claim or 0, version)
                 continue
-            self._about.setdefault(about, {})[reporter] = report
             ns = self._t.namespaces.get(about)
             peer = self._t.peers.get(about)
             if (
@@ -307,16 +280,15 @@ class FailureDetector:
                 or ns.generation != generation
                 or ns.max_version > version
                 or gone(peer, ns)
+                or peer.liveness == "down"
             ):
-                continue  # another incarnation, or refuted already
-            if level == DOWN and peer.liveness != "down":
-                self._down(about, version, now, f"found down by {reporter}")
-            elif level == SUSPECT and peer.liveness == "alive":
-                self._urgent[about] = None
+                continue  # another incarnation, refuted already, or down here already
+            self._down(about, version, now, f"found down by {reporter}")
         return claim
 
     def advanced(self, node_id: str, now: float) -> None:
-        """``node_id``'s newest known version rose: a report older than it no longer holds."""
+        """``node_id``'s newest known version rose: a verdict or suspicion older than it no
+        longer holds."""
         peer = self._t.peers.get(node_id)
         ns = self._t.namespaces.get(node_id)
         if peer is None or ns is None:
@@ -327,7 +299,7 @@ class FailureDetector:
             del self._suspects[node_id]
             if peer.liveness == "suspect":
                 peer.liveness = "alive"
-                self._t.event(now, "alive", node_id, ns.generation, "refuted the suspicion")
+                self._t.event(now, "alive", node_id, ns.generation, "wrote since")
         if peer.liveness == "down" and version > peer.down_version:
             peer.liveness = "alive"
             peer.down_since = None
@@ -347,10 +319,6 @@ class FailureDetector:
     def forget(self, node_id: str) -> None:
         """``node_id``'s incarnation is gone (removed, or replaced by a newer one)."""
         self._suspects.pop(node_id, None)
-        self._urgent.pop(node_id, None)
-        self._about.pop(node_id, None)
-        for about in self._by.pop(node_id, set()):
-            self._about.get(about, {}).pop(node_id, None)
         self._retract(node_id)
 
     def pause_guard(self, now: float) -> None:
@@ -365,9 +333,8 @@ class FailureDetector:
             if peer is not None and ns is not None and peer.liveness == "suspect":
                 peer.liveness = "alive"
                 self._t.event(now, "alive", node_id, ns.generation, "suspected during a stall")
-            self._retract(node_id)
 
-    # --- this peer's reports ------------------------------------------------------------------------
+    # --- this peer's verdicts -----------------------------------------------------------------------
 
     def _publish(self, node_id: str, report: Report) -> None:
         self._own[node_id] = report
@@ -378,14 +345,14 @@ class FailureDetector:
             self.republish()
 
     def republish(self) -> None:
-        """Write this peer's reports into its namespace (a new incarnation's too)."""
+        """Write this peer's verdicts into its namespace (a new incarnation's too)."""
         if self._own or self._t.me.get(VERDICTS) is not None:
             plain = {n: list(r) for n, r in sorted(self._own.items())}
             self._t.write(VERDICTS, plain)
 
 
 def _parse(raw: object) -> dict[str, Report] | None:
-    """A member's published reports, or ``None`` if they are malformed."""
+    """A member's published verdicts, or ``None`` if they are malformed."""
     if not isinstance(raw, dict):
         return None
     out: dict[str, Report] = {}
@@ -395,7 +362,7 @@ def _parse(raw: object) -> dict[str, Report] | None:
             or not isinstance(value, list)
             or len(value) != 3
             or not all(type(v) is int and 0 <= v < MAX_COUNTER for v in value)
-            or value[2] not in (SUSPECT, DOWN)
+            or value[2] != DOWN
         ):
             return None
         out[key] = (value[0], value[1], value[2])

@@ -235,8 +235,11 @@ class Gossiper:
     def probe_ok(self, node_id: str, now: float) -> None:
         self._detector.probe_ok(node_id, now)
 
-    def probe_failed(self, node_id: str, started: float, now: float) -> None:
-        self._detector.probe_failed(node_id, started, now)
+    def probe_failed(self, node_id: str, started: float, now: float, *, refused: bool) -> None:
+        self._detector.probe_failed(node_id, started, now, refused=refused)
+
+    def probe_inconclusive(self, node_id: str) -> None:
+        self._detector.probe_inconclusive(node_id)
 
     def on_shutdown(self, msg: Shutdown, now: float, *, sender: str) -> None:
         """A member announced it is stopping now: stop waiting for the detector.

@@ -14,7 +14,7 @@ from gossipkv import _codec
 from gossipkv._hlc import HybridClock, unpack
 from gossipkv._messages import DigestEntry, Kind, SynAck
 from gossipkv._partitions import PartitionTable
-from gossipkv.membership._detector import DOWN, SUSPECT, VERDICTS, FailureDetector
+from gossipkv.membership._detector import DOWN, VERDICTS, FailureDetector
 from gossipkv.membership._gossiper import GossipConfig, Gossiper
 from gossipkv.membership._leader import Decisions, Grant, view_hash
 from gossipkv.membership._own import OwnEntry
@@ -39,59 +39,88 @@ def _table(*others: str) -> tuple[MemberTable, OwnEntry, FailureDetector]:
 
 def _reports(table: MemberTable) -> dict[str, list[int]]:
     value = table.me.get(VERDICTS)
-    assert isinstance(value, dict)
-    return value
+    assert value is None or isinstance(value, dict)
+    return value or {}
 
 
 def _reprobe(
-    detector: FailureDetector, node_id: str, times: int, at: float, step: float = 1.0
+    detector: FailureDetector,
+    node_id: str,
+    times: int,
+    at: float,
+    step: float = 1.0,
+    *,
+    refused: bool = False,
 ) -> None:
     rng = random.Random(1)
     for i in range(times):
         assert node_id in detector.due(at + i * step, rng)[0], "a suspect is re-probed"
-        detector.probe_failed(node_id, started=at + i * step, now=at + i * step)
+        detector.probe_failed(node_id, started=at + i * step, now=at + i * step, refused=refused)
 
 
-def test_an_unanswered_probe_is_published_and_becomes_a_verdict_after_the_timeout() -> None:
+def test_a_silent_member_is_suspect_here_and_down_after_the_long_timeout() -> None:
     table, _, detector = _table("x")
-    detector.probe_failed("x", started=1.0, now=1.5)
+    detector.probe_failed("x", started=1.0, now=1.5, refused=False)
     assert table.peers["x"].liveness == "suspect"
-    assert _reports(table) == {"x": [10, 3, SUSPECT]}
-    detector.evaluate(100.0)
-    assert table.peers["x"].liveness == "suspect", "not before three re-probes failed too"
+    assert _reports(table) == {}, "a suspicion stays local"
+    shortest, longest = table.config.suspicion_timeouts(2)
     _reprobe(detector, "x", 2, at=2.0)
     detector.evaluate(100.0)
-    assert table.peers["x"].liveness == "suspect"
+    assert table.peers["x"].liveness == "suspect", "not before three re-probes failed too"
     _reprobe(detector, "x", 1, at=4.0)
-    assert table.peers["x"].liveness == "down", "no confirmer exists: the shortest timeout"
+    assert table.peers["x"].liveness == "suspect", "silent, not refusing: the long timeout"
+    assert detector.next_deadline() == 1.5 + longest
+    detector.evaluate(1.5 + longest)
+    assert table.peers["x"].liveness == "down"
     assert _reports(table) == {"x": [10, 3, DOWN]}
     assert [e.kind for e in table.events] == ["suspect", "down"]
+    assert longest > shortest
 
 
-def test_a_suspicion_whose_reprobes_failed_waits_for_its_timeout() -> None:
+def test_a_member_that_refuses_connections_is_down_after_the_short_timeout() -> None:
     table, _, detector = _table("x")
-    detector.probe_failed("x", started=1.0, now=1.0)
-    half = table.config.probe_interval / 2  # a suspect is re-probed every half interval
-    _reprobe(detector, "x", 3, at=1.0 + half, step=half)  # refused: each fails at once
+    detector.probe_failed("x", started=1.0, now=1.0, refused=True)
+    _reprobe(detector, "x", 3, at=1.4, step=0.4, refused=True)  # each refused at once
     shortest, _ = table.config.suspicion_timeouts(2)
     assert table.peers["x"].liveness == "suspect"
     assert detector.next_deadline() == 1.0 + shortest
     detector.evaluate(1.0 + shortest)
-    assert table.peers["x"].liveness == "down"
+    assert table.peers["x"].liveness == "down" and _reports(table) == {"x": [10, 3, DOWN]}
 
 
-def test_an_answered_probe_ends_this_peers_suspicion_and_its_report() -> None:
+def test_one_silent_probe_among_refused_ones_means_the_long_timeout() -> None:
+    table, _, detector = _table("x")
+    detector.probe_failed("x", started=1.0, now=1.0, refused=True)
+    _reprobe(detector, "x", 2, at=1.4, step=0.4, refused=True)
+    _reprobe(detector, "x", 1, at=2.2, refused=False)
+    shortest, longest = table.config.suspicion_timeouts(2)
+    detector.evaluate(1.0 + shortest)
+    assert table.peers["x"].liveness == "suspect"
+    assert detector.next_deadline() == 1.0 + longest
+
+
+def test_an_answered_probe_ends_this_peers_suspicion() -> None:
     table, _, detector = _table("x", "y")
-    detector.probe_failed("x", started=1.0, now=1.5)
+    detector.probe_failed("x", started=1.0, now=1.5, refused=False)
     detector.probe_ok("x", now=2.0)
     assert table.peers["x"].liveness == "alive" and _reports(table) == {}
     assert detector.next_deadline() == math.inf
 
 
+def test_a_late_outcome_is_inconclusive_and_makes_this_peer_slower() -> None:
+    table, _, detector = _table("x")
+    detector.probe_failed("x", started=1.0, now=1.5, refused=False)
+    detector.probe_inconclusive("x")
+    assert detector.stretch == 2 and detector.probe_timeout() == 2 * table.config.probe_timeout
+    assert "x" in detector.due(2.0, random.Random(1))[0], "re-probed at once"
+    detector.probe_ok("x", now=3.0)
+    assert detector.stretch == 1 and table.peers["x"].liveness == "alive"
+
+
 def test_a_newer_version_refutes_a_verdict_and_the_report_is_retracted() -> None:
     table, _, detector = _table("x")
-    detector.probe_failed("x", started=1.0, now=1.5)
-    _reprobe(detector, "x", 3, at=2.0)
+    detector.probe_failed("x", started=1.0, now=1.5, refused=True)
+    _reprobe(detector, "x", 3, at=2.0, refused=True)
     detector.evaluate(100.0)
     assert table.peers["x"].liveness == "down"
     table.namespaces["x"].set("alive", 1)  # what the member writes when it learns of it
@@ -99,40 +128,25 @@ def test_a_newer_version_refutes_a_verdict_and_the_report_is_retracted() -> None
     assert table.peers["x"].liveness == "alive" and _reports(table) == {}
 
 
-def test_confirmations_shorten_a_suspicion_as_in_lifeguard() -> None:
-    table, _, detector = _table("x", "y", "z", "w")
-    shortest, longest = table.config.suspicion_timeouts(5)
-    detector.probe_failed("x", started=1.0, now=1.0)
-    half = table.config.probe_interval / 2
-    _reprobe(detector, "x", 3, at=1.0 + half, step=half)
-    detector.evaluate(1.0 + shortest)
-    assert table.peers["x"].liveness == "suspect", "unconfirmed: the longest timeout"
-    for reporter in ("y", "z"):
-        detector.reported(reporter, {"x": [10, 3, SUSPECT]}, now=2.0)
-    assert detector.next_deadline() == 1.0 + shortest
-    detector.evaluate(1.0 + shortest)
-    assert table.peers["x"].liveness == "down"
-    assert longest > shortest
-
-
-def test_reports_are_adopted_unless_older_than_what_is_known() -> None:
+def test_verdicts_are_adopted_unless_older_than_what_is_known() -> None:
     table, _, detector = _table("x", "y", "z")
-    claim = detector.reported("y", {"x": [10, 3, DOWN], "me": [100, 7, SUSPECT]}, now=1.0)
+    claim = detector.reported("y", {"x": [10, 3, DOWN], "me": [100, 7, DOWN]}, now=1.0)
     assert table.peers["x"].liveness == "down" and claim == 7
     table.namespaces["z"].set("alive", 1)  # z is at version 4 here
     detector.reported("y", {"z": [11, 3, DOWN]}, now=2.0)
     assert table.peers["z"].liveness == "alive", "a report older than what is known is void"
     assert detector.reported("y", {"x": ["bad"]}, now=3.0) is None
-    assert table.counters.bad_values == 1
+    assert detector.reported("y", {"x": [10, 3, 1]}, now=3.0) is None
+    assert table.counters.bad_values == 2
 
 
 def test_a_stall_voids_the_suspicions_and_guards_against_verdicts() -> None:
     table, _, detector = _table("x", "y")
-    detector.probe_failed("x", started=1.0, now=1.5)
+    detector.probe_failed("x", started=1.0, now=1.5, refused=False)
     detector.pause_guard(now=8.0)
-    assert table.peers["x"].liveness == "alive" and _reports(table) == {}
-    detector.probe_failed("y", started=7.0, now=8.5)  # begun before the stall was noticed
-    detector.probe_failed("y", started=8.2, now=8.5)  # within the guard
+    assert table.peers["x"].liveness == "alive"
+    detector.probe_failed("y", started=7.0, now=8.5, refused=True)  # begun before the stall
+    detector.probe_failed("y", started=8.2, now=8.5, refused=True)  # within the guard
     assert table.peers["y"].liveness == "alive"
 
 
