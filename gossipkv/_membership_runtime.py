@@ -278,6 +278,15 @@ class MembershipRuntime:
                     nursery.start_soon(ask, helper, nursery.cancel_scope)
         return answered, refused
 
+    def lost_contact(self, node_id: str) -> None:
+        """A connection with member ``node_id`` closed: the core probes it at the next look
+        (a crashed member's connections close at once), so this loop looks now."""
+        g = self._gossiper()
+        if g.status == "joining":
+            return
+        g.lost_contact(node_id)
+        self._gossip_news.set()
+
     async def serve_probe(self, request: ProbeRequest) -> ProbeResult:
         """Probe ``request.target`` for the member that asked (its own probe went unanswered)."""
         g = self._gossiper()

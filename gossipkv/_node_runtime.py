@@ -198,6 +198,7 @@ class NodeRuntime:
             log_limit=log_limit,
             request_timeout=request_timeout,
             connect_timeout=connect_timeout,
+            on_lost=self._lost_contact,
         )
         #: The gossip and evaluation loops around the membership core.
         self.membership: MembershipRuntime = MembershipRuntime(
@@ -231,6 +232,10 @@ class NodeRuntime:
         if self._running is None:
             raise NodeClosedError("node is not running (use open_node or nursery.start(node.run))")
         return self._running
+
+    def _lost_contact(self, node_id: str) -> None:
+        if self._running is not None and not self.stopped:
+            self.membership.lost_contact(node_id)
 
     def gossiper(self) -> Gossiper:
         """The membership core (see :meth:`running`)."""

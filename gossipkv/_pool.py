@@ -90,6 +90,7 @@ class ConnectionPool:
         log_limit: RateLimit,
         request_timeout: float,
         connect_timeout: float,
+        on_lost: Callable[[str], None] = lambda node_id: None,
     ) -> None:
         self._transport = transport
         self._limits = limits
@@ -108,6 +109,7 @@ class ConnectionPool:
         self._log_limit = log_limit
         self._request_timeout = request_timeout
         self._connect_timeout = connect_timeout
+        self._on_lost = on_lost
         #: address -> the channel to whoever answers there (outbound, or a member's inbound).
         self.channels: dict[str, Channel] = {}
         # member -> (the address it announced, the channel to it): the data path's fast lookup.
@@ -247,6 +249,11 @@ class ConnectionPool:
         finally:
             if self.channels.get(addr) is channel:
                 del self.channels[addr]
+            self._lost(channel)
+
+    def _lost(self, channel: Channel) -> None:
+        if channel.remote.node_id != "client":
+            self._on_lost(channel.remote.node_id)
 
     def _make_channel(self, conn: Connection, remote: Hello) -> Channel:
         identity = conn.tls_identity if self._tls else None
@@ -312,3 +319,5 @@ class ConnectionPool:
         finally:
             if addr and self.channels.get(addr) is channel:
                 del self.channels[addr]
+            if member:
+                self._lost(channel)

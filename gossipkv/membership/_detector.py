@@ -76,6 +76,8 @@ class FailureDetector:
         self._order: list[str] = []  # the rest of this cycle of the round robin, next last
         self._next_probe_at = now
         self._suspects: dict[str, Suspicion] = {}
+        #: Members whose connection with this peer broke: probed at the next look.
+        self._soon: dict[str, None] = {}
         #: This peer's published verdicts.
         self._own: dict[str, Report] = {}
         self._guard_until = now
@@ -121,6 +123,10 @@ class FailureDetector:
             target = self._next_in_order(rng)
             if target is not None:
                 out.append(target)
+        for node_id in self._soon:
+            if node_id not in out and node_id not in self._suspects and self._probeable(node_id):
+                out.append(node_id)
+        self._soon.clear()
         for node_id, suspicion in self._suspects.items():
             if now >= suspicion.reprobe_at and node_id not in out:
                 # Not again until this probe's outcome is in (or surely overdue).
@@ -130,8 +136,17 @@ class FailureDetector:
         return out, ticked
 
     def next_due(self) -> float:
-        """When :meth:`due` next has something."""
+        """When :meth:`due` next has something (``-inf``: now)."""
+        if self._soon:
+            return -math.inf
         return min([self._next_probe_at, *(s.reprobe_at for s in self._suspects.values())])
+
+    def lost_contact(self, node_id: str) -> None:
+        """This peer's connection with ``node_id`` broke (a crashed process's sockets close at
+        once): probe it at the next look instead of when the round robin comes to it. A probe
+        of a member that merely closed an idle link is answered, and that is all."""
+        if node_id != self._t.node_id and node_id not in self._suspects:
+            self._soon[node_id] = None
 
     def _next_in_order(self, rng: random.Random) -> str | None:
         for _ in range(2):

@@ -238,6 +238,10 @@ class Gossiper:
     def probe_failed(self, node_id: str, started: float, now: float, *, refused: bool) -> None:
         self._detector.probe_failed(node_id, started, now, refused=refused)
 
+    def lost_contact(self, node_id: str) -> None:
+        """This peer's connection with member ``node_id`` broke: probe it soon."""
+        self._detector.lost_contact(node_id)
+
     def probe_inconclusive(self, node_id: str) -> None:
         self._detector.probe_inconclusive(node_id)
 
