@@ -18,16 +18,17 @@ class GossipConfig:
     """Membership tuning. Durations are seconds of ``trio.current_time()``.
 
     Failure detection is SWIM's: every ``probe_interval`` a peer probes the next member of a
-    shuffled round robin with a gossip exchange; when that fails, it tries again while
-    ``indirect_probes`` other members try for it; when all fail, the member is suspect, which the
-    peer publishes. Peers that hear of a suspicion probe the member too and publish what they
-    find; a suspicion confirmed by two others that lasts the suspicion timeout
-    (``suspicion_mult`` probe intervals times ``max(1, log10 N)``: 1.5 s up to 10 members, 3 s
-    at 100), and whose three re-probes failed as well, becomes a down verdict, which every peer
-    adopts at once. A member that learns it is suspected or declared down refutes it by writing
-    a newer version of its namespace. With the defaults a crashed member of a 10-member cluster
-    is down at every peer within about 2 to 3 seconds (simulated; 1.7 s measured on loopback).
-    A peer that finds itself slow stretches its probing (see ``_detector``).
+    shuffled round robin with a gossip exchange (and at once a member whose connection with it
+    broke); when that fails, it tries again while ``indirect_probes`` other members try for it;
+    when all fail, the member is suspect here. The suspicion stays local: it is re-probed every
+    half interval, and once three re-probes failed too it becomes a down verdict after the
+    suspicion timeout (``suspicion_mult`` probe intervals times ``max(1, log10 N)``: 1.5 s up to
+    10 members, 3 s at 100) if every probe was refused at once (nothing listens there: a crash),
+    or after four times that if probes only went unanswered (a slow or cut-off member). The
+    verdict is published and every peer adopts it at once; a member that learns of a verdict
+    about itself refutes it by writing a newer version of its namespace. With the defaults a
+    crashed member of a 10-member cluster is down at every peer within about 2 seconds
+    (simulated). A peer that finds itself slow stretches its probing (see ``_detector``).
 
     Gossip is eager only while there is news: a peer that learns or writes something gossips
     with ``fanout`` members every ``gossip_interval`` for about ``log2 N`` rounds, so news reaches
@@ -44,7 +45,8 @@ class GossipConfig:
         and half as much again for a second exchange and the indirect probes, together.
       indirect_probes: members asked to probe a member this peer could not reach (0: none).
       suspicion_mult: the suspicion timeout, in probe intervals, at 10 members or fewer (times
-        ``log10 N`` above); unconfirmed suspicions wait four times as long.
+        ``log10 N`` above), for a member that refuses connections; one that only leaves probes
+        unanswered is given four times as long.
       max_delta_bytes: the byte budget of one gossip delta (at least 1024).
       max_digest_bytes: the byte budget of the digest entries one gossip message lists (at
         least 256): in a reply, the entries of the buckets whose hashes differ, a rotating
@@ -95,9 +97,9 @@ class GossipConfig:
     replicas: int = DEFAULT_REPLICAS  # N: owners per partition
 
     def suspicion_timeouts(self, members: int) -> tuple[float, float]:
-        """The shortest (confirmed) and longest (unconfirmed) suspicion of a cluster of
-        ``members``: SWIM's (memberlist's) ``mult * interval * max(1, log10 N)``, so a verdict
-        waits for the suspicion to reach the member (which refutes it) in O(log N) rounds.
+        """The suspicion timeouts of a cluster of ``members``: the short one (probes refused:
+        nothing listens) is SWIM's (memberlist's) ``mult * interval * max(1, log10 N)``, the
+        long one (probes unanswered: slow, or cut off) four times that.
 
         Args:
           members: the cluster's size as this peer sees it.
