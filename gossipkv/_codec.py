@@ -18,7 +18,19 @@ from typing import Any
 import cbor2
 
 from ._errors import DecodeError
-from ._messages import MESSAGE_TYPES, DigestEntry, Envelope, Kind, Message
+from ._messages import (
+    MAX_BATCH_OPS,
+    MESSAGE_TYPES,
+    BatchError,
+    DigestEntry,
+    Envelope,
+    Kind,
+    Message,
+    ReplicaBatch,
+    ReplicaBatchReply,
+    ReplicaGet,
+    ReplicaPut,
+)
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 MAX_DEPTH = 64
@@ -537,6 +549,90 @@ def _enc_digest_entry(value: Any) -> Any:
 
 _generic_digest_entry, _ = _dataclass_codec(DigestEntry)
 _CODECS[DigestEntry] = (_dec_digest_entry, _enc_digest_entry)
+
+
+# A replica batch is a bounded list of gets and puts, told apart by their length: its count is
+# checked before any op is decoded, and each op with a type test per field.
+
+
+def _batch_count(raw: Any, where: _Where, name: str) -> None:
+    if type(raw) is not list:
+        raise DecodeError("bad_shape", f"{_path(where)}: {name} must be an array")
+    if not 1 <= len(raw) <= MAX_BATCH_OPS:
+        raise DecodeError(
+            "bad_batch", f"{_path(where)}: {name} holds {len(raw)} ops, not 1..{MAX_BATCH_OPS}"
+        )
+
+
+def _dec_replica_batch(raw: Any, where: _Where) -> Any:
+    if type(raw) is not list or len(raw) != 1:
+        raise DecodeError("bad_shape", f"{_path(where)}: ReplicaBatch takes 1 field")
+    items = raw[0]
+    _batch_count(items, (where, "ops"), "a batch")
+    ops: list[ReplicaGet | ReplicaPut] = []
+    for i, item in enumerate(items):
+        if type(item) is list and type(item[0] if item else None) is str:
+            n = len(item)
+            if n == 1:
+                ops.append(ReplicaGet(item[0]))
+                continue
+            if n <= 3 and type(item[1]) is bytes and (n == 2 or type(item[2]) is str):
+                ops.append(ReplicaPut(item[0], item[1], item[2] if n == 3 else ""))
+                continue
+        raise DecodeError(
+            "bad_field", f"{_path(((where, 'ops'), i))}: not [key] or [key, clock, hint_for]"
+        )
+    return ReplicaBatch(tuple(ops))
+
+
+def _enc_replica_batch(value: Any) -> Any:
+    return [
+        [
+            [op.key]
+            if type(op) is ReplicaGet
+            else [op.key, op.clock, op.hint_for]
+            if op.hint_for
+            else [op.key, op.clock]
+            for op in value.ops
+        ]
+    ]
+
+
+_dec_batch_error, _enc_batch_error = _dataclass_codec(BatchError)
+
+
+def _dec_replica_batch_reply(raw: Any, where: _Where) -> Any:
+    if type(raw) is not list or not 1 <= len(raw) <= 2:
+        raise DecodeError("bad_shape", f"{_path(where)}: ReplicaBatchReply takes 1..2 fields")
+    clocks = raw[0]
+    _batch_count(clocks, (where, "clocks"), "a batch reply")
+    for i, clock in enumerate(clocks):
+        if clock is not None and type(clock) is not bytes:
+            raise DecodeError("bad_field", f"{_path(((where, 'clocks'), i))}: expected bytes")
+    errors: tuple[BatchError, ...] = ()
+    if len(raw) == 2:
+        listed = raw[1]
+        if type(listed) is not list or len(listed) > len(clocks):
+            raise DecodeError("bad_batch", f"{_path(where)}.errors: more errors than ops")
+        errors = tuple(_dec_batch_error(e, ((where, "errors"), i)) for i, e in enumerate(listed))
+        if len({e.index for e in errors}) != len(errors) or not all(
+            0 <= e.index < len(clocks) for e in errors
+        ):
+            raise DecodeError(
+                "bad_batch", f"{_path(where)}.errors: an index repeats or is out of range"
+            )
+    return ReplicaBatchReply(tuple(clocks), errors)
+
+
+def _enc_replica_batch_reply(value: Any) -> Any:
+    clocks = list(value.clocks)
+    if not value.errors:
+        return [clocks]
+    return [clocks, [_enc_batch_error(e) for e in value.errors]]
+
+
+_CODECS[ReplicaBatch] = (_dec_replica_batch, _enc_replica_batch)
+_CODECS[ReplicaBatchReply] = (_dec_replica_batch_reply, _enc_replica_batch_reply)
 
 for _cls in MESSAGE_TYPES.values():
     _dataclass_codec(_cls)
