@@ -493,6 +493,21 @@ def _identity(value: Any) -> Any:
 _CODECS: dict[type, tuple[_Decoder, _Encoder]] = {}
 
 
+_SCALARS = (int, str, bytes, bool, float)
+
+
+def _plain_type(hint: Any) -> tuple[type | None, bool]:
+    """For a field encoded as itself: the scalar type it must have (``None`` for ``object``,
+    which still needs :func:`_any_value`), and whether ``None`` is allowed too."""
+    if hint in _SCALARS or hint is object:
+        return (None if hint is object else hint), False
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) == 1 and (members[0] in _SCALARS or members[0] is object):
+            return (None if members[0] is object else members[0]), True
+    raise LookupError
+
+
 def _dataclass_codec(cls: type) -> tuple[_Decoder, _Encoder]:
     if cls in _CODECS:
         return _CODECS[cls]
@@ -524,8 +539,49 @@ def _dataclass_codec(cls: type) -> tuple[_Decoder, _Encoder]:
     def enc(value: Any) -> Any:
         return [fenc(getattr(value, fname)) for fname, _, fenc in parts]
 
-    _CODECS[cls] = (dec, enc)
-    return dec, enc
+    fast_dec, fast_enc = _compiled(cls, [(n, hints[n], d) for n, d, _ in parts], dec)
+    _CODECS[cls] = (fast_dec, fast_enc or enc)
+    return _CODECS[cls]
+
+
+def _compiled(
+    cls: type, fields: list[tuple[str, Any, _Decoder]], generic: _Decoder
+) -> tuple[_Decoder, _Encoder | None]:
+    """A decoder specialised for ``cls`` (as ``dataclasses`` makes ``__init__``): a frame with
+    every field present has each scalar field checked by one inline type test, and only what
+    fails one (to raise, or to turn an int into a float) or is not a scalar goes through its
+    field decoder; anything else takes ``generic``. When every field is encoded as itself, an
+    encoder that lists them without a call per field (else ``None``)."""
+    names = [f"f{i}" for i in range(len(fields))]
+    env: dict[str, Any] = {"cls": cls, "generic": generic}
+    lines = ["def dec(raw, where):", f"    if type(raw) is not list or len(raw) != {len(fields)}:"]
+    lines += ["        return generic(raw, where)"]
+    if fields:
+        lines.append(f"    {', '.join(names)}, = raw")
+    plain = True
+    for i, (fname, hint, fdec) in enumerate(fields):
+        var, call = names[i], f"d{i}({names[i]}, (where, {fname!r}))"
+        env[f"d{i}"] = fdec
+        try:
+            expected, optional = _plain_type(hint)
+        except LookupError:
+            plain = plain and typing.get_origin(hint) is dict
+            lines.append(f"    {var} = {call}")
+            continue
+        if expected is None:  # object: checked by _any_value, which returns scalars at once
+            lines.append(f"    {var} = {call}")
+            continue
+        env[f"t{i}"] = expected
+        test = f"type({var}) is not t{i}" + (f" and {var} is not None" if optional else "")
+        lines.append(f"    if {test}:")
+        lines.append(f"        {var} = {call}")
+    lines.append(f"    return cls({', '.join(names)})")
+    code = "\n".join(lines)
+    if plain:
+        listed = ", ".join(f"value.{fname}" for fname, _, _ in fields)
+        code += f"\ndef enc(value):\n    return [{listed}]"
+    exec(compile(code, f"<codec of {cls.__name__}>", "exec"), env)
+    return env["dec"], env.get("enc")
 
 
 def _dec_digest_entry(raw: Any, where: _Where) -> Any:

@@ -35,7 +35,9 @@ from gossipkv._messages import (
     Envelope,
     Hello,
     Kind,
+    KvPut,
     KvResult,
+    LeaveRequest,
     Message,
     ReplicaBatch,
     ReplicaBatchReply,
@@ -277,6 +279,23 @@ def test_bad_envelopes(frame: object) -> None:
     with pytest.raises(DecodeError) as info:
         decode(cbor2.dumps(frame))
     assert info.value.reason == "bad_shape"
+
+
+def test_the_compiled_decoders_check_every_field_as_the_generic_ones() -> None:
+    # An int where a float is expected is taken as a float; a bool is never an int.
+    leave = decode(cbor2.dumps([0, 1, "leave", [5, True]])).message
+    assert leave == LeaveRequest(5.0, True) and type(leave.timeout) is float
+    with pytest.raises(DecodeError, match=r"leave\.force: expected bool"):
+        decode(cbor2.dumps([0, 1, "leave", [5.0, 1]]))
+    with pytest.raises(DecodeError, match=r"kv_put\.context: expected bytes"):
+        decode(cbor2.dumps([0, 1, "kv_put", ["k", 1, "ctx", 0, "", 0, False, False]]))
+    put = decode(
+        cbor2.dumps([0, 1, "kv_put", ["k", [1, {"a": None}], None, 0, "", 0, False, False]])
+    )
+    assert put.message == KvPut("k", [1, {"a": None}], None)
+    with pytest.raises(DecodeError, match=r"kv_put\.value: set is not a plain") as info:
+        _codec._CODECS[KvPut][0](["k", {1, 2}, None, 0, "", 0, False, False], "kv_put")
+    assert info.value.reason == "bad_field"
 
 
 # --- replica batches --------------------------------------------------------------------------
