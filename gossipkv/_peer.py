@@ -375,6 +375,8 @@ class Channel:
         # in ``_unsent`` until packed, and against ``_max_queued`` like a frame.
         self._batch_requests = batch_requests
         self._batchable: list[tuple[int, ReplicaGet | ReplicaPut, int]] = []
+        # The batch frame each op in flight travels in (its waiter is dropped with its last op).
+        self._batch_of: dict[int, int] = {}
         self.closed = False
         self._closed_event = trio.Event()
 
@@ -533,6 +535,7 @@ class Channel:
         waiters = self._waiters
         if kind is Kind.ERROR:
             for rid, _ in group:
+                self._batch_of.pop(rid, None)
                 waiter = waiters.pop(rid, None)
                 if waiter is not None:
                     waiter.kind, waiter.message = kind, message
@@ -542,7 +545,9 @@ class Channel:
             got = len(message.clocks) if isinstance(message, ReplicaBatchReply) else message.TAG
             raise DecodeError("bad_batch", f"a batch of {len(group)} ops answered with {got}")
         errors = {e.index: e for e in message.errors} if message.errors else None
+        batch_of = self._batch_of
         for i, (rid, sent) in enumerate(group):
+            batch_of.pop(rid, None)
             waiter = waiters.pop(rid, None)
             if waiter is None:
                 continue  # cancelled
@@ -674,6 +679,8 @@ class Channel:
                 self._enqueue_request(rid, message)
             return
         self._waiters[batch_id] = _Waiter(batch=group)
+        for rid, _ in group:
+            self._batch_of[rid] = batch_id
         self._enqueue(payload)
 
     def _enqueue_request(self, request_id: int, message: Message) -> None:
@@ -764,8 +771,15 @@ class Channel:
         return self._register(message, _Waiter(callback=callback))
 
     def cancel(self, request_id: int) -> None:
-        """Forget a request started with :meth:`request_nowait` (a late reply is dropped)."""
+        """Forget a request started with :meth:`request_nowait` (a late reply is dropped); a
+        batch whose ops are all forgotten is forgotten too."""
         self._waiters.pop(request_id, None)
+        batch_id = self._batch_of.pop(request_id, None)
+        if batch_id is not None:
+            batch = self._waiters.get(batch_id)
+            if batch is not None and batch.batch is not None:
+                if not any(rid in self._waiters for rid, _ in batch.batch):
+                    del self._waiters[batch_id]
 
     def _register(self, message: Message, waiter: _Waiter) -> int:
         if self.closed:
@@ -796,6 +810,7 @@ class Channel:
             self._counters.on_drain()
         self._queue.clear()
         self._batchable.clear()
+        self._batch_of.clear()
         self._writer_lot.unpark_all()
         self._room_lot.unpark_all()
         self._flushed.set()

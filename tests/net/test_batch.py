@@ -204,10 +204,10 @@ async def test_a_malformed_batch_closes_the_connection_and_is_counted(
 
 @asynccontextmanager
 async def _scripted(
-    answer: Callable[[Message], Message],
+    answer: Callable[[Message], Message | None],
 ) -> AsyncIterator[tuple[Channel, TransportCounters, list[Message]]]:
-    """A channel to a replica that answers each request with ``answer(request)``; the requests
-    it received are listed."""
+    """A channel to a replica that answers each request with ``answer(request)`` (``None``: no
+    answer); the requests it received are listed."""
     net = SimNetwork("batch")
     received: list[Message] = []
 
@@ -225,6 +225,8 @@ async def _scripted(
                 envelope = _codec.decode(await conn.receive())
                 received.append(envelope.message)
                 reply = answer(envelope.message)
+                if reply is None:
+                    continue
                 kind = Kind.ERROR if isinstance(reply, ErrorReply) else Kind.RESPONSE
                 await conn.send(_codec.encode(kind, envelope.request_id, reply))
         except ConnectionClosed:
@@ -305,6 +307,29 @@ async def test_an_error_reply_to_a_batch_fails_each_op(
         for outcome in replies.got.values():
             assert isinstance(outcome, RemoteError) and outcome.code == "forbidden", outcome
         assert not channel.closed and not channel._waiters
+
+
+async def test_a_batch_whose_ops_are_all_cancelled_is_forgotten(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    never = trio.Event()
+
+    def silent(message: Message) -> Message | None:
+        return None  # never answers
+
+    async with _scripted(silent) as (channel, counters, received):
+        replies = _Replies()
+        ids = [channel.request_nowait(ReplicaGet(key), replies.to(key)) for key in "abc"]
+        with trio.move_on_after(1):
+            await never.wait()  # the batch went out; no answer comes
+        assert [type(m) for m in received] == [ReplicaBatch]
+        channel.cancel(ids[0])
+        assert len(channel._waiters) == 3, "two ops (and their batch) still wait"
+        for request_id in ids[1:]:
+            channel.cancel(request_id)
+        assert not channel._waiters and not channel._batch_of
+        assert not replies.got and not channel.closed
+        del counters
 
 
 def test_the_reply_carries_clocks_up_to_its_budget() -> None:
