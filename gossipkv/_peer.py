@@ -750,6 +750,11 @@ class Channel:
         :class:`RemoteError` for an error reply, or :class:`ConnectionClosed`. It is called at most
         once, and never after :meth:`cancel`. Returns the request id.
 
+        A small ``ReplicaGet`` or ``ReplicaPut`` is not encoded here: it waits for the writer
+        with the others pending for this channel, and they go out together (see
+        ``batch_requests``); its callback gets a ``ReplicaState`` (or the error its op met) as if
+        it had travelled alone.
+
         Raises:
           ConnectionClosed: the channel is already closed (the callback is not called).
           trio.WouldBlock: the send queue is full, by frames or bytes (a peer that does not drain
