@@ -18,7 +18,19 @@ from typing import Any
 import cbor2
 
 from ._errors import DecodeError
-from ._messages import MESSAGE_TYPES, DigestEntry, Envelope, Kind, Message
+from ._messages import (
+    MAX_BATCH_OPS,
+    MESSAGE_TYPES,
+    BatchError,
+    DigestEntry,
+    Envelope,
+    Kind,
+    Message,
+    ReplicaBatch,
+    ReplicaBatchReply,
+    ReplicaGet,
+    ReplicaPut,
+)
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 MAX_DEPTH = 64
@@ -481,6 +493,21 @@ def _identity(value: Any) -> Any:
 _CODECS: dict[type, tuple[_Decoder, _Encoder]] = {}
 
 
+_SCALARS = (int, str, bytes, bool, float)
+
+
+def _plain_type(hint: Any) -> tuple[type | None, bool]:
+    """For a field encoded as itself: the scalar type it must have (``None`` for ``object``,
+    which still needs :func:`_any_value`), and whether ``None`` is allowed too."""
+    if hint in _SCALARS or hint is object:
+        return (None if hint is object else hint), False
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) == 1 and (members[0] in _SCALARS or members[0] is object):
+            return (None if members[0] is object else members[0]), True
+    raise LookupError
+
+
 def _dataclass_codec(cls: type) -> tuple[_Decoder, _Encoder]:
     if cls in _CODECS:
         return _CODECS[cls]
@@ -512,8 +539,49 @@ def _dataclass_codec(cls: type) -> tuple[_Decoder, _Encoder]:
     def enc(value: Any) -> Any:
         return [fenc(getattr(value, fname)) for fname, _, fenc in parts]
 
-    _CODECS[cls] = (dec, enc)
-    return dec, enc
+    fast_dec, fast_enc = _compiled(cls, [(n, hints[n], d) for n, d, _ in parts], dec)
+    _CODECS[cls] = (fast_dec, fast_enc or enc)
+    return _CODECS[cls]
+
+
+def _compiled(
+    cls: type, fields: list[tuple[str, Any, _Decoder]], generic: _Decoder
+) -> tuple[_Decoder, _Encoder | None]:
+    """A decoder specialised for ``cls`` (as ``dataclasses`` makes ``__init__``): a frame with
+    every field present has each scalar field checked by one inline type test, and only what
+    fails one (to raise, or to turn an int into a float) or is not a scalar goes through its
+    field decoder; anything else takes ``generic``. When every field is encoded as itself, an
+    encoder that lists them without a call per field (else ``None``)."""
+    names = [f"f{i}" for i in range(len(fields))]
+    env: dict[str, Any] = {"cls": cls, "generic": generic}
+    lines = ["def dec(raw, where):", f"    if type(raw) is not list or len(raw) != {len(fields)}:"]
+    lines += ["        return generic(raw, where)"]
+    if fields:
+        lines.append(f"    {', '.join(names)}, = raw")
+    plain = True
+    for i, (fname, hint, fdec) in enumerate(fields):
+        var, call = names[i], f"d{i}({names[i]}, (where, {fname!r}))"
+        env[f"d{i}"] = fdec
+        try:
+            expected, optional = _plain_type(hint)
+        except LookupError:
+            plain = plain and typing.get_origin(hint) is dict
+            lines.append(f"    {var} = {call}")
+            continue
+        if expected is None:  # object: checked by _any_value, which returns scalars at once
+            lines.append(f"    {var} = {call}")
+            continue
+        env[f"t{i}"] = expected
+        test = f"type({var}) is not t{i}" + (f" and {var} is not None" if optional else "")
+        lines.append(f"    if {test}:")
+        lines.append(f"        {var} = {call}")
+    lines.append(f"    return cls({', '.join(names)})")
+    code = "\n".join(lines)
+    if plain:
+        listed = ", ".join(f"value.{fname}" for fname, _, _ in fields)
+        code += f"\ndef enc(value):\n    return [{listed}]"
+    exec(compile(code, f"<codec of {cls.__name__}>", "exec"), env)
+    return env["dec"], env.get("enc")
 
 
 def _dec_digest_entry(raw: Any, where: _Where) -> Any:
@@ -537,6 +605,90 @@ def _enc_digest_entry(value: Any) -> Any:
 
 _generic_digest_entry, _ = _dataclass_codec(DigestEntry)
 _CODECS[DigestEntry] = (_dec_digest_entry, _enc_digest_entry)
+
+
+# A replica batch is a bounded list of gets and puts, told apart by their length: its count is
+# checked before any op is decoded, and each op with a type test per field.
+
+
+def _batch_count(raw: Any, where: _Where, name: str) -> None:
+    if type(raw) is not list:
+        raise DecodeError("bad_shape", f"{_path(where)}: {name} must be an array")
+    if not 1 <= len(raw) <= MAX_BATCH_OPS:
+        raise DecodeError(
+            "bad_batch", f"{_path(where)}: {name} holds {len(raw)} ops, not 1..{MAX_BATCH_OPS}"
+        )
+
+
+def _dec_replica_batch(raw: Any, where: _Where) -> Any:
+    if type(raw) is not list or len(raw) != 1:
+        raise DecodeError("bad_shape", f"{_path(where)}: ReplicaBatch takes 1 field")
+    items = raw[0]
+    _batch_count(items, (where, "ops"), "a batch")
+    ops: list[ReplicaGet | ReplicaPut] = []
+    for i, item in enumerate(items):
+        if type(item) is list and type(item[0] if item else None) is str:
+            n = len(item)
+            if n == 1:
+                ops.append(ReplicaGet(item[0]))
+                continue
+            if n <= 3 and type(item[1]) is bytes and (n == 2 or type(item[2]) is str):
+                ops.append(ReplicaPut(item[0], item[1], item[2] if n == 3 else ""))
+                continue
+        raise DecodeError(
+            "bad_field", f"{_path(((where, 'ops'), i))}: not [key] or [key, clock, hint_for]"
+        )
+    return ReplicaBatch(tuple(ops))
+
+
+def _enc_replica_batch(value: Any) -> Any:
+    return [
+        [
+            [op.key]
+            if type(op) is ReplicaGet
+            else [op.key, op.clock, op.hint_for]
+            if op.hint_for
+            else [op.key, op.clock]
+            for op in value.ops
+        ]
+    ]
+
+
+_dec_batch_error, _enc_batch_error = _dataclass_codec(BatchError)
+
+
+def _dec_replica_batch_reply(raw: Any, where: _Where) -> Any:
+    if type(raw) is not list or not 1 <= len(raw) <= 2:
+        raise DecodeError("bad_shape", f"{_path(where)}: ReplicaBatchReply takes 1..2 fields")
+    clocks = raw[0]
+    _batch_count(clocks, (where, "clocks"), "a batch reply")
+    for i, clock in enumerate(clocks):
+        if clock is not None and type(clock) is not bytes:
+            raise DecodeError("bad_field", f"{_path(((where, 'clocks'), i))}: expected bytes")
+    errors: tuple[BatchError, ...] = ()
+    if len(raw) == 2:
+        listed = raw[1]
+        if type(listed) is not list or len(listed) > len(clocks):
+            raise DecodeError("bad_batch", f"{_path(where)}.errors: more errors than ops")
+        errors = tuple(_dec_batch_error(e, ((where, "errors"), i)) for i, e in enumerate(listed))
+        if len({e.index for e in errors}) != len(errors) or not all(
+            0 <= e.index < len(clocks) for e in errors
+        ):
+            raise DecodeError(
+                "bad_batch", f"{_path(where)}.errors: an index repeats or is out of range"
+            )
+    return ReplicaBatchReply(tuple(clocks), errors)
+
+
+def _enc_replica_batch_reply(value: Any) -> Any:
+    clocks = list(value.clocks)
+    if not value.errors:
+        return [clocks]
+    return [clocks, [_enc_batch_error(e) for e in value.errors]]
+
+
+_CODECS[ReplicaBatch] = (_dec_replica_batch, _enc_replica_batch)
+_CODECS[ReplicaBatchReply] = (_dec_replica_batch_reply, _enc_replica_batch_reply)
 
 for _cls in MESSAGE_TYPES.values():
     _dataclass_codec(_cls)

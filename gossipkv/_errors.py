@@ -26,7 +26,8 @@ class DecodeError(GossipKVError):
       reason: a short machine-readable tag, also the dropped-frame counter's key:
         ``too_large``, ``truncated``, ``bad_cbor``, ``too_deep``, ``too_complex`` (it would
         decode into more memory than the codec allows for its size), ``bad_shape``,
-        ``unknown_type``, ``bad_field``. A transport raises ``frame_timeout`` when a frame's
+        ``unknown_type``, ``bad_field``, ``bad_batch`` (a replica batch of no or too many ops,
+        or a reply that does not answer the batch it was sent for). A transport raises ``frame_timeout`` when a frame's
         body does not arrive in time (counted as a refusal, not a dropped frame).
     """
 

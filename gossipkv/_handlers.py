@@ -22,6 +22,7 @@ from ._hlc import HybridClock
 from ._kv import GetResult, KeyValueService, PutResult
 from ._messages import (
     Ack,
+    BatchError,
     ConfigRequest,
     KeysRequest,
     KvGet,
@@ -41,8 +42,11 @@ from ._messages import (
     RemoveRequest,
     RepairRequest,
     ReplaceRequest,
+    ReplicaBatch,
+    ReplicaBatchReply,
     ReplicaGet,
     ReplicaPut,
+    ReplicaState,
     Reply,
     RestoreRequest,
     RingRequest,
@@ -59,13 +63,17 @@ from ._messages import (
     WatchRequest,
 )
 from ._operator import Operator
-from ._peer import DEFERRED, Channel, Deferred
+from ._peer import DEFERRED, Channel, Deferred, reply_for_exception
 from ._router import Audience, Respond, Route, route
 from ._statistics import NodeStatistics, statistics_body
 from ._subscriptions import Subscriptions
 from ._toolbox import Toolbox
 from .membership._gossiper import Gossiper, MemberView
 from .transport._base import Transport
+
+#: The clocks one ``ReplicaBatchReply`` carries at most (bytes; the first always fits): an op
+#: past it is answered ``batch_full``, and its coordinator asks again with that op alone.
+BATCH_REPLY_BYTES = 1024 * 1024
 
 
 class RequestHandlers:
@@ -147,6 +155,12 @@ class RequestHandlers:
                 route(KvPut, anyone, request=data, nowait=data_nowait),
                 route(ReplicaGet, member, request=data, nowait=data_nowait),
                 route(ReplicaPut, member, request=data, nowait=data_nowait),
+                route(
+                    ReplicaBatch,
+                    member,
+                    request=self._serve_batch,
+                    nowait=self._serve_batch_nowait,
+                ),
                 route(PartitionFetch, member, request=self._serve_partition_fetch),
                 route(TombstoneCheck, member, request=self._serve_tombstone_check),
                 route(TreeRoot, member, request=self._serve_tree),
@@ -230,6 +244,50 @@ class RequestHandlers:
             kv.start_put(message, partial(_answer_put, respond))
             return DEFERRED
         return kv.handle_nowait(message)
+
+    def _serve_batch_nowait(
+        self, channel: Channel, message: ReplicaBatch, respond: Respond
+    ) -> Message | Deferred | None:
+        """A replica batch in the reader: every op an in-memory replica answers at once is
+        answered now; when some must wait (a key being written, a hint to keep, a disk engine),
+        those finish in a task and the whole batch is answered then."""
+        if not self._transport.runnable() or self._checking():
+            return None
+        kv = self._service()
+        results: list[Message | Exception | None] = []
+        waiting = False
+        for op in message.ops:
+            answer: Message | Exception | None
+            try:
+                answer = kv.handle_nowait(op)
+            except Exception as exc:
+                answer = exc
+            waiting = waiting or answer is None
+            results.append(answer)
+        if not waiting:
+            return batch_reply(message, results, channel.remote.node_id)
+        self._nursery().start_soon(self._finish_batch, kv, channel, message, results, respond)
+        return DEFERRED
+
+    async def _finish_batch(
+        self,
+        kv: KeyValueService,
+        channel: Channel,
+        message: ReplicaBatch,
+        results: list[Message | Exception | None],
+        respond: Respond,
+    ) -> None:
+        try:
+            await _complete_batch(kv, message, results)
+        except BaseException as exc:
+            respond(exc)
+            raise
+        respond(batch_reply(message, results, channel.remote.node_id))
+
+    async def _serve_batch(self, channel: Channel, message: ReplicaBatch) -> Message:
+        results: list[Message | Exception | None] = [None] * len(message.ops)
+        await _complete_batch(self._data_service(), message, results)
+        return batch_reply(message, results, channel.remote.node_id)
 
     async def _serve_partition_fetch(self, channel: Channel, message: PartitionFetch) -> Message:
         return await self._data_service().transfer_source.handle(channel.remote.node_id, message)
@@ -339,6 +397,63 @@ def members_body(self_name: str, leader: str | None, rows: list[MemberView]) -> 
             for r in rows
         ],
     }
+
+
+async def _complete_batch(
+    kv: KeyValueService, message: ReplicaBatch, results: list[Message | Exception | None]
+) -> None:
+    """Answer the ops of a batch that have no result yet, concurrently (a log engine commits
+    their writes together)."""
+
+    async def one(index: int, op: ReplicaGet | ReplicaPut) -> None:
+        try:
+            results[index] = await kv.handle(op)
+        except Exception as exc:
+            results[index] = exc
+
+    async with trio.open_nursery() as nursery:
+        for index, op in enumerate(message.ops):
+            if results[index] is None:
+                nursery.start_soon(one, index, op)
+
+
+def batch_reply(
+    batch: ReplicaBatch, results: list[Message | Exception | None], remote: str
+) -> ReplicaBatchReply:
+    """The reply to ``batch`` from each op's answer (a ``ReplicaState``) or exception.
+
+    Args:
+      batch: the request.
+      results: one per op, in order.
+      remote: who asked (logged with an unexpected error).
+
+    Returns:
+      Each op's clock, or an error with what its own error reply would say; clocks past
+      ``BATCH_REPLY_BYTES`` (after the first) are left out and answered ``batch_full``.
+    """
+    clocks: list[bytes | None] = []
+    errors: list[BatchError] = []
+    room = BATCH_REPLY_BYTES
+    for index, (op, result) in enumerate(zip(batch.ops, results, strict=True)):
+        if isinstance(result, ReplicaState):
+            clock = result.clock
+            if clock is not None:
+                if len(clock) > room and room < BATCH_REPLY_BYTES:
+                    errors.append(BatchError(index, "batch_full", "no room left in the batch"))
+                    clocks.append(None)
+                    continue
+                room -= len(clock)
+            clocks.append(clock)
+            continue
+        if isinstance(result, GossipKVError):
+            result = _as_remote(result)
+        elif not isinstance(result, Exception):
+            what = "no answer" if result is None else f"unexpected answer {result.TAG}"
+            result = RemoteError("internal", what)
+        error = reply_for_exception(op, result, remote)
+        errors.append(BatchError(index, error.code, error.message))
+        clocks.append(None)
+    return ReplicaBatchReply(tuple(clocks), tuple(errors))
 
 
 def _as_remote(exc: GossipKVError) -> RemoteError:

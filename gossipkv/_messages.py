@@ -12,7 +12,10 @@ import enum
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import ClassVar, NamedTuple
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
+
+#: The most replica requests one ``ReplicaBatch`` may carry (and answers its reply may hold).
+MAX_BATCH_OPS = 64
 
 
 class Kind(enum.IntEnum):
@@ -399,6 +402,38 @@ class ReplicaState(Message):
     clock: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaBatch(Message):
+    """Several replica requests to one member in one frame (1..``MAX_BATCH_OPS``), answered by
+    one :class:`ReplicaBatchReply`: what a coordinator had pending for that member in one turn
+    of its event loop. Each op is handled as if it came alone; on the wire a ``ReplicaGet`` is
+    ``[key]`` and a ``ReplicaPut`` ``[key, clock]`` or ``[key, clock, hint_for]``."""
+
+    TAG: ClassVar[str] = "replica_batch"
+    ops: tuple[ReplicaGet | ReplicaPut, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchError:
+    """The error one op of a :class:`ReplicaBatch` met (what its own error reply would say).
+    ``batch_full``: the reply had no room left for this op's clock; ask again on its own."""
+
+    index: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaBatchReply(Message):
+    """The answers to a :class:`ReplicaBatch`, in its order: each op's clock as a
+    :class:`ReplicaState` would carry it (``None`` for a put, or a key not found), and the ops
+    that failed (their ``clocks`` entry is ``None``)."""
+
+    TAG: ClassVar[str] = "replica_batch_reply"
+    clocks: tuple[bytes | None, ...]
+    errors: tuple[BatchError, ...] = ()
+
+
 # --- state watch ---------------------------------------------------------------------------
 
 
@@ -592,6 +627,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ReplicaGet,
         ReplicaPut,
         ReplicaState,
+        ReplicaBatch,
+        ReplicaBatchReply,
         WatchRequest,
         WatchEvent,
         TreeRoot,

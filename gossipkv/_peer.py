@@ -23,7 +23,20 @@ import trio
 
 from . import _codec
 from ._errors import ConnectionClosed, DecodeError, HandshakeError, RemoteError
-from ._messages import PROTOCOL_VERSION, ErrorReply, Hello, Kind, Message, Refused
+from ._messages import (
+    MAX_BATCH_OPS,
+    PROTOCOL_VERSION,
+    ErrorReply,
+    Hello,
+    Kind,
+    Message,
+    Refused,
+    ReplicaBatch,
+    ReplicaBatchReply,
+    ReplicaGet,
+    ReplicaPut,
+    ReplicaState,
+)
 from .transport._base import Connection, SendStalled
 from .transport._tls import TLSHandshakeFailed
 
@@ -67,6 +80,11 @@ class TransportCounters:
 
 ReplyCallback = Callable[[Message | BaseException], None]
 _MAX_BATCH = 256  # frames per write
+#: A replica request larger than this (by a cheap upper bound) always travels alone...
+_BATCH_OP_BYTES = 8 * 1024
+#: ...and a batch stays below this, so it never waits for the receiver's budget of large frames
+#: (``SMALL_FRAME``) nor for the decode cost guard (``GUARD_THRESHOLD``).
+_BATCH_BYTES = 60 * 1024
 
 
 class Deferred:
@@ -87,6 +105,8 @@ class _Waiter:
     callback: ReplyCallback | None = None
     kind: Kind | None = None
     message: Message | None = None
+    #: A batch frame's waiter: the ids and requests of the ops it carries, in order.
+    batch: list[tuple[int, ReplicaGet | ReplicaPut]] | None = None
 
 
 def reply_for_exception(message: Message, exc: Exception, remote: str) -> ErrorReply:
@@ -114,6 +134,13 @@ class _Responder:
         channel, self._channel = self._channel, None
         if channel is not None:
             channel._respond(self._request_id, self._message, reply)
+
+
+def _size_bound(message: ReplicaGet | ReplicaPut) -> int:
+    """An upper bound of a replica request's encoded size, without encoding it."""
+    if type(message) is ReplicaPut:
+        return 4 * (len(message.key) + len(message.hint_for)) + len(message.clock) + 32
+    return 4 * len(message.key) + 16
 
 
 def _outcome(waiter: _Waiter, remote: str) -> Message | BaseException:
@@ -292,6 +319,10 @@ class Channel:
       idle_timeout: close the channel after this many seconds without receiving a frame, with
         no request in flight either way and no subscription (see :attr:`subscriptions`);
         counted as the refusal ``idle_timeout``.
+      batch_requests: whether small ``ReplicaGet``/``ReplicaPut`` requests started with
+        :meth:`request_nowait` travel together: those pending when the writer is free go out
+        as one ``ReplicaBatch`` frame (at most ``MAX_BATCH_OPS`` ops and 60 KiB; one alone goes
+        as itself). Nothing waits for a batch to fill.
 
     Attributes:
       subscriptions: watch subscriptions served over this channel (kept by the node); a channel
@@ -312,6 +343,7 @@ class Channel:
         max_outbound_bytes: int = 8 * 1024 * 1024,
         idle_timeout: float = math.inf,
         refuse: Callable[[Message], str | None] | None = None,
+        batch_requests: bool = True,
     ) -> None:
         self.conn = conn
         self.remote = remote
@@ -339,6 +371,12 @@ class Channel:
         self._flushed = trio.Event()
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
+        # Batchable requests not yet packed into frames: (id, request, size bound). Each counts
+        # in ``_unsent`` until packed, and against ``_max_queued`` like a frame.
+        self._batch_requests = batch_requests
+        self._batchable: list[tuple[int, ReplicaGet | ReplicaPut, int]] = []
+        # The batch frame each op in flight travels in (its waiter is dropped with its last op).
+        self._batch_of: dict[int, int] = {}
         self.closed = False
         self._closed_event = trio.Event()
 
@@ -452,6 +490,14 @@ class Channel:
                 if waiter is None:
                     self._counters.dropped["unexpected_response"] += 1
                     continue
+                if waiter.batch is not None:
+                    try:
+                        self._unbatch(waiter.batch, kind, message)
+                    except DecodeError as exc:
+                        self._counters.count_decode_error(exc)
+                        log.warning("closing connection to %s: %s", remote, exc)
+                        return
+                    continue
                 waiter.kind, waiter.message = kind, message
                 self._wake(waiter)
             else:
@@ -466,12 +512,55 @@ class Channel:
         if waiter.event is not None:
             waiter.event.set()
         elif waiter.callback is not None:
-            try:
-                waiter.callback(_outcome(waiter, self.conn.remote_address))
-            except Exception:
-                # The callback belongs to this peer; its bug must not end the connection.
-                self._counters.dropped["callback_error"] += 1
-                log.exception("reply callback for %s failed", self.conn.remote_address)
+            self._tell(waiter.callback, _outcome(waiter, self.conn.remote_address))
+
+    def _tell(self, callback: ReplyCallback, outcome: Message | BaseException) -> None:
+        try:
+            callback(outcome)
+        except Exception:
+            # The callback belongs to this peer; its bug must not end the connection.
+            self._counters.dropped["callback_error"] += 1
+            log.exception("reply callback for %s failed", self.conn.remote_address)
+
+    def _unbatch(
+        self, group: list[tuple[int, ReplicaGet | ReplicaPut]], kind: Kind, message: Message
+    ) -> None:
+        """Hand each op of a batch its part of the reply (an error reply goes to all of them);
+        an op the reply had no room for is sent again on its own, under the same id.
+
+        Raises:
+          DecodeError: ``bad_batch``: the reply does not answer this batch (nothing is handed
+            out; the caller closes the channel, which fails every op still waiting).
+        """
+        waiters = self._waiters
+        if kind is Kind.ERROR:
+            for rid, _ in group:
+                self._batch_of.pop(rid, None)
+                waiter = waiters.pop(rid, None)
+                if waiter is not None:
+                    waiter.kind, waiter.message = kind, message
+                    self._wake(waiter)
+            return
+        if not isinstance(message, ReplicaBatchReply) or len(message.clocks) != len(group):
+            got = len(message.clocks) if isinstance(message, ReplicaBatchReply) else message.TAG
+            raise DecodeError("bad_batch", f"a batch of {len(group)} ops answered with {got}")
+        errors = {e.index: e for e in message.errors} if message.errors else None
+        batch_of = self._batch_of
+        for i, (rid, sent) in enumerate(group):
+            batch_of.pop(rid, None)
+            waiter = waiters.pop(rid, None)
+            if waiter is None:
+                continue  # cancelled
+            error = errors.get(i) if errors is not None else None
+            if error is None:
+                waiter.kind, waiter.message = Kind.RESPONSE, ReplicaState(message.clocks[i])
+            elif error.code == "batch_full" and not self.closed:
+                waiters[rid] = waiter
+                self._enqueue_request(rid, sent)
+                continue
+            else:
+                waiter.kind, waiter.message = Kind.ERROR, ErrorReply(error.code, error.message)
+            self._wake(waiter)
 
     def _respond(self, request_id: int, message: Message, reply: Message | BaseException) -> None:
         """Queue the answer to a request the reader took (releases its slot); never raises."""
@@ -515,6 +604,8 @@ class Channel:
     async def _write_loop(self, scope: trio.CancelScope) -> None:
         try:
             while not self.closed:
+                if self._batchable:
+                    self._pack()
                 if not self._queue:
                     await self._writer_lot.park()
                     # Let the tasks already runnable queue their frames too: one write for all
@@ -550,6 +641,61 @@ class Channel:
         self._mark_closed()
         scope.cancel()
 
+    def _pack(self) -> None:
+        """Turn the pending batchable requests into frames: batches of up to ``MAX_BATCH_OPS``
+        ops and ``_BATCH_BYTES``, a request alone as itself; cancelled ones are not sent."""
+        pending, self._batchable = self._batchable, []
+        self._unsent -= len(pending)
+        waiters = self._waiters
+        group: list[tuple[int, ReplicaGet | ReplicaPut]] = []
+        size = 0
+        for rid, message, bound in pending:
+            if rid not in waiters:
+                continue
+            if group and (len(group) >= MAX_BATCH_OPS or size + bound > _BATCH_BYTES):
+                self._send_group(group)
+                group, size = [], 0
+            group.append((rid, message))
+            size += bound
+        if group:
+            self._send_group(group)
+        if self._unsent == 0:  # all of them cancelled: nothing more to write
+            self._flushed.set()
+            self._flushed = trio.Event()
+
+    def _send_group(self, group: list[tuple[int, ReplicaGet | ReplicaPut]]) -> None:
+        if self.closed:
+            return  # a callback closed it meanwhile: _mark_closed failed the waiters
+        if len(group) == 1:
+            self._enqueue_request(*group[0])
+            return
+        batch_id = next(self._ids)
+        try:
+            payload = _codec.encode(
+                Kind.REQUEST, batch_id, ReplicaBatch(tuple(message for _, message in group))
+            )
+        except DecodeError:
+            for rid, message in group:  # each alone: only the one at fault fails
+                self._enqueue_request(rid, message)
+            return
+        self._waiters[batch_id] = _Waiter(batch=group)
+        for rid, _ in group:
+            self._batch_of[rid] = batch_id
+        self._enqueue(payload)
+
+    def _enqueue_request(self, request_id: int, message: Message) -> None:
+        """Queue a request whose waiter is registered already; one that cannot be encoded
+        fails its waiter instead."""
+        try:
+            payload = _codec.encode(Kind.REQUEST, request_id, message)
+        except DecodeError as exc:
+            waiter = self._waiters.pop(request_id, None)
+            if waiter is not None and waiter.callback is not None:
+                self._tell(waiter.callback, exc)
+            return
+        if not self.closed:
+            self._enqueue(payload)
+
     def _enqueue(self, payload: bytes) -> None:
         if self.closed:
             raise ConnectionClosed("connection is closed")
@@ -562,7 +708,10 @@ class Channel:
         self._writer_lot.unpark()
 
     def _full(self) -> bool:
-        return len(self._queue) >= self._max_queued or self._queued_bytes >= self._max_bytes
+        return (
+            len(self._queue) + len(self._batchable) >= self._max_queued
+            or self._queued_bytes >= self._max_bytes
+        )
 
     async def _wait_room(self) -> None:
         while self._full():
@@ -601,6 +750,11 @@ class Channel:
         :class:`RemoteError` for an error reply, or :class:`ConnectionClosed`. It is called at most
         once, and never after :meth:`cancel`. Returns the request id.
 
+        A small ``ReplicaGet`` or ``ReplicaPut`` is not encoded here: it waits for the writer
+        with the others pending for this channel, and they go out together (see
+        ``batch_requests``); its callback gets a ``ReplicaState`` (or the error its op met) as if
+        it had travelled alone.
+
         Raises:
           ConnectionClosed: the channel is already closed (the callback is not called).
           trio.WouldBlock: the send queue is full, by frames or bytes (a peer that does not drain
@@ -608,11 +762,29 @@ class Channel:
         """
         if self._full():
             raise trio.WouldBlock
+        if self._batch_requests and isinstance(message, (ReplicaGet, ReplicaPut)):
+            bound = _size_bound(message)
+            if bound <= _BATCH_OP_BYTES:
+                if self.closed:
+                    raise ConnectionClosed(f"connection to {self.conn.remote_address} is closed")
+                request_id = next(self._ids)
+                self._waiters[request_id] = _Waiter(callback=callback)
+                self._batchable.append((request_id, message, bound))
+                self._unsent += 1
+                self._writer_lot.unpark()
+                return request_id
         return self._register(message, _Waiter(callback=callback))
 
     def cancel(self, request_id: int) -> None:
-        """Forget a request started with :meth:`request_nowait` (a late reply is dropped)."""
+        """Forget a request started with :meth:`request_nowait` (a late reply is dropped); a
+        batch whose ops are all forgotten is forgotten too."""
         self._waiters.pop(request_id, None)
+        batch_id = self._batch_of.pop(request_id, None)
+        if batch_id is not None:
+            batch = self._waiters.get(batch_id)
+            if batch is not None and batch.batch is not None:
+                if not any(rid in self._waiters for rid, _ in batch.batch):
+                    del self._waiters[batch_id]
 
     def _register(self, message: Message, waiter: _Waiter) -> int:
         if self.closed:
@@ -642,6 +814,8 @@ class Channel:
         if self._counters.on_drain is not None:
             self._counters.on_drain()
         self._queue.clear()
+        self._batchable.clear()
+        self._batch_of.clear()
         self._writer_lot.unpark_all()
         self._room_lot.unpark_all()
         self._flushed.set()

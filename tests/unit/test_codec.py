@@ -28,7 +28,22 @@ from gossipkv._codec import (
     frame_length,
     loads_value,
 )
-from gossipkv._messages import MESSAGE_TYPES, Envelope, Hello, Kind, KvResult, Message
+from gossipkv._messages import (
+    MAX_BATCH_OPS,
+    MESSAGE_TYPES,
+    BatchError,
+    Envelope,
+    Hello,
+    Kind,
+    KvPut,
+    KvResult,
+    LeaveRequest,
+    Message,
+    ReplicaBatch,
+    ReplicaBatchReply,
+    ReplicaGet,
+    ReplicaPut,
+)
 
 # --- strategies built from the messages' own annotations (the codec's schema) ------------------
 
@@ -53,6 +68,23 @@ _VALUES: st.SearchStrategy[object] = st.recursive(
 
 def _strategy(hint: Any) -> st.SearchStrategy[Any]:
     origin = typing.get_origin(hint)
+    if hint is ReplicaBatch:  # 1..MAX_BATCH_OPS ops, gets and puts mixed
+        op = st.one_of(_strategy(ReplicaGet), _strategy(ReplicaPut))
+        return st.builds(ReplicaBatch, st.lists(op, min_size=1, max_size=4).map(tuple))
+    if hint is ReplicaBatchReply:  # an error names a distinct op of the batch
+        return st.lists(st.none() | st.binary(max_size=30), min_size=1, max_size=4).flatmap(
+            lambda clocks: st.builds(
+                ReplicaBatchReply,
+                st.just(tuple(clocks)),
+                st.lists(
+                    st.builds(
+                        BatchError, st.integers(0, len(clocks) - 1), st.text(max_size=9), st.text()
+                    ),
+                    max_size=len(clocks),
+                    unique_by=lambda e: e.index,
+                ).map(tuple),
+            )
+        )
     if hint is int:
         return _INTS
     if hint is str:
@@ -101,6 +133,7 @@ def _decode_or_decode_error(payload: bytes) -> None:
             "unknown_type",
             "bad_field",
             "too_complex",
+            "bad_batch",
         }, exc.reason
     else:
         assert isinstance(envelope.message, Message)
@@ -246,6 +279,79 @@ def test_bad_envelopes(frame: object) -> None:
     with pytest.raises(DecodeError) as info:
         decode(cbor2.dumps(frame))
     assert info.value.reason == "bad_shape"
+
+
+def test_the_compiled_decoders_check_every_field_as_the_generic_ones() -> None:
+    # An int where a float is expected is taken as a float; a bool is never an int.
+    leave = decode(cbor2.dumps([0, 1, "leave", [5, True]])).message
+    assert leave == LeaveRequest(5.0, True) and type(leave.timeout) is float
+    with pytest.raises(DecodeError, match=r"leave\.force: expected bool"):
+        decode(cbor2.dumps([0, 1, "leave", [5.0, 1]]))
+    with pytest.raises(DecodeError, match=r"kv_put\.context: expected bytes"):
+        decode(cbor2.dumps([0, 1, "kv_put", ["k", 1, "ctx", 0, "", 0, False, False]]))
+    put = decode(
+        cbor2.dumps([0, 1, "kv_put", ["k", [1, {"a": None}], None, 0, "", 0, False, False]])
+    )
+    assert put.message == KvPut("k", [1, {"a": None}], None)
+    with pytest.raises(DecodeError, match=r"kv_put\.value: set is not a plain") as info:
+        _codec._CODECS[KvPut][0](["k", {1, 2}, None, 0, "", 0, False, False], "kv_put")
+    assert info.value.reason == "bad_field"
+
+
+# --- replica batches --------------------------------------------------------------------------
+
+
+def test_a_batch_carries_gets_and_puts_in_order() -> None:
+    ops = (ReplicaPut("a", b"\x01"), ReplicaGet("b"), ReplicaPut("c", b"\x02", "n3"))
+    payload = encode(Kind.REQUEST, 9, ReplicaBatch(ops))
+    assert decode(payload) == Envelope(Kind.REQUEST, 9, ReplicaBatch(ops))
+    # On the wire a get is [key], a put [key, clock] or [key, clock, hint_for].
+    assert cbor2.loads(payload)[3] == [[["a", b"\x01"], ["b"], ["c", b"\x02", "n3"]]]
+
+
+@pytest.mark.parametrize("count", [0, MAX_BATCH_OPS + 1, 10_000])
+def test_a_batch_of_too_many_or_no_ops_is_refused_before_any_op_is_decoded(count: int) -> None:
+    # Every op but the first is malformed: the count is refused first, with its own reason.
+    ops: list[object] = [["k"]] + [[1, 2, 3, 4]] * (count - 1) if count else []
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps([0, 1, "replica_batch", [ops]]))
+    assert info.value.reason == "bad_batch"
+
+
+def test_the_largest_batch_is_accepted() -> None:
+    ops = tuple(ReplicaGet(f"k{i}") for i in range(MAX_BATCH_OPS))
+    assert decode(encode(Kind.REQUEST, 1, ReplicaBatch(ops))).message == ReplicaBatch(ops)
+
+
+@pytest.mark.parametrize(
+    "op",
+    [[], [1], ["k", "not bytes"], ["k", b"c", 3], ["k", b"c", "h", "extra"], "k", [None, b"c"]],
+)
+def test_a_malformed_op_is_refused(op: object) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps([0, 1, "replica_batch", [[["ok"], op]]]))
+    assert info.value.reason == "bad_field"
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ([[]], "bad_batch"),  # no answers
+        ([[None] * (MAX_BATCH_OPS + 1)], "bad_batch"),
+        ([[None, "text"]], "bad_field"),  # a clock is bytes or null
+        ([[None], [[0, "e", "m"], [0, "e", "m"]]], "bad_batch"),  # more errors than ops
+        ([[None, None], [[0, "e", "m"], [0, "e", "m"]]], "bad_batch"),  # an index twice
+        ([[None], [[1, "e", "m"]]], "bad_batch"),  # an index out of range
+        ([[None], [[-1, "e", "m"]]], "bad_batch"),
+        ([[None], [["0", "e", "m"]]], "bad_field"),
+        ([[None], "errors"], "bad_batch"),
+        ([[None], [], "extra"], "bad_shape"),
+    ],
+)
+def test_a_malformed_batch_reply_is_refused(fields: object, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(cbor2.dumps([1, 1, "replica_batch_reply", fields]))
+    assert info.value.reason == reason
 
 
 def test_tags_and_truncation_are_rejected() -> None:

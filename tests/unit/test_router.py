@@ -112,8 +112,8 @@ async def test_a_nodes_table_keeps_peer_traffic_to_members_and_operator_calls_to
     member_only = {k.__name__ for k, r in routes.items() if r.who is Audience.MEMBER}
     operator = {k.__name__ for k, r in routes.items() if r.who is Audience.OPERATOR}
     assert member_only == {
-        "Syn", "Ack", "ProbeRequest", "Shutdown", "ReplicaGet", "ReplicaPut", "PartitionFetch",
-        "TombstoneCheck", "TreeRoot", "TreeBranches", "TreeSegments", "TreeKeys",
+        "Syn", "Ack", "ProbeRequest", "Shutdown", "ReplicaGet", "ReplicaPut", "ReplicaBatch",
+        "PartitionFetch", "TombstoneCheck", "TreeRoot", "TreeBranches", "TreeSegments", "TreeKeys",
         "ReplaceRequest",
     }  # fmt: skip
     assert operator == {
