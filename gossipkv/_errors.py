@@ -15,6 +15,11 @@ class TransportError(GossipKVError):
     """A connection could not be made or was lost."""
 
 
+class ConnectionRefused(TransportError):
+    """Nothing listens at the address: every connection attempt was refused at once (a
+    crashed or stopped process; internal, callers catch :class:`TransportError`)."""
+
+
 class ConnectionClosed(TransportError):
     """The other end closed the connection (or it was closed locally)."""
 

@@ -18,11 +18,11 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from ._errors import DecodeError, HandshakeError, RemoteError, TransportError
+from ._errors import ConnectionRefused, DecodeError, HandshakeError, RemoteError, TransportError
 from ._histogram import LatencyHistogram
 from ._hlc import HybridClock
 from ._messages import ProbeRequest, ProbeResult, Syn, SynAck
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from ._kv import KeyValueService
 
 log = logging.getLogger("gossipkv.node")
+
+#: How one exchange ended: answered, refused (nothing listens there) or failed otherwise.
+Outcome = Literal["answered", "refused", "failed"]
 
 
 @dataclass(slots=True)
@@ -182,19 +185,23 @@ class MembershipRuntime:
         finally:
             self._inflight.discard(addr)
 
-    async def _exchange(self, addr: str, syn: Syn) -> bool:
-        """One exchange with ``addr`` (callers bound it); returns whether it answered."""
+    async def _exchange(self, addr: str, syn: Syn) -> Outcome:
+        """One exchange with ``addr`` (callers bound it): ``"answered"``, ``"refused"`` (the
+        connection was refused: nothing listens there) or ``"failed"`` (anything else)."""
         started = trio.current_time()
         try:
             channel = await self._channel_to(addr)
             reply = await channel.request(syn)
             if not isinstance(reply, SynAck):
-                return False
+                return "failed"
             self.gossip_latency.observe(trio.current_time() - started)
             ack = self._gossiper().on_syn_ack(reply, trio.current_time(), syn)
             if ack.delta or ack.wanted:
                 await channel.notify(ack)
-            return True
+            return "answered"
+        except ConnectionRefused as exc:
+            log.debug("gossip with %s failed: %r", addr, exc)
+            return "refused"
         except HandshakeError as exc:
             # Another cluster or protocol at a seed is a configuration error: say so, once a
             # minute (the refusal is retried every round).
@@ -206,12 +213,11 @@ class MembershipRuntime:
             # Whatever a peer sent us (an address that does not parse, say) must not stop the node.
             self._dropped["exchange_error"] += 1
             log.warning("gossip with %s failed unexpectedly: %r", addr, exc)
-        return False
+        return "failed"
 
-    async def _attempt(self, addr: str, syn: Syn) -> bool | None:
+    async def _attempt(self, addr: str, syn: Syn) -> Outcome | None:
         """One exchange with ``addr`` within the probe timeout (beside any other exchange with
-        it): True if answered, False if it failed at once (refused: nothing listens there),
-        None if no answer came in time."""
+        it): its outcome, or None if no answer came in time."""
         with trio.move_on_after(self._gossiper().probe_timeout()):
             return await self._exchange(addr, syn)
         return None
@@ -224,11 +230,13 @@ class MembershipRuntime:
         this peer's own loop must have been the slow one."""
         timeout = self._gossiper().probe_timeout()
         first = await self._attempt(addr, syn)
-        ok, refused = first is True, first is False
+        ok = first == "answered"
+        refused = False
         if not ok:
+            # The first exchange may have failed on a connection the member's crash just
+            # closed; a refusal counts only from a fresh connection, the second exchange's.
             helpers = self._gossiper().probe_helpers(node_id, self._rng)
-            ok, again = await self._second_chance(node_id, addr, syn, helpers)
-            refused = refused and again
+            ok, refused = await self._second_chance(node_id, addr, syn, helpers)
         await self._transport.wait_runnable()
         g = self._gossiper()
         now = trio.current_time()
@@ -244,16 +252,16 @@ class MembershipRuntime:
     ) -> tuple[bool, bool]:
         """Whether ``node_id`` answers a second exchange, or any of ``helpers`` reaches it (each
         with one exchange of its own), within one and a half probe timeouts; and whether the
-        second exchange was refused at once."""
+        second exchange's connection was refused (nothing listens there)."""
         answered = refused = False
 
         async def direct(cancel: trio.CancelScope) -> None:
             nonlocal answered, refused
-            if await self._exchange(addr, syn):
+            outcome = await self._exchange(addr, syn)
+            if outcome == "answered":
                 answered = True
                 cancel.cancel()
-            else:
-                refused = True
+            refused = outcome == "refused"
 
         async def ask(helper: str, cancel: trio.CancelScope) -> None:
             nonlocal answered
@@ -293,8 +301,8 @@ class MembershipRuntime:
         addr = g.address_of(request.target)
         if addr is None or request.target == g.node_id:
             return ProbeResult(False)
-        answered = await self._attempt(addr, replace(g.syn(), hlc=self._hlc.now()))
-        return ProbeResult(answered is True)
+        outcome = await self._attempt(addr, replace(g.syn(), hlc=self._hlc.now()))
+        return ProbeResult(outcome == "answered")
 
     async def evaluate_loop(self) -> None:
         # One timer for verdicts, leader duties and the event-loop watchdog, set for when the

@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 import trio
 
 from gossipkv._codec import DEFAULT_MAX_FRAME
-from gossipkv._errors import ConfigError, ConnectionClosed, DecodeError, TransportError
+from gossipkv._errors import (
+    ConfigError,
+    ConnectionClosed,
+    ConnectionRefused,
+    DecodeError,
+    TransportError,
+)
 from gossipkv._limits import SMALL_FRAME
 from gossipkv._types import Address
 from gossipkv.transport import Connection, Handler, Transport
@@ -350,7 +356,7 @@ class _SimTransport(Transport):
         self._check_alive()
         listener = net._listeners.get(dst)
         if listener is None or listener.process.crashed:
-            raise TransportError(f"cannot connect to {dst}: connection refused")
+            raise ConnectionRefused(f"cannot connect to {dst}: connection refused")
         client = _SimConnection(net, self._process, dst)
         server = _SimConnection(net, listener.process, src)
         client.peer, server.peer = server, client

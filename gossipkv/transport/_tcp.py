@@ -24,7 +24,13 @@ from typing import Protocol
 import trio
 
 from gossipkv._codec import DEFAULT_MAX_FRAME, FRAME_HEADER, frame_length
-from gossipkv._errors import ConfigError, ConnectionClosed, DecodeError, TransportError
+from gossipkv._errors import (
+    ConfigError,
+    ConnectionClosed,
+    ConnectionRefused,
+    DecodeError,
+    TransportError,
+)
 from gossipkv._types import Address
 
 from ._base import SMALL_FRAME, Connection, Handler, ReceiveBudget, SendStalled, Transport
@@ -457,6 +463,8 @@ class TcpTransport(Transport):
         try:
             stream = await trio.open_tcp_stream(where.host, where.port)
         except OSError as exc:
+            if _all_refused(exc):
+                raise ConnectionRefused(f"cannot connect to {where}: connection refused") from exc
             raise TransportError(f"cannot connect to {where}: {_describe(exc)}") from exc
         except (ValueError, UnicodeError) as exc:  # e.g. an over-long DNS label (idna)
             raise TransportError(f"cannot connect to {where}: {exc}") from exc
@@ -511,3 +519,13 @@ async def accept_loop(
             continue
         delay = _ACCEPT_BACKOFF[0]
         nursery.start_soon(handler, stream)
+
+
+def _all_refused(exc: OSError) -> bool:
+    """Whether every attempt behind a failed connect was refused (trio groups them)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    group = exc.__cause__
+    return isinstance(group, BaseExceptionGroup) and all(
+        isinstance(e, ConnectionRefusedError) for e in group.exceptions
+    )

@@ -12,6 +12,7 @@ import trio
 
 from gossipkv import ConnectionClosed, DecodeError, TransportError
 from gossipkv._codec import frame_header
+from gossipkv._errors import ConnectionRefused
 from gossipkv.transport import Connection, ReceiveBudget
 
 from .conftest import Harness
@@ -204,8 +205,11 @@ async def test_close_wakes_a_blocked_receive(harness: Harness, clock: object) ->
 
 
 async def test_connect_to_nothing_is_a_transport_error(harness: Harness, clock: object) -> None:
-    with trio.fail_after(HANG_GUARD), pytest.raises(TransportError, match="cannot connect"):
+    # Refused, precisely: failure detection treats a refusal (nothing listens: a crash) as
+    # stronger evidence than silence.
+    with trio.fail_after(HANG_GUARD), pytest.raises(ConnectionRefused, match="cannot connect"):
         await harness.connect(harness.dead_address())
+    assert issubclass(ConnectionRefused, TransportError)
 
 
 async def test_serve_on_an_address_in_use_is_a_transport_error(
