@@ -94,7 +94,10 @@ class Fleet:
                 "-rpc-addr",
                 f"127.0.0.1:{base + self.n + i}",
             ]
-            return args + ([] if i == 0 else ["-join", f"127.0.0.1:{base}"])
+            # -retry-join, not -join: an agent started before the first one listens would give
+            # up after one attempt (as our peers keep trying their seeds, so does Serf here).
+            join = ["-retry-join", f"127.0.0.1:{base}", "-retry-interval", "1s"]
+            return args + ([] if i == 0 else join)
         args = [
             sys.executable,
             "-m",
