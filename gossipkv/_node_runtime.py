@@ -35,7 +35,7 @@ from ._messages import PROTOCOL_VERSION, Hello
 from ._node_config import NodeConfig, effective_config
 from ._node_statistics import node_statistics
 from ._operator import Operator
-from ._peer import TransportCounters
+from ._outbox import TransportCounters
 from ._persist import FileNodeStore, NodeStore, PeerRecord
 from ._pool import ConnectionPool
 from ._router import Router

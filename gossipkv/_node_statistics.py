@@ -14,7 +14,7 @@ from ._connections import ConnectionTable
 from ._histogram import LatencyHistogram
 from ._kv import KeyValueService
 from ._membership_runtime import LoopLag
-from ._peer import TransportCounters
+from ._outbox import TransportCounters
 from ._statistics import NodeStatistics
 from .membership._gossiper import GossipConfig, Gossiper
 

@@ -15,16 +15,15 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
 from . import _codec
+from ._batcher import BATCH_OP_BYTES, Op, ReplicaBatcher, size_bound
 from ._errors import ConnectionClosed, DecodeError, HandshakeError, RemoteError
 from ._messages import (
-    MAX_BATCH_OPS,
     PROTOCOL_VERSION,
     ErrorReply,
     Hello,
@@ -32,12 +31,11 @@ from ._messages import (
     Message,
     Refused,
     ReplicaBatch,
-    ReplicaBatchReply,
     ReplicaGet,
     ReplicaPut,
-    ReplicaState,
 )
-from .transport._base import Connection, SendStalled
+from ._outbox import Outbox, TransportCounters
+from .transport._base import Connection
 from .transport._tls import TLSHandshakeFailed
 
 log = logging.getLogger("gossipkv.peer")
@@ -46,45 +44,7 @@ RequestHandler = Callable[["Channel", Message], Awaitable[Message]]
 OnewayHandler = Callable[["Channel", Message], Awaitable[None]]
 
 
-class TransportCounters:
-    """Frame and byte counters shared by all channels of one node.
-
-    ``refusals`` is the node's map of things refused to protect it (limits reached, timeouts),
-    by reason; ``queued_bytes`` the bytes queued for sending on all its channels together.
-    """
-
-    def __init__(self, refusals: Counter[str] | None = None) -> None:
-        self.frames_in = 0
-        self.frames_out = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.queued_bytes = 0
-        #: Called when queued bytes were written (or dropped with a closed connection): the data
-        #: path's memory budget counts them, and its waiters may fit now.
-        self.on_drain: Callable[[], None] | None = None
-        self.dropped: Counter[str] = Counter()
-        self.refused: Counter[str] = Counter()
-        self.refusals: Counter[str] = Counter() if refusals is None else refusals
-
-    def count_decode_error(self, exc: DecodeError) -> None:
-        """Count a bad frame: a frame deadline is a refusal, the rest are dropped frames."""
-        if exc.reason == "frame_timeout":
-            self.refusals["frame_timeout"] += 1
-        else:
-            self.dropped[exc.reason] += 1
-
-    def refused_message(self, reason: str) -> None:
-        """Count a message refused for who sent it (the connection is then closed)."""
-        self.refusals[reason] += 1
-
-
 ReplyCallback = Callable[[Message | BaseException], None]
-_MAX_BATCH = 256  # frames per write
-#: A replica request larger than this (by a cheap upper bound) always travels alone...
-_BATCH_OP_BYTES = 8 * 1024
-#: ...and a batch stays below this, so it never waits for the receiver's budget of large frames
-#: (``SMALL_FRAME``) nor for the decode cost guard (``GUARD_THRESHOLD``).
-_BATCH_BYTES = 60 * 1024
 
 
 class Deferred:
@@ -106,7 +66,7 @@ class _Waiter:
     kind: Kind | None = None
     message: Message | None = None
     #: A batch frame's waiter: the ids and requests of the ops it carries, in order.
-    batch: list[tuple[int, ReplicaGet | ReplicaPut]] | None = None
+    batch: list[Op] | None = None
 
 
 def reply_for_exception(message: Message, exc: Exception, remote: str) -> ErrorReply:
@@ -134,13 +94,6 @@ class _Responder:
         channel, self._channel = self._channel, None
         if channel is not None:
             channel._respond(self._request_id, self._message, reply)
-
-
-def _size_bound(message: ReplicaGet | ReplicaPut) -> int:
-    """An upper bound of a replica request's encoded size, without encoding it."""
-    if type(message) is ReplicaPut:
-        return 4 * (len(message.key) + len(message.hint_for)) + len(message.clock) + 32
-    return 4 * len(message.key) + 16
 
 
 def _outcome(waiter: _Waiter, remote: str) -> Message | BaseException:
@@ -355,28 +308,20 @@ class Channel:
         self._counters = counters
         self._max_inflight = max_inflight
         self._limiter = trio.Semaphore(max_inflight)
-        # One writer per connection: frames queued while a write is in progress go out together
-        # in the next one (Request Batch). Senders that may wait (replies, ``request``) wait for
-        # room once ``_max_queued`` frames or ``_max_bytes`` bytes are queued.
-        self._queue: list[bytes] = []
-        self._max_queued = max_inflight * 4
-        self._max_bytes = max_outbound_bytes
-        self._queued_bytes = 0  # in _queue and in the batch being written
+        self._outbox = Outbox(
+            conn,
+            counters,
+            max_frames=max_inflight * 4,
+            max_bytes=max_outbound_bytes,
+            pack=self._pack,
+        )
         self._idle_timeout = idle_timeout
         self._last_activity = trio.current_time()
         self.subscriptions = 0
-        self._writer_lot = trio.lowlevel.ParkingLot()
-        self._room_lot = trio.lowlevel.ParkingLot()
-        self._unsent = 0
-        self._flushed = trio.Event()
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
-        # Batchable requests not yet packed into frames: (id, request, size bound). Each counts
-        # in ``_unsent`` until packed, and against ``_max_queued`` like a frame.
-        self._batch_requests = batch_requests
-        self._batchable: list[tuple[int, ReplicaGet | ReplicaPut, int]] = []
-        # The batch frame each op in flight travels in (its waiter is dropped with its last op).
-        self._batch_of: dict[int, int] = {}
+        # Small replica requests wait here for the writer (each holds a place in the outbox).
+        self._batcher = ReplicaBatcher() if batch_requests else None
         self.closed = False
         self._closed_event = trio.Event()
 
@@ -398,14 +343,14 @@ class Channel:
     @property
     def queued_bytes(self) -> int:
         """Bytes queued for sending: frames waiting and the batch being written."""
-        return self._queued_bytes
+        return self._outbox.queued_bytes
 
     def _busy(self) -> bool:
         return bool(
             self._waiters
             or self._limiter.value < self._max_inflight
             or self.subscriptions
-            or self._unsent
+            or self._outbox.unsent
         )
 
     async def _idle_loop(self, scope: trio.CancelScope) -> None:
@@ -446,26 +391,15 @@ class Channel:
             self._last_activity = trio.current_time()
             kind, message = env.kind, env.message
             if self._refuse is not None and kind is not Kind.RESPONSE and kind is not Kind.ERROR:
-                reason = self._refuse(message)
-                if reason is not None:
-                    # A message this side of the connection may not send (a client speaking for
-                    # a member): answer once, count it, and close the connection.
-                    self._counters.refused_message(reason)
-                    log.warning("closing connection to %s: %s sent %s", remote, reason, message.TAG)
-                    if kind is Kind.REQUEST:
-                        who = "members" if reason.startswith("member") else "operators"
-                        error = ErrorReply("forbidden", f"only {who} may send {message.TAG}")
-                        self._enqueue_reply(Kind.ERROR, env.request_id, error)
-                        with trio.move_on_after(1.0):
-                            await self.flush()
+                if await self._refused(kind, env.request_id, message):
                     return
             if kind is Kind.REQUEST:
-                if self._full():
+                if self._outbox.full():
                     # The other side does not read its replies: take nothing more from it until
                     # they drain (TCP pushes back on it meanwhile; a write that stalls for the
                     # transport's frame_timeout ends the connection).
                     try:
-                        await self._wait_room()
+                        await self._outbox.wait_room()
                     except ConnectionClosed:
                         return
                 # Every request holds a slot until answered: at most max_inflight at once.
@@ -508,6 +442,25 @@ class Channel:
                     self._counters.dropped["handler_error"] += 1
                     log.warning("one-way %s from %s failed: %r", message.TAG, remote, exc)
 
+    async def _refused(self, kind: Kind, request_id: int, message: Message) -> bool:
+        """Whether this side of the connection may not send ``message`` (a client speaking for
+        a member): then it is answered once, counted, and the reader ends the connection."""
+        assert self._refuse is not None
+        reason = self._refuse(message)
+        if reason is None:
+            return False
+        self._counters.refused_message(reason)
+        log.warning(
+            "closing connection to %s: %s sent %s", self.conn.remote_address, reason, message.TAG
+        )
+        if kind is Kind.REQUEST:
+            who = "members" if reason.startswith("member") else "operators"
+            error = ErrorReply("forbidden", f"only {who} may send {message.TAG}")
+            self._enqueue_reply(Kind.ERROR, request_id, error)
+            with trio.move_on_after(1.0):
+                await self.flush()
+        return True
+
     def _wake(self, waiter: _Waiter) -> None:
         if waiter.event is not None:
             waiter.event.set()
@@ -522,45 +475,24 @@ class Channel:
             self._counters.dropped["callback_error"] += 1
             log.exception("reply callback for %s failed", self.conn.remote_address)
 
-    def _unbatch(
-        self, group: list[tuple[int, ReplicaGet | ReplicaPut]], kind: Kind, message: Message
-    ) -> None:
-        """Hand each op of a batch its part of the reply (an error reply goes to all of them);
-        an op the reply had no room for is sent again on its own, under the same id.
+    def _unbatch(self, group: list[Op], kind: Kind, message: Message) -> None:
+        """Hand each op of a batch its part of the reply; an op the reply had no room for is
+        sent again on its own, under the same id.
 
         Raises:
-          DecodeError: ``bad_batch``: the reply does not answer this batch (nothing is handed
-            out; the caller closes the channel, which fails every op still waiting).
+          DecodeError: ``bad_batch`` (see :meth:`ReplicaBatcher.answers`).
         """
+        assert self._batcher is not None
+        answers = self._batcher.answers(group, kind, message)
         waiters = self._waiters
-        if kind is Kind.ERROR:
-            for rid, _ in group:
-                self._batch_of.pop(rid, None)
-                waiter = waiters.pop(rid, None)
-                if waiter is not None:
-                    waiter.kind, waiter.message = kind, message
-                    self._wake(waiter)
-            return
-        if not isinstance(message, ReplicaBatchReply) or len(message.clocks) != len(group):
-            got = len(message.clocks) if isinstance(message, ReplicaBatchReply) else message.TAG
-            raise DecodeError("bad_batch", f"a batch of {len(group)} ops answered with {got}")
-        errors = {e.index: e for e in message.errors} if message.errors else None
-        batch_of = self._batch_of
-        for i, (rid, sent) in enumerate(group):
-            batch_of.pop(rid, None)
-            waiter = waiters.pop(rid, None)
-            if waiter is None:
-                continue  # cancelled
-            error = errors.get(i) if errors is not None else None
-            if error is None:
-                waiter.kind, waiter.message = Kind.RESPONSE, ReplicaState(message.clocks[i])
-            elif error.code == "batch_full" and not self.closed:
-                waiters[rid] = waiter
-                self._enqueue_request(rid, sent)
-                continue
-            else:
-                waiter.kind, waiter.message = Kind.ERROR, ErrorReply(error.code, error.message)
-            self._wake(waiter)
+        for request_id, sent in answers.again:
+            if request_id in waiters:
+                self._enqueue_request(request_id, sent)
+        for request_id, op_kind, op_message in answers.done:
+            waiter = waiters.pop(request_id, None)
+            if waiter is not None:  # None: cancelled
+                waiter.kind, waiter.message = op_kind, op_message
+                self._wake(waiter)
 
     def _respond(self, request_id: int, message: Message, reply: Message | BaseException) -> None:
         """Queue the answer to a request the reader took (releases its slot); never raises."""
@@ -584,7 +516,7 @@ class Channel:
             except Exception as exc:
                 reply = reply_for_exception(message, exc, self.conn.remote_address)
                 kind = Kind.ERROR
-            await self._wait_room()
+            await self._outbox.wait_room()
             self._enqueue_reply(kind, request_id, reply)
         except ConnectionClosed:
             pass
@@ -599,89 +531,37 @@ class Channel:
             log.error("cannot encode reply %s: %s", reply.TAG, exc)
             payload = _codec.encode(Kind.ERROR, request_id, ErrorReply("internal", str(exc)))
         if not self.closed:
-            self._enqueue(payload)
+            self._outbox.put(payload)
 
     async def _write_loop(self, scope: trio.CancelScope) -> None:
-        try:
-            while not self.closed:
-                if self._batchable:
-                    self._pack()
-                if not self._queue:
-                    await self._writer_lot.park()
-                    # Let the tasks already runnable queue their frames too: one write for all
-                    # of them (a loopback send costs far more than a trip through the scheduler).
-                    await trio.lowlevel.checkpoint()
-                    continue
-                if len(self._queue) <= _MAX_BATCH:
-                    batch, self._queue = self._queue, []
-                else:
-                    batch = self._queue[:_MAX_BATCH]
-                    del self._queue[:_MAX_BATCH]
-                self._room_lot.unpark_all()
-                await self.conn.send_many(batch)
-                if self.closed:
-                    break  # _mark_closed already took every queued byte off the counts
-                sent = sum(len(payload) for payload in batch)
-                self._unsent -= len(batch)
-                del batch
-                self._queued_bytes -= sent
-                self._counters.queued_bytes -= sent
-                if self._counters.on_drain is not None:
-                    self._counters.on_drain()
-                self._room_lot.unpark_all()
-                if self._unsent == 0:
-                    self._flushed.set()
-                    self._flushed = trio.Event()
-        except SendStalled as exc:
-            self._counters.refusals["send_timeout"] += 1
-            log.warning("closing connection to %s: %s", self.conn.remote_address, exc)
-        except ConnectionClosed:
-            pass
+        await self._outbox.run()
         # The connection cannot carry anything more: end the channel.
         self._mark_closed()
         scope.cancel()
 
     def _pack(self) -> None:
-        """Turn the pending batchable requests into frames: batches of up to ``MAX_BATCH_OPS``
-        ops and ``_BATCH_BYTES``, a request alone as itself; cancelled ones are not sent."""
-        pending, self._batchable = self._batchable, []
-        self._unsent -= len(pending)
-        waiters = self._waiters
-        group: list[tuple[int, ReplicaGet | ReplicaPut]] = []
-        size = 0
-        for rid, message, bound in pending:
-            if rid not in waiters:
+        """The writer is free: the pending small replica requests go out as batch frames (a
+        request alone as itself); cancelled ones are not sent."""
+        assert self._batcher is not None
+        taken, groups = self._batcher.take(self._waiters)
+        self._outbox.unreserve(taken)
+        for group in groups:
+            if self.closed:
+                return  # a callback closed it meanwhile: _mark_closed failed the waiters
+            if len(group) == 1:
+                self._enqueue_request(*group[0])
                 continue
-            if group and (len(group) >= MAX_BATCH_OPS or size + bound > _BATCH_BYTES):
-                self._send_group(group)
-                group, size = [], 0
-            group.append((rid, message))
-            size += bound
-        if group:
-            self._send_group(group)
-        if self._unsent == 0:  # all of them cancelled: nothing more to write
-            self._flushed.set()
-            self._flushed = trio.Event()
-
-    def _send_group(self, group: list[tuple[int, ReplicaGet | ReplicaPut]]) -> None:
-        if self.closed:
-            return  # a callback closed it meanwhile: _mark_closed failed the waiters
-        if len(group) == 1:
-            self._enqueue_request(*group[0])
-            return
-        batch_id = next(self._ids)
-        try:
-            payload = _codec.encode(
-                Kind.REQUEST, batch_id, ReplicaBatch(tuple(message for _, message in group))
-            )
-        except DecodeError:
-            for rid, message in group:  # each alone: only the one at fault fails
-                self._enqueue_request(rid, message)
-            return
-        self._waiters[batch_id] = _Waiter(batch=group)
-        for rid, _ in group:
-            self._batch_of[rid] = batch_id
-        self._enqueue(payload)
+            batch_id = next(self._ids)
+            try:
+                batch = ReplicaBatch(tuple(message for _, message in group))
+                payload = _codec.encode(Kind.REQUEST, batch_id, batch)
+            except DecodeError:
+                for request_id, message in group:  # each alone: only the one at fault fails
+                    self._enqueue_request(request_id, message)
+                continue
+            self._waiters[batch_id] = _Waiter(batch=group)
+            self._batcher.sent(batch_id, group)
+            self._outbox.put(payload)
 
     def _enqueue_request(self, request_id: int, message: Message) -> None:
         """Queue a request whose waiter is registered already; one that cannot be encoded
@@ -694,34 +574,7 @@ class Channel:
                 self._tell(waiter.callback, exc)
             return
         if not self.closed:
-            self._enqueue(payload)
-
-    def _enqueue(self, payload: bytes) -> None:
-        if self.closed:
-            raise ConnectionClosed("connection is closed")
-        self._queue.append(payload)
-        self._unsent += 1
-        self._queued_bytes += len(payload)
-        self._counters.queued_bytes += len(payload)
-        self._counters.frames_out += 1
-        self._counters.bytes_out += len(payload)
-        self._writer_lot.unpark()
-
-    def _full(self) -> bool:
-        return (
-            len(self._queue) + len(self._batchable) >= self._max_queued
-            or self._queued_bytes >= self._max_bytes
-        )
-
-    async def _wait_room(self) -> None:
-        while self._full():
-            if self.closed:
-                raise ConnectionClosed("connection is closed")
-            await self._room_lot.park()
-
-    async def _send(self, kind: Kind, request_id: int, message: Message) -> None:
-        await self._wait_room()
-        self._enqueue(_codec.encode(kind, request_id, message))
+            self._outbox.put(payload)
 
     async def request(self, message: Message) -> Message:
         """Send a request and wait for its response.
@@ -730,7 +583,7 @@ class Channel:
           RemoteError: the other side answered with an error.
           ConnectionClosed: the channel closed before the response came.
         """
-        await self._wait_room()
+        await self._outbox.wait_room()
         event = trio.Event()
         waiter = _Waiter(event)
         request_id = self._register(message, waiter)
@@ -760,31 +613,31 @@ class Channel:
           trio.WouldBlock: the send queue is full, by frames or bytes (a peer that does not drain
             it); nothing was queued, use :meth:`request`, which waits for room.
         """
-        if self._full():
+        if self._outbox.full():
             raise trio.WouldBlock
-        if self._batch_requests and isinstance(message, (ReplicaGet, ReplicaPut)):
-            bound = _size_bound(message)
-            if bound <= _BATCH_OP_BYTES:
+        if self._batcher is not None and isinstance(message, (ReplicaGet, ReplicaPut)):
+            bound = size_bound(message)
+            if bound <= BATCH_OP_BYTES:
                 if self.closed:
                     raise ConnectionClosed(f"connection to {self.conn.remote_address} is closed")
                 request_id = next(self._ids)
                 self._waiters[request_id] = _Waiter(callback=callback)
-                self._batchable.append((request_id, message, bound))
-                self._unsent += 1
-                self._writer_lot.unpark()
+                self._batcher.add(request_id, message, bound)
+                self._outbox.reserve()
                 return request_id
         return self._register(message, _Waiter(callback=callback))
 
     def cancel(self, request_id: int) -> None:
         """Forget a request started with :meth:`request_nowait` (a late reply is dropped); a
         batch whose ops are all forgotten is forgotten too."""
-        self._waiters.pop(request_id, None)
-        batch_id = self._batch_of.pop(request_id, None)
+        waiters = self._waiters
+        waiters.pop(request_id, None)
+        batch_id = self._batcher.forget(request_id) if self._batcher is not None else None
         if batch_id is not None:
-            batch = self._waiters.get(batch_id)
+            batch = waiters.get(batch_id)
             if batch is not None and batch.batch is not None:
-                if not any(rid in self._waiters for rid, _ in batch.batch):
-                    del self._waiters[batch_id]
+                if not any(rid in waiters for rid, _ in batch.batch):
+                    del waiters[batch_id]
 
     def _register(self, message: Message, waiter: _Waiter) -> int:
         if self.closed:
@@ -792,33 +645,26 @@ class Channel:
         request_id = next(self._ids)
         payload = _codec.encode(Kind.REQUEST, request_id, message)
         self._waiters[request_id] = waiter
-        self._enqueue(payload)
+        self._outbox.put(payload)
         return request_id
 
     async def notify(self, message: Message) -> None:
         """Send a one-way message."""
-        await self._send(Kind.ONEWAY, 0, message)
+        await self._outbox.wait_room()
+        self._outbox.put(_codec.encode(Kind.ONEWAY, 0, message))
 
     async def flush(self) -> None:
         """Wait until everything queued so far has been written (or the channel closed)."""
-        while self._unsent > 0 and not self.closed:
-            await self._flushed.wait()
+        await self._outbox.flush()
 
     def _mark_closed(self) -> None:
         if self.closed:
             return
         self.closed = True
         # Frames that will never be written no longer count against the node.
-        self._counters.queued_bytes -= self._queued_bytes
-        self._queued_bytes = 0
-        if self._counters.on_drain is not None:
-            self._counters.on_drain()
-        self._queue.clear()
-        self._batchable.clear()
-        self._batch_of.clear()
-        self._writer_lot.unpark_all()
-        self._room_lot.unpark_all()
-        self._flushed.set()
+        self._outbox.close()
+        if self._batcher is not None:
+            self._batcher.clear()
         waiters = list(self._waiters.values())
         self._waiters.clear()
         for waiter in waiters:

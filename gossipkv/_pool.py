@@ -30,7 +30,8 @@ from ._errors import (
 from ._hlc import HybridClock
 from ._limits import NetworkLimits
 from ._messages import Hello, Message
-from ._peer import Channel, TransportCounters, handshake, verify_certificate
+from ._outbox import TransportCounters
+from ._peer import Channel, handshake, verify_certificate
 from ._router import Router
 from .membership._gossiper import Gossiper
 from .transport._base import Connection, Transport

@@ -7,7 +7,8 @@ import trio
 
 from gossipkv import RemoteError, TLSConfig
 from gossipkv._messages import PROTOCOL_VERSION, Hello, Message
-from gossipkv._peer import Channel, TransportCounters, handshake
+from gossipkv._outbox import TransportCounters
+from gossipkv._peer import Channel, handshake
 from gossipkv.transport import TcpTransport
 
 

@@ -27,7 +27,8 @@ from .._errors import (
 )
 from .._limits import NetworkLimits
 from .._messages import PROTOCOL_VERSION, Hello, Message
-from .._peer import Channel, OnewayHandler, TransportCounters, handshake, verify_certificate
+from .._outbox import TransportCounters
+from .._peer import Channel, OnewayHandler, handshake, verify_certificate
 from ..transport._base import Transport
 from ._expiry import NotSent, RequestExpiry
 from ._replies import reply_body

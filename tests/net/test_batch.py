@@ -28,7 +28,8 @@ from gossipkv._messages import (
     ReplicaPut,
     ReplicaState,
 )
-from gossipkv._peer import Channel, TransportCounters, handshake
+from gossipkv._outbox import TransportCounters
+from gossipkv._peer import Channel, handshake
 from gossipkv.testing import SimNetwork
 from gossipkv.transport._base import Connection
 
@@ -327,7 +328,7 @@ async def test_a_batch_whose_ops_are_all_cancelled_is_forgotten(
         assert len(channel._waiters) == 3, "two ops (and their batch) still wait"
         for request_id in ids[1:]:
             channel.cancel(request_id)
-        assert not channel._waiters and not channel._batch_of
+        assert not channel._waiters and not channel._batcher.in_flight
         assert not replies.got and not channel.closed
         del counters
 

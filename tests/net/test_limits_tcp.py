@@ -13,7 +13,7 @@ import trio
 
 import gossipkv
 from gossipkv import GossipConfig, KVConfig, NetworkLimits, Node, open_client, open_node
-from gossipkv._peer import Channel
+from gossipkv._outbox import Outbox
 
 FAST = GossipConfig(gossip_interval=0.05, leave_timeout=2.0, replicas=1)
 ONE = KVConfig(r=1, w=1)
@@ -174,13 +174,13 @@ async def test_a_client_that_never_reads_its_replies_is_held_to_the_byte_bound(
     bound = MiB
     limits = NetworkLimits(max_outbound_bytes=bound, frame_timeout=1.0)
     peak: dict[int, int] = {}
-    enqueue = Channel._enqueue
+    put = Outbox.put
 
-    def watched(self: Channel, payload: bytes) -> None:
-        enqueue(self, payload)
+    def watched(self: Outbox, payload: bytes) -> None:
+        put(self, payload)
         peak[id(self)] = max(peak.get(id(self), 0), self.queued_bytes)
 
-    monkeypatch.setattr(Channel, "_enqueue", watched)
+    monkeypatch.setattr(Outbox, "put", watched)
     async with one_node(limits) as node, open_client([node.address]) as client:
         await client.put("big", "x" * value_size)
         stream = await _connect(node)

@@ -20,7 +20,7 @@ from gossipkv._connections import ConnectionTable
 from gossipkv._handoff import OwnershipHandoffCounters
 from gossipkv._histogram import LatencyHistogram
 from gossipkv._kv import KVCounters
-from gossipkv._peer import TransportCounters
+from gossipkv._outbox import TransportCounters
 from gossipkv._reaper import ReaperCounters
 from gossipkv._repair import RepairCounters
 from gossipkv._statistics import BY_NAME, STATISTICS, statistics_body, statistics_from_body
