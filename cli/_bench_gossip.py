@@ -33,6 +33,8 @@ from ._launcher import free_base_port
 
 # "2026-11-28 21:00:00,123 INFO gossipkv.node: event up n5 gen=..."
 _GOSSIPKV_EVENT = re.compile(r"^(\S+ \S+) INFO gossipkv\.node: event (\w+) (\S+) ")
+# "2026-11-28 21:00:00,123 INFO gossipkv.node: n5 listening on 127.0.0.1:7705 (generation ...)"
+_GOSSIPKV_LISTENING = re.compile(r"^(\S+ \S+) INFO gossipkv\.node: (\S+) listening on ")
 # "    2026/11/28 21:00:00 [INFO] serf: EventMemberJoin: s5 127.0.0.1"
 _SERF_EVENT = re.compile(r"^\s*(\S+ \S+) \[INFO\] serf: EventMember(\w+): (\S+) ")
 _SERF_KINDS = {"Join": "up", "Failed": "down"}
@@ -41,7 +43,7 @@ _SERF_KINDS = {"Join": "up", "Failed": "down"}
 @dataclass(frozen=True)
 class Event:
     at: dt.datetime
-    kind: str  # "up" (listed as a live member) or "down"
+    kind: str  # "up" (listed as a live member), "down", or "listening" (the peer itself)
     node: str
 
 
@@ -58,11 +60,13 @@ def read_events(path: Path, serf: bool) -> list[Event]:
             if m and m.group(2) in _SERF_KINDS:
                 at = dt.datetime.strptime(m.group(1), "%Y/%m/%d %H:%M:%S")
                 out.append(Event(at, _SERF_KINDS[m.group(2)], m.group(3)))
-        else:
-            m = _GOSSIPKV_EVENT.match(line)
-            if m and m.group(2) in ("up", "down"):
+        elif m := _GOSSIPKV_EVENT.match(line):
+            if m.group(2) in ("up", "down"):
                 at = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
                 out.append(Event(at, m.group(2), m.group(3)))
+        elif m := _GOSSIPKV_LISTENING.match(line):
+            at = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            out.append(Event(at, "listening", m.group(2)))
     return out
 
 
@@ -228,6 +232,12 @@ def _first(events: list[Event], kind: str, node: str, after: dt.datetime) -> dt.
     return None
 
 
+def _last_listening(evs: dict[str, list[Event]]) -> dt.datetime | None:
+    """When the last peer began to listen (``None``: some peer has not logged it)."""
+    times = [next((e.at for e in evs[p] if e.kind == "listening"), None) for p in evs]
+    return None if not times or None in times else max(t for t in times if t is not None)
+
+
 def _full_view_at(evs: dict[str, list[Event]], names: list[str]) -> dt.datetime | None:
     """When the last peer came to list the last other peer as live (``None``: not yet)."""
     last = dt.datetime.min
@@ -270,6 +280,14 @@ async def measure(
             say(f"{system}: no full view (fewest listed: {counts[0]})")
             return out
         out["full_view_s"] = round((full - started).total_seconds(), 1)
+        if not fleet.serf:
+            # How much of it was starting processes (the interpreter and imports, on a machine
+            # whose cores the other peers share) and how much was joining after the last one
+            # listened. Serf's log gives no such line.
+            last = _last_listening(await fleet.events(names))
+            if last is not None:
+                out["all_listening_s"] = round((last - started).total_seconds(), 1)
+                out["full_view_after_all_listening_s"] = round((full - last).total_seconds(), 1)
         say(
             f"{system}: full view after {out['full_view_s']} s; settling, then {window:.0f} s quiet"
         )

@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from gossipkv_cli._bench_gossip import Event, _full_view_at, read_events
+from gossipkv_cli._bench_gossip import Event, _full_view_at, _last_listening, read_events
 
 from ._peers import cli, loads
 
@@ -51,12 +51,32 @@ def test_the_full_view_is_when_the_last_peer_listed_the_last_other() -> None:
     assert _full_view_at(evs, names) == t + dt.timedelta(seconds=5)
 
 
+def test_the_last_peer_listening_is_read_from_the_peers_logs(tmp_path: Path) -> None:
+    lines = {
+        "n0": "2026-11-28 21:00:00,100 INFO gossipkv.node: n0 listening on 127.0.0.1:7700 (x)\n",
+        "n1": "peer n1 serving\n2026-11-28 21:00:02,500 INFO gossipkv.node: n1 listening on "
+        "127.0.0.1:7701 (generation 5, joining)\n"
+        "2026-11-28 21:00:03,000 INFO gossipkv.node: event up n0 gen=1 \n",
+    }
+    evs = {}
+    for name, text in lines.items():
+        (tmp_path / f"{name}.log").write_text(text)
+        evs[name] = read_events(tmp_path / f"{name}.log", serf=False)
+    assert [e.kind for e in evs["n1"]] == ["listening", "up"]
+    assert _last_listening(evs) == dt.datetime(2026, 11, 28, 21, 0, 2, 500000)
+    (tmp_path / "n2.log").write_text("")
+    evs["n2"] = read_events(tmp_path / "n2.log", serf=False)
+    assert _last_listening(evs) is None, "n2 never listened"
+
+
 def test_a_small_run_reports_every_figure() -> None:
     out = cli("bench", "gossip", "-n", "3", "--window", "5", "--json", timeout=240)
     assert out.returncode == 0, out.stderr
     ours = loads(out.stdout)["gossipkv"]
     assert ours["peers"] == 3
     assert ours["full_view_s"] is not None, ours
+    assert 0 < ours["all_listening_s"] <= ours["full_view_s"], ours
+    assert ours["full_view_after_all_listening_s"] >= 0, ours
     assert ours["cpu_percent_per_peer"] >= 0 and ours["bytes_per_peer_per_s"] > 0
     assert ours["false_downs"] == 0, ours
     assert ours["sigkill_seen_by"] == "2/2" and ours["sigkill_down_at_all_s"] is not None
