@@ -2,7 +2,9 @@
 
 Run: ``python tests/bench/bench_kv_cpu.py [--ops 20000] [--profile FILE]``. Starts three peers on
 loopback TCP and one client in this process, writes 200 of 1,000 keys, then runs 32 concurrent
-workers doing 50/50 gets (R=2) and puts (W=2) of 100-byte values, and reports this process's
+workers doing 50/50 gets (R=2) and puts (W=2) of 100-byte values, each put with the newest
+context seen for its key (as ``gossipkv bench kv`` does, so keys do not pile up siblings;
+``--blind`` puts without one), and reports this process's
 CPU time per operation: every part of the path (client, coordinator, replicas, codec, sockets)
 counted once, and none of the scheduling between processes that ``gossipkv bench kv`` also
 measures. With ``--profile`` it writes a cProfile of the load (slower, for proportions only).
@@ -33,7 +35,7 @@ async def _all_up(nodes: list[gossipkv.Node]) -> None:
         await node.wait_until(all_up)
 
 
-async def measure(ops: int, port: int, profile: str | None) -> dict[str, object]:
+async def measure(ops: int, port: int, profile: str | None, blind: bool) -> dict[str, object]:
     addrs = [f"127.0.0.1:{port + i}" for i in range(3)]
     async with (
         gossipkv.open_node(name="a", listen=addrs[0]) as a,
@@ -48,8 +50,9 @@ async def measure(ops: int, port: int, profile: str | None) -> dict[str, object]
         async with gossipkv.open_client(addrs) as client:
             value = "x" * 100
             keys = [f"key-{i}" for i in range(1000)]
+            contexts: dict[str, bytes] = {}
             for key in keys[:200]:
-                await client.put(key, value, w=2)
+                contexts[key] = (await client.put(key, value, w=2)).context
             started = 0
 
             async def worker(index: int) -> None:
@@ -59,9 +62,11 @@ async def measure(ops: int, port: int, profile: str | None) -> dict[str, object]
                     started += 1
                     key = rng.choice(keys)
                     if rng.random() < 0.5:
-                        await client.get(key, r=2)
+                        contexts[key] = (await client.get(key, r=2)).context
                     else:
-                        await client.put(key, value, w=2)
+                        context = None if blind else contexts.get(key)
+                        put = await client.put(key, value, context=context, w=2)
+                        contexts[key] = put.context
 
             profiler = cProfile.Profile() if profile else None
             wall, cpu = time.perf_counter(), time.process_time()
@@ -87,9 +92,10 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=20_000)
     parser.add_argument("--port", type=int, default=18_100)
     parser.add_argument("--profile", help="write a cProfile of the load here")
+    parser.add_argument("--blind", action="store_true", help="put without a context (siblings)")
     args = parser.parse_args()
     gc.freeze()
-    print(json.dumps(trio.run(measure, args.ops, args.port, args.profile)))
+    print(json.dumps(trio.run(measure, args.ops, args.port, args.profile, args.blind)))
 
 
 if __name__ == "__main__":
