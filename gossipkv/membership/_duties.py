@@ -96,6 +96,11 @@ class LeaderDuties:
         ]
         self._t.write("view", view_hash(entries))
 
+    @property
+    def led_last(self) -> bool:
+        """Whether this peer found itself the leader at its last :meth:`act`."""
+        return self._last_leader == self._t.node_id
+
     def leader(self) -> str | None:
         """The oldest member that is up (or leaving) and reachable from here."""
         best: Age | None = None

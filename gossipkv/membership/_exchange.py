@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .._messages import Ack, DigestEntry, NodeDelta, Syn, SynAck
 from ._intake import Intake
-from ._state import Namespace, bucket_of, build_delta, digest_entry_size, wanted_digest
+from ._state import Namespace, build_delta, digest_entry_size, wanted_digest
 from ._table import MemberTable
 
 
@@ -51,11 +51,11 @@ class Exchange:
         listed: list[DigestEntry] = []
         covered: list[int] = []
         if differ:
-            by_bucket: dict[int, list[DigestEntry]] = {b: [] for b in differ}
-            for node_id, ns in t.namespaces.items():
-                entries = by_bucket.get(bucket_of(node_id, count))
-                if entries is not None:
-                    entries.append(ns.digest())
+            # Only the differing buckets' members are looked at (the summary indexes them).
+            namespaces = t.namespaces
+            by_bucket = {
+                b: [namespaces[n].digest() for n in t.summary.members(count, b)] for b in differ
+            }
             left = t.config.max_digest_bytes
             # Start at a rotating bucket, so a budget too small for every differing bucket
             # still covers each of them in turn.
@@ -103,14 +103,14 @@ class Exchange:
         self._intake.apply(msg.delta, now)
         theirs = self._intake.digest(msg.digest)
         count = len(syn.view) if syn is not None else self._syn_buckets
-        covered = {b for b in msg.buckets if 0 <= b < count}
+        covered = sorted({b for b in msg.buckets if 0 <= b < count})
         # In a covered bucket the replier listed every member it knows; elsewhere only the
-        # listed members can be compared.
-        mine = {
-            n: ns
-            for n, ns in t.namespaces.items()
-            if n in theirs or (covered and bucket_of(n, count) in covered)
-        }
+        # listed members can be compared. Only those are looked at, not the whole view.
+        namespaces = t.namespaces
+        mine = {n: namespaces[n] for n in theirs if n in namespaces}
+        for b in covered:
+            for n in t.summary.members(count, b):
+                mine[n] = namespaces[n]
         delta = build_delta(mine, theirs, t.config.max_delta_bytes - 16)
         self._note_truncation(delta, mine, theirs)
         wanted = wanted_digest(t.namespaces, theirs.values())
