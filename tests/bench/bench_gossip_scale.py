@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 
@@ -87,6 +88,7 @@ async def scenario(n: int, seed: int, config: GossipConfig) -> dict[str, object]
         now = time.perf_counter()
         walls[name] = round(now - last[0], 1)
         last[0] = now
+        print(f"{name}: {walls[name]} s wall", file=sys.stderr, flush=True)  # progress
 
     async with open_sim_cluster(0, seed=seed, config=config) as c:
         await c.start("n1")
