@@ -143,3 +143,26 @@ def test_only_the_leader_looks_at_the_whole_view_for_a_view_hash_learned(
     a.apply_delta((NodeDelta("m5", 10, 0, 9, 10, (VersionedEntry("status", "leaving", 10),)),), 0.5)
     a.evaluate(0.6, 1_000)
     assert len(looks) == (2 if leader else 1), "a member's status moved: everyone looks"
+
+
+def test_the_leader_is_found_again_only_after_a_structural_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, _ = _pair()
+    t = a._table
+    assert a.leader() == "m0"
+    looks: list[str] = []
+    original = MemberTable.visible
+
+    def counted(self: MemberTable) -> list[tuple[str, Namespace]]:
+        looks.append("look")
+        return original(self)
+
+    monkeypatch.setattr(MemberTable, "visible", counted)
+    ns = t.namespaces["m0"]
+    a.apply_delta(
+        (NodeDelta("m0", 10, 0, ns.max_version, 9, (VersionedEntry("view", "w", 9),)),), 1.0
+    )
+    assert a.leader() == "m0" and looks == [], "a view hash moves no leader"
+    a.apply_delta((NodeDelta("m0", 10, 0, 9, 10, (VersionedEntry("status", "left", 10),)),), 1.0)
+    assert a.leader() == "m1" and looks == ["look"]
