@@ -16,6 +16,9 @@ from ._intake import Intake
 from ._state import Namespace, build_delta, digest_entry_size, wanted_digest
 from ._table import MemberTable
 
+#: The fewest bytes a digest entry encodes in (array head, empty name, three one-byte ints).
+_SMALLEST_ENTRY = 5
+
 
 class Exchange:
     """Builds and answers the messages of an exchange for one peer.
@@ -51,20 +54,26 @@ class Exchange:
         listed: list[DigestEntry] = []
         covered: list[int] = []
         if differ:
-            # Only the differing buckets' members are looked at (the summary indexes them).
+            # Only the differing buckets' members are looked at (the summary indexes them), and
+            # digest entries are made only until the budget is spent: a joiner's SYN differs in
+            # every bucket, and the budget holds a few hundred entries, not the whole view.
             namespaces = t.namespaces
-            by_bucket = {
-                b: [namespaces[n].digest() for n in t.summary.members(count, b)] for b in differ
-            }
             left = t.config.max_digest_bytes
             # Start at a rotating bucket, so a budget too small for every differing bucket
             # still covers each of them in turn.
             self._rotation += 1
             first = self._rotation % len(differ)
             for b in differ[first:] + differ[:first]:
-                entries = by_bucket[b]
-                size = sum(digest_entry_size(e) for e in entries)
-                if size <= left:
+                names = list(t.summary.members(count, b))
+                entries: list[DigestEntry] = []
+                size = 0
+                for n in names:
+                    e = namespaces[n].digest()
+                    size += digest_entry_size(e)
+                    if size > left:
+                        break
+                    entries.append(e)
+                else:
                     left -= size
                     covered.append(b)
                     listed.extend(entries)
@@ -72,8 +81,11 @@ class Exchange:
                 # Too big for what is left (a joiner's one-bucket summary, say): list a rotating
                 # part of it; the sender learns of those members and compares them, but, not
                 # told the bucket is whole, infers nothing about the rest.
-                start = self._rotation % len(entries)
-                for e in entries[start:] + entries[:start]:
+                start = self._rotation % len(names)
+                for n in names[start:] + names[:start]:
+                    if left < _SMALLEST_ENTRY:
+                        break  # nothing more can fit
+                    e = namespaces[n].digest()
                     size = digest_entry_size(e)
                     if size <= left:
                         left -= size
