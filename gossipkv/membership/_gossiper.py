@@ -413,6 +413,19 @@ class Gossiper:
             self._reachable = (stamp, members)
         return set(self._reachable[1])
 
+    def member_addresses(self) -> list[str]:
+        """Addresses of every remote member this peer knows of, reachable or not, sorted (what
+        a restart rejoins through): the addresses :meth:`members` lists, without building its
+        rows (a peer persists them at every change of the decisions)."""
+        node_id = self.node_id
+        return sorted(
+            {
+                a
+                for n, ns in self._table.namespaces.items()
+                if n != node_id and (a := addr_of(ns)) is not None
+            }
+        )
+
     def live_addresses(self) -> list[str]:
         """Addresses of the remote members this peer considers reachable (for shutdown notices)."""
         return sorted(

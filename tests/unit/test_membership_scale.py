@@ -7,7 +7,7 @@ from collections.abc import Iterator, KeysView, ValuesView
 
 import pytest
 
-from gossipkv._messages import NodeDelta, VersionedEntry
+from gossipkv._messages import DigestEntry, NodeDelta, VersionedEntry
 from gossipkv.membership._duties import LeaderDuties
 from gossipkv.membership._gossiper import GossipConfig, Gossiper
 from gossipkv.membership._state import Namespace
@@ -166,3 +166,37 @@ def test_the_leader_is_found_again_only_after_a_structural_change(
     assert a.leader() == "m0" and looks == [], "a view hash moves no leader"
     a.apply_delta((NodeDelta("m0", 10, 0, 9, 10, (VersionedEntry("status", "left", 10),)),), 1.0)
     assert a.leader() == "m1" and looks == ["look"]
+
+
+def test_a_joiners_syn_is_answered_with_digest_entries_for_the_budget_not_the_view(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, _ = _pair()
+    joiner = _gossiper("j")
+    syn = joiner.syn()
+    assert len(syn.view) == 1, "a joiner knows itself only: one bucket, which differs"
+    made: list[str] = []
+    original = Namespace.digest
+
+    def counted(self: Namespace) -> DigestEntry:
+        made.append(self.node_id)
+        return original(self)
+
+    monkeypatch.setattr(Namespace, "digest", counted)
+    reply = a.on_syn(syn, now=1.0)
+    assert reply.buckets == () and 100 < len(reply.digest) < MEMBERS
+    assert len(made) <= 2 * len(reply.digest) + 2, "entries made only to fill the budget"
+
+
+def test_the_addresses_persisted_are_those_of_the_member_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, _ = _pair()
+    t = a._table
+    t.peers["m1"].liveness = "down"
+    t.namespaces["m2"].set("status", "left")
+    t.namespaces["m3"].set("addr", "not an address")
+    expected = sorted({m.address for m in a.members(0.0) if m.address and not m.is_self})
+    monkeypatch.setattr(Gossiper, "members", None)  # persisting builds no rows
+    assert a.member_addresses() == expected
+    assert "m1:1" in expected and "m2:1" in expected and "m3:1" not in expected
