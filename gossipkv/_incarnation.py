@@ -254,9 +254,7 @@ class Incarnation:
         evaluation tries again)."""
         g = self._gossiper()
         g.decisions_dirty = False
-        peers = sorted(
-            {m.address for m in g.members(trio.current_time()) if m.address and not m.is_self}
-        )
+        peers = g.member_addresses()
         alive = self._alive_before if self.checking else self._wall()
         kv = self._kv()
         reaped = max(self._reaped_saved, kv.reaper.reaped_upto if kv else 0)

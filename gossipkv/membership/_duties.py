@@ -48,6 +48,7 @@ class LeaderDuties:
         self._state = _LeaderState()
         self._started = now
         self._last_leader: str | None = None
+        self._leader: tuple[tuple[int, int], str | None] | None = None
 
     # --- starting ----------------------------------------------------------------------------------
 
@@ -96,16 +97,29 @@ class LeaderDuties:
         ]
         self._t.write("view", view_hash(entries))
 
+    @property
+    def led_last(self) -> bool:
+        """Whether this peer found itself the leader at its last :meth:`act`."""
+        return self._last_leader == self._t.node_id
+
     def leader(self) -> str | None:
         """The oldest member that is up (or leaving) and reachable from here."""
+        t = self._t
+        # Asked at every evaluation and by the data path: it reads only what the table's
+        # structure counter covers (liveness, status, up, generation), so it is cached on it.
+        stamp = (t.structure, t.me.max_version)
+        if self._leader is not None and self._leader[0] == stamp:
+            return self._leader[1]
         best: Age | None = None
-        for node_id, ns in self._t.visible():
+        for node_id, ns in t.visible():
             up = up_of(ns)
             if status_of(ns) in ("up", "leaving") and up > 0:
                 age = Age(up, ns.generation, node_id)
                 if best is None or age < best:
                     best = age
-        return None if best is None else best.node_id
+        leader = None if best is None else best.node_id
+        self._leader = (stamp, leader)
+        return leader
 
     def converged(self) -> bool:
         """Every reachable up/leaving member publishes our view and none is suspect."""

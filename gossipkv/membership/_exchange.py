@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from .._messages import Ack, DigestEntry, NodeDelta, Syn, SynAck
 from ._intake import Intake
-from ._state import Namespace, bucket_of, build_delta, digest_entry_size, wanted_digest
+from ._state import Namespace, build_delta, digest_entry_size, wanted_digest
 from ._table import MemberTable
+
+#: The fewest bytes a digest entry encodes in (array head, empty name, three one-byte ints).
+_SMALLEST_ENTRY = 5
 
 
 class Exchange:
@@ -51,20 +54,26 @@ class Exchange:
         listed: list[DigestEntry] = []
         covered: list[int] = []
         if differ:
-            by_bucket: dict[int, list[DigestEntry]] = {b: [] for b in differ}
-            for node_id, ns in t.namespaces.items():
-                entries = by_bucket.get(bucket_of(node_id, count))
-                if entries is not None:
-                    entries.append(ns.digest())
+            # Only the differing buckets' members are looked at (the summary indexes them), and
+            # digest entries are made only until the budget is spent: a joiner's SYN differs in
+            # every bucket, and the budget holds a few hundred entries, not the whole view.
+            namespaces = t.namespaces
             left = t.config.max_digest_bytes
             # Start at a rotating bucket, so a budget too small for every differing bucket
             # still covers each of them in turn.
             self._rotation += 1
             first = self._rotation % len(differ)
             for b in differ[first:] + differ[:first]:
-                entries = by_bucket[b]
-                size = sum(digest_entry_size(e) for e in entries)
-                if size <= left:
+                names = list(t.summary.members(count, b))
+                entries: list[DigestEntry] = []
+                size = 0
+                for n in names:
+                    e = namespaces[n].digest()
+                    size += digest_entry_size(e)
+                    if size > left:
+                        break
+                    entries.append(e)
+                else:
                     left -= size
                     covered.append(b)
                     listed.extend(entries)
@@ -72,8 +81,11 @@ class Exchange:
                 # Too big for what is left (a joiner's one-bucket summary, say): list a rotating
                 # part of it; the sender learns of those members and compares them, but, not
                 # told the bucket is whole, infers nothing about the rest.
-                start = self._rotation % len(entries)
-                for e in entries[start:] + entries[:start]:
+                start = self._rotation % len(names)
+                for n in names[start:] + names[:start]:
+                    if left < _SMALLEST_ENTRY:
+                        break  # nothing more can fit
+                    e = namespaces[n].digest()
                     size = digest_entry_size(e)
                     if size <= left:
                         left -= size
@@ -103,14 +115,14 @@ class Exchange:
         self._intake.apply(msg.delta, now)
         theirs = self._intake.digest(msg.digest)
         count = len(syn.view) if syn is not None else self._syn_buckets
-        covered = {b for b in msg.buckets if 0 <= b < count}
+        covered = sorted({b for b in msg.buckets if 0 <= b < count})
         # In a covered bucket the replier listed every member it knows; elsewhere only the
-        # listed members can be compared.
-        mine = {
-            n: ns
-            for n, ns in t.namespaces.items()
-            if n in theirs or (covered and bucket_of(n, count) in covered)
-        }
+        # listed members can be compared. Only those are looked at, not the whole view.
+        namespaces = t.namespaces
+        mine = {n: namespaces[n] for n in theirs if n in namespaces}
+        for b in covered:
+            for n in t.summary.members(count, b):
+                mine[n] = namespaces[n]
         delta = build_delta(mine, theirs, t.config.max_delta_bytes - 16)
         self._note_truncation(delta, mine, theirs)
         wanted = wanted_digest(t.namespaces, theirs.values())

@@ -169,6 +169,7 @@ class Gossiper:
         if value != self._own.hold_leave:
             self._own.hold_leave = value
             self._table.changes += 1  # the leave may finish now: evaluate again
+            self._table.structure += 1
 
     def on_news(self, callback: Callable[[], None]) -> None:
         """Have ``callback()`` called whenever this peer learns or writes something new."""
@@ -307,7 +308,11 @@ class Gossiper:
 
     def _stamp(self) -> tuple[int, int, tuple[int, int]]:
         t = self._table
-        return (t.changes, t.me.max_version, t.decisions.epoch())
+        # Only the leader reads what members publish beyond the table's structure (their view
+        # hashes, to see convergence): any other member looks again only when the structure
+        # moved, not for every view hash learned (in a large cluster, most of what it learns).
+        changes = t.changes if self._duties.led_last else t.structure
+        return (changes, t.me.max_version, t.decisions.epoch())
 
     # --- this peer's entry -----------------------------------------------------------------------
 
@@ -402,11 +407,24 @@ class Gossiper:
         """Names of the up/leaving members this peer can reach, itself included when up."""
         t = self._table
         # The data path asks for every request it plans: recomputed only after a change.
-        stamp = (t.changes, t.me.max_version)
+        stamp = (t.structure, t.me.max_version)
         if self._reachable is None or self._reachable[0] != stamp:
             members = {n for n, ns in t.visible() if status_of(ns) in ("up", "leaving")}
             self._reachable = (stamp, members)
         return set(self._reachable[1])
+
+    def member_addresses(self) -> list[str]:
+        """Addresses of every remote member this peer knows of, reachable or not, sorted (what
+        a restart rejoins through): the addresses :meth:`members` lists, without building its
+        rows (a peer persists them at every change of the decisions)."""
+        node_id = self.node_id
+        return sorted(
+            {
+                a
+                for n, ns in self._table.namespaces.items()
+                if n != node_id and (a := addr_of(ns)) is not None
+            }
+        )
 
     def live_addresses(self) -> list[str]:
         """Addresses of the remote members this peer considers reachable (for shutdown notices)."""

@@ -14,7 +14,7 @@ from ._detector import VERDICTS, FailureDetector
 from ._leader import Decisions
 from ._own import OwnEntry
 from ._state import Namespace
-from ._table import MemberTable, Peer, status_of, up_of
+from ._table import STRUCTURAL_KEYS, MemberTable, Peer, status_of, up_of
 
 
 class Intake:
@@ -100,6 +100,8 @@ class Intake:
                 item = ns.entries.get(entry.key)
                 if item is None or entry.version > item[1]:
                     ns.put(entry.key, entry.value, entry.version)
+                    if entry.key in STRUCTURAL_KEYS:
+                        t.structure += 1
                     if entry.key == "decisions":
                         self.merge_decisions(entry.value)
                     elif entry.key == VERDICTS:
@@ -139,6 +141,7 @@ class Intake:
             t.refuse(reason, f"in a decisions record of epoch {other.epoch()}")
         if t.decisions.merge(other):
             t.decisions_dirty = True
+            t.structure += 1
             t.learned()
 
     def seen(self) -> dict[str, int]:

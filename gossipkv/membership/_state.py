@@ -205,10 +205,12 @@ class ViewSummary:
 
     Each member's contribution is remembered, so a change of one member moves one bucket sum
     per bucket count in use, and a SYN sent or answered costs the bucket count, not the view's
-    size. Sums are kept for the few bucket counts asked for most recently.
+    size. Sums are kept for the few bucket counts asked for most recently, and so are the
+    members of each bucket (:meth:`members`): an exchange lists and compares the members of the
+    buckets that differ without going through the whole view.
     """
 
-    __slots__ = ("_counts", "_hashes", "_sums", "_tuples")
+    __slots__ = ("_counts", "_hashes", "_members", "_sums", "_tuples")
 
     #: Bucket counts whose sums are kept up to date (a peer asks for its own count and, while
     #: the cluster grows, its neighbours' counts).
@@ -218,6 +220,8 @@ class ViewSummary:
         self._hashes: dict[str, int] = {}
         self._sums: dict[int, list[int]] = {}
         self._tuples: dict[int, tuple[int, ...]] = {}
+        #: Per kept bucket count, the members of each bucket (dicts: in the order learned).
+        self._members: dict[int, list[dict[str, None]]] = {}
         self._counts: list[int] = []  # most recently asked for last
 
     def update(self, node_id: str, generation: int, max_version: int) -> None:
@@ -230,11 +234,17 @@ class ViewSummary:
             self._move(node_id, None)
 
     def _move(self, node_id: str, new: int | None) -> None:
+        known = node_id in self._hashes
         old = self._hashes.get(node_id, 0)
         if new is None:
             del self._hashes[node_id]
+            for count, members in self._members.items():
+                del members[bucket_of(node_id, count)][node_id]
         else:
             self._hashes[node_id] = new
+            if not known:
+                for count, members in self._members.items():
+                    members[bucket_of(node_id, count)][node_id] = None
         delta = (new or 0) - old
         if not delta:
             return
@@ -248,21 +258,37 @@ class ViewSummary:
         cached = self._tuples.get(count)
         if cached is not None:
             return cached
+        out = self._tuples[count] = tuple(self._keep(count))
+        return out
+
+    def members(self, count: int, bucket: int) -> Iterable[str]:
+        """The members in ``bucket`` of ``count`` buckets (``0 <= bucket < count``), in the order
+        they were learned; do not change the view while iterating."""
+        self._keep(count)
+        return self._members[count][bucket].keys()
+
+    def _keep(self, count: int) -> list[int]:
+        """The sums for ``count`` buckets, kept up to date from now on (the least recently asked
+        for count is dropped when more than :attr:`KEPT` are kept)."""
         sums = self._sums.get(count)
         if sums is None:
             sums = [0] * count
+            members: list[dict[str, None]] = [{} for _ in range(count)]
             for node_id, h in self._hashes.items():
                 b = bucket_of(node_id, count)
                 sums[b] = (sums[b] + h) & _MASK64
+                members[b][node_id] = None
             self._sums[count] = sums
+            self._members[count] = members
             self._counts.append(count)
             if len(self._counts) > self.KEPT:
-                del self._sums[self._counts.pop(0)]
+                dropped = self._counts.pop(0)
+                del self._sums[dropped]
+                del self._members[dropped]
         elif self._counts[-1] != count:
             self._counts.remove(count)
             self._counts.append(count)
-        out = self._tuples[count] = tuple(sums)
-        return out
+        return sums
 
 
 def _head(n: int) -> int:

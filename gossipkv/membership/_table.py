@@ -26,6 +26,11 @@ Liveness = Literal["alive", "suspect", "down"]
 SelfStatus = Literal["joining", "up", "leaving", "left"]
 _SELF_STATUSES = ("joining", "up", "leaving", "left")
 META_PREFIX = "meta:"
+#: The namespace keys the derived lists (targets, the visible members, the view a member
+#: publishes, who leads) are read from: a change of any other key (a member's ``view`` hash,
+#: its ``pulling`` list, metadata) moves :attr:`MemberTable.changes` but not
+#: :attr:`MemberTable.structure`.
+STRUCTURAL_KEYS = frozenset({"addr", "status", "up", "admitted", "decisions", "replaces", "filled"})
 
 
 @dataclass(slots=True)
@@ -66,6 +71,11 @@ class MemberTable:
         #: Bumped by every event and every entry learned: work that only such a change can make
         #: necessary is skipped, and caches below are rebuilt, when it has not moved.
         self.changes = 0
+        #: Bumped by every event (liveness, status), every member added or dropped and every
+        #: change of a :data:`STRUCTURAL_KEYS` entry: what the derived lists below and a
+        #: member's evaluation (short of the leader's convergence check) depend on. In a large
+        #: cluster most changes are members' ``view`` hashes, which none of that reads.
+        self.structure = 0
         #: Bumped whenever this peer learns or writes something others may not know yet.
         self.news = 0
         #: Called on news (the runtime wakes its loops with it).
@@ -89,6 +99,7 @@ class MemberTable:
         ns.watcher = self.summary
         self.summary.update(ns.node_id, ns.generation, ns.max_version)
         self._others = None
+        self.structure += 1
 
     def drop(self, node_id: str) -> None:
         """Forget a member entirely (its incarnation was removed)."""
@@ -97,6 +108,7 @@ class MemberTable:
         self.summary.drop(node_id)
         self._others = None
         self.changes += 1
+        self.structure += 1
 
     def learned(self) -> None:
         """Something new was learned or written: caches go, and eager gossip starts."""
@@ -109,6 +121,8 @@ class MemberTable:
         """Write one key of this peer's own namespace; returns False if it was unchanged."""
         if not self.me.set(key, value):
             return False
+        if key in STRUCTURAL_KEYS:
+            self.structure += 1
         self.learned()
         return True
 
@@ -116,6 +130,7 @@ class MemberTable:
 
     def event(self, now: float, kind: str, node_id: str, generation: int, detail: str = "") -> None:
         self.changes += 1
+        self.structure += 1
         self.events.append(MembershipEvent(now, kind, node_id, generation, detail))
 
     def refuse(self, reason: str, detail: str) -> None:
@@ -138,7 +153,7 @@ class MemberTable:
         """Addresses of the remote members worth gossiping with: live ones and down ones (each
         sorted). Members that left or announced their shutdown are neither."""
         cached = self._targets
-        if cached is not None and cached[0] == self.changes:
+        if cached is not None and cached[0] == self.structure:
             return cached[1], cached[2]
         live: list[str] = []
         down: list[str] = []
@@ -149,13 +164,13 @@ class MemberTable:
             (down if peer.liveness == "down" else live).append(addr)
         live.sort()
         down.sort()
-        self._targets = (self.changes, live, down)
+        self._targets = (self.structure, live, down)
         return live, down
 
     def visible(self) -> list[tuple[str, Namespace]]:
         """Members this peer considers present: itself and every remote member not down or gone
         (the same list until the next change: do not modify it)."""
-        stamp = (self.changes, self.me.max_version)
+        stamp = (self.structure, self.me.max_version)
         if self._visible is not None and self._visible[0] == stamp:
             return self._visible[1]
         out = []

@@ -18,7 +18,13 @@ from gossipkv.membership._detector import DOWN, VERDICTS, FailureDetector
 from gossipkv.membership._gossiper import GossipConfig, Gossiper
 from gossipkv.membership._leader import Decisions, Grant, view_hash
 from gossipkv.membership._own import OwnEntry
-from gossipkv.membership._state import Namespace, ViewSummary, bucket_hashes, build_delta
+from gossipkv.membership._state import (
+    Namespace,
+    ViewSummary,
+    bucket_hashes,
+    bucket_of,
+    build_delta,
+)
 from gossipkv.membership._table import MemberTable, Peer
 
 # --- failure detection (SWIM) ------------------------------------------------------------------
@@ -195,6 +201,10 @@ def test_the_summary_kept_current_equals_one_computed_afresh(
         assert summary.buckets(count) == bucket_hashes(spaces.values(), count)
     for other in (1, 8, count):
         assert summary.buckets(other) == bucket_hashes(spaces.values(), other)
+        for b in range(other):
+            assert list(summary.members(other, b)) == [
+                n for n in spaces if bucket_of(n, other) == b
+            ], "each bucket's members, in the order learned"
 
 
 @pytest.mark.parametrize("n", [1, 10, 100, 1000, 100_000])
