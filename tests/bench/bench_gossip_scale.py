@@ -83,12 +83,21 @@ async def scenario(n: int, seed: int, config: GossipConfig) -> dict[str, object]
     out["probe_interval"] = config.probe_interval
     walls: dict[str, float] = {}
     last = [time.perf_counter()]
+    reported = [len(out)]
 
     def phase(name: str) -> None:
         now = time.perf_counter()
         walls[name] = round(now - last[0], 1)
         last[0] = now
-        print(f"{name}: {walls[name]} s wall", file=sys.stderr, flush=True)  # progress
+        # Progress, with the figures this phase added: a long run cut short still told them.
+        figures = dict(list(out.items())[reported[0] :])
+        reported[0] = len(out)
+        print(
+            f"{name}: {walls[name]} s wall, at {trio.current_time():.1f} simulated s: "
+            f"{json.dumps(figures)}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async with open_sim_cluster(0, seed=seed, config=config) as c:
         await c.start("n1")
