@@ -57,6 +57,7 @@ class MembershipRuntime:
       kv: the data path, once it exists (its transfers tell the core what is being pulled).
       transport: its pause gate (tests freeze a peer with it).
       channel_to: the connection pool's dial.
+      connected: whether the pool has an open channel with an address.
       hlc: the node's hybrid clock (SYNs carry a stamp).
       rng: the node's randomness (round jitter and the core's peer choice).
       wall: the wall clock in ms (generations, decisions).
@@ -79,6 +80,7 @@ class MembershipRuntime:
         kv: Callable[[], KeyValueService | None],
         transport: Transport,
         channel_to: Callable[[str], Awaitable[Channel]],
+        connected: Callable[[str], bool],
         hlc: HybridClock,
         rng: random.Random,
         wall: Callable[[], int],
@@ -97,6 +99,7 @@ class MembershipRuntime:
         self._kv = kv
         self._transport = transport
         self._channel_to = channel_to
+        self._connected = connected
         self._hlc = hlc
         self._rng = rng
         self._wall = wall
@@ -235,7 +238,7 @@ class MembershipRuntime:
         if not ok:
             # The first exchange may have failed on a connection the member's crash just
             # closed; a refusal counts only from a fresh connection, the second exchange's.
-            helpers = self._gossiper().probe_helpers(node_id, self._rng)
+            helpers = self._gossiper().probe_helpers(node_id, self._rng, self._connected)
             ok, refused = await self._second_chance(node_id, addr, syn, helpers)
         await self._transport.wait_runnable()
         g = self._gossiper()

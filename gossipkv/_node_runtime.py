@@ -207,6 +207,7 @@ class NodeRuntime:
             kv=lambda: self.kv,
             transport=transport,
             channel_to=self.pool.channel_to,
+            connected=self.pool.connected,
             hlc=self.hlc,
             rng=self._rng,
             wall=self._wall,

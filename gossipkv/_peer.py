@@ -334,6 +334,7 @@ class Channel:
                 if self._idle_timeout != math.inf:
                     nursery.start_soon(self._idle_loop, nursery.cancel_scope)
                 task_status.started()
+                del task_status  # it holds the starting task for as long as the channel lives
                 await self._read_loop(nursery)
                 nursery.cancel_scope.cancel()
         finally:

@@ -169,6 +169,11 @@ class ConnectionPool:
             return None  # the caller falls back to a task that waits for room (or times out)
         return partial(channel.cancel, request_id)
 
+    def connected(self, addr: str) -> bool:
+        """Whether an open channel with ``addr`` exists (asking it costs no new connection)."""
+        channel = self.channels.get(addr)
+        return channel is not None and not channel.closed
+
     async def channel_to(self, addr: str) -> Channel:
         existing = self.channels.get(addr)
         if existing is not None and not existing.closed:
@@ -244,9 +249,13 @@ class ConnectionPool:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        # The status object knows the task that dialled (a probe, say): held in this frame for
+        # the channel's whole life, it would keep that finished task and its nursery alive.
+        status = [task_status]
+        del task_status
         try:
             with self._conns.channel(member=True):
-                await channel.run(task_status=task_status)
+                await channel.run(task_status=status.pop())
         finally:
             if self.channels.get(addr) is channel:
                 del self.channels[addr]

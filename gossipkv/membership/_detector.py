@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._leader import MAX_COUNTER
@@ -170,13 +171,23 @@ class FailureDetector:
             and addr_of(ns) is not None
         )
 
-    def helpers(self, node_id: str, rng: random.Random) -> list[str]:
-        """Addresses of up to ``indirect_probes`` live members to probe ``node_id`` for us."""
+    def helpers(
+        self, node_id: str, rng: random.Random, connected: Callable[[str], bool] = lambda _: False
+    ) -> list[str]:
+        """Addresses of up to ``indirect_probes`` live members to probe ``node_id`` for us,
+        chosen first among those this peer has a connection with (``connected``). Each other
+        helper costs a new connection, and after a crash every survivor asks at once."""
         ns = self._t.namespaces.get(node_id)
         target = addr_of(ns) if ns is not None else None
         pool = [a for a in self._t.targets()[0] if a != target]
         self.counters.indirect_probes += 1
-        return rng.sample(pool, min(self._t.config.indirect_probes, len(pool)))
+        want = min(self._t.config.indirect_probes, len(pool))
+        near = [a for a in pool if connected(a)]
+        chosen = rng.sample(near, min(want, len(near)))
+        if len(chosen) < want:
+            rest = [a for a in pool if not connected(a)]
+            chosen += rng.sample(rest, want - len(chosen))
+        return chosen
 
     def probe_ok(self, node_id: str, now: float) -> None:
         """A probe of ``node_id`` (direct or indirect) was answered."""

@@ -229,9 +229,12 @@ class Gossiper:
 
     # --- failure detection -----------------------------------------------------------------------
 
-    def probe_helpers(self, node_id: str, rng: random.Random) -> list[str]:
-        """Addresses of members to ask to probe ``node_id`` (its direct probe failed)."""
-        return self._detector.helpers(node_id, rng)
+    def probe_helpers(
+        self, node_id: str, rng: random.Random, connected: Callable[[str], bool] = lambda _: False
+    ) -> list[str]:
+        """Addresses of members to ask to probe ``node_id`` (its direct probe failed), those
+        this peer is ``connected`` with first."""
+        return self._detector.helpers(node_id, rng, connected)
 
     def probe_ok(self, node_id: str, now: float) -> None:
         self._detector.probe_ok(node_id, now)

@@ -6,6 +6,8 @@ Every test runs whole clusters of real Node objects on SimNetwork under an autoj
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import trio
 import trio.lowlevel
@@ -107,6 +109,31 @@ async def test_a_crash_is_down_at_every_peer_within_four_seconds(
         assert all_see(c, "n7", "down"), (
             f"seed={seed}: not down everywhere {took:.1f}s after the crash\n{describe(c)}"
         )
+
+
+def _finished_tasks() -> list[str]:
+    gc.collect()
+    return [
+        o.name
+        for o in gc.get_objects()
+        if isinstance(o, trio.lowlevel.Task) and o.coro.cr_frame is None
+    ]
+
+
+async def test_a_finished_exchange_or_probe_is_not_held_by_the_channel_it_opened(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A probe that dialled a helper started that helper's channel; Trio's start status kept the
+    # finished probe (and its nursery) alive for as long as the channel stayed open: thousands
+    # of dead tasks at 100 simulated peers, gigabytes at 1,000.
+    async with open_sim_cluster(12, seed=seed) as c:
+        await settle(c, names(12))
+        for name in ("n4", "n8", "n11"):
+            c.kill(name)
+        with trio.fail_after(30):
+            await c.wait_until(lambda: all(all_see(c, n, "down") for n in ("n4", "n8", "n11")))
+        held = [n for n in _finished_tasks() if "MembershipRuntime" in n]
+        assert held == [], f"seed={seed}: {len(held)} finished tasks held, e.g. {held[:3]}"
 
 
 async def test_an_idle_cluster_suspects_nobody_for_ten_minutes(

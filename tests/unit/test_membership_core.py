@@ -113,6 +113,22 @@ def test_an_answered_probe_ends_this_peers_suspicion() -> None:
     assert detector.next_deadline() == math.inf
 
 
+def test_indirect_probe_helpers_are_chosen_first_among_connected_members() -> None:
+    # After a crash every survivor asks helpers at once; each helper it is not yet connected
+    # with costs a new connection (at 1,000 simulated peers, gigabytes of them).
+    table, _, detector = _table("x", *(f"m{i}" for i in range(20)))
+    want = table.config.indirect_probes
+    near = {"m3:1", "m7:1", "m11:1", "m12:1", "m19:1"}
+    for seed in range(20):
+        helpers = detector.helpers("x", random.Random(seed), near.__contains__)
+        assert len(helpers) == want and set(helpers) <= near, seed
+    few = {"m3:1"}
+    helpers = detector.helpers("x", random.Random(1), few.__contains__)
+    assert len(helpers) == want and helpers[0] == "m3:1" and len(set(helpers)) == want
+    assert "x:1" not in helpers, "never the member being probed"
+    assert "x:1" not in detector.helpers("x", random.Random(1), {"x:1"}.__contains__)
+
+
 def test_a_late_outcome_is_inconclusive_and_makes_this_peer_slower() -> None:
     table, _, detector = _table("x")
     detector.probe_failed("x", started=1.0, now=1.5, refused=False)
