@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from . import _codec
-from ._batcher import BATCH_OP_BYTES, Op, ReplicaBatcher, size_bound
+from ._batcher import BATCH_OP_BYTES, Answers, Op, ReplicaBatcher, size_bound
 from ._errors import ConnectionClosed, DecodeError, HandshakeError, RemoteError
 from ._messages import (
     PROTOCOL_VERSION,
@@ -79,6 +79,72 @@ def reply_for_exception(message: Message, exc: Exception, remote: str) -> ErrorR
     # A handler bug answers one request with an error; it never takes the peer down.
     log.error("request %s from %s failed", message.TAG, remote, exc_info=exc)
     return ErrorReply("internal", f"internal error: {exc!r}")
+
+
+def _forbidden(reason: str, message: Message) -> ErrorReply:
+    """The answer to a request this side of the connection may not send."""
+    who = "members" if reason.startswith("member") else "operators"
+    return ErrorReply("forbidden", f"only {who} may send {message.TAG}")
+
+
+class _WaitingList:
+    """The Request Waiting List: this side's requests that wait for their replies, by id."""
+
+    __slots__ = ("_counters", "_ids", "_remote", "pending")
+
+    def __init__(self, remote: str, counters: TransportCounters) -> None:
+        self.pending: dict[int, _Waiter] = {}
+        self._ids = itertools.count(1)
+        self._remote = remote
+        self._counters = counters
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def wake(self, waiter: _Waiter) -> None:
+        """Wake a request's waiter, or tell its callback the outcome."""
+        if waiter.event is not None:
+            waiter.event.set()
+        elif waiter.callback is not None:
+            self.tell(waiter.callback, _outcome(waiter, self._remote))
+
+    def tell(self, callback: ReplyCallback, outcome: Message | BaseException) -> None:
+        try:
+            callback(outcome)
+        except Exception:
+            # The callback belongs to this peer; its bug must not end the connection.
+            self._counters.dropped["callback_error"] += 1
+            log.exception("reply callback for %s failed", self._remote)
+
+    def unbatch(self, answers: Answers, resend: Callable[[int, Message], None]) -> None:
+        """Hand each op of a batch its answer; ``resend`` those the reply had no room for."""
+        pending = self.pending
+        for request_id, sent in answers.again:
+            if request_id in pending:
+                resend(request_id, sent)
+        for request_id, kind, message in answers.done:
+            waiter = pending.pop(request_id, None)
+            if waiter is not None:  # None: cancelled
+                waiter.kind, waiter.message = kind, message
+                self.wake(waiter)
+
+    def cancel(self, request_id: int, batch_id: int | None) -> None:
+        """Forget a request; and its batch ``batch_id`` once all the batch's ops are forgotten."""
+        pending = self.pending
+        pending.pop(request_id, None)
+        if batch_id is None:
+            return
+        batch = pending.get(batch_id)
+        if batch is not None and batch.batch is not None:
+            if not any(rid in pending for rid, _ in batch.batch):
+                del pending[batch_id]
+
+    def close(self) -> None:
+        """Wake every waiter with no reply: each requester sees ``ConnectionClosed``."""
+        waiters = list(self.pending.values())
+        self.pending.clear()
+        for waiter in waiters:
+            self.wake(waiter)
 
 
 class _Responder:
@@ -246,6 +312,33 @@ async def _handshake(
     return theirs
 
 
+class IdleTimer:
+    """When a connection has been idle for ``timeout`` seconds: nothing received meanwhile
+    (:meth:`touch`), and nothing else keeping it busy."""
+
+    __slots__ = ("_last", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._last = trio.current_time()
+
+    def touch(self) -> None:
+        """A frame arrived."""
+        self._last = trio.current_time()
+
+    async def wait(self, busy: Callable[[], bool]) -> None:
+        """Return once ``timeout`` has passed since the last frame while not ``busy``; a busy
+        connection is looked at again one period later."""
+        while True:
+            await trio.sleep_until(self._last + self.timeout)
+            now = trio.current_time()
+            if now < self._last + self.timeout:
+                continue  # a frame came meanwhile
+            if not busy():
+                return
+            self._last = now
+
+
 class Channel:
     """A handshaken, multiplexed connection.
 
@@ -263,20 +356,16 @@ class Channel:
       counters: shared counters.
       max_inflight: incoming requests handled at once; beyond that the reader stops reading,
         which pushes back on the sender (backpressure, never an unbounded queue).
-      max_outbound_bytes: bytes queued for sending (frames waiting and the batch being written)
-        beyond which senders that may wait do, and the reader stops taking new requests, so the
-        other side is pushed back by TCP when it does not read its replies. Replies produced by
-        callbacks are queued regardless (they cannot wait); the in-flight limit bounds that
-        overshoot. A write that makes no progress for the transport's ``frame_timeout`` ends
-        the channel (refusal ``send_timeout``): two sides that each wait for the other to read
-        cannot wait for ever.
+      max_outbound_bytes: bytes queued for sending beyond which senders that may wait do, and
+        the reader stops taking new requests, so TCP pushes back on a side that does not read
+        its replies (see :class:`Outbox`).
       idle_timeout: close the channel after this many seconds without receiving a frame, with
         no request in flight either way and no subscription (see :attr:`subscriptions`);
         counted as the refusal ``idle_timeout``.
-      batch_requests: whether small ``ReplicaGet``/``ReplicaPut`` requests started with
-        :meth:`request_nowait` travel together: those pending when the writer is free go out
-        as one ``ReplicaBatch`` frame (at most ``MAX_BATCH_OPS`` ops and 60 KiB; one alone goes
-        as itself). Nothing waits for a batch to fill.
+      refuse: the reason this side may not send a message (a client speaking for a member),
+        or ``None``; a refused message is answered ``forbidden`` and ends the channel.
+      batch_requests: whether small replica requests started with :meth:`request_nowait`
+        travel together (see :class:`ReplicaBatcher`).
 
     Attributes:
       subscriptions: watch subscriptions served over this channel (kept by the node); a channel
@@ -316,11 +405,9 @@ class Channel:
             max_bytes=max_outbound_bytes,
             pack=self._pack,
         )
-        self._idle_timeout = idle_timeout
-        self._last_activity = trio.current_time()
+        self._idle = IdleTimer(idle_timeout)
         self.subscriptions = 0
-        self._ids = itertools.count(1)
-        self._waiters: dict[int, _Waiter] = {}
+        self._waiting = _WaitingList(conn.remote_address, counters)
         # Small replica requests wait here for the writer (each holds a place in the outbox).
         self._batcher = ReplicaBatcher() if batch_requests else None
         self.closed = False
@@ -331,7 +418,7 @@ class Channel:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop, nursery.cancel_scope)
-                if self._idle_timeout != math.inf:
+                if self._idle.timeout != math.inf:
                     nursery.start_soon(self._idle_loop, nursery.cancel_scope)
                 task_status.started()
                 del task_status  # it holds the starting task for as long as the channel lives
@@ -349,7 +436,7 @@ class Channel:
 
     def _busy(self) -> bool:
         return bool(
-            self._waiters
+            self._waiting.pending
             or self._limiter.value < self._max_inflight
             or self.subscriptions
             or self._outbox.unsent
@@ -357,23 +444,13 @@ class Channel:
 
     async def _idle_loop(self, scope: trio.CancelScope) -> None:
         """Close the channel once it has been idle for ``idle_timeout`` (see the class)."""
-        while True:
-            await trio.sleep_until(self._last_activity + self._idle_timeout)
-            now = trio.current_time()
-            if now < self._last_activity + self._idle_timeout:
-                continue  # a frame came meanwhile
-            if self._busy():
-                self._last_activity = now  # look again one idle period after it was busy
-                continue
-            self._counters.refusals["idle_timeout"] += 1
-            log.info(
-                "closing connection to %s: idle for %g s",
-                self.conn.remote_address,
-                self._idle_timeout,
-            )
-            self._mark_closed()
-            scope.cancel()
-            return
+        await self._idle.wait(self._busy)
+        self._counters.refusals["idle_timeout"] += 1
+        log.info(
+            "closing connection to %s: idle for %g s", self.conn.remote_address, self._idle.timeout
+        )
+        self._mark_closed()
+        scope.cancel()
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         remote = self.conn.remote_address
@@ -390,7 +467,7 @@ class Channel:
                 log.warning("closing connection to %s: %s", remote, exc)
                 return
             del payload  # decoded: do not hold the frame while waiting below
-            self._last_activity = trio.current_time()
+            self._idle.touch()
             go_on = await self._dispatch(env, nursery)
             # Hold nothing of this frame while waiting for the next: an idle channel would keep
             # its last message alive (a 60 KiB delta; N² of them in a simulated cluster).
@@ -432,20 +509,22 @@ class Channel:
                     return True
             nursery.start_soon(self._answer, env.request_id, message)
         elif kind is Kind.RESPONSE or kind is Kind.ERROR:
-            waiter = self._waiters.pop(env.request_id, None)
+            waiter = self._waiting.pending.pop(env.request_id, None)
             if waiter is None:
                 self._counters.dropped["unexpected_response"] += 1
                 return True
             if waiter.batch is not None:
+                assert self._batcher is not None
                 try:
-                    self._unbatch(waiter.batch, kind, message)
+                    answers = self._batcher.answers(waiter.batch, kind, message)
                 except DecodeError as exc:
                     self._counters.count_decode_error(exc)
                     log.warning("closing connection to %s: %s", remote, exc)
                     return False
+                self._waiting.unbatch(answers, self._enqueue_request)
                 return True
             waiter.kind, waiter.message = kind, message
-            self._wake(waiter)
+            self._waiting.wake(waiter)
         else:
             try:
                 await self._on_oneway(self, message)
@@ -467,45 +546,10 @@ class Channel:
             "closing connection to %s: %s sent %s", self.conn.remote_address, reason, message.TAG
         )
         if kind is Kind.REQUEST:
-            who = "members" if reason.startswith("member") else "operators"
-            error = ErrorReply("forbidden", f"only {who} may send {message.TAG}")
-            self._enqueue_reply(Kind.ERROR, request_id, error)
+            self._enqueue_reply(Kind.ERROR, request_id, _forbidden(reason, message))
             with trio.move_on_after(1.0):
                 await self.flush()
         return True
-
-    def _wake(self, waiter: _Waiter) -> None:
-        if waiter.event is not None:
-            waiter.event.set()
-        elif waiter.callback is not None:
-            self._tell(waiter.callback, _outcome(waiter, self.conn.remote_address))
-
-    def _tell(self, callback: ReplyCallback, outcome: Message | BaseException) -> None:
-        try:
-            callback(outcome)
-        except Exception:
-            # The callback belongs to this peer; its bug must not end the connection.
-            self._counters.dropped["callback_error"] += 1
-            log.exception("reply callback for %s failed", self.conn.remote_address)
-
-    def _unbatch(self, group: list[Op], kind: Kind, message: Message) -> None:
-        """Hand each op of a batch its part of the reply; an op the reply had no room for is
-        sent again on its own, under the same id.
-
-        Raises:
-          DecodeError: ``bad_batch`` (see :meth:`ReplicaBatcher.answers`).
-        """
-        assert self._batcher is not None
-        answers = self._batcher.answers(group, kind, message)
-        waiters = self._waiters
-        for request_id, sent in answers.again:
-            if request_id in waiters:
-                self._enqueue_request(request_id, sent)
-        for request_id, op_kind, op_message in answers.done:
-            waiter = waiters.pop(request_id, None)
-            if waiter is not None:  # None: cancelled
-                waiter.kind, waiter.message = op_kind, op_message
-                self._wake(waiter)
 
     def _respond(self, request_id: int, message: Message, reply: Message | BaseException) -> None:
         """Queue the answer to a request the reader took (releases its slot); never raises."""
@@ -556,7 +600,7 @@ class Channel:
         """The writer is free: the pending small replica requests go out as batch frames (a
         request alone as itself); cancelled ones are not sent."""
         assert self._batcher is not None
-        taken, groups = self._batcher.take(self._waiters)
+        taken, groups = self._batcher.take(self._waiting.pending)
         self._outbox.unreserve(taken)
         for group in groups:
             if self.closed:
@@ -564,7 +608,7 @@ class Channel:
             if len(group) == 1:
                 self._enqueue_request(*group[0])
                 continue
-            batch_id = next(self._ids)
+            batch_id = self._waiting.next_id()
             try:
                 batch = ReplicaBatch(tuple(message for _, message in group))
                 payload = _codec.encode(Kind.REQUEST, batch_id, batch)
@@ -572,7 +616,7 @@ class Channel:
                 for request_id, message in group:  # each alone: only the one at fault fails
                     self._enqueue_request(request_id, message)
                 continue
-            self._waiters[batch_id] = _Waiter(batch=group)
+            self._waiting.pending[batch_id] = _Waiter(batch=group)
             self._batcher.sent(batch_id, group)
             self._outbox.put(payload)
 
@@ -582,9 +626,9 @@ class Channel:
         try:
             payload = _codec.encode(Kind.REQUEST, request_id, message)
         except DecodeError as exc:
-            waiter = self._waiters.pop(request_id, None)
+            waiter = self._waiting.pending.pop(request_id, None)
             if waiter is not None and waiter.callback is not None:
-                self._tell(waiter.callback, exc)
+                self._waiting.tell(waiter.callback, exc)
             return
         if not self.closed:
             self._outbox.put(payload)
@@ -603,7 +647,7 @@ class Channel:
         try:
             await event.wait()
         finally:
-            self._waiters.pop(request_id, None)
+            self._waiting.pending.pop(request_id, None)
         result = _outcome(waiter, self.conn.remote_address)
         if isinstance(result, BaseException):
             raise result
@@ -633,8 +677,8 @@ class Channel:
             if bound <= BATCH_OP_BYTES:
                 if self.closed:
                     raise ConnectionClosed(f"connection to {self.conn.remote_address} is closed")
-                request_id = next(self._ids)
-                self._waiters[request_id] = _Waiter(callback=callback)
+                request_id = self._waiting.next_id()
+                self._waiting.pending[request_id] = _Waiter(callback=callback)
                 self._batcher.add(request_id, message, bound)
                 self._outbox.reserve()
                 return request_id
@@ -643,21 +687,15 @@ class Channel:
     def cancel(self, request_id: int) -> None:
         """Forget a request started with :meth:`request_nowait` (a late reply is dropped); a
         batch whose ops are all forgotten is forgotten too."""
-        waiters = self._waiters
-        waiters.pop(request_id, None)
         batch_id = self._batcher.forget(request_id) if self._batcher is not None else None
-        if batch_id is not None:
-            batch = waiters.get(batch_id)
-            if batch is not None and batch.batch is not None:
-                if not any(rid in waiters for rid, _ in batch.batch):
-                    del waiters[batch_id]
+        self._waiting.cancel(request_id, batch_id)
 
     def _register(self, message: Message, waiter: _Waiter) -> int:
         if self.closed:
             raise ConnectionClosed(f"connection to {self.conn.remote_address} is closed")
-        request_id = next(self._ids)
+        request_id = self._waiting.next_id()
         payload = _codec.encode(Kind.REQUEST, request_id, message)
-        self._waiters[request_id] = waiter
+        self._waiting.pending[request_id] = waiter
         self._outbox.put(payload)
         return request_id
 
@@ -678,10 +716,7 @@ class Channel:
         self._outbox.close()
         if self._batcher is not None:
             self._batcher.clear()
-        waiters = list(self._waiters.values())
-        self._waiters.clear()
-        for waiter in waiters:
-            self._wake(waiter)  # message stays None: the requester sees ConnectionClosed
+        self._waiting.close()
         self._closed_event.set()
 
     async def wait_closed(self) -> None:
