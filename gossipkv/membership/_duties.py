@@ -49,6 +49,9 @@ class LeaderDuties:
         self._started = now
         self._last_leader: str | None = None
         self._leader: tuple[tuple[int, int], str | None] | None = None
+        #: A view hash computed but not yet published, since when this peer has it, and since
+        #: when some view has waited.
+        self._pending_view: tuple[str, float, float] | None = None
 
     # --- starting ----------------------------------------------------------------------------------
 
@@ -85,7 +88,8 @@ class LeaderDuties:
                 self._detector.forget(node_id)
                 t.event(now, "removed", node_id, ns.generation)
 
-    def publish_view(self) -> None:
+    def publish_view(self, now: float) -> None:
+        """Publish the hash of this peer's view once it has held still for half a round."""
         # Joiners are left out: convergence is about the members, and a join storm would
         # otherwise change every view each time any peer hears of one more joiner, so the
         # leader, which admits on convergence, would wait for every peer to know every joiner
@@ -95,7 +99,34 @@ class LeaderDuties:
             for n, ns in self._t.visible()
             if (status := status_of(ns)) != "joining"
         ]
-        self._t.write("view", view_hash(entries))
+        digest = view_hash(entries)
+        if digest == self._t.me.get("view"):
+            self._pending_view = None
+            return
+        # A view that is still moving (a join storm: members turn up one after another) is not
+        # published at each step: every publication is news that every peer must hear of, and
+        # at a thousand members those hashes crowded out the changes themselves.
+        # A view that keeps moving is published anyway once it has waited for five rounds.
+        pending = self._pending_view
+        if pending is None or pending[0] != digest:
+            first = now if pending is None else pending[2]
+            self._pending_view = pending = (digest, now, first)
+            if self._t.me.get("view") is not None and now < first + 5 * self._round():
+                return
+        elif now < self.view_due():
+            return
+        self._pending_view = None
+        self._t.write("view", digest)
+
+    def _round(self) -> float:
+        return self._t.config.gossip_interval
+
+    def view_due(self) -> float:
+        """When the view computed last is to be published (``inf``: none waits)."""
+        pending = self._pending_view
+        if pending is None:
+            return math.inf
+        return min(pending[1] + self._round() / 2, pending[2] + 5 * self._round())
 
     @property
     def led_last(self) -> bool:

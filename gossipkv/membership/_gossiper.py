@@ -294,14 +294,16 @@ class Gossiper:
             return  # nothing changed: the view, the leader and its duties are as they were
         self._duties.apply_decisions(now)
         self._own.evaluate(now, voided=t.voided(self.node_id, t.me))
-        self._duties.publish_view()
+        self._duties.publish_view(now)
         self._duties.track_view()
         self._duties.act(now, wall_ms)
         self._evaluated = self._stamp()
         # Without a change, only a deadline can give the view or the duties more to do.
         leave = self._own.next_deadline()
         self._next_full_evaluation = min(
-            self._duties.next_deadline(), math.inf if leave is None else leave
+            self._duties.next_deadline(),
+            self._duties.view_due(),
+            math.inf if leave is None else leave,
         )
 
     def next_evaluation(self) -> float:

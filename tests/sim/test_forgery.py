@@ -221,6 +221,9 @@ async def test_forged_entries_of_a_live_incarnation_are_refuted(
             await c.wait_until(lambda: n2.counters.refused.get("forged_self", 0) >= 1)
         with trio.move_on_after(60):
             await c.wait_until(lambda: all_up(c, FIVE))
+            # The leader planned a table without n2 meanwhile; it plans one with n2 once the
+            # views converge again.
+            await c.wait_until(lambda: bool(table_of(c).owned_by("n2")))
         where = f"seed={seed}\n{describe(c)}"
         assert all_up(c, FIVE), where
         assert all(

@@ -127,9 +127,9 @@ def test_only_the_leader_looks_at_the_whole_view_for_a_view_hash_learned(
     looks: list[str] = []
     original = LeaderDuties.publish_view
 
-    def counted(self: LeaderDuties) -> None:
+    def counted(self: LeaderDuties, now: float) -> None:
         looks.append("look")
-        original(self)
+        original(self, now)
 
     monkeypatch.setattr(LeaderDuties, "publish_view", counted)
     a.evaluate(0.2, 1_000)
@@ -200,3 +200,39 @@ def test_the_addresses_persisted_are_those_of_the_member_rows(
     monkeypatch.setattr(Gossiper, "members", None)  # persisting builds no rows
     assert a.member_addresses() == expected
     assert "m1:1" in expected and "m2:1" in expected and "m3:1" not in expected
+
+
+def test_a_moving_view_is_published_once_it_holds_still() -> None:
+    # In a join storm every member's view moves at each evaluation; each publication of its hash
+    # is news every peer must hear of. A view is published once it held still for half a
+    # round (or after five rounds of moving), so the storm's hashes do not crowd out its news.
+    a = _gossiper("a", bootstrap=True)
+    t = a._table
+    duties = a._duties
+    half = t.config.gossip_interval / 2
+    duties.publish_view(0.0)
+    first = t.me.get("view")
+    assert first is not None, "the first view is published at once"
+    published = [first]
+    now = 0.0
+    for i in range(4):  # a member turns up at every evaluation, 0.1 s apart
+        _know(t, _member(i))
+        now += 0.1
+        duties.publish_view(now)
+        if t.me.get("view") != published[-1]:
+            published.append(t.me.get("view"))
+    assert published == [first], "nothing published while the view moves"
+    assert duties.view_due() == now + half
+    duties.publish_view(now + half)
+    assert t.me.get("view") not in (None, first), "published once it held still"
+    assert duties.view_due() == float("inf")
+    moving = now + half
+    for i in range(4, 60):  # it never holds still: published anyway after five rounds
+        _know(t, _member(i))
+        moving += 0.05
+        before = t.me.get("view")
+        duties.publish_view(moving)
+        if t.me.get("view") != before:
+            break
+    assert moving - (now + half) <= 5 * t.config.gossip_interval + 0.1
+    assert i < 59
