@@ -136,6 +136,13 @@ class Fleet:
             await trio.sleep(spacing)
         return started
 
+    def stamp(self, at: dt.datetime) -> dt.datetime:
+        """``at`` as the logs can tell it: Serf's log stamps whole seconds, so its moments are
+        taken from the start of their second (its figures come out late by less than a second,
+        never early: a full view once came out at -0.3 s, and events in the second of a
+        SIGKILL went unseen)."""
+        return at.replace(microsecond=0) if self.serf else at
+
     async def events(self, names: list[str]) -> dict[str, list[Event]]:
         def read() -> dict[str, list[Event]]:
             return {x: read_events(self.log_dir / f"{x}.log", self.serf) for x in names}
@@ -260,7 +267,7 @@ async def measure(
     fleet = Fleet(system, n, log_dir)
     out: dict[str, Any] = {"system": system, "peers": n, "logs": str(log_dir)}
     try:
-        started = await fleet.start(spacing)
+        started = fleet.stamp(await fleet.start(spacing))
         say(f"{system}: {n} processes started, waiting for every one to list every other")
         names = fleet.names
         full: dt.datetime | None = None
@@ -279,6 +286,8 @@ async def measure(
                 out["diagnostics"] = await _diagnose(fleet, names, listed)
             say(f"{system}: no full view (fewest listed: {counts[0]})")
             return out
+        if fleet.serf:
+            out["times_resolution_s"] = 1.0
         out["full_view_s"] = round((full - started).total_seconds(), 1)
         if not fleet.serf:
             # How much of it was starting processes (the interpreter and imports, on a machine
@@ -293,7 +302,7 @@ async def measure(
         )
         await trio.sleep(10.0)
 
-        quiet_from = dt.datetime.now()
+        quiet_from = fleet.stamp(dt.datetime.now())
         cpu0, bytes0, t0 = fleet.cpu_seconds(), await fleet.bytes_out(), trio.current_time()
         await trio.sleep(window)
         cpu1, bytes1, t1 = fleet.cpu_seconds(), await fleet.bytes_out(), trio.current_time()
@@ -310,7 +319,7 @@ async def measure(
         out["false_downs"] = len(false)
 
         victim = random.Random(seed).choice(names[1:])
-        killed = dt.datetime.now()
+        killed = fleet.stamp(dt.datetime.now())
         fleet.kill(victim)
         survivors = [x for x in names if x != victim]
         say(f"{system}: SIGKILL {victim}")

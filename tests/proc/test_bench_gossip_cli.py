@@ -6,7 +6,13 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from gossipkv_cli._bench_gossip import Event, _full_view_at, _last_listening, read_events
+from gossipkv_cli._bench_gossip import (
+    Event,
+    Fleet,
+    _full_view_at,
+    _last_listening,
+    read_events,
+)
 
 from ._peers import cli, loads
 
@@ -81,3 +87,11 @@ def test_a_small_run_reports_every_figure() -> None:
     assert ours["false_downs"] == 0, ours
     assert ours["sigkill_seen_by"] == "2/2" and ours["sigkill_down_at_all_s"] is not None
     assert "serf" not in loads(out.stdout)
+
+
+def test_serf_moments_are_taken_from_the_start_of_their_second(tmp_path: Path) -> None:
+    # Serf's log stamps whole seconds: a moment compared with its events must be too, or a full
+    # view comes out negative and a down logged in the second of the SIGKILL goes unseen.
+    at = dt.datetime(2026, 11, 28, 21, 0, 3, 700_000)
+    assert Fleet("serf", 3, tmp_path).stamp(at) == dt.datetime(2026, 11, 28, 21, 0, 3)
+    assert Fleet("gossipkv", 3, tmp_path).stamp(at) == at
