@@ -430,6 +430,12 @@ class Channel:
                 await self.conn.aclose()
 
     @property
+    def waiting(self) -> int:
+        """Requests sent on this channel that wait for their replies (a batch frame counts as
+        one, beside its ops)."""
+        return len(self._waiting.pending)
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes queued for sending: frames waiting and the batch being written."""
         return self._outbox.queued_bytes

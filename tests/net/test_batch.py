@@ -289,7 +289,7 @@ async def test_an_op_the_reply_had_no_room_for_is_asked_again_alone(
         assert got["a"] == ReplicaState(b"a") and got["b"] == ReplicaState(b"b"), got
         error = got["c"]
         assert isinstance(error, RemoteError) and error.code == "not_found", error
-        assert not channel.closed and not channel._waiters
+        assert not channel.closed and not channel.waiting
 
 
 async def test_an_error_reply_to_a_batch_fails_each_op(
@@ -307,7 +307,7 @@ async def test_an_error_reply_to_a_batch_fails_each_op(
         assert [type(m) for m in received] == [ReplicaBatch]
         for outcome in replies.got.values():
             assert isinstance(outcome, RemoteError) and outcome.code == "forbidden", outcome
-        assert not channel.closed and not channel._waiters
+        assert not channel.closed and not channel.waiting
 
 
 async def test_a_batch_whose_ops_are_all_cancelled_is_forgotten(
@@ -325,10 +325,10 @@ async def test_a_batch_whose_ops_are_all_cancelled_is_forgotten(
             await never.wait()  # the batch went out; no answer comes
         assert [type(m) for m in received] == [ReplicaBatch]
         channel.cancel(ids[0])
-        assert len(channel._waiters) == 3, "two ops (and their batch) still wait"
+        assert channel.waiting == 3, "two ops (and their batch) still wait"
         for request_id in ids[1:]:
             channel.cancel(request_id)
-        assert not channel._waiters and not channel._batcher.in_flight
+        assert not channel.waiting and not channel._batcher.in_flight
         assert not replies.got and not channel.closed
         del counters
 
