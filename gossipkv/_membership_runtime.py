@@ -234,12 +234,13 @@ class MembershipRuntime:
         timeout = self._gossiper().probe_timeout()
         first = await self._attempt(addr, syn)
         ok = first == "answered"
-        refused = False
+        refused = unheard = False
         if not ok:
             # The first exchange may have failed on a connection the member's crash just
             # closed; a refusal counts only from a fresh connection, the second exchange's.
             helpers = self._gossiper().probe_helpers(node_id, self._rng, self._connected)
-            ok, refused = await self._second_chance(node_id, addr, syn, helpers)
+            ok, refused, nacks = await self._second_chance(node_id, addr, syn, helpers)
+            unheard = bool(helpers) and nacks == 0
         await self._transport.wait_runnable()
         g = self._gossiper()
         now = trio.current_time()
@@ -248,15 +249,21 @@ class MembershipRuntime:
         elif not refused and now - started > 3.5 * timeout:
             g.probe_inconclusive(node_id)  # its timeouts fired, but this peer ran late
         else:
+            if unheard and not refused:
+                # None of the members asked to try answered at all, not even "no answer from
+                # it": this peer may be the slow one (Lifeguard's missed nack).
+                g.missed_nacks()
             g.probe_failed(node_id, started, now, refused=refused)
 
     async def _second_chance(
         self, node_id: str, addr: str, syn: Syn, helpers: list[str]
-    ) -> tuple[bool, bool]:
+    ) -> tuple[bool, bool, int]:
         """Whether ``node_id`` answers a second exchange, or any of ``helpers`` reaches it (each
-        with one exchange of its own), within one and a half probe timeouts; and whether the
-        second exchange's connection was refused (nothing listens there)."""
+        with one exchange of its own), within one and a half probe timeouts; whether the
+        second exchange's connection was refused (nothing listens there); and how many helpers
+        answered that they could not reach it either (nacks)."""
         answered = refused = False
+        nacks = 0
 
         async def direct(cancel: trio.CancelScope) -> None:
             nonlocal answered, refused
@@ -267,7 +274,7 @@ class MembershipRuntime:
             refused = outcome == "refused"
 
         async def ask(helper: str, cancel: trio.CancelScope) -> None:
-            nonlocal answered
+            nonlocal answered, nacks
             try:
                 channel = await self._channel_to(helper)
                 reply = await channel.request(ProbeRequest(node_id))
@@ -281,13 +288,15 @@ class MembershipRuntime:
             if isinstance(reply, ProbeResult) and reply.ok:
                 answered = True
                 cancel.cancel()
+            elif isinstance(reply, ProbeResult):
+                nacks += 1
 
         with trio.move_on_after(1.5 * self._gossiper().probe_timeout()):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(direct, nursery.cancel_scope)
                 for helper in helpers:
                     nursery.start_soon(ask, helper, nursery.cancel_scope)
-        return answered, refused
+        return answered, refused, nacks
 
     def lost_contact(self, node_id: str) -> None:
         """A connection with member ``node_id`` closed: the core probes it at the next look
@@ -304,8 +313,12 @@ class MembershipRuntime:
         addr = g.address_of(request.target)
         if addr is None or request.target == g.node_id:
             return ProbeResult(False)
-        outcome = await self._attempt(addr, replace(g.syn(), hlc=self._hlc.now()))
-        return ProbeResult(outcome == "answered")
+        # Within the configured timeout even when this peer is slow itself: the asker waits
+        # one and a half of those, and takes no answer at all as a sign that it is the slow one.
+        with trio.move_on_after(g.config.probe_timeout):
+            outcome = await self._exchange(addr, replace(g.syn(), hlc=self._hlc.now()))
+            return ProbeResult(outcome == "answered")
+        return ProbeResult(False)
 
     async def evaluate_loop(self) -> None:
         # One timer for verdicts, leader duties and the event-loop watchdog, set for when the

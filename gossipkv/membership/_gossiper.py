@@ -236,6 +236,12 @@ class Gossiper:
         this peer is ``connected`` with first."""
         return self._detector.helpers(node_id, rng, connected)
 
+    def missed_nacks(self) -> None:
+        """None of the members asked to try a failed probe answered at all: this peer may be
+        the slow one, and probes more slowly for a while (Lifeguard's local health)."""
+        self._detector.counters.missed_nacks += 1
+        self._detector.refuting()
+
     def probe_ok(self, node_id: str, now: float) -> None:
         self._detector.probe_ok(node_id, now)
 

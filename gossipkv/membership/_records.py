@@ -94,3 +94,5 @@ class ProbeCounters:
     suspicions: int = 0
     refuted: int = 0
     verdicts: int = 0
+    #: Failed probes whose helpers did not answer at all (this peer may be the slow one).
+    missed_nacks: int = 0

@@ -188,6 +188,27 @@ async def _collect_downs(node: object, name: str, out: list[str]) -> None:
                 out.append(f"{name} saw {event.node_id} down ({event.detail})")
 
 
+async def test_an_overloaded_network_convicts_almost_nobody(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Every frame up to 2 s late, as on a machine whose cores a hundred peers share: probes time
+    # out everywhere, and so do the helpers asked to try. A prober that hears nothing from its
+    # helpers either (Lifeguard's missed nack) takes itself for the slow one and slows down.
+    # Without that, each of 20 peers published verdicts: about 290 in 40 s.
+    async with open_sim_cluster(20, seed=seed) as c:
+        await settle(c, names(20))
+        await trio.sleep(5)
+        before = {n: _probes(node).verdicts for n, node in c.nodes.items()}
+        c.net.set_link(latency=0.1, jitter=2.0)
+        await trio.sleep(40)
+        verdicts = {
+            n: k for n, node in c.nodes.items() if (k := _probes(node).verdicts - before[n])
+        }
+        assert sum(verdicts.values()) <= 3, f"seed={seed}: verdicts published {verdicts}"
+        slowed = [n for n, node in c.nodes.items() if _probes(node).missed_nacks]
+        assert slowed, f"seed={seed}: no peer noticed that its helpers did not answer"
+
+
 async def test_local_stall_convicts_nobody(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
