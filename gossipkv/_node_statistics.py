@@ -50,6 +50,7 @@ def node_statistics(
     """
     rows = g.members(now)
     c = g.counters
+    probes = g.probe_counters
     table = g.table()
     kvc = kv.counters
     store = kv.storage.statistics()
@@ -67,6 +68,14 @@ def node_statistics(
         deltas_applied=c.deltas_applied,
         budget_truncations=c.budget_truncations,
         pause_guards=c.pause_guards,
+        probes=probes.probes,
+        probes_failed=probes.probes_failed,
+        indirect_probes=probes.indirect_probes,
+        suspicions=probes.suspicions,
+        verdicts=probes.verdicts,
+        verdicts_refuted=probes.refuted,
+        missed_nacks=probes.missed_nacks,
+        local_health=g.local_health,
         frames_in=counters.frames_in,
         frames_out=counters.frames_out,
         bytes_in=counters.bytes_in,

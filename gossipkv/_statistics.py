@@ -247,6 +247,24 @@ STATISTICS: tuple[Statistic, ...] = (
         "budget_truncations", "counter", "Gossip deltas cut short by the max_delta_bytes budget."
     ),
     _stat("pause_guards", "counter", "Times the local-pause guard suspended failure verdicts."),
+    # --- failure detection
+    _stat("probes", "counter", "Failure-detection probes this node made."),
+    _stat("probes_failed", "counter", "Probes that neither the member nor its helpers answered."),
+    _stat("indirect_probes", "counter", "Failed probes for which helpers were asked to try."),
+    _stat("suspicions", "counter", "Members this node came to suspect."),
+    _stat("verdicts", "counter", "Down verdicts this node published."),
+    _stat("verdicts_refuted", "counter", "Verdicts about this node that it refuted."),
+    _stat(
+        "missed_nacks",
+        "counter",
+        "Failed probes whose helpers did not answer at all (this node may be the slow one).",
+    ),
+    _stat(
+        "local_health",
+        "gauge",
+        "Lifeguard's local health score: 0 when this node keeps up; each step stretches its "
+        "probe interval and timeouts.",
+    ),
     # --- data path
     _stat("kv_gets", "counter", "Reads this node coordinated."),
     _stat("kv_puts", "counter", "Writes this node coordinated."),
@@ -610,6 +628,14 @@ class NodeStatistics:
     ownership_handoff_errors: int = 0
     peer_connections: int = 0
     client_connections: int = 0
+    probes: int = 0
+    probes_failed: int = 0
+    indirect_probes: int = 0
+    suspicions: int = 0
+    verdicts: int = 0
+    verdicts_refuted: int = 0
+    missed_nacks: int = 0
+    local_health: int = 0
     leave: dict[str, object] = field(default_factory=dict)
     refusals: dict[str, int] = field(default_factory=dict)
     contexts_clamped: int = 0

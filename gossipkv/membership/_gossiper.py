@@ -129,6 +129,11 @@ class Gossiper:
         return self._detector.counters
 
     @property
+    def local_health(self) -> int:
+        """Lifeguard's local health score: 0 when this peer keeps up (see the detector)."""
+        return self._detector.awareness
+
+    @property
     def events(self) -> deque[MembershipEvent]:
         return self._table.events
 

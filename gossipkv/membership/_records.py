@@ -86,7 +86,7 @@ class GossipCounters:
 
 @dataclass(slots=True)
 class ProbeCounters:
-    """What failure detection did (not yet in the node's statistics snapshot)."""
+    """What failure detection did (the node's statistics report each)."""
 
     probes: int = 0
     probes_failed: int = 0

@@ -26,6 +26,7 @@ from gossipkv._repair import RepairCounters
 from gossipkv._statistics import BY_NAME, STATISTICS, statistics_body, statistics_from_body
 from gossipkv._transfer import TransferCounters, TransferSource
 from gossipkv.membership._gossiper import GossipCounters
+from gossipkv.membership._records import ProbeCounters
 from gossipkv.storage import StorageStatistics
 from gossipkv.testing import open_sim_cluster
 
@@ -63,6 +64,15 @@ REPORTED: dict[type, dict[str, str]] = {
         "budget_truncations": "budget_truncations",
         "pause_guards": "pause_guards",
         "refused": "refusals",
+    },
+    ProbeCounters: {
+        "probes": "probes",
+        "probes_failed": "probes_failed",
+        "indirect_probes": "indirect_probes",
+        "suspicions": "suspicions",
+        "refuted": "verdicts_refuted",
+        "verdicts": "verdicts",
+        "missed_nacks": "missed_nacks",
     },
     AntiEntropyCounters: {
         "rounds": "anti_entropy_rounds",
