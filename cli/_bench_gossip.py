@@ -136,12 +136,17 @@ class Fleet:
             await trio.sleep(spacing)
         return started
 
-    def stamp(self, at: dt.datetime) -> dt.datetime:
-        """``at`` as the logs can tell it: Serf's log stamps whole seconds, so its moments are
-        taken from the start of their second (its figures come out late by less than a second,
-        never early: a full view once came out at -0.3 s, and events in the second of a
-        SIGKILL went unseen)."""
-        return at.replace(microsecond=0) if self.serf else at
+    def stamp(self, at: dt.datetime, *, until: bool = False) -> dt.datetime:
+        """``at`` as the logs can tell it. Serf's log stamps whole seconds: a moment an event
+        must come after is taken from the start of its second (a full view once came out at
+        -0.3 s, and a down logged in the second of a SIGKILL went unseen), and with ``until``
+        from the start of the next one (a window's start: what was logged earlier in that
+        second is not in the window). Serf's figures are whole seconds, within a second either
+        way, never negative."""
+        if not self.serf:
+            return at
+        whole = at.replace(microsecond=0)
+        return whole + dt.timedelta(seconds=1) if until and whole != at else whole
 
     async def events(self, names: list[str]) -> dict[str, list[Event]]:
         def read() -> dict[str, list[Event]]:
@@ -302,7 +307,7 @@ async def measure(
         )
         await trio.sleep(10.0)
 
-        quiet_from = fleet.stamp(dt.datetime.now())
+        quiet_from = fleet.stamp(dt.datetime.now(), until=True)
         cpu0, bytes0, t0 = fleet.cpu_seconds(), await fleet.bytes_out(), trio.current_time()
         await trio.sleep(window)
         cpu1, bytes1, t1 = fleet.cpu_seconds(), await fleet.bytes_out(), trio.current_time()

@@ -278,6 +278,9 @@ class MembershipRuntime:
             try:
                 channel = await self._channel_to(helper)
                 reply = await channel.request(ProbeRequest(node_id))
+            except ConnectionRefused:
+                nacks += 1  # an answer of sorts: this peer's network works, the helper is gone
+                return
             except (TransportError, RemoteError, DecodeError, HandshakeError) as exc:
                 log.debug("indirect probe of %s through %s failed: %r", node_id, helper, exc)
                 return
@@ -314,7 +317,8 @@ class MembershipRuntime:
         if addr is None or request.target == g.node_id:
             return ProbeResult(False)
         # Within the configured timeout even when this peer is slow itself: the asker waits
-        # one and a half of those, and takes no answer at all as a sign that it is the slow one.
+        # one and a half of its own (dialling this peer included), and takes no answer at all
+        # as a sign that it is the slow one.
         with trio.move_on_after(g.config.probe_timeout):
             outcome = await self._exchange(addr, replace(g.syn(), hlc=self._hlc.now()))
             return ProbeResult(outcome == "answered")

@@ -431,8 +431,8 @@ class Channel:
 
     @property
     def waiting(self) -> int:
-        """Requests sent on this channel that wait for their replies (a batch frame counts as
-        one, beside its ops)."""
+        """Requests on this channel that wait for their replies, sent or still queued for a
+        batch (a batch frame counts as one, beside its ops)."""
         return len(self._waiting.pending)
 
     @property

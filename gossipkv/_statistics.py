@@ -250,7 +250,7 @@ STATISTICS: tuple[Statistic, ...] = (
     # --- failure detection
     _stat("probes", "counter", "Failure-detection probes this node made."),
     _stat("probes_failed", "counter", "Probes that neither the member nor its helpers answered."),
-    _stat("indirect_probes", "counter", "Failed probes for which helpers were asked to try."),
+    _stat("indirect_probes", "counter", "Unanswered probes for which helpers were sought to try."),
     _stat("suspicions", "counter", "Members this node came to suspect."),
     _stat("verdicts", "counter", "Down verdicts this node published."),
     _stat("verdicts_refuted", "counter", "Verdicts about this node that it refuted."),

@@ -107,6 +107,11 @@ class FailureDetector:
         """Someone found this peer unreachable: most likely it is slow (or its links are)."""
         self._slower()
 
+    def missed_nacks(self) -> None:
+        """A failed probe's helpers did not answer at all: most likely this peer is slow."""
+        self.counters.missed_nacks += 1
+        self._slower()
+
     def _slower(self) -> None:
         self.awareness = min(MAX_AWARENESS, self.awareness + 1)
 

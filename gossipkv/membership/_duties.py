@@ -89,7 +89,8 @@ class LeaderDuties:
                 t.event(now, "removed", node_id, ns.generation)
 
     def publish_view(self, now: float) -> None:
-        """Publish the hash of this peer's view once it has held still for half a round."""
+        """Publish the hash of this peer's view: the first one at once, a new one once it has
+        held still for half a round, or once views have kept moving for five rounds."""
         # Joiners are left out: convergence is about the members, and a join storm would
         # otherwise change every view each time any peer hears of one more joiner, so the
         # leader, which admits on convergence, would wait for every peer to know every joiner
@@ -153,7 +154,11 @@ class LeaderDuties:
         return leader
 
     def converged(self) -> bool:
-        """Every reachable up/leaving member publishes our view and none is suspect."""
+        """Every reachable up/leaving member publishes our view and none is suspect; and our
+        view is the one we publish (a view that moved here and waits to be published is no
+        convergence, whatever the others show)."""
+        if self._pending_view is not None:
+            return False
         t = self._t
         mine = t.me.get("view")
         for node_id, ns in t.visible():

@@ -244,8 +244,7 @@ class Gossiper:
     def missed_nacks(self) -> None:
         """None of the members asked to try a failed probe answered at all: this peer may be
         the slow one, and probes more slowly for a while (Lifeguard's local health)."""
-        self._detector.counters.missed_nacks += 1
-        self._detector.refuting()
+        self._detector.missed_nacks()
 
     def probe_ok(self, node_id: str, now: float) -> None:
         self._detector.probe_ok(node_id, now)

@@ -95,3 +95,7 @@ def test_serf_moments_are_taken_from_the_start_of_their_second(tmp_path: Path) -
     at = dt.datetime(2026, 11, 28, 21, 0, 3, 700_000)
     assert Fleet("serf", 3, tmp_path).stamp(at) == dt.datetime(2026, 11, 28, 21, 0, 3)
     assert Fleet("gossipkv", 3, tmp_path).stamp(at) == at
+    # A window's start: what Serf logged earlier in that second is not in the window.
+    assert Fleet("serf", 3, tmp_path).stamp(at, until=True) == dt.datetime(2026, 11, 28, 21, 0, 4)
+    whole = dt.datetime(2026, 11, 28, 21, 0, 4)
+    assert Fleet("serf", 3, tmp_path).stamp(whole, until=True) == whole

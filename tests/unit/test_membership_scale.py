@@ -223,6 +223,7 @@ def test_a_moving_view_is_published_once_it_holds_still() -> None:
             published.append(t.me.get("view"))
     assert published == [first], "nothing published while the view moves"
     assert duties.view_due() == now + half
+    assert not duties.converged(), "a view that waits to be published is no convergence"
     duties.publish_view(now + half)
     assert t.me.get("view") not in (None, first), "published once it held still"
     assert duties.view_due() == float("inf")
@@ -236,3 +237,26 @@ def test_a_moving_view_is_published_once_it_holds_still() -> None:
             break
     assert moving - (now + half) <= 5 * t.config.gossip_interval + 0.1
     assert i < 59
+
+
+def test_a_leader_whose_view_moved_is_not_converged_until_it_publishes() -> None:
+    # The others still show the hash this peer published before its view moved: that is no
+    # convergence on the view it now has (its decisions would rest on a view nobody confirmed).
+    a = _gossiper("a", bootstrap=True)
+    t = a._table
+    for i in range(3):
+        _know(t, _member(i))
+    duties = a._duties
+    duties.publish_view(0.0)
+    view = t.me.get("view")
+    for i in range(3):
+        t.namespaces[f"m{i}"].set("view", view)
+    assert duties.converged()
+    newcomer = _member(3)  # admitted elsewhere; it shows the hash the others show
+    newcomer.set("view", view)
+    _know(t, newcomer)
+    duties.publish_view(0.1)
+    assert t.me.get("view") == view, "the moved view waits to be published"
+    assert not duties.converged()
+    duties.publish_view(duties.view_due())
+    assert t.me.get("view") != view and not duties.converged(), "the others have not seen it yet"
