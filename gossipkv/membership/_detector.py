@@ -187,10 +187,12 @@ class FailureDetector:
         pool = [a for a in self._t.targets()[0] if a != target]
         self.counters.indirect_probes += 1
         want = min(self._t.config.indirect_probes, len(pool))
-        near = [a for a in pool if connected(a)]
+        near: list[str] = []
+        rest: list[str] = []
+        for a in pool:
+            (near if connected(a) else rest).append(a)
         chosen = rng.sample(near, min(want, len(near)))
         if len(chosen) < want:
-            rest = [a for a in pool if not connected(a)]
             chosen += rng.sample(rest, want - len(chosen))
         return chosen
 

@@ -101,20 +101,18 @@ class LeaderDuties:
             if (status := status_of(ns)) != "joining"
         ]
         digest = view_hash(entries)
-        if digest == self._t.me.get("view"):
+        published = self._t.me.get("view")
+        if digest == published:
             self._pending_view = None
             return
         # A view that is still moving (a join storm: members turn up one after another) is not
         # published at each step: every publication is news that every peer must hear of, and
         # at a thousand members those hashes crowded out the changes themselves.
-        # A view that keeps moving is published anyway once it has waited for five rounds.
         pending = self._pending_view
         if pending is None or pending[0] != digest:
             first = now if pending is None else pending[2]
-            self._pending_view = pending = (digest, now, first)
-            if self._t.me.get("view") is not None and now < first + 5 * self._round():
-                return
-        elif now < self.view_due():
+            self._pending_view = (digest, now, first)
+        if published is not None and now < self.view_due():
             return
         self._pending_view = None
         self._t.write("view", digest)

@@ -235,7 +235,7 @@ class Gossiper:
     # --- failure detection -----------------------------------------------------------------------
 
     def probe_helpers(
-        self, node_id: str, rng: random.Random, connected: Callable[[str], bool] = lambda _: False
+        self, node_id: str, rng: random.Random, connected: Callable[[str], bool]
     ) -> list[str]:
         """Addresses of members to ask to probe ``node_id`` (its direct probe failed), those
         this peer is ``connected`` with first."""
