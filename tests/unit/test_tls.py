@@ -217,6 +217,7 @@ async def test_tls_cluster_client_roles_and_identity(pki: Path) -> None:
     ):
         with trio.fail_after(GUARD):
             await a.wait_until(lambda n: {m.name: m.status for m in n.members()}.get("b") == "up")
+            await b.wait_ready()  # b has the partition table that includes it
         async with open_client([b.address], tls=TLSConfig.from_dir(pki, "app")) as client:
             await client.put("k", "v")
             assert (await client.get("k")).values == ["v"]
@@ -405,6 +406,8 @@ async def test_ca_rotation_with_a_bundle_under_traffic_drops_no_request(tmp_path
     ):
         with trio.fail_after(GUARD):
             await a.wait_until(lambda n: {m.name: m.status for m in n.members()}.get("b") == "up")
+            await a.wait_ready()  # both have the partition table that includes b
+            await b.wait_ready()
         for node in (a, b):
             nursery.start_soon(traffic, node.address, False)
             nursery.start_soon(traffic, node.address, True)
