@@ -43,6 +43,8 @@ _log = logging.getLogger("gossipkv.transport")
 # max_frame and reserved from the receive budget before any of it was read).
 _CHUNK = 64 * 1024
 _MAX_WIRE_LENGTH = 2 ** (8 * FRAME_HEADER) - 1
+# Reads of a plaintext socket that found data at once, after which the reader yields anyway.
+_CHECKPOINT_EVERY = 16
 
 # accept() failures that mean "out of descriptors or kernel memory for now": back off and retry.
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -60,6 +62,13 @@ def _parse(address: str) -> Address:
         return Address.parse(address)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _raw_socket(stream: trio.SocketStream) -> socket.socket | None:
+    """The OS socket under ``stream`` (non-blocking; trio keeps it as ``_sock``), or ``None``
+    when this trio keeps it elsewhere: then the stream's own methods are used."""
+    raw = getattr(stream.socket, "_sock", None)
+    return raw if isinstance(raw, socket.socket) else None
 
 
 def _describe(exc: BaseException) -> str:
@@ -108,6 +117,10 @@ class TcpConnection(Connection):
         self._transport = transport
         self.max_frame = transport.max_frame
         self._send_lock = trio.Lock()
+        # Plaintext frames are read and written on the socket itself (see _recv and _write):
+        # trio's stream would add two trips through the scheduler to every send and receive.
+        self._raw = None if tls is not None else _raw_socket(stream)
+        self._reads_without_wait = 0
         self._buffer = bytearray()
         self._closed = False
         self._broken: DecodeError | None = None
@@ -177,12 +190,18 @@ class TcpConnection(Connection):
                 parts.append(payload)
         if parts:
             writes.append(b"".join(parts))
-        async with self._send_lock:
-            try:
-                for data in writes:
-                    await self._write(data)
-            except _STREAM_ERRORS as exc:
-                raise self._stream_error(exc) from exc
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # the usual case (one writer per channel): no scheduler trip
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            for data in writes:
+                await self._write(data)
+        except _STREAM_ERRORS as exc:
+            raise self._stream_error(exc) from exc
+        finally:
+            lock.release()
 
     async def _send_tls_alert(self) -> None:
         """Send the alert OpenSSL wrote when it refused the other end's handshake (its
@@ -214,12 +233,22 @@ class TcpConnection(Connection):
         await self.send(payload)
 
     async def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        raw = self._raw
+        if raw is not None:
+            # Most writes fit the socket's buffer: done at once, with no deadline to arm.
+            try:
+                sent = raw.send(view)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(view):
+                return
+            view = view[sent:]
         timeout = self._transport.frame_timeout
         if timeout == math.inf:
-            await self._stream.send_all(data)
+            await self._stream.send_all(view)
             return
         # Piece by piece, each with the deadline: a slow reader is fine, one that stopped is not.
-        view = memoryview(data)
         for start in range(0, len(view), _CHUNK):
             with trio.move_on_after(timeout):
                 await self._stream.send_all(view[start : start + _CHUNK])
@@ -248,24 +277,29 @@ class TcpConnection(Connection):
                 f"connection to {self._remote} is unusable after a bad frame: {self._broken}"
             )
         buffer = self._buffer
-        if len(buffer) >= FRAME_HEADER:
-            # Fast path: a whole frame is already buffered (frames arrive in batches).
-            length = int.from_bytes(buffer[:FRAME_HEADER], "big")
-            end = FRAME_HEADER + length
-            if length <= self.max_frame and len(buffer) >= end:
-                payload = bytes(buffer[FRAME_HEADER:end])
-                del buffer[:end]
-                self._frames_in += 1
-                return payload
+        while len(buffer) < FRAME_HEADER:
+            # Between frames a connection may stay quiet for as long as it likes.
+            chunk = await self._receive_chunk(_CHUNK, True, FRAME_HEADER)
+            buffer += chunk
+        header = bytes(buffer[:FRAME_HEADER])
         try:
-            header = await self._read_exactly(FRAME_HEADER, frame_start=True)
             if not self._frames_in and not self._tls:
                 self._refuse_tls(header)
             length = frame_length(header, max_frame=self.max_frame)
-            payload = await self._read_body(length)
         except DecodeError as exc:
             self._broken = exc
             raise
+        end = FRAME_HEADER + length
+        if len(buffer) >= end:
+            # The usual case: the whole frame came with its header (frames arrive in batches).
+            payload = bytes(buffer[FRAME_HEADER:end])
+            del buffer[:end]
+        else:
+            try:
+                payload = await self._read_body(length)
+            except DecodeError as exc:
+                self._broken = exc
+                raise
         self._frames_in += 1
         return payload
 
@@ -288,14 +322,20 @@ class TcpConnection(Connection):
         raise failure
 
     async def _read_body(self, length: int) -> bytes:
+        """The body of the frame whose header starts the buffer, and the frame taken off it.
+
+        A body of up to ``_CHUNK`` bytes is gathered in the buffer behind its header, so a
+        receive cancelled meanwhile loses nothing: the next one finds the frame where it was.
+        A larger one is read in pieces of its own (see ``_read_large``); a cancellation inside
+        it leaves the connection unusable."""
         transport = self._transport
         budget = transport.receive_budget if length > SMALL_FRAME else None
         reserved = 0 if budget is None else await budget.reserve(length)
         try:
             if transport.frame_timeout == math.inf:
-                return await self._read_exactly(length, frame_start=False)
+                return await self._read_frame(length)
             with trio.move_on_after(transport.frame_timeout):
-                return await self._read_exactly(length, frame_start=False)
+                return await self._read_frame(length)
             raise DecodeError(
                 "frame_timeout",
                 f"connection from {self._remote}: a frame of {length} bytes did not arrive "
@@ -305,21 +345,28 @@ class TcpConnection(Connection):
             if budget is not None:
                 budget.release(reserved)
 
-    async def _read_exactly(self, count: int, *, frame_start: bool) -> bytes:
-        if count > _CHUNK:
-            return await self._read_large(count)
-        while len(self._buffer) < count:
-            self._buffer += await self._receive_chunk(_CHUNK, frame_start, count)
-        data = bytes(self._buffer[:count])
-        del self._buffer[:count]
-        return data
+    async def _read_frame(self, length: int) -> bytes:
+        buffer = self._buffer
+        end = FRAME_HEADER + length
+        if length > _CHUNK:
+            try:
+                return await self._read_large(length)
+            except trio.Cancelled:
+                self._broken = DecodeError("cancelled", "a receive was cancelled inside a frame")
+                raise
+        while len(buffer) < end:
+            buffer += await self._receive_chunk(_CHUNK, False, length, len(buffer) - FRAME_HEADER)
+        payload = bytes(buffer[FRAME_HEADER:end])
+        del buffer[:end]
+        return payload
 
     async def _read_large(self, count: int) -> bytes:
         # Chunks of exactly what is missing, joined once: the frame is in memory twice only
         # for that join (a growing bytearray would copy it on every reallocation).
-        parts = [bytes(self._buffer[:count])]
+        buffer = self._buffer
+        parts = [bytes(buffer[FRAME_HEADER : FRAME_HEADER + count])]
         got = len(parts[0])
-        del self._buffer[:count]
+        del buffer[: FRAME_HEADER + count]
         while got < count:
             chunk = await self._receive_chunk(min(_CHUNK, count - got), False, count, got)
             parts.append(chunk)
@@ -329,8 +376,12 @@ class TcpConnection(Connection):
     async def _receive_chunk(
         self, max_bytes: int, frame_start: bool, count: int, got: int | None = None
     ) -> bytes:
+        chunk: bytes | bytearray
         try:
-            chunk = await self._stream.receive_some(max_bytes)
+            if self._raw is not None:
+                chunk = await self._recv(self._raw, max_bytes)
+            else:
+                chunk = await self._stream.receive_some(max_bytes)
         except _STREAM_ERRORS as exc:
             if self._tls and self._server_side and not self._frames_in:
                 await self._send_tls_alert()
@@ -344,6 +395,25 @@ class TcpConnection(Connection):
                 f"connection from {self._remote} ended inside a frame ({have} of {count} bytes)",
             )
         return chunk if isinstance(chunk, bytes) else bytes(chunk)
+
+    async def _recv(self, raw: socket.socket, max_bytes: int) -> bytes:
+        """Read what the socket holds, waiting (a checkpoint) only when it holds nothing.
+
+        After ``_CHECKPOINT_EVERY`` reads that did not wait, the next one yields to the scheduler
+        first, so a peer that keeps the socket full cannot starve the other tasks or outrun a
+        cancellation. Both yields come before the read: a cancelled reader loses no bytes."""
+        if self._reads_without_wait >= _CHECKPOINT_EVERY:
+            self._reads_without_wait = 0
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                chunk = raw.recv(max_bytes)
+            except BlockingIOError:
+                self._reads_without_wait = 0
+                await trio.lowlevel.wait_readable(raw)
+                continue
+            self._reads_without_wait += 1
+            return chunk
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. A task blocked in ``receive`` gets ConnectionClosed."""

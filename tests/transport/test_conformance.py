@@ -446,3 +446,51 @@ async def test_tcp_eof_inside_a_frame_is_truncated(
     [error] = recorder.errors
     assert isinstance(error, DecodeError)
     assert error.reason == "truncated"
+
+
+async def test_tcp_a_reader_of_a_flooded_socket_yields_and_can_be_cancelled(
+    harness: Harness, clock: object, raw_tcp: None
+) -> None:
+    """Plaintext frames are read from the socket itself, with no trip through the scheduler
+    when data is there; a sender that keeps the socket full must still let the other tasks run
+    and let a cancellation through, long before the reader catches up."""
+    frames = [bytes([i % 256]) * 1000 for i in range(4000)]  # 4 MB: far more than one read
+    sent = trio.Event()
+
+    async def flood(conn: Connection) -> None:
+        await conn.send_many(frames)
+        sent.set()
+        with contextlib.suppress(ConnectionClosed):
+            await conn.receive()  # until the client goes away
+
+    address = await harness.serve(flood)
+    conn = await harness.connect(address)
+    await conn.receive()  # the flood has begun
+    ticks = 0
+    read = 1
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.lowlevel.checkpoint()
+            ticks += 1
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            for _ in range(2000):
+                await conn.receive()
+                read += 1
+            nursery.cancel_scope.cancel()
+        assert ticks > 0  # the ticker ran while the reader had data all along
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            while read < len(frames):
+                await conn.receive()
+                read += 1
+        assert scope.cancelled_caught and read < len(frames)
+        for _ in range(len(frames) - read):  # nothing was lost to the cancellation
+            assert await conn.receive() == frames[read]
+            read += 1
+        await sent.wait()
+    await conn.aclose()
