@@ -152,13 +152,15 @@ class Outbox:
         counters.queued_bytes += size
         counters.frames_out += 1
         counters.bytes_out += size
-        self._writer_lot.unpark()
+        if self._writer_lot:  # a writer already awake takes this frame too
+            self._writer_lot.unpark()
 
     def reserve(self) -> None:
         """Hold a place for a request that ``pack`` will turn into a frame."""
         self._reserved += 1
         self._unsent += 1
-        self._writer_lot.unpark()
+        if self._writer_lot:
+            self._writer_lot.unpark()
 
     def unreserve(self, count: int) -> None:
         """``pack`` took ``count`` reserved requests (sent as frames, or cancelled)."""
