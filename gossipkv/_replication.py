@@ -53,8 +53,13 @@ def preference_list(
     owners = table.owners[p]
     if not owners:
         raise Unavailable(f"partition {p} of {key!r} has no owner in the table")
-    out = [(o, "") for o in owners if o in reachable]
-    missing = [o for o in owners if o not in reachable]
+    out: list[Target] = []
+    missing: list[str] = []
+    for o in owners:  # one loop, not two comprehensions: this runs for every request
+        if o in reachable:
+            out.append((o, ""))
+        else:
+            missing.append(o)
     if missing and sloppy:
         members = sorted({m for row in table.owners for m in row} | set(reachable))
         start = p % len(members)
@@ -176,15 +181,19 @@ def plan_put(
     need = quorum_size(request.w, n, "w", default_w)
     if not targets:
         raise Unavailable(f"no replica of {request.key!r} is reachable")
-    forward_to = ""
-    if not request.forwarded and all(m != node_id for m, _ in targets):
-        forward_to = targets[0][0]
+    hint_for = forward_to = ""
+    for m, h in targets:
+        if m == node_id:
+            hint_for = h
+            break
+    else:  # this peer is no replica of the key
+        if not request.forwarded:
+            forward_to = targets[0][0]
     rid = f"{request.client_id}:{request.seq}" if request.client_id else ""
     meta: dict[str, object] = {"rid": rid} if rid else {}
     if stamp is not None and not forward_to:
         meta["ts"] = stamp()
     sibling = Sibling.deleted(meta) if request.delete else Sibling(request.value, False, meta)
-    hint_for = next((h for m, h in targets if m == node_id), "")
     return PutPlan(
         request.key,
         sibling,
@@ -260,7 +269,7 @@ class Tally:
 
     def check(self) -> int:
         out = Progress.NONE
-        if not self.enough and (self.count() >= self.need or not self.pending):
+        if not self.enough and (not self.pending or self.count() >= self.need):
             self.enough = True
             out = Progress.ENOUGH
         if not self.pending and not self.done:
