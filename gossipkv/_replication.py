@@ -310,11 +310,10 @@ def merge(replies: dict[str, Clock | None], *, last_write_wins: bool = False) ->
     if not clocks:
         return None
     first = clocks[0]
-    for c in clocks:  # a loop, not all(generator): this runs twice for every read
-        if first.anonymous or not _dvv.equal(c, first):
-            return resolve(_dvv.sync_all(clocks), last_write_wins=last_write_wins)
-    # The usual case: every replica holds the same version.
-    return resolve(first, last_write_wins=last_write_wins)
+    if not first.anonymous and all(_dvv.equal(c, first) for c in clocks[1:]):
+        # The usual case: every replica holds the same version.
+        return resolve(first, last_write_wins=last_write_wins)
+    return resolve(_dvv.sync_all(clocks), last_write_wins=last_write_wins)
 
 
 def read_result(tally: Tally, *, last_write_wins: bool = False) -> Clock | None:

@@ -379,10 +379,9 @@ def check_clock(clock: object, limits: StorageLimits) -> None:
     if not isinstance(clock, DVVSet):
         raise InvalidClock(f"expected a DVVSet clock, got {type(clock).__name__}")
     _dvv.validate(clock, max_siblings=limits.max_stored_siblings)
-    for entry in clock.entries:  # every value: a valid clock has no anonymous ones
-        for value in entry.values:
-            if not isinstance(value, Sibling):
-                raise InvalidClock(f"clock values must be Sibling, got {type(value).__name__}")
+    for value in _dvv.values(clock):
+        if not isinstance(value, Sibling):
+            raise InvalidClock(f"clock values must be Sibling, got {type(value).__name__}")
 
 
 def check_encoded_size(clock: Clock, data: bytes, limits: StorageLimits) -> None:
