@@ -340,20 +340,6 @@ def encode_key(key: object, limits: StorageLimits) -> bytes:
     return raw
 
 
-def check_key(key: object, limits: StorageLimits) -> None:
-    """:func:`encode_key`'s checks without the bytes, cheap for the usual key.
-
-    A non-empty ASCII ``str`` within the limit is valid (its UTF-8 bytes are its characters),
-    decided by three C calls; any other key gets :func:`encode_key`'s full check and errors.
-
-    Raises:
-      InvalidKey, KeyTooLarge: as :func:`encode_key`.
-    """
-    if type(key) is str and key.isascii() and 0 < len(key) <= limits.max_key_bytes:
-        return
-    encode_key(key, limits)
-
-
 def encode_clock(clock: object, limits: StorageLimits) -> bytes:
     """Validate ``clock`` and return its canonical CBOR (equal clocks give equal bytes).
 
