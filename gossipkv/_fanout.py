@@ -120,13 +120,13 @@ class Fanout:
     def check(self) -> None:
         self._fire(self.tally.check())
 
-    def _fire(self, progress: Progress) -> None:
-        if Progress.ENOUGH in progress:
+    def _fire(self, progress: int) -> None:
+        if progress & Progress.ENOUGH:
             if self._enough_event is not None:
                 self._enough_event.set()
             if self.on_enough is not None:
                 self.on_enough(self)
-        if Progress.DONE in progress:
+        if progress & Progress.DONE:
             if self._done_event is not None:
                 self._done_event.set()
             release, self.release = self.release, None
