@@ -252,7 +252,10 @@ def equal(x: DVVSet[V], y: DVVSet[V]) -> bool:
 
 def size(clock: DVVSet[V]) -> int:
     """Number of values (siblings) in ``clock``."""
-    return len(clock.anonymous) + sum(len(e.values) for e in clock.entries)
+    count = len(clock.anonymous)
+    for e in clock.entries:  # a loop, not sum(generator): a frame less on the data path
+        count += len(e.values)
+    return count
 
 
 # --- server-side actors ----------------------------------------------------------------------
@@ -383,6 +386,7 @@ def validate(clock: DVVSet[V], *, max_siblings: int | None = None) -> None:
     if clock.anonymous:
         raise InvalidClock("stored clocks carry no anonymous values")
     prev: str | None = None
+    count = 0  # the values, counted here rather than by size() (a call and a generator less)
     for e in clock.entries:
         if not isinstance(e.actor, str) or not e.actor:
             raise InvalidClock("actor ids must be non-empty strings")
@@ -394,13 +398,13 @@ def validate(clock: DVVSet[V], *, max_siblings: int | None = None) -> None:
             or not 1 <= e.counter <= MAX_COUNTER
         ):
             raise InvalidClock(f"counter of {e.actor!r} must be an integer in 1..2**63-1")
-        if len(e.values) > e.counter:
+        held = len(e.values)
+        if held > e.counter:
             raise InvalidClock(f"actor {e.actor!r} holds more values than events")
+        count += held
         prev = e.actor
-    if max_siblings is not None:
-        count = size(clock)
-        if count > max_siblings:
-            raise TooManySiblings(count, max_siblings)
+    if max_siblings is not None and count > max_siblings:
+        raise TooManySiblings(count, max_siblings)
 
 
 def context_to_plain(context: Context) -> list[list[object]]:

@@ -33,6 +33,7 @@ class Fanout:
     ``on_done`` runs) once every replica answered or failed. Whatever has not answered by
     ``deadline`` fails then (the service's expiry task calls :meth:`expire`). Call :meth:`check`
     after starting every request: with ``need`` 0 or no replicas at all, that is when it fires.
+    Its deadline is ``timeout`` after it starts.
     """
 
     __slots__ = (
@@ -53,7 +54,7 @@ class Fanout:
         self,
         members: list[str],
         need: int,
-        deadline: float,
+        timeout: float,
         *,
         counted: set[str] | None = None,
         on_enough: Callable[[Fanout], None] | None = None,
@@ -61,7 +62,8 @@ class Fanout:
         release: Callable[[], None] | None = None,
     ) -> None:
         self.tally = Tally(members, need, counted)
-        self.deadline = deadline
+        self.started = trio.current_time()
+        self.deadline = self.started + timeout
         # Events only for a task that waits (callers that pass callbacks never need one).
         self._enough_event: trio.Event | None = None
         self._done_event: trio.Event | None = None
@@ -70,7 +72,6 @@ class Fanout:
         self.on_done = on_done
         #: Called with each replica's answer (the replica latency histogram).
         self.on_reply: Callable[[Fanout, str], None] | None = None
-        self.started = trio.current_time()
         #: Gives back the fan-out's memory reservation, once, when every replica answered.
         self.release = release
 
@@ -119,13 +120,13 @@ class Fanout:
     def check(self) -> None:
         self._fire(self.tally.check())
 
-    def _fire(self, progress: Progress) -> None:
-        if Progress.ENOUGH in progress:
+    def _fire(self, progress: int) -> None:
+        if progress & Progress.ENOUGH:
             if self._enough_event is not None:
                 self._enough_event.set()
             if self.on_enough is not None:
                 self.on_enough(self)
-        if Progress.DONE in progress:
+        if progress & Progress.DONE:
             if self._done_event is not None:
                 self._done_event.set()
             release, self.release = self.release, None

@@ -34,7 +34,7 @@ from ._messages import Message, ReplicaGet, ReplicaPut, ReplicaState
 from ._replica_store import KVConfig
 from ._replication import PutPlan, resolve
 from .storage import StorageEngine, StorageLimits
-from .storage._base import encode_key
+from .storage._base import check_key
 
 log = logging.getLogger("gossipkv.kv")
 
@@ -321,7 +321,7 @@ class Replica:
         return GetResult(key, bool(values), values, context, more)
 
     def check_key(self, key: object) -> None:
-        encode_key(key, self.limits)
+        check_key(key, self.limits)
 
     def changed(self, key: str, clock: Clock) -> None:
         self.changes += 1

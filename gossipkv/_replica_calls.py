@@ -121,7 +121,7 @@ class ReplicaCalls:
         fan = Fanout(
             members,
             need,
-            trio.current_time() + self.config.replica_timeout,
+            self.config.replica_timeout,
             counted=counted,
             on_enough=on_enough,
             on_done=on_done,

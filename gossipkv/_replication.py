@@ -15,9 +15,9 @@ Waiting List (:class:`Tally`: the answers to one request, collected as they come
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Final
 
 from . import _dvv
 from ._dvv import DVVSet, Entry, Sibling
@@ -53,8 +53,13 @@ def preference_list(
     owners = table.owners[p]
     if not owners:
         raise Unavailable(f"partition {p} of {key!r} has no owner in the table")
-    out = [(o, "") for o in owners if o in reachable]
-    missing = [o for o in owners if o not in reachable]
+    out: list[Target] = []
+    missing: list[str] = []
+    for o in owners:  # one loop, not two comprehensions: this runs for every request
+        if o in reachable:
+            out.append((o, ""))
+        else:
+            missing.append(o)
     if missing and sloppy:
         members = sorted({m for row in table.owners for m in row} | set(reachable))
         start = p % len(members)
@@ -176,15 +181,19 @@ def plan_put(
     need = quorum_size(request.w, n, "w", default_w)
     if not targets:
         raise Unavailable(f"no replica of {request.key!r} is reachable")
-    forward_to = ""
-    if not request.forwarded and all(m != node_id for m, _ in targets):
-        forward_to = targets[0][0]
+    hint_for = forward_to = ""
+    for m, h in targets:
+        if m == node_id:
+            hint_for = h
+            break
+    else:  # this peer is no replica of the key
+        if not request.forwarded:
+            forward_to = targets[0][0]
     rid = f"{request.client_id}:{request.seq}" if request.client_id else ""
     meta: dict[str, object] = {"rid": rid} if rid else {}
     if stamp is not None and not forward_to:
         meta["ts"] = stamp()
     sibling = Sibling.deleted(meta) if request.delete else Sibling(request.value, False, meta)
-    hint_for = next((h for m, h in targets if m == node_id), "")
     return PutPlan(
         request.key,
         sibling,
@@ -204,15 +213,19 @@ def plan_put(
 # --- collecting answers ----------------------------------------------------------------------------
 
 
-class Progress(enum.Flag):
-    """What one answer (or failure) newly completed in a :class:`Tally`."""
+class Progress:
+    """What one answer (or failure) newly completed in a :class:`Tally`: bits of an int.
 
-    NONE = 0
+    Plain int bits, not an ``enum.Flag``: a Flag's ``|`` and ``in`` cost a dozen Python calls
+    per request on the data path. Test a bit with ``progress & Progress.ENOUGH``.
+    """
+
+    NONE: Final = 0
     #: ``need`` answers that count arrived, or every replica answered or failed: the caller can
     #: be told (the result, or how few answered).
-    ENOUGH = enum.auto()
+    ENOUGH: Final = 1
     #: Every replica answered or failed: the request's memory can go, and a read's repairs run.
-    DONE = enum.auto()
+    DONE: Final = 2
 
 
 class Tally:
@@ -241,24 +254,24 @@ class Tally:
             return len(self.replies)
         return sum(1 for m in self.replies if m in self.counted)
 
-    def answered(self, member: str, clock: Clock | None) -> Progress:
+    def answered(self, member: str, clock: Clock | None) -> int:
         if member not in self.pending:
             return Progress.NONE
         self.pending.discard(member)
         self.replies[member] = clock
         return self.check()
 
-    def failed(self, member: str) -> Progress:
+    def failed(self, member: str) -> int:
         if member not in self.pending:
             return Progress.NONE
         self.pending.discard(member)
         return self.check()
 
-    def check(self) -> Progress:
+    def check(self) -> int:
         out = Progress.NONE
-        if not self.enough and (self.count() >= self.need or not self.pending):
+        if not self.enough and (not self.pending or self.count() >= self.need):
             self.enough = True
-            out |= Progress.ENOUGH
+            out = Progress.ENOUGH
         if not self.pending and not self.done:
             self.done = True
             out |= Progress.DONE
@@ -297,10 +310,11 @@ def merge(replies: dict[str, Clock | None], *, last_write_wins: bool = False) ->
     if not clocks:
         return None
     first = clocks[0]
-    if not first.anonymous and all(_dvv.equal(c, first) for c in clocks[1:]):
-        # The usual case: every replica holds the same version.
-        return resolve(first, last_write_wins=last_write_wins)
-    return resolve(_dvv.sync_all(clocks), last_write_wins=last_write_wins)
+    for c in clocks:  # a loop, not all(generator): this runs twice for every read
+        if first.anonymous or not _dvv.equal(c, first):
+            return resolve(_dvv.sync_all(clocks), last_write_wins=last_write_wins)
+    # The usual case: every replica holds the same version.
+    return resolve(first, last_write_wins=last_write_wins)
 
 
 def read_result(tally: Tally, *, last_write_wins: bool = False) -> Clock | None:

@@ -340,6 +340,20 @@ def encode_key(key: object, limits: StorageLimits) -> bytes:
     return raw
 
 
+def check_key(key: object, limits: StorageLimits) -> None:
+    """:func:`encode_key`'s checks without the bytes, cheap for the usual key.
+
+    A non-empty ASCII ``str`` within the limit is valid (its UTF-8 bytes are its characters),
+    decided by three C calls; any other key gets :func:`encode_key`'s full check and errors.
+
+    Raises:
+      InvalidKey, KeyTooLarge: as :func:`encode_key`.
+    """
+    if type(key) is str and key.isascii() and 0 < len(key) <= limits.max_key_bytes:
+        return
+    encode_key(key, limits)
+
+
 def encode_clock(clock: object, limits: StorageLimits) -> bytes:
     """Validate ``clock`` and return its canonical CBOR (equal clocks give equal bytes).
 
@@ -365,9 +379,10 @@ def check_clock(clock: object, limits: StorageLimits) -> None:
     if not isinstance(clock, DVVSet):
         raise InvalidClock(f"expected a DVVSet clock, got {type(clock).__name__}")
     _dvv.validate(clock, max_siblings=limits.max_stored_siblings)
-    for value in _dvv.values(clock):
-        if not isinstance(value, Sibling):
-            raise InvalidClock(f"clock values must be Sibling, got {type(value).__name__}")
+    for entry in clock.entries:  # every value: a valid clock has no anonymous ones
+        for value in entry.values:
+            if not isinstance(value, Sibling):
+                raise InvalidClock(f"clock values must be Sibling, got {type(value).__name__}")
 
 
 def check_encoded_size(clock: Clock, data: bytes, limits: StorageLimits) -> None:

@@ -25,6 +25,7 @@ from ._base import (
     StorageStatistics,
     check_clock,
     check_encoded_size,
+    check_key,
     empty_statistics,
     encode_clock,
     encode_key,
@@ -55,15 +56,21 @@ class MemoryEngine(StorageEngine):
 
     def get_nowait(self, key: str) -> Clock | None:
         self._check_open()
-        encode_key(key, self._limits)
+        found = self._stored(key)
         self._gets += 1
-        found = self._data.get(key)
         return None if found is None else found[0]
 
     def encoded_nowait(self, key: str) -> tuple[Clock, bytes] | None:
         self._check_open()
-        encode_key(key, self._limits)
-        return self._data.get(key)
+        return self._stored(key)
+
+    def _stored(self, key: str) -> tuple[Clock, bytes] | None:
+        """What ``key`` holds, its key checked first unless it is stored: a stored key passed
+        :func:`encode_key` under these limits when it was put (reads of hot keys skip it)."""
+        found = self._data.get(key) if type(key) is str else None
+        if found is None:
+            check_key(key, self._limits)
+        return found
 
     def stored_bytes(self, key: str) -> int | None:
         found = self._data.get(key)

@@ -189,8 +189,8 @@ def test_the_tally_completes_once_and_exactly_when_it_should(
             settled.add(member)
         fired.append(progress)
     for progress in fired:
-        enough += Progress.ENOUGH in progress
-        done += Progress.DONE in progress
+        enough += bool(progress & Progress.ENOUGH)
+        done += bool(progress & Progress.DONE)
     counting = answered if counted is None else answered & counted
     # ENOUGH fires once, as soon as ``need`` counted answers are in or nobody is left to ask.
     should_be_enough = len(counting) >= need or settled == {"a", "b", "c"}
