@@ -94,6 +94,8 @@ class Subscriptions:
             send.close()
 
     def on_change(self, key: str, clock: Clock) -> None:
+        if not self._watchers:  # every stored change comes here; usually nobody watches
+            return
         matching = [send for prefix, send in self._watchers if key.startswith(prefix)]
         if not matching:
             return
