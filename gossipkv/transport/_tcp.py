@@ -289,11 +289,9 @@ class TcpConnection(Connection):
         except DecodeError as exc:
             self._broken = exc
             raise
-        end = FRAME_HEADER + length
-        if len(buffer) >= end:
+        if len(buffer) >= FRAME_HEADER + length:
             # The usual case: the whole frame came with its header (frames arrive in batches).
-            payload = bytes(buffer[FRAME_HEADER:end])
-            del buffer[:end]
+            payload = self._take(length)
         else:
             try:
                 payload = await self._read_body(length)
@@ -356,8 +354,13 @@ class TcpConnection(Connection):
                 raise
         while len(buffer) < end:
             buffer += await self._receive_chunk(_CHUNK, False, length, len(buffer) - FRAME_HEADER)
-        payload = bytes(buffer[FRAME_HEADER:end])
-        del buffer[:end]
+        return self._take(length)
+
+    def _take(self, length: int) -> bytes:
+        """The body of the whole frame that starts the buffer, taken off it with its header."""
+        end = FRAME_HEADER + length
+        payload = bytes(self._buffer[FRAME_HEADER:end])
+        del self._buffer[:end]
         return payload
 
     async def _read_large(self, count: int) -> bytes:
