@@ -13,7 +13,7 @@ import trio
 from gossipkv import ConnectionClosed, DecodeError, TransportError
 from gossipkv._codec import frame_header
 from gossipkv._errors import ConnectionRefused
-from gossipkv.transport import Connection, ReceiveBudget
+from gossipkv.transport import Connection, ReceiveBudget, _tcp
 
 from .conftest import Harness
 
@@ -402,7 +402,7 @@ async def test_budget_reservations_are_fifo_and_cancellation_safe() -> None:
 
 @pytest.fixture
 def raw_tcp(transport_kind: str) -> None:
-    if transport_kind != "tcp":
+    if transport_kind not in ("tcp", "tcp-stream"):
         pytest.skip("raw byte streams exist only over TCP")
 
 
@@ -494,3 +494,20 @@ async def test_tcp_a_reader_of_a_flooded_socket_yields_and_can_be_cancelled(
             read += 1
         await sent.wait()
     await conn.aclose()
+
+
+async def test_tcp_plaintext_frames_use_the_os_socket(
+    harness: Harness, clock: object, raw_tcp: None
+) -> None:
+    """The fast path finds trio's OS socket: a trio release that moves it fails here, rather
+    than silently sending every frame through the slower stream path (``tcp-stream`` runs the
+    whole contract over that fallback)."""
+    address = await harness.serve(echo)
+    host, _, port = address.rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    raw = _tcp._raw_socket(stream)
+    if harness.kind == "tcp":
+        assert raw is not None and raw.fileno() == stream.socket.fileno()
+    else:
+        assert raw is None
+    await stream.aclose()
