@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import zlib
 from pathlib import Path
 
@@ -32,15 +33,19 @@ YIELD_EVERY = 256
 def yield_gil() -> None:
     """Let another thread, the event loop's above all, take the GIL now.
 
-    A thread running Python keeps the GIL until the switch interval (5 ms by default) forces it
-    out, so while a compaction or a recovery ran its per-record loops every event-loop wake-up
-    waited about that long, and far longer when the holder was itself waiting for a CPU.
-    Worker-thread loops call this every :data:`YIELD_EVERY` records, as loop code calls
-    ``trio.lowlevel.checkpoint()``. Measured with a 1 ms ticker during a 200k-key recovery in a
-    thread: late by 5.3 ms at the median without it, 0.8-1.0 ms with it (p99 2.5 ms with the
-    1 ms switch interval a serving peer sets).
+    A thread running Python keeps the GIL until the switch interval (5 ms by default, 1 ms in a
+    serving peer) forces it out. Worker-thread loops call this every :data:`YIELD_EVERY`
+    records, as loop code calls ``trio.lowlevel.checkpoint()``.
+
+    ``time.sleep(0)``, not ``os.sched_yield()``: both release the GIL, but with the event loop
+    waiting on the other core, ``sched_yield`` returns at once and this thread took the GIL
+    back before the loop's thread woke. Worse, each such re-take counts as a switch, so the
+    waiting thread never asked for a forced one: a hint decode (190k entries, one release
+    every 0.3 ms) held the loop for 51-53 ms of its 55. With ``sleep(0)`` the same decode held
+    it 0.5-1.3 ms, and ``gossipkv bench storage --keys 200000``'s worst stall fell from
+    105-176 ms to 2-5 ms (measured on a 2-core machine, 2026-11-29).
     """
-    os.sched_yield()
+    time.sleep(0)  # noqa: TID251 - worker threads only; sleep(0) never blocks
 
 
 def storage_error(exc: OSError, what: str) -> StorageError:
