@@ -1,8 +1,10 @@
 """The log engine's read side: a read descriptor per segment and one reader task that batches gets.
 
-Pattern: *Request Batch* on the read path. Gets that arrive together are served by one worker-thread
-call that ``pread``\\ s each record and checks its checksum, so a burst of gets costs one thread
-hand-off, not one each. A read pins the segments it reads (a *Low-Water Mark*: compaction deletes
+Pattern: *Request Batch* on the read path. A get whose record the page cache holds is read on the
+event loop with ``preadv2(RWF_NOWAIT)``, which returns at once instead of waiting for the disk (a
+thread hand-off costs far more than such a read). Other gets that arrive together are served by one
+worker-thread call that ``pread``\\ s each record and checks its checksum, so a burst of them costs
+one thread hand-off, not one each. A read pins the segments it reads (a *Low-Water Mark*: compaction deletes
 no segment while a read of it is pending) in the same event-loop step as the key-directory lookup
 that produced its locations, until the read is done.
 
@@ -28,6 +30,17 @@ from ._keydir import len_of, off_of, seg_of
 from ._log_format import HEADER_SIZE, Unreadable, record_at
 from ._segment_files import keep_aside, storage_error
 
+#: ``preadv2``'s flag to fail with ``EAGAIN`` rather than wait for the disk (Linux 4.14+).
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def _record(raw: bytes, seg: int, off: int, length: int) -> bytes | Unreadable:
+    """The value of the record read at ``off`` of ``seg``, or :class:`Unreadable`."""
+    rec = record_at(raw, 0) if len(raw) == length else None
+    if rec is None:
+        return Unreadable(f"record at segment {seg} offset {off} failed its checksum")
+    return raw[HEADER_SIZE + len(rec[0]) :]
+
 
 @dataclass
 class _Batch:
@@ -52,6 +65,9 @@ class SegmentReads:
         self.fds: dict[int, int] = {}
         self._batch = _Batch()
         self._has_reads = trio.Event()
+        #: Whether records may be read on the event loop (``RWF_NOWAIT``); off for good once the
+        #: file system refuses the flag.
+        self._nowait = _RWF_NOWAIT is not None
 
     def take(self, segs: list[int]) -> list[int]:
         """Forget the descriptors of ``segs`` (about to be deleted); returns them to close."""
@@ -63,6 +79,11 @@ class SegmentReads:
         Raises:
           StorageError: an I/O error. StorageClosed: the engine closed during the read.
         """
+        cached = self._read_cached(locs)
+        if cached is not None:
+            # Read in the same step as the key-directory lookup: no segment can have gone.
+            await trio.lowlevel.checkpoint()
+            return cached
         # Pin the segments now, in the same step as the key-directory lookup that produced the
         # locations, so compaction cannot delete them before the read runs (Low-Water Mark).
         segs = {seg_of(loc) for loc in locs}
@@ -105,6 +126,32 @@ class SegmentReads:
             finally:
                 batch.done.set()
 
+    def _read_cached(self, locs: list[int]) -> list[bytes | Unreadable] | None:
+        """The records at ``locs`` when the page cache holds every one of them, read here on
+        the event loop (``RWF_NOWAIT`` never waits for the disk); ``None`` otherwise (the
+        reader thread reads them, and reports any I/O error)."""
+        if not self._nowait or _RWF_NOWAIT is None:
+            return None
+        out: list[bytes | Unreadable] = []
+        for loc in locs:
+            seg, off, length = seg_of(loc), off_of(loc), len_of(loc)
+            fd = self.fds.get(seg)
+            if fd is None:
+                return None
+            buf = bytearray(length)
+            try:
+                got = os.preadv(fd, [buf], off, _RWF_NOWAIT)
+            except BlockingIOError:
+                return None  # not in the page cache
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    self._nowait = False  # this file system or kernel refuses the flag
+                return None
+            if got != length:
+                return None  # partly cached, or short: the thread reads it whole
+            out.append(_record(bytes(buf), seg, off, length))
+        return out
+
     def _read_sync(self, locs: list[int]) -> list[bytes | Unreadable | BaseException]:
         out: list[bytes | Unreadable | BaseException] = []
         for loc in locs:
@@ -118,12 +165,7 @@ class SegmentReads:
             except OSError as exc:
                 out.append(storage_error(exc, f"read of segment {seg}"))
                 continue
-            rec = record_at(raw, 0) if len(raw) == length else None
-            if rec is None:
-                out.append(Unreadable(f"record at segment {seg} offset {off} failed its checksum"))
-                continue
-            klen = rec[0]
-            out.append(raw[HEADER_SIZE + len(klen) :])
+            out.append(_record(raw, seg, off, length))
         return out
 
     async def copy_aside(self, loc: int) -> str:

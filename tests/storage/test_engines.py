@@ -33,6 +33,7 @@ from gossipkv.storage import (
     _commit,
     _keydir,
     _log_format,
+    _reads,
     open_log_engine,
     open_storage,
     partition_of,
@@ -65,7 +66,7 @@ async def engine_for(kind: str, tmp_path: Path, **kw: object) -> AsyncIterator[S
 
 
 @pytest.mark.parametrize("kind", ENGINES)
-async def test_put_get_roundtrip(kind: str, tmp_path: Path) -> None:
+async def test_put_get_roundtrip(kind: str, tmp_path: Path, read_path: str) -> None:
     async with engine_for(kind, tmp_path) as eng:
         assert await eng.get("missing") is None
         c = clock_of({"a": [1, 2]}, "x", None)
@@ -157,7 +158,7 @@ async def test_bad_input_is_typed_and_harmless(kind: str, tmp_path: Path) -> Non
             await eng.put("k", good)
 
 
-async def test_log_reopen_keeps_everything(tmp_path: Path) -> None:
+async def test_log_reopen_keeps_everything(tmp_path: Path, read_path: str) -> None:
     expected: dict[str, DVVSet[Sibling]] = {}
     async with open_log_engine(tmp_path, segment_bytes=2048, compact_below=0.0) as eng:
         for i in range(200):
@@ -193,7 +194,7 @@ async def test_group_commit_shares_fsyncs(policy: str, tmp_path: Path) -> None:
             assert await eng.get(f"k{i}") == clock_of(i)
 
 
-async def test_compaction_under_load_never_loses_or_blocks(tmp_path: Path) -> None:
+async def test_compaction_under_load_never_loses_or_blocks(tmp_path: Path, read_path: str) -> None:
     latest: dict[str, DVVSet[Sibling]] = {}
     acked: set[str] = set()
     written: dict[str, set[str]] = {}
@@ -238,7 +239,9 @@ async def test_compaction_under_load_never_loses_or_blocks(tmp_path: Path) -> No
             assert await eng.get(key) == clock
 
 
-async def test_low_water_mark_keeps_segments_pinned_by_reads(tmp_path: Path) -> None:
+async def test_low_water_mark_keeps_segments_pinned_by_reads(
+    tmp_path: Path, read_path: str
+) -> None:
     async with open_log_engine(tmp_path, segment_bytes=1024) as eng:
         for i in range(60):
             await eng.put(f"k{i % 5}", clock_of(i))
@@ -348,7 +351,7 @@ UNREADABLE = {
 }
 
 
-async def test_a_record_failing_its_checksum_is_quarantined(tmp_path: Path) -> None:
+async def test_a_record_failing_its_checksum_is_quarantined(tmp_path: Path, read_path: str) -> None:
     seen: list[str] = []
     async with open_log_engine(tmp_path) as eng:
         eng.on_quarantine = seen.append
@@ -376,7 +379,9 @@ async def test_a_record_failing_its_checksum_is_quarantined(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("kind", sorted(UNREADABLE))
-async def test_a_record_that_cannot_be_decoded_is_quarantined(kind: str, tmp_path: Path) -> None:
+async def test_a_record_that_cannot_be_decoded_is_quarantined(
+    kind: str, tmp_path: Path, read_path: str
+) -> None:
     async with open_log_engine(tmp_path) as eng:
         await eng.put("good", clock_of("kept"))
     plant_record(tmp_path, "bad", UNREADABLE[kind])
@@ -405,3 +410,60 @@ async def test_bad_config(tmp_path: Path) -> None:
             pass
     assert FsyncPolicy("batch") is FsyncPolicy.BATCH
     assert digest(clock_of(1)) == digest(clock_of(1))
+
+
+async def test_a_record_in_the_page_cache_is_read_without_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if _reads._RWF_NOWAIT is None:
+        pytest.skip("this platform has no RWF_NOWAIT")
+    threads: list[str] = []
+    real = trio.to_thread.run_sync
+
+    async def counted(fn, *args, **kw):  # type: ignore[no-untyped-def]
+        threads.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kw)
+
+    async with open_log_engine(tmp_path) as eng:
+        await eng.put("k", clock_of("v"))
+        monkeypatch.setattr(trio.to_thread, "run_sync", counted)
+        assert await eng.get("k") == clock_of("v")
+        assert "_read_sync" not in threads  # just written: the page cache holds it
+
+        # Not in the page cache (EAGAIN): the reader thread reads it, and gets the same clock.
+        def not_cached(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+
+        monkeypatch.setattr(os, "preadv", not_cached)
+        assert await eng.get("k") == clock_of("v")
+        assert threads.count("_read_sync") == 1
+
+        # A file system that refuses the flag: every later read goes to the thread, for good.
+        def refused(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+
+        monkeypatch.setattr(os, "preadv", refused)
+        assert await eng.get("k") == clock_of("v")
+        monkeypatch.undo()
+        monkeypatch.setattr(trio.to_thread, "run_sync", counted)
+        assert await eng.get("k") == clock_of("v")
+        assert threads.count("_read_sync") == 3
+
+
+async def test_a_short_page_cache_read_goes_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if _reads._RWF_NOWAIT is None:
+        pytest.skip("this platform has no RWF_NOWAIT")
+    real_preadv = os.preadv
+
+    def half(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        # Only the first pages are cached: the kernel returns what it holds, short.
+        got = real_preadv(fd, buffers, offset, flags)
+        return got // 2
+
+    async with open_log_engine(tmp_path) as eng:
+        await eng.put("k", clock_of("v" * 5000))
+        monkeypatch.setattr(os, "preadv", half)
+        assert await eng.get("k") == clock_of("v" * 5000)
+        assert eng.statistics().quarantined_records == 0
