@@ -20,6 +20,7 @@ from ._kv_model import Clock, GetResult
 from ._messages import ReplicaGet
 from ._replica_calls import ReplicaCalls
 from ._replication import quorum_size, read_plan, read_result, stale_replicas
+from .storage import NOT_CACHED
 
 log = logging.getLogger("gossipkv.kv")
 
@@ -105,15 +106,18 @@ class Reads:
         calls.expiry.track(fan)
         storage = replica.storage
         for member in asked:
-            if member == replica.node_id and storage.nowait:
+            if member == replica.node_id:
                 try:
-                    fan.answered(member, storage.get_nowait(key))
+                    clock = storage.read_cached(key)
                 except GossipKVError as exc:
                     replica.count_error(exc)
                     fan.failed(member)
-            elif member == replica.node_id or not calls.start(
-                fan, member, ReplicaGet(key), calls.on_get_reply
-            ):
+                    continue
+                if clock is NOT_CACHED:
+                    calls.nursery_or_fail().start_soon(calls.ask, fan, member, key)
+                else:
+                    fan.answered(member, clock)
+            elif not calls.start(fan, member, ReplicaGet(key), calls.on_get_reply):
                 calls.nursery_or_fail().start_soon(calls.ask, fan, member, key)
         fan.check()
         return fan

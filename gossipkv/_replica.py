@@ -33,7 +33,7 @@ from ._kv_model import Clock, GetResult, KVCounters, encode_wire_clock, visible
 from ._messages import Message, ReplicaGet, ReplicaPut, ReplicaState
 from ._replica_store import KVConfig
 from ._replication import PutPlan, resolve
-from .storage import StorageEngine, StorageLimits
+from .storage import NOT_CACHED, StorageEngine, StorageLimits
 from .storage._base import check_key
 
 log = logging.getLogger("gossipkv.kv")
@@ -106,6 +106,13 @@ class Replica:
         """Answer a replica request at once when that needs no waiting (an engine with
         ``nowait``, no write in progress on the key, no hint to store); else ``None``."""
         if not self.storage.nowait:
+            if isinstance(message, ReplicaGet):
+                # A disk engine answers at once when the page cache holds the record.
+                self.check_key(message.key)
+                clock = self.storage.read_cached(message.key)
+                if clock is NOT_CACHED:
+                    return None
+                return ReplicaState(None if clock is None else encode_wire_clock(clock))
             return None
         if isinstance(message, ReplicaGet):
             self.check_key(message.key)

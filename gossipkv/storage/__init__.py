@@ -12,8 +12,10 @@ from gossipkv._dvv import Sibling as Sibling
 from gossipkv._dvv import partition_of as partition_of
 
 from ._base import DEFAULT_LIMITS as DEFAULT_LIMITS
+from ._base import NOT_CACHED as NOT_CACHED
 from ._base import Clock as Clock
 from ._base import FsyncPolicy as FsyncPolicy
+from ._base import NotCached as NotCached
 from ._base import StorageEngine as StorageEngine
 from ._base import StorageLimits as StorageLimits
 from ._base import StorageStatistics as StorageStatistics

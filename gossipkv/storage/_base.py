@@ -122,6 +122,15 @@ class StorageLimits:
 DEFAULT_LIMITS = StorageLimits()
 
 
+class NotCached(enum.Enum):
+    """What :meth:`StorageEngine.read_cached` answers when a read would have to wait."""
+
+    NOT_CACHED = "not_cached"
+
+
+NOT_CACHED = NotCached.NOT_CACHED
+
+
 @dataclass(frozen=True, slots=True)
 class StorageStatistics:
     """A frozen snapshot of an engine's counters and gauges.
@@ -206,6 +215,18 @@ class StorageEngine(abc.ABC):
           NotImplementedError: the engine has to wait for its disk (``nowait`` is False).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot read without waiting")
+
+    def read_cached(self, key: str) -> Clock | NotCached | None:
+        """The stored clock of ``key`` (or ``None``) when it can be had without waiting, else
+        :data:`NOT_CACHED` (call :meth:`get`). An engine with ``nowait`` always has it; the log
+        engine has it when the page cache holds the record. Counted as a read when answered.
+
+        Raises:
+          InvalidKey: a bad key. StorageClosed: closed.
+        """
+        if self.nowait:
+            return self.get_nowait(key)
+        return NOT_CACHED
 
     def stored_bytes(self, key: str) -> int | None:
         """The encoded size of ``key``'s stored clock, from the index (no read), or ``None``

@@ -61,8 +61,10 @@ from gossipkv._merkle import RecordHashes
 
 from ._base import (
     DEFAULT_LIMITS,
+    NOT_CACHED,
     Clock,
     FsyncPolicy,
+    NotCached,
     StorageEngine,
     StorageLimits,
     StorageStatistics,
@@ -246,6 +248,26 @@ class LogEngine(StorageEngine):
             return None
         raw = (await self._reads.read_many([loc]))[0]
         return await self._decoded(key, loc, raw)
+
+    def read_cached(self, key: str) -> Clock | NotCached | None:
+        """:meth:`get` without waiting, when the page cache holds the record (see
+        :meth:`StorageEngine.read_cached`); an unreadable record is left to :meth:`get`, which
+        quarantines it."""
+        self._check_usable()
+        encode_key(key, self._limits)
+        loc = self._keydir.get(key)
+        if loc is None:
+            self._gets += 1
+            return None
+        got = self._reads.read_cached([loc])
+        if got is None or isinstance(got[0], Unreadable):
+            return NOT_CACHED
+        try:
+            clock = decode_clock(got[0], f"{self._path} key {key!r}", self._limits)
+        except StorageCorrupt:
+            return NOT_CACHED
+        self._gets += 1
+        return clock
 
     async def _decoded(self, key: str, loc: int, raw: bytes | Unreadable) -> Clock | None:
         """Decode a record read back, or quarantine it when it is unreadable (``None``)."""

@@ -79,7 +79,7 @@ class SegmentReads:
         Raises:
           StorageError: an I/O error. StorageClosed: the engine closed during the read.
         """
-        cached = self._read_cached(locs)
+        cached = self.read_cached(locs)
         if cached is not None:
             # Read in the same step as the key-directory lookup: no segment can have gone.
             await trio.lowlevel.checkpoint()
@@ -126,7 +126,7 @@ class SegmentReads:
             finally:
                 batch.done.set()
 
-    def _read_cached(self, locs: list[int]) -> list[bytes | Unreadable] | None:
+    def read_cached(self, locs: list[int]) -> list[bytes | Unreadable] | None:
         """The records at ``locs`` when the page cache holds every one of them, read here on
         the event loop (``RWF_NOWAIT`` never waits for the disk); ``None`` otherwise (the
         reader thread reads them, and reports any I/O error)."""

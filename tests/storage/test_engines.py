@@ -26,6 +26,7 @@ from gossipkv._errors import (
     ValueTooLarge,
 )
 from gossipkv.storage import (
+    NOT_CACHED,
     FsyncPolicy,
     LogEngine,
     StorageEngine,
@@ -467,3 +468,43 @@ async def test_a_short_page_cache_read_goes_to_the_thread(
         monkeypatch.setattr(os, "preadv", half)
         assert await eng.get("k") == clock_of("v" * 5000)
         assert eng.statistics().quarantined_records == 0
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_read_cached_answers_without_waiting_or_says_it_cannot(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with engine_for(kind, tmp_path) as eng:
+        await eng.put("k", clock_of("v"))
+        assert eng.read_cached("missing") is None
+        with pytest.raises(InvalidKey):
+            eng.read_cached("")
+        if kind == "log" and _reads._RWF_NOWAIT is None:
+            assert eng.read_cached("k") is NOT_CACHED
+            return
+        before = eng.statistics().gets
+        assert eng.read_cached("k") == clock_of("v")
+        assert eng.statistics().gets == before + 1
+        if kind == "memory":
+            return
+
+        def not_cached(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+
+        monkeypatch.setattr(os, "preadv", not_cached)
+        assert eng.read_cached("k") is NOT_CACHED
+        assert eng.statistics().gets == before + 1  # not answered: not counted
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+async def test_read_cached_leaves_an_undecodable_record_to_get(kind: str, tmp_path: Path) -> None:
+    async with open_log_engine(tmp_path) as eng:
+        await eng.put("good", clock_of("kept"))
+    plant_record(tmp_path, "bad", UNREADABLE[kind])
+    async with open_log_engine(tmp_path) as eng:
+        # Never served, never quarantined here (that needs a wait): get does it.
+        assert eng.read_cached("bad") is NOT_CACHED
+        assert eng.statistics().quarantined_records == 0
+        assert await eng.get("bad") is None
+        assert eng.statistics().quarantined_records == 1
