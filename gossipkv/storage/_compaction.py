@@ -37,6 +37,7 @@ from ._segment_files import (
     YIELD_EVERY,
     SegmentWindow,
     fsync_dir,
+    open_for_reads,
     read_index,
     write_all,
     write_hint,
@@ -210,7 +211,7 @@ class _Copier:
         self._seg = seg
         self._outputs.append(seg)
         # The read descriptor survives the rename; the engine reads moved keys through it.
-        self._read_fds[seg] = os.open(tmp, os.O_RDONLY)
+        self._read_fds[seg] = open_for_reads(tmp)
         self._size, self._crc, self._size_written = 0, 0, 0
         self._hint = bytearray()
 

@@ -1,7 +1,7 @@
 """The log engine's read side: a read descriptor per segment and one reader task that batches gets.
 
-Pattern: *Request Batch* on the read path. A get whose record the page cache holds is read on the
-event loop with ``preadv2(RWF_NOWAIT)``, which returns at once instead of waiting for the disk (a
+Pattern: *Request Batch* on the read path. A get of a small record the page cache holds is read on
+the event loop with ``preadv2(RWF_NOWAIT)``, which fails at once rather than wait for the disk (a
 thread hand-off costs far more than such a read). Other gets that arrive together are served by one
 worker-thread call that ``pread``\\ s each record and checks its checksum, so a burst of them costs
 one thread hand-off, not one each. A read pins the segments it reads (a *Low-Water Mark*: compaction deletes
@@ -30,8 +30,34 @@ from ._keydir import len_of, off_of, seg_of
 from ._log_format import HEADER_SIZE, Unreadable, record_at
 from ._segment_files import keep_aside, storage_error
 
+#: The most record bytes one read on the event loop copies and checks (a 64 KiB record takes
+#: tens of microseconds); larger reads, and scans, go to the reader thread.
+INLINE_READ_BYTES = 64 * 1024
+
 #: ``preadv2``'s flag to fail with ``EAGAIN`` rather than wait for the disk (Linux 4.14+).
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def nowait_reads_work(directory: Path) -> bool:
+    """Whether this kernel and the file system of ``directory`` serve ``RWF_NOWAIT`` reads
+    (FUSE, NFS and some older tmpfs or overlayfs refuse the flag): writes and reads a probe
+    file there."""
+    if _RWF_NOWAIT is None:
+        return False
+    probe = directory / ".nowait-probe"
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"probe")
+        try:
+            os.preadv(fd, [bytearray(5)], 0, _RWF_NOWAIT)
+        except BlockingIOError:
+            return True  # accepted, just not cached
+        except OSError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+        probe.unlink()
 
 
 def _record(raw: bytes, seg: int, off: int, length: int) -> bytes | Unreadable:
@@ -79,7 +105,7 @@ class SegmentReads:
         Raises:
           StorageError: an I/O error. StorageClosed: the engine closed during the read.
         """
-        cached = self.read_cached(locs)
+        cached = self.read_cached(locs) if len(locs) == 1 else None
         if cached is not None:
             # Read in the same step as the key-directory lookup: no segment can have gone.
             await trio.lowlevel.checkpoint()
@@ -127,11 +153,15 @@ class SegmentReads:
                 batch.done.set()
 
     def read_cached(self, locs: list[int]) -> list[bytes | Unreadable] | None:
-        """The records at ``locs`` when the page cache holds every one of them, read here on
-        the event loop (``RWF_NOWAIT`` never waits for the disk); ``None`` otherwise (the
-        reader thread reads them, and reports any I/O error)."""
+        """The records at ``locs`` when the page cache holds every one of them and they are
+        small (:data:`INLINE_READ_BYTES` in all), read here on the event loop; ``None``
+        otherwise (the reader thread reads them, and reports any I/O error). ``RWF_NOWAIT``
+        fails rather than wait for the disk, and the descriptors are opened ``O_NOATIME`` (see
+        :func:`open_for_reads`), so the read does not wait to update the access time either."""
         if not self._nowait or _RWF_NOWAIT is None:
             return None
+        if sum(len_of(loc) for loc in locs) > INLINE_READ_BYTES:
+            return None  # copying and checking that much would hold the loop: the thread reads
         out: list[bytes | Unreadable] = []
         for loc in locs:
             seg, off, length = seg_of(loc), off_of(loc), len_of(loc)

@@ -39,6 +39,7 @@ from ._segment_files import (
     finish_deletions,
     fsync_dir,
     keep_aside,
+    open_for_reads,
     segment_crc,
     write_hint,
     yield_gil,
@@ -100,7 +101,7 @@ def open_data_dir(path: Path) -> Recovered:
         os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         rec, max_seg = _recover(path, lock_fd)
         for seg in rec.seg_bytes:
-            rec.read_fds[seg] = os.open(path / seg_name(seg), os.O_RDONLY)
+            rec.read_fds[seg] = open_for_reads(path / seg_name(seg))
         rec.active = max_seg + 1
         rec.active_fd, rec.read_fds[rec.active] = start_segment(path, rec.active)
         return rec
@@ -118,7 +119,7 @@ def start_segment(path: Path, seg: int) -> tuple[int, int]:
     seg_path = path / seg_name(seg)
     fd = os.open(seg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        read_fd = os.open(seg_path, os.O_RDONLY)
+        read_fd = open_for_reads(seg_path)
         try:
             fsync_dir(path)  # the new file's name must survive a crash too
         except BaseException:

@@ -43,9 +43,24 @@ def yield_gil() -> None:
     waiting thread never asked for a forced one: a hint decode (190k entries, one release
     every 0.3 ms) held the loop for 51-53 ms of its 55. With ``sleep(0)`` the same decode held
     it 0.5-1.3 ms, and ``gossipkv bench storage --keys 200000``'s worst stall fell from
-    105-176 ms to 2-5 ms (measured on a 2-core machine, 2026-11-29).
+    105-176 ms to 2-5 ms (measured on a 2-core machine, 2026-11-29). ``sleep(0)`` works because
+    it is a real pause (tens of microseconds of timer slack, against ~5 for ``sched_yield``):
+    long enough for the waiting thread to take the GIL.
     """
-    time.sleep(0)  # noqa: TID251 - worker threads only; sleep(0) never blocks
+    time.sleep(0)  # noqa: TID251 - worker threads only; a pause of tens of microseconds
+
+
+def open_for_reads(path: Path) -> int:
+    """A read descriptor for a segment the engine serves gets from. ``O_NOATIME`` where the
+    process may use it (it owns the file): a read on the event loop (``RWF_NOWAIT``) must not
+    update the access time, which can wait for the file system's journal."""
+    try:
+        return os.open(path, os.O_RDONLY | _O_NOATIME)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
+_O_NOATIME: int = getattr(os, "O_NOATIME", 0)
 
 
 def storage_error(exc: OSError, what: str) -> StorageError:

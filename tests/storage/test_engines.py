@@ -241,8 +241,10 @@ async def test_compaction_under_load_never_loses_or_blocks(tmp_path: Path, read_
 
 
 async def test_low_water_mark_keeps_segments_pinned_by_reads(
-    tmp_path: Path, read_path: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Pins guard the reader thread's reads (a read on the event loop needs none).
+    monkeypatch.setattr(_reads, "_RWF_NOWAIT", None)
     async with open_log_engine(tmp_path, segment_bytes=1024) as eng:
         for i in range(60):
             await eng.put(f"k{i % 5}", clock_of(i))
@@ -414,10 +416,8 @@ async def test_bad_config(tmp_path: Path) -> None:
 
 
 async def test_a_record_in_the_page_cache_is_read_without_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nowait_reads: None
 ) -> None:
-    if _reads._RWF_NOWAIT is None:
-        pytest.skip("this platform has no RWF_NOWAIT")
     threads: list[str] = []
     real = trio.to_thread.run_sync
 
@@ -452,22 +452,56 @@ async def test_a_record_in_the_page_cache_is_read_without_a_thread(
 
 
 async def test_a_short_page_cache_read_goes_to_the_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nowait_reads: None
 ) -> None:
-    if _reads._RWF_NOWAIT is None:
-        pytest.skip("this platform has no RWF_NOWAIT")
     real_preadv = os.preadv
+    real_read_sync = _reads.SegmentReads._read_sync
+    thread_reads: list[int] = []
 
     def half(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
-        # Only the first pages are cached: the kernel returns what it holds, short.
+        # Only the first pages are cached: the kernel fills and counts only what it holds.
         got = real_preadv(fd, buffers, offset, flags)
+        buffers[0][got // 2 :] = bytes(len(buffers[0]) - got // 2)
         return got // 2
+
+    def read_sync(self: _reads.SegmentReads, locs: list[int]) -> object:
+        thread_reads.append(len(locs))
+        return real_read_sync(self, locs)
 
     async with open_log_engine(tmp_path) as eng:
         await eng.put("k", clock_of("v" * 5000))
         monkeypatch.setattr(os, "preadv", half)
+        monkeypatch.setattr(_reads.SegmentReads, "_read_sync", read_sync)
         assert await eng.get("k") == clock_of("v" * 5000)
+        assert thread_reads == [1]
         assert eng.statistics().quarantined_records == 0
+
+
+async def test_large_records_and_scans_are_read_in_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nowait_reads: None
+) -> None:
+    """Copying and checking a large record, or a scan's chunk of records, on the event loop
+    would hold it: those reads go to the reader thread even when the page cache holds them."""
+    real_read_sync = _reads.SegmentReads._read_sync
+    thread_reads: list[int] = []
+
+    def read_sync(self: _reads.SegmentReads, locs: list[int]) -> object:
+        thread_reads.append(len(locs))
+        return real_read_sync(self, locs)
+
+    big = clock_of("v" * (_reads.INLINE_READ_BYTES + 1))
+    async with open_log_engine(tmp_path) as eng:
+        await eng.put("big", big)
+        for i in range(5):
+            await eng.put(f"k{i}", clock_of(i))
+        monkeypatch.setattr(_reads.SegmentReads, "_read_sync", read_sync)
+        assert await eng.get("k0") == clock_of(0)
+        assert thread_reads == []
+        assert eng.read_cached("big") is NOT_CACHED
+        assert await eng.get("big") == big
+        assert thread_reads == [1]
+        assert len([k async for k, _ in eng.scan(0, 1)]) == 6
+        assert sum(thread_reads) == 7
 
 
 @pytest.mark.parametrize("kind", ENGINES)
@@ -479,7 +513,7 @@ async def test_read_cached_answers_without_waiting_or_says_it_cannot(
         assert eng.read_cached("missing") is None
         with pytest.raises(InvalidKey):
             eng.read_cached("")
-        if kind == "log" and _reads._RWF_NOWAIT is None:
+        if kind == "log" and not _reads.nowait_reads_work(tmp_path):
             assert eng.read_cached("k") is NOT_CACHED
             return
         before = eng.statistics().gets
@@ -495,6 +529,8 @@ async def test_read_cached_answers_without_waiting_or_says_it_cannot(
         assert eng.read_cached("k") is NOT_CACHED
         assert eng.statistics().gets == before + 1  # not answered: not counted
         monkeypatch.undo()
+    with pytest.raises(StorageClosed):
+        eng.read_cached("k")
 
 
 @pytest.mark.parametrize("kind", sorted(UNREADABLE))
