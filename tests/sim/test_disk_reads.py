@@ -60,16 +60,33 @@ async def test_a_disk_replica_answers_cached_reads_in_the_reader(
                 expected = None if stored is None else encode_wire_clock(stored)
                 assert answer == ReplicaState(expected), f"seed={seed}: {key}"
 
+            # A read n3 coordinates takes its own copy the same way: no task asks for it.
+            calls = service(node)._calls
+            asked: list[str] = []
+            real_ask = calls.ask
+
+            async def ask(fan: object, member: str, key: str) -> None:
+                asked.append(member)
+                await real_ask(fan, member, key)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(calls, "ask", ask)
+            with trio.fail_after(60):
+                for key in keys:
+                    got = await node.get(key, r=3)
+                    assert got.values == [f"value of {key}"], f"seed={seed}: {key} {got}"
+            assert "n3" not in asked, f"seed={seed}: {asked}"
+
             def not_cached(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
                 raise BlockingIOError(errno.EAGAIN, "would block")
 
             # Only on disk: left to the waiting path (a task reads it in the reader thread).
             monkeypatch.setattr(os, "preadv", not_cached)
             assert replica.serve_nowait(ReplicaGet(keys[0])) is None
-            # ... and reads through n3 are still right, its own copy included.
+            # ... and reads through n3 are still right, its own copy now read by a task.
             with trio.fail_after(60):
                 for key in keys:
                     got = await node.get(key, r=3)
                     assert got.values == [f"value of {key}"], f"seed={seed}: {key} {got}"
+            assert "n3" in asked, f"seed={seed}: {asked}"
             monkeypatch.undo()
             c.kill("n3")
