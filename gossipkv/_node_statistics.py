@@ -177,6 +177,7 @@ def node_statistics(
         storage_pending_writes=store.pending_writes,
         storage_delete_markers=store.delete_markers,
         storage_fsyncs=store.fsyncs,
+        storage_page_cache_reads=store.page_cache_reads,
         storage_compactions=store.compactions,
         storage_compaction_errors=store.compaction_errors,
         storage_bytes_reclaimed=store.bytes_reclaimed,

@@ -163,6 +163,9 @@ class StorageStatistics:
     recovery_seconds: float
     #: Keys removed by :meth:`StorageEngine.delete` (reaped tombstones, forgotten hints).
     deletes: int = 0
+    #: Gets of records the page cache held, read on the event loop with no thread hand-off
+    #: (log engine; stays 0 where the file system refuses ``RWF_NOWAIT``).
+    page_cache_reads: int = 0
     #: Delete markers the log engine still keeps on disk (dropped by compaction once no older
     #: record of their key remains; each costs a few bytes of memory until then).
     delete_markers: int = 0

@@ -502,6 +502,7 @@ class LogEngine(StorageEngine):
             torn_tail_truncations=self._torn,
             hint_files_loaded=self._hints_loaded,
             recovery_seconds=self._recovery_seconds,
+            page_cache_reads=self._reads.inline_reads,
         )
 
 

@@ -94,6 +94,8 @@ class SegmentReads:
         #: Whether records may be read on the event loop (``RWF_NOWAIT``); off for good once the
         #: file system refuses the flag.
         self._nowait = _RWF_NOWAIT is not None
+        #: Records read on the event loop (see :meth:`read_cached`).
+        self.inline_reads = 0
 
     def take(self, segs: list[int]) -> list[int]:
         """Forget the descriptors of ``segs`` (about to be deleted); returns them to close."""
@@ -180,6 +182,7 @@ class SegmentReads:
             if got != length:
                 return None  # partly cached, or short: the thread reads it whole
             out.append(_record(bytes(buf), seg, off, length))
+        self.inline_reads += len(out)
         return out
 
     def _read_sync(self, locs: list[int]) -> list[bytes | Unreadable | BaseException]:

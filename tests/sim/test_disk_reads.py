@@ -75,6 +75,8 @@ async def test_a_disk_replica_answers_cached_reads_in_the_reader(
                     got = await node.get(key, r=3)
                     assert got.values == [f"value of {key}"], f"seed={seed}: {key} {got}"
             assert "n3" not in asked, f"seed={seed}: {asked}"
+            # An operator sees the fast path at work (and would see 0 on NFS or FUSE).
+            assert node.statistics().storage_page_cache_reads >= 2 * len(keys), f"seed={seed}"
 
             def not_cached(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
                 raise BlockingIOError(errno.EAGAIN, "would block")

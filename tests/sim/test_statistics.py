@@ -138,6 +138,7 @@ REPORTED: dict[type, dict[str, str]] = {
         "disk_bytes": "storage_disk_bytes",
         "live_bytes": "storage_live_bytes",
         "fsyncs": "storage_fsyncs",
+        "page_cache_reads": "storage_page_cache_reads",
         "pending_writes": "storage_pending_writes",
         "compactions": "storage_compactions",
         "compaction_errors": "storage_compaction_errors",

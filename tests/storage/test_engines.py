@@ -430,6 +430,7 @@ async def test_a_record_in_the_page_cache_is_read_without_a_thread(
         monkeypatch.setattr(trio.to_thread, "run_sync", counted)
         assert await eng.get("k") == clock_of("v")
         assert "_read_sync" not in threads  # just written: the page cache holds it
+        assert eng.statistics().page_cache_reads == 1
 
         # Not in the page cache (EAGAIN): the reader thread reads it, and gets the same clock.
         def not_cached(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
@@ -449,6 +450,7 @@ async def test_a_record_in_the_page_cache_is_read_without_a_thread(
         monkeypatch.setattr(trio.to_thread, "run_sync", counted)
         assert await eng.get("k") == clock_of("v")
         assert threads.count("_read_sync") == 3
+        assert eng.statistics().page_cache_reads == 1  # the thread's reads are not counted
 
 
 async def test_a_short_page_cache_read_goes_to_the_thread(
