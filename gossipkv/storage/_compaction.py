@@ -34,14 +34,12 @@ from ._log_format import (
     seg_name,
 )
 from ._segment_files import (
-    YIELD_EVERY,
     SegmentWindow,
     fsync_dir,
     open_for_reads,
     read_index,
     write_all,
     write_hint,
-    yield_gil,
 )
 
 # Records planned between checkpoints: each is a few dict lookups, so 2048 held the loop for
@@ -173,8 +171,6 @@ class _Copier:
             new_segs, new_offs = moves.new_segs, moves.new_offs
             pack_entry = HINT_ENTRY.pack
             for i in range(first, len(moves)):
-                if i % YIELD_EVERY == 0:
-                    yield_gil()
                 seg = new_segs[i]
                 if not seg:
                     continue  # a dropped delete marker

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 import zlib
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -33,12 +33,6 @@ SEG_SUFFIX = ".seg"
 HINT_SUFFIX = ".hint"
 TMP_SUFFIX = ".tmp"
 QUARANTINE_DIR = "quarantine"
-#: Records between two calls of a loop's ``pause`` callback.
-PAUSE_EVERY = 1024
-
-
-def _no_pause() -> None:
-    pass
 
 
 def seg_name(seg: int) -> str:
@@ -136,12 +130,11 @@ def record_at(data: bytes | memoryview, pos: int) -> tuple[bytes, int, int] | No
     return key, seq, end - pos
 
 
-def scan_segment(data: bytes, pause: Callable[[], None] = _no_pause) -> ScanResult:
+def scan_segment(data: bytes) -> ScanResult:
     """Every valid record of a segment's bytes; corrupt records are skipped and counted.
 
     ``valid_end`` is where the last valid record ends: anything after it is a torn tail (a write
-    cut short by a crash, or damage with no valid record after it). ``pause`` is called every
-    :data:`PAUSE_EVERY` records (a worker thread gives the GIL away there).
+    cut short by a crash, or damage with no valid record after it).
     """
     entries = Entries()
     pos = 0
@@ -157,8 +150,6 @@ def scan_segment(data: bytes, pause: Callable[[], None] = _no_pause) -> ScanResu
             entries.append(key, seq, pos, length)
             pos += length
             valid_end = pos
-            if len(entries) % PAUSE_EVERY == 0:
-                pause()
             continue
         # Damaged here: resynchronise on the next magic that starts a valid record.
         nxt = data.find(MAGIC, pos + 1)
@@ -196,13 +187,10 @@ def hint_frame(
     return head, struct.pack("<I", zlib.crc32(entries_body, zlib.crc32(head)))
 
 
-def decode_hint(
-    raw: bytes, seg_size: int, seg_crc: int, pause: Callable[[], None] = _no_pause
-) -> Entries | None:
+def decode_hint(raw: bytes, seg_size: int, seg_crc: int) -> Entries | None:
     """The hint's entries if it is intact and matches the segment's size and checksum.
 
     The entries stay in ``raw`` (a view of it, no copy); only where each starts is recorded.
-    ``pause`` is called every :data:`PAUSE_EVERY` entries, as in :func:`scan_segment`.
     """
     if len(raw) < HINT_HEAD.size + 4:
         return None
@@ -220,8 +208,6 @@ def decode_hint(
     while pos + HINT_ENTRY_SIZE <= n:
         starts.append(pos)
         pos += HINT_ENTRY_SIZE + unpack(body, pos)[3]
-        if len(starts) % PAUSE_EVERY == 0:
-            pause()
     if pos != n:
         return None
     return Entries(body, starts)

@@ -35,14 +35,12 @@ from ._log_format import (
 )
 from ._segment_files import (
     WINDOW,
-    YIELD_EVERY,
     finish_deletions,
     fsync_dir,
     keep_aside,
     open_for_reads,
     segment_crc,
     write_hint,
-    yield_gil,
 )
 
 
@@ -156,7 +154,7 @@ def _recover(path: Path, lock_fd: int) -> tuple[Recovered, int]:
             if hint_path.exists():
                 # The segment is streamed for its checksum, never held whole.
                 raw = hint_path.read_bytes()
-                entries = decode_hint(raw, size, segment_crc(fd, size), yield_gil)
+                entries = decode_hint(raw, size, segment_crc(fd, size))
                 if entries is not None:
                     hints += 1
             if entries is None:
@@ -218,7 +216,7 @@ def _recover(path: Path, lock_fd: int) -> tuple[Recovered, int]:
 def _scan(path: Path, seg: int, data: bytes) -> tuple[ScanResult, int, int]:
     """Scan a segment with no usable hint: keep its damaged records aside, truncate a torn tail
     and write its hint. Returns the scan, the segment's size now, and 1 if its tail was torn."""
-    scanned = scan_segment(data, yield_gil)
+    scanned = scan_segment(data)
     for start, end, _ in scanned.damaged:
         # Damage inside the segment (not a torn tail): keep the bytes for inspection, and
         # have the key repaired from the other replicas.
@@ -256,9 +254,7 @@ def _index_segment(
     body, unpack = entries.body, HINT_ENTRY.unpack_from
     low = 1 << 64
     buf, lo, hi = b"", 0, 0
-    for n, pos in enumerate(entries.starts):
-        if n % YIELD_EVERY == 0:
-            yield_gil()
+    for pos in entries.starts:
         seq, off, length, klen = unpack(body, pos)
         kb = body[pos + HINT_ENTRY_SIZE : pos + HINT_ENTRY_SIZE + klen]
         loc = (seq << SEQ_SHIFT) | seg_shift | (off << OFF_BITS) | length

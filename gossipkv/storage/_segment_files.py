@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 import zlib
 from pathlib import Path
 
@@ -26,28 +25,13 @@ from ._log_format import (
     seg_name,
 )
 
-#: Records a worker-thread loop handles between giving the GIL away (a few hundred microseconds).
-YIELD_EVERY = 256
-
-
-def yield_gil() -> None:
-    """Let another thread, the event loop's above all, take the GIL now.
-
-    A thread running Python keeps the GIL until the switch interval (5 ms by default, 1 ms in a
-    serving peer) forces it out. Worker-thread loops call this every :data:`YIELD_EVERY`
-    records, as loop code calls ``trio.lowlevel.checkpoint()``.
-
-    ``time.sleep(0)``, not ``os.sched_yield()``: both release the GIL, but with the event loop
-    waiting on the other core, ``sched_yield`` returns at once and this thread took the GIL
-    back before the loop's thread woke. Worse, each such re-take counts as a switch, so the
-    waiting thread never asked for a forced one: a hint decode (190k entries, one release
-    every 0.3 ms) held the loop for 51-53 ms of its 55. With ``sleep(0)`` the same decode held
-    it 0.5-1.3 ms, and ``gossipkv bench storage --keys 200000``'s worst stall fell from
-    105-176 ms to 2-5 ms (measured on a 2-core machine, 2026-11-29). ``sleep(0)`` works because
-    it is a real pause (tens of microseconds of timer slack, against ~5 for ``sched_yield``):
-    long enough for the waiting thread to take the GIL.
-    """
-    time.sleep(0)  # noqa: TID251 - worker threads only; a pause of tens of microseconds
+# Worker-thread loops here (hint decoding, segment scans, compaction's copy, recovery) do not give
+# the GIL away themselves: the interpreter's switch interval takes it from them (1 ms in a serving
+# peer and in ``bench storage``). An explicit ``os.sched_yield()`` every few hundred records made
+# things worse: with the event loop waiting on the other core, this thread took the GIL back
+# before the loop's thread woke, and each re-take counted as a switch, so no forced switch came.
+# One 190k-entry hint decode held the loop 51-53 ms; ``bench storage --keys 200000``'s worst
+# stall was 104-176 ms with it and 2.7-5.0 ms without (2-core machine, 2026-11-29).
 
 
 def open_for_reads(path: Path) -> int:
@@ -153,10 +137,10 @@ def read_index(path: Path, seg: int) -> Entries:
             raw = (path / hint_name(seg)).read_bytes()
         except FileNotFoundError:
             raw = b""
-        entries = decode_hint(raw, size, segment_crc(fd, size), yield_gil) if raw else None
+        entries = decode_hint(raw, size, segment_crc(fd, size)) if raw else None
         if entries is not None:
             return entries
-        return scan_segment(os.pread(fd, size, 0), yield_gil).entries
+        return scan_segment(os.pread(fd, size, 0)).entries
     finally:
         os.close(fd)
 
