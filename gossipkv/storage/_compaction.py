@@ -1,12 +1,13 @@
 """Compaction of sealed segments: planned on the event loop, copied in a worker thread, and
-handed back as a result the engine applies on the loop.
+applied on the loop by :class:`Compactor`, which also runs the background compactions and deletes
+the segments nothing references any more.
 
 For each victim segment the loop takes a snapshot of what is still live in it (the records that
 are still the newest of their key, the delete markers that must stay) and lays the copies out in
 output segments, allocating their ids. A worker thread then copies exactly those records from the
 segment file into the outputs; it reads only the segment files and the plan it was handed, and
 touches no engine state. The outputs stay ``.tmp`` files until all of them are written, fsynced
-and hinted, then are renamed together. Only then does the engine apply the :class:`Compacted`
+and hinted, then are renamed together. Only then does the compactor apply the :class:`Compacted`
 result through :meth:`LogIndex.apply_moves`, compare-and-set per key, so a put or delete that
 raced the compaction wins, and a failure (or crash) at any point before leaves the key directory
 as it was and no output behind (recovery removes ``.tmp`` files).
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import trio
 
+from gossipkv._errors import StorageError
+
 from ._keydir import OFF_BITS, SEG_SHIFT, SEQ_SHIFT, LogIndex, Moves
 from ._log_format import (
     HEADER_SIZE,
@@ -33,11 +36,14 @@ from ._log_format import (
     hint_name,
     seg_name,
 )
+from ._reads import SegmentReads
 from ._segment_files import (
     SegmentWindow,
+    delete_segments,
     fsync_dir,
     open_for_reads,
     read_index,
+    storage_error,
     write_all,
     write_hint,
 )
@@ -45,9 +51,131 @@ from ._segment_files import (
 # Records planned between checkpoints: each is a few dict lookups, so 2048 held the loop for
 # 10-17 ms on this machine; 256 keeps a step near 1 ms.
 _CHECKPOINT_EVERY = 256
+# Compaction's moves applied between checkpoints (2048 held the loop for 6 ms).
+_APPLY_EVERY = 512
 _FLUSH_BYTES = 1 << 20
 # Give up cleaning after a failure rather than hang a closing engine; recovery removes leftovers.
 _ABORT_SECONDS = 30
+
+
+class Compactor:
+    """The engine's compactions: the background task that compacts sealed segments once they
+    are mostly garbage, a full compaction on demand, applying each result on the event loop
+    and deleting the segments nothing references any more.
+
+    Args:
+      path: the data dir.
+      index: the engine's key directory and per-segment accounting.
+      reads: the engine's reads (their descriptors and pins).
+      active: the segment being written (never compacted).
+      segment_bytes, alloc_segment_id: the size and ids of the segments compaction writes.
+      compact_below: the live share under which the background task compacts a segment.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        index: LogIndex,
+        reads: SegmentReads,
+        *,
+        active: Callable[[], int],
+        segment_bytes: int,
+        alloc_segment_id: Callable[[], int],
+        compact_below: float,
+    ) -> None:
+        self._path = path
+        self._index = index
+        self._reads = reads
+        self._active = active
+        self._segment_bytes = segment_bytes
+        self._alloc_segment_id = alloc_segment_id
+        self._compact_below = compact_below
+        #: Held by a compaction, and by the engine while it closes its files.
+        self.lock = trio.Lock()
+        #: Set when a segment was sealed or became deletable: :meth:`run` looks again.
+        self.wanted = trio.Event()
+        self.compactions = 0
+        self.errors = 0
+        self.reclaimed = 0
+
+    def wake_if_obsolete(self) -> None:
+        if self._index.obsolete:
+            self.wanted.set()  # delete what is now unreferenced
+
+    async def compact_all(self) -> None:
+        """Compact every sealed segment holding superseded records (and then the markers)."""
+        await self._compact(lambda seg, live, total: live < total)
+        if self._index.markers:
+            # The first pass keeps a marker while another victim still holds an older record
+            # of its key; those victims are gone now, so the markers can go too.
+            seg_markers = self._index.seg_markers
+            await self._compact(lambda seg, live, total: seg_markers.get(seg, 0) > 0)
+
+    async def run(self) -> None:
+        """The background compactor (in the engine's nursery)."""
+        while True:
+            await self.wanted.wait()
+            self.wanted = trio.Event()
+            try:
+                if self._index.obsolete:
+                    await self._delete_obsolete()
+                await self._compact(self._mostly_garbage)
+            except (StorageError, OSError):
+                # Background compaction failing (say, a full disk) must not take the engine
+                # down: nothing was lost, the space is just not reclaimed yet. Retry on the
+                # next roll.
+                self.errors += 1
+
+    def _mostly_garbage(self, seg: int, live: int, total: int) -> bool:
+        return live < total * self._compact_below
+
+    async def _compact(self, wanted: Callable[[int, int, int], bool]) -> None:
+        async with self.lock:
+            victims = self._index.victims(wanted, self._active())
+            if not victims:
+                return
+            try:
+                done = await compact_segments(
+                    self._path, victims, self._index, self._segment_bytes, self._alloc_segment_id
+                )
+            except OSError as exc:
+                raise storage_error(exc, "compaction") from exc
+            await self._apply(done)
+
+    async def _apply(self, done: Compacted) -> None:
+        """Apply a compaction's result on the event loop (compare-and-set per key)."""
+        index = self._index
+        self._reads.fds.update(done.read_fds)
+        index.add_outputs(done.outputs)
+        moves = done.moves
+        for start in range(0, len(moves), _APPLY_EVERY):
+            await trio.lowlevel.checkpoint()
+            index.apply_moves(moves, start, start + _APPLY_EVERY)
+        before = sum(index.seg_bytes[s] for s in done.victims)
+        after = sum(size for size, _, _ in done.outputs.values())
+        self.reclaimed += max(0, before - after)
+        self.compactions += 1
+        index.obsolete.update(done.victims)
+        await self._delete_obsolete()
+
+    async def _delete_obsolete(self) -> None:
+        # Low-Water Mark: only segments no key and no in-flight read references are deleted.
+        ready = self._index.take_deletable()
+        if not ready:
+            return
+        fds = self._reads.take(ready)
+        try:
+            await trio.to_thread.run_sync(self._delete_sync, ready, fds)
+        except OSError as exc:
+            # Still obsolete: the next compaction (or the next open, from the obsolete list)
+            # deletes them. Forgetting them here would leave old records on disk untracked.
+            self._index.obsolete.update(ready)
+            raise storage_error(exc, "deleting compacted segments") from exc
+
+    def _delete_sync(self, segs: list[int], fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+        delete_segments(self._path, segs)
 
 
 @dataclass

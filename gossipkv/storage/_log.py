@@ -41,15 +41,16 @@ loop applies. :class:`LogEngine` is the coordinator that owns the mechanisms:
 - :mod:`._recovery`: open and recover a data dir, returning a ``Recovered`` value;
 - :mod:`._commit`: :class:`GroupCommit`, the active segment and the committer task;
 - :mod:`._reads`: :class:`SegmentReads`, the read descriptors and the batching reader task;
-- :mod:`._compaction`: plan, copy in a thread, hand back a ``Compacted`` result;
-- this module: the engine's operations, quarantine, applying compactions, closing and statistics.
+- :mod:`._compaction`: :class:`Compactor`, the background and on-demand compactions (plan, copy
+  in a thread, apply the ``Compacted`` result on the loop, delete what nothing references);
+- this module: the engine's operations, quarantine, closing and statistics.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -74,12 +75,12 @@ from ._base import (
     partition_digests,
 )
 from ._commit import GroupCommit
-from ._compaction import Compacted, compact_segments
+from ._compaction import Compactor
 from ._keydir import KeyDir, LogIndex, len_of
 from ._log_format import HEADER_SIZE, Unreadable
 from ._reads import SegmentReads
 from ._recovery import Recovered, open_data_dir
-from ._segment_files import delete_segments, link_snapshot, storage_error
+from ._segment_files import link_snapshot, storage_error
 
 _log = logging.getLogger("gossipkv.storage")
 
@@ -88,8 +89,6 @@ DEFAULT_MAX_PENDING_WRITES = 4096
 # A sealed segment whose live bytes fall below this share is compacted in the background.
 DEFAULT_COMPACT_BELOW = 0.5
 _CHECKPOINT_EVERY = 2048
-# Compaction's moves applied between checkpoints (2048 held the loop for 6 ms).
-_APPLY_EVERY = 512
 
 
 class LogEngine(StorageEngine):
@@ -112,15 +111,16 @@ class LogEngine(StorageEngine):
         self._path = path
         self._fsync = fsync
         self._limits = limits
-        self._segment_bytes = segment_bytes
-        self._compact_below = compact_below
         self.incarnation = int.from_bytes(os.urandom(8), "big")
         self._lock_fd: int | None = None
         self._index = LogIndex()
         # The index's own key directory and hashes (never replaced): one lookup less on a get.
         self._keydir: KeyDir = self._index.keydir
         self.record_hashes: RecordHashes = self._index.record_hashes
-        self._reads = SegmentReads(path, self._index.pins, self._wake_if_obsolete)
+        # A read that lets go of its segments may leave some deletable: the compactor looks.
+        self._reads = SegmentReads(
+            path, self._index.pins, lambda: self._compactor.wake_if_obsolete()
+        )
         self._next_seg = 1
         self._writes = GroupCommit(
             path,
@@ -131,18 +131,21 @@ class LogEngine(StorageEngine):
             alloc_segment_id=self._alloc_segment_id,
             on_new_segment=self._on_new_segment,
         )
-        self._compact_lock = trio.Lock()
-        self._compact_wanted = trio.Event()
+        self._compactor = Compactor(
+            path,
+            self._index,
+            self._reads,
+            active=lambda: self._writes.active,
+            segment_bytes=segment_bytes,
+            alloc_segment_id=self._alloc_segment_id,
+            compact_below=compact_below,
+        )
         self._closing = False
         self._closed = False
         # counters
         self._puts = 0
         self._gets = 0
         self._deletes = 0
-        self._compactions = 0
-        self._compaction_errors = 0
-        self._last_compaction_error = ""
-        self._reclaimed = 0
         self._corrupt = 0
         self._damaged_at_open: list[str] = []
         self._quarantined = 0
@@ -174,10 +177,6 @@ class LogEngine(StorageEngine):
         self._torn = rec.torn
         self._hints_loaded = rec.hints_loaded
 
-    def _wake_if_obsolete(self) -> None:
-        if self._index.obsolete:
-            self._compact_wanted.set()  # the compactor deletes what is now unreferenced
-
     def _alloc_segment_id(self) -> int:
         # Event loop only (the committer's roll and compaction's plan), so no lock.
         seg = self._next_seg
@@ -187,7 +186,7 @@ class LogEngine(StorageEngine):
     def _on_new_segment(self, seg: int, read_fd: int) -> None:
         self._reads.fds[seg] = read_fd
         self._index.register(seg)
-        self._compact_wanted.set()  # a segment was sealed
+        self._compactor.wanted.set()  # a segment was sealed
 
     def _close_files_sync(self) -> None:
         self._writes.close_files_sync()
@@ -239,47 +238,48 @@ class LogEngine(StorageEngine):
         Raises:
           InvalidKey: a bad key. StorageError: an I/O error. StorageClosed: closed.
         """
-        self._check_usable()
-        encode_key(key, self._limits)
-        self._gets += 1
-        loc = self._keydir.get(key)
-        if loc is None:
+        clock = self.read_cached(key)
+        if clock is not NOT_CACHED:
             await trio.lowlevel.checkpoint()
-            return None
+            return clock
+        self._gets += 1
+        loc = self._keydir[key]  # read_cached found it, and nothing ran since
         raw = (await self._reads.read_many([loc]))[0]
         return await self._decoded(key, loc, raw)
 
     def read_cached(self, key: str) -> Clock | NotCached | None:
         """:meth:`get` without waiting, when the page cache holds the record (see
-        :meth:`StorageEngine.read_cached`); an unreadable record is left to :meth:`get`, which
-        quarantines it."""
+        :meth:`StorageEngine.read_cached`)."""
         self._check_usable()
         encode_key(key, self._limits)
         loc = self._keydir.get(key)
-        if loc is None:
-            self._gets += 1
-            return None
-        got = self._reads.read_cached([loc])
-        if got is None or isinstance(got[0], Unreadable):
-            return NOT_CACHED
-        try:
-            clock = decode_clock(got[0], f"{self._path} key {key!r}", self._limits)
-        except StorageCorrupt:
-            return NOT_CACHED
+        clock: Clock | None = None
+        if loc is not None:
+            got = self._reads.read_cached([loc])
+            if got is None:
+                return NOT_CACHED
+            decoded = self._decode(key, got[0])
+            if isinstance(decoded, Unreadable):
+                return NOT_CACHED  # get reads it again, and quarantines it
+            clock = decoded
         self._gets += 1
         return clock
 
+    def _decode(self, key: str, raw: bytes | Unreadable) -> Clock | Unreadable:
+        if isinstance(raw, Unreadable):
+            return raw
+        try:
+            return decode_clock(raw, f"{self._path} key {key!r}", self._limits)
+        except StorageCorrupt as exc:
+            return Unreadable(str(exc))
+
     async def _decoded(self, key: str, loc: int, raw: bytes | Unreadable) -> Clock | None:
         """Decode a record read back, or quarantine it when it is unreadable (``None``)."""
-        if isinstance(raw, Unreadable):
-            reason = raw.reason
-        else:
-            try:
-                return decode_clock(raw, f"{self._path} key {key!r}", self._limits)
-            except StorageCorrupt as exc:
-                reason = str(exc)
-        await self._quarantine(key, loc, reason)
-        return None
+        clock = self._decode(key, raw)
+        if isinstance(clock, Unreadable):
+            await self._quarantine(key, loc, clock.reason)
+            return None
+        return clock
 
     async def _quarantine(self, key: str, loc: int, reason: str) -> None:
         """Copy an unreadable record aside and forget it, unless a newer record of ``key`` was
@@ -363,7 +363,7 @@ class LogEngine(StorageEngine):
         every write acknowledged before the call; compaction waits meanwhile, so no segment the
         copy needs is replaced or deleted under it."""
         self._check_usable()
-        async with self._compact_lock:
+        async with self._compactor.lock:
             await self._writes.roll()
             active = self._writes.active
             obsolete = self._index.obsolete
@@ -380,78 +380,7 @@ class LogEngine(StorageEngine):
         self._check_usable()
         # Seal the active segment so its superseded records can go too.
         await self._writes.roll()
-        await self._compact(lambda seg, live, total: live < total)
-        if self._index.markers:
-            # The first pass keeps a marker while another victim still holds an older record
-            # of its key; those victims are gone now, so the markers can go too.
-            seg_markers = self._index.seg_markers
-            await self._compact(lambda seg, live, total: seg_markers.get(seg, 0) > 0)
-
-    async def _compactor(self) -> None:
-        while True:
-            await self._compact_wanted.wait()
-            self._compact_wanted = trio.Event()
-            try:
-                if self._index.obsolete:
-                    await self._delete_obsolete()
-                await self._compact(self._mostly_garbage)
-            except (StorageError, OSError) as exc:
-                # Background compaction failing (say, a full disk) must not take the engine
-                # down: nothing was lost, the space is just not reclaimed yet. Retry on the
-                # next roll.
-                self._compaction_errors += 1
-                self._last_compaction_error = str(exc)
-
-    def _mostly_garbage(self, seg: int, live: int, total: int) -> bool:
-        return live < total * self._compact_below
-
-    async def _compact(self, wanted: Callable[[int, int, int], bool]) -> None:
-        async with self._compact_lock:
-            victims = self._index.victims(wanted, self._writes.active)
-            if not victims:
-                return
-            try:
-                done = await compact_segments(
-                    self._path, victims, self._index, self._segment_bytes, self._alloc_segment_id
-                )
-            except OSError as exc:
-                raise storage_error(exc, "compaction") from exc
-            await self._apply(done)
-
-    async def _apply(self, done: Compacted) -> None:
-        """Apply a compaction's result on the event loop (compare-and-set per key)."""
-        index = self._index
-        self._reads.fds.update(done.read_fds)
-        index.add_outputs(done.outputs)
-        moves = done.moves
-        for start in range(0, len(moves), _APPLY_EVERY):
-            await trio.lowlevel.checkpoint()
-            index.apply_moves(moves, start, start + _APPLY_EVERY)
-        before = sum(index.seg_bytes[s] for s in done.victims)
-        after = sum(size for size, _, _ in done.outputs.values())
-        self._reclaimed += max(0, before - after)
-        self._compactions += 1
-        index.obsolete.update(done.victims)
-        await self._delete_obsolete()
-
-    async def _delete_obsolete(self) -> None:
-        # Low-Water Mark: only segments no key and no in-flight read references are deleted.
-        ready = self._index.take_deletable()
-        if not ready:
-            return
-        fds = self._reads.take(ready)
-        try:
-            await trio.to_thread.run_sync(self._delete_sync, ready, fds)
-        except OSError as exc:
-            # Still obsolete: the next compaction (or the next open, from the obsolete list)
-            # deletes them. Forgetting them here would leave old records on disk untracked.
-            self._index.obsolete.update(ready)
-            raise storage_error(exc, "deleting compacted segments") from exc
-
-    def _delete_sync(self, segs: list[int], fds: list[int]) -> None:
-        for fd in fds:
-            os.close(fd)
-        delete_segments(self._path, segs)
+        await self._compactor.compact_all()
 
     # --- closing and statistics ------------------------------------------------------------------
 
@@ -465,7 +394,7 @@ class LogEngine(StorageEngine):
             scope.deadline = trio.current_time() + 60
             self._writes.wake()
             await self._writes.done.wait()
-            async with self._compact_lock:
+            async with self._compactor.lock:
                 await trio.to_thread.run_sync(self._close_sync)
         self._closed = True
 
@@ -494,9 +423,9 @@ class LogEngine(StorageEngine):
             max_commit_batch=writes.max_batch,
             mean_commit_batch=writes.batched / writes.batches if writes.batches else 0.0,
             pending_writes=writes.pending_writes,
-            compactions=self._compactions,
-            compaction_errors=self._compaction_errors,
-            bytes_reclaimed=self._reclaimed,
+            compactions=self._compactor.compactions,
+            compaction_errors=self._compactor.errors,
+            bytes_reclaimed=self._compactor.reclaimed,
             corrupt_records_skipped=self._corrupt,
             quarantined_records=self._quarantined,
             torn_tail_truncations=self._torn,
@@ -556,7 +485,7 @@ async def open_log_engine(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(engine._writes.run)
             nursery.start_soon(engine._reads.run)
-            nursery.start_soon(engine._compactor)
+            nursery.start_soon(engine._compactor.run)
             try:
                 yield engine
             finally:

@@ -107,11 +107,6 @@ class SegmentReads:
         Raises:
           StorageError: an I/O error. StorageClosed: the engine closed during the read.
         """
-        cached = self.read_cached(locs) if len(locs) == 1 else None
-        if cached is not None:
-            # Read in the same step as the key-directory lookup: no segment can have gone.
-            await trio.lowlevel.checkpoint()
-            return cached
         # Pin the segments now, in the same step as the key-directory lookup that produced the
         # locations, so compaction cannot delete them before the read runs (Low-Water Mark).
         segs = {seg_of(loc) for loc in locs}

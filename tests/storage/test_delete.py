@@ -101,7 +101,7 @@ async def test_log_background_compaction_keeps_markers_until_older_records_are_g
         newest = max(eng._index.seg_bytes)
         # Only the segments holding markers, not the ones with the old records.
         marked = {s for s, b in eng._index.seg_markers.items() if b > 0}
-        await eng._compact(lambda seg, live, total: seg in marked and seg != newest)
+        await eng._compactor._compact(lambda seg, live, total: seg in marked and seg != newest)
         assert eng.statistics().delete_markers == 30
     async with open_log_engine(tmp_path, segment_bytes=1024, compact_below=0.0) as eng:
         assert all([await eng.get(f"k{i}") is None for i in range(30)])
