@@ -255,10 +255,10 @@ class LogEngine(StorageEngine):
         loc = self._keydir.get(key)
         clock: Clock | None = None
         if loc is not None:
-            got = self._reads.read_cached([loc])
-            if got is None:
+            raw = self._reads.read_cached(loc)
+            if raw is None:
                 return NOT_CACHED
-            decoded = self._decode(key, got[0])
+            decoded = self._decode(key, raw)
             if isinstance(decoded, Unreadable):
                 return NOT_CACHED  # get reads it again, and quarantines it
             clock = decoded

@@ -1,12 +1,12 @@
 """The log engine's read side: a read descriptor per segment and one reader task that batches gets.
 
-Pattern: *Request Batch* on the read path. A get of a small record the page cache holds is read on
-the event loop with ``preadv2(RWF_NOWAIT)``, which fails at once rather than wait for the disk (a
-thread hand-off costs far more than such a read). Other gets that arrive together are served by one
-worker-thread call that ``pread``\\ s each record and checks its checksum, so a burst of them costs
-one thread hand-off, not one each. A read pins the segments it reads (a *Low-Water Mark*: compaction deletes
-no segment while a read of it is pending) in the same event-loop step as the key-directory lookup
-that produced its locations, until the read is done.
+Pattern: *Request Batch* on the read path. A get of a small record the page cache holds is read
+on the event loop with ``preadv2(RWF_NOWAIT)``, which fails at once rather than wait for the disk
+(a thread hand-off costs far more than such a read). Other gets that arrive together are served by
+one worker-thread call that ``pread``\\ s each record and checks its checksum, so a burst of them
+costs one thread hand-off, not one each. A read in the thread pins the segments it reads (a
+*Low-Water Mark*: compaction deletes no segment while a read of it is pending) in the same
+event-loop step as the key-directory lookup that produced its locations, until the read is done.
 
 The descriptors are opened by recovery, the committer (a new segment) and compaction (its outputs),
 and closed when compaction deletes a segment or the engine closes; the reader thread looks up the
@@ -30,8 +30,8 @@ from ._keydir import len_of, off_of, seg_of
 from ._log_format import HEADER_SIZE, Unreadable, record_at
 from ._segment_files import keep_aside, storage_error
 
-#: The most record bytes one read on the event loop copies and checks (a 64 KiB record takes
-#: tens of microseconds); larger reads, and scans, go to the reader thread.
+#: The largest record read on the event loop (copying and checking 64 KiB takes tens of
+#: microseconds); larger ones go to the reader thread.
 INLINE_READ_BYTES = 64 * 1024
 
 #: ``preadv2``'s flag to fail with ``EAGAIN`` rather than wait for the disk (Linux 4.14+).
@@ -149,36 +149,29 @@ class SegmentReads:
             finally:
                 batch.done.set()
 
-    def read_cached(self, locs: list[int]) -> list[bytes | Unreadable] | None:
-        """The records at ``locs`` when the page cache holds every one of them and they are
-        small (:data:`INLINE_READ_BYTES` in all), read here on the event loop; ``None``
-        otherwise (the reader thread reads them, and reports any I/O error). ``RWF_NOWAIT``
-        fails rather than wait for the disk, and the descriptors are opened ``O_NOATIME`` (see
+    def read_cached(self, loc: int) -> bytes | Unreadable | None:
+        """The record at ``loc`` when the page cache holds it and it is small
+        (:data:`INLINE_READ_BYTES`), read here on the event loop; ``None`` otherwise (the
+        reader thread reads it, and reports any I/O error). ``RWF_NOWAIT`` fails rather than
+        wait for the disk, and the descriptors are opened ``O_NOATIME`` (see
         :func:`open_for_reads`), so the read does not wait to update the access time either."""
-        if not self._nowait or _RWF_NOWAIT is None:
+        seg, off, length = seg_of(loc), off_of(loc), len_of(loc)
+        fd = self.fds.get(seg)
+        if not self._nowait or _RWF_NOWAIT is None or length > INLINE_READ_BYTES or fd is None:
             return None
-        if sum(len_of(loc) for loc in locs) > INLINE_READ_BYTES:
-            return None  # copying and checking that much would hold the loop: the thread reads
-        out: list[bytes | Unreadable] = []
-        for loc in locs:
-            seg, off, length = seg_of(loc), off_of(loc), len_of(loc)
-            fd = self.fds.get(seg)
-            if fd is None:
-                return None
-            buf = bytearray(length)
-            try:
-                got = os.preadv(fd, [buf], off, _RWF_NOWAIT)
-            except BlockingIOError:
-                return None  # not in the page cache
-            except OSError as exc:
-                if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    self._nowait = False  # this file system or kernel refuses the flag
-                return None
-            if got != length:
-                return None  # partly cached, or short: the thread reads it whole
-            out.append(_record(bytes(buf), seg, off, length))
-        self.inline_reads += len(out)
-        return out
+        buf = bytearray(length)
+        try:
+            got = os.preadv(fd, [buf], off, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None  # not in the page cache
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self._nowait = False  # this file system or kernel refuses the flag
+            return None
+        if got != length:
+            return None  # partly cached, or short: the thread reads it whole
+        self.inline_reads += 1
+        return _record(bytes(buf), seg, off, length)
 
     def _read_sync(self, locs: list[int]) -> list[bytes | Unreadable | BaseException]:
         out: list[bytes | Unreadable | BaseException] = []

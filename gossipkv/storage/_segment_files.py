@@ -31,7 +31,7 @@ from ._log_format import (
 # things worse: with the event loop waiting on the other core, this thread took the GIL back
 # before the loop's thread woke, and each re-take counted as a switch, so no forced switch came.
 # One 190k-entry hint decode held the loop 51-53 ms; ``bench storage --keys 200000``'s worst
-# stall was 104-176 ms with it and 2.7-5.0 ms without (2-core machine, 2026-11-29).
+# stall was 104-176 ms with it and 2.7-6.5 ms without (2-core machine, 2026-11-29).
 
 
 def open_for_reads(path: Path) -> int:
