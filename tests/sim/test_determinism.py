@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -80,3 +81,30 @@ def test_one_seed_gives_one_run(seed: int) -> None:
     first = _simulate_elsewhere(seed, hash_seed=1)
     second = _simulate_elsewhere(seed, hash_seed=2)
     assert first == second, f"seed={seed}: two runs of the same seed differ"
+
+
+async def test_simulated_time_stands_still_while_a_worker_thread_runs(
+    autojump_clock: trio.testing.MockClock, clock_waits_for_threads: None
+) -> None:
+    """Tests that run a real log engine in the simulated cluster rely on this: without it, a slow
+    fsync lets the clock jump past whole replica timeouts (a CI failure of test_disk_reads)."""
+    ticks = 0
+
+    async def timers() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.5)
+            ticks += 1
+
+    def slow_fsync() -> str:
+        time.sleep(0.05)  # real time: without the fixture, about 10**5 simulated ticks
+        return "done"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timers)
+        await trio.sleep(1.25)
+        start, start_ticks = trio.current_time(), ticks
+        assert await trio.to_thread.run_sync(slow_fsync) == "done"
+        assert trio.current_time() == start, "the clock jumped while the thread ran"
+        assert ticks == start_ticks
+        nursery.cancel_scope.cancel()

@@ -23,8 +23,8 @@ from gossipkv.storage import _reads, open_log_engine
 from ._kvsim import kv_cluster, names, service
 
 SEEDS = [11, 12]
-# The log engine works in threads while the autojump clock runs on: a generous replica timeout.
-KV = KVConfig(replica_timeout=30.0, anti_entropy_interval=0, ownership_handoff_interval=0)
+# The log engine works in threads; clock_waits_for_threads keeps simulated time still meanwhile.
+KV = KVConfig(anti_entropy_interval=0, ownership_handoff_interval=0)
 
 
 @pytest.fixture(params=SEEDS, ids=[f"seed{s}" for s in SEEDS])
@@ -37,6 +37,7 @@ async def test_a_disk_replica_answers_cached_reads_in_the_reader(
     seed: int,
     tmp_path: Path,
     autojump_clock: trio.testing.MockClock,
+    clock_waits_for_threads: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if not _reads.nowait_reads_work(tmp_path):

@@ -20,11 +20,10 @@ from gossipkv.testing import SimCluster
 from ._kvsim import kv_cluster, names, service
 
 SEEDS = [7, 8, 9]
-# The log engine works in threads, and an autojump clock runs on while they do: a generous
-# replica timeout keeps the clock jumps from failing writes n3 is still fsyncing.
+# The log engine works in threads; the clock_waits_for_threads fixture keeps simulated time still
+# while they do, so the default replica timeout holds however slow the disk.
 KV = KVConfig(
     handoff_interval=0.5,
-    replica_timeout=30.0,
     anti_entropy_interval=0,
     ownership_handoff_interval=0,
 )
@@ -73,7 +72,10 @@ BIGNUM = _codec.dumps_canonical([[["n1/1/0", 2**64, []]], []])
 
 
 async def test_unreadable_records_are_quarantined_and_repaired(
-    seed: int, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    seed: int,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    clock_waits_for_threads: None,
 ) -> None:
     data, hints = tmp_path / "data", tmp_path / "hints"
     keys = [f"k{i}" for i in range(6)]
