@@ -11,11 +11,11 @@ A plain ``python -m pytest`` still runs everything, one test at a time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import outcome
 import pytest
 import trio
 import trio.lowlevel
@@ -42,37 +42,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def clock_waits_for_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Simulated time stands still while a worker thread runs.
+    """An autojumping ``MockClock`` does not jump while a worker thread runs.
 
-    An autojump ``MockClock`` jumps to the next timer as soon as every task is blocked, and a task
-    waiting on a worker thread (a real log engine's write, fsync or read) is blocked. However long
-    the thread takes in real time, the simulated cluster would live through whole replica
-    timeouts meanwhile, so an fsync on a slow CI disk would fail a write the test waits for. While
-    a thread runs, a companion task keeps the run queue non-empty, so the clock cannot jump.
+    It jumps to the next timer as soon as every task is blocked, and a task waiting on a worker
+    thread (a real log engine's write, fsync or read) is blocked. However long the thread takes
+    in real time, the simulated cluster would live through whole replica timeouts meanwhile, so
+    an fsync on a slow CI disk would fail a write the test waits for. While any thread runs, the
+    clock's autojump threshold is infinite: the loop sleeps until the thread hands its result
+    back, and simulated time resumes from where it stood.
 
     Every test under a ``MockClock`` gets it: the memory engine computes anti-entropy digests in
     a thread too, and how far the clock ran meanwhile depended on the machine's load, not on the
-    seed. Under the real clock the thread runs as it would in production.
+    seed. Under the real clock the thread runs as it would in production. (A side effect:
+    ``trio.testing.wait_all_tasks_blocked`` now also waits for the threads in flight.)
     """
     real_run_sync = trio.to_thread.run_sync
+    in_flight = 0
+    threshold = 0.0
 
     async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        nonlocal in_flight, threshold
+        clock = trio.lowlevel.current_clock()
+        if not isinstance(clock, trio.testing.MockClock):
             return await real_run_sync(fn, *args, **kwargs)
-        running = True
-
-        async def hold_the_clock() -> None:
-            while running:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-
-        # The thread's outcome leaves the nursery unraised, so its caller sees the exception
-        # itself, not an ExceptionGroup around it.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(hold_the_clock)
-            try:
-                result = await outcome.acapture(real_run_sync, fn, *args, **kwargs)
-            finally:
-                running = False
-        return result.unwrap()
+        if in_flight == 0:
+            threshold = clock.autojump_threshold
+            clock.autojump_threshold = math.inf
+        in_flight += 1
+        try:
+            return await real_run_sync(fn, *args, **kwargs)
+        finally:
+            in_flight -= 1
+            if in_flight == 0:
+                clock.autojump_threshold = threshold
 
     monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
