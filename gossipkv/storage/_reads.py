@@ -91,9 +91,9 @@ class SegmentReads:
         self.fds: dict[int, int] = {}
         self._batch = _Batch()
         self._has_reads = trio.Event()
-        #: Whether records may be read on the event loop (``RWF_NOWAIT``); off for good once the
-        #: file system refuses the flag.
-        self._nowait = _RWF_NOWAIT is not None
+        #: The ``RWF_NOWAIT`` flag while records may be read on the event loop; ``None`` for good
+        #: once the kernel or the file system refuses it.
+        self._nowait_flag = _RWF_NOWAIT
         #: Records read on the event loop (see :meth:`read_cached`).
         self.inline_reads = 0
 
@@ -156,17 +156,17 @@ class SegmentReads:
         wait for the disk, and the descriptors are opened ``O_NOATIME`` (see
         :func:`open_for_reads`), so the read does not wait to update the access time either."""
         seg, off, length = seg_of(loc), off_of(loc), len_of(loc)
-        fd = self.fds.get(seg)
-        if not self._nowait or _RWF_NOWAIT is None or length > INLINE_READ_BYTES or fd is None:
+        fd, flag = self.fds.get(seg), self._nowait_flag
+        if flag is None or length > INLINE_READ_BYTES or fd is None:
             return None
         buf = bytearray(length)
         try:
-            got = os.preadv(fd, [buf], off, _RWF_NOWAIT)
+            got = os.preadv(fd, [buf], off, flag)
         except BlockingIOError:
             return None  # not in the page cache
         except OSError as exc:
             if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                self._nowait = False  # this file system or kernel refuses the flag
+                self._nowait_flag = None  # this file system or kernel refuses the flag
             return None
         if got != length:
             return None  # partly cached, or short: the thread reads it whole

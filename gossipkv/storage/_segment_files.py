@@ -33,6 +33,8 @@ from ._log_format import (
 # One 190k-entry hint decode held the loop 51-53 ms; ``bench storage --keys 200000``'s worst
 # stall was 104-176 ms with it and 2.7-6.5 ms without (2-core machine, 2026-11-29).
 
+_O_NOATIME: int = getattr(os, "O_NOATIME", 0)
+
 
 def open_for_reads(path: Path) -> int:
     """A read descriptor for a segment the engine serves gets from. ``O_NOATIME`` where the
@@ -42,9 +44,6 @@ def open_for_reads(path: Path) -> int:
         return os.open(path, os.O_RDONLY | _O_NOATIME)
     except PermissionError:
         return os.open(path, os.O_RDONLY)
-
-
-_O_NOATIME: int = getattr(os, "O_NOATIME", 0)
 
 
 def storage_error(exc: OSError, what: str) -> StorageError:

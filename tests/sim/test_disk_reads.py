@@ -23,7 +23,7 @@ from gossipkv.storage import _reads, open_log_engine
 from ._kvsim import kv_cluster, names, service
 
 SEEDS = [11, 12]
-# The log engine works in threads; clock_waits_for_threads keeps simulated time still meanwhile.
+# The log engine works in threads; the autouse clock_waits_for_threads keeps simulated time still.
 KV = KVConfig(anti_entropy_interval=0, ownership_handoff_interval=0)
 
 
@@ -37,7 +37,6 @@ async def test_a_disk_replica_answers_cached_reads_in_the_reader(
     seed: int,
     tmp_path: Path,
     autojump_clock: trio.testing.MockClock,
-    clock_waits_for_threads: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if not _reads.nowait_reads_work(tmp_path):

@@ -75,7 +75,6 @@ async def test_unreadable_records_are_quarantined_and_repaired(
     seed: int,
     tmp_path: Path,
     autojump_clock: trio.testing.MockClock,
-    clock_waits_for_threads: None,
 ) -> None:
     data, hints = tmp_path / "data", tmp_path / "hints"
     keys = [f"k{i}" for i in range(6)]
