@@ -127,8 +127,11 @@ async def test_demo_in_80x24_then_200x50_and_ctrl_c(tmp_path: Path) -> None:
         assert "of 5 up" in first
         assert "PID=" in first, first
         pid = int(first.split("PID=")[1].split()[0])
+        # "5 peers up" is the launcher's line and "converged" covers the members n1 knows of:
+        # wait for n1 to list all five (a CI run caught the frame before n2 was among them).
+        rows = [f"│ n{i} " for i in range(1, 6)]
         text = await eventually(
-            lambda: shows("5 peers up", "converged yes", "│ n5"),
+            lambda: shows("5 peers up", "converged yes", "up:5", *rows),
             within=40,
             what="every peer up, with its events",
         )
